@@ -1,0 +1,354 @@
+"""The HTTP/1.x front end: a Twisted `Protocol` that parses requests with llhttp
+(through `httptools`) and drives one `FilterManager` per request.
+
+A connection is in one of these states:
+
+- IDLE: waiting for the next request head.
+- ACTIVE: a request is being handled (its body may still be arriving, its response may
+  be streaming). Requests pipelined behind it are parsed and queued, and reading from
+  the socket is paused until it is done, so a pipelining client cannot make us buffer
+  without bound.
+- CLOSING: the connection will close once the current response is written (the client
+  asked for it, the request body was refused before it was read, or the input was bad).
+
+Responses are framed here: a `Content-Length` from upstream is kept; otherwise HTTP/1.1
+clients get chunked encoding and HTTP/1.0 clients a body delimited by the close.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+import httptools
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from filterproxy.downstream.stream import IDownstream
+from filterproxy.filters.api import RequestHead
+from filterproxy.http.errors import error_body
+from filterproxy.http.headers import Headers
+
+if TYPE_CHECKING:
+    from filterproxy.filters.manager import FilterManager
+    from filterproxy.service import Gateway
+
+__all__ = ["HTTP11ServerConnection", "HTTP11ServerFactory"]
+
+log = Logger()
+
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b"Unknown"
+
+
+class _RequestRefused(Exception):
+    """A parser callback found the request unacceptable (too many or too large headers)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@implementer(IDownstream)
+class _Exchange:
+    """One request on the connection and the response to it (the `IDownstream`)."""
+
+    def __init__(
+        self,
+        connection: HTTP11ServerConnection,
+        head: RequestHead,
+        has_body: bool,
+        keep_alive: bool,
+        http10: bool,
+    ) -> None:
+        self.connection = connection
+        self.head = head
+        self.has_body = has_body
+        self.keep_alive = keep_alive
+        self.http10 = http10
+        self.scheme = head.scheme
+        self.client_ip = head.client_ip
+        self.request_complete = not has_body
+        self.response_complete = False
+        self.chunked = False
+        self.manager: FilterManager | None = None
+        #: Body events parsed before this exchange became active (pipelining).
+        self.pending: list[tuple[bytes, bool]] = []
+        self.producer_registered = False
+
+    # -- request events from the parser ---------------------------------------------------
+
+    def start(self, manager: FilterManager) -> None:
+        self.manager = manager
+        manager.decode_headers(self.head, not self.has_body)
+        pending, self.pending = self.pending, []
+        for data, end in pending:
+            manager.decode_data(data, end)
+
+    def body(self, data: bytes, end_stream: bool) -> None:
+        if end_stream:
+            self.request_complete = True
+        if self.manager is None:
+            self.pending.append((data, end_stream))
+        else:
+            self.manager.decode_data(data, end_stream)
+
+    # -- IDownstream ----------------------------------------------------------------------
+
+    def send_head(self, status: int, headers: Headers, end_stream: bool) -> None:
+        if self.response_complete or self.connection.gone:
+            return
+        bodyless = status in _NO_BODY_STATUSES or status < 200 or self.head.method == "HEAD"
+        if "content-length" in headers or bodyless:
+            pass
+        elif end_stream:
+            headers.add("content-length", "0")
+        elif self.http10:
+            self.keep_alive = False
+        else:
+            self.chunked = True
+            headers.add("transfer-encoding", "chunked")
+        if not self.keep_alive or not self.request_complete:
+            # A body we have not read cannot be skipped safely: close after this response.
+            self.keep_alive = False
+            headers.add("connection", "close")
+        lines = [
+            b"HTTP/1.0 " if self.http10 else b"HTTP/1.1 ",
+            b"%d %s\r\n" % (status, _reason(status)),
+        ]
+        for name, value in headers:
+            lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
+        lines.append(b"\r\n")
+        self.connection.transport.writeSequence(lines)  # type: ignore[union-attr]
+        if end_stream:
+            self._complete()
+
+    def send_data(self, data: bytes, end_stream: bool) -> None:
+        if self.response_complete or self.connection.gone:
+            return
+        transport = self.connection.transport
+        assert transport is not None
+        if self.chunked:
+            if data:
+                transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+            if end_stream:
+                transport.write(b"0\r\n\r\n")
+        elif data:
+            transport.write(data)
+        if end_stream:
+            self._complete()
+
+    def abort(self) -> None:
+        if self.response_complete:
+            return
+        self.response_complete = True
+        self.unregister_producer()
+        self.connection.abort()
+
+    def register_producer(self, producer: object) -> None:
+        if self.connection.gone or self.response_complete:
+            return
+        self.producer_registered = True
+        self.connection.transport.registerProducer(producer, True)  # type: ignore[union-attr]
+
+    def unregister_producer(self) -> None:
+        if self.producer_registered:
+            self.producer_registered = False
+            if not self.connection.gone:
+                self.connection.transport.unregisterProducer()  # type: ignore[union-attr]
+
+    def _complete(self) -> None:
+        self.response_complete = True
+        self.unregister_producer()
+        self.connection.exchange_done(self)
+
+
+class HTTP11ServerConnection(Protocol):
+    """One client connection speaking HTTP/1.0 or HTTP/1.1."""
+
+    #: Most header fields one request may have (431 beyond).
+    max_header_count = 100
+    #: Most bytes of request line and headers together (431 beyond).
+    max_header_bytes = 64 * 1024
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.parser = httptools.HttpRequestParser(self)
+        #: The exchange whose response is being produced; None when idle.
+        self.active: _Exchange | None = None
+        #: Exchanges parsed behind the active one (pipelining).
+        self.queued: deque[_Exchange] = deque()
+        #: The exchange the parser is currently filling with body data.
+        self.parsing: _Exchange | None = None
+        self.closing = False
+        self.gone = False
+        self.reading_paused = False
+        self._url_parts: list[bytes] = []
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self.scheme = "http"
+        self.client_ip = ""
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        self.scheme = "https" if ISSLTransport.providedBy(transport) else "http"
+        self.client_ip = getattr(transport.getPeer(), "host", "") or ""
+        with contextlib.suppress(AttributeError, OSError):  # UNIX sockets have no Nagle
+            transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing or self.gone:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            if isinstance(cause, _RequestRefused):
+                self._refuse(cause.status, cause.message)
+            else:
+                log.failure("request handling failed", Failure(cause) if cause else None)
+                self._refuse(500, "the gateway failed to handle this request")
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, "protocol upgrades are not supported by this gateway")
+        except httptools.HttpParserError as e:
+            self._refuse(400, f"malformed HTTP request: {e}")
+
+    # -- parser callbacks -----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url_parts = []
+        self._raw_headers = []
+        self._header_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._header_bytes += len(url)
+        if self._header_bytes > self.max_header_bytes:
+            raise _RequestRefused(414, "request line is too long")
+        self._url_parts.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        self._raw_headers.append((name, value))
+        if len(self._raw_headers) > self.max_header_count:
+            raise _RequestRefused(
+                431, f"too many request headers (the limit is {self.max_header_count})"
+            )
+        if self._header_bytes > self.max_header_bytes:
+            raise _RequestRefused(
+                431, f"request headers are too large (the limit is {self.max_header_bytes} bytes)"
+            )
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        headers = Headers.from_raw(self._raw_headers)
+        length = headers.get("content-length")
+        has_body = "transfer-encoding" in headers or (length is not None and length != "0")
+        head = RequestHead(
+            method=parser.get_method().decode("ascii"),
+            path=b"".join(self._url_parts).decode("latin-1"),
+            headers=headers,
+            scheme=self.scheme,
+            client_ip=self.client_ip,
+        )
+        exchange = _Exchange(
+            self, head, has_body, parser.should_keep_alive(), parser.get_http_version() == "1.0"
+        )
+        self.parsing = exchange if has_body else None
+        if self.active is None:
+            self._activate(exchange)
+        else:
+            self.queued.append(exchange)
+            self._pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        if self.parsing is not None:
+            self.parsing.body(body, False)
+
+    def on_message_complete(self) -> None:
+        if self.parsing is not None:
+            exchange, self.parsing = self.parsing, None
+            exchange.body(b"", True)
+
+    # -- exchanges --------------------------------------------------------------------------
+
+    def _activate(self, exchange: _Exchange) -> None:
+        self.active = exchange
+        exchange.start(self.gateway.new_request(exchange))
+
+    def exchange_done(self, exchange: _Exchange) -> None:
+        """The response of *exchange* is written; go on with the connection."""
+        if exchange is not self.active:
+            return
+        self.active = None
+        if not exchange.keep_alive:
+            self.closing = True
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        if self.queued:
+            self._activate(self.queued.popleft())
+        if not self.queued:
+            self._resume_reading()
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer a request that never reached the filter chain, then close."""
+        self.closing = True
+        if self.active is not None:
+            # A response is in progress; we cannot insert one before it. Close after it.
+            self.active.keep_alive = False
+            return
+        body = error_body(status, message)
+        self.transport.write(  # type: ignore[union-attr]
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, _reason(status), len(body), body)
+        )
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def abort(self) -> None:
+        self.closing = True
+        if not self.gone:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _pause_reading(self) -> None:
+        if not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def _resume_reading(self) -> None:
+        if self.reading_paused and not self.gone:
+            self.reading_paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.gone = True
+        exchanges = [e for e in (self.active, *self.queued) if e is not None]
+        self.active = None
+        self.queued.clear()
+        for exchange in exchanges:
+            if exchange.manager is not None and not exchange.response_complete:
+                exchange.response_complete = True
+                exchange.manager.client_gone()
+
+
+class HTTP11ServerFactory(ServerFactory):
+    """Builds an `HTTP11ServerConnection` per accepted client connection."""
+
+    noisy = False
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def buildProtocol(self, addr: object) -> HTTP11ServerConnection:
+        return HTTP11ServerConnection(self.gateway)

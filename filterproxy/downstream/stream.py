@@ -1,0 +1,35 @@
+"""The downstream stream interface: what the filter chain and router need of a client.
+
+The HTTP/1.1 front end implements it today; an HTTP/2 front end implements it per
+stream. Nothing above this line knows which protocol the client speaks.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+from filterproxy.http.headers import Headers
+
+__all__ = ["IDownstream"]
+
+
+class IDownstream(Interface):
+    """One client request/response exchange."""
+
+    scheme = Attribute('"http" or "https": how the client reached us.')
+    client_ip = Attribute("The client's IP address, or '' for a UNIX socket.")
+
+    def send_head(status: int, headers: Headers, end_stream: bool) -> None:
+        """Send the response status line and headers; framing is the stream's job."""
+
+    def send_data(data: bytes, end_stream: bool) -> None:
+        """Send a piece of the response body; dropped silently after the client left."""
+
+    def abort() -> None:
+        """End the response abnormally, so the client cannot mistake it for complete."""
+
+    def register_producer(producer: object) -> None:
+        """Make *producer* (an IPushProducer) be paused while the client cannot keep up."""
+
+    def unregister_producer() -> None:
+        """Undo `register_producer`."""

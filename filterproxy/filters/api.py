@@ -1,0 +1,213 @@
+"""The filter API: what a filter is, what it may return and what it may call.
+
+A filter is created once per request from its class and sees the request on the way in
+(``decode_*``, in config order) and the response on the way out (``encode_*``, in reverse
+order). Each hook returns a `FilterStatus`. Subclass `StreamFilter`, which implements
+every hook as "pass through", and override only what you need: hooks you do not override
+cost nothing, in particular `encode_data`, which would otherwise run once per streamed
+chunk.
+
+Example::
+
+    class AuditFilter(StreamFilter):
+        @classmethod
+        def configure(cls, options, context):
+            return options.get("header", "x-audit")
+
+        def __init__(self, header_name):
+            self.header_name = header_name
+
+        def decode_headers(self, head, end_stream):
+            if head.headers.get(self.header_name) is None:
+                self.callbacks.send_local_reply(403, f"missing {self.header_name} header")
+                return FilterStatus.STOP_ITERATION
+            return FilterStatus.CONTINUE
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from zope.interface import Attribute, Interface, implementer
+
+from filterproxy.http.headers import Headers
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from filterproxy.config import Config, RouteConfig
+
+__all__ = [
+    "FilterContext",
+    "FilterStatus",
+    "IFilterCallbacks",
+    "IStreamFilter",
+    "RequestHead",
+    "ResponseHead",
+    "StreamFilter",
+    "StreamInfo",
+]
+
+
+class FilterStatus(enum.Enum):
+    """What the filter chain does after a hook returns."""
+
+    #: Pass the headers or data on to the next filter.
+    CONTINUE = "continue"
+    #: Stop here. For headers: hold them until the filter calls ``continue_decoding()`` /
+    #: ``continue_encoding()`` (or until one of its data hooks returns CONTINUE). For data:
+    #: the filter has taken the data; nothing is passed on.
+    STOP_ITERATION = "stop_iteration"
+    #: Data only: keep this data in the chain's buffer and stop. When the filter later
+    #: returns CONTINUE (or calls continue), everything buffered is passed on at once.
+    STOP_ITERATION_AND_BUFFER = "stop_iteration_and_buffer"
+
+
+@dataclass
+class RequestHead:
+    """The request line and headers as the filters see them (mutable)."""
+
+    method: str
+    path: str
+    headers: Headers
+    #: "http" or "https": how the client reached the gateway.
+    scheme: str = "http"
+    #: The client's IP address, or "" for a UNIX socket.
+    client_ip: str = ""
+
+
+@dataclass
+class ResponseHead:
+    """The response status and headers as the filters see them (mutable)."""
+
+    status: int
+    headers: Headers
+    reason: str = ""
+
+
+@dataclass
+class StreamInfo:
+    """What the gateway knows about one request; filters read and annotate it."""
+
+    request_id: str = ""
+    started: float = field(default_factory=time.monotonic)
+    #: The route chosen by the route filter, if any.
+    route: RouteConfig | None = None
+    #: The cluster the router will use (normally the route's).
+    cluster: str | None = None
+    #: The model named in the body, after alias resolution.
+    model: str | None = None
+    #: The JSON body parsed once by the route filter (None when not JSON or not read).
+    body_json: dict[str, Any] | None = None
+    #: Free-form annotations filters may share with each other.
+    annotations: dict[str, Any] = field(default_factory=dict)
+
+
+class IFilterCallbacks(Interface):
+    """What the chain offers a filter; available as ``self.callbacks`` in every hook."""
+
+    stream_info = Attribute("The `StreamInfo` of this request.")
+
+    def continue_decoding() -> None:
+        """Resume request processing held by this filter (after STOP_ITERATION)."""
+
+    def continue_encoding() -> None:
+        """Resume response processing held by this filter."""
+
+    def send_local_reply(
+        status: int, message: str, code: str | None = None, error_type: str | None = None
+    ) -> None:
+        """Answer the request here with an OpenAI-shaped JSON error; nothing goes upstream.
+
+        Also usable on the response path while the response head has not been sent.
+        """
+
+    def buffered_request_body() -> bytes:
+        """The request body this filter has buffered so far (STOP_ITERATION_AND_BUFFER).
+
+        At the last `decode_data` call, the whole body is ``buffered_request_body() + data``.
+        """
+
+    def replace_request_body(body: bytes) -> None:
+        """Replace the whole request body (from a filter that has seen all of it).
+
+        The router sends the new body with a matching `Content-Length`.
+        """
+
+    def inject_encoded_data(data: bytes, end_stream: bool) -> None:
+        """Send *data* on toward the client as if this filter had passed it on."""
+
+
+class IStreamFilter(Interface):
+    """A per-request filter. Implement it by subclassing `StreamFilter`."""
+
+    callbacks = Attribute("The `IFilterCallbacks` for this request, set before any hook.")
+
+    def decode_headers(head: RequestHead, end_stream: bool) -> FilterStatus:
+        """The request head; *end_stream* is true when the request has no body."""
+
+    def decode_data(data: bytes, end_stream: bool) -> FilterStatus:
+        """A piece of the request body; the last call has *end_stream* true."""
+
+    def encode_headers(head: ResponseHead, end_stream: bool) -> FilterStatus:
+        """The response head; *end_stream* is true when the response has no body."""
+
+    def encode_data(data: bytes, end_stream: bool) -> FilterStatus:
+        """A piece of the response body, as the upstream sent it."""
+
+    def on_destroy() -> None:
+        """The request is over (complete, failed or abandoned by the client)."""
+
+
+@dataclass(frozen=True)
+class FilterContext:
+    """What a filter class may consult while it validates its options at start-up."""
+
+    config: Config
+    #: The key path of the filter's entry, e.g. ``filters[2]``, for error messages.
+    path: str
+    environ: Mapping[str, str]
+
+
+@implementer(IStreamFilter)
+class StreamFilter:
+    """Base class for filters: every hook passes through; override what you need.
+
+    A filter class is named in the config by its import path (``mypkg.filters:MyFilter``).
+    At start-up the gateway calls ``configure(options, context)`` once with the entry's
+    ``options`` mapping; what it returns is given to the constructor of every per-request
+    instance. Raise `ValueError` from ``configure`` with a message that says what is wrong:
+    start-up stops and shows it with the filter's key path.
+    """
+
+    callbacks: IFilterCallbacks
+    #: True when a subclass overrides encode_data (computed by the chain, cached per class).
+    _encodes_data: ClassVar[bool | None] = None
+
+    @classmethod
+    def configure(cls, options: Mapping[str, Any], context: FilterContext) -> Any:
+        """Validate *options* once at start-up; the result is passed to ``__init__``."""
+        if options:
+            raise ValueError(f"takes no options, got: {', '.join(sorted(options))}")
+        return None
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config
+
+    def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
+        return FilterStatus.CONTINUE
+
+    def decode_data(self, data: bytes, end_stream: bool) -> FilterStatus:
+        return FilterStatus.CONTINUE
+
+    def encode_headers(self, head: ResponseHead, end_stream: bool) -> FilterStatus:
+        return FilterStatus.CONTINUE
+
+    def encode_data(self, data: bytes, end_stream: bool) -> FilterStatus:
+        return FilterStatus.CONTINUE
+
+    def on_destroy(self) -> None:
+        pass

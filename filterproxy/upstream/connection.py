@@ -1,0 +1,218 @@
+"""An HTTP/1.1 client connection to an upstream, parsed with llhttp (`httptools`).
+
+A connection is in one of these states:
+
+- IDLE: in the pool, no request on it. Data or a close from the upstream while idle
+  makes it unusable (it is dropped from the pool).
+- BUSY: a request was written; the response is being read and handed to the
+  `IUpstreamHandler` chunk by chunk, as it arrives.
+- CLOSED: the socket is gone.
+
+The connection is also the `IPushProducer` the router registers on the client's
+stream: pausing it stops reading the upstream socket, so TCP pushes back on the provider.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from typing import TYPE_CHECKING
+from typing import Protocol as TypingProtocol
+
+import httptools
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from filterproxy.http.headers import Headers
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
+    from filterproxy.upstream.pool import ConnectionPool
+
+__all__ = ["HTTP11ClientConnection", "IUpstreamHandler", "UpstreamFailure"]
+
+
+class UpstreamFailure(enum.Enum):
+    """Why an upstream exchange failed, in the vocabulary retry policies use."""
+
+    #: Closed before any byte of the response arrived.
+    RESET_BEFORE_RESPONSE = "reset"
+    #: Closed after the response started, before it was complete.
+    RESET_MID_RESPONSE = "reset-mid-response"
+    #: The upstream sent something that is not HTTP.
+    PROTOCOL_ERROR = "protocol-error"
+
+
+class IUpstreamHandler(TypingProtocol):
+    """Receives one response from an `HTTP11ClientConnection`."""
+
+    def on_response_head(self, status: int, headers: Headers) -> None: ...
+
+    def on_response_data(self, data: bytes, end_stream: bool) -> None: ...
+
+    def on_upstream_failure(self, kind: UpstreamFailure, detail: str) -> None: ...
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    BUSY = "busy"
+    CLOSED = "closed"
+
+
+@implementer(IPushProducer)
+class HTTP11ClientConnection(Protocol):
+    """One persistent connection to an upstream endpoint."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.state = State.IDLE
+        self.handler: IUpstreamHandler | None = None
+        #: Requests completed on this connection; a failure on a reused connection before
+        #: any response byte is the stale keep-alive case, which is safe to retry.
+        self.requests_served = 0
+        self.parser: httptools.HttpResponseParser | None = None
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._response_started = False
+        self._message_complete = False
+        self._keep_alive = False
+        self._until_close = False
+        self._head_request = False
+        #: The pool's idle timer while this connection waits in the pool.
+        self.idle_timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        with contextlib.suppress(AttributeError, OSError):  # UNIX sockets have no Nagle
+            self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
+
+    # -- sending ----------------------------------------------------------------------
+
+    def send_request(
+        self, head: bytes, body: bytes, handler: IUpstreamHandler, *, is_head: bool
+    ) -> None:
+        """Write one request; the response goes to *handler*."""
+        assert self.state is State.IDLE, self.state
+        self.state = State.BUSY
+        self.handler = handler
+        self.parser = httptools.HttpResponseParser(self)
+        self._raw_headers = []
+        self._response_started = False
+        self._message_complete = False
+        self._until_close = False
+        self._head_request = is_head
+        if body:
+            self.transport.writeSequence((head, body))  # type: ignore[union-attr]
+        else:
+            self.transport.write(head)  # type: ignore[union-attr]
+
+    # -- receiving --------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state is not State.BUSY or self.parser is None:
+            # Bytes from an idle upstream can only be garbage or a late error: drop it.
+            self.abort()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            if not self._message_complete:
+                self._fail(UpstreamFailure.PROTOCOL_ERROR, f"upstream sent invalid HTTP: {e}")
+                return
+            # Bytes after a complete response: the connection is not reusable.
+            self._complete(reusable=False)
+            return
+        if self._message_complete and self.state is State.BUSY:
+            self._complete(reusable=self._keep_alive)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self.parser is None or self.handler is None:
+            return
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._raw_headers = []  # an interim response (100 Continue, 103): ignore it
+            return
+        headers = Headers.from_raw(self._raw_headers)
+        self._raw_headers = []
+        self._response_started = True
+        self._until_close = (
+            not self._head_request
+            and status not in (204, 304)
+            and "content-length" not in headers
+            and "transfer-encoding" not in headers
+        )
+        self.handler.on_response_head(status, headers)
+
+    def on_body(self, body: bytes) -> None:
+        if self.handler is not None:
+            self.handler.on_response_data(body, False)
+
+    def on_message_complete(self) -> None:
+        if self._response_started and self.parser is not None:
+            self._message_complete = True
+            # Read now: llhttp resets its flags for the next message once this returns.
+            self._keep_alive = self.parser.should_keep_alive()
+
+    def _complete(self, *, reusable: bool) -> None:
+        handler, self.handler = self.handler, None
+        self.parser = None
+        self.requests_served += 1
+        if reusable:
+            self.state = State.IDLE
+            self.pool.release(self)
+        else:
+            self.abort()
+        if handler is not None:
+            handler.on_response_data(b"", True)
+
+    def _fail(self, kind: UpstreamFailure, detail: str) -> None:
+        handler, self.handler = self.handler, None
+        self.abort()
+        if handler is not None:
+            handler.on_upstream_failure(kind, detail)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        previous, self.state = self.state, State.CLOSED
+        self.pool.discard(self)
+        handler, self.handler = self.handler, None
+        if previous is not State.BUSY or handler is None:
+            return
+        if self._until_close and self._response_started:
+            handler.on_response_data(b"", True)  # the close delimits this response
+        elif self._response_started:
+            handler.on_upstream_failure(
+                UpstreamFailure.RESET_MID_RESPONSE, "upstream closed the connection mid-response"
+            )
+        else:
+            handler.on_upstream_failure(
+                UpstreamFailure.RESET_BEFORE_RESPONSE,
+                "upstream closed the connection before sending a response",
+            )
+
+    # -- control ----------------------------------------------------------------------
+
+    def abort(self) -> None:
+        """Close at once, dropping anything unsent (the exchange is abandoned)."""
+        self.handler = None
+        if self.state is not State.CLOSED and self.transport is not None:
+            self.state = State.CLOSED
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    # IPushProducer: registered on the client's stream while the response flows.
+
+    def pauseProducing(self) -> None:
+        if self.state is not State.CLOSED:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resumeProducing(self) -> None:
+        if self.state is not State.CLOSED:
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def stopProducing(self) -> None:
+        # The client is gone: nothing will read the rest of this response.
+        if self.state is State.BUSY:
+            self.abort()

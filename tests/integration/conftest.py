@@ -1,0 +1,178 @@
+"""Real processes on real loopback sockets: the test upstream and the gateway under
+``twistd -n filterproxy``, exactly as users run it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+HERE = Path(__file__).resolve().parent
+UPSTREAM_SCRIPT = HERE.parent / "upstream_server.py"
+TWISTD = Path(sys.executable).parent / "twistd"
+
+
+class Process:
+    """A child process whose output is collected by a thread, so it never blocks."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.popen = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if match := regex.search(line):
+                    return match
+            if self.popen.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"process never printed {pattern!r}; output:\n{self.output()}")
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def rss_bytes(self) -> int:
+        return int(psutil.Process(self.pid).memory_info().rss)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+class Upstream:
+    def __init__(self, process: Process, port: int) -> None:
+        self.process = process
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stats(self) -> dict[str, object]:
+        return httpx.get(f"{self.url}/control/stats").json()  # type: ignore[no-any-return]
+
+    def sent(self, key: str) -> bytes:
+        return httpx.get(f"{self.url}/control/sent/{key}").content
+
+    def release(self, key: str) -> None:
+        response = httpx.post(f"{self.url}/control/release/{key}")
+        assert response.status_code == 200, response.text
+
+
+class Gateway:
+    def __init__(self, process: Process, port: int) -> None:
+        self.process = process
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    process = Process([sys.executable, str(UPSTREAM_SCRIPT)])
+    try:
+        port = int(process.wait_for(r"PORT (\d+)").group(1))
+        yield Upstream(process, port)
+    finally:
+        process.stop()
+
+
+def start_gateway(config_text: str, tmp_path: Path, env: dict[str, str] | None = None) -> Gateway:
+    """Run ``twistd -n filterproxy`` on *config_text*, listening on a free port."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(textwrap.dedent(config_text))
+    process = Process(
+        [
+            str(TWISTD),
+            "-n",
+            "--pidfile=",
+            "-l",
+            "-",
+            "filterproxy",
+            "-c",
+            str(config),
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+        ],
+        env=env,
+    )
+    match = process.wait_for(r"filterproxy listening on .*port=(\d+)")
+    return Gateway(process, int(match.group(1)))
+
+
+def gateway_config(upstream_url: str, *, max_request_bytes: int = 1048576, extra: str = "") -> str:
+    return f"""
+        clusters:
+          test:
+            url: {upstream_url}
+            connect_timeout: 2s
+            request_headers:
+              set:
+                authorization: Bearer sk-upstream-secret
+          down:
+            url: http://127.0.0.1:9
+            connect_timeout: 2s
+        aliases:
+          fast: test-model
+        routes:
+          - models: [test-model, "test-*"]
+            cluster: test
+          - models: [down-model]
+            cluster: down
+        filters:
+          - type: body-accumulate
+            max_request_bytes: {max_request_bytes}
+          - type: route
+          - type: header-rewrite
+        {extra}
+    """
+
+
+@pytest.fixture(scope="module")
+def gateway(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    gw = start_gateway(gateway_config(upstream.url), tmp_path_factory.mktemp("gateway"))
+    try:
+        yield gw
+    finally:
+        gw.process.stop()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float) -> float:
+    """Poll *predicate* until it holds; the seconds it took. Fails after *timeout*."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(0.01)
+    return time.monotonic() - start

@@ -1,0 +1,214 @@
+"""The filter chain's iteration rules, without any I/O."""
+
+from __future__ import annotations
+
+import json
+
+from filterproxy.filters.api import FilterStatus, RequestHead, StreamFilter
+from filterproxy.filters.manager import FilterManager
+from filterproxy.http.headers import Headers
+
+from .fakes import Recorder, RecordingDownstream, RecordingRouter, request_head
+
+STOP = FilterStatus.STOP_ITERATION
+BUFFER = FilterStatus.STOP_ITERATION_AND_BUFFER
+
+
+def build(
+    filters: list[StreamFilter], limit: int = 1000
+) -> tuple[FilterManager, RecordingDownstream, RecordingRouter]:
+    downstream = RecordingDownstream()
+    routers: list[RecordingRouter] = []
+
+    def router_factory(manager: FilterManager) -> RecordingRouter:
+        routers.append(RecordingRouter(manager))
+        return routers[0]
+
+    manager = FilterManager(downstream, filters, router_factory, limit)  # type: ignore[arg-type]
+    return manager, downstream, routers[0]
+
+
+def test_decoders_run_in_order_and_encoders_in_reverse() -> None:
+    log: list[str] = []
+    manager, downstream, router = build(
+        [Recorder("a", log), Recorder("b", log), Recorder("c", log)]
+    )
+    manager.decode_headers(request_head(), False)
+    manager.decode_data(b"body", True)
+    manager.encode_headers(200, Headers([("content-type", "text/plain")]), False)
+    manager.encode_data(b"chunk", True)
+    assert log == [
+        "a.decode_headers",
+        "b.decode_headers",
+        "c.decode_headers",
+        "a.decode_data(b'body',True)",
+        "b.decode_data(b'body',True)",
+        "c.decode_data(b'body',True)",
+        "c.encode_headers",
+        "b.encode_headers",
+        "a.encode_headers",
+        "c.encode_data(b'chunk',True)",
+        "b.encode_data(b'chunk',True)",
+        "a.encode_data(b'chunk',True)",
+        "a.on_destroy",
+        "b.on_destroy",
+        "c.on_destroy",
+    ]
+    assert router.events == [("headers", "/v1/chat/completions", False), ("data", b"body", True)]
+    assert [e[0] for e in downstream.events] == ["head", "data"]
+
+
+def test_stopped_headers_are_held_until_the_filter_continues() -> None:
+    log: list[str] = []
+    holder = Recorder("a", log, decode_headers=STOP)
+    manager, _, router = build([holder, Recorder("b", log)])
+    manager.decode_headers(request_head(), True)
+    assert log == ["a.decode_headers"]
+    assert router.events == []
+    holder.callbacks.continue_decoding()
+    assert log == ["a.decode_headers", "b.decode_headers"]
+    assert router.events == [("headers", "/v1/chat/completions", True)]
+
+
+def test_buffered_data_is_passed_on_whole_when_the_filter_continues() -> None:
+    log: list[str] = []
+
+    class BufferUntilEnd(Recorder):
+        def decode_data(self, data: bytes, end_stream: bool) -> FilterStatus:
+            super().decode_data(data, end_stream)
+            return FilterStatus.CONTINUE if end_stream else BUFFER
+
+    manager, _, router = build([BufferUntilEnd("a", log, decode_headers=STOP), Recorder("b", log)])
+    manager.decode_headers(request_head(), False)
+    manager.decode_data(b"one,", False)
+    manager.decode_data(b"two,", False)
+    assert router.events == []
+    assert "b.decode_headers" not in log
+    manager.decode_data(b"three", True)
+    # Headers are released first, then the whole body as one piece.
+    assert log[-2:] == ["b.decode_headers", "b.decode_data(b'one,two,three',True)"]
+    assert router.events == [
+        ("headers", "/v1/chat/completions", False),
+        ("data", b"one,two,three", True),
+    ]
+
+
+def test_data_reaches_only_filters_that_have_seen_the_headers() -> None:
+    log: list[str] = []
+    manager, _, router = build(
+        [
+            Recorder("a", log),
+            Recorder("b", log, decode_headers=STOP, decode_data=BUFFER),
+            Recorder("c", log),
+        ]
+    )
+    manager.decode_headers(request_head(), False)
+    manager.decode_data(b"x", True)
+    assert "c.decode_headers" not in log and not any(entry.startswith("c.") for entry in log)
+    assert router.events == []
+
+
+def test_local_reply_answers_with_openai_shaped_json_and_stops_the_chain() -> None:
+    log: list[str] = []
+
+    class Deny(StreamFilter):
+        def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
+            self.callbacks.send_local_reply(403, "tenant not allowed", code="forbidden")
+            return STOP
+
+    manager, downstream, router = build([Deny(), Recorder("b", log)])
+    manager.decode_headers(request_head(), True)
+    assert log == ["b.on_destroy"]
+    assert router.events == [] and router.cancelled
+    (_, status, headers, _), (_, body, end) = downstream.events
+    assert status == 403 and end
+    assert headers.get("content-type") == "application/json"
+    assert json.loads(body) == {
+        "error": {
+            "message": "tenant not allowed",
+            "type": "invalid_request_error",
+            "code": "forbidden",
+        }
+    }
+
+
+def test_buffering_past_the_limit_is_413() -> None:
+    manager, downstream, router = build([Recorder("a", [], decode_data=BUFFER)], limit=10)
+    manager.decode_headers(request_head(), False)
+    manager.decode_data(b"12345", False)
+    manager.decode_data(b"678901", False)
+    assert downstream.events[0][1] == 413
+    assert router.cancelled
+
+
+def test_response_data_skips_filters_that_do_not_touch_data() -> None:
+    log: list[str] = []
+
+    class HeadersOnly(StreamFilter):
+        def encode_headers(self, head: object, end_stream: bool) -> FilterStatus:
+            log.append("encode_headers")
+            return FilterStatus.CONTINUE
+
+    manager, downstream, _ = build([HeadersOnly(), StreamFilter()])
+    assert manager.encoder is not None and manager.encoder.data_passthrough
+    manager.decode_headers(request_head(), True)
+    manager.encode_headers(200, Headers(), False)
+    manager.encode_data(b"a", False)
+    manager.encode_data(b"b", True)
+    assert log == ["encode_headers"]
+    assert downstream.body() == b"ab"
+
+
+def test_no_encoders_means_no_encode_iteration_at_all() -> None:
+    manager, downstream, _ = build([StreamFilter()])
+    assert manager.encoder is None
+    manager.decode_headers(request_head(), True)
+    manager.encode_headers(200, Headers([("connection", "close"), ("x-a", "1")]), False)
+    manager.encode_data(b"tok", True)
+    (_, status, headers, _), data = downstream.events
+    assert status == 200 and "connection" not in headers and headers.get("x-a") == "1"
+    assert data == ("data", b"tok", True)
+
+
+def test_encode_filter_can_replace_response_data() -> None:
+    class Upper(StreamFilter):
+        def encode_data(self, data: bytes, end_stream: bool) -> FilterStatus:
+            self.callbacks.inject_encoded_data(data.upper(), end_stream)
+            return STOP
+
+    manager, downstream, _ = build([Upper()])
+    manager.decode_headers(request_head(), True)
+    manager.encode_headers(200, Headers(), False)
+    manager.encode_data(b"abc", True)
+    assert downstream.body() == b"ABC"
+
+
+def test_a_filter_that_raises_gets_a_500_not_a_hang() -> None:
+    class Broken(StreamFilter):
+        def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
+            raise RuntimeError("bug")
+
+    manager, downstream, _ = build([Broken()])
+    manager.decode_headers(request_head(), True)
+    assert downstream.events[0][1] == 500
+    assert downstream.events[-1][2] is True
+
+
+def test_upstream_failure_after_the_response_started_aborts_the_client() -> None:
+    manager, downstream, _ = build([StreamFilter()])
+    manager.decode_headers(request_head(), True)
+    manager.encode_headers(200, Headers(), False)
+    manager.encode_data(b"partial", False)
+    manager.fail_response(502, "reset", "reset")
+    assert downstream.events[-1] == ("abort",)
+    assert manager.done
+
+
+def test_client_gone_cancels_the_router_and_destroys_filters_once() -> None:
+    log: list[str] = []
+    manager, _, router = build([Recorder("a", log)])
+    manager.decode_headers(request_head(), True)
+    manager.client_gone()
+    manager.client_gone()
+    assert router.cancelled
+    assert log.count("a.on_destroy") == 1
