@@ -234,10 +234,16 @@ def main() -> None:
     root.putChild(b"control", Control())
     site = server.Site(root)
     site.protocol = CountingChannel  # type: ignore[assignment]
-    port = reactor.listenTCP(
-        int(sys.argv[1]) if len(sys.argv) > 1 else 0, site, interface="127.0.0.1"
-    )
-    print(f"PORT {port.getHost().port}", flush=True)
+    if len(sys.argv) > 2:  # CERT KEY: serve HTTPS with that certificate
+        from twisted.internet.endpoints import serverFromString
+
+        description = f"ssl:0:interface=127.0.0.1:certKey={sys.argv[1]}:privateKey={sys.argv[2]}"
+        serverFromString(reactor, description).listen(site).addCallback(
+            lambda port: print(f"PORT {port.getHost().port}", flush=True)
+        )
+    else:
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        print(f"PORT {port.getHost().port}", flush=True)
     reactor.run()
 
 

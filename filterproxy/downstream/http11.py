@@ -23,7 +23,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 import httptools
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import IProtocolNegotiationFactory, ISSLTransport
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -81,6 +81,7 @@ class _Exchange:
         self.scheme = head.scheme
         self.client_ip = head.client_ip
         self.request_complete = not has_body
+        self.response_started = False
         self.response_complete = False
         self.chunked = False
         self.manager: FilterManager | None = None
@@ -93,6 +94,16 @@ class _Exchange:
     def start(self, manager: FilterManager) -> None:
         self.manager = manager
         manager.decode_headers(self.head, not self.has_body)
+        if (
+            not self.request_complete
+            and not self.http10
+            and not self.response_started
+            and (self.head.headers.get("expect") or "").lower() == "100-continue"
+        ):
+            # The filters have seen the head and did not refuse it (a 413 for a declared
+            # length would have been sent already): ask the client for the body now rather
+            # than let it wait (curl waits a second for this before sending a large body).
+            self.connection.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
         pending, self.pending = self.pending, []
         for data, end in pending:
             manager.decode_data(data, end)
@@ -110,6 +121,7 @@ class _Exchange:
     def send_head(self, status: int, headers: Headers, end_stream: bool) -> None:
         if self.response_complete or self.connection.gone:
             return
+        self.response_started = True
         bodyless = status in _NO_BODY_STATUSES or status < 200 or self.head.method == "HEAD"
         if "content-length" in headers or bodyless:
             pass
@@ -342,10 +354,16 @@ class HTTP11ServerConnection(Protocol):
                 exchange.manager.client_gone()
 
 
+@implementer(IProtocolNegotiationFactory)
 class HTTP11ServerFactory(ServerFactory):
     """Builds an `HTTP11ServerConnection` per accepted client connection."""
 
     noisy = False
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """ALPN on TLS listeners: we speak HTTP/1.1. (Without an answer here, Twisted's
+        TLS server aborts the handshake of every client that offers ALPN.)"""
+        return [b"http/1.1"]
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway

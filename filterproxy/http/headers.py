@@ -132,13 +132,14 @@ def forward_request_headers(
 ) -> Headers:
     """The header list to send upstream, derived from the client's.
 
-    Hop-by-hop fields and the client's framing (`Content-Length`, `Transfer-Encoding`) and
-    `Host` go; exactly one `Host` and the body's real `Content-Length` come in;
+    Hop-by-hop fields, the client's framing (`Content-Length`, `Transfer-Encoding`), `Host`
+    and `Expect` go; exactly one `Host` and the body's real `Content-Length` come in;
     `X-Forwarded-For` gains the client's address and `X-Forwarded-Proto` says how the
     client reached us.
     """
     out = headers.copy()
-    out.remove_all(connection_specific(headers) | {"host", "content-length"})
+    # `Expect` goes too: the gateway answered it and sends the whole body at once.
+    out.remove_all(connection_specific(headers) | {"host", "content-length", "expect"})
     prior = out.get_all("x-forwarded-for")
     out.remove("x-forwarded-for")
     out.remove("x-forwarded-proto")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from typing import Protocol as TypingProtocol
 
 import httptools
+from OpenSSL import SSL
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -35,6 +36,19 @@ if TYPE_CHECKING:
 __all__ = ["HTTP11ClientConnection", "IUpstreamHandler", "UpstreamFailure"]
 
 
+def _tls_error(reason: Failure | None) -> str | None:
+    """A readable description when *reason* is an OpenSSL error, else None."""
+    if reason is None or not reason.check(SSL.Error):
+        return None
+    details = [
+        str(part) for arg in reason.value.args for part in (arg if isinstance(arg, list) else [arg])
+    ]
+    text = "; ".join(details) or reason.getErrorMessage()
+    if "certificate verify failed" in text:
+        return f"certificate verification failed ({text})"
+    return text
+
+
 class UpstreamFailure(enum.Enum):
     """Why an upstream exchange failed, in the vocabulary retry policies use."""
 
@@ -44,6 +58,9 @@ class UpstreamFailure(enum.Enum):
     RESET_MID_RESPONSE = "reset-mid-response"
     #: The upstream sent something that is not HTTP.
     PROTOCOL_ERROR = "protocol-error"
+    #: The TLS handshake failed (certificate not trusted, wrong host name, no shared
+    #: protocol version). Never retried on the same endpoint, never downgraded.
+    TLS_FAILURE = "upstream_tls_failure"
 
 
 class IUpstreamHandler(TypingProtocol):
@@ -181,7 +198,12 @@ class HTTP11ClientConnection(Protocol):
         handler, self.handler = self.handler, None
         if previous is not State.BUSY or handler is None:
             return
-        if self._until_close and self._response_started:
+        tls_error = _tls_error(reason)
+        if tls_error is not None:
+            handler.on_upstream_failure(
+                UpstreamFailure.TLS_FAILURE, f"TLS handshake with the upstream failed: {tls_error}"
+            )
+        elif self._until_close and self._response_started:
             handler.on_response_data(b"", True)  # the close delimits this response
         elif self._response_started:
             handler.on_upstream_failure(

@@ -184,6 +184,13 @@ class Router:
             self._acquire(fresh=True)
             return
         cluster = self.manager.stream_info.cluster
+        if kind is UpstreamFailure.TLS_FAILURE:
+            log.warn(
+                "request {request_id}: cluster {cluster}: {detail}",
+                request_id=self.manager.stream_info.request_id,
+                cluster=cluster,
+                detail=detail,
+            )
         self.manager.fail_response(502, f"upstream cluster {cluster!r}: {detail}", kind.value)
 
     # -- cancellation -------------------------------------------------------------------

@@ -108,25 +108,17 @@ def upstream() -> Iterator[Upstream]:
         process.stop()
 
 
-def start_gateway(config_text: str, tmp_path: Path, env: dict[str, str] | None = None) -> Gateway:
-    """Run ``twistd -n filterproxy`` on *config_text*, listening on a free port."""
+def start_gateway(
+    config_text: str, tmp_path: Path, env: dict[str, str] | None = None, *, listen: bool = True
+) -> Gateway:
+    """Run ``twistd -n filterproxy`` on *config_text*: with *listen*, on a free TCP port
+    given by ``--listen``; otherwise on the config's listeners (the first one TCP)."""
     config = tmp_path / "gateway.yaml"
     config.write_text(textwrap.dedent(config_text))
-    process = Process(
-        [
-            str(TWISTD),
-            "-n",
-            "--pidfile=",
-            "-l",
-            "-",
-            "filterproxy",
-            "-c",
-            str(config),
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-        ],
-        env=env,
-    )
+    args = [str(TWISTD), "-n", "--pidfile=", "-l", "-", "filterproxy", "-c", str(config)]
+    if listen:
+        args += ["--listen", "tcp:0:interface=127.0.0.1"]
+    process = Process(args, env=env)
     match = process.wait_for(r"filterproxy listening on .*port=(\d+)")
     return Gateway(process, int(match.group(1)))
 

@@ -122,3 +122,36 @@ def test_malformed_http_is_400_and_the_connection_closes(gateway: Gateway) -> No
     assert reply.startswith(b"HTTP/1.1 400")
     assert b"malformed HTTP request" in reply
     still_serving(gateway)
+
+
+def raw_exchange(gateway: Gateway, data: bytes) -> bytes:
+    """Send *data* on a fresh connection and read until the gateway closes it."""
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.sendall(data)
+        sock.settimeout(10)
+        reply = b""
+        while piece := sock.recv(65536):
+            reply += piece
+    return reply
+
+
+def test_too_many_headers_is_431(gateway: Gateway) -> None:
+    headers = b"".join(b"x-h%d: v\r\n" % i for i in range(150))
+    reply = raw_exchange(gateway, b"GET /v1/models HTTP/1.1\r\nHost: gw\r\n" + headers + b"\r\n")
+    assert reply.startswith(b"HTTP/1.1 431")
+    assert b"too many request headers" in reply
+    still_serving(gateway)
+
+
+def test_pipelined_requests_are_answered_in_order(gateway: Gateway) -> None:
+    def request(tag: str) -> bytes:
+        body = b'{"model": "test-model", "messages": [], "tag": "%s"}' % tag.encode()
+        return (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+
+    last = request("c").replace(b"Host: gw\r\n", b"Host: gw\r\nConnection: close\r\n")
+    reply = raw_exchange(gateway, request("a") + request("b") + last)
+    assert reply.count(b"HTTP/1.1 200 OK") == 3
+    assert reply.count(b"plain answer") == 3

@@ -129,6 +129,8 @@ def test_curl_streams_sse_through_the_gateway(gateway: Gateway, upstream: Upstre
             f"{gateway.url}/v1/chat/completions",
             "-H",
             "content-type: application/json",
+            "-H",
+            "expect: 100-continue",
             "-d",
             body,
         ],
@@ -189,3 +191,35 @@ def test_keep_alive_connections_are_reused(
     assert isinstance(before, int) and isinstance(after, int)
     # Sequential requests share one pooled upstream connection (plus the control one).
     assert after - before <= 1
+
+
+def test_curl_with_a_large_body_gets_100_continue_and_no_expect_upstream(
+    gateway: Gateway, upstream: Upstream
+) -> None:
+    # Clients that send `Expect: 100-continue` (curl does for large bodies) wait for the
+    # interim answer before they send the body.
+    body = json.dumps(
+        {"model": "test-model", "messages": [{"role": "user", "content": "x" * 4000}]}
+    )
+    result = subprocess.run(
+        [
+            "curl",
+            "-sv",
+            "--max-time",
+            "15",
+            f"{gateway.url}/v1/chat/completions",
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "expect: 100-continue",
+            "-d",
+            body,
+        ],
+        capture_output=True,
+        check=True,
+    )
+    assert b"HTTP/1.1 100 Continue" in result.stderr
+    assert b"plain answer" in result.stdout
+    seen = upstream.stats()["last_headers"]
+    assert isinstance(seen, dict) and "expect" not in seen
+    assert json.loads(str(upstream.stats()["last_body"])) == json.loads(body)
