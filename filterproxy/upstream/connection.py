@@ -38,7 +38,7 @@ __all__ = ["HTTP11ClientConnection", "IUpstreamHandler", "UpstreamFailure"]
 
 def _tls_error(reason: Failure | None) -> str | None:
     """A readable description when *reason* is an OpenSSL error, else None."""
-    if reason is None or not reason.check(SSL.Error):
+    if reason is None or not reason.check(SSL.Error) or reason.value is None:
         return None
     details = [
         str(part) for arg in reason.value.args for part in (arg if isinstance(arg, list) else [arg])
