@@ -32,7 +32,7 @@ from zope.interface import implementer
 from filterproxy.downstream.stream import IDownstream
 from filterproxy.filters.api import RequestHead
 from filterproxy.http.errors import error_body
-from filterproxy.http.headers import Headers
+from filterproxy.http.headers import Headers, encode_header_block
 
 if TYPE_CHECKING:
     from filterproxy.filters.manager import FilterManager
@@ -136,14 +136,12 @@ class _Exchange:
             # A body we have not read cannot be skipped safely: close after this response.
             self.keep_alive = False
             headers.add("connection", "close")
-        lines = [
-            b"HTTP/1.0 " if self.http10 else b"HTTP/1.1 ",
-            b"%d %s\r\n" % (status, _reason(status)),
-        ]
-        for name, value in headers:
-            lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
-        lines.append(b"\r\n")
-        self.connection.transport.writeSequence(lines)  # type: ignore[union-attr]
+        status_line = b"%s %d %s\r\n" % (
+            b"HTTP/1.0" if self.http10 else b"HTTP/1.1",
+            status,
+            _reason(status),
+        )
+        self.connection.transport.writeSequence((status_line, encode_header_block(headers)))  # type: ignore[union-attr]
         if end_stream:
             self._complete()
 

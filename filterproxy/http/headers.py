@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 __all__ = [
     "HOP_BY_HOP",
     "Headers",
+    "UnsafeHeaderError",
+    "encode_header_block",
     "forward_request_headers",
     "forward_response_headers",
     "validate_header_name",
@@ -117,6 +119,25 @@ class Headers:
         return isinstance(other, Headers) and other._fields == self._fields
 
     __hash__ = None  # type: ignore[assignment]
+
+
+class UnsafeHeaderError(ValueError):
+    """A header field would break HTTP framing (CR, LF or NUL in a name or value)."""
+
+
+def encode_header_block(headers: Headers) -> bytes:
+    """The HTTP/1.1 header fields of *headers* and the blank line that ends them.
+
+    Raises:
+        UnsafeHeaderError: a name or value holds CR, LF or NUL. Client headers cannot
+            (the parser refuses them) and config values cannot (checked at load), but a
+            filter could set one; it must never reach the wire as a second header.
+    """
+    text = "".join([f"{name}: {value}\r\n" for name, value in headers._fields])
+    count = len(headers._fields)
+    if text.count("\r") != count or text.count("\n") != count or "\x00" in text:
+        raise UnsafeHeaderError("a header name or value contains CR, LF or NUL")
+    return text.encode("latin-1") + b"\r\n"
 
 
 def connection_specific(headers: Headers) -> set[str]:

@@ -11,6 +11,7 @@ connection at once, so a client that hangs up stops the generation upstream.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from twisted.internet import defer, error
@@ -18,7 +19,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from filterproxy.filters.api import RequestHead
-from filterproxy.http.headers import Headers, forward_request_headers
+from filterproxy.http.headers import (
+    Headers,
+    UnsafeHeaderError,
+    encode_header_block,
+    forward_request_headers,
+)
 from filterproxy.upstream.connection import HTTP11ClientConnection, UpstreamFailure
 from filterproxy.upstream.pool import ConnectTimeout
 
@@ -31,12 +37,20 @@ __all__ = ["Router", "connect_failure_reply", "serialize_request_head"]
 log = Logger()
 
 
+_UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
+
+
 def serialize_request_head(method: str, target: str, headers: Headers) -> bytes:
-    """The HTTP/1.1 request line and header block."""
-    lines = [f"{method} {target} HTTP/1.1\r\n"]
-    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1")
+    """The HTTP/1.1 request line and header block.
+
+    Raises:
+        UnsafeHeaderError: a filter set a path or header that would break the framing.
+    """
+    if _UNSAFE_TARGET.search(target):
+        raise UnsafeHeaderError(
+            f"request path {target[:80]!r} contains a space or control character"
+        )
+    return f"{method} {target} HTTP/1.1\r\n".encode("latin-1") + encode_header_block(headers)
 
 
 def connect_failure_reply(failure: Failure, cluster: str) -> tuple[int, str, str]:

@@ -8,6 +8,8 @@ from filterproxy.config import HeaderRules
 from filterproxy.filters.header_rewrite import apply_rules
 from filterproxy.http.headers import (
     Headers,
+    UnsafeHeaderError,
+    encode_header_block,
     forward_request_headers,
     forward_response_headers,
     validate_header_value,
@@ -85,3 +87,19 @@ def test_rules_remove_then_set_then_append() -> None:
 def test_header_values_with_cr_lf_or_nul_are_rejected(value: str) -> None:
     with pytest.raises(ValueError, match="CR, LF or NUL"):
         validate_header_value(value)
+
+
+def test_header_block_is_crlf_framed() -> None:
+    block = encode_header_block(Headers([("host", "h"), ("x-a", "1")]))
+    assert block == b"host: h\r\nx-a: 1\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [[("x-a", "1\r\nx-injected: 2")], [("x-a", "1\n")], [("x-a\r", "1")], [("x-a", "a\x00")]],
+)
+def test_header_block_refuses_fields_that_would_break_framing(
+    fields: list[tuple[str, str]],
+) -> None:
+    with pytest.raises(UnsafeHeaderError):
+        encode_header_block(Headers(fields))
