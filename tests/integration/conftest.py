@@ -160,6 +160,36 @@ def gateway(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Ite
         gw.process.stop()
 
 
+def curl_post(url: str, body: str, *options: str) -> subprocess.CompletedProcess[bytes]:
+    """POST a JSON *body* with curl, as a user would from a shell."""
+    return subprocess.run(
+        [
+            "curl",
+            "-s",
+            "--max-time",
+            "15",
+            *options,
+            url,
+            "-H",
+            "content-type: application/json",
+            "-d",
+            body,
+        ],
+        capture_output=True,
+        check=True,
+    )
+
+
+def still_serving(gateway: Gateway) -> None:
+    """The gateway answers an ordinary request (after whatever the test did to it)."""
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={"model": "test-model", "messages": []},
+        timeout=15,
+    )
+    assert response.status_code == 200
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float) -> float:
     """Poll *predicate* until it holds; the seconds it took. Fails after *timeout*."""
     start = time.monotonic()

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from .conftest import Gateway
+from .conftest import Gateway, still_serving
 
 LIMIT = 1048576  # max_request_bytes in the test gateway's config
 
@@ -18,15 +18,6 @@ def error_of(response: httpx.Response) -> dict[str, object]:
     document = response.json()
     assert set(document["error"]) == {"message", "type", "code"}
     return document["error"]  # type: ignore[no-any-return]
-
-
-def still_serving(gateway: Gateway) -> None:
-    response = httpx.post(
-        f"{gateway.url}/v1/chat/completions",
-        json={"model": "test-model", "messages": []},
-        timeout=15,
-    )
-    assert response.status_code == 200
 
 
 def test_declared_content_length_over_the_limit_is_refused_before_the_body_is_read(

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import uuid
 
 import httpx
 import openai
 import pytest
 
-from .conftest import Gateway, Upstream
+from .conftest import Gateway, Upstream, curl_post
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -120,23 +119,7 @@ def test_curl_streams_sse_through_the_gateway(gateway: Gateway, upstream: Upstre
             "test": {"chunks": 10, "key": key},
         }
     )
-    result = subprocess.run(
-        [
-            "curl",
-            "-sN",
-            "--max-time",
-            "15",
-            f"{gateway.url}/v1/chat/completions",
-            "-H",
-            "content-type: application/json",
-            "-H",
-            "expect: 100-continue",
-            "-d",
-            body,
-        ],
-        capture_output=True,
-        check=True,
-    )
+    result = curl_post(f"{gateway.url}/v1/chat/completions", body, "-N")
     assert result.stdout == upstream.sent(key)
 
 
@@ -201,22 +184,8 @@ def test_curl_with_a_large_body_gets_100_continue_and_no_expect_upstream(
     body = json.dumps(
         {"model": "test-model", "messages": [{"role": "user", "content": "x" * 4000}]}
     )
-    result = subprocess.run(
-        [
-            "curl",
-            "-sv",
-            "--max-time",
-            "15",
-            f"{gateway.url}/v1/chat/completions",
-            "-H",
-            "content-type: application/json",
-            "-H",
-            "expect: 100-continue",
-            "-d",
-            body,
-        ],
-        capture_output=True,
-        check=True,
+    result = curl_post(
+        f"{gateway.url}/v1/chat/completions", body, "-v", "-H", "expect: 100-continue"
     )
     assert b"HTTP/1.1 100 Continue" in result.stderr
     assert b"plain answer" in result.stdout
