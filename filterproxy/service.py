@@ -12,7 +12,7 @@ from twisted.logger import Logger
 from filterproxy.config import Config, ConfigError
 from filterproxy.downstream.http11 import HTTP11ServerFactory
 from filterproxy.filters.manager import FilterManager
-from filterproxy.upstream.pool import ConnectionPool
+from filterproxy.upstream.cluster import Cluster
 from filterproxy.upstream.router import Router
 
 if TYPE_CHECKING:
@@ -26,13 +26,13 @@ log = Logger()
 
 
 class Gateway:
-    """What every request needs: the config's filter chain and the clusters' pools."""
+    """What every request needs: the config's filter chain and the clusters."""
 
     def __init__(self, config: Config, reactor: Any) -> None:
         self.config = config
         self.reactor = reactor
-        self.pools = {
-            name: ConnectionPool(reactor, cluster) for name, cluster in config.clusters.items()
+        self.clusters = {
+            name: Cluster(cluster, reactor) for name, cluster in config.clusters.items()
         }
 
     def new_request(self, downstream: IDownstream) -> FilterManager:
@@ -46,8 +46,8 @@ class Gateway:
         )
 
     def close(self) -> None:
-        for pool in self.pools.values():
-            pool.close()
+        for cluster in self.clusters.values():
+            cluster.close()
 
 
 class GatewayService(Service):

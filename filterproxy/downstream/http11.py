@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,9 @@ from filterproxy.http.errors import error_body
 from filterproxy.http.headers import Headers, encode_header_block
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
+    from filterproxy.config import Limits
     from filterproxy.filters.manager import FilterManager
     from filterproxy.service import Gateway
 
@@ -53,12 +57,15 @@ def _reason(status: int) -> bytes:
 
 
 class _RequestRefused(Exception):
-    """A parser callback found the request unacceptable (too many or too large headers)."""
+    """A parser callback found the request unacceptable (limits, framing)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(
+        self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 @implementer(IDownstream)
@@ -85,6 +92,8 @@ class _Exchange:
         self.response_complete = False
         self.chunked = False
         self.manager: FilterManager | None = None
+        #: Counted in the listener's active_streams.
+        self.counted = False
         #: Body events parsed before this exchange became active (pipelining).
         self.pending: list[tuple[bytes, bool]] = []
         self.producer_registered = False
@@ -165,6 +174,7 @@ class _Exchange:
             return
         self.response_complete = True
         self.unregister_producer()
+        self.connection.uncount(self)
         self.connection.abort()
 
     def register_producer(self, producer: object) -> None:
@@ -186,15 +196,22 @@ class _Exchange:
 
 
 class HTTP11ServerConnection(Protocol):
-    """One client connection speaking HTTP/1.0 or HTTP/1.1."""
+    """One client connection speaking HTTP/1.0 or HTTP/1.1.
 
-    #: Most header fields one request may have (431 beyond).
-    max_header_count = 100
-    #: Most bytes of request line and headers together (431 beyond).
-    max_header_bytes = 64 * 1024
+    Limits come from the config's ``limits`` block. Three timers bound what a client may
+    hold: ``request_header_timeout`` from a request's first byte to the end of its
+    headers, ``request_body_timeout`` for its body, ``keepalive_timeout`` between
+    requests. A slowloris client is answered 408 and disconnected.
+    """
 
-    def __init__(self, gateway: Gateway) -> None:
+    #: After an abnormal end, how long buffered bytes (an SSE error frame) may take to
+    #: reach the client before the connection is cut regardless.
+    abort_grace = 5.0
+
+    def __init__(self, gateway: Gateway, factory: HTTP11ServerFactory) -> None:
         self.gateway = gateway
+        self.factory = factory
+        self.limits: Limits = gateway.config.limits
         self.parser = httptools.HttpRequestParser(self)
         #: The exchange whose response is being produced; None when idle.
         self.active: _Exchange | None = None
@@ -205,7 +222,9 @@ class HTTP11ServerConnection(Protocol):
         self.closing = False
         self.gone = False
         self.reading_paused = False
+        self.timer: IDelayedCall | None = None
         self._url_parts: list[bytes] = []
+        self._url_bytes = 0
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
         self.scheme = "http"
@@ -218,6 +237,7 @@ class HTTP11ServerConnection(Protocol):
         self.client_ip = getattr(transport.getPeer(), "host", "") or ""
         with contextlib.suppress(AttributeError, OSError):  # UNIX sockets have no Nagle
             transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+        self._arm(self.limits.request_header_timeout, self._header_timeout)
 
     def dataReceived(self, data: bytes) -> None:
         if self.closing or self.gone:
@@ -227,7 +247,7 @@ class HTTP11ServerConnection(Protocol):
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
             if isinstance(cause, _RequestRefused):
-                self._refuse(cause.status, cause.message)
+                self._refuse(cause.status, cause.message, cause.headers)
             else:
                 log.failure("request handling failed", Failure(cause) if cause else None)
                 self._refuse(500, "the gateway failed to handle this request")
@@ -236,36 +256,93 @@ class HTTP11ServerConnection(Protocol):
         except httptools.HttpParserError as e:
             self._refuse(400, f"malformed HTTP request: {e}")
 
+    # -- timers ---------------------------------------------------------------------------
+
+    def _arm(self, seconds: float, action: Callable[[], None]) -> None:
+        self._disarm()
+        self.timer = self.gateway.reactor.callLater(seconds, action)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            if self.timer.active():
+                self.timer.cancel()
+            self.timer = None
+
+    def _keepalive_timeout(self) -> None:
+        self.timer = None
+        self.closing = True
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _header_timeout(self) -> None:
+        self.timer = None
+        self._refuse(
+            408,
+            f"request headers not received within {self.limits.request_header_timeout:g}s "
+            "(limits.request_header_timeout)",
+        )
+
+    def _body_timeout(self) -> None:
+        self.timer = None
+        self._refuse(
+            408,
+            f"request body not received within {self.limits.request_body_timeout:g}s "
+            "(limits.request_body_timeout)",
+        )
+
     # -- parser callbacks -----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self._url_parts = []
+        self._url_bytes = 0
         self._raw_headers = []
         self._header_bytes = 0
+        if self.active is None:
+            self._arm(self.limits.request_header_timeout, self._header_timeout)
 
     def on_url(self, url: bytes) -> None:
-        self._header_bytes += len(url)
-        if self._header_bytes > self.max_header_bytes:
-            raise _RequestRefused(414, "request line is too long")
+        self._url_bytes += len(url)
+        if self._url_bytes > self.limits.max_request_line_bytes:
+            raise _RequestRefused(
+                414,
+                f"request target is longer than {self.limits.max_request_line_bytes} bytes "
+                "(limits.max_request_line_bytes)",
+            )
         self._url_parts.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        limits = self.limits
         self._header_bytes += len(name) + len(value) + 4
         self._raw_headers.append((name, value))
-        if len(self._raw_headers) > self.max_header_count:
+        if len(self._raw_headers) > limits.max_header_count:
             raise _RequestRefused(
-                431, f"too many request headers (the limit is {self.max_header_count})"
+                431,
+                f"too many request headers (the limit is {limits.max_header_count}, "
+                "limits.max_header_count)",
             )
-        if self._header_bytes > self.max_header_bytes:
+        if self._header_bytes > limits.max_header_bytes:
             raise _RequestRefused(
-                431, f"request headers are too large (the limit is {self.max_header_bytes} bytes)"
+                431,
+                f"request headers are too large (the limit is {limits.max_header_bytes} bytes, "
+                "limits.max_header_bytes)",
             )
 
     def on_headers_complete(self) -> None:
         parser = self.parser
         headers = Headers.from_raw(self._raw_headers)
+        transfer_codings = headers.get_all("transfer-encoding")
+        if transfer_codings and (
+            len(transfer_codings) > 1 or transfer_codings[0].strip().lower() != "chunked"
+        ):
+            raise _RequestRefused(400, "Transfer-Encoding must be exactly 'chunked'")
+        if self.factory.active_streams >= self.limits.max_concurrent_streams:
+            raise _RequestRefused(
+                503,
+                "the gateway is at its limit of concurrent requests "
+                "(limits.max_concurrent_streams); retry shortly",
+                (("retry-after", "1"),),
+            )
         length = headers.get("content-length")
-        has_body = "transfer-encoding" in headers or (length is not None and length != "0")
+        has_body = bool(transfer_codings) or (length is not None and length != "0")
         head = RequestHead(
             method=parser.get_method().decode("ascii"),
             path=b"".join(self._url_parts).decode("latin-1"),
@@ -277,6 +354,10 @@ class HTTP11ServerConnection(Protocol):
             self, head, has_body, parser.should_keep_alive(), parser.get_http_version() == "1.0"
         )
         self.parsing = exchange if has_body else None
+        if has_body:
+            self._arm(self.limits.request_body_timeout, self._body_timeout)
+        else:
+            self._disarm()
         if self.active is None:
             self._activate(exchange)
         else:
@@ -290,44 +371,72 @@ class HTTP11ServerConnection(Protocol):
     def on_message_complete(self) -> None:
         if self.parsing is not None:
             exchange, self.parsing = self.parsing, None
+            self._disarm()
             exchange.body(b"", True)
 
     # -- exchanges --------------------------------------------------------------------------
 
     def _activate(self, exchange: _Exchange) -> None:
         self.active = exchange
+        self.factory.active_streams += 1
+        exchange.counted = True
         exchange.start(self.gateway.new_request(exchange))
 
     def exchange_done(self, exchange: _Exchange) -> None:
         """The response of *exchange* is written; go on with the connection."""
+        self.uncount(exchange)
         if exchange is not self.active:
             return
         self.active = None
         if not exchange.keep_alive:
             self.closing = True
+            self._disarm()
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
         if self.queued:
             self._activate(self.queued.popleft())
         if not self.queued:
             self._resume_reading()
+        if self.active is None and self.parsing is None:
+            self._arm(self.limits.keepalive_timeout, self._keepalive_timeout)
 
-    def _refuse(self, status: int, message: str) -> None:
-        """Answer a request that never reached the filter chain, then close."""
+    def uncount(self, exchange: _Exchange) -> None:
+        """*exchange* no longer counts against limits.max_concurrent_streams."""
+        if exchange.counted:
+            exchange.counted = False
+            self.factory.active_streams -= 1
+
+    def _refuse(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        """Answer a request the filter chain cannot answer (bad framing, limits, time),
+        then close the connection."""
         self.closing = True
-        if self.active is not None:
-            # A response is in progress; we cannot insert one before it. Close after it.
-            self.active.keep_alive = False
+        self._disarm()
+        active = self.active
+        if active is not None:
+            active.keep_alive = False
+            if active.manager is not None and not active.response_started:
+                active.manager.send_local_reply(status, message, extra_headers=headers)
+            # Otherwise a response is in progress: the connection closes after it.
             return
         body = error_body(status, message)
+        extra = b"".join(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in headers)
         self.transport.write(  # type: ignore[union-attr]
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n%s" % (status, _reason(status), len(body), body)
+            b"%sconnection: close\r\n\r\n%s" % (status, _reason(status), len(body), extra, body)
         )
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def abort(self) -> None:
+        """End the connection without completing the response: what was written is
+        flushed (an SSE error frame must arrive), the final framing is not."""
         self.closing = True
+        self._disarm()
+        if not self.gone:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            self.timer = self.gateway.reactor.callLater(self.abort_grace, self._hard_abort)
+
+    def _hard_abort(self) -> None:
+        self.timer = None
         if not self.gone:
             self.transport.abortConnection()  # type: ignore[union-attr]
 
@@ -343,10 +452,12 @@ class HTTP11ServerConnection(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.gone = True
+        self._disarm()
         exchanges = [e for e in (self.active, *self.queued) if e is not None]
         self.active = None
         self.queued.clear()
         for exchange in exchanges:
+            self.uncount(exchange)
             if exchange.manager is not None and not exchange.response_complete:
                 exchange.response_complete = True
                 exchange.manager.client_gone()
@@ -365,6 +476,8 @@ class HTTP11ServerFactory(ServerFactory):
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        #: Requests in progress on this listener (limits.max_concurrent_streams).
+        self.active_streams = 0
 
     def buildProtocol(self, addr: object) -> HTTP11ServerConnection:
-        return HTTP11ServerConnection(self.gateway)
+        return HTTP11ServerConnection(self.gateway, self)

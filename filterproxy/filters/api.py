@@ -104,6 +104,21 @@ class StreamInfo:
     body_json: dict[str, Any] | None = None
     #: Free-form annotations filters may share with each other.
     annotations: dict[str, Any] = field(default_factory=dict)
+    #: The endpoint (URL) of the last upstream attempt.
+    endpoint: str | None = None
+    #: Upstream attempts made (retries and fail-overs included).
+    attempts: int = 0
+    #: Seconds from the request's arrival to the upstream's response head.
+    time_to_first_byte: float | None = None
+    #: The status sent to the client.
+    status: int | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    #: How the request ended: complete, local_reply, upstream_error, timeout,
+    #: internal_error or client_gone.
+    outcome: str = ""
+    #: What went wrong, when something did (never contains secrets).
+    error: str | None = None
 
 
 class IFilterCallbacks(Interface):

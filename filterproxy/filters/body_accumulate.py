@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from filterproxy._configreader import Node
-from filterproxy.config import DEFAULT_MAX_REQUEST_BYTES
+from filterproxy.config import DEFAULT_MAX_REQUEST_BYTES, Node
 from filterproxy.filters.api import FilterContext, FilterStatus, RequestHead, StreamFilter
 
 __all__ = ["BodyAccumulateConfig", "BodyAccumulateFilter"]

@@ -18,8 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from filterproxy._configreader import Node
-from filterproxy.config import ClusterConfig, HeaderPolicy, HeaderRules, parse_header_policy
+from filterproxy.config import ClusterConfig, HeaderPolicy, HeaderRules, Node, parse_header_policy
 from filterproxy.filters.api import (
     FilterContext,
     FilterStatus,

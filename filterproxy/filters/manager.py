@@ -1,10 +1,7 @@
 """The filter manager: runs one request through the chain and the router.
 
 Decoders run in config order and end at the router; encoders run in reverse and end at
-the client. Both directions follow the same rules (`_Iteration`): a filter that returns
-STOP_ITERATION from a headers hook holds the headers until it continues; data reaches
-only filters that have seen the headers; STOP_ITERATION_AND_BUFFER keeps data in the
-chain until the filter continues, within a byte limit.
+the client; both directions follow the rules of `FilterIteration`.
 
 The response direction has a fast path: when no filter overrides ``encode_data``, each
 upstream chunk goes straight to the client with no per-chunk work here.
@@ -14,13 +11,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from filterproxy import accesslog
 from filterproxy.filters.api import (
-    FilterStatus,
     IFilterCallbacks,
     IStreamFilter,
     RequestHead,
@@ -28,6 +25,7 @@ from filterproxy.filters.api import (
     StreamFilter,
     StreamInfo,
 )
+from filterproxy.filters.iteration import FilterIteration
 from filterproxy.http.errors import error_body
 from filterproxy.http.headers import Headers, forward_response_headers
 
@@ -38,117 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["FilterManager"]
 
 log = Logger()
-
-_CONTINUE = FilterStatus.CONTINUE
-_BUFFER = FilterStatus.STOP_ITERATION_AND_BUFFER
-
-HeadT = TypeVar("HeadT", RequestHead, ResponseHead)
-
-
-class _Iteration(Generic[HeadT]):
-    """One direction of the chain: headers and data through a list of hooks to a sink."""
-
-    def __init__(
-        self,
-        header_hooks: Sequence[Callable[[HeadT, bool], FilterStatus]],
-        data_hooks: Sequence[Callable[[bytes, bool], FilterStatus]],
-        sink_headers: Callable[[HeadT, bool], None],
-        sink_data: Callable[[bytes, bool], None],
-        buffer_limit: int,
-        on_buffer_overflow: Callable[[], None],
-        data_passthrough: bool,
-    ) -> None:
-        self.header_hooks: Sequence[Callable[[HeadT, bool], FilterStatus]] = header_hooks
-        self.data_hooks = data_hooks
-        self.sink_headers: Callable[[HeadT, bool], None] = sink_headers
-        self.sink_data = sink_data
-        self.buffer_limit = buffer_limit
-        self.on_buffer_overflow = on_buffer_overflow
-        #: No hook does anything with data: skip the loop once headers have passed.
-        self.data_passthrough = data_passthrough
-        self.head: HeadT | None = None
-        self.head_end_stream = False
-        #: Index of the filter holding the headers, or None.
-        self.headers_held_at: int | None = None
-        self.headers_passed = False
-        #: Data kept for filters that returned STOP_ITERATION_AND_BUFFER, by filter index.
-        self.buffers: dict[int, list[bytes]] = {}
-        self.buffered_end: dict[int, bool] = {}
-        self.buffered_bytes = 0
-        self.stopped = False
-
-    def headers(self, head: HeadT, end_stream: bool) -> None:
-        self.head = head
-        self.head_end_stream = end_stream
-        self._headers_from(0)
-
-    def _headers_from(self, index: int) -> bool:
-        assert self.head is not None
-        hooks = self.header_hooks
-        while index < len(hooks):
-            status = hooks[index](self.head, self.head_end_stream)
-            if self.stopped:
-                return False
-            if status is not _CONTINUE:
-                self.headers_held_at = index
-                return False
-            index += 1
-        self.headers_held_at = None
-        self.headers_passed = True
-        self.sink_headers(self.head, self.head_end_stream)
-        return True
-
-    def data(self, data: bytes, end_stream: bool) -> None:
-        if self.data_passthrough and self.headers_passed:
-            self.sink_data(data, end_stream)
-        else:
-            self._data_from(0, data, end_stream)
-
-    def _data_from(self, index: int, data: bytes, end_stream: bool) -> None:
-        hooks = self.data_hooks
-        while index < len(hooks):
-            status = hooks[index](data, end_stream)
-            if self.stopped:
-                return
-            if status is _CONTINUE:
-                held = self.buffers.pop(index, None)
-                if held:
-                    self.buffered_end.pop(index, None)
-                    held.append(data)
-                    data = b"".join(held)
-                    self.buffered_bytes -= len(data)
-                if self.headers_held_at == index:
-                    self._headers_from(index + 1)
-                    if self.stopped:
-                        return
-                index += 1
-                continue
-            if status is _BUFFER:
-                self._buffer(index, data, end_stream)
-            return
-        self.sink_data(data, end_stream)
-
-    def _buffer(self, index: int, data: bytes, end_stream: bool) -> None:
-        self.buffers.setdefault(index, []).append(data)
-        self.buffered_end[index] = end_stream
-        self.buffered_bytes += len(data)
-        if self.buffered_bytes > self.buffer_limit:
-            self.on_buffer_overflow()
-
-    def resume(self, index: int) -> None:
-        """Filter *index* continues: release what it held."""
-        if self.stopped:
-            return
-        if self.headers_held_at == index:
-            self._headers_from(index + 1)
-            if self.stopped:
-                return
-        held = self.buffers.pop(index, None)
-        if held is not None:
-            end_stream = self.buffered_end.pop(index)
-            data = b"".join(held)
-            self.buffered_bytes -= len(data)
-            self._data_from(index + 1, data, end_stream)
 
 
 @implementer(IFilterCallbacks)
@@ -206,7 +93,12 @@ class FilterManager:
         self.filters = filters
         self.stream_info = StreamInfo()
         self.replaced_body: bytes | None = None
+        self.head: RequestHead | None = None
         self.response_started = False
+        #: The response is an event stream (failures after the head become SSE frames).
+        self.event_stream = False
+        #: The last piece of body written to the client (SSE frames need line boundaries).
+        self.last_chunk = b""
         self.done = False
         self.router = router_factory(self)
 
@@ -220,7 +112,7 @@ class FilterManager:
         for i, f in enumerate(filters):
             f.callbacks = _Callbacks(self, i, encode_index.get(i))
 
-        self.decoder: _Iteration[RequestHead] = _Iteration(
+        self.decoder: FilterIteration[RequestHead] = FilterIteration(
             [f.decode_headers for f in filters],
             [f.decode_data for f in filters],
             self.router.on_request_headers,
@@ -229,9 +121,9 @@ class FilterManager:
             self._request_too_large,
             data_passthrough=not any(_overrides(type(f), "decode_data") for f in filters),
         )
-        self.encoder: _Iteration[ResponseHead] | None = None
+        self.encoder: FilterIteration[ResponseHead] | None = None
         if encoders:
-            self.encoder = _Iteration(
+            self.encoder = FilterIteration(
                 [f.encode_headers for _, f in encoders],
                 [f.encode_data for _, f in encoders],
                 self._send_head,
@@ -246,6 +138,7 @@ class FilterManager:
 
     def decode_headers(self, head: RequestHead, end_stream: bool) -> None:
         """The client's request head arrived."""
+        self.head = head
         self.stream_info.request_id = head.headers.get("x-request-id") or uuid.uuid4().hex
         try:
             self.decoder.headers(head, end_stream)
@@ -256,6 +149,7 @@ class FilterManager:
         """A piece of the client's request body arrived."""
         if self.done:
             return
+        self.stream_info.bytes_in += len(data)
         try:
             self.decoder.data(data, end_stream)
         except Exception:
@@ -265,7 +159,9 @@ class FilterManager:
         log.failure(
             "request {request_id} failed in the gateway", request_id=self.stream_info.request_id
         )
-        self.fail_response(500, "the gateway failed to handle this request", "internal_error")
+        self.fail_response(
+            500, "the gateway failed to handle this request", "internal_error", "internal_error"
+        )
 
     def _request_too_large(self) -> None:
         self.send_local_reply(
@@ -300,14 +196,18 @@ class FilterManager:
 
     def _send_head(self, head: ResponseHead, end_stream: bool) -> None:
         self.response_started = True
+        self.stream_info.status = head.status
+        self.event_stream = (head.headers.get("content-type") or "").startswith("text/event-stream")
         self.downstream.send_head(head.status, head.headers, end_stream)
         if end_stream:
-            self._finish()
+            self._finish("complete")
 
     def _send_data(self, data: bytes, end_stream: bool) -> None:
+        self.stream_info.bytes_out += len(data)
+        self.last_chunk = data or self.last_chunk
         self.downstream.send_data(data, end_stream)
         if end_stream:
-            self._finish()
+            self._finish("complete")
 
     def _response_too_large(self) -> None:
         log.error("a response filter buffered more than {limit} bytes", limit=self.buffer_limit)
@@ -325,6 +225,7 @@ class FilterManager:
         code: str | None = None,
         error_type: str | None = None,
         extra_headers: Sequence[tuple[str, str]] = (),
+        outcome: str = "local_reply",
     ) -> None:
         """Answer with an OpenAI-shaped JSON error; stop both directions and the upstream."""
         if self.done:
@@ -335,7 +236,7 @@ class FilterManager:
         self.router.cancel()
         if self.response_started:
             self.downstream.abort()
-            self._finish()
+            self._finish(outcome)
             return
         body = error_body(status, message, code=code, type=error_type)
         headers = Headers(
@@ -345,38 +246,52 @@ class FilterManager:
             headers.add(name, value)
         headers.add("x-request-id", self.stream_info.request_id)
         self.response_started = True
+        self.stream_info.status = status
+        self.stream_info.error = self.stream_info.error or message
         self.downstream.send_head(status, headers, False)
         self.downstream.send_data(body, True)
-        self._finish()
+        self.stream_info.bytes_out += len(body)
+        self._finish(outcome)
 
-    def fail_response(self, status: int, message: str, code: str) -> None:
-        """The upstream exchange failed: a JSON error if nothing was sent yet, else the
-        client sees the stream end abnormally (never a clean end)."""
+    def fail_response(
+        self, status: int, message: str, code: str, outcome: str = "upstream_error"
+    ) -> None:
+        """The upstream exchange failed. Before the response head: a JSON error with
+        *status*. After it: an event stream gets an ``event: error`` frame in the OpenAI
+        error shape; then the response ends without its final framing, so no client can
+        take it for complete."""
         if self.done:
             return
+        self.stream_info.error = message
         if not self.response_started:
-            self.send_local_reply(status, message, code=code)
+            self.send_local_reply(status, message, code=code, outcome=outcome)
             return
         log.warn(
-            "upstream failed mid-response for request {request_id}: {message}",
+            "request {request_id} failed mid-response: {message}",
             request_id=self.stream_info.request_id,
             message=message,
         )
         self.router.cancel()
+        if self.event_stream:
+            frame = b"event: error\ndata: " + error_body(status, message, code=code) + b"\n\n"
+            if self.last_chunk and not self.last_chunk.endswith(b"\n\n"):
+                frame = b"\n\n" + frame  # end the event the upstream left unfinished
+            self.downstream.send_data(frame, False)
         self.downstream.abort()
-        self._finish()
+        self._finish(outcome)
 
     def client_gone(self) -> None:
         """The client hung up: stop the upstream at once."""
         if self.done:
             return
         self.router.cancel()
-        self._finish()
+        self._finish("client_gone")
 
-    def _finish(self) -> None:
+    def _finish(self, outcome: str) -> None:
         if self.done:
             return
         self.done = True
+        self.stream_info.outcome = outcome
         self.decoder.stopped = True
         if self.encoder is not None:
             self.encoder.stopped = True
@@ -385,3 +300,4 @@ class FilterManager:
                 f.on_destroy()
             except Exception:
                 log.failure("filter {filter!r} failed in on_destroy", filter=f)
+        accesslog.emit(self.head, self.stream_info)

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyClass
 
-from filterproxy._configreader import ConfigError, Node
-from filterproxy.config import DEFAULT_MAX_REQUEST_BYTES, FilterSpec
+from filterproxy.config import DEFAULT_MAX_REQUEST_BYTES, ConfigError, FilterSpec, Node
 from filterproxy.filters.api import FilterContext, IStreamFilter, StreamFilter
 from filterproxy.filters.body_accumulate import BodyAccumulateConfig, BodyAccumulateFilter
 from filterproxy.filters.header_rewrite import HeaderRewriteFilter

@@ -1,4 +1,4 @@
-"""A pool of persistent HTTP/1.1 connections to one cluster endpoint.
+"""A pool of persistent HTTP/1.1 connections to one endpoint of a cluster.
 
 `max_connections` caps connections open at once (idle or busy); a request beyond it
 waits for a connection to come back. `max_idle_connections` caps those kept open while
@@ -12,7 +12,7 @@ import ipaddress
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import defer, error
+from twisted.internet import defer
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -27,9 +27,7 @@ from twisted.python.failure import Failure
 from filterproxy.upstream.connection import HTTP11ClientConnection, State
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IDelayedCall
-
-    from filterproxy.config import ClusterConfig
+    from filterproxy.config import ClusterConfig, EndpointConfig
 
 __all__ = ["ConnectTimeout", "ConnectionPool"]
 
@@ -51,24 +49,28 @@ class _ConnectionFactory(Factory):
 
 
 class ConnectionPool:
-    """Connections to one cluster, handed out one request at a time."""
+    """Connections to one endpoint, handed out one request at a time."""
 
-    def __init__(self, reactor: Any, cluster: ClusterConfig) -> None:
+    def __init__(self, reactor: Any, cluster: ClusterConfig, endpoint: EndpointConfig) -> None:
         self.reactor = reactor
         self.cluster = cluster
+        self.address = endpoint
         self.idle: list[HTTP11ClientConnection] = []
         self.waiters: deque[defer.Deferred[HTTP11ClientConnection]] = deque()
         #: Connections open or being opened.
         self.open_count = 0
         self.closed = False
-        endpoint = _tcp_endpoint(reactor, cluster)
-        if cluster.scheme == "https":
-            endpoint = wrapClientTLS(_tls_options(cluster), endpoint)
-        self.endpoint = endpoint
+        connector = _tcp_endpoint(reactor, endpoint, cluster.timeouts.connect)
+        if endpoint.scheme == "https":
+            connector = wrapClientTLS(_tls_options(cluster, endpoint.host), connector)
+        self.connector = connector
         self.factory = _ConnectionFactory(self)
 
-    def acquire(self, *, fresh: bool = False) -> defer.Deferred[HTTP11ClientConnection]:
-        """A connection for one request; cancel the Deferred to give up waiting."""
+    def acquire(
+        self, connect_timeout: float, *, fresh: bool = False
+    ) -> defer.Deferred[HTTP11ClientConnection]:
+        """A connection for one request, within *connect_timeout* seconds (else it fails
+        with `ConnectTimeout`); cancel the Deferred to give up waiting."""
         while self.idle and not fresh:
             conn = self.idle.pop()
             if conn.idle_timer is not None:
@@ -77,35 +79,42 @@ class ConnectionPool:
             if conn.state is State.IDLE:
                 return defer.succeed(conn)
         if self.open_count >= self.cluster.max_connections:
-            waiter: defer.Deferred[HTTP11ClientConnection] = defer.Deferred(self.waiters.remove)
-            self.waiters.append(waiter)
-            return waiter
-        return self._connect()
+            return self._wait(connect_timeout)
+        return self._connect(connect_timeout)
 
-    def _connect(self) -> defer.Deferred[HTTP11ClientConnection]:
+    def _wait(self, timeout: float) -> defer.Deferred[HTTP11ClientConnection]:
+        """Wait for a connection to come back (all `max_connections` are busy)."""
+        waiter: defer.Deferred[HTTP11ClientConnection] = defer.Deferred(self.waiters.remove)
+        self.waiters.append(waiter)
+
+        def busy(result: object, timeout: float) -> Failure:
+            return Failure(
+                ConnectTimeout(
+                    f"all {self.cluster.max_connections} connections to {self.address.url} "
+                    f"stayed busy for {timeout:g}s (max_connections)"
+                )
+            )
+
+        return waiter.addTimeout(timeout, self.reactor, onTimeoutCancel=busy)
+
+    def _connect(self, timeout: float) -> defer.Deferred[HTTP11ClientConnection]:
         self.open_count += 1
-        attempt = self.endpoint.connect(self.factory)
-        timer: IDelayedCall = self.reactor.callLater(self.cluster.connect_timeout, attempt.cancel)
-        timed_out = []
 
-        def settle(result: object) -> object:
-            if timer.active():
-                timer.cancel()
-            else:
-                timed_out.append(True)
-            return result
+        def too_slow(result: object, timeout: float) -> Failure:
+            return Failure(
+                ConnectTimeout(
+                    f"no connection to {self.address.host}:{self.address.port} within "
+                    f"{timeout:g}s (timeouts.connect)"
+                )
+            )
 
         def failed(failure: Failure) -> Failure:
             self.open_count -= 1
             self._wake_waiter()
-            if timed_out and failure.check(defer.CancelledError, error.ConnectingCancelledError):
-                raise ConnectTimeout(
-                    f"no connection to {self.cluster.host}:{self.cluster.port} within "
-                    f"{self.cluster.connect_timeout:g}s"
-                )
             return failure
 
-        attempt.addBoth(settle)
+        attempt = self.connector.connect(self.factory)
+        attempt.addTimeout(timeout, self.reactor, onTimeoutCancel=too_slow)
         attempt.addErrback(failed)
         return attempt  # type: ignore[no-any-return]
 
@@ -145,7 +154,7 @@ class ConnectionPool:
     def _wake_waiter(self) -> None:
         if self.waiters and self.open_count < self.cluster.max_connections and not self.closed:
             waiter = self.waiters.popleft()
-            self._connect().chainDeferred(waiter)
+            self._connect(self.cluster.timeouts.connect).chainDeferred(waiter)
 
     def close(self) -> None:
         """Close every idle connection; busy ones close when their response ends."""
@@ -157,19 +166,17 @@ class ConnectionPool:
             self.waiters.popleft().cancel()
 
 
-def _tcp_endpoint(reactor: Any, cluster: ClusterConfig) -> Any:
-    """An endpoint for the cluster's host: IP literals skip name resolution."""
+def _tcp_endpoint(reactor: Any, endpoint: EndpointConfig, timeout: float) -> Any:
+    """A client endpoint for *endpoint*'s host: IP literals skip name resolution."""
     try:
-        address = ipaddress.ip_address(cluster.host)
+        address = ipaddress.ip_address(endpoint.host)
     except ValueError:
-        return HostnameEndpoint(
-            reactor, cluster.host, cluster.port, timeout=cluster.connect_timeout
-        )
+        return HostnameEndpoint(reactor, endpoint.host, endpoint.port, timeout=timeout)
     endpoint_type = TCP4ClientEndpoint if address.version == 4 else TCP6ClientEndpoint
-    return endpoint_type(reactor, cluster.host, cluster.port, timeout=cluster.connect_timeout)
+    return endpoint_type(reactor, endpoint.host, endpoint.port, timeout=timeout)
 
 
-def _tls_options(cluster: ClusterConfig) -> Any:
+def _tls_options(cluster: ClusterConfig, host: str) -> Any:
     """Client TLS options: the system trust store (or the cluster's CA file), SNI and
     hostname verification. With ``tls.verify: false`` the certificate is not checked."""
     if not cluster.tls_verify:
@@ -180,4 +187,4 @@ def _tls_options(cluster: ClusterConfig) -> Any:
     if cluster.ca_file is not None:
         with open(cluster.ca_file, "rb") as f:
             trust = Certificate.loadPEM(f.read())
-    return optionsForClientTLS(cluster.host, trustRoot=trust)
+    return optionsForClientTLS(host, trustRoot=trust)

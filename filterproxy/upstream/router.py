@@ -1,86 +1,64 @@
-"""The router: the terminal decoder. It sends the request to the chosen cluster and
-pumps the response back through the encoders, chunk by chunk, as it arrives.
+"""The router: the terminal decoder. It sends the request upstream — retrying and failing
+over while nothing has reached the client — and pumps the response back through the
+encoders, chunk by chunk, as it arrives.
 
-Backpressure: once the response head arrives, the upstream connection is registered as
-a streaming producer on the client's stream. When the client cannot keep up, Twisted
-pauses it, the upstream socket is no longer read, and TCP pushes back on the provider.
+An exchange goes through these phases:
 
-Cancellation: `cancel()` gives up a pending connection attempt or aborts the upstream
+- CONNECTING: waiting for a pooled or new connection (``timeouts.connect``).
+- WAITING: the request is written; waiting for the response head (``timeouts.first_byte``).
+  A failure here may be retried (`retry.decide`): on another endpoint of the cluster,
+  then on the route's fallback clusters, after a jittered backoff.
+- STREAMING: the head went to the client; each chunk is passed on as it arrives, and
+  the gap between chunks is bounded by ``timeouts.idle``. Nothing is retried any more:
+  a failure is reported to the client (an SSE ``event: error`` frame, then the
+  connection ends).
+
+Backpressure: in STREAMING the upstream connection is the client stream's streaming
+producer, so a slow client stops the reading of the upstream socket.
+
+Cancellation: `cancel()` gives up a connection attempt or aborts the upstream
 connection at once, so a client that hangs up stops the generation upstream.
 """
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING
+import random
+import time
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet import defer, error
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from filterproxy.config import RouteConfig, UpstreamPlan
 from filterproxy.filters.api import RequestHead
-from filterproxy.http.headers import (
-    Headers,
-    UnsafeHeaderError,
-    encode_header_block,
-    forward_request_headers,
-)
+from filterproxy.http.headers import Headers
 from filterproxy.upstream.connection import HTTP11ClientConnection, UpstreamFailure
-from filterproxy.upstream.pool import ConnectTimeout
+from filterproxy.upstream.request import build_request_head, connect_failure_reply
+from filterproxy.upstream.retry import (
+    FailureKind,
+    backoff_delay,
+    counts_against_health,
+    decide,
+    parse_retry_after,
+)
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IDelayedCall
+
     from filterproxy.filters.manager import FilterManager
     from filterproxy.service import Gateway
+    from filterproxy.upstream.cluster import Endpoint
 
-__all__ = ["Router", "connect_failure_reply", "serialize_request_head"]
+__all__ = ["Router"]
 
 log = Logger()
 
-
-_UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
-
-
-def serialize_request_head(method: str, target: str, headers: Headers) -> bytes:
-    """The HTTP/1.1 request line and header block.
-
-    Raises:
-        UnsafeHeaderError: a filter set a path or header that would break the framing.
-    """
-    if _UNSAFE_TARGET.search(target):
-        raise UnsafeHeaderError(
-            f"request path {target[:80]!r} contains a space or control character"
-        )
-    return f"{method} {target} HTTP/1.1\r\n".encode("latin-1") + encode_header_block(headers)
-
-
-def connect_failure_reply(failure: Failure, cluster: str) -> tuple[int, str, str]:
-    """Status, message and code for a failed connection attempt to *cluster*."""
-    if failure.check(ConnectTimeout, error.TimeoutError):
-        return (
-            504,
-            f"upstream cluster {cluster!r}: {failure.getErrorMessage()}",
-            "upstream_connect_timeout",
-        )
-    if failure.check(error.ConnectionRefusedError):
-        return (
-            502,
-            f"upstream cluster {cluster!r} refused the connection",
-            "upstream_connect_refused",
-        )
-    if failure.check(error.DNSLookupError):
-        return 502, f"upstream cluster {cluster!r}: host name lookup failed", "upstream_dns_failure"
-    message = failure.getErrorMessage()
-    if "certificate" in message.lower() or "verify" in message.lower():
-        return (
-            502,
-            f"upstream cluster {cluster!r}: TLS certificate verification failed ({message})",
-            "upstream_tls_failure",
-        )
-    return (
-        502,
-        f"upstream cluster {cluster!r}: connection failed ({message})",
-        "upstream_connect_failure",
-    )
+_UPSTREAM_FAILURE_KINDS = {
+    UpstreamFailure.RESET_BEFORE_RESPONSE: FailureKind.RESET,
+    UpstreamFailure.TLS_FAILURE: FailureKind.CONNECT_FAILURE,
+    UpstreamFailure.PROTOCOL_ERROR: FailureKind.PROTOCOL_ERROR,
+}
 
 
 class Router:
@@ -89,14 +67,26 @@ class Router:
     def __init__(self, manager: FilterManager, gateway: Gateway) -> None:
         self.manager = manager
         self.gateway = gateway
+        self.reactor = gateway.reactor
         self.head: RequestHead | None = None
         self.body_parts: list[bytes] = []
-        self.pending: defer.Deferred[HTTP11ClientConnection] | None = None
-        self.connection: HTTP11ClientConnection | None = None
-        self.request_bytes = b""
         self.body = b""
+        self.plan: tuple[UpstreamPlan, ...] = ()
+        self.plan_index = 0
+        self.attempts_on_cluster = 0
+        self.retries = 0
+        #: Endpoint indexes of the current cluster that already failed this request.
+        self.failed_endpoints: set[int] = set()
+        self.endpoint: Endpoint | None = None
+        self.pending: Deferred[HTTP11ClientConnection] | None = None
+        self.connection: HTTP11ClientConnection | None = None
+        self.streaming = False
         self.retried_stale = False
         self.cancelled = False
+        self.timer: IDelayedCall | None = None
+        self.total_timer: IDelayedCall | None = None
+        self.heartbeat_timer: IDelayedCall | None = None
+        self.heartbeat: float | None = None
 
     # -- terminal decoder -------------------------------------------------------------
 
@@ -115,36 +105,39 @@ class Router:
     def _send(self, body: bytes) -> None:
         manager, head = self.manager, self.head
         assert head is not None
-        info = manager.stream_info
-        cluster_name = info.cluster or (info.route.cluster if info.route else None)
-        if cluster_name is None:
+        route: RouteConfig | None = manager.stream_info.route
+        if route is None or not route.plan:
             manager.send_local_reply(
                 404, f"no route for {head.method} {head.path}", code="route_not_found"
             )
             return
-        info.cluster = cluster_name
-        pool = self.gateway.pools[cluster_name]
-        cluster = pool.cluster
-        if manager.replaced_body is not None:
-            body = manager.replaced_body
-        has_body = bool(body) or head.method in ("POST", "PUT", "PATCH")
-        headers = forward_request_headers(
-            head.headers,
-            host=cluster.host_header,
-            client_ip=head.client_ip,
-            scheme=head.scheme,
-            body_length=len(body) if has_body else None,
-        )
-        self.request_bytes = serialize_request_head(
-            head.method, cluster.base_path + head.path, headers
-        )
-        self.body = body
-        self._acquire(fresh=False)
+        self.plan = route.plan
+        self.heartbeat = route.heartbeat
+        self.body = manager.replaced_body if manager.replaced_body is not None else body
+        total = self.plan[0].timeouts.total
+        if total is not None:
+            self.total_timer = self.reactor.callLater(total, self._total_timeout, total)
+        self._attempt()
 
-    def _acquire(self, *, fresh: bool) -> None:
-        assert self.manager.stream_info.cluster is not None
-        pool = self.gateway.pools[self.manager.stream_info.cluster]
-        self.pending = pool.acquire(fresh=fresh)
+    # -- attempts -----------------------------------------------------------------------
+
+    def _attempt(self, *, fresh: bool = False) -> None:
+        self.timer = None
+        assert self.head is not None
+        step = self.plan[self.plan_index]
+        cluster = self.gateway.clusters[step.cluster]
+        endpoint = cluster.pick(self.failed_endpoints)
+        self.endpoint = endpoint
+        self.attempts_on_cluster += 1
+        info = self.manager.stream_info
+        info.cluster = step.cluster
+        info.endpoint = endpoint.config.url
+        info.attempts += 1
+        has_body = bool(self.body) or self.head.method in ("POST", "PUT", "PATCH")
+        self.request_bytes = build_request_head(
+            self.head, endpoint.config, len(self.body) if has_body else None
+        )
+        self.pending = endpoint.pool.acquire(step.timeouts.connect, fresh=fresh)
         self.pending.addCallbacks(self._connected, self._connect_failed)
 
     def _connected(self, connection: HTTP11ClientConnection) -> None:
@@ -157,35 +150,117 @@ class Router:
         connection.send_request(
             self.request_bytes, self.body, self, is_head=self.head.method == "HEAD"
         )
+        first_byte = self.plan[self.plan_index].timeouts.first_byte
+        self.timer = self.reactor.callLater(first_byte, self._first_byte_timeout, first_byte)
 
     def _connect_failed(self, failure: Failure) -> None:
         self.pending = None
         if self.cancelled:
             return
-        cluster = self.manager.stream_info.cluster or "?"
-        status, message, code = connect_failure_reply(failure, cluster)
-        log.warn(
-            "request {request_id}: {message}",
-            request_id=self.manager.stream_info.request_id,
+        status, message, code = connect_failure_reply(failure, self.plan[self.plan_index].cluster)
+        self._attempt_failed(FailureKind.CONNECT_FAILURE, None, status, message, code)
+
+    def _attempt_failed(
+        self,
+        kind: FailureKind,
+        status: int | None,
+        reply_status: int,
+        message: str,
+        code: str,
+        retry_after: float | None = None,
+    ) -> None:
+        """An attempt failed before anything reached the client: retry, fail over or answer."""
+        endpoint = self.endpoint
+        if (
+            endpoint is not None
+            and counts_against_health(kind, status)
+            and endpoint.health.record_failure(self.reactor.seconds())
+        ):
+            log.warn(
+                "endpoint {endpoint} of cluster {cluster} ejected after {n} consecutive failures",
+                endpoint=endpoint.config.url,
+                cluster=self.plan[self.plan_index].cluster,
+                n=endpoint.health.policy.consecutive_failures,
+            )
+        decision = decide(self.plan, self.plan_index, self.attempts_on_cluster, kind, status)
+        info = self.manager.stream_info
+        info.error = message
+        if not decision.retry:
+            self._cancel_timers()
+            outcome = "timeout" if code.endswith("timeout") else "upstream_error"
+            self.manager.fail_response(reply_status, message, code, outcome)
+            return
+        if decision.fallback:
+            self.plan_index = decision.plan_index
+            self.attempts_on_cluster = 0
+            self.failed_endpoints = set()
+            delay = 0.0
+        else:
+            if endpoint is not None:
+                self.failed_endpoints.add(endpoint.index)
+            self.retries += 1
+            policy = self.plan[self.plan_index].retry
+            delay = backoff_delay(policy, self.retries, random.random(), retry_after)
+        log.info(
+            "request {request_id}: {message}; attempt {attempt} in {delay:.3f}s on cluster {cluster}",
+            request_id=info.request_id,
             message=message,
+            attempt=info.attempts + 1,
+            delay=delay,
+            cluster=self.plan[self.plan_index].cluster,
         )
-        self.manager.fail_response(status, message, code)
+        self.timer = self.reactor.callLater(delay, self._attempt)
 
     # -- IUpstreamHandler ---------------------------------------------------------------
 
     def on_response_head(self, status: int, headers: Headers) -> None:
+        self._cancel_timer()
+        step = self.plan[self.plan_index]
+        if (
+            status >= 400
+            and decide(
+                self.plan, self.plan_index, self.attempts_on_cluster, FailureKind.STATUS, status
+            ).retry
+        ):
+            connection, self.connection = self.connection, None
+            if connection is not None:
+                connection.abort()  # drop the error body; the next attempt is what counts
+            retry_after = parse_retry_after(headers.get("retry-after"), time.time())
+            message = f"upstream cluster {step.cluster!r} answered {status}"
+            self._attempt_failed(
+                FailureKind.STATUS, status, 502, message, "upstream_status", retry_after
+            )
+            return
+        if self.endpoint is not None:
+            if status >= 500:
+                self.endpoint.health.record_failure(self.reactor.seconds())
+            else:
+                self.endpoint.health.record_success()
+        self.streaming = True
         manager = self.manager
+        manager.stream_info.time_to_first_byte = time.monotonic() - manager.stream_info.started
         if self.connection is not None:
             manager.downstream.register_producer(self.connection)
+        idle = step.timeouts.idle
+        self.timer = self.reactor.callLater(idle, self._idle_timeout, idle)
         manager.encode_headers(status, headers, False)
+        if self.heartbeat is not None and manager.event_stream and not manager.done:
+            self.heartbeat_timer = self.reactor.callLater(self.heartbeat, self._heartbeat)
 
     def on_response_data(self, data: bytes, end_stream: bool) -> None:
         if end_stream:
             self.connection = None
+            self._cancel_timers()
+        else:
+            if self.timer is not None:
+                self.timer.reset(self.plan[self.plan_index].timeouts.idle)
+            if self.heartbeat_timer is not None:
+                self.heartbeat_timer.reset(self.heartbeat)  # type: ignore[arg-type]
         self.manager.encode_data(data, end_stream)
 
     def on_upstream_failure(self, kind: UpstreamFailure, detail: str) -> None:
         connection, self.connection = self.connection, None
+        cluster = self.plan[self.plan_index].cluster
         if (
             kind is UpstreamFailure.RESET_BEFORE_RESPONSE
             and connection is not None
@@ -194,27 +269,99 @@ class Router:
         ):
             # A pooled keep-alive connection the upstream had closed while it was idle:
             # the request never reached the upstream, so send it again on a new one.
+            self._cancel_timer()
             self.retried_stale = True
-            self._acquire(fresh=True)
+            self.manager.stream_info.attempts -= 1
+            self.attempts_on_cluster -= 1
+            self._attempt(fresh=True)
             return
-        cluster = self.manager.stream_info.cluster
-        if kind is UpstreamFailure.TLS_FAILURE:
-            log.warn(
-                "request {request_id}: cluster {cluster}: {detail}",
-                request_id=self.manager.stream_info.request_id,
-                cluster=cluster,
-                detail=detail,
-            )
-        self.manager.fail_response(502, f"upstream cluster {cluster!r}: {detail}", kind.value)
+        message = f"upstream cluster {cluster!r}: {detail}"
+        if self.streaming:
+            self._cancel_timers()
+            self.manager.fail_response(502, message, kind.value)
+            return
+        self._cancel_timer()
+        self._attempt_failed(
+            _UPSTREAM_FAILURE_KINDS.get(kind, FailureKind.RESET), None, 502, message, kind.value
+        )
+
+    # -- timeouts -----------------------------------------------------------------------
+
+    def _first_byte_timeout(self, seconds: float) -> None:
+        self.timer = None
+        self._abort_connection()
+        cluster = self.plan[self.plan_index].cluster
+        if self.endpoint is not None:
+            self.endpoint.health.record_failure(self.reactor.seconds())
+        self._cancel_timers()
+        self.manager.fail_response(
+            504,
+            f"upstream cluster {cluster!r} sent no response within {seconds:g}s (timeouts.first_byte)",
+            "upstream_first_byte_timeout",
+            "timeout",
+        )
+
+    def _idle_timeout(self, seconds: float) -> None:
+        self.timer = None
+        self._abort_connection()
+        self._cancel_timers()
+        cluster = self.plan[self.plan_index].cluster
+        self.manager.fail_response(
+            504,
+            f"upstream cluster {cluster!r} sent nothing for {seconds:g}s mid-response (timeouts.idle)",
+            "upstream_idle_timeout",
+            "timeout",
+        )
+
+    def _total_timeout(self, seconds: float) -> None:
+        self.total_timer = None
+        self.cancel()
+        cluster = self.plan[self.plan_index].cluster
+        self.manager.fail_response(
+            504,
+            f"upstream cluster {cluster!r}: the exchange took longer than {seconds:g}s (timeouts.total)",
+            "upstream_total_timeout",
+            "timeout",
+        )
+
+    def _heartbeat(self) -> None:
+        """Silence in an event stream: send an SSE comment so proxies in front keep the
+        connection open. Only at a line boundary, never inside an upstream line."""
+        assert self.heartbeat is not None
+        self.heartbeat_timer = self.reactor.callLater(self.heartbeat, self._heartbeat)
+        last = self.manager.last_chunk
+        if last.endswith(b"\n\n") or not last:
+            self.manager.downstream.send_data(b": keep-alive\n\n", False)
+        elif last.endswith(b"\n"):
+            self.manager.downstream.send_data(b": keep-alive\n", False)
 
     # -- cancellation -------------------------------------------------------------------
 
-    def cancel(self) -> None:
-        """Abandon the upstream exchange at once (client gone or local reply)."""
-        self.cancelled = True
-        if self.pending is not None:
-            pending, self.pending = self.pending, None
-            pending.cancel()
+    def _abort_connection(self) -> None:
         if self.connection is not None:
             connection, self.connection = self.connection, None
             connection.abort()
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            if self.timer.active():
+                self.timer.cancel()
+            self.timer = None
+
+    def _cancel_timers(self) -> None:
+        self._cancel_timer()
+        for name in ("total_timer", "heartbeat_timer"):
+            timer: Any = getattr(self, name)
+            if timer is not None:
+                if timer.active():
+                    timer.cancel()
+                setattr(self, name, None)
+
+    def cancel(self) -> None:
+        """Abandon the upstream exchange at once (client gone, local reply, total timeout)."""
+        self.cancelled = True
+        self._cancel_timers()
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.cancel()
+        self._abort_connection()

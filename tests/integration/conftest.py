@@ -128,13 +128,13 @@ def gateway_config(upstream_url: str, *, max_request_bytes: int = 1048576, extra
         clusters:
           test:
             url: {upstream_url}
-            connect_timeout: 2s
+            timeouts: {{connect: 2s}}
             request_headers:
               set:
                 authorization: Bearer sk-upstream-secret
           down:
             url: http://127.0.0.1:9
-            connect_timeout: 2s
+            timeouts: {{connect: 2s}}
         aliases:
           fast: test-model
         routes:

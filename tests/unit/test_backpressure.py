@@ -12,7 +12,7 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from filterproxy.config import parse_config
-from filterproxy.downstream.http11 import HTTP11ServerConnection
+from filterproxy.downstream.http11 import HTTP11ServerFactory
 from filterproxy.service import Gateway
 from filterproxy.upstream.connection import HTTP11ClientConnection, State
 
@@ -39,14 +39,14 @@ class Harness:
     def __init__(self) -> None:
         self.reactor = MemoryReactorClock()
         self.gateway = Gateway(parse_config(CONFIG, environ={}), self.reactor)
-        self.pool = self.gateway.pools["up"]
+        self.pool = self.gateway.clusters["up"].endpoints[0].pool
         self.upstream = HTTP11ClientConnection(self.pool)
         self.upstream_transport = StringTransport()
         self.upstream.makeConnection(self.upstream_transport)
         self.pool.open_count = 1
-        self.pool.acquire = lambda fresh=False: defer.succeed(self.upstream)  # type: ignore[method-assign]
+        self.pool.acquire = lambda timeout, fresh=False: defer.succeed(self.upstream)  # type: ignore[method-assign]
         self.client_transport = StringTransport()
-        self.client = HTTP11ServerConnection(self.gateway)
+        self.client = HTTP11ServerFactory(self.gateway).buildProtocol(None)
         self.client.makeConnection(self.client_transport)
 
     def start_stream(self) -> None:
@@ -116,5 +116,5 @@ def test_upstream_reset_mid_stream_aborts_the_client_instead_of_a_clean_end() ->
     h = Harness()
     h.start_stream()
     h.upstream.connectionLost(None)  # type: ignore[arg-type]
-    assert h.client_transport.disconnected
+    assert h.client_transport.disconnecting
     assert not h.client_transport.value().endswith(b"0\r\n\r\n")

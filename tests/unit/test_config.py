@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from filterproxy.config import ConfigError, parse_config
+from filterproxy.config import ConfigError, Timeouts, parse_config
 from filterproxy.filters.body_accumulate import BodyAccumulateFilter
 from filterproxy.filters.header_rewrite import HeaderRewriteFilter
 from filterproxy.filters.route import RouteFilter
@@ -35,13 +35,16 @@ def test_a_minimal_config_gets_the_default_chain_and_defaults() -> None:
     assert isinstance(config.filters[1].create(), RouteFilter)
     assert isinstance(config.filters[2].create(), HeaderRewriteFilter)
     cluster = config.clusters["openai"]
-    assert (cluster.host, cluster.port, cluster.host_header, cluster.scheme) == (
+    (endpoint,) = cluster.endpoints
+    assert (endpoint.host, endpoint.port, endpoint.host_header, endpoint.scheme) == (
         "api.openai.com",
         443,
         "api.openai.com",
         "https",
     )
-    assert cluster.connect_timeout == 5.0 and cluster.tls_verify is True
+    assert cluster.timeouts == Timeouts(connect=5.0, first_byte=300.0, idle=120.0, total=None)
+    assert cluster.tls_verify is True
+    assert cluster.retry.max_attempts == 3
     assert config.buffer_limit_bytes == 10 * 1024 * 1024
 
 
@@ -49,11 +52,14 @@ def test_a_minimal_config_gets_the_default_chain_and_defaults() -> None:
     ("text", "expected"),
     [
         ("clusters: {openai: {url: 'htp://x'}}", "clusters.openai.url: not a URL: 'htp://x'"),
-        ("clusters: {openai: {}}", "clusters.openai: missing 'url'"),
+        (
+            "clusters: {openai: {}}",
+            "clusters.openai: give either 'url' (one upstream) or 'endpoints'",
+        ),
         ("clusters: {openai: {url: 'http://x:notaport'}}", "clusters.openai.url: not a URL"),
         (
-            "clusters: {openai: {url: 'http://x', connect_timeout: soon}}",
-            "clusters.openai.connect_timeout: expected a duration like 30s or 250ms, got 'soon'",
+            "clusters: {openai: {url: 'http://x', timeouts: {connect: soon}}}",
+            "clusters.openai.timeouts.connect: expected a duration like 30s or 250ms, got 'soon'",
         ),
         (
             "clusters: {openai: {url: 'http://x', max_connections: 0}}",
@@ -133,6 +139,59 @@ def test_a_minimal_config_gets_the_default_chain_and_defaults() -> None:
             "filters[0]: filter tests.unit.sample_filters:TagFilter: option 'tag' is required",
         ),
         ("clusters: {a: {url: 'http://x'}\n", "is not valid YAML"),
+        (
+            "clusters: {a: {url: 'http://x', retry: {retry_on: [gateway-error]}}}",
+            "clusters.a.retry.retry_on: unknown condition 'gateway-error'; use any of: 5xx, connect-failure",
+        ),
+        (
+            "clusters: {a: {url: 'http://x', retry: {max_attempts: 0}}}",
+            "clusters.a.retry.max_attempts: must be at least 1",
+        ),
+        (
+            "clusters: {a: {url: 'http://x', retry: {retriable_status_codes: [700]}}}",
+            "clusters.a.retry.retriable_status_codes: status codes are between 100 and 599",
+        ),
+        (
+            "clusters: {a: {url: 'http://x', timeouts: {idle: 0}}}",
+            "clusters.a.timeouts.idle: must be more than 0",
+        ),
+        (
+            "clusters: {a: {url: 'http://x', timeouts: {read: 5s}}}",
+            "clusters.a.timeouts.read: unknown key",
+        ),
+        (
+            "clusters: {a: {url: 'http://x', endpoints: ['http://y']}}",
+            "clusters.a: give either 'url' (one upstream) or 'endpoints'",
+        ),
+        ("clusters: {a: {endpoints: []}}", "clusters.a.endpoints: needs at least one endpoint"),
+        (
+            "clusters: {a: {endpoints: [{url: 'http://y', weight: 0}]}}",
+            "clusters.a.endpoints[0].weight: must be at least 1",
+        ),
+        (
+            "clusters: {a: {url: 'http://x', outlier_detection: {consecutive_failures: 0}}}",
+            "clusters.a.outlier_detection.consecutive_failures: must be at least 1",
+        ),
+        (
+            "clusters: {a: {url: 'http://x'}}\nroutes: [{cluster: a, fallbacks: [b]}]",
+            "routes[0].fallbacks[0]: unknown cluster 'b'",
+        ),
+        (
+            "clusters: {a: {url: 'http://x'}}\nroutes: [{cluster: a, fallbacks: [a]}]",
+            "routes[0].fallbacks: each cluster may appear once",
+        ),
+        (
+            "clusters: {a: {url: 'http://x'}}\nroutes: [{cluster: a, heartbeat: 0}]",
+            "routes[0].heartbeat: must be more than 0, or off",
+        ),
+        (
+            "clusters: {a: {url: 'http://x'}}\nlimits: {max_header_count: 0}",
+            "limits.max_header_count: must be at least 1",
+        ),
+        (
+            "clusters: {a: {url: 'http://x'}}\nlimits: {request_header_timeout: never}",
+            "limits.request_header_timeout: expected a duration",
+        ),
     ],
 )
 def test_each_bad_input_names_its_key_and_the_fix(text: str, expected: str) -> None:
@@ -149,10 +208,14 @@ clusters:
 """
     config = parse_config(text, environ={"KEY": "sk-1"})
     cluster = config.clusters["a"]
-    assert cluster.url == "http://127.0.0.1:9000"
+    assert cluster.endpoints[0].url == "http://127.0.0.1:9000"
     assert cluster.headers.request.set == (("authorization", "Bearer sk-1"),)
     assert (
-        parse_config(text, environ={"KEY": "k", "UPSTREAM": "http://h:1"}).clusters["a"].port == 1
+        parse_config(text, environ={"KEY": "k", "UPSTREAM": "http://h:1"})
+        .clusters["a"]
+        .endpoints[0]
+        .port
+        == 1
     )
 
 
@@ -180,4 +243,38 @@ def test_demo_and_shipped_configs_are_valid() -> None:
         conf / "openai.yaml", environ={"OPENAI_API_KEY": "a", "ANTHROPIC_API_KEY": "b"}
     ).clusters
     bench = load_config(conf / "bench.yaml", environ={})
-    assert bench.clusters["upstream"].url == "http://127.0.0.1:9101"
+    assert bench.clusters["upstream"].endpoints[0].url == "http://127.0.0.1:9101"
+
+
+def test_route_overrides_merge_into_each_clusters_policies() -> None:
+    text = """
+clusters:
+  openai:
+    url: https://api.openai.com
+    timeouts: {first_byte: 60s, idle: 30s}
+    retry: {max_attempts: 2, retry_on: [5xx]}
+  azure:
+    endpoints:
+      - {url: 'https://a.example.com', weight: 3, request_headers: {set: {api-key: k1}}}
+      - https://b.example.com
+routes:
+  - models: [gpt-4o]
+    cluster: openai
+    fallbacks: [azure]
+    timeouts: {idle: 10s, total: 5m}
+    retry: {max_attempts: 4}
+    heartbeat: 15s
+"""
+    config = parse_config(text, environ={})
+    route = config.routes[0]
+    openai, azure = route.plan
+    assert (openai.cluster, azure.cluster) == ("openai", "azure")
+    assert openai.timeouts == Timeouts(connect=5.0, first_byte=60.0, idle=10.0, total=300.0)
+    assert azure.timeouts == Timeouts(connect=5.0, first_byte=300.0, idle=10.0, total=300.0)
+    assert openai.retry.max_attempts == 4 and openai.retry.retry_on == frozenset({"5xx"})
+    assert azure.retry.max_attempts == 4 and "connect-failure" in azure.retry.retry_on
+    assert route.heartbeat == 15.0
+    first, second = config.clusters["azure"].endpoints
+    assert (first.weight, second.weight) == (3, 1)
+    assert first.request_headers.set == (("api-key", "k1"),)
+    assert config.limits.max_concurrent_streams == 10000

@@ -9,13 +9,13 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from filterproxy.config import parse_config
-from filterproxy.downstream.http11 import HTTP11ServerConnection
+from filterproxy.downstream.http11 import HTTP11ServerFactory
 from filterproxy.service import Gateway
-from filterproxy.upstream.router import connect_failure_reply
+from filterproxy.upstream.request import connect_failure_reply
 
 CONFIG = """
 clusters:
-  slow: {url: 'http://127.0.0.1:8000', connect_timeout: 3s}
+  slow: {url: 'http://127.0.0.1:8000', timeouts: {connect: 3s}, retry: {max_attempts: 1}}
 routes: [{cluster: slow}]
 """
 
@@ -24,7 +24,7 @@ def test_connect_timeout_is_504_naming_the_cluster_and_the_limit() -> None:
     reactor = MemoryReactorClock()
     gateway = Gateway(parse_config(CONFIG, environ={}), reactor)
     transport = StringTransport()
-    client = HTTP11ServerConnection(gateway)
+    client = HTTP11ServerFactory(gateway).buildProtocol(None)
     client.makeConnection(transport)
     client.dataReceived(b"POST /v1/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}")
     assert reactor.tcpClients, "a connection attempt was started"
@@ -35,6 +35,20 @@ def test_connect_timeout_is_504_naming_the_cluster_and_the_limit() -> None:
     document = json.loads(body)
     assert document["error"]["code"] == "upstream_connect_timeout"
     assert "'slow'" in document["error"]["message"] and "3s" in document["error"]["message"]
+
+
+def test_connect_timeouts_are_retried_up_to_max_attempts_then_504() -> None:
+    reactor = MemoryReactorClock()
+    config = parse_config(CONFIG.replace("max_attempts: 1", "max_attempts: 3"), environ={})
+    gateway = Gateway(config, reactor)
+    transport = StringTransport()
+    client = HTTP11ServerFactory(gateway).buildProtocol(None)
+    client.makeConnection(transport)
+    client.dataReceived(b"POST /v1/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}")
+    for _ in range(40):
+        reactor.advance(0.5)
+    assert len(reactor.tcpClients) == 3
+    assert transport.value().startswith(b"HTTP/1.1 504 Gateway Timeout")
 
 
 def test_refused_is_502() -> None:

@@ -1,11 +1,11 @@
-"""The router's request serialisation never lets a filter break HTTP framing."""
+"""Request serialisation never lets a filter break HTTP framing."""
 
 from __future__ import annotations
 
 import pytest
 
 from filterproxy.http.headers import Headers, UnsafeHeaderError
-from filterproxy.upstream.router import serialize_request_head
+from filterproxy.upstream.request import serialize_request_head
 
 
 def test_request_line_and_headers() -> None:

@@ -1,0 +1,49 @@
+"""The config: YAML parsed once at start-up into immutable objects.
+
+Nothing on the request path digs in dicts: every value is validated here, with an error
+that names the key path, the value and the fix (`ConfigError`). See the README's
+configuration reference for every key and its default.
+"""
+
+from filterproxy.config._headers import parse_header_policy, parse_header_rules
+from filterproxy.config._load import load_config, parse_config
+from filterproxy.config._reader import ConfigError, Node
+from filterproxy.config._types import (
+    DEFAULT_FILTERS,
+    DEFAULT_MAX_REQUEST_BYTES,
+    ClusterConfig,
+    Config,
+    EndpointConfig,
+    FilterSpec,
+    HeaderPolicy,
+    HeaderRules,
+    Limits,
+    OutlierDetection,
+    RetryPolicy,
+    RouteConfig,
+    Timeouts,
+    UpstreamPlan,
+)
+
+__all__ = [
+    "DEFAULT_FILTERS",
+    "DEFAULT_MAX_REQUEST_BYTES",
+    "ClusterConfig",
+    "Config",
+    "ConfigError",
+    "EndpointConfig",
+    "FilterSpec",
+    "HeaderPolicy",
+    "HeaderRules",
+    "Limits",
+    "Node",
+    "OutlierDetection",
+    "RetryPolicy",
+    "RouteConfig",
+    "Timeouts",
+    "UpstreamPlan",
+    "load_config",
+    "parse_config",
+    "parse_header_policy",
+    "parse_header_rules",
+]

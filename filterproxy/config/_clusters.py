@@ -1,0 +1,201 @@
+"""Clusters: endpoints, connection settings, timeouts, retries, outlier detection."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from filterproxy.config._headers import parse_header_policy, parse_header_rules
+from filterproxy.config._reader import Node
+from filterproxy.config._types import (
+    RETRY_CONDITIONS,
+    ClusterConfig,
+    EndpointConfig,
+    OutlierDetection,
+    RetryPolicy,
+    Timeouts,
+)
+
+_CLUSTER_KEYS = {
+    "url",
+    "endpoints",
+    "timeouts",
+    "retry",
+    "outlier_detection",
+    "max_connections",
+    "max_idle_connections",
+    "idle_connection_timeout",
+    "tls",
+    "request_headers",
+    "response_headers",
+}
+_ENDPOINT_KEYS = {"url", "weight", "request_headers"}
+_TIMEOUT_KEYS = {f.name for f in fields(Timeouts)}
+_RETRY_KEYS = {f.name for f in fields(RetryPolicy)}
+_OUTLIER_KEYS = {f.name for f in fields(OutlierDetection)}
+
+
+def parse_clusters(node: Node) -> dict[str, ClusterConfig]:
+    clusters = {name: parse_cluster(name, cnode) for name, cnode in node.items()}
+    if not clusters:
+        raise node.error(
+            "no clusters defined; add at least one, e.g. "
+            "clusters: {openai: {url: https://api.openai.com}}"
+        )
+    return clusters
+
+
+def parse_cluster(name: str, node: Node) -> ClusterConfig:
+    keys = node.mapping(_CLUSTER_KEYS)
+    if ("url" in keys) == ("endpoints" in keys):
+        raise node.error(
+            "give either 'url' (one upstream) or 'endpoints' (a list of {url, weight}), "
+            "e.g. url: http://127.0.0.1:8000"
+        )
+    if "url" in keys:
+        endpoints: tuple[EndpointConfig, ...] = (parse_endpoint_url(keys["url"]),)
+    else:
+        endpoints = tuple(_parse_endpoint(n) for n in keys["endpoints"].sequence())
+        if not endpoints:
+            raise keys["endpoints"].error("needs at least one endpoint")
+
+    tls_verify, ca_file = True, None
+    if "tls" in keys:
+        tls = keys["tls"].mapping({"verify", "ca_file"})
+        if "verify" in tls:
+            tls_verify = tls["verify"].boolean()
+        if "ca_file" in tls:
+            ca_file = tls["ca_file"].string()
+            if not Path(ca_file).is_file():
+                raise tls["ca_file"].error(f"no such file: {ca_file!r}")
+
+    defaults = ClusterConfig
+    return ClusterConfig(
+        name=name,
+        endpoints=endpoints,
+        timeouts=with_timeouts(Timeouts(), keys["timeouts"]) if "timeouts" in keys else Timeouts(),
+        retry=with_retry(RetryPolicy(), keys["retry"]) if "retry" in keys else RetryPolicy(),
+        outlier_detection=_parse_outlier(keys["outlier_detection"])
+        if "outlier_detection" in keys
+        else OutlierDetection(),
+        max_connections=_int(keys, "max_connections", defaults.max_connections, minimum=1),
+        max_idle_connections=_int(
+            keys, "max_idle_connections", defaults.max_idle_connections, minimum=0
+        ),
+        idle_connection_timeout=keys["idle_connection_timeout"].duration()
+        if "idle_connection_timeout" in keys
+        else defaults.idle_connection_timeout,
+        tls_verify=tls_verify,
+        ca_file=ca_file,
+        headers=parse_header_policy(keys),
+    )
+
+
+def parse_endpoint_url(
+    node: Node, *, weight: int = 1, request_headers: Any = None
+) -> EndpointConfig:
+    url = node.string()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise node.error(f"not a URL: {url!r}; write it as http://host:port or https://host")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise node.error(f"not a URL: {url!r}; the port must be a number") from None
+    if parts.query or parts.fragment:
+        raise node.error(f"{url!r}: a cluster URL cannot have a query or fragment")
+    default_port = 443 if parts.scheme == "https" else 80
+    host = parts.hostname
+    bracketed = f"[{host}]" if ":" in host else host
+    endpoint = EndpointConfig(
+        url=url,
+        scheme=parts.scheme,
+        host=host,
+        port=port,
+        base_path=parts.path.rstrip("/"),
+        host_header=bracketed if port == default_port else f"{bracketed}:{port}",
+        weight=weight,
+    )
+    return replace(endpoint, request_headers=request_headers) if request_headers else endpoint
+
+
+def _parse_endpoint(node: Node) -> EndpointConfig:
+    if isinstance(node.value, str):
+        return parse_endpoint_url(node)
+    keys = node.mapping(_ENDPOINT_KEYS)
+    if "url" not in keys:
+        raise node.error("missing 'url'")
+    return parse_endpoint_url(
+        keys["url"],
+        weight=_int(keys, "weight", 1, minimum=1),
+        request_headers=parse_header_rules(keys["request_headers"])
+        if "request_headers" in keys
+        else None,
+    )
+
+
+def with_timeouts(base: Timeouts, node: Node) -> Timeouts:
+    """*base* with the keys given in the `timeouts` block *node* replaced."""
+    return replace(base, **_timeouts(node))
+
+
+def with_retry(base: RetryPolicy, node: Node) -> RetryPolicy:
+    """*base* with the keys given in the `retry` block *node* replaced."""
+    return replace(base, **_retry(node))
+
+
+def _timeouts(node: Node) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, child in node.mapping(_TIMEOUT_KEYS).items():
+        if key == "total" and (child.value is None or child.value is False or child.value == "off"):
+            values[key] = None
+        else:
+            values[key] = child.duration()
+            if values[key] == 0:
+                raise child.error("must be more than 0 (write `total: off` for no total limit)")
+    return values
+
+
+def _retry(node: Node) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, child in node.mapping(_RETRY_KEYS).items():
+        if key == "retry_on":
+            conditions = frozenset(child.string_list())
+            unknown = conditions - RETRY_CONDITIONS
+            if unknown:
+                raise child.error(
+                    f"unknown condition {sorted(unknown)[0]!r}; "
+                    f"use any of: {', '.join(sorted(RETRY_CONDITIONS))}"
+                )
+            values[key] = conditions
+        elif key == "retriable_status_codes":
+            codes = frozenset(n.integer(minimum=100) for n in child.sequence())
+            if any(code > 599 for code in codes):
+                raise child.error("status codes are between 100 and 599")
+            values[key] = codes
+        elif key == "max_attempts":
+            values[key] = child.integer(minimum=1)
+        else:
+            values[key] = child.duration()
+    return values
+
+
+def _parse_outlier(node: Node) -> OutlierDetection:
+    keys = node.mapping(_OUTLIER_KEYS)
+    detection = OutlierDetection()
+    if "consecutive_failures" in keys:
+        detection = replace(
+            detection, consecutive_failures=keys["consecutive_failures"].integer(minimum=1)
+        )
+    if "base_ejection_time" in keys:
+        detection = replace(detection, base_ejection_time=keys["base_ejection_time"].duration())
+    if "max_ejection_time" in keys:
+        detection = replace(detection, max_ejection_time=keys["max_ejection_time"].duration())
+    return detection
+
+
+def _int(keys: Mapping[str, Node], key: str, default: int, *, minimum: int) -> int:
+    return keys[key].integer(minimum=minimum) if key in keys else default

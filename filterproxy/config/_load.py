@@ -1,0 +1,79 @@
+"""Reading a config file: YAML → validated `Config`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import fields, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from filterproxy.config._clusters import parse_clusters
+from filterproxy.config._reader import ConfigError, Node, default_environ
+from filterproxy.config._routes import parse_aliases, parse_routes
+from filterproxy.config._types import DEFAULT_FILTERS, Config, Limits
+
+_TOP_KEYS = {"listeners", "clusters", "routes", "aliases", "filters", "limits", "mock_upstream"}
+_LIMIT_KEYS = {f.name for f in fields(Limits)}
+_DURATION_LIMITS = {"request_header_timeout", "request_body_timeout", "keepalive_timeout"}
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the YAML file at *path*.
+
+    Raises:
+        ConfigError: the file cannot be read, is not YAML, or is not a valid config.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError("", f"cannot read config file {str(path)!r}: {e.strerror}") from None
+    return parse_config(text, source=str(path), environ=environ)
+
+
+def parse_config(
+    text: str, *, source: str = "<string>", environ: Mapping[str, str] | None = None
+) -> Config:
+    """Validate the YAML document *text* into a `Config`."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError("", f"{source} is not valid YAML: {e}") from None
+    env = default_environ() if environ is None else environ
+    top = Node(document, "", env).mapping(_TOP_KEYS)
+
+    def section(key: str) -> Node:
+        return top.get(key) or Node(None, key, env)
+
+    clusters = parse_clusters(section("clusters"))
+    config = Config(
+        listeners=tuple(n.string() for n in section("listeners").sequence()),
+        clusters=MappingProxyType(clusters),
+        routes=parse_routes(section("routes"), clusters),
+        aliases=MappingProxyType(parse_aliases(section("aliases"))),
+        limits=_parse_limits(section("limits")),
+        mock_upstream=top["mock_upstream"].string() if "mock_upstream" in top else None,
+        source=source,
+        raw=document or {},
+    )
+    from filterproxy.filters.registry import build_filter_chain
+
+    filters_node = top.get("filters") or Node(
+        [{"type": t} for t in DEFAULT_FILTERS], "filters", env
+    )
+    filters, buffer_limit = build_filter_chain(filters_node, config)
+    return replace(config, filters=filters, buffer_limit_bytes=buffer_limit)
+
+
+def _parse_limits(node: Node) -> Limits:
+    values: dict[str, Any] = {}
+    for key, child in node.mapping(_LIMIT_KEYS).items():
+        if key in _DURATION_LIMITS:
+            values[key] = child.duration()
+            if values[key] <= 0:
+                raise child.error("must be more than 0")
+        else:
+            values[key] = child.integer(minimum=1)
+    return replace(Limits(), **values)

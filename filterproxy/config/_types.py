@@ -1,0 +1,188 @@
+"""The config's immutable objects. Defaults here are the documented defaults."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from filterproxy.filters.api import IStreamFilter
+
+DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
+DEFAULT_FILTERS = ("body-accumulate", "route", "header-rewrite")
+
+#: The conditions ``retry.retry_on`` may name (Envoy's vocabulary).
+RETRY_CONDITIONS = frozenset({"connect-failure", "reset", "5xx", "retriable-status-codes"})
+
+
+@dataclass(frozen=True)
+class HeaderRules:
+    """Header mutations in the order they apply: remove, then set, then append.
+
+    Names are lower-case; values were checked for CR, LF and NUL at load time.
+    """
+
+    set: tuple[tuple[str, str], ...] = ()
+    append: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.set or self.append or self.remove)
+
+
+@dataclass(frozen=True)
+class HeaderPolicy:
+    """Rules for the request going upstream and for the response going back."""
+
+    request: HeaderRules = HeaderRules()
+    response: HeaderRules = HeaderRules()
+
+    def __bool__(self) -> bool:
+        return bool(self.request or self.response)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long each phase of an upstream exchange may take, in seconds."""
+
+    #: Establishing the TCP (and TLS) connection.
+    connect: float = 5.0
+    #: From the request being sent to the response head (for a non-streaming completion,
+    #: that is the whole generation).
+    first_byte: float = 300.0
+    #: The longest gap between two chunks of the response body.
+    idle: float = 120.0
+    #: The whole exchange; None (the default) means no limit, so long streams are not cut.
+    total: float | None = None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When and how often a request is tried again, before its first byte went out."""
+
+    retry_on: frozenset[str] = frozenset({"connect-failure", "reset", "retriable-status-codes"})
+    retriable_status_codes: frozenset[int] = frozenset({429, 500, 502, 503, 504})
+    #: Tries on one cluster, the first included; then the route's next fallback cluster.
+    max_attempts: int = 3
+    #: Exponential backoff with full jitter: attempt n waits uniform(0, min(max, base·2ⁿ⁻¹)).
+    base_interval: float = 0.25
+    max_interval: float = 5.0
+    #: A Retry-After from the upstream is waited for, up to this long.
+    retry_after_max: float = 10.0
+
+
+@dataclass(frozen=True)
+class OutlierDetection:
+    """Passive health checking of a cluster's endpoints."""
+
+    #: Consecutive failures (connect failure, reset, timeout, 5xx) that eject an endpoint.
+    consecutive_failures: int = 5
+    #: The first ejection's length; each further ejection lasts one more of these.
+    base_ejection_time: float = 30.0
+    max_ejection_time: float = 300.0
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """One address of a cluster (a deployment, or the same API with another key)."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    base_path: str
+    host_header: str
+    weight: int = 1
+    request_headers: HeaderRules = HeaderRules()
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """A named upstream: its endpoints, how to connect, time out, retry and judge health."""
+
+    name: str
+    endpoints: tuple[EndpointConfig, ...]
+    timeouts: Timeouts = Timeouts()
+    retry: RetryPolicy = RetryPolicy()
+    outlier_detection: OutlierDetection = OutlierDetection()
+    max_connections: int = 1024
+    max_idle_connections: int = 64
+    idle_connection_timeout: float = 30.0
+    tls_verify: bool = True
+    ca_file: str | None = None
+    headers: HeaderPolicy = HeaderPolicy()
+
+
+@dataclass(frozen=True)
+class UpstreamPlan:
+    """One cluster a route may use, with the route's overrides already applied."""
+
+    cluster: str
+    timeouts: Timeouts
+    retry: RetryPolicy
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """One entry of the route table; the first route that matches wins.
+
+    An empty `models` matches any model (and requests without one): a route with no
+    match keys at all is the default route.
+    """
+
+    name: str
+    cluster: str
+    models: tuple[str, ...] = ()
+    path_prefix: str | None = None
+    methods: tuple[str, ...] = ()
+    match_headers: tuple[tuple[str, str], ...] = ()
+    headers: HeaderPolicy = HeaderPolicy()
+    #: Clusters tried in order after `cluster`'s attempts are spent.
+    fallbacks: tuple[str, ...] = ()
+    #: The cluster and its fallbacks, each with its effective timeouts and retry policy.
+    plan: tuple[UpstreamPlan, ...] = ()
+    #: Seconds of silence in an event stream after which a `: keep-alive` comment is sent.
+    heartbeat: float | None = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client may ask of a listener."""
+
+    max_header_count: int = 100
+    max_header_bytes: int = 64 * 1024
+    max_request_line_bytes: int = 8 * 1024
+    #: Requests in progress at once on one listener; beyond it, 503 with Retry-After.
+    max_concurrent_streams: int = 10000
+    #: From a request's first byte to the end of its headers.
+    request_header_timeout: float = 10.0
+    #: From the end of the headers to the end of the body.
+    request_body_timeout: float = 60.0
+    #: An idle keep-alive connection is closed after this.
+    keepalive_timeout: float = 75.0
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    """One filter of the chain: its name in the config and a per-request constructor."""
+
+    type_name: str
+    path: str
+    create: Callable[[], IStreamFilter]
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated config."""
+
+    listeners: tuple[str, ...]
+    clusters: Mapping[str, ClusterConfig]
+    routes: tuple[RouteConfig, ...]
+    aliases: Mapping[str, str]
+    filters: tuple[FilterSpec, ...] = ()
+    buffer_limit_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    limits: Limits = Limits()
+    mock_upstream: str | None = None
+    source: str = "<string>"
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
