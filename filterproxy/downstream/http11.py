@@ -56,6 +56,18 @@ def _reason(status: int) -> bytes:
         return b"Unknown"
 
 
+def _origin_form(target: str) -> str:
+    """The path and query of a request target; absolute-form (``http://host/path``) is
+    reduced to its path. Anything else (``*``, authority-form, an empty target) is refused."""
+    if target.startswith("/"):
+        return target
+    lowered = target[:8].lower()
+    if lowered.startswith(("http://", "https://")):
+        slash = target.find("/", target.index("//") + 2)
+        return target[slash:] if slash != -1 else "/"
+    raise _RequestRefused(400, f"request target {target[:60]!r} is not a path")
+
+
 class _RequestRefused(Exception):
     """A parser callback found the request unacceptable (limits, framing)."""
 
@@ -222,6 +234,12 @@ class HTTP11ServerConnection(Protocol):
         self.closing = False
         self.gone = False
         self.reading_paused = False
+        #: After a declined upgrade: the exchange whose Content-Length body is read
+        #: without llhttp, and how much of it is still to come.
+        self.upgrade_body: _Exchange | None = None
+        self.upgrade_body_remaining = 0
+        #: Nothing more is parsed on this connection (it closes after the response).
+        self.ignore_input = False
         self.timer: IDelayedCall | None = None
         self._url_parts: list[bytes] = []
         self._url_bytes = 0
@@ -240,7 +258,10 @@ class HTTP11ServerConnection(Protocol):
         self._arm(self.limits.request_header_timeout, self._header_timeout)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.closing or self.gone:
+        if self.closing or self.gone or (self.ignore_input and self.upgrade_body is None):
+            return
+        if self.upgrade_body is not None:
+            self._upgrade_body_received(data)
             return
         try:
             self.parser.feed_data(data)
@@ -251,10 +272,41 @@ class HTTP11ServerConnection(Protocol):
             else:
                 log.failure("request handling failed", Failure(cause) if cause else None)
                 self._refuse(500, "the gateway failed to handle this request")
-        except httptools.HttpParserUpgrade:
-            self._refuse(400, "protocol upgrades are not supported by this gateway")
+        except httptools.HttpParserUpgrade as e:
+            self._upgrade_requested(data[e.args[0] :] if e.args else b"")
         except httptools.HttpParserError as e:
             self._refuse(400, f"malformed HTTP request: {e}")
+
+    # -- protocol upgrades (declined) ----------------------------------------------------
+
+    def _upgrade_requested(self, rest: bytes) -> None:
+        """The client asked to switch protocols (``Upgrade: h2c``, ``websocket``). The
+        gateway declines, as HTTP allows, by answering in HTTP/1.1; llhttp stops parsing
+        at that point, so a Content-Length body is read here and the connection closes
+        after the response."""
+        exchange = (
+            self.active if self.active is not None else (self.queued[-1] if self.queued else None)
+        )
+        if exchange is not None:
+            exchange.keep_alive = False
+        if self.upgrade_body is not None and self.upgrade_body_remaining > 0:
+            self._upgrade_body_received(rest)
+        else:
+            self.upgrade_body = None
+            self.ignore_input = True
+
+    def _upgrade_body_received(self, data: bytes) -> None:
+        exchange = self.upgrade_body
+        assert exchange is not None
+        piece = data[: self.upgrade_body_remaining]
+        self.upgrade_body_remaining -= len(piece)
+        done = self.upgrade_body_remaining == 0
+        if done:
+            self.upgrade_body = None
+            self.ignore_input = True
+            self._disarm()
+        if piece or done:
+            exchange.body(piece, done)
 
     # -- timers ---------------------------------------------------------------------------
 
@@ -334,6 +386,15 @@ class HTTP11ServerConnection(Protocol):
             len(transfer_codings) > 1 or transfer_codings[0].strip().lower() != "chunked"
         ):
             raise _RequestRefused(400, "Transfer-Encoding must be exactly 'chunked'")
+        version = parser.get_http_version()
+        if version not in ("1.0", "1.1"):
+            raise _RequestRefused(400, f"HTTP/{version} is not supported; use HTTP/1.1")
+        http10 = version == "1.0"
+        if transfer_codings and http10:
+            raise _RequestRefused(400, "Transfer-Encoding is not allowed in an HTTP/1.0 request")
+        hosts = headers.get_all("host")
+        if len(hosts) > 1 or (not hosts and not http10):
+            raise _RequestRefused(400, "an HTTP/1.1 request needs exactly one Host header")
         if self.factory.active_streams >= self.limits.max_concurrent_streams:
             raise _RequestRefused(
                 503,
@@ -343,17 +404,28 @@ class HTTP11ServerConnection(Protocol):
             )
         length = headers.get("content-length")
         has_body = bool(transfer_codings) or (length is not None and length != "0")
+        upgrade = "upgrade" in headers and any(
+            token.strip().lower() == "upgrade"
+            for value in headers.get_all("connection")
+            for token in value.split(",")
+        )
+        if upgrade and has_body:
+            if transfer_codings or length is None:
+                raise _RequestRefused(
+                    400, "a request asking for a protocol upgrade needs a Content-Length body"
+                )
+            self.upgrade_body_remaining = int(length)
         head = RequestHead(
             method=parser.get_method().decode("ascii"),
-            path=b"".join(self._url_parts).decode("latin-1"),
+            path=_origin_form(b"".join(self._url_parts).decode("latin-1")),
             headers=headers,
             scheme=self.scheme,
             client_ip=self.client_ip,
         )
-        exchange = _Exchange(
-            self, head, has_body, parser.should_keep_alive(), parser.get_http_version() == "1.0"
-        )
+        exchange = _Exchange(self, head, has_body, parser.should_keep_alive(), http10)
         self.parsing = exchange if has_body else None
+        if upgrade and has_body:
+            self.upgrade_body = exchange
         if has_body:
             self._arm(self.limits.request_body_timeout, self._body_timeout)
         else:
@@ -369,7 +441,7 @@ class HTTP11ServerConnection(Protocol):
             self.parsing.body(body, False)
 
     def on_message_complete(self) -> None:
-        if self.parsing is not None:
+        if self.parsing is not None and self.parsing is not self.upgrade_body:
             exchange, self.parsing = self.parsing, None
             self._disarm()
             exchange.body(b"", True)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -12,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -96,6 +98,28 @@ class Gateway:
         self.process = process
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+
+    def access_record(self, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The access-log record of the request with *request_id*."""
+        marker = f'"request_id":"{request_id}"'
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.process.lines):
+                if marker in line and "filterproxy.access" in line:
+                    return json.loads(line[line.index("{") :])  # type: ignore[no-any-return]
+            time.sleep(0.02)
+        raise AssertionError(f"no access-log line for {request_id}:\n{self.process.output()}")
+
+    def open_connections(self, *, remote_port: int | None = None) -> int:
+        """Established TCP connections of the gateway: from clients (to its port), or to
+        an upstream's *remote_port*."""
+        count = 0
+        for conn in psutil.Process(self.process.pid).net_connections(kind="tcp"):
+            if conn.status != psutil.CONN_ESTABLISHED or not conn.raddr:
+                continue
+            if (remote_port is None and conn.laddr.port == self.port) or (remote_port is not None and conn.raddr.port == remote_port):
+                count += 1
+        return count
 
 
 @pytest.fixture(scope="module")
