@@ -111,3 +111,48 @@ def test_heartbeat_comments_fill_silence_at_event_boundaries() -> None:
     h.upstream.dataReceived(chunk(b"data: b\n\n"))
     h.reactor.advance(1.5)
     assert h.received().endswith(chunk(b"data: b\n\n"))  # data resets the heartbeat
+
+
+def test_a_stale_pooled_connection_is_retried_once_on_a_fresh_one() -> None:
+    h = Harness(CONFIG.replace("max_attempts: 2", "max_attempts: 1"))
+    h.client.dataReceived(post())
+    stale = h.upstream
+    stale.requests_served = 1  # it served a request before and sat idle in the pool
+    stale.connectionLost(None)  # type: ignore[arg-type]
+    assert len(h.upstreams) == 2  # sent again at once, although max_attempts is 1
+    h.upstream.dataReceived(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    assert h.received().startswith(b"HTTP/1.1 200 OK")
+
+
+def test_repeated_failures_eject_an_endpoint_and_traffic_moves_on() -> None:
+    config = """
+clusters:
+  up:
+    endpoints: ['http://a.test:1', 'http://b.test:1']
+    retry: {max_attempts: 1}
+    outlier_detection: {consecutive_failures: 2, base_ejection_time: 30s}
+routes: [{cluster: up}]
+"""
+    h = Harness(config)
+    endpoints = h.gateway.clusters["up"].endpoints
+    for _ in range(4):  # round robin: a, b, a, b; a always fails
+        h.client_transport.clear()
+        h.client.dataReceived(post(b"{}"))
+        if h.upstream.pool is endpoints[0].pool:
+            h.upstream.dataReceived(b"HTTP/1.1 500 X\r\ncontent-length: 0\r\n\r\n")
+        else:
+            h.upstream.dataReceived(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+    assert not endpoints[0].health.available(h.reactor.seconds())
+    pools = []
+    for _ in range(3):
+        h.client.dataReceived(post(b"{}"))
+        pools.append(h.upstream.pool)
+        h.upstream.dataReceived(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+    assert pools == [endpoints[1].pool] * 3
+    h.reactor.advance(31)  # after the ejection time, a is back in the rotation
+    after = []
+    for _ in range(2):
+        h.client.dataReceived(post(b"{}"))
+        after.append(h.upstream.pool)
+        h.upstream.dataReceived(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+    assert endpoints[0].pool in after
