@@ -1,0 +1,212 @@
+"""The proxies measured side by side: how to configure, start and stop each one.
+
+Every proxy listens on 127.0.0.1:8800, forwards to the benchmark upstream over
+keep-alive connections, does not buffer responses, and runs on one pinned core.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+LISTEN_PORT = 8800
+
+NGINX_CONF = """
+worker_processes 1;
+worker_rlimit_nofile 65536;
+daemon off;
+user root;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream llm {{ server 127.0.0.1:{upstream}; keepalive 1024; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        client_max_body_size 10m;
+        location / {{
+            proxy_pass http://llm;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "Bearer sk-bench";
+            proxy_buffering off;
+            proxy_read_timeout 300s;
+        }}
+    }}
+}}
+"""
+
+ENVOY_CONF = """
+static_resources:
+  listeners:
+  - address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          stream_idle_timeout: 300s
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: llm, timeout: 0s}}
+              request_headers_to_add:
+              - header: {{key: authorization, value: "Bearer sk-bench"}}
+                append_action: OVERWRITE_IF_EXISTS_OR_ADD
+          http_filters:
+          - name: envoy.filters.http.buffer
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
+              max_request_bytes: 10485760
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: llm
+    type: STATIC
+    connect_timeout: 5s
+    circuit_breakers:
+      thresholds: [{{max_connections: 100000, max_pending_requests: 100000, max_requests: 100000}}]
+    load_assignment:
+      cluster_name: llm
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}
+"""
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+@dataclass
+class Peer:
+    """One proxy (or none, for 'direct') under test."""
+
+    name: str
+    command: list[str] | None
+    env: dict[str, str] | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        return LISTEN_PORT if self.command else int(os.environ.get("BENCH_UPSTREAM_PORT", "9101"))
+
+    def start(self, core: int) -> None:
+        if self.command is None:
+            return
+        self.process = subprocess.Popen(
+            ["taskset", "-c", str(core), *self.command],
+            env={**os.environ, **(self.env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(LISTEN_PORT)
+        time.sleep(0.5)
+
+    def processes(self) -> list[psutil.Process]:
+        if self.process is None:
+            return []
+        root = psutil.Process(self.process.pid)
+        return [root, *root.children(recursive=True)]
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for p in self.processes():
+            times = p.cpu_times()
+            total += times.user + times.system
+        return total
+
+    def rss_bytes(self) -> int:
+        return sum(p.memory_info().rss for p in self.processes())
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+        time.sleep(0.3)
+
+
+def peers(workdir: Path, upstream_port: int, only: set[str] | None = None) -> list[Peer]:
+    """The peers available on this machine (nginx and Envoy only when installed)."""
+    found = [Peer("direct", None)]
+    nginx = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if nginx:
+        conf = workdir / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(dir=workdir, upstream=upstream_port, port=LISTEN_PORT))
+        found.append(Peer("nginx", [nginx, "-c", str(conf), "-p", str(workdir)]))
+    envoy = BIN / "envoy"
+    if envoy.exists():
+        conf = workdir / "envoy.yaml"
+        conf.write_text(ENVOY_CONF.format(upstream=upstream_port, port=LISTEN_PORT))
+        found.append(
+            Peer(
+                "envoy",
+                [
+                    str(envoy),
+                    "-c",
+                    str(conf),
+                    "--concurrency",
+                    "1",
+                    "--log-level",
+                    "error",
+                    "--base-id",
+                    "7",
+                    "--disable-hot-restart",
+                ],
+            )
+        )
+    found.append(
+        Peer(
+            "filterproxy",
+            [
+                str(BIN / "twistd"),
+                "-n",
+                "--pidfile=",
+                "-l",
+                str(workdir / "filterproxy.log"),
+                "filterproxy",
+                "-c",
+                str(ROOT / "conf" / "bench.yaml"),
+                "--listen",
+                f"tcp:{LISTEN_PORT}:interface=127.0.0.1",
+            ],
+            env={"FILTERPROXY_UPSTREAM": f"http://127.0.0.1:{upstream_port}"},
+        )
+    )
+    return [p for p in found if only is None or p.name in only]

@@ -1,0 +1,333 @@
+"""The benchmark: filterproxy next to direct, nginx and Envoy, in one run on this machine.
+
+    make bench                      # all peers, all scenarios (about 5 minutes)
+    .venv/bin/python -m bench.run --peers filterproxy,envoy --quick
+
+Each proxy runs alone on core 0; the mock upstream and the load generators share core 1.
+Results are written to bench/results/<date>-<machine>.{md,json,png} and printed.
+Numbers are only comparable within one run: read them as ratios between the peers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.loadgen import StreamShape, hold_streams, run_streams
+from bench.peers import Peer, peers
+
+HERE = Path(__file__).resolve().parent
+PROXY_CORE, LOAD_CORE = 0, 1
+SLOW_OFFER = 200 * 1024 * 1024
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer sk-client"
+"""
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+class Upstream:
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "taskset",
+                "-c",
+                str(LOAD_CORE),
+                sys.executable,
+                str(HERE / "upstream.py"),
+                "--port",
+                "0",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        self.port = int(line.split()[1])
+
+    def stats(self) -> dict[str, Any]:
+        return httpx.get(f"http://127.0.0.1:{self.port}/stats").json()  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait()
+
+
+def streaming(peer: Peer, users: int, shape: StreamShape, seconds: float) -> dict[str, Any]:
+    cpu_before = peer.cpu_seconds()
+    started = time.monotonic()
+    stats = asyncio.run(run_streams(peer.port, users, shape, seconds))
+    elapsed = time.monotonic() - started
+    cpu = peer.cpu_seconds() - cpu_before
+    return {
+        "streams_per_s": stats.streams / seconds,
+        "chunks_per_s": stats.chunks / seconds,
+        "ttfb_p50_ms": percentile(stats.ttfb_ms, 50),
+        "ttfb_p99_ms": percentile(stats.ttfb_ms, 99),
+        "chunk_p50_ms": percentile(stats.latency_ms, 50),
+        "chunk_p99_ms": percentile(stats.latency_ms, 99),
+        "chunk_p999_ms": percentile(stats.latency_ms, 99.9),
+        "errors": stats.errors + stats.mismatches,
+        "error_samples": stats.error_samples,
+        # CPU over the whole run (warm-up included) per chunk delivered in it.
+        "cpu_us_per_chunk": cpu * 1e6 / max(1, stats.chunks * elapsed / seconds)
+        if peer.process
+        else None,
+    }
+
+
+def non_streaming(peer: Peer, seconds: float, workdir: Path) -> dict[str, Any]:
+    script = workdir / "post.lua"
+    script.write_text(WRK_SCRIPT)
+    cpu_before = peer.cpu_seconds()
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            str(LOAD_CORE),
+            "wrk",
+            "-t1",
+            "-c50",
+            f"-d{int(seconds)}s",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{peer.port}/v1/chat/completions",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    cpu = peer.cpu_seconds() - cpu_before
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "requests_per_s": requests / seconds,
+        "errors": int(errors.group(1)) if errors else 0,
+        "cpu_us_per_request": cpu * 1e6 / requests if peer.process and requests else None,
+    }
+
+
+def slow_client(peer: Peer, upstream: Upstream) -> dict[str, Any]:
+    rss_before = peer.rss_bytes()
+    offered_before = upstream.stats()["bulk_bytes"]
+    body = b'{"model": "bench", "stream": true}'
+    sock = socket.create_connection(("127.0.0.1", peer.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        b"x-bench-bulk: %d\r\nContent-Length: %d\r\n\r\n%s" % (SLOW_OFFER, len(body), body)
+    )
+    time.sleep(5)  # read nothing
+    offered = upstream.stats()["bulk_bytes"] - offered_before
+    growth = peer.rss_bytes() - rss_before
+    sock.close()
+    time.sleep(1)
+    return {
+        "upstream_mb_sent": offered / 1e6,
+        "rss_growth_mb": growth / 1e6 if peer.process else None,
+    }
+
+
+def hang_ups(peer: Peer, upstream: Upstream, count: int = 20) -> dict[str, Any]:
+    before = upstream.stats()["open_streams"]
+    socks = []
+    request = StreamShape(chunks=600, interval_ms=100, pad=16).request("bench")
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", peer.port))
+        sock.sendall(request)
+        socks.append(sock)
+    for sock in socks:
+        sock.settimeout(10)
+        sock.recv(4096)
+    for sock in socks:
+        sock.close()
+    time.sleep(1.0)
+    still_open = upstream.stats()["open_streams"] - before
+    return {"upstream_closed_within_1s": count - still_open}
+
+
+def open_streams(peer: Peer, count: int) -> dict[str, Any]:
+    if peer.process is None:
+        return {"rss_kb_per_stream": None}
+    idle = peer.rss_bytes()
+    sampled: dict[str, int] = {}
+    asyncio.run(
+        hold_streams(peer.port, count, 30, lambda: sampled.setdefault("rss", peer.rss_bytes()))
+    )
+    time.sleep(2)
+    return {"rss_kb_per_stream": (sampled["rss"] - idle) / count / 1024}
+
+
+def run(only: set[str] | None, quick: bool) -> dict[str, Any]:
+    os.sched_setaffinity(0, {LOAD_CORE})
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    seconds = 4.0 if quick else 10.0
+    upstream = Upstream()
+    os.environ["BENCH_UPSTREAM_PORT"] = str(upstream.port)
+    results: dict[str, Any] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            for peer in peers(workdir, upstream.port, only):
+                print(f"--- {peer.name}", flush=True)
+                peer.start(PROXY_CORE)
+                try:
+                    r: dict[str, Any] = {
+                        "idle_rss_mb": peer.rss_bytes() / 1e6 if peer.process else None
+                    }
+                    # First, while the process is fresh: memory freed by later scenarios
+                    # would otherwise be reused and hide what open streams cost.
+                    r["open_streams"] = open_streams(peer, 300 if quick else 1000)
+                    chat = StreamShape(chunks=50, interval_ms=20)
+                    r["stream50"] = streaming(peer, 50, chat, seconds)
+                    r["stream200"] = streaming(peer, 200, chat, seconds)
+                    r["firehose"] = streaming(
+                        peer, 10, StreamShape(chunks=2000, interval_ms=0), seconds
+                    )
+                    r["nonstream"] = non_streaming(peer, seconds, workdir)
+                    r["slow_client"] = slow_client(peer, upstream)
+                    r["hang_ups"] = hang_ups(peer, upstream)
+                    results[peer.name] = r
+                    print(json.dumps(r, indent=1, default=str), flush=True)
+                finally:
+                    peer.stop()
+    finally:
+        upstream.stop()
+    return results
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = [
+        "| | " + " | ".join(results) + " |",
+        "|---|" + "---|" * len(results),
+    ]
+
+    def row(label: str, pick: Any, digits: int = 1) -> None:
+        rows.append(
+            f"| {label} | " + " | ".join(fmt(pick(r), digits) for r in results.values()) + " |"
+        )
+
+    for name, users in (("stream50", 50), ("stream200", 200)):
+        row(f"{users} streams: streams/s", lambda r, n=name: r[n]["streams_per_s"])
+        row(
+            f"{users} streams: TTFB p50 / p99 ms",
+            lambda r, n=name: f"{fmt(r[n]['ttfb_p50_ms'], 2)} / {fmt(r[n]['ttfb_p99_ms'], 2)}",
+        )
+        row(
+            f"{users} streams: chunk latency p50 / p99 / p99.9 ms",
+            lambda r, n=name: (
+                f"{fmt(r[n]['chunk_p50_ms'], 2)} / {fmt(r[n]['chunk_p99_ms'], 2)} / {fmt(r[n]['chunk_p999_ms'], 2)}"
+            ),
+        )
+        row(f"{users} streams: errors", lambda r, n=name: r[n]["errors"])
+    row("200 streams: proxy CPU µs per chunk", lambda r: r["stream200"]["cpu_us_per_chunk"])
+    row("firehose: chunks/s", lambda r: r["firehose"]["chunks_per_s"], 0)
+    row("firehose: proxy CPU µs per chunk", lambda r: r["firehose"]["cpu_us_per_chunk"])
+    row("non-streaming: requests/s", lambda r: r["nonstream"]["requests_per_s"], 0)
+    row("non-streaming: proxy CPU µs per request", lambda r: r["nonstream"]["cpu_us_per_request"])
+    row(
+        "slow client: upstream MB sent of 200 / proxy RSS growth MB",
+        lambda r: (
+            f"{fmt(r['slow_client']['upstream_mb_sent'])} / {fmt(r['slow_client']['rss_growth_mb'], 2)}"
+        ),
+    )
+    row(
+        "20 hung-up clients: upstream streams closed within 1 s",
+        lambda r: r["hang_ups"]["upstream_closed_within_1s"],
+    )
+    row("RSS per open stream KB", lambda r: r["open_streams"]["rss_kb_per_stream"])
+    row("idle RSS MB", lambda r: r["idle_rss_mb"])
+    return "\n".join(rows)
+
+
+def chart(results: dict[str, Any], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("TTFB p99, 200 streams (ms)", lambda r: r["stream200"]["ttfb_p99_ms"]),
+        ("chunk latency p99, 200 streams (ms)", lambda r: r["stream200"]["chunk_p99_ms"]),
+        ("proxy CPU per chunk (µs)", lambda r: r["stream200"]["cpu_us_per_chunk"]),
+        ("proxy CPU per request (µs)", lambda r: r["nonstream"]["cpu_us_per_request"]),
+        ("non-streaming requests/s", lambda r: r["nonstream"]["requests_per_s"]),
+        ("RSS per open stream (KB)", lambda r: r["open_streams"]["rss_kb_per_stream"]),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    names = list(results)
+    colors = ["#999999", "#2a9d8f", "#e9c46a", "#e76f51", "#264653"]
+    for ax, (label, pick) in zip(axes.flat, panels, strict=True):
+        values = [pick(results[n]) or 0 for n in names]
+        ax.bar(names, values, color=colors[: len(names)])
+        ax.set_title(label, fontsize=10)
+        for i, v in enumerate(values):
+            ax.text(i, v, f"{v:,.1f}", ha="center", va="bottom", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--peers", help="comma-separated subset of direct,nginx,envoy,filterproxy")
+    parser.add_argument("--quick", action="store_true", help="shorter scenarios (a smoke run)")
+    parser.add_argument("--no-save", action="store_true", help="print only, write no result files")
+    args = parser.parse_args()
+    only = set(args.peers.split(",")) if args.peers else None
+    results = run(only, args.quick)
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}"
+    today = datetime.date.today().isoformat()
+    text = (
+        f"# Benchmark {today}\n\nMachine: {machine}. Each proxy pinned to core {PROXY_CORE}; upstream and "
+        f"load generators on core {LOAD_CORE}. Streams: 50 chunks 20 ms apart. Medians of one run; "
+        f"compare ratios within this run.\n\n{table(results)}\n"
+    )
+    print(text)
+    if not args.no_save:
+        out = HERE / "results"
+        out.mkdir(exist_ok=True)
+        stem = out / f"{today}-{platform.node() or 'machine'}{'-quick' if args.quick else ''}"
+        stem.with_suffix(".md").write_text(text)
+        stem.with_suffix(".json").write_text(
+            json.dumps({"machine": machine, "results": results}, indent=1)
+        )
+        chart(results, stem.with_suffix(".png"), f"filterproxy and peers, {today} ({machine})")
+        print(f"written: {stem}.md/.json/.png")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE.parent))
+    main()
