@@ -11,7 +11,7 @@ from twisted.logger import Logger
 
 from filterproxy.config import Config, ConfigError
 from filterproxy.downstream.http11 import HTTP11ServerFactory
-from filterproxy.filters.manager import FilterManager
+from filterproxy.filters.manager import ChainShape, FilterManager, chain_shape
 from filterproxy.upstream.cluster import Cluster
 from filterproxy.upstream.router import Router
 
@@ -34,16 +34,19 @@ class Gateway:
         self.clusters = {
             name: Cluster(cluster, reactor) for name, cluster in config.clusters.items()
         }
+        self.shape: ChainShape | None = None
 
     def new_request(self, downstream: IDownstream) -> FilterManager:
         """A filter manager for one request arriving on *downstream*."""
         filters = [spec.create() for spec in self.config.filters]
+        if self.shape is None:
+            self.shape = chain_shape(filters)  # the same classes for every request
         return FilterManager(
-            downstream,
-            filters,
-            lambda manager: Router(manager, self),
-            self.config.buffer_limit_bytes,
+            downstream, filters, self._router, self.config.buffer_limit_bytes, self.shape
         )
+
+    def _router(self, manager: FilterManager) -> Router:
+        return Router(manager, self)
 
     def close(self) -> None:
         for cluster in self.clusters.values():

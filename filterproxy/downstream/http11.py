@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from filterproxy._transport import write_now
 from filterproxy.downstream.stream import IDownstream
 from filterproxy.filters.api import RequestHead
 from filterproxy.http.errors import error_body
@@ -103,6 +104,8 @@ class _Exchange:
         self.response_started = False
         self.response_complete = False
         self.chunked = False
+        #: A response head not yet written (see `send_head`).
+        self.pending_head = b""
         self.manager: FilterManager | None = None
         #: Counted in the listener's active_streams.
         self.counted = False
@@ -162,9 +165,14 @@ class _Exchange:
             status,
             _reason(status),
         )
-        self.connection.transport.writeSequence((status_line, encode_header_block(headers)))  # type: ignore[union-attr]
+        head = status_line + encode_header_block(headers)
         if end_stream:
+            write_now(self.connection.transport, head)
             self._complete()
+        else:
+            # Held until the first body bytes or the end of this upstream read (`flush`),
+            # so that a head and the body that came with it leave in one packet.
+            self.pending_head = head
 
     def send_data(self, data: bytes, end_stream: bool) -> None:
         if self.response_complete or self.connection.gone:
@@ -173,15 +181,24 @@ class _Exchange:
         assert transport is not None
         if self.chunked:
             if data:
-                transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+                data = b"%x\r\n%s\r\n" % (len(data), data)
             if end_stream:
-                transport.write(b"0\r\n\r\n")
-        elif data:
-            transport.write(data)
+                data += b"0\r\n\r\n"
+        if self.pending_head:
+            data = self.pending_head + data
+            self.pending_head = b""
+        if data:
+            write_now(transport, data)
         if end_stream:
             self._complete()
 
+    def flush(self) -> None:
+        if self.pending_head and not self.connection.gone:
+            head, self.pending_head = self.pending_head, b""
+            write_now(self.connection.transport, head)
+
     def abort(self) -> None:
+        self.flush()
         if self.response_complete:
             return
         self.response_complete = True

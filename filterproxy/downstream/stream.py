@@ -25,6 +25,9 @@ class IDownstream(Interface):
     def send_data(data: bytes, end_stream: bool) -> None:
         """Send a piece of the response body; dropped silently after the client left."""
 
+    def flush() -> None:
+        """Write anything held back (a response head waiting for its first body bytes)."""
+
     def abort() -> None:
         """End the response abnormally, so the client cannot mistake it for complete."""
 

@@ -9,8 +9,10 @@ upstream chunk goes straight to the client with no per-chunk work here.
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
@@ -36,6 +38,15 @@ if TYPE_CHECKING:
 __all__ = ["FilterManager"]
 
 log = Logger()
+
+_ID_PREFIX = os.urandom(8).hex()
+_id_counter = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """A request id unique to this process run: 32 hex digits, random prefix + counter
+    (no system call per request, unlike uuid4)."""
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
 @implementer(IFilterCallbacks)
@@ -79,6 +90,46 @@ def _overrides(cls: type, name: str) -> bool:
     return getattr(cls, name, None) is not getattr(StreamFilter, name)
 
 
+@dataclass(frozen=True)
+class ChainShape:
+    """What the filter classes of a chain do, worked out once per chain, not per request."""
+
+    #: Indexes (in config order) of the filters with an encode hook, in encode order.
+    encoders: tuple[int, ...]
+    #: Position of each filter in the encode order, or None.
+    encode_position: tuple[int | None, ...]
+    #: No decoder looks at body data / no encoder looks at response data.
+    decode_passthrough: bool
+    encode_passthrough: bool
+
+    @classmethod
+    def of(cls, classes: tuple[type, ...]) -> ChainShape:
+        encoders = tuple(
+            i
+            for i in reversed(range(len(classes)))
+            if _overrides(classes[i], "encode_headers") or _overrides(classes[i], "encode_data")
+        )
+        position = {i: pos for pos, i in enumerate(encoders)}
+        return cls(
+            encoders=encoders,
+            encode_position=tuple(position.get(i) for i in range(len(classes))),
+            decode_passthrough=not any(_overrides(c, "decode_data") for c in classes),
+            encode_passthrough=not any(_overrides(classes[i], "encode_data") for i in encoders),
+        )
+
+
+_shapes: dict[tuple[type, ...], ChainShape] = {}
+
+
+def chain_shape(filters: Sequence[IStreamFilter]) -> ChainShape:
+    """The (cached) `ChainShape` of *filters*' classes."""
+    classes = tuple(type(f) for f in filters)
+    shape = _shapes.get(classes)
+    if shape is None:
+        shape = _shapes[classes] = ChainShape.of(classes)
+    return shape
+
+
 class FilterManager:
     """Drives one request: decoders → router → upstream → encoders → client."""
 
@@ -88,6 +139,7 @@ class FilterManager:
         filters: Sequence[IStreamFilter],
         router_factory: Callable[[FilterManager], Router],
         buffer_limit: int,
+        shape: ChainShape | None = None,
     ) -> None:
         self.downstream = downstream
         self.filters = filters
@@ -102,15 +154,10 @@ class FilterManager:
         self.done = False
         self.router = router_factory(self)
 
-        encoders = [
-            (i, f)
-            for i, f in enumerate(filters)
-            if _overrides(type(f), "encode_headers") or _overrides(type(f), "encode_data")
-        ]
-        encoders.reverse()
-        encode_index = {i: pos for pos, (i, _) in enumerate(encoders)}
+        if shape is None:
+            shape = chain_shape(filters)
         for i, f in enumerate(filters):
-            f.callbacks = _Callbacks(self, i, encode_index.get(i))
+            f.callbacks = _Callbacks(self, i, shape.encode_position[i])
 
         self.decoder: FilterIteration[RequestHead] = FilterIteration(
             [f.decode_headers for f in filters],
@@ -119,18 +166,18 @@ class FilterManager:
             self.router.on_request_data,
             buffer_limit,
             self._request_too_large,
-            data_passthrough=not any(_overrides(type(f), "decode_data") for f in filters),
+            data_passthrough=shape.decode_passthrough,
         )
         self.encoder: FilterIteration[ResponseHead] | None = None
-        if encoders:
+        if shape.encoders:
             self.encoder = FilterIteration(
-                [f.encode_headers for _, f in encoders],
-                [f.encode_data for _, f in encoders],
+                [filters[i].encode_headers for i in shape.encoders],
+                [filters[i].encode_data for i in shape.encoders],
                 self._send_head,
                 self._send_data,
                 buffer_limit,
                 self._response_too_large,
-                data_passthrough=not any(_overrides(type(f), "encode_data") for _, f in encoders),
+                data_passthrough=shape.encode_passthrough,
             )
         self.buffer_limit = buffer_limit
 
@@ -139,7 +186,7 @@ class FilterManager:
     def decode_headers(self, head: RequestHead, end_stream: bool) -> None:
         """The client's request head arrived."""
         self.head = head
-        self.stream_info.request_id = head.headers.get("x-request-id") or uuid.uuid4().hex
+        self.stream_info.request_id = head.headers.get("x-request-id") or new_request_id()
         try:
             self.decoder.headers(head, end_stream)
         except Exception:

@@ -87,7 +87,10 @@ class Headers:
         return [v for n, v in self._fields if n == name]
 
     def __contains__(self, name: object) -> bool:
-        return any(n == name for n, _ in self._fields)
+        for n, _ in self._fields:
+            if n == name:
+                return True
+        return False
 
     def set(self, name: str, value: str) -> None:
         """Replace every *name* field with one holding *value*."""
@@ -98,7 +101,8 @@ class Headers:
         self._fields.append((name, value))
 
     def remove(self, name: str) -> None:
-        self._fields = [(n, v) for n, v in self._fields if n != name]
+        if name in self:
+            self._fields = [(n, v) for n, v in self._fields if n != name]
 
     def remove_all(self, names: frozenset[str] | builtins.set[str]) -> None:
         self._fields = [(n, v) for n, v in self._fields if n not in names]

@@ -26,6 +26,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from filterproxy._transport import write_now
 from filterproxy.http.headers import Headers
 
 if TYPE_CHECKING:
@@ -71,6 +72,9 @@ class IUpstreamHandler(TypingProtocol):
     def on_response_data(self, data: bytes, end_stream: bool) -> None: ...
 
     def on_upstream_failure(self, kind: UpstreamFailure, detail: str) -> None: ...
+
+    def on_read_done(self) -> None:
+        """Everything from one read of the socket has been delivered."""
 
 
 class State(enum.Enum):
@@ -119,10 +123,7 @@ class HTTP11ClientConnection(Protocol):
         self._message_complete = False
         self._until_close = False
         self._head_request = is_head
-        if body:
-            self.transport.writeSequence((head, body))  # type: ignore[union-attr]
-        else:
-            self.transport.write(head)  # type: ignore[union-attr]
+        write_now(self.transport, head + body if body else head)
 
     # -- receiving --------------------------------------------------------------------
 
@@ -142,6 +143,8 @@ class HTTP11ClientConnection(Protocol):
             return
         if self._message_complete and self.state is State.BUSY:
             self._complete(reusable=self._keep_alive)
+        elif self.handler is not None:
+            self.handler.on_read_done()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._raw_headers.append((name, value))

@@ -258,6 +258,9 @@ class Router:
                 self.heartbeat_timer.reset(self.heartbeat)  # type: ignore[arg-type]
         self.manager.encode_data(data, end_stream)
 
+    def on_read_done(self) -> None:
+        self.manager.downstream.flush()
+
     def on_upstream_failure(self, kind: UpstreamFailure, detail: str) -> None:
         connection, self.connection = self.connection, None
         cluster = self.plan[self.plan_index].cluster

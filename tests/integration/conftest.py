@@ -117,7 +117,9 @@ class Gateway:
         for conn in psutil.Process(self.process.pid).net_connections(kind="tcp"):
             if conn.status != psutil.CONN_ESTABLISHED or not conn.raddr:
                 continue
-            if (remote_port is None and conn.laddr.port == self.port) or (remote_port is not None and conn.raddr.port == remote_port):
+            if (remote_port is None and conn.laddr.port == self.port) or (
+                remote_port is not None and conn.raddr.port == remote_port
+            ):
                 count += 1
         return count
 

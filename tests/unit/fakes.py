@@ -26,6 +26,9 @@ class RecordingDownstream:
     def send_data(self, data: bytes, end_stream: bool) -> None:
         self.events.append(("data", data, end_stream))
 
+    def flush(self) -> None:
+        pass
+
     def abort(self) -> None:
         self.events.append(("abort",))
 

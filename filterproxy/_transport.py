@@ -1,0 +1,36 @@
+"""Writing to a Twisted TCP transport without a trip through the reactor.
+
+`ITransport.write` only queues: the bytes leave on the reactor's next pass, after two
+``epoll_ctl`` calls to watch and unwatch the socket for writability. On a gateway almost
+every write finds the socket's send buffer empty, so `write_now` sends at once when the
+transport has nothing queued, and hands only what the kernel did not take to
+``transport.write`` (which keeps Twisted's buffering and producer pausing for the rest).
+Any other transport (TLS, UNIX sockets, test doubles) gets a plain ``write``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import tcp
+
+__all__ = ["write_now"]
+
+_PLAIN_TCP = (tcp.Server, tcp.Client)
+
+
+def write_now(transport: Any, data: bytes) -> None:
+    """Write *data* to *transport*, sending it immediately when nothing is queued."""
+    if (
+        type(transport) in _PLAIN_TCP
+        and not transport._tempDataLen
+        and not transport.dataBuffer
+        and transport.connected
+        and not transport.disconnecting
+    ):
+        sent = transport.writeSomeData(data)
+        if isinstance(sent, int):
+            if sent == len(data):
+                return
+            data = data[sent:]
+    transport.write(data)
