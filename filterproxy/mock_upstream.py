@@ -17,14 +17,18 @@ import time
 import uuid
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import Resource
 
-__all__ = ["MockUpstream", "main"]
+__all__ = ["MockUpstream", "MockUpstreamService", "main"]
 
 MODELS = ("demo",)
+
+log = Logger()
 
 
 def _completion_words(messages: object) -> list[str]:
@@ -180,6 +184,35 @@ class MockUpstream:
 
     def stop(self) -> Any:
         return self.port.stopListening()
+
+
+class MockUpstreamService(Service):
+    """Serves the mock upstream on an endpoint while the service runs."""
+
+    def __init__(self, description: str, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.description = description
+        self.reactor = reactor
+        self.mock: MockUpstream | None = None
+
+    def startService(self) -> None:
+        super().startService()
+
+        def keep(mock: MockUpstream) -> None:
+            self.mock = mock
+
+        def failed(failure: Any) -> None:
+            log.failure("cannot serve the mock upstream on {d}", failure, d=self.description)
+            self.reactor.callLater(0, self.reactor.stop)
+
+        MockUpstream.listen(self.reactor, self.description).addCallbacks(keep, failed)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.mock.stop() if self.mock is not None else None
 
 
 def main(argv: list[str] | None = None) -> None:

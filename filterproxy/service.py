@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from filterproxy.config import Config, ConfigError
@@ -14,6 +15,7 @@ from filterproxy.downstream.http11 import HTTP11ServerFactory
 from filterproxy.filters.manager import ChainShape, FilterManager, chain_shape
 from filterproxy.upstream.cluster import Cluster
 from filterproxy.upstream.router import Router
+from filterproxy.workers import reuse_port_endpoint
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort
@@ -57,7 +59,12 @@ class GatewayService(Service):
     """Listens on the config's endpoints (or those given with --listen)."""
 
     def __init__(
-        self, config: Config, listeners: tuple[str, ...] | None = None, reactor: Any = None
+        self,
+        config: Config,
+        listeners: tuple[str, ...] | None = None,
+        reactor: Any = None,
+        *,
+        reuse_port: bool = False,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -73,24 +80,19 @@ class GatewayService(Service):
                 "or pass --listen",
             )
         self.gateway = Gateway(config, reactor)
+        self.factory = HTTP11ServerFactory(self.gateway)
         self.ports: list[IListeningPort] = []
-        self.mock: Any = None
+        #: Bind TCP listeners with SO_REUSEPORT (a worker of several).
+        self.reuse_port = reuse_port
 
     def startService(self) -> None:
         super().startService()
-        if self.config.mock_upstream:
-            from filterproxy.mock_upstream import MockUpstream
-
-            def keep(mock: MockUpstream) -> None:
-                self.mock = mock
-
-            MockUpstream.listen(self.reactor, self.config.mock_upstream).addCallbacks(
-                keep, self._listen_failed, errbackArgs=(self.config.mock_upstream,)
-            )
-        factory = HTTP11ServerFactory(self.gateway)
         for description in self.listener_descriptions:
-            endpoint = serverFromString(self.reactor, description)
-            endpoint.listen(factory).addCallbacks(
+            if self.reuse_port:
+                endpoint: Any = reuse_port_endpoint(self.reactor, description)
+            else:
+                endpoint = serverFromString(self.reactor, description)
+            endpoint.listen(self.factory).addCallbacks(
                 self._listening,
                 self._listen_failed,
                 errbackArgs=(description,),
@@ -111,8 +113,19 @@ class GatewayService(Service):
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
+        """Stop accepting, let in-flight requests finish (up to shutdown_grace), close."""
         super().stopService()
         yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
-        if self.mock is not None:
-            yield self.mock.stop()
+        self.factory.drain()
+        deadline = self.reactor.seconds() + self.config.shutdown_grace
+        if self.factory.active_streams:
+            log.info(
+                "shutting down: waiting up to {grace:g}s for {n} requests in progress",
+                grace=self.config.shutdown_grace,
+                n=self.factory.active_streams,
+            )
+        while self.factory.active_streams and self.reactor.seconds() < deadline:
+            yield deferLater(self.reactor, 0.1, lambda: None)
+        for connection in list(self.factory.connections):
+            connection.abort()
         self.gateway.close()

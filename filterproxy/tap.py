@@ -9,6 +9,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from filterproxy.config import Config, ConfigError, load_config
+from filterproxy.workers import reuse_port_endpoint, worker_count
 
 __all__ = ["DEMO_CONFIG", "Options", "makeService"]
 
@@ -26,8 +27,17 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", None, "The YAML config file (default: the built-in demo config)."],
+        [
+            "workers",
+            None,
+            "1",
+            "Worker processes sharing the TCP listeners (SO_REUSEPORT); auto = one per CPU.",
+        ],
     ]
-    optFlags = [["check", None, "Validate the config, print the result and exit."]]
+    optFlags = [
+        ["check", None, "Validate the config, print the result and exit."],
+        ["worker", None, "Run as one worker of several (started by the supervisor)."],
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -49,6 +59,22 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"invalid config {path}: listeners: none given; add listeners to the config or pass --listen"
             )
+        try:
+            self["workers"] = worker_count(self["workers"])
+        except ValueError:
+            raise usage.UsageError(
+                f"--workers: expected a whole number of at least 1 or auto, got {self['workers']!r}"
+            ) from None
+        if self["workers"] > 1 or self["worker"]:
+            for description in self["listen"] or self.loaded.listeners:
+                try:
+                    endpoint = reuse_port_endpoint(None, description)
+                except ValueError as e:
+                    raise usage.UsageError(str(e)) from None
+                if endpoint.port == 0:
+                    raise usage.UsageError(
+                        f"listener {description!r}: --workers needs a fixed port to share, not 0"
+                    )
         if self["check"]:
             print(
                 f"{path}: OK ({len(self.loaded.clusters)} clusters, {len(self.loaded.routes)} routes, "
@@ -58,11 +84,41 @@ class Options(usage.Options):
 
 
 def makeService(options: Options | dict[str, Any]) -> IService:
-    """The gateway service for twistd."""
+    """The twistd service: the gateway, or a supervisor of worker processes, and the
+    mock upstream when the config asks for it."""
+    from twisted.application.service import MultiService
+
+    from filterproxy.mock_upstream import MockUpstreamService
     from filterproxy.service import GatewayService
+    from filterproxy.workers import ParentWatch, WorkerSupervisor
 
     config = options.loaded if isinstance(options, Options) else None
     if config is None:
         config = load_config(options["config"] or str(DEMO_CONFIG))
     listeners = tuple(options["listen"]) or None
-    return GatewayService(config, listeners)
+    worker = bool(options.get("worker"))
+    workers = int(options.get("workers", 1))
+    top = MultiService()
+    if config.mock_upstream and not worker:
+        MockUpstreamService(config.mock_upstream).setServiceParent(top)
+    if workers > 1 and not worker:
+        argv = [
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "-l",
+            "-",
+            "filterproxy",
+            "-c",
+            str(options["config"] or DEMO_CONFIG),
+            "--worker",
+        ]
+        for description in options["listen"]:
+            argv += ["--listen", description]
+        WorkerSupervisor(workers, argv).setServiceParent(top)
+    else:
+        GatewayService(config, listeners, reuse_port=worker).setServiceParent(top)
+    if worker:
+        ParentWatch().setServiceParent(top)
+    return top

@@ -15,7 +15,16 @@ from filterproxy.config._reader import ConfigError, Node, default_environ
 from filterproxy.config._routes import parse_aliases, parse_routes
 from filterproxy.config._types import DEFAULT_FILTERS, Config, Limits
 
-_TOP_KEYS = {"listeners", "clusters", "routes", "aliases", "filters", "limits", "mock_upstream"}
+_TOP_KEYS = {
+    "listeners",
+    "clusters",
+    "routes",
+    "aliases",
+    "filters",
+    "limits",
+    "shutdown_grace",
+    "mock_upstream",
+}
 _LIMIT_KEYS = {f.name for f in fields(Limits)}
 _DURATION_LIMITS = {"request_header_timeout", "request_body_timeout", "keepalive_timeout"}
 
@@ -54,6 +63,7 @@ def parse_config(
         routes=parse_routes(section("routes"), clusters),
         aliases=MappingProxyType(parse_aliases(section("aliases"))),
         limits=_parse_limits(section("limits")),
+        shutdown_grace=top["shutdown_grace"].duration() if "shutdown_grace" in top else 30.0,
         mock_upstream=top["mock_upstream"].string() if "mock_upstream" in top else None,
         source=source,
         raw=document or {},

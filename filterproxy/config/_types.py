@@ -183,6 +183,8 @@ class Config:
     filters: tuple[FilterSpec, ...] = ()
     buffer_limit_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     limits: Limits = Limits()
+    #: On SIGTERM, how long in-flight requests may take to finish before the exit.
+    shutdown_grace: float = 30.0
     mock_upstream: str | None = None
     source: str = "<string>"
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)

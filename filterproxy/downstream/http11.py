@@ -273,6 +273,20 @@ class HTTP11ServerConnection(Protocol):
         with contextlib.suppress(AttributeError, OSError):  # UNIX sockets have no Nagle
             transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
         self._arm(self.limits.request_header_timeout, self._header_timeout)
+        self.factory.connections.add(self)
+        if self.factory.draining:
+            self.drain()
+
+    def drain(self) -> None:
+        """Finish the request in progress, if any, then close."""
+        if self.active is None and self.parsing is None:
+            self.closing = True
+            self._disarm()
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        else:
+            for exchange in (self.active, *self.queued):
+                if exchange is not None:
+                    exchange.keep_alive = False
 
     def dataReceived(self, data: bytes) -> None:
         if self.closing or self.gone or (self.ignore_input and self.upgrade_body is None):
@@ -542,6 +556,7 @@ class HTTP11ServerConnection(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.gone = True
         self._disarm()
+        self.factory.connections.discard(self)
         exchanges = [e for e in (self.active, *self.queued) if e is not None]
         self.active = None
         self.queued.clear()
@@ -567,6 +582,15 @@ class HTTP11ServerFactory(ServerFactory):
         self.gateway = gateway
         #: Requests in progress on this listener (limits.max_concurrent_streams).
         self.active_streams = 0
+        #: Open client connections, for a graceful shutdown.
+        self.connections: set[HTTP11ServerConnection] = set()
+        self.draining = False
+
+    def drain(self) -> None:
+        """Shutting down: close idle connections now, the others after their response."""
+        self.draining = True
+        for connection in list(self.connections):
+            connection.drain()
 
     def buildProtocol(self, addr: object) -> HTTP11ServerConnection:
         return HTTP11ServerConnection(self.gateway, self)

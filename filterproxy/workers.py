@@ -1,0 +1,213 @@
+"""Using every core: N worker processes sharing each TCP listener.
+
+``twistd -n filterproxy --workers N`` starts a supervisor that runs no gateway itself.
+It starts N workers — the same command with ``--worker`` — each of which binds every
+``tcp:``/``tcp6:`` listener with ``SO_REUSEPORT``, so the kernel spreads new connections
+over them. A worker that dies is restarted (after a short pause that grows when it keeps
+dying). SIGTERM to the supervisor is passed to every worker; each stops accepting, lets
+its in-flight streams finish for up to ``shutdown_grace``, and exits.
+
+Workers share nothing: each has its own pools and passive health state, exactly as
+separate gateway instances behind an L4 load balancer would.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer, tcp
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+__all__ = [
+    "ParentWatch",
+    "ReusePortEndpoint",
+    "WorkerSupervisor",
+    "reuse_port_endpoint",
+    "worker_count",
+]
+
+log = Logger()
+
+_UNESCAPED_COLON = re.compile(r"(?<!\\):")
+
+
+def worker_count(value: str) -> int:
+    """``auto`` (one per CPU) or a whole number of at least 1."""
+    if value == "auto":
+        return os.cpu_count() or 1
+    count = int(value)
+    if count < 1:
+        raise ValueError("--workers must be at least 1, or auto")
+    return count
+
+
+class _ReusePort(tcp.Port):
+    """A TCP port bound with SO_REUSEPORT, so several processes can listen on it."""
+
+    def createInternetSocket(self) -> socket.socket:
+        sock: socket.socket = super().createInternetSocket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        return sock
+
+
+@implementer(IStreamServerEndpoint)
+class ReusePortEndpoint:
+    """A TCP server endpoint whose port may be shared by other processes."""
+
+    def __init__(self, reactor: Any, port: int, interface: str = "", backlog: int = 50) -> None:
+        self.reactor = reactor
+        self.port = port
+        self.interface = interface
+        self.backlog = backlog
+
+    def listen(self, factory: Any) -> defer.Deferred[IListeningPort]:
+        return defer.execute(self._listen, factory)
+
+    def _listen(self, factory: Any) -> IListeningPort:
+        port = _ReusePort(self.port, factory, self.backlog, self.interface, self.reactor)
+        port.startListening()
+        return port
+
+
+def reuse_port_endpoint(reactor: Any, description: str) -> ReusePortEndpoint:
+    """A `ReusePortEndpoint` for a ``tcp:PORT[:interface=ADDR][:backlog=N]`` (or
+    ``tcp6:``) description.
+
+    Raises:
+        ValueError: the listener is not TCP (TLS, UNIX and systemd listeners cannot be
+            shared between workers this way).
+    """
+    parts = [p.replace("\\:", ":") for p in _UNESCAPED_COLON.split(description)]
+    kind = parts[0]
+    if kind not in ("tcp", "tcp6"):
+        raise ValueError(
+            f"listener {description!r}: --workers shares tcp: and tcp6: listeners only; "
+            "terminate TLS in front of the gateway, or run one worker"
+        )
+    options: dict[str, str] = {}
+    positional: list[str] = []
+    for part in parts[1:]:
+        key, eq, value = part.partition("=")
+        if eq:
+            options[key] = value
+        else:
+            positional.append(part)
+    port = int(options.get("port", positional[0] if positional else "0"))
+    interface = options.get("interface", "::" if kind == "tcp6" else "")
+    return ReusePortEndpoint(reactor, port, interface, int(options.get("backlog", "50")))
+
+
+class ParentWatch(Service):
+    """In a worker: exit when the supervisor is gone (a worker never outlives it)."""
+
+    def __init__(self, reactor: Any = None, interval: float = 1.0) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.reactor = reactor
+        self.supervisor_pid = os.getppid()
+        self.loop = LoopingCall(self._check)
+        self.loop.clock = reactor
+        self.interval = interval
+
+    def startService(self) -> None:
+        super().startService()
+        self.loop.start(self.interval, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self.loop.running:
+            self.loop.stop()
+
+    def _check(self) -> None:
+        if os.getppid() != self.supervisor_pid:
+            log.error(
+                "the supervisor (pid {pid}) is gone; this worker stops", pid=self.supervisor_pid
+            )
+            self.loop.stop()
+            self.reactor.stop()
+
+
+class _Worker(ProcessProtocol):
+    def __init__(self, supervisor: WorkerSupervisor, index: int) -> None:
+        self.supervisor = supervisor
+        self.index = index
+        self.ended: defer.Deferred[None] = defer.Deferred()
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(None)
+        self.supervisor.worker_ended(self, reason)
+
+
+class WorkerSupervisor(Service):
+    """Starts and keeps alive the worker processes."""
+
+    def __init__(self, count: int, worker_argv: list[str], reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.count = count
+        self.worker_argv = worker_argv
+        self.reactor = reactor
+        self.workers: dict[int, _Worker] = {}
+        self.transports: dict[int, Any] = {}
+        self.restarts: dict[int, int] = {}
+        self.stopping = False
+
+    def startService(self) -> None:
+        super().startService()
+        for index in range(self.count):
+            self._spawn(index)
+
+    def _spawn(self, index: int) -> None:
+        if self.stopping:
+            return
+        worker = _Worker(self, index)
+        self.workers[index] = worker
+        self.transports[index] = self.reactor.spawnProcess(
+            worker,
+            sys.executable,
+            [sys.executable, *self.worker_argv],
+            env=dict(os.environ),
+            childFDs={0: "w", 1: 1, 2: 2},
+        )
+        log.info("worker {index} started (pid {pid})", index=index, pid=self.transports[index].pid)
+
+    def worker_ended(self, worker: _Worker, reason: Any) -> None:
+        if self.stopping or self.workers.get(worker.index) is not worker:
+            return
+        failures = self.restarts.get(worker.index, 0) + 1
+        self.restarts[worker.index] = failures
+        delay = min(30.0, 0.5 * 2 ** min(failures - 1, 6))
+        log.error(
+            "worker {index} exited ({reason}); restarting in {delay:g}s",
+            index=worker.index,
+            reason=reason.getErrorMessage(),
+            delay=delay,
+        )
+        self.reactor.callLater(delay, self._spawn, worker.index)
+        # A worker that stays up for a minute is healthy again.
+        self.reactor.callLater(delay + 60, self.restarts.__setitem__, worker.index, 0)
+
+    def stopService(self) -> defer.Deferred[Any]:
+        super().stopService()
+        self.stopping = True
+        for index, transport in self.transports.items():
+            if self.workers[index].ended.called:
+                continue
+            try:
+                transport.signalProcess("TERM")
+            except Exception:
+                log.failure("cannot signal worker {index}", index=index)
+        return defer.gatherResults([w.ended for w in self.workers.values()], consumeErrors=True)

@@ -1,0 +1,101 @@
+"""--workers: several processes share the listener; a dead worker comes back; SIGTERM
+lets in-flight streams finish."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import textwrap
+import uuid
+from pathlib import Path
+
+import httpx
+import psutil
+
+from .conftest import TWISTD, Process, Upstream, wait_until
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_workers_share_the_port_restart_and_drain_on_sigterm(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        textwrap.dedent(f"""
+        listeners: ["tcp:{port}:interface=127.0.0.1"]
+        clusters: {{test: {{url: "{upstream.url}"}}}}
+    """)
+    )
+    supervisor = Process(
+        [
+            str(TWISTD),
+            "-n",
+            "--pidfile=",
+            "-l",
+            "-",
+            "filterproxy",
+            "-c",
+            str(config),
+            "--workers",
+            "2",
+        ]
+    )
+    try:
+        supervisor.wait_for(r"listening on .*port=" + str(port))
+        wait_until(lambda: supervisor.output().count("filterproxy listening on") == 2, timeout=20)
+        workers = psutil.Process(supervisor.pid).children()
+        assert len(workers) == 2
+
+        # New connections are spread over both workers (each has its own id prefix).
+        prefixes = set()
+        for _ in range(40):
+            r = httpx.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                json={"model": "test-model", "messages": []},
+                timeout=15,
+            )
+            assert r.status_code == 200
+        wait_until(lambda: supervisor.output().count('"outcome":"complete"') >= 40, timeout=10)
+        for line in supervisor.lines:
+            if '"request_id":"' in line:
+                prefixes.add(line.split('"request_id":"')[1][:16])
+        assert len(prefixes) == 2
+
+        # A worker that dies is replaced.
+        workers[0].kill()
+        wait_until(lambda: supervisor.output().count("filterproxy listening on") == 3, timeout=20)
+        assert len(psutil.Process(supervisor.pid).children()) == 2
+
+        # SIGTERM: accepting stops, the stream in progress finishes, everything exits.
+        hold = uuid.uuid4().hex
+        body = {
+            "model": "test-model",
+            "stream": True,
+            "messages": [],
+            "test": {"chunks": 3, "hold": hold},
+        }
+        with (
+            httpx.Client(timeout=15) as client,
+            client.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body) as r,
+        ):
+            chunks = r.iter_raw()
+            assert b"tok0" in next(chunks)
+            supervisor.popen.send_signal(signal.SIGTERM)
+            wait_until(lambda: "waiting up to" in supervisor.output(), timeout=10)
+            upstream.release(hold)
+            rest = b"".join(chunks)
+        assert rest.endswith(b"data: [DONE]\n\n")
+        # twistd ends by re-raising the signal that stopped it, as it always does.
+        assert supervisor.popen.wait(15) == -signal.SIGTERM
+        assert "waiting up to 30s for 1 requests in progress" in supervisor.output()
+    finally:
+        supervisor.stop()
+        for child in psutil.Process().children(recursive=True):
+            if "--worker" in " ".join(child.cmdline()):
+                child.kill()
