@@ -119,11 +119,11 @@ class Peer:
     def port(self) -> int:
         return LISTEN_PORT if self.command else int(os.environ.get("BENCH_UPSTREAM_PORT", "9101"))
 
-    def start(self, core: int) -> None:
+    def start(self, cores: str) -> None:
         if self.command is None:
             return
         self.process = subprocess.Popen(
-            ["taskset", "-c", str(core), *self.command],
+            ["taskset", "-c", cores, *self.command],
             env={**os.environ, **(self.env or {})},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -191,6 +191,26 @@ def peers(workdir: Path, upstream_port: int, only: set[str] | None = None) -> li
                 ],
             )
         )
+    found.append(
+        Peer(
+            "filterproxy-2-workers",
+            [
+                str(BIN / "twistd"),
+                "-n",
+                "--pidfile=",
+                "-l",
+                str(workdir / "filterproxy2.log"),
+                "filterproxy",
+                "-c",
+                str(ROOT / "conf" / "bench.yaml"),
+                "--listen",
+                f"tcp:{LISTEN_PORT}:interface=127.0.0.1",
+                "--workers",
+                "2",
+            ],
+            env={"FILTERPROXY_UPSTREAM": f"http://127.0.0.1:{upstream_port}"},
+        )
+    )
     found.append(
         Peer(
             "filterproxy",

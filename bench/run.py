@@ -99,7 +99,9 @@ def streaming(peer: Peer, users: int, shape: StreamShape, seconds: float) -> dic
     }
 
 
-def non_streaming(peer: Peer, seconds: float, workdir: Path) -> dict[str, Any]:
+def non_streaming(
+    peer: Peer, seconds: float, workdir: Path, cores: str = str(LOAD_CORE)
+) -> dict[str, Any]:
     script = workdir / "post.lua"
     script.write_text(WRK_SCRIPT)
     cpu_before = peer.cpu_seconds()
@@ -192,9 +194,13 @@ def run(only: set[str] | None, quick: bool) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
-            for peer in peers(workdir, upstream.port, only):
+            found = peers(workdir, upstream.port, only)
+            scaling = [p for p in found if p.name.startswith("filterproxy")]
+            for peer in found:
+                if peer.name == "filterproxy-2-workers":
+                    continue
                 print(f"--- {peer.name}", flush=True)
-                peer.start(PROXY_CORE)
+                peer.start(str(PROXY_CORE))
                 try:
                     r: dict[str, Any] = {
                         "idle_rss_mb": peer.rss_bytes() / 1e6 if peer.process else None
@@ -215,6 +221,17 @@ def run(only: set[str] | None, quick: bool) -> dict[str, Any]:
                     print(json.dumps(r, indent=1, default=str), flush=True)
                 finally:
                     peer.stop()
+            # Scaling: one and two workers on both cores, sharing them with the load.
+            for peer in scaling:
+                print(f"--- scaling: {peer.name}", flush=True)
+                os.sched_setaffinity(0, {PROXY_CORE, LOAD_CORE})
+                peer.start(f"{PROXY_CORE},{LOAD_CORE}")
+                try:
+                    out = non_streaming(peer, seconds, workdir, cores=f"{PROXY_CORE},{LOAD_CORE}")
+                    results.setdefault("_scaling", {})[peer.name] = out["requests_per_s"]
+                finally:
+                    peer.stop()
+                    os.sched_setaffinity(0, {LOAD_CORE})
     finally:
         upstream.stop()
     return results
@@ -228,7 +245,8 @@ def fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
-def table(results: dict[str, Any]) -> str:
+def table(all_results: dict[str, Any]) -> str:
+    results = {k: v for k, v in all_results.items() if not k.startswith("_")}
     rows = [
         "| | " + " | ".join(results) + " |",
         "|---|" + "---|" * len(results),
@@ -269,6 +287,13 @@ def table(results: dict[str, Any]) -> str:
     )
     row("RSS per open stream KB", lambda r: r["open_streams"]["rss_kb_per_stream"])
     row("idle RSS MB", lambda r: r["idle_rss_mb"])
+    scaling = all_results.get("_scaling")
+    if scaling:
+        rows.append("")
+        rows.append(
+            "Scaling (non-streaming requests/s, proxy, upstream and wrk sharing both cores): "
+            + ", ".join(f"{name} {value:,.0f}" for name, value in scaling.items())
+        )
     return "\n".join(rows)
 
 
@@ -287,7 +312,7 @@ def chart(results: dict[str, Any], path: Path, title: str) -> None:
         ("RSS per open stream (KB)", lambda r: r["open_streams"]["rss_kb_per_stream"]),
     ]
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
-    names = list(results)
+    names = [n for n in results if not n.startswith("_")]
     colors = ["#999999", "#2a9d8f", "#e9c46a", "#e76f51", "#264653"]
     for ax, (label, pick) in zip(axes.flat, panels, strict=True):
         values = [pick(results[n]) or 0 for n in names]
