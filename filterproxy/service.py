@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
@@ -87,6 +88,14 @@ class GatewayService(Service):
 
     def startService(self) -> None:
         super().startService()
+        # Everything loaded so far lives as long as the process: keep it out of the
+        # garbage collector's passes. And collect less often than CPython's default
+        # (every 700 allocations): each request allocates a few hundred objects, and
+        # frequent passes over thousands of live streams showed as 30 ms stalls in
+        # time-to-first-byte p99 (bench: 36.5 -> 5.9 ms at 200 streams).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(20_000, 20, 20)
         for description in self.listener_descriptions:
             if self.reuse_port:
                 endpoint: Any = reuse_port_endpoint(self.reactor, description)
