@@ -88,7 +88,7 @@ class ResponseHead:
     reason: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class StreamInfo:
     """What the gateway knows about one request; filters read and annotate it."""
 

@@ -24,6 +24,24 @@ HeadT = TypeVar("HeadT", RequestHead, ResponseHead)
 class FilterIteration(Generic[HeadT]):
     """One direction of the chain: headers and data through a list of hooks to a sink."""
 
+    __slots__ = (
+        "buffer_limit",
+        "buffered_bytes",
+        "buffered_end",
+        "buffers",
+        "data_hooks",
+        "data_passthrough",
+        "head",
+        "head_end_stream",
+        "header_hooks",
+        "headers_held_at",
+        "headers_passed",
+        "on_buffer_overflow",
+        "sink_data",
+        "sink_headers",
+        "stopped",
+    )
+
     def __init__(
         self,
         header_hooks: Sequence[Callable[[HeadT, bool], FilterStatus]],

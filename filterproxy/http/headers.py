@@ -74,7 +74,7 @@ class Headers:
     @classmethod
     def from_raw(cls, raw: Iterable[tuple[bytes, bytes]]) -> Headers:
         """From wire bytes as a parser reports them (any case)."""
-        return cls((n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in raw)
+        return cls([(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in raw])
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of *name* (lower-case), or *default*."""
