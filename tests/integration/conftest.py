@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -184,6 +185,21 @@ def gateway(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield gw
     finally:
         gw.process.stop()
+
+
+def raw_exchange(port: int, data: bytes) -> bytes:
+    """Send *data* on a fresh connection; everything received until the peer closes."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(data)
+        return read_until_closed(sock)
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    sock.settimeout(10)
+    data = b""
+    while piece := sock.recv(65536):
+        data += piece
+    return data
 
 
 def curl_post(url: str, body: str, *options: str) -> subprocess.CompletedProcess[bytes]:

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from .conftest import Gateway, still_serving
+from .conftest import Gateway, raw_exchange, still_serving
 
 LIMIT = 1048576  # max_request_bytes in the test gateway's config
 
@@ -104,31 +104,19 @@ def test_upstream_that_refuses_connections_gives_502(gateway: Gateway) -> None:
 
 
 def test_malformed_http_is_400_and_the_connection_closes(gateway: Gateway) -> None:
-    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
-        sock.sendall(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n")
-        sock.settimeout(10)
-        reply = b""
-        while piece := sock.recv(65536):
-            reply += piece
+    reply = raw_exchange(
+        gateway.port, b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
     assert reply.startswith(b"HTTP/1.1 400")
     assert b"malformed HTTP request" in reply
     still_serving(gateway)
 
 
-def raw_exchange(gateway: Gateway, data: bytes) -> bytes:
-    """Send *data* on a fresh connection and read until the gateway closes it."""
-    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
-        sock.sendall(data)
-        sock.settimeout(10)
-        reply = b""
-        while piece := sock.recv(65536):
-            reply += piece
-    return reply
-
-
 def test_too_many_headers_is_431(gateway: Gateway) -> None:
     headers = b"".join(b"x-h%d: v\r\n" % i for i in range(150))
-    reply = raw_exchange(gateway, b"GET /v1/models HTTP/1.1\r\nHost: gw\r\n" + headers + b"\r\n")
+    reply = raw_exchange(
+        gateway.port, b"GET /v1/models HTTP/1.1\r\nHost: gw\r\n" + headers + b"\r\n"
+    )
     assert reply.startswith(b"HTTP/1.1 431")
     assert b"too many request headers" in reply
     still_serving(gateway)
@@ -143,6 +131,6 @@ def test_pipelined_requests_are_answered_in_order(gateway: Gateway) -> None:
         )
 
     last = request("c").replace(b"Host: gw\r\n", b"Host: gw\r\nConnection: close\r\n")
-    reply = raw_exchange(gateway, request("a") + request("b") + last)
+    reply = raw_exchange(gateway.port, request("a") + request("b") + last)
     assert reply.count(b"HTTP/1.1 200 OK") == 3
     assert reply.count(b"plain answer") == 3

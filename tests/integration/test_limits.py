@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,7 +12,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import Gateway, Upstream, gateway_config, start_gateway, still_serving, wait_until
+from .conftest import (
+    Gateway,
+    Upstream,
+    curl_post,
+    gateway_config,
+    read_until_closed,
+    start_gateway,
+    still_serving,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -29,14 +37,6 @@ def limited(upstream: Upstream, tmp_path: Path) -> Iterator[Gateway]:
         gw.process.stop()
 
 
-def read_all(sock: socket.socket) -> bytes:
-    sock.settimeout(10)
-    data = b""
-    while piece := sock.recv(65536):
-        data += piece
-    return data
-
-
 def test_slowloris_headers_get_408_and_the_connection_closes(limited: Gateway) -> None:
     with socket.create_connection(("127.0.0.1", limited.port)) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n")
@@ -45,7 +45,7 @@ def test_slowloris_headers_get_408_and_the_connection_closes(limited: Gateway) -
             for i in range(100):
                 sock.sendall(b"X-Drip-%d: 1\r\n" % i)
                 time.sleep(0.1)
-        reply = read_all(sock)
+        reply = read_until_closed(sock)
     assert reply.startswith(b"HTTP/1.1 408")
     assert b"limits.request_header_timeout" in reply
     assert time.monotonic() - started < 9
@@ -57,7 +57,7 @@ def test_a_body_that_never_finishes_gets_408(limited: Gateway) -> None:
         sock.sendall(
             b'POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\n{"model"'
         )
-        reply = read_all(sock)
+        reply = read_until_closed(sock)
     assert reply.startswith(b"HTTP/1.1 408")
     assert b"limits.request_body_timeout" in reply
 
@@ -72,7 +72,7 @@ def test_idle_keep_alive_connections_are_closed(limited: Gateway) -> None:
         )
         assert b"200 OK" in sock.recv(65536)
         started = time.monotonic()
-        assert read_all(sock).find(b"HTTP/") == -1  # closed without another response
+        assert read_until_closed(sock).find(b"HTTP/") == -1  # closed without another response
         assert time.monotonic() - started < 9
 
 
@@ -112,22 +112,6 @@ def test_over_the_concurrent_stream_limit_is_503_with_retry_after(
 
 def test_curl_asking_for_an_h2c_upgrade_gets_http_1_1(limited: Gateway) -> None:
     body = json.dumps({"model": "test-model", "messages": []})
-    result = subprocess.run(
-        [
-            "curl",
-            "-s",
-            "-i",
-            "--http2",
-            "--max-time",
-            "10",
-            f"{limited.url}/v1/chat/completions",
-            "-H",
-            "content-type: application/json",
-            "-d",
-            body,
-        ],
-        capture_output=True,
-        check=True,
-    )
+    result = curl_post(f"{limited.url}/v1/chat/completions", body, "-i", "--http2")
     assert result.stdout.startswith(b"HTTP/1.1 200")
     assert b"plain answer" in result.stdout

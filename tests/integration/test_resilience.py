@@ -18,7 +18,15 @@ import httpx
 import openai
 import pytest
 
-from .conftest import Gateway, Process, Upstream, start_gateway, still_serving, wait_until
+from .conftest import (
+    Gateway,
+    Process,
+    Upstream,
+    read_until_closed,
+    start_gateway,
+    still_serving,
+    wait_until,
+)
 
 FAULT_SCRIPT = Path(__file__).resolve().parents[1] / "fault_server.py"
 SECRET = "sk-provider-secret-0123456789"
@@ -207,10 +215,7 @@ def test_reset_mid_stream_is_an_error_frame_then_an_incomplete_body(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nx-fault: reset\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
         )
-        sock.settimeout(10)
-        raw = b""
-        while piece := sock.recv(65536):
-            raw += piece
+        raw = read_until_closed(sock)
     assert b"event: error\ndata: " in raw
     assert b"[DONE]" not in raw
     assert not raw.endswith(b"0\r\n\r\n")
