@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -353,12 +353,10 @@ class Router:
 
     def _cancel_timers(self) -> None:
         self._cancel_timer()
-        for name in ("total_timer", "heartbeat_timer"):
-            timer: Any = getattr(self, name)
-            if timer is not None:
-                if timer.active():
-                    timer.cancel()
-                setattr(self, name, None)
+        for timer in (self.total_timer, self.heartbeat_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self.total_timer = self.heartbeat_timer = None
 
     def cancel(self) -> None:
         """Abandon the upstream exchange at once (client gone, local reply, total timeout)."""
