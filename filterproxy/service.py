@@ -45,7 +45,12 @@ class Gateway:
         if self.shape is None:
             self.shape = chain_shape(filters)  # the same classes for every request
         return FilterManager(
-            downstream, filters, self._router, self.config.buffer_limit_bytes, self.shape
+            downstream,
+            filters,
+            self._router,
+            self.config.buffer_limit_bytes,
+            self.shape,
+            self.config.access_log,
         )
 
     def _router(self, manager: FilterManager) -> Router:

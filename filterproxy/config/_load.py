@@ -23,6 +23,7 @@ _TOP_KEYS = {
     "filters",
     "limits",
     "shutdown_grace",
+    "access_log",
     "mock_upstream",
 }
 _LIMIT_KEYS = {f.name for f in fields(Limits)}
@@ -64,6 +65,7 @@ def parse_config(
         aliases=MappingProxyType(parse_aliases(section("aliases"))),
         limits=_parse_limits(section("limits")),
         shutdown_grace=top["shutdown_grace"].duration() if "shutdown_grace" in top else 30.0,
+        access_log=top["access_log"].boolean() if "access_log" in top else True,
         mock_upstream=top["mock_upstream"].string() if "mock_upstream" in top else None,
         source=source,
         raw=document or {},

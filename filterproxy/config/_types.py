@@ -185,6 +185,8 @@ class Config:
     limits: Limits = Limits()
     #: On SIGTERM, how long in-flight requests may take to finish before the exit.
     shutdown_grace: float = 30.0
+    #: One JSON line per request through twisted.logger.
+    access_log: bool = True
     mock_upstream: str | None = None
     source: str = "<string>"
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)

@@ -48,6 +48,7 @@ __all__ = ["HTTP11ServerConnection", "HTTP11ServerFactory"]
 log = Logger()
 
 _NO_BODY_STATUSES = frozenset({204, 304})
+_FRAMING_FIELDS = frozenset({"transfer-encoding", "host", "content-length", "connection"})
 
 
 def _reason(status: int) -> bytes:
@@ -412,7 +413,24 @@ class HTTP11ServerConnection(Protocol):
     def on_headers_complete(self) -> None:
         parser = self.parser
         headers = Headers.from_raw(self._raw_headers)
-        transfer_codings = headers.get_all("transfer-encoding")
+        # One pass for the fields that decide framing, instead of a search for each.
+        transfer_codings: list[str] = []
+        hosts = 0
+        length: str | None = None
+        upgrade = False
+        for name, value in headers:
+            if name in _FRAMING_FIELDS:
+                if name == "transfer-encoding":
+                    transfer_codings.append(value)
+                elif name == "host":
+                    hosts += 1
+                elif name == "content-length":
+                    length = value
+                elif name == "connection":
+                    upgrade = upgrade or any(
+                        token.strip().lower() == "upgrade" for token in value.split(",")
+                    )
+        upgrade = upgrade and "upgrade" in headers
         if transfer_codings and (
             len(transfer_codings) > 1 or transfer_codings[0].strip().lower() != "chunked"
         ):
@@ -423,8 +441,7 @@ class HTTP11ServerConnection(Protocol):
         http10 = version == "1.0"
         if transfer_codings and http10:
             raise _RequestRefused(400, "Transfer-Encoding is not allowed in an HTTP/1.0 request")
-        hosts = headers.get_all("host")
-        if len(hosts) > 1 or (not hosts and not http10):
+        if hosts > 1 or (not hosts and not http10):
             raise _RequestRefused(400, "an HTTP/1.1 request needs exactly one Host header")
         if self.factory.active_streams >= self.limits.max_concurrent_streams:
             raise _RequestRefused(
@@ -433,13 +450,7 @@ class HTTP11ServerConnection(Protocol):
                 "(limits.max_concurrent_streams); retry shortly",
                 (("retry-after", "1"),),
             )
-        length = headers.get("content-length")
         has_body = bool(transfer_codings) or (length is not None and length != "0")
-        upgrade = "upgrade" in headers and any(
-            token.strip().lower() == "upgrade"
-            for value in headers.get_all("connection")
-            for token in value.split(",")
-        )
         if upgrade and has_body:
             if transfer_codings or length is None:
                 raise _RequestRefused(

@@ -140,6 +140,7 @@ class FilterManager:
         router_factory: Callable[[FilterManager], Router],
         buffer_limit: int,
         shape: ChainShape | None = None,
+        access_log: bool = True,
     ) -> None:
         self.downstream = downstream
         self.filters = filters
@@ -152,6 +153,7 @@ class FilterManager:
         #: The last piece of body written to the client (SSE frames need line boundaries).
         self.last_chunk = b""
         self.done = False
+        self.access_log = access_log
         self.router = router_factory(self)
 
         if shape is None:
@@ -347,4 +349,5 @@ class FilterManager:
                 f.on_destroy()
             except Exception:
                 log.failure("filter {filter!r} failed in on_destroy", filter=f)
-        accesslog.emit(self.head, self.stream_info)
+        if self.access_log:
+            accesslog.emit(self.head, self.stream_info)

@@ -278,3 +278,9 @@ routes:
     assert (first.weight, second.weight) == (3, 1)
     assert first.request_headers.set == (("api-key", "k1"),)
     assert config.limits.max_concurrent_streams == 10000
+
+
+def test_access_log_can_be_turned_off() -> None:
+    assert parse_config(BASE, environ={}).access_log is True
+    assert parse_config(BASE + "access_log: false\n", environ={}).access_log is False
+    assert "access_log: expected true or false" in error_for(BASE + "access_log: maybe\n")

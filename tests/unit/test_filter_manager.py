@@ -212,3 +212,20 @@ def test_client_gone_cancels_the_router_and_destroys_filters_once() -> None:
     manager.client_gone()
     assert router.cancelled
     assert log.count("a.on_destroy") == 1
+
+
+def test_access_log_line_is_emitted_once_unless_turned_off(monkeypatch: object) -> None:
+    from filterproxy import accesslog
+
+    emitted: list[object] = []
+    monkeypatch.setattr(accesslog, "emit", lambda head, info: emitted.append(info))  # type: ignore[attr-defined]
+    for enabled, expected in ((True, 1), (False, 0)):
+        emitted.clear()
+        downstream = RecordingDownstream()
+        manager = FilterManager(
+            downstream, [StreamFilter()], RecordingRouter, 1000, access_log=enabled
+        )  # type: ignore[arg-type]
+        manager.decode_headers(request_head(), True)
+        manager.encode_headers(200, Headers(), True)
+        manager.client_gone()
+        assert len(emitted) == expected
