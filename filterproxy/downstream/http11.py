@@ -24,7 +24,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 import httptools
-from twisted.internet.interfaces import IProtocolNegotiationFactory, ISSLTransport
+from twisted.internet.interfaces import IProtocolNegotiationFactory, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -237,6 +237,9 @@ class HTTP11ServerConnection(Protocol):
     #: After an abnormal end, how long buffered bytes (an SSE error frame) may take to
     #: reach the client before the connection is cut regardless.
     abort_grace = 5.0
+    #: After answering a request whose body was not read, how long to keep discarding
+    #: what the client still sends before closing (see `_close_lingering`).
+    linger_time = 2.0
 
     def __init__(self, gateway: Gateway, factory: HTTP11ServerFactory) -> None:
         self.gateway = gateway
@@ -503,9 +506,12 @@ class HTTP11ServerConnection(Protocol):
             return
         self.active = None
         if not exchange.keep_alive:
-            self.closing = True
-            self._disarm()
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            if exchange.request_complete:
+                self.closing = True
+                self._disarm()
+                self.transport.loseConnection()  # type: ignore[union-attr]
+            else:
+                self._close_lingering()
             return
         if self.queued:
             self._activate(self.queued.popleft())
@@ -538,7 +544,21 @@ class HTTP11ServerConnection(Protocol):
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
             b"%sconnection: close\r\n\r\n%s" % (status, _reason(status), len(body), extra, body)
         )
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._close_lingering()
+
+    def _close_lingering(self) -> None:
+        """Close after answering a request whose body was not read: send FIN, then read
+        and discard what the client still sends for up to `linger_time`. Closing a socket
+        with unread input makes the kernel send a reset, which can destroy the answer
+        (a 413, a 400) before the client reads it."""
+        self.closing = True
+        self._disarm()
+        transport = self.transport
+        if ISSLTransport.providedBy(transport) or not ITCPTransport.providedBy(transport):
+            transport.loseConnection()  # type: ignore[union-attr]
+            return
+        transport.loseWriteConnection()
+        self.timer = self.gateway.reactor.callLater(self.linger_time, self._hard_abort)
 
     def abort(self) -> None:
         """End the connection without completing the response: what was written is

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import socket
+import threading
 
 import httpx
 import openai
 import pytest
 
-from .conftest import Gateway, raw_exchange, still_serving
+from .conftest import Gateway, raw_exchange, read_until_closed, still_serving
 
 LIMIT = 1048576  # max_request_bytes in the test gateway's config
 
@@ -134,3 +135,31 @@ def test_pipelined_requests_are_answered_in_order(gateway: Gateway) -> None:
     reply = raw_exchange(gateway.port, request("a") + request("b") + last)
     assert reply.count(b"HTTP/1.1 200 OK") == 3
     assert reply.count(b"plain answer") == 3
+
+
+def test_a_client_still_uploading_past_the_limit_reads_the_413_not_a_reset(
+    gateway: Gateway,
+) -> None:
+    body = b"x" * (48 * LIMIT)
+    errors: list[OSError] = []
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+
+        def upload() -> None:
+            try:
+                sock.sendall(body)
+            except OSError as e:
+                errors.append(e)
+
+        uploader = threading.Thread(target=upload)
+        uploader.start()
+        reply = read_until_closed(sock)
+        uploader.join(10)
+    assert reply.startswith(b"HTTP/1.1 413")
+    # The gateway read and dropped the rest of the upload before closing, so the
+    # client's send was not cut off by a reset.
+    assert errors == []
+    still_serving(gateway)
