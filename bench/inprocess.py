@@ -1,0 +1,143 @@
+"""The Python-level cost of the data path, without sockets or a reactor loop.
+
+    .venv/bin/python -m bench.inprocess            # µs per request and per chunk
+    .venv/bin/python -m bench.inprocess --profile  # and a cProfile of each
+
+The gateway's own protocol objects (client side and upstream side) run on
+StringTransports with a clock that does nothing, on conf/bench.yaml. What this leaves
+out — system calls, the reactor's dispatch — is what `make bench` adds on top; the
+difference between the two says where time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import time
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.testing import StringTransport
+
+from filterproxy.config import load_config
+from filterproxy.downstream.http11 import HTTP11ServerFactory
+from filterproxy.service import Gateway
+from filterproxy.upstream.connection import HTTP11ClientConnection, State
+
+ROOT = Path(__file__).resolve().parents[1]
+BODY = b'{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
+STREAM_BODY = b'{"model":"bench","stream":true,"messages":[]}'
+RESPONSE_BODY = b'{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"ok"}}]}'
+EVENT = b'data: {"seq":1,"t":1795512018755000000,"pad":"' + b"x" * 64 + b'"}\n\n'
+
+
+def request(body: bytes) -> bytes:
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (
+            len(body),
+            body,
+        )
+    )
+
+
+class _Call:
+    """A delayed call that never fires (timers are not what is measured here)."""
+
+    def __init__(self) -> None:
+        self._active = True
+
+    def cancel(self) -> None:
+        self._active = False
+
+    def active(self) -> bool:
+        return self._active
+
+    def reset(self, seconds: float) -> None:
+        pass
+
+
+class _Clock:
+    def callLater(self, delay: float, f: Any, *args: Any, **kw: Any) -> _Call:
+        return _Call()
+
+    def seconds(self) -> float:
+        return time.monotonic()
+
+
+class Rig:
+    """One client connection and one pooled upstream connection, wired together."""
+
+    def __init__(self) -> None:
+        os.environ.setdefault("FILTERPROXY_UPSTREAM", "http://127.0.0.1:9101")
+        self.gateway = Gateway(load_config(ROOT / "conf" / "bench.yaml"), _Clock())
+        pool = self.gateway.clusters["upstream"].endpoints[0].pool
+        self.upstream = HTTP11ClientConnection(pool)
+        self.upstream_transport = StringTransport()
+        self.upstream.makeConnection(self.upstream_transport)
+        pool.open_count = 1
+
+        def acquire(timeout: float, fresh: bool = False) -> defer.Deferred[HTTP11ClientConnection]:
+            pool.idle.clear()
+            return defer.succeed(self.upstream)
+
+        pool.acquire = acquire  # type: ignore[method-assign]
+        self.client_transport = StringTransport()
+        self.client = HTTP11ServerFactory(self.gateway).buildProtocol(None)
+        self.client.makeConnection(self.client_transport)
+        self.request = request(BODY)
+        self.response = (
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+            % (
+                len(RESPONSE_BODY),
+                RESPONSE_BODY,
+            )
+        )
+
+    def one_request(self) -> None:
+        self.client.dataReceived(self.request)
+        self.upstream.dataReceived(self.response)
+        self.client_transport.clear()
+        self.upstream_transport.clear()
+
+    def start_stream(self) -> None:
+        self.client.dataReceived(request(STREAM_BODY))
+        assert self.upstream.state is State.BUSY
+        self.upstream.dataReceived(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        self.chunk = b"%x\r\n%s\r\n" % (len(EVENT), EVENT)
+
+    def one_chunk(self) -> None:
+        self.upstream.dataReceived(self.chunk)
+        self.client_transport.clear()
+
+
+def measure(label: str, fn: Any, count: int, profile: bool) -> None:
+    for _ in range(count // 10):
+        fn()
+    started = time.perf_counter()
+    for _ in range(count):
+        fn()
+    print(f"{label}: {(time.perf_counter() - started) / count * 1e6:.2f} µs")
+    if profile:
+        profiler = cProfile.Profile()
+        profiler.runcall(lambda: [fn() for _ in range(count // 4)])
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    rig = Rig()
+    measure("per non-streaming request", rig.one_request, 20000, args.profile)
+    rig.start_stream()
+    measure("per streamed chunk", rig.one_chunk, 200000, args.profile)
+
+
+if __name__ == "__main__":
+    main()
