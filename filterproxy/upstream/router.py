@@ -291,41 +291,28 @@ class Router:
     # -- timeouts -----------------------------------------------------------------------
 
     def _first_byte_timeout(self, seconds: float) -> None:
-        self.timer = None
-        self._abort_connection()
-        cluster = self.plan[self.plan_index].cluster
         if self.endpoint is not None:
             self.endpoint.health.record_failure(self.reactor.seconds())
-        self._cancel_timers()
-        self.manager.fail_response(
-            504,
-            f"upstream cluster {cluster!r} sent no response within {seconds:g}s (timeouts.first_byte)",
+        self._time_out(
+            f"sent no response within {seconds:g}s (timeouts.first_byte)",
             "upstream_first_byte_timeout",
-            "timeout",
         )
 
     def _idle_timeout(self, seconds: float) -> None:
-        self.timer = None
-        self._abort_connection()
-        self._cancel_timers()
-        cluster = self.plan[self.plan_index].cluster
-        self.manager.fail_response(
-            504,
-            f"upstream cluster {cluster!r} sent nothing for {seconds:g}s mid-response (timeouts.idle)",
-            "upstream_idle_timeout",
-            "timeout",
+        self._time_out(
+            f"sent nothing for {seconds:g}s mid-response (timeouts.idle)", "upstream_idle_timeout"
         )
 
     def _total_timeout(self, seconds: float) -> None:
-        self.total_timer = None
-        self.cancel()
-        cluster = self.plan[self.plan_index].cluster
-        self.manager.fail_response(
-            504,
-            f"upstream cluster {cluster!r}: the exchange took longer than {seconds:g}s (timeouts.total)",
-            "upstream_total_timeout",
-            "timeout",
+        self._time_out(
+            f"took longer than {seconds:g}s in all (timeouts.total)", "upstream_total_timeout"
         )
+
+    def _time_out(self, what: str, code: str) -> None:
+        """A timeout fired: abandon the exchange and tell the client (not retried)."""
+        cluster = self.plan[self.plan_index].cluster
+        self.cancel()
+        self.manager.fail_response(504, f"upstream cluster {cluster!r} {what}", code, "timeout")
 
     def _heartbeat(self) -> None:
         """Silence in an event stream: send an SSE comment so proxies in front keep the
