@@ -68,7 +68,6 @@ def parse_config(
         access_log=top["access_log"].boolean() if "access_log" in top else True,
         mock_upstream=top["mock_upstream"].string() if "mock_upstream" in top else None,
         source=source,
-        raw=document or {},
     )
     from filterproxy.filters.registry import build_filter_chain
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from filterproxy.filters.api import IStreamFilter
@@ -189,4 +189,3 @@ class Config:
     access_log: bool = True
     mock_upstream: str | None = None
     source: str = "<string>"
-    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
