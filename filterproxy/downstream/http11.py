@@ -11,8 +11,7 @@ A connection is in one of these states:
 - CLOSING: the connection will close once the current response is written (the client
   asked for it, the request body was refused before it was read, or the input was bad).
 
-Responses are framed here: a `Content-Length` from upstream is kept; otherwise HTTP/1.1
-clients get chunked encoding and HTTP/1.0 clients a body delimited by the close.
+Each request is an `Exchange` (filterproxy.downstream.exchange), which frames the response.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 import httptools
@@ -30,32 +28,22 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from filterproxy._transport import write_now
-from filterproxy.downstream.stream import IDownstream
+from filterproxy.downstream.exchange import Exchange, reason_phrase
 from filterproxy.filters.api import RequestHead
 from filterproxy.http.errors import error_body
-from filterproxy.http.headers import Headers, encode_header_block
+from filterproxy.http.headers import Headers
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
     from filterproxy.config import Limits
-    from filterproxy.filters.manager import FilterManager
     from filterproxy.service import Gateway
 
 __all__ = ["HTTP11ServerConnection", "HTTP11ServerFactory"]
 
 log = Logger()
 
-_NO_BODY_STATUSES = frozenset({204, 304})
 _FRAMING_FIELDS = frozenset({"transfer-encoding", "host", "content-length", "connection"})
-
-
-def _reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        return b"Unknown"
 
 
 def _origin_form(target: str) -> str:
@@ -82,149 +70,6 @@ class _RequestRefused(Exception):
         self.headers = headers
 
 
-@implementer(IDownstream)
-class _Exchange:
-    """One request on the connection and the response to it (the `IDownstream`)."""
-
-    def __init__(
-        self,
-        connection: HTTP11ServerConnection,
-        head: RequestHead,
-        has_body: bool,
-        keep_alive: bool,
-        http10: bool,
-    ) -> None:
-        self.connection = connection
-        self.head = head
-        self.has_body = has_body
-        self.keep_alive = keep_alive
-        self.http10 = http10
-        self.scheme = head.scheme
-        self.client_ip = head.client_ip
-        self.request_complete = not has_body
-        self.response_started = False
-        self.response_complete = False
-        self.chunked = False
-        #: A response head not yet written (see `send_head`).
-        self.pending_head = b""
-        self.manager: FilterManager | None = None
-        #: Counted in the listener's active_streams.
-        self.counted = False
-        #: Body events parsed before this exchange became active (pipelining).
-        self.pending: list[tuple[bytes, bool]] = []
-        self.producer_registered = False
-
-    # -- request events from the parser ---------------------------------------------------
-
-    def start(self, manager: FilterManager) -> None:
-        self.manager = manager
-        manager.decode_headers(self.head, not self.has_body)
-        if (
-            not self.request_complete
-            and not self.http10
-            and not self.response_started
-            and (self.head.headers.get("expect") or "").lower() == "100-continue"
-        ):
-            # The filters have seen the head and did not refuse it (a 413 for a declared
-            # length would have been sent already): ask the client for the body now rather
-            # than let it wait (curl waits a second for this before sending a large body).
-            self.connection.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
-        pending, self.pending = self.pending, []
-        for data, end in pending:
-            manager.decode_data(data, end)
-
-    def body(self, data: bytes, end_stream: bool) -> None:
-        if end_stream:
-            self.request_complete = True
-        if self.manager is None:
-            self.pending.append((data, end_stream))
-        else:
-            self.manager.decode_data(data, end_stream)
-
-    # -- IDownstream ----------------------------------------------------------------------
-
-    def send_head(self, status: int, headers: Headers, end_stream: bool) -> None:
-        if self.response_complete or self.connection.gone:
-            return
-        self.response_started = True
-        bodyless = status in _NO_BODY_STATUSES or status < 200 or self.head.method == "HEAD"
-        if "content-length" in headers or bodyless:
-            pass
-        elif end_stream:
-            headers.add("content-length", "0")
-        elif self.http10:
-            self.keep_alive = False
-        else:
-            self.chunked = True
-            headers.add("transfer-encoding", "chunked")
-        if not self.keep_alive or not self.request_complete:
-            # A body we have not read cannot be skipped safely: close after this response.
-            self.keep_alive = False
-            headers.add("connection", "close")
-        status_line = b"%s %d %s\r\n" % (
-            b"HTTP/1.0" if self.http10 else b"HTTP/1.1",
-            status,
-            _reason(status),
-        )
-        head = status_line + encode_header_block(headers)
-        if end_stream:
-            write_now(self.connection.transport, head)
-            self._complete()
-        else:
-            # Held until the first body bytes or the end of this upstream read (`flush`),
-            # so that a head and the body that came with it leave in one packet.
-            self.pending_head = head
-
-    def send_data(self, data: bytes, end_stream: bool) -> None:
-        if self.response_complete or self.connection.gone:
-            return
-        transport = self.connection.transport
-        assert transport is not None
-        if self.chunked:
-            if data:
-                data = b"%x\r\n%s\r\n" % (len(data), data)
-            if end_stream:
-                data += b"0\r\n\r\n"
-        if self.pending_head:
-            data = self.pending_head + data
-            self.pending_head = b""
-        if data:
-            write_now(transport, data)
-        if end_stream:
-            self._complete()
-
-    def flush(self) -> None:
-        if self.pending_head and not self.connection.gone:
-            head, self.pending_head = self.pending_head, b""
-            write_now(self.connection.transport, head)
-
-    def abort(self) -> None:
-        self.flush()
-        if self.response_complete:
-            return
-        self.response_complete = True
-        self.unregister_producer()
-        self.connection.uncount(self)
-        self.connection.abort()
-
-    def register_producer(self, producer: object) -> None:
-        if self.connection.gone or self.response_complete:
-            return
-        self.producer_registered = True
-        self.connection.transport.registerProducer(producer, True)  # type: ignore[union-attr]
-
-    def unregister_producer(self) -> None:
-        if self.producer_registered:
-            self.producer_registered = False
-            if not self.connection.gone:
-                self.connection.transport.unregisterProducer()  # type: ignore[union-attr]
-
-    def _complete(self) -> None:
-        self.response_complete = True
-        self.unregister_producer()
-        self.connection.exchange_done(self)
-
-
 class HTTP11ServerConnection(Protocol):
     """One client connection speaking HTTP/1.0 or HTTP/1.1.
 
@@ -247,17 +92,17 @@ class HTTP11ServerConnection(Protocol):
         self.limits: Limits = gateway.config.limits
         self.parser = httptools.HttpRequestParser(self)
         #: The exchange whose response is being produced; None when idle.
-        self.active: _Exchange | None = None
+        self.active: Exchange | None = None
         #: Exchanges parsed behind the active one (pipelining).
-        self.queued: deque[_Exchange] = deque()
+        self.queued: deque[Exchange] = deque()
         #: The exchange the parser is currently filling with body data.
-        self.parsing: _Exchange | None = None
+        self.parsing: Exchange | None = None
         self.closing = False
         self.gone = False
         self.reading_paused = False
         #: After a declined upgrade: the exchange whose Content-Length body is read
         #: without llhttp, and how much of it is still to come.
-        self.upgrade_body: _Exchange | None = None
+        self.upgrade_body: Exchange | None = None
         self.upgrade_body_remaining = 0
         #: Nothing more is parsed on this connection (it closes after the response).
         self.ignore_input = False
@@ -467,7 +312,7 @@ class HTTP11ServerConnection(Protocol):
             scheme=self.scheme,
             client_ip=self.client_ip,
         )
-        exchange = _Exchange(self, head, has_body, parser.should_keep_alive(), http10)
+        exchange = Exchange(self, head, has_body, parser.should_keep_alive(), http10)
         self.parsing = exchange if has_body else None
         if upgrade and has_body:
             self.upgrade_body = exchange
@@ -493,13 +338,13 @@ class HTTP11ServerConnection(Protocol):
 
     # -- exchanges --------------------------------------------------------------------------
 
-    def _activate(self, exchange: _Exchange) -> None:
+    def _activate(self, exchange: Exchange) -> None:
         self.active = exchange
         self.factory.active_streams += 1
         exchange.counted = True
         exchange.start(self.gateway.new_request(exchange))
 
-    def exchange_done(self, exchange: _Exchange) -> None:
+    def exchange_done(self, exchange: Exchange) -> None:
         """The response of *exchange* is written; go on with the connection."""
         self.uncount(exchange)
         if exchange is not self.active:
@@ -520,7 +365,7 @@ class HTTP11ServerConnection(Protocol):
         if self.active is None and self.parsing is None:
             self._arm(self.limits.keepalive_timeout, self._keepalive_timeout)
 
-    def uncount(self, exchange: _Exchange) -> None:
+    def uncount(self, exchange: Exchange) -> None:
         """*exchange* no longer counts against limits.max_concurrent_streams."""
         if exchange.counted:
             exchange.counted = False
@@ -542,7 +387,8 @@ class HTTP11ServerConnection(Protocol):
         extra = b"".join(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in headers)
         self.transport.write(  # type: ignore[union-attr]
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-            b"%sconnection: close\r\n\r\n%s" % (status, _reason(status), len(body), extra, body)
+            b"%sconnection: close\r\n\r\n%s"
+            % (status, reason_phrase(status), len(body), extra, body)
         )
         self._close_lingering()
 

@@ -1,0 +1,178 @@
+"""One request on an HTTP/1.x client connection and the response to it: the
+`IDownstream` the filter chain and router write to.
+
+Responses are framed here: a `Content-Length` from upstream is kept; otherwise HTTP/1.1
+clients get chunked encoding and HTTP/1.0 clients a body delimited by the close. A
+response head is held back until its first body bytes (or the end of the upstream read
+that brought it), so that a small response leaves in one packet.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+from zope.interface import implementer
+
+from filterproxy._transport import write_now
+from filterproxy.downstream.stream import IDownstream
+from filterproxy.filters.api import RequestHead
+from filterproxy.http.headers import Headers, encode_header_block
+
+if TYPE_CHECKING:
+    from filterproxy.downstream.http11 import HTTP11ServerConnection
+    from filterproxy.filters.manager import FilterManager
+
+__all__ = ["Exchange", "reason_phrase"]
+
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+def reason_phrase(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b"Unknown"
+
+
+@implementer(IDownstream)
+class Exchange:
+    """One request on the connection and the response to it (the `IDownstream`)."""
+
+    def __init__(
+        self,
+        connection: HTTP11ServerConnection,
+        head: RequestHead,
+        has_body: bool,
+        keep_alive: bool,
+        http10: bool,
+    ) -> None:
+        self.connection = connection
+        self.head = head
+        self.has_body = has_body
+        self.keep_alive = keep_alive
+        self.http10 = http10
+        self.scheme = head.scheme
+        self.client_ip = head.client_ip
+        self.request_complete = not has_body
+        self.response_started = False
+        self.response_complete = False
+        self.chunked = False
+        #: A response head not yet written (see `send_head`).
+        self.pending_head = b""
+        self.manager: FilterManager | None = None
+        #: Counted in the listener's active_streams.
+        self.counted = False
+        #: Body events parsed before this exchange became active (pipelining).
+        self.pending: list[tuple[bytes, bool]] = []
+        self.producer_registered = False
+
+    # -- request events from the parser ---------------------------------------------------
+
+    def start(self, manager: FilterManager) -> None:
+        self.manager = manager
+        manager.decode_headers(self.head, not self.has_body)
+        if (
+            not self.request_complete
+            and not self.http10
+            and not self.response_started
+            and (self.head.headers.get("expect") or "").lower() == "100-continue"
+        ):
+            # The filters have seen the head and did not refuse it (a 413 for a declared
+            # length would have been sent already): ask the client for the body now rather
+            # than let it wait (curl waits a second for this before sending a large body).
+            self.connection.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
+        pending, self.pending = self.pending, []
+        for data, end in pending:
+            manager.decode_data(data, end)
+
+    def body(self, data: bytes, end_stream: bool) -> None:
+        if end_stream:
+            self.request_complete = True
+        if self.manager is None:
+            self.pending.append((data, end_stream))
+        else:
+            self.manager.decode_data(data, end_stream)
+
+    # -- IDownstream ----------------------------------------------------------------------
+
+    def send_head(self, status: int, headers: Headers, end_stream: bool) -> None:
+        if self.response_complete or self.connection.gone:
+            return
+        self.response_started = True
+        bodyless = status in _NO_BODY_STATUSES or status < 200 or self.head.method == "HEAD"
+        if "content-length" in headers or bodyless:
+            pass
+        elif end_stream:
+            headers.add("content-length", "0")
+        elif self.http10:
+            self.keep_alive = False
+        else:
+            self.chunked = True
+            headers.add("transfer-encoding", "chunked")
+        if not self.keep_alive or not self.request_complete:
+            # A body we have not read cannot be skipped safely: close after this response.
+            self.keep_alive = False
+            headers.add("connection", "close")
+        status_line = b"%s %d %s\r\n" % (
+            b"HTTP/1.0" if self.http10 else b"HTTP/1.1",
+            status,
+            reason_phrase(status),
+        )
+        head = status_line + encode_header_block(headers)
+        if end_stream:
+            write_now(self.connection.transport, head)
+            self._complete()
+        else:
+            # Held until the first body bytes or the end of this upstream read (`flush`),
+            # so that a head and the body that came with it leave in one packet.
+            self.pending_head = head
+
+    def send_data(self, data: bytes, end_stream: bool) -> None:
+        if self.response_complete or self.connection.gone:
+            return
+        transport = self.connection.transport
+        assert transport is not None
+        if self.chunked:
+            if data:
+                data = b"%x\r\n%s\r\n" % (len(data), data)
+            if end_stream:
+                data += b"0\r\n\r\n"
+        if self.pending_head:
+            data = self.pending_head + data
+            self.pending_head = b""
+        if data:
+            write_now(transport, data)
+        if end_stream:
+            self._complete()
+
+    def flush(self) -> None:
+        if self.pending_head and not self.connection.gone:
+            head, self.pending_head = self.pending_head, b""
+            write_now(self.connection.transport, head)
+
+    def abort(self) -> None:
+        self.flush()
+        if self.response_complete:
+            return
+        self.response_complete = True
+        self.unregister_producer()
+        self.connection.uncount(self)
+        self.connection.abort()
+
+    def register_producer(self, producer: object) -> None:
+        if self.connection.gone or self.response_complete:
+            return
+        self.producer_registered = True
+        self.connection.transport.registerProducer(producer, True)  # type: ignore[union-attr]
+
+    def unregister_producer(self) -> None:
+        if self.producer_registered:
+            self.producer_registered = False
+            if not self.connection.gone:
+                self.connection.transport.unregisterProducer()  # type: ignore[union-attr]
+
+    def _complete(self) -> None:
+        self.response_complete = True
+        self.unregister_producer()
+        self.connection.exchange_done(self)
