@@ -166,6 +166,11 @@ class HTTP11ClientConnection(Protocol):
             and "transfer-encoding" not in headers
         )
         self.handler.on_response_head(status, headers)
+        if self._head_request or status in (204, 304):
+            # These responses have no body whatever Content-Length says, and llhttp cannot
+            # be told so from here: the message ends now. This parser is not used again.
+            self._message_complete = True
+            self._keep_alive = self.parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
         if self.handler is not None:

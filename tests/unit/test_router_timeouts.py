@@ -156,3 +156,18 @@ routes: [{cluster: up}]
         after.append(h.upstream.pool)
         h.upstream.dataReceived(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
     assert endpoints[0].pool in after
+
+
+def test_a_head_response_ends_at_its_headers_despite_its_content_length() -> None:
+    h = Harness(CONFIG)
+    h.client.dataReceived(b"HEAD /v1/models HTTP/1.1\r\nHost: gw\r\n\r\n")
+    assert h.upstream_transport.value().startswith(b"HEAD /v1/models HTTP/1.1\r\n")
+    h.upstream.dataReceived(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1234\r\n\r\n"
+    )
+    received = h.received()
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"content-length: 1234\r\n" in received
+    assert received.endswith(b"\r\n\r\n")  # the head only, and the exchange is over
+    assert h.client.active is None
+    assert h.upstream.state.value == "idle"  # the connection went back to the pool
