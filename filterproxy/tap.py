@@ -88,7 +88,6 @@ def makeService(options: Options | dict[str, Any]) -> IService:
     mock upstream when the config asks for it."""
     from twisted.application.service import MultiService
 
-    from filterproxy.mock_upstream import MockUpstreamService
     from filterproxy.service import GatewayService
     from filterproxy.workers import ParentWatch, WorkerSupervisor
 
@@ -100,6 +99,9 @@ def makeService(options: Options | dict[str, Any]) -> IService:
     workers = int(options.get("workers", 1))
     top = MultiService()
     if config.mock_upstream and not worker:
+        # Imported only here: it brings twisted.web (4 MB) into the process.
+        from filterproxy.mock_upstream import MockUpstreamService
+
         MockUpstreamService(config.mock_upstream).setServiceParent(top)
     if workers > 1 and not worker:
         argv = [
