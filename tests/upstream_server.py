@@ -39,6 +39,7 @@ STATS: dict[str, Any] = {
     "last_headers": {},
     "last_body": "",
     "open_connections": 0,
+    "accepted_connections": 0,
 }
 SENT: dict[str, bytes] = {}
 HOLDS: dict[str, Any] = {}
@@ -47,6 +48,7 @@ HOLDS: dict[str, Any] = {}
 class CountingChannel(http.HTTPChannel):
     def connectionMade(self) -> None:
         STATS["open_connections"] += 1
+        STATS["accepted_connections"] += 1
         super().connectionMade()
 
     def connectionLost(self, reason: Any) -> None:
