@@ -8,7 +8,6 @@ import uuid
 
 import httpx
 import openai
-import pytest
 
 from .conftest import Gateway, Upstream, curl_post
 
