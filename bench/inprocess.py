@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 
 from filterproxy.config import load_config
@@ -79,12 +78,7 @@ class Rig:
         self.upstream_transport = StringTransport()
         self.upstream.makeConnection(self.upstream_transport)
         pool.open_count = 1
-
-        def acquire(timeout: float, fresh: bool = False) -> defer.Deferred[HTTP11ClientConnection]:
-            pool.idle.clear()
-            return defer.succeed(self.upstream)
-
-        pool.acquire = acquire  # type: ignore[method-assign]
+        pool.idle.append(self.upstream)  # the pool hands it out and takes it back each time
         self.client_transport = StringTransport()
         self.client = HTTP11ServerFactory(self.gateway).buildProtocol(None)
         self.client.makeConnection(self.client_transport)

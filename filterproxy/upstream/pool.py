@@ -70,17 +70,25 @@ class ConnectionPool:
         self, connect_timeout: float, *, fresh: bool = False
     ) -> defer.Deferred[HTTP11ClientConnection]:
         """A connection for one request, within *connect_timeout* seconds (else it fails
-        with `ConnectTimeout`); cancel the Deferred to give up waiting."""
-        while self.idle and not fresh:
+        with `ConnectTimeout`); cancel the Deferred to give up waiting. Callers on the
+        request path try `take_idle` first, which needs no Deferred."""
+        conn = None if fresh else self.take_idle()
+        if conn is not None:
+            return defer.succeed(conn)
+        if self.open_count >= self.cluster.max_connections:
+            return self._wait(connect_timeout)
+        return self._connect(connect_timeout)
+
+    def take_idle(self) -> HTTP11ClientConnection | None:
+        """A pooled idle connection, if there is one."""
+        while self.idle:
             conn = self.idle.pop()
             if conn.idle_timer is not None:
                 conn.idle_timer.cancel()
                 conn.idle_timer = None
             if conn.state is State.IDLE:
-                return defer.succeed(conn)
-        if self.open_count >= self.cluster.max_connections:
-            return self._wait(connect_timeout)
-        return self._connect(connect_timeout)
+                return conn
+        return None
 
     def _wait(self, timeout: float) -> defer.Deferred[HTTP11ClientConnection]:
         """Wait for a connection to come back (all `max_connections` are busy)."""

@@ -137,6 +137,10 @@ class Router:
         self.request_bytes = build_request_head(
             self.head, endpoint.config, len(self.body) if has_body else None
         )
+        idle = None if fresh else endpoint.pool.take_idle()
+        if idle is not None:
+            self._connected(idle)
+            return
         self.pending = endpoint.pool.acquire(step.timeouts.connect, fresh=fresh)
         self.pending.addCallbacks(self._connected, self._connect_failed)
 
