@@ -38,6 +38,8 @@ class Harness:
         for cluster in self.gateway.clusters.values():
             for endpoint in cluster.endpoints:
                 endpoint.pool.acquire = self._acquirer(endpoint.pool)  # type: ignore[method-assign]
+                # Every attempt gets a new recorded connection: no reuse from the pool.
+                endpoint.pool.take_idle = lambda: None  # type: ignore[method-assign]
         self.client_transport = StringTransport()
         self.client: HTTP11ServerConnection = HTTP11ServerFactory(self.gateway).buildProtocol(None)
         self.client.makeConnection(self.client_transport)
