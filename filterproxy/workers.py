@@ -2,7 +2,7 @@
 
 ``twistd -n filterproxy --workers N`` starts a supervisor that runs no gateway itself.
 It starts N workers — the same command with ``--worker`` — each of which binds every
-``tcp:``/``tcp6:`` listener with ``SO_REUSEPORT``, so the kernel spreads new connections
+``tcp:``, ``tcp6:`` and ``ssl:`` listener with ``SO_REUSEPORT``, so the kernel spreads new connections
 over them. A worker that dies is restarted (after a short pause that grows when it keeps
 dying). SIGTERM to the supervisor is passed to every worker; each stops accepting, lets
 its in-flight streams finish for up to ``shutdown_grace``, and exits.
@@ -17,19 +17,25 @@ import os
 import re
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from OpenSSL.crypto import X509
 from twisted.application.service import Service
 from twisted.internet import defer, tcp
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.ssl import CertificateOptions, PrivateCertificate
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 __all__ = [
     "ParentWatch",
     "ReusePortEndpoint",
+    "ReusePortTLSEndpoint",
     "WorkerSupervisor",
     "reuse_port_endpoint",
     "worker_count",
@@ -78,20 +84,68 @@ class ReusePortEndpoint:
         return port
 
 
-def reuse_port_endpoint(reactor: Any, description: str) -> ReusePortEndpoint:
-    """A `ReusePortEndpoint` for a ``tcp:PORT[:interface=ADDR][:backlog=N]`` (or
-    ``tcp6:``) description.
+@implementer(IStreamServerEndpoint)
+class ReusePortTLSEndpoint:
+    """TLS over a `ReusePortEndpoint` (the ``ssl:`` listeners of a worker)."""
+
+    def __init__(self, tcp_endpoint: ReusePortEndpoint, options: Any) -> None:
+        self.tcp_endpoint = tcp_endpoint
+        self.options = options
+
+    @property
+    def port(self) -> int:
+        return self.tcp_endpoint.port
+
+    def listen(self, factory: Any) -> defer.Deferred[IListeningPort]:
+        return self.tcp_endpoint.listen(TLSMemoryBIOFactory(self.options, False, factory))
+
+
+_SSL_KEYS = {"port", "interface", "backlog", "privateKey", "certKey", "extraCertChain"}
+
+
+def _server_tls_options(description: str, options: dict[str, str]) -> CertificateOptions:
+    """Server TLS options from an ``ssl:`` description's key and certificate files."""
+    unsupported = sorted(set(options) - _SSL_KEYS)
+    if unsupported:
+        raise ValueError(
+            f"listener {description!r}: with --workers, ssl: listeners take only "
+            f"{', '.join(sorted(_SSL_KEYS))}; not {', '.join(unsupported)}"
+        )
+    if "privateKey" not in options:
+        raise ValueError(f"listener {description!r}: give privateKey=FILE (and certKey=FILE)")
+    try:
+        key_pem = Path(options["privateKey"]).read_bytes()
+        cert_pem = Path(options.get("certKey", options["privateKey"])).read_bytes()
+        chain = (
+            x509.load_pem_x509_certificates(Path(options["extraCertChain"]).read_bytes())
+            if "extraCertChain" in options
+            else []
+        )
+    except (OSError, ValueError) as e:
+        raise ValueError(f"listener {description!r}: {e}") from None
+    identity = PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
+    return CertificateOptions(
+        privateKey=identity.privateKey.original,
+        certificate=identity.original,
+        extraCertChain=[X509.from_cryptography(c) for c in chain] or None,
+    )
+
+
+def reuse_port_endpoint(reactor: Any, description: str) -> ReusePortEndpoint | ReusePortTLSEndpoint:
+    """An endpoint that binds with SO_REUSEPORT, for a ``tcp:PORT[:interface=ADDR]
+    [:backlog=N]``, ``tcp6:`` or ``ssl:PORT:privateKey=FILE[:certKey=FILE]
+    [:extraCertChain=FILE]`` description.
 
     Raises:
-        ValueError: the listener is not TCP (TLS, UNIX and systemd listeners cannot be
-            shared between workers this way).
+        ValueError: the listener cannot be shared between workers (UNIX, systemd), or an
+            ssl: listener's files cannot be read.
     """
     parts = [p.replace("\\:", ":") for p in _UNESCAPED_COLON.split(description)]
     kind = parts[0]
-    if kind not in ("tcp", "tcp6"):
+    if kind not in ("tcp", "tcp6", "ssl"):
         raise ValueError(
-            f"listener {description!r}: --workers shares tcp: and tcp6: listeners only; "
-            "terminate TLS in front of the gateway, or run one worker"
+            f"listener {description!r}: --workers shares tcp:, tcp6: and ssl: listeners only "
+            "(a UNIX or systemd socket cannot be bound by each worker); run one worker"
         )
     options: dict[str, str] = {}
     positional: list[str] = []
@@ -103,7 +157,10 @@ def reuse_port_endpoint(reactor: Any, description: str) -> ReusePortEndpoint:
             positional.append(part)
     port = int(options.get("port", positional[0] if positional else "0"))
     interface = options.get("interface", "::" if kind == "tcp6" else "")
-    return ReusePortEndpoint(reactor, port, interface, int(options.get("backlog", "50")))
+    tcp_endpoint = ReusePortEndpoint(reactor, port, interface, int(options.get("backlog", "50")))
+    if kind == "ssl":
+        return ReusePortTLSEndpoint(tcp_endpoint, _server_tls_options(description, options))
+    return tcp_endpoint
 
 
 class ParentWatch(Service):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import signal
 import socket
+import ssl
+import subprocess
 import textwrap
 import uuid
 from pathlib import Path
@@ -99,3 +101,74 @@ def test_workers_share_the_port_restart_and_drain_on_sigterm(
         for child in psutil.Process().children(recursive=True):
             if "--worker" in " ".join(child.cmdline()):
                 child.kill()
+
+
+def test_workers_share_a_tls_listener(upstream: Upstream, tmp_path: Path) -> None:
+    from .test_tls_and_listeners import make_certificate
+
+    cert, key = make_certificate(tmp_path, "gateway")
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        textwrap.dedent(f"""
+        listeners: ["ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}"]
+        clusters: {{test: {{url: "{upstream.url}"}}}}
+    """)
+    )
+    supervisor = Process(
+        [
+            str(TWISTD),
+            "-n",
+            "--pidfile=",
+            "-l",
+            "-",
+            "filterproxy",
+            "-c",
+            str(config),
+            "--workers",
+            "2",
+        ]
+    )
+    try:
+        wait_until(lambda: supervisor.output().count("filterproxy listening on") == 2, timeout=20)
+        context = ssl.create_default_context(cafile=str(cert))
+        for _ in range(20):
+            with httpx.Client(verify=context, timeout=15) as client:
+                r = client.post(
+                    f"https://localhost:{port}/v1/chat/completions",
+                    json={"model": "test-model", "messages": []},
+                )
+            assert r.status_code == 200
+        wait_until(lambda: supervisor.output().count('"outcome":"complete"') >= 20, timeout=10)
+        prefixes = {
+            line.split('"request_id":"')[1][:16]
+            for line in supervisor.lines
+            if '"request_id":"' in line
+        }
+        assert len(prefixes) == 2
+    finally:
+        supervisor.stop()
+
+
+def test_workers_refuse_listeners_they_cannot_share(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text('clusters: {test: {url: "http://127.0.0.1:9"}}\n')
+    result = subprocess.run(
+        [
+            str(TWISTD),
+            "-n",
+            "--pidfile=",
+            "filterproxy",
+            "-c",
+            str(config),
+            "--workers",
+            "2",
+            "--listen",
+            f"unix:{tmp_path / 'gw.sock'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "--workers shares tcp:, tcp6: and ssl: listeners only" in result.stdout + result.stderr
