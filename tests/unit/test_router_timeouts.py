@@ -171,3 +171,13 @@ def test_a_head_response_ends_at_its_headers_despite_its_content_length() -> Non
     assert received.endswith(b"\r\n\r\n")  # the head only, and the exchange is over
     assert h.client.active is None
     assert h.upstream.state.value == "idle"  # the connection went back to the pool
+
+
+def test_a_client_that_leaves_during_the_retry_backoff_gets_no_further_attempt() -> None:
+    h = Harness(CONFIG)
+    h.client.dataReceived(post())
+    h.upstream.dataReceived(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+    assert len(h.upstreams) == 1  # the retry waits for its backoff
+    h.client.connectionLost(None)  # type: ignore[arg-type]
+    h.reactor.advance(5)
+    assert len(h.upstreams) == 1
