@@ -106,6 +106,8 @@ def makeService(options: Options | dict[str, Any]) -> IService:
     if workers > 1 and not worker:
         argv = [
             "-c",
+            # As under the twistd script, the working directory is not on sys.path.
+            "import sys; sys.path[:] = [p for p in sys.path if p]; "
             "from twisted.scripts.twistd import run; run()",
             "-n",
             "--pidfile=",

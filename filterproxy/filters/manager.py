@@ -13,7 +13,7 @@ import itertools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -33,7 +33,6 @@ from filterproxy.http.headers import Headers, forward_response_headers
 
 if TYPE_CHECKING:
     from filterproxy.downstream.stream import IDownstream
-    from filterproxy.upstream.router import Router
 
 __all__ = ["FilterManager"]
 
@@ -47,6 +46,16 @@ def new_request_id() -> str:
     """A request id unique to this process run: 32 hex digits, random prefix + counter
     (no system call per request, unlike uuid4)."""
     return f"{_ID_PREFIX}{next(_id_counter):016x}"
+
+
+class Terminal(Protocol):
+    """The end of the request direction: the router (or a test double)."""
+
+    def on_request_headers(self, head: RequestHead, end_stream: bool) -> None: ...
+
+    def on_request_data(self, data: bytes, end_stream: bool) -> None: ...
+
+    def cancel(self) -> None: ...
 
 
 @implementer(IFilterCallbacks)
@@ -137,7 +146,7 @@ class FilterManager:
         self,
         downstream: IDownstream,
         filters: Sequence[IStreamFilter],
-        router_factory: Callable[[FilterManager], Router],
+        router_factory: Callable[[FilterManager], Terminal],
         buffer_limit: int,
         shape: ChainShape | None = None,
         access_log: bool = True,

@@ -1,0 +1,38 @@
+"""Optional native build: with FILTERPROXY_COMPILE=1 the data-path modules are compiled
+with mypyc (C extensions from the same typed source). Everything else is in
+pyproject.toml; without the variable this is a pure-Python package.
+
+    FILTERPROXY_COMPILE=1 pip install .      # needs mypy and a C compiler
+
+Measured on one core (bench: wrk, non-streaming, all three filters): 92.6 -> 62.4 µs
+CPU per request.
+"""
+
+import os
+
+from setuptools import setup
+
+COMPILED = [
+    "filterproxy/_transport.py",
+    "filterproxy/downstream/exchange.py",
+    "filterproxy/downstream/http11.py",
+    "filterproxy/filters/body_accumulate.py",
+    "filterproxy/filters/header_rewrite.py",
+    "filterproxy/filters/iteration.py",
+    "filterproxy/filters/manager.py",
+    "filterproxy/filters/route.py",
+    "filterproxy/filters/routing.py",
+    "filterproxy/http/headers.py",
+    "filterproxy/upstream/connection.py",
+    "filterproxy/upstream/request.py",
+    "filterproxy/upstream/retry.py",
+    "filterproxy/upstream/router.py",
+]
+
+ext_modules = []
+if os.environ.get("FILTERPROXY_COMPILE") == "1":
+    from mypyc.build import mypycify
+
+    ext_modules = mypycify(COMPILED, opt_level="3")
+
+setup(ext_modules=ext_modules)
