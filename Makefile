@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench clean
+.PHONY: run test lint typecheck bench wheel clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ bench: $(STAMP)
 	  { apt-get update -q && apt-get install -y -q nginx wrk; } || \
 	  echo "could not install nginx and wrk (apt-get, as root): nginx is skipped, non-streaming needs wrk"
 	$(BENCH_VENV)/bin/python -m bench.run $(BENCH_ARGS)
+
+# A wheel with the data path compiled (mypyc) into dist/, for production installs on the
+# same Python version and architecture: pip install dist/filterproxy-*.whl
+wheel: $(STAMP)
+	FILTERPROXY_COMPILE=1 $(BIN)/pip wheel -q --no-build-isolation --no-deps -w dist .
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) build dist *.egg-info
