@@ -23,14 +23,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_workers_share_the_port_restart_and_drain_on_sigterm(
-    upstream: Upstream, tmp_path: Path
-) -> None:
-    port = free_port()
+def start_workers(listener: str, upstream: Upstream, tmp_path: Path) -> Process:
+    """``twistd filterproxy --workers 2`` on *listener*, once both workers listen."""
     config = tmp_path / "gateway.yaml"
     config.write_text(
         textwrap.dedent(f"""
-        listeners: ["tcp:{port}:interface=127.0.0.1"]
+        listeners: ["{listener}"]
         clusters: {{test: {{url: "{upstream.url}"}}}}
     """)
     )
@@ -49,13 +47,32 @@ def test_workers_share_the_port_restart_and_drain_on_sigterm(
         ]
     )
     try:
-        supervisor.wait_for(r"listening on .*port=" + str(port))
         wait_until(lambda: supervisor.output().count("filterproxy listening on") == 2, timeout=20)
+    except AssertionError:
+        supervisor.stop()
+        raise
+    return supervisor
+
+
+def request_id_prefixes(supervisor: Process) -> set[str]:
+    """The per-process request-id prefixes in the access log: one per worker that served."""
+    return {
+        line.split('"request_id":"')[1][:16]
+        for line in supervisor.lines
+        if '"request_id":"' in line
+    }
+
+
+def test_workers_share_the_port_restart_and_drain_on_sigterm(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    port = free_port()
+    supervisor = start_workers(f"tcp:{port}:interface=127.0.0.1", upstream, tmp_path)
+    try:
         workers = psutil.Process(supervisor.pid).children()
         assert len(workers) == 2
 
         # New connections are spread over both workers (each has its own id prefix).
-        prefixes = set()
         for _ in range(40):
             r = httpx.post(
                 f"http://127.0.0.1:{port}/v1/chat/completions",
@@ -64,10 +81,7 @@ def test_workers_share_the_port_restart_and_drain_on_sigterm(
             )
             assert r.status_code == 200
         wait_until(lambda: supervisor.output().count('"outcome":"complete"') >= 40, timeout=10)
-        for line in supervisor.lines:
-            if '"request_id":"' in line:
-                prefixes.add(line.split('"request_id":"')[1][:16])
-        assert len(prefixes) == 2
+        assert len(request_id_prefixes(supervisor)) == 2
 
         # A worker that dies is replaced.
         workers[0].kill()
@@ -108,29 +122,10 @@ def test_workers_share_a_tls_listener(upstream: Upstream, tmp_path: Path) -> Non
 
     cert, key = make_certificate(tmp_path, "gateway")
     port = free_port()
-    config = tmp_path / "gateway.yaml"
-    config.write_text(
-        textwrap.dedent(f"""
-        listeners: ["ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}"]
-        clusters: {{test: {{url: "{upstream.url}"}}}}
-    """)
-    )
-    supervisor = Process(
-        [
-            str(TWISTD),
-            "-n",
-            "--pidfile=",
-            "-l",
-            "-",
-            "filterproxy",
-            "-c",
-            str(config),
-            "--workers",
-            "2",
-        ]
+    supervisor = start_workers(
+        f"ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}", upstream, tmp_path
     )
     try:
-        wait_until(lambda: supervisor.output().count("filterproxy listening on") == 2, timeout=20)
         context = ssl.create_default_context(cafile=str(cert))
         for _ in range(20):
             with httpx.Client(verify=context, timeout=15) as client:
