@@ -77,12 +77,16 @@ class Process:
                 self.popen.wait()
 
 
-class Upstream:
+class LocalServer:
+    """A server process of the tests, listening on 127.0.0.1."""
+
     def __init__(self, process: Process, port: int) -> None:
         self.process = process
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
 
+
+class Upstream(LocalServer):
     def stats(self) -> dict[str, object]:
         return httpx.get(f"{self.url}/control/stats").json()  # type: ignore[no-any-return]
 
@@ -94,12 +98,7 @@ class Upstream:
         assert response.status_code == 200, response.text
 
 
-class Gateway:
-    def __init__(self, process: Process, port: int) -> None:
-        self.process = process
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-
+class Gateway(LocalServer):
     def access_record(self, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
         """The access-log record of the request with *request_id*."""
         marker = f'"request_id":"{request_id}"'
@@ -222,14 +221,18 @@ def curl_post(url: str, body: str, *options: str) -> subprocess.CompletedProcess
     )
 
 
-def still_serving(gateway: Gateway) -> None:
-    """The gateway answers an ordinary request (after whatever the test did to it)."""
-    response = httpx.post(
-        f"{gateway.url}/v1/chat/completions",
-        json={"model": "test-model", "messages": []},
+def post_chat(base_url: str, model: str, **fields: Any) -> httpx.Response:
+    """A chat completion request for *model* (messages empty unless given)."""
+    return httpx.post(
+        f"{base_url}/v1/chat/completions",
+        json={"model": model, "messages": [], **fields},
         timeout=15,
     )
-    assert response.status_code == 200
+
+
+def still_serving(gateway: Gateway) -> None:
+    """The gateway answers an ordinary request (after whatever the test did to it)."""
+    assert post_chat(gateway.url, "test-model").status_code == 200
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float) -> float:

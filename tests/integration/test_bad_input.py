@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from .conftest import Gateway, raw_exchange, read_until_closed, still_serving
+from .conftest import Gateway, post_chat, raw_exchange, read_until_closed, still_serving
 
 LIMIT = 1048576  # max_request_bytes in the test gateway's config
 
@@ -92,11 +92,7 @@ def test_unknown_model_is_404_in_the_openai_shape_the_sdk_understands(gateway: G
 
 
 def test_upstream_that_refuses_connections_gives_502(gateway: Gateway) -> None:
-    response = httpx.post(
-        f"{gateway.url}/v1/chat/completions",
-        json={"model": "down-model", "messages": []},
-        timeout=15,
-    )
+    response = post_chat(gateway.url, "down-model")
     assert response.status_code == 502
     error = error_of(response)
     assert error["code"] == "upstream_connect_refused"

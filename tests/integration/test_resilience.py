@@ -20,6 +20,7 @@ import pytest
 
 from .conftest import (
     Gateway,
+    LocalServer,
     Process,
     Upstream,
     read_until_closed,
@@ -32,12 +33,7 @@ FAULT_SCRIPT = Path(__file__).resolve().parents[1] / "fault_server.py"
 SECRET = "sk-provider-secret-0123456789"
 
 
-class FaultServer:
-    def __init__(self, process: Process, port: int) -> None:
-        self.process = process
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-
+class FaultServer(LocalServer):
     def stats(self) -> dict[str, object]:
         return httpx.get(f"{self.url}/stats").json()  # type: ignore[no-any-return]
 

@@ -9,7 +9,7 @@ import uuid
 import httpx
 import openai
 
-from .conftest import Gateway, Upstream, curl_post
+from .conftest import Gateway, Upstream, curl_post, post_chat
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -159,12 +159,7 @@ def test_alias_rewrites_only_the_model(gateway: Gateway, upstream: Upstream) -> 
 def test_keep_alive_upstream_connections_are_reused(gateway: Gateway, upstream: Upstream) -> None:
     before = upstream.stats()["accepted_connections"]
     for _ in range(20):  # a new client connection each time; the upstream side is pooled
-        response = httpx.post(
-            f"{gateway.url}/v1/chat/completions",
-            json={"model": "test-model", "messages": MESSAGES},
-            timeout=15,
-        )
-        assert response.status_code == 200
+        assert post_chat(gateway.url, "test-model", messages=MESSAGES).status_code == 200
     accepted = upstream.stats()["accepted_connections"]
     assert isinstance(before, int) and isinstance(accepted, int)
     # At most one new upstream connection (the pool may have been empty), plus the one

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .conftest import UPSTREAM_SCRIPT, Process, Upstream, start_gateway
+from .conftest import UPSTREAM_SCRIPT, Process, Upstream, post_chat, start_gateway
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -102,11 +102,7 @@ def test_untrusted_upstream_certificate_is_a_502_that_says_so(
     upstream, _ = tls_upstream
     gateway = start_gateway(tls_config(upstream.port, ""), tmp_path)
     try:
-        response = httpx.post(
-            f"{gateway.url}/v1/chat/completions",
-            json={"model": "m", "messages": MESSAGES},
-            timeout=15,
-        )
+        response = post_chat(gateway.url, "m", messages=MESSAGES)
         assert response.status_code == 502
         error = response.json()["error"]
         assert error["code"] == "upstream_tls_failure"

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from .conftest import TWISTD, Process, Upstream, wait_until
+from .conftest import TWISTD, Process, Upstream, post_chat, wait_until
 
 
 def free_port() -> int:
@@ -74,12 +74,7 @@ def test_workers_share_the_port_restart_and_drain_on_sigterm(
 
         # New connections are spread over both workers (each has its own id prefix).
         for _ in range(40):
-            r = httpx.post(
-                f"http://127.0.0.1:{port}/v1/chat/completions",
-                json={"model": "test-model", "messages": []},
-                timeout=15,
-            )
-            assert r.status_code == 200
+            assert post_chat(f"http://127.0.0.1:{port}", "test-model").status_code == 200
         wait_until(lambda: supervisor.output().count('"outcome":"complete"') >= 40, timeout=10)
         assert len(request_id_prefixes(supervisor)) == 2
 
