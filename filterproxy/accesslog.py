@@ -21,9 +21,12 @@ __all__ = ["access_record", "emit"]
 log = Logger(namespace="filterproxy.access")
 
 
-def access_record(head: RequestHead | None, info: StreamInfo) -> dict[str, Any]:
-    """The access-log record of a finished request."""
-    ttfb = info.time_to_first_byte
+def _ms(seconds: float | None) -> float | None:
+    return round(seconds * 1000, 1) if seconds is not None else None
+
+
+def access_record(head: RequestHead | None, info: StreamInfo, duration: float) -> dict[str, Any]:
+    """The access-log record of a request that ended after *duration* seconds."""
     return {
         "time": round(time.time(), 3),
         "request_id": info.request_id,
@@ -38,14 +41,19 @@ def access_record(head: RequestHead | None, info: StreamInfo) -> dict[str, Any]:
         "status": info.status,
         "bytes_in": info.bytes_in,
         "bytes_out": info.bytes_out,
-        "ttfb_ms": round(ttfb * 1000, 1) if ttfb is not None else None,
-        "duration_ms": round((time.monotonic() - info.started) * 1000, 1),
+        "ttfb_ms": _ms(info.time_to_first_byte),
+        "ttft_ms": _ms(info.time_to_first_token),
+        "duration_ms": _ms(duration),
+        "prompt_tokens": info.prompt_tokens,
+        "completion_tokens": info.completion_tokens,
         "outcome": info.outcome,
         "error": info.error,
+        "trace_id": info.trace_id,
+        "upstream_request_id": info.upstream_request_id,
     }
 
 
-def emit(head: RequestHead | None, info: StreamInfo) -> None:
+def emit(head: RequestHead | None, info: StreamInfo, duration: float) -> None:
     """Log the access line of a finished request."""
-    record = access_record(head, info)
+    record = access_record(head, info, duration)
     log.info("{access_line}", access_line=json.dumps(record, separators=(",", ":")), access=record)

@@ -1,8 +1,11 @@
-"""The running gateway: listeners, one connection pool per cluster, and the lifecycle."""
+"""The running gateway: listeners, one connection pool per cluster, and the lifecycle
+(start, reload, graceful stop)."""
 
 from __future__ import annotations
 
 import gc
+import signal
+import time
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
@@ -11,9 +14,11 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from filterproxy.config import Config, ConfigError
+from filterproxy import accesslog, sdnotify
+from filterproxy.config import Config, ConfigError, load_config
 from filterproxy.downstream.http11 import HTTP11ServerFactory
 from filterproxy.filters.manager import ChainShape, FilterManager, chain_shape
+from filterproxy.metrics import Metrics
 from filterproxy.upstream.cluster import Cluster
 from filterproxy.upstream.router import Router
 from filterproxy.workers import reuse_port_endpoint
@@ -22,6 +27,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort
 
     from filterproxy.downstream.stream import IDownstream
+    from filterproxy.otel import SpanRecorder
 
 __all__ = ["Gateway", "GatewayService"]
 
@@ -29,15 +35,32 @@ log = Logger()
 
 
 class Gateway:
-    """What every request needs: the config's filter chain and the clusters."""
+    """One config in force: its filter chain and clusters (with their connection pools).
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    It observes every request it starts (`filterproxy.filters.manager.RequestObserver`):
+    metrics, the access log, tracing. After a reload it is *retired*: requests in flight
+    finish on it, and its pools close when the last one ends.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        metrics: Metrics | None = None,
+        spans: SpanRecorder | None = None,
+    ) -> None:
         self.config = config
         self.reactor = reactor
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.spans = spans
         self.clusters = {
             name: Cluster(cluster, reactor) for name, cluster in config.clusters.items()
         }
         self.shape: ChainShape | None = None
+        #: Requests started on this gateway and not finished.
+        self.in_flight = 0
+        self.retired = False
+        self.closed = False
 
     def new_request(self, downstream: IDownstream) -> FilterManager:
         """A filter manager for one request arriving on *downstream*."""
@@ -50,19 +73,63 @@ class Gateway:
             self._router,
             self.config.buffer_limit_bytes,
             self.shape,
-            self.config.access_log,
+            self,
         )
 
     def _router(self, manager: FilterManager) -> Router:
         return Router(manager, self)
 
+    # -- RequestObserver ------------------------------------------------------------------
+
+    def request_started(self, manager: FilterManager) -> None:
+        self.in_flight += 1
+        self.metrics.in_flight += 1
+        if self.spans is not None:
+            self.spans.start(manager)
+
+    def stream_started(self, manager: FilterManager) -> None:
+        self.metrics.open_streams += 1
+
+    def request_finished(self, manager: FilterManager) -> None:
+        info = manager.stream_info
+        duration = time.monotonic() - info.started
+        metrics = self.metrics
+        streamed = manager.event_stream and manager.response_started
+        if streamed:
+            metrics.open_streams -= 1
+        router = manager.router
+        overhead = router.overhead if isinstance(router, Router) else None
+        metrics.record_request(info, duration, overhead, streamed)
+        if self.config.access_log:
+            accesslog.emit(manager.head, info, duration)
+        if self.spans is not None:
+            self.spans.finish(manager, duration)
+        if manager.head is not None:  # request_started was called
+            self.in_flight -= 1
+            metrics.in_flight -= 1
+            if self.retired and not self.in_flight:
+                self.close()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def retire(self) -> None:
+        """A newer config took over: close the pools once the last request is done."""
+        self.retired = True
+        if not self.in_flight:
+            self.close()
+
     def close(self) -> None:
+        """Close idle upstream connections; busy ones close as their response ends."""
+        if self.closed:
+            return
+        self.closed = True
         for cluster in self.clusters.values():
             cluster.close()
 
 
 class GatewayService(Service):
-    """Listens on the config's endpoints (or those given with --listen)."""
+    """Listens on the config's endpoints (or those given with --listen), serves the admin
+    listener, reloads on SIGHUP, and tells systemd how it is doing."""
 
     def __init__(
         self,
@@ -71,6 +138,8 @@ class GatewayService(Service):
         reactor: Any = None,
         *,
         reuse_port: bool = False,
+        admin_listener: str | None = None,
+        worker_index: int | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -78,6 +147,7 @@ class GatewayService(Service):
             reactor = default_reactor
         self.config = config
         self.reactor = reactor
+        self.cli_listeners = listeners
         self.listener_descriptions = listeners or config.listeners
         if not self.listener_descriptions:
             raise ConfigError(
@@ -85,11 +155,23 @@ class GatewayService(Service):
                 "no listeners; add one, e.g. listeners: ['tcp:8080:interface=127.0.0.1'], "
                 "or pass --listen",
             )
-        self.gateway = Gateway(config, reactor)
+        self.admin_description = admin_listener or config.admin_listener
+        if self.admin_description is not None and worker_index:
+            self.admin_description = _shift_port(self.admin_description, worker_index)
+        self.metrics = Metrics()
+        self.spans: SpanRecorder | None = None
+        if config.tracing is not None:
+            from filterproxy.otel import SpanRecorder
+
+            self.spans = SpanRecorder(config.tracing)
+        self.gateway = Gateway(config, reactor, self.metrics, self.spans)
         self.factory = HTTP11ServerFactory(self.gateway)
         self.ports: list[IListeningPort] = []
+        self.admin_port: IListeningPort | None = None
         #: Bind TCP listeners with SO_REUSEPORT (a worker of several).
         self.reuse_port = reuse_port
+        #: Workers do not talk to systemd; their supervisor does.
+        self.notify_systemd = worker_index is None
 
     def startService(self) -> None:
         super().startService()
@@ -101,17 +183,40 @@ class GatewayService(Service):
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
+        listening = []
         for description in self.listener_descriptions:
-            if self.reuse_port:
-                endpoint: Any = reuse_port_endpoint(self.reactor, description)
-            else:
-                endpoint = serverFromString(self.reactor, description)
-            endpoint.listen(self.factory).addCallbacks(
-                self._listening,
-                self._listen_failed,
-                errbackArgs=(description,),
-                callbackArgs=(description,),
+            try:
+                if self.reuse_port:
+                    endpoint: Any = reuse_port_endpoint(self.reactor, description)
+                else:
+                    endpoint = serverFromString(self.reactor, description)
+            except (IndexError, KeyError, ValueError, OSError) as e:
+                self._cannot_listen(description, e)
+                return
+            listening.append(
+                endpoint.listen(self.factory).addCallbacks(
+                    self._listening,
+                    self._listen_failed,
+                    errbackArgs=(description,),
+                    callbackArgs=(description,),
+                )
             )
+        if self.admin_description is not None:
+            from filterproxy.admin import admin_site
+
+            site = admin_site(lambda: self.gateway, self.metrics.registry(), self.reload)
+            listening.append(
+                serverFromString(self.reactor, self.admin_description)
+                .listen(site)
+                .addCallbacks(
+                    self._admin_listening,
+                    self._listen_failed,
+                    errbackArgs=(self.admin_description,),
+                )
+            )
+        defer.gatherResults(listening).addCallback(self._ready)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, self._sighup)
 
     def _listening(self, port: IListeningPort, description: str) -> None:
         self.ports.append(port)
@@ -121,15 +226,91 @@ class GatewayService(Service):
             description=description,
         )
 
+    def _admin_listening(self, port: IListeningPort) -> None:
+        self.admin_port = port
+        log.info(
+            "admin listening on {address}: /metrics /healthz /ready /config, POST /reload",
+            address=port.getHost(),
+        )
+
+    def _cannot_listen(self, description: str, error: Exception) -> None:
+        if description.startswith("systemd:"):
+            problem = (
+                "systemd passed no socket at that index (LISTEN_FDS / LISTEN_PID); start "
+                "the gateway through its .socket unit, or listen on a tcp: endpoint"
+            )
+        else:
+            problem = f"{type(error).__name__}: {error}"
+        log.error(
+            "cannot listen on {description}: {problem}", description=description, problem=problem
+        )
+        self.reactor.callLater(0, self.reactor.stop)
+
     def _listen_failed(self, failure: Any, description: str) -> None:
         log.failure("cannot listen on {description}", failure, description=description)
         self.reactor.callLater(0, self.reactor.stop)
+
+    def _ready(self, _: object) -> None:
+        if self.notify_systemd:
+            sdnotify.notify("READY=1\nSTATUS=serving")
+
+    # -- reload -------------------------------------------------------------------------
+
+    def _sighup(self, signum: int, frame: object) -> None:
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self) -> str | None:
+        """Re-read the config file. A valid config applies to new requests at once; the
+        requests in flight finish on the old one. An invalid one is logged and ignored.
+        Returns None, or the error message."""
+        if self.notify_systemd:
+            sdnotify.notify(sdnotify.reloading_message())
+        try:
+            error = self._reload()
+        finally:
+            if self.notify_systemd:
+                sdnotify.notify("READY=1\nSTATUS=serving")
+        return error
+
+    def _reload(self) -> str | None:
+        source = self.config.source
+        try:
+            config = load_config(source)
+        except ConfigError as e:
+            log.error(
+                "config reload rejected, the running config stays in force: {source}: {error}",
+                source=source,
+                error=str(e),
+            )
+            return f"{source}: {e}"
+        if config.listeners != self.config.listeners and not self.cli_listeners:
+            log.warn("listeners changed in {source}; restart the gateway to apply", source=source)
+        if config.admin_listener != self.config.admin_listener:
+            log.warn("admin.listen changed in {source}; restart to apply", source=source)
+        if config.tracing != self.config.tracing:
+            log.warn("tracing changed in {source}; restart to apply", source=source)
+        old = self.gateway
+        self.config = config
+        self.gateway = Gateway(config, self.reactor, self.metrics, self.spans)
+        self.factory.gateway = self.gateway
+        old.retire()
+        log.info(
+            "config reloaded from {source}; {n} requests in flight finish on the old one",
+            source=source,
+            n=old.in_flight,
+        )
+        return None
+
+    # -- stop ---------------------------------------------------------------------------
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         """Stop accepting, let in-flight requests finish (up to shutdown_grace), close."""
         super().stopService()
-        yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
+        if self.notify_systemd:
+            sdnotify.notify("STOPPING=1")
+        ports = [*self.ports, *([self.admin_port] if self.admin_port else [])]
+        yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
         self.factory.drain()
         deadline = self.reactor.seconds() + self.config.shutdown_grace
         if self.factory.active_streams:
@@ -143,3 +324,15 @@ class GatewayService(Service):
         for connection in list(self.factory.connections):
             connection.abort()
         self.gateway.close()
+        if self.spans is not None:
+            yield self.spans.shutdown()
+
+
+def _shift_port(description: str, offset: int) -> str:
+    """*description* (``tcp:PORT...``) with PORT + *offset*: worker N's admin listener.
+    Port 0 (any free port) stays 0."""
+    kind, sep, rest = description.partition(":")
+    port, colon, options = rest.partition(":")
+    if kind not in ("tcp", "tcp6") or not port.isdigit() or port == "0":
+        return description
+    return f"{kind}{sep}{int(port) + offset}{colon}{options}"

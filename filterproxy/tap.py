@@ -11,7 +11,7 @@ from twisted.python import usage
 from filterproxy.config import Config, ConfigError, load_config
 from filterproxy.workers import reuse_port_endpoint, worker_count
 
-__all__ = ["DEMO_CONFIG", "Options", "makeService"]
+__all__ = ["DEMO_CONFIG", "Options", "config_summary", "makeService"]
 
 #: The built-in demo config, used when no --config is given.
 DEMO_CONFIG = Path(__file__).parent / "demo.yaml"
@@ -33,6 +33,14 @@ class Options(usage.Options):
             "1",
             "Worker processes sharing the TCP listeners (SO_REUSEPORT); auto = one per CPU.",
         ],
+        [
+            "admin",
+            None,
+            None,
+            "The admin listener's endpoint (replaces the config's admin.listen); "
+            "with --workers, worker N listens on its port + N.",
+        ],
+        ["worker-index", None, None, "This worker's number (set by the supervisor)."],
     ]
     optFlags = [
         ["check", None, "Validate the config, print the result and exit."],
@@ -75,12 +83,20 @@ class Options(usage.Options):
                     raise usage.UsageError(
                         f"listener {description!r}: --workers needs a fixed port to share, not 0"
                     )
+        if self["worker-index"] is not None:
+            self["worker-index"] = int(self["worker-index"])
         if self["check"]:
-            print(
-                f"{path}: OK ({len(self.loaded.clusters)} clusters, {len(self.loaded.routes)} routes, "
-                f"filters: {', '.join(f.type_name for f in self.loaded.filters)})"
-            )
+            print(config_summary(path, self.loaded))
             raise SystemExit(0)
+
+
+def config_summary(path: str, config: Config) -> str:
+    """The one line ``--check`` prints for a valid config."""
+    return (
+        f"{path}: OK ({len(config.clusters)} clusters, {len(config.routes)} routes, "
+        f"filters: {', '.join(f.type_name for f in config.filters)}; "
+        f"admin: {config.admin_listener or 'off'})"
+    )
 
 
 def makeService(options: Options | dict[str, Any]) -> IService:
@@ -120,9 +136,17 @@ def makeService(options: Options | dict[str, Any]) -> IService:
         ]
         for description in options["listen"]:
             argv += ["--listen", description]
+        if options.get("admin"):
+            argv += ["--admin", options["admin"]]
         WorkerSupervisor(workers, argv).setServiceParent(top)
     else:
-        GatewayService(config, listeners, reuse_port=worker).setServiceParent(top)
+        GatewayService(
+            config,
+            listeners,
+            reuse_port=worker,
+            admin_listener=options.get("admin"),
+            worker_index=options.get("worker-index") if worker else None,
+        ).setServiceParent(top)
     if worker:
         ParentWatch().setServiceParent(top)
     return top

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -31,6 +32,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
+
+from filterproxy import sdnotify
 
 __all__ = [
     "ParentWatch",
@@ -226,17 +229,33 @@ class WorkerSupervisor(Service):
         super().startService()
         for index in range(self.count):
             self._spawn(index)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, self._sighup)
+        sdnotify.notify(f"READY=1\nSTATUS={self.count} workers")
+
+    def _sighup(self, signum: int, frame: object) -> None:
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self) -> None:
+        """Ask every worker to re-read the config (SIGHUP)."""
+        sdnotify.notify(sdnotify.reloading_message())
+        for index, transport in self.transports.items():
+            if not self.workers[index].ended.called:
+                transport.signalProcess("HUP")
+        sdnotify.notify("READY=1")
 
     def _spawn(self, index: int) -> None:
         if self.stopping:
             return
         worker = _Worker(self, index)
         self.workers[index] = worker
+        env = dict(os.environ)
+        env.pop("NOTIFY_SOCKET", None)  # the supervisor speaks to systemd, not the workers
         self.transports[index] = self.reactor.spawnProcess(
             worker,
             sys.executable,
-            [sys.executable, *self.worker_argv],
-            env=dict(os.environ),
+            [sys.executable, *self.worker_argv, f"--worker-index={index}"],
+            env=env,
             childFDs={0: "w", 1: 1, 2: 2},
         )
         log.info("worker {index} started (pid {pid})", index=index, pid=self.transports[index].pid)
@@ -259,6 +278,7 @@ class WorkerSupervisor(Service):
 
     def stopService(self) -> defer.Deferred[Any]:
         super().stopService()
+        sdnotify.notify("STOPPING=1")
         self.stopping = True
         for index, transport in self.transports.items():
             if self.workers[index].ended.called:

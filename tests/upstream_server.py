@@ -56,26 +56,37 @@ class CountingChannel(http.HTTPChannel):
         super().connectionLost(reason)
 
 
-def chunk_event(index: int, text: str) -> bytes:
-    doc = {
+def chunk_event(index: int, text: str, usage: bool = False) -> bytes:
+    doc: dict[str, Any] = {
         "id": "chatcmpl-test",
         "object": "chat.completion.chunk",
         "created": 1,
         "model": "test-model",
         "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
     }
+    if usage:  # as OpenAI does with stream_options.include_usage
+        doc["usage"] = None
     return b"data: " + json.dumps(doc).encode() + b"\n\n"
 
 
-def final_events() -> list[bytes]:
-    doc = {
+def final_events(usage_of: int | None = None) -> list[bytes]:
+    """The finish chunk and [DONE]; with *usage_of* (completion tokens), OpenAI's extra
+    usage-only chunk between them (stream_options.include_usage)."""
+    doc: dict[str, Any] = {
         "id": "chatcmpl-test",
         "object": "chat.completion.chunk",
         "created": 1,
         "model": "test-model",
         "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
     }
-    return [b"data: " + json.dumps(doc).encode() + b"\n\n", b"data: [DONE]\n\n"]
+    events = [b"data: " + json.dumps(doc).encode() + b"\n\n"]
+    if usage_of is not None:
+        doc["usage"] = None
+        events[0] = b"data: " + json.dumps(doc).encode() + b"\n\n"
+        usage = {"prompt_tokens": 7, "completion_tokens": usage_of, "total_tokens": 7 + usage_of}
+        last = {**doc, "choices": [], "usage": usage}
+        events.append(b"data: " + json.dumps(last).encode() + b"\n\n")
+    return [*events, b"data: [DONE]\n\n"]
 
 
 @implementer(IPushProducer)
@@ -172,7 +183,9 @@ class ChatCompletions(Resource):
 
         count = int(opts.get("chunks", 5))
         interval = float(opts.get("interval", 0.0))
-        events = [chunk_event(i, f"tok{i} ") for i in range(count)] + final_events()
+        usage = (body.get("stream_options") or {}).get("include_usage") is True
+        events = [chunk_event(i, f"tok{i} ", usage) for i in range(count)]
+        events += final_events(count if usage else None)
         sent = bytearray()
 
         def send(index: int) -> None:

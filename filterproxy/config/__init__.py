@@ -9,6 +9,7 @@ from filterproxy.config._headers import parse_header_policy, parse_header_rules
 from filterproxy.config._load import load_config, parse_config
 from filterproxy.config._reader import ConfigError, Node
 from filterproxy.config._types import (
+    DEFAULT_ADMIN_LISTENER,
     DEFAULT_FILTERS,
     DEFAULT_MAX_REQUEST_BYTES,
     ClusterConfig,
@@ -22,10 +23,12 @@ from filterproxy.config._types import (
     RetryPolicy,
     RouteConfig,
     Timeouts,
+    TracingConfig,
     UpstreamPlan,
 )
 
 __all__ = [
+    "DEFAULT_ADMIN_LISTENER",
     "DEFAULT_FILTERS",
     "DEFAULT_MAX_REQUEST_BYTES",
     "ClusterConfig",
@@ -41,6 +44,7 @@ __all__ = [
     "RetryPolicy",
     "RouteConfig",
     "Timeouts",
+    "TracingConfig",
     "UpstreamPlan",
     "load_config",
     "parse_config",

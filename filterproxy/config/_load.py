@@ -13,7 +13,13 @@ import yaml
 from filterproxy.config._clusters import parse_clusters
 from filterproxy.config._reader import ConfigError, Node, default_environ
 from filterproxy.config._routes import parse_aliases, parse_routes
-from filterproxy.config._types import DEFAULT_FILTERS, Config, Limits
+from filterproxy.config._types import (
+    DEFAULT_ADMIN_LISTENER,
+    DEFAULT_FILTERS,
+    Config,
+    Limits,
+    TracingConfig,
+)
 
 _TOP_KEYS = {
     "listeners",
@@ -25,6 +31,8 @@ _TOP_KEYS = {
     "shutdown_grace",
     "access_log",
     "mock_upstream",
+    "admin",
+    "tracing",
 }
 _LIMIT_KEYS = {f.name for f in fields(Limits)}
 _DURATION_LIMITS = {"request_header_timeout", "request_body_timeout", "keepalive_timeout"}
@@ -67,6 +75,8 @@ def parse_config(
         shutdown_grace=top["shutdown_grace"].duration() if "shutdown_grace" in top else 30.0,
         access_log=top["access_log"].boolean() if "access_log" in top else True,
         mock_upstream=top["mock_upstream"].string() if "mock_upstream" in top else None,
+        admin_listener=_parse_admin(top["admin"]) if "admin" in top else DEFAULT_ADMIN_LISTENER,
+        tracing=_parse_tracing(top["tracing"]) if "tracing" in top else None,
         source=source,
     )
     from filterproxy.filters.registry import build_filter_chain
@@ -76,6 +86,38 @@ def parse_config(
     )
     filters, buffer_limit = build_filter_chain(filters_node, config)
     return replace(config, filters=filters, buffer_limit_bytes=buffer_limit)
+
+
+def _parse_admin(node: Node) -> str | None:
+    """``admin: false`` or ``admin: {listen: ENDPOINT}``."""
+    if node.value is False:
+        return None
+    keys = node.mapping({"listen"})
+    return keys["listen"].string() if "listen" in keys else DEFAULT_ADMIN_LISTENER
+
+
+def _parse_tracing(node: Node) -> TracingConfig | None:
+    """``tracing: {otlp_endpoint: URL, service_name: NAME}`` (or ``false``)."""
+    if node.value is False or node.value is None:
+        return None
+    keys = node.mapping({"otlp_endpoint", "service_name"})
+    if "otlp_endpoint" not in keys:
+        raise node.error(
+            "missing 'otlp_endpoint', e.g. http://127.0.0.1:4318/v1/traces (OTLP over HTTP)"
+        )
+    endpoint = keys["otlp_endpoint"].string()
+    if not endpoint.startswith(("http://", "https://")):
+        raise keys["otlp_endpoint"].error(f"expected an http:// or https:// URL, got {endpoint!r}")
+    try:
+        import opentelemetry.exporter.otlp.proto.http.trace_exporter
+        import opentelemetry.sdk.trace  # noqa: F401
+    except ImportError:
+        raise node.error(
+            "tracing needs the OpenTelemetry SDK and OTLP exporter; install them with "
+            "pip install 'filterproxy[otel]', or remove the tracing section"
+        ) from None
+    service = keys["service_name"].string() if "service_name" in keys else "filterproxy"
+    return TracingConfig(endpoint, service)
 
 
 def _parse_limits(node: Node) -> Limits:

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from filterproxy.filters.api import IStreamFilter
 
 DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
-DEFAULT_FILTERS = ("body-accumulate", "route", "header-rewrite")
+DEFAULT_FILTERS = ("body-accumulate", "route", "header-rewrite", "usage")
 
 #: The conditions ``retry.retry_on`` may name (Envoy's vocabulary).
 RETRY_CONDITIONS = frozenset({"connect-failure", "reset", "5xx", "retriable-status-codes"})
@@ -164,6 +164,19 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    """OpenTelemetry export of a span per request (needs ``filterproxy[otel]``)."""
+
+    #: OTLP over HTTP, e.g. http://127.0.0.1:4318/v1/traces.
+    otlp_endpoint: str
+    service_name: str = "filterproxy"
+
+
+#: Where the admin listener (metrics, health, config, reload) listens by default.
+DEFAULT_ADMIN_LISTENER = "tcp:9901:interface=127.0.0.1"
+
+
+@dataclass(frozen=True)
 class FilterSpec:
     """One filter of the chain: its name in the config and a per-request constructor."""
 
@@ -188,4 +201,7 @@ class Config:
     #: One JSON line per request through twisted.logger.
     access_log: bool = True
     mock_upstream: str | None = None
+    #: The admin listener's endpoint, or None (``admin: false``).
+    admin_listener: str | None = DEFAULT_ADMIN_LISTENER
+    tracing: TracingConfig | None = None
     source: str = "<string>"

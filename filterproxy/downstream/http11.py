@@ -342,7 +342,7 @@ class HTTP11ServerConnection(Protocol):
         self.active = exchange
         self.factory.active_streams += 1
         exchange.counted = True
-        exchange.start(self.gateway.new_request(exchange))
+        exchange.start(self.factory.gateway.new_request(exchange))  # the config in force
 
     def exchange_done(self, exchange: Exchange) -> None:
         """The response of *exchange* is written; go on with the connection."""
@@ -456,6 +456,7 @@ class HTTP11ServerFactory(ServerFactory):
         return [b"http/1.1"]
 
     def __init__(self, gateway: Gateway) -> None:
+        #: The gateway in force; a config reload replaces it (new requests use the new one).
         self.gateway = gateway
         #: Requests in progress on this listener (limits.max_concurrent_streams).
         self.active_streams = 0

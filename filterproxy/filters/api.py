@@ -110,6 +110,17 @@ class StreamInfo:
     attempts: int = 0
     #: Seconds from the request's arrival to the upstream's response head.
     time_to_first_byte: float | None = None
+    #: Seconds from the request's arrival to the first piece of the response body (for a
+    #: stream, the first token: the "TTFT").
+    time_to_first_token: float | None = None
+    #: Token counts from the provider's ``usage`` (set by the usage filter), if reported.
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    #: W3C trace context: the trace id and this hop's span id (32 and 16 hex digits).
+    trace_id: str = ""
+    span_id: str = ""
+    #: The upstream's own ``x-request-id`` (kept on the response), if it sent one.
+    upstream_request_id: str | None = None
     #: The status sent to the client.
     status: int | None = None
     bytes_in: int = 0
@@ -139,6 +150,9 @@ class IFilterCallbacks(Interface):
 
         Also usable on the response path while the response head has not been sent.
         """
+
+    def send_local_response(status: int, body: bytes, content_type: str) -> None:
+        """Answer the request here with *body* (not an error); nothing goes upstream."""
 
     def buffered_request_body() -> bytes:
         """The request body this filter has buffered so far (STOP_ITERATION_AND_BUFFER).

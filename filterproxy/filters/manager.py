@@ -9,8 +9,7 @@ upstream chunk goes straight to the client with no per-chunk work here.
 
 from __future__ import annotations
 
-import itertools
-import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -18,7 +17,6 @@ from typing import TYPE_CHECKING, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from filterproxy import accesslog
 from filterproxy.filters.api import (
     IFilterCallbacks,
     IStreamFilter,
@@ -30,22 +28,14 @@ from filterproxy.filters.api import (
 from filterproxy.filters.iteration import FilterIteration
 from filterproxy.http.errors import error_body
 from filterproxy.http.headers import Headers, forward_response_headers
+from filterproxy.tracing import TraceContext, child_context, request_id_from
 
 if TYPE_CHECKING:
     from filterproxy.downstream.stream import IDownstream
 
-__all__ = ["FilterManager"]
+__all__ = ["FilterManager", "RequestObserver", "Terminal"]
 
 log = Logger()
-
-_ID_PREFIX = os.urandom(8).hex()
-_id_counter = itertools.count(1)
-
-
-def new_request_id() -> str:
-    """A request id unique to this process run: 32 hex digits, random prefix + counter
-    (no system call per request, unlike uuid4)."""
-    return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
 class Terminal(Protocol):
@@ -56,6 +46,21 @@ class Terminal(Protocol):
     def on_request_data(self, data: bytes, end_stream: bool) -> None: ...
 
     def cancel(self) -> None: ...
+
+
+class RequestObserver(Protocol):
+    """Who hears of each request's start and end (the gateway: metrics, access log,
+    tracing, in-flight counts)."""
+
+    def request_started(self, manager: FilterManager) -> None:
+        """The head arrived; the request id and trace context are set (an observer may
+        replace the trace context's ids with those of its own span)."""
+
+    def stream_started(self, manager: FilterManager) -> None:
+        """An event-stream response head went to the client."""
+
+    def request_finished(self, manager: FilterManager) -> None:
+        """The request is over (called exactly once, after the filters' on_destroy)."""
 
 
 @implementer(IFilterCallbacks)
@@ -81,6 +86,9 @@ class _Callbacks:
         self, status: int, message: str, code: str | None = None, error_type: str | None = None
     ) -> None:
         self._manager.send_local_reply(status, message, code=code, error_type=error_type)
+
+    def send_local_response(self, status: int, body: bytes, content_type: str) -> None:
+        self._manager.send_local_response(status, body, content_type)
 
     def buffered_request_body(self) -> bytes:
         return b"".join(self._manager.decoder.buffers.get(self._decode_index, ()))
@@ -149,7 +157,7 @@ class FilterManager:
         router_factory: Callable[[FilterManager], Terminal],
         buffer_limit: int,
         shape: ChainShape | None = None,
-        access_log: bool = True,
+        observer: RequestObserver | None = None,
     ) -> None:
         self.downstream = downstream
         self.filters = filters
@@ -162,7 +170,11 @@ class FilterManager:
         #: The last piece of body written to the client (SSE frames need line boundaries).
         self.last_chunk = b""
         self.done = False
-        self.access_log = access_log
+        self.observer = observer
+        #: This hop's trace context (set with the request head).
+        self.trace: TraceContext | None = None
+        #: When the whole request had been read (time.monotonic()), 0.0 until then.
+        self.request_read_at = 0.0
         self.router = router_factory(self)
 
         if shape is None:
@@ -197,7 +209,20 @@ class FilterManager:
     def decode_headers(self, head: RequestHead, end_stream: bool) -> None:
         """The client's request head arrived."""
         self.head = head
-        self.stream_info.request_id = head.headers.get("x-request-id") or new_request_id()
+        info = self.stream_info
+        headers = head.headers
+        client_id = headers.get("x-request-id")
+        info.request_id = request_id = request_id_from(client_id)
+        if request_id != client_id:
+            headers.set("x-request-id", request_id)  # the upstream sees the same id
+        self.trace = trace = child_context(headers.get("traceparent"))
+        if end_stream:
+            self.request_read_at = time.monotonic()
+        if self.observer is not None:
+            self.observer.request_started(self)
+        info.trace_id = trace.trace_id
+        info.span_id = trace.span_id
+        headers.set("traceparent", trace.traceparent())
         try:
             self.decoder.headers(head, end_stream)
         except Exception:
@@ -208,6 +233,8 @@ class FilterManager:
         if self.done:
             return
         self.stream_info.bytes_in += len(data)
+        if end_stream:
+            self.request_read_at = time.monotonic()
         try:
             self.decoder.data(data, end_stream)
         except Exception:
@@ -255,8 +282,16 @@ class FilterManager:
     def _send_head(self, head: ResponseHead, end_stream: bool) -> None:
         self.response_started = True
         self.stream_info.status = head.status
-        self.event_stream = (head.headers.get("content-type") or "").startswith("text/event-stream")
-        self.downstream.send_head(head.status, head.headers, end_stream)
+        headers = head.headers
+        self.event_stream = (headers.get("content-type") or "").startswith("text/event-stream")
+        upstream_id = headers.get("x-request-id")
+        if upstream_id is None:
+            headers.add("x-request-id", self.stream_info.request_id)
+        else:  # the provider's own id (what its support asks for) is kept
+            self.stream_info.upstream_request_id = upstream_id
+        self.downstream.send_head(head.status, headers, end_stream)
+        if self.event_stream and self.observer is not None:
+            self.observer.stream_started(self)
         if end_stream:
             self._finish("complete")
 
@@ -311,6 +346,28 @@ class FilterManager:
         self.stream_info.bytes_out += len(body)
         self._finish(outcome)
 
+    def send_local_response(self, status: int, body: bytes, content_type: str) -> None:
+        """Answer with *body* from the gateway itself (e.g. the model list)."""
+        if self.done or self.response_started:
+            return
+        self.decoder.stopped = True
+        if self.encoder is not None:
+            self.encoder.stopped = True
+        self.router.cancel()
+        headers = Headers(
+            [
+                ("content-type", content_type),
+                ("content-length", str(len(body))),
+                ("x-request-id", self.stream_info.request_id),
+            ]
+        )
+        self.response_started = True
+        self.stream_info.status = status
+        self.downstream.send_head(status, headers, False)
+        self.downstream.send_data(body, True)
+        self.stream_info.bytes_out += len(body)
+        self._finish("local_reply")
+
     def fail_response(
         self, status: int, message: str, code: str, outcome: str = "upstream_error"
     ) -> None:
@@ -358,5 +415,5 @@ class FilterManager:
                 f.on_destroy()
             except Exception:
                 log.failure("filter {filter!r} failed in on_destroy", filter=f)
-        if self.access_log:
-            accesslog.emit(self.head, self.stream_info)
+        if self.observer is not None:
+            self.observer.request_finished(self)

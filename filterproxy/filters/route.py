@@ -3,18 +3,22 @@
 The body is parsed once here and kept in `StreamInfo.body_json` for later filters. It is
 forwarded byte for byte, except when ``model`` is an alias: then only the model changes
 (the document is written back as JSON), so the upstream sees a name it knows.
+
+``GET /v1/models`` is answered here, from the routes' model names and the aliases
+(OpenAI's list shape), unless a route's ``path_prefix`` claims the path for an upstream.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from filterproxy.config import RouteConfig
 from filterproxy.filters.api import FilterContext, FilterStatus, RequestHead, StreamFilter
-from filterproxy.filters.routing import resolve_alias, select_route
+from filterproxy.filters.routing import model_matches, resolve_alias, select_route
 
 __all__ = ["RouteFilter", "RouteTable", "parse_body"]
 
@@ -27,6 +31,30 @@ class RouteTable:
     def known_models(self) -> list[str]:
         names = {m for r in self.routes for m in r.models}
         return sorted(names | set(self.aliases))
+
+    def model_list(self, created: int) -> dict[str, Any]:
+        """``GET /v1/models``: the models the routes name (not glob patterns) and the
+        aliases, in OpenAI's list shape; ``owned_by`` is the cluster that serves each."""
+        owners: dict[str, str] = {}
+        for route in self.routes:
+            for model in route.models:
+                if not any(c in model for c in "*?["):
+                    owners.setdefault(model, route.cluster)
+        for alias, target in self.aliases.items():
+            serving = next((r for r in self.routes if model_matches(r.models, target)), None)
+            owners.setdefault(alias, serving.cluster if serving is not None else "alias")
+        return {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": created, "owned_by": owner}
+                for name, owner in sorted(owners.items())
+            ],
+        }
+
+
+#: Answered by the gateway from its routes, unless a route's path_prefix claims them.
+MODEL_LIST_PATHS = frozenset({"/v1/models", "/models"})
+_STARTED = int(time.time())
 
 
 class BadBody(ValueError):
@@ -87,9 +115,21 @@ class RouteFilter(StreamFilter):
 
     def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
         self.head = head
+        if self._is_model_list(head):
+            body = json.dumps(self.config.model_list(_STARTED)).encode()
+            self.callbacks.send_local_response(200, body, "application/json")
+            return FilterStatus.STOP_ITERATION
         if end_stream:
             return self._route(None)
         return FilterStatus.STOP_ITERATION
+
+    def _is_model_list(self, head: RequestHead) -> bool:
+        if head.method not in ("GET", "HEAD") or head.path.split("?", 1)[0] not in MODEL_LIST_PATHS:
+            return False
+        return not any(
+            r.path_prefix is not None and head.path.startswith(r.path_prefix)
+            for r in self.config.routes
+        )
 
     def decode_data(self, data: bytes, end_stream: bool) -> FilterStatus:
         if not end_stream:

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
     from filterproxy.filters.manager import FilterManager
+    from filterproxy.metrics import Histogram
     from filterproxy.service import Gateway
     from filterproxy.upstream.cluster import Endpoint
 
@@ -87,6 +88,16 @@ class Router:
         self.total_timer: IDelayedCall | None = None
         self.heartbeat_timer: IDelayedCall | None = None
         self.heartbeat: float | None = None
+        # Timestamps (time.monotonic) for the gateway-overhead metric, and the
+        # chunk-gap histogram of this stream.
+        self.chain_time = 0.0
+        self.attempt_started = 0.0
+        self.connect_wait = 0.0
+        self.sent_at = 0.0
+        #: The gateway's own time on this request, once the response head went out.
+        self.overhead: float | None = None
+        self.last_data_at = 0.0
+        self.gap_histogram: Histogram | None = None
 
     # -- terminal decoder -------------------------------------------------------------
 
@@ -105,6 +116,8 @@ class Router:
     def _send(self, body: bytes) -> None:
         manager, head = self.manager, self.head
         assert head is not None
+        if manager.request_read_at:
+            self.chain_time = time.monotonic() - manager.request_read_at
         route: RouteConfig | None = manager.stream_info.route
         if route is None or not route.plan:
             manager.send_local_reply(
@@ -124,6 +137,8 @@ class Router:
     def _attempt(self, *, fresh: bool = False) -> None:
         self.timer = None
         assert self.head is not None
+        self.attempt_started = time.monotonic()
+        self.connect_wait = 0.0
         step = self.plan[self.plan_index]
         cluster = self.gateway.clusters[step.cluster]
         endpoint = cluster.pick(self.failed_endpoints)
@@ -133,6 +148,8 @@ class Router:
         info.cluster = step.cluster
         info.endpoint = endpoint.config.url
         info.attempts += 1
+        if info.attempts > 1:
+            self.gateway.metrics.retries.inc((step.cluster,))
         has_body = bool(self.body) or self.head.method in ("POST", "PUT", "PATCH")
         self.request_bytes = build_request_head(
             self.head, endpoint.config, len(self.body) if has_body else None
@@ -141,6 +158,7 @@ class Router:
         if idle is not None:
             self._connected(idle)
             return
+        self.connect_wait = -time.monotonic()  # made positive when the connection comes
         self.pending = endpoint.pool.acquire(step.timeouts.connect, fresh=fresh)
         self.pending.addCallbacks(self._connected, self._connect_failed)
 
@@ -150,10 +168,16 @@ class Router:
             connection.pool.release(connection)
             return
         assert self.head is not None
+        if self.connect_wait < 0:
+            self.connect_wait += time.monotonic()
+            self.gateway.metrics.connect.get((self.plan[self.plan_index].cluster,)).observe(
+                self.connect_wait
+            )
         self.connection = connection
         connection.send_request(
             self.request_bytes, self.body, self, is_head=self.head.method == "HEAD"
         )
+        self.sent_at = time.monotonic()
         first_byte = self.plan[self.plan_index].timeouts.first_byte
         self.timer = self.reactor.callLater(first_byte, self._first_byte_timeout, first_byte)
 
@@ -180,6 +204,9 @@ class Router:
             and counts_against_health(kind, status)
             and endpoint.health.record_failure(self.reactor.seconds())
         ):
+            self.gateway.metrics.ejections.inc(
+                (self.plan[self.plan_index].cluster, endpoint.config.url)
+            )
             log.warn(
                 "endpoint {endpoint} of cluster {cluster} ejected after {n} consecutive failures",
                 endpoint=endpoint.config.url,
@@ -242,16 +269,36 @@ class Router:
                 self.endpoint.health.record_success()
         self.streaming = True
         manager = self.manager
-        manager.stream_info.time_to_first_byte = time.monotonic() - manager.stream_info.started
+        head_received = time.monotonic()
+        manager.stream_info.time_to_first_byte = head_received - manager.stream_info.started
         if self.connection is not None:
             manager.downstream.register_producer(self.connection)
         idle = step.timeouts.idle
         self.timer = self.reactor.callLater(idle, self._idle_timeout, idle)
         manager.encode_headers(status, headers, False)
+        self.overhead = (
+            self.chain_time
+            + max(0.0, self.sent_at - self.attempt_started - self.connect_wait)
+            + (time.monotonic() - head_received)
+        )
+        if manager.event_stream:
+            route = manager.stream_info.route
+            self.gap_histogram = self.gateway.metrics.chunk_gap.get(
+                (route.name if route is not None else "none",)
+            )
         if self.heartbeat is not None and manager.event_stream and not manager.done:
             self.heartbeat_timer = self.reactor.callLater(self.heartbeat, self._heartbeat)
 
     def on_response_data(self, data: bytes, end_stream: bool) -> None:
+        if data:
+            now = time.monotonic()
+            if self.last_data_at:
+                if self.gap_histogram is not None:
+                    self.gap_histogram.observe(now - self.last_data_at)
+            else:
+                info = self.manager.stream_info
+                info.time_to_first_token = now - info.started
+            self.last_data_at = now
         if end_stream:
             self.connection = None
             self._cancel_timers()

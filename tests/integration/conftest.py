@@ -99,6 +99,20 @@ class Upstream(LocalServer):
 
 
 class Gateway(LocalServer):
+    #: The admin listener's port, when it was started.
+    admin_port: int | None = None
+
+    @property
+    def admin_url(self) -> str:
+        assert self.admin_port is not None, "started without the admin listener"
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def metrics(self) -> str:
+        """The Prometheus text of the admin listener's /metrics."""
+        response = httpx.get(f"{self.admin_url}/metrics")
+        assert response.status_code == 200, response.text
+        return response.text
+
     def access_record(self, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
         """The access-log record of the request with *request_id*."""
         marker = f'"request_id":"{request_id}"'
@@ -135,18 +149,29 @@ def upstream() -> Iterator[Upstream]:
 
 
 def start_gateway(
-    config_text: str, tmp_path: Path, env: dict[str, str] | None = None, *, listen: bool = True
+    config_text: str,
+    tmp_path: Path,
+    env: dict[str, str] | None = None,
+    *,
+    listen: bool = True,
+    admin: bool = True,
 ) -> Gateway:
     """Run ``twistd -n filterproxy`` on *config_text*: with *listen*, on a free TCP port
-    given by ``--listen``; otherwise on the config's listeners (the first one TCP)."""
+    given by ``--listen``; otherwise on the config's listeners (the first one TCP). With
+    *admin*, the admin listener is on a free port too (``--admin``)."""
     config = tmp_path / "gateway.yaml"
     config.write_text(textwrap.dedent(config_text))
     args = [str(TWISTD), "-n", "--pidfile=", "-l", "-", "filterproxy", "-c", str(config)]
     if listen:
         args += ["--listen", "tcp:0:interface=127.0.0.1"]
+    if admin:
+        args += ["--admin", "tcp:0:interface=127.0.0.1"]
     process = Process(args, env=env)
     match = process.wait_for(r"filterproxy listening on .*port=(\d+)")
-    return Gateway(process, int(match.group(1)))
+    gateway = Gateway(process, int(match.group(1)))
+    if admin:
+        gateway.admin_port = int(process.wait_for(r"admin listening on .*port=(\d+)").group(1))
+    return gateway
 
 
 def gateway_config(upstream_url: str, *, max_request_bytes: int = 1048576, extra: str = "") -> str:

@@ -29,6 +29,7 @@ def start_workers(listener: str, upstream: Upstream, tmp_path: Path) -> Process:
     config.write_text(
         textwrap.dedent(f"""
         listeners: ["{listener}"]
+        admin: {{listen: "tcp:0:interface=127.0.0.1"}}
         clusters: {{test: {{url: "{upstream.url}"}}}}
     """)
     )

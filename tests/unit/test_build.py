@@ -13,6 +13,8 @@ COMPILED_MODULES = [
     "filterproxy.filters.manager",
     "filterproxy.downstream.http11",
     "filterproxy.upstream.router",
+    "filterproxy.filters.usage",
+    "filterproxy.metrics",
 ]
 
 

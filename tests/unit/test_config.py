@@ -30,7 +30,12 @@ def error_for(text: str, environ: dict[str, str] | None = None) -> str:
 
 def test_a_minimal_config_gets_the_default_chain_and_defaults() -> None:
     config = parse_config(BASE, environ={})
-    assert [f.type_name for f in config.filters] == ["body-accumulate", "route", "header-rewrite"]
+    assert [f.type_name for f in config.filters] == [
+        "body-accumulate",
+        "route",
+        "header-rewrite",
+        "usage",
+    ]
     assert isinstance(config.filters[0].create(), BodyAccumulateFilter)
     assert isinstance(config.filters[1].create(), RouteFilter)
     assert isinstance(config.filters[2].create(), HeaderRewriteFilter)

@@ -214,18 +214,60 @@ def test_client_gone_cancels_the_router_and_destroys_filters_once() -> None:
     assert log.count("a.on_destroy") == 1
 
 
-def test_access_log_line_is_emitted_once_unless_turned_off(monkeypatch: object) -> None:
-    from filterproxy import accesslog
+class RecordingObserver:
+    def __init__(self) -> None:
+        self.events: list[str] = []
 
-    emitted: list[object] = []
-    monkeypatch.setattr(accesslog, "emit", lambda head, info: emitted.append(info))  # type: ignore[attr-defined]
-    for enabled, expected in ((True, 1), (False, 0)):
-        emitted.clear()
-        downstream = RecordingDownstream()
-        manager = FilterManager(
-            downstream, [StreamFilter()], RecordingRouter, 1000, access_log=enabled
-        )  # type: ignore[arg-type]
-        manager.decode_headers(request_head(), True)
-        manager.encode_headers(200, Headers(), True)
-        manager.client_gone()
-        assert len(emitted) == expected
+    def request_started(self, manager: FilterManager) -> None:
+        self.events.append("started")
+
+    def stream_started(self, manager: FilterManager) -> None:
+        self.events.append("stream")
+
+    def request_finished(self, manager: FilterManager) -> None:
+        self.events.append(f"finished:{manager.stream_info.outcome}")
+
+
+def test_the_observer_hears_of_start_and_end_once() -> None:
+    observer = RecordingObserver()
+    downstream = RecordingDownstream()
+    manager = FilterManager(downstream, [StreamFilter()], RecordingRouter, 1000, observer=observer)  # type: ignore[arg-type]
+    manager.decode_headers(request_head(), True)
+    manager.encode_headers(200, Headers([("content-type", "text/event-stream")]), False)
+    manager.client_gone()
+    manager.client_gone()
+    assert observer.events == ["started", "stream", "finished:client_gone"]
+
+
+def test_request_id_and_trace_context_go_upstream_and_the_id_comes_back() -> None:
+    manager, downstream, _ = build([StreamFilter()])
+    head = request_head()
+    head.headers.set("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    manager.decode_headers(head, True)
+    info = manager.stream_info
+    assert len(info.request_id) == 32
+    assert head.headers.get("x-request-id") == info.request_id
+    assert info.trace_id == "0af7651916cd43dd8448eb211c80319c"
+    assert info.span_id != "b7ad6b7169203331"
+    assert head.headers.get("traceparent") == f"00-{info.trace_id}-{info.span_id}-01"
+    manager.encode_headers(200, Headers([("content-length", "0")]), True)
+    sent = downstream.events[0][2]
+    assert sent.get("x-request-id") == info.request_id
+
+
+def test_a_clients_request_id_is_kept_unless_it_could_break_a_log_line() -> None:
+    for given, kept in (("req-123_abc", True), ('bad"id', False), ("x" * 200, False)):
+        manager, _, _ = build([StreamFilter()])
+        head = request_head()
+        head.headers.set("x-request-id", given)
+        manager.decode_headers(head, True)
+        assert (manager.stream_info.request_id == given) is kept
+        assert head.headers.get("x-request-id") == manager.stream_info.request_id
+
+
+def test_the_providers_own_request_id_is_returned_as_it_is() -> None:
+    manager, downstream, _ = build([StreamFilter()])
+    manager.decode_headers(request_head(), True)
+    manager.encode_headers(200, Headers([("x-request-id", "req_provider")]), True)
+    assert downstream.events[0][2].get_all("x-request-id") == ["req_provider"]
+    assert manager.stream_info.upstream_request_id == "req_provider"

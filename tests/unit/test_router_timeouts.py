@@ -160,8 +160,8 @@ routes: [{cluster: up}]
 
 def test_a_head_response_ends_at_its_headers_despite_its_content_length() -> None:
     h = Harness(CONFIG)
-    h.client.dataReceived(b"HEAD /v1/models HTTP/1.1\r\nHost: gw\r\n\r\n")
-    assert h.upstream_transport.value().startswith(b"HEAD /v1/models HTTP/1.1\r\n")
+    h.client.dataReceived(b"HEAD /v1/files HTTP/1.1\r\nHost: gw\r\n\r\n")
+    assert h.upstream_transport.value().startswith(b"HEAD /v1/files HTTP/1.1\r\n")
     h.upstream.dataReceived(
         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1234\r\n\r\n"
     )

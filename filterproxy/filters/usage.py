@@ -1,0 +1,246 @@
+"""usage: read token counts from the provider's ``usage`` report as the response passes.
+
+The response is passed on unchanged and undelayed: each piece is searched for
+``"usage"`` (a C substring search) and only the usage object itself is decoded, from
+where it starts — no line splitting and no re-serialising. It works on event streams
+(OpenAI's last chunk, Anthropic's ``message_start`` / ``message_delta``) and on plain JSON
+responses alike; the counts land in `StreamInfo.prompt_tokens` / ``completion_tokens``
+for the access log and metrics.
+
+Option ``include_usage: true``: streaming chat/completions requests that do not ask for
+usage get ``stream_options: {"include_usage": true}``, so the provider reports it; the
+extra usage-only chunk this adds at the end (``"choices": []``) is then removed from the
+response, so the client sees the stream it asked for. (OpenAI also puts ``"usage": null``
+in the other chunks of such a stream; those are left as they are — clients ignore it.)
+In that mode events are passed on whole: a piece that ends inside an event is held until
+the event's end arrives, which no SSE client could have used earlier anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from filterproxy.config import Node
+from filterproxy.filters.api import (
+    FilterContext,
+    FilterStatus,
+    RequestHead,
+    ResponseHead,
+    StreamFilter,
+)
+
+__all__ = ["UsageConfig", "UsageFilter", "UsageScanner", "is_usage_only_event", "token_counts"]
+
+_MARKER = b'"usage"'
+#: Give up on a usage object that has not ended within this many bytes.
+_MAX_CAPTURE = 64 * 1024
+_decoder = json.JSONDecoder()
+_WHITESPACE = b" \t\r\n"
+
+
+def token_counts(usage: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """(prompt, completion) tokens of a usage object, OpenAI's or Anthropic's names."""
+
+    def count(*names: str) -> int | None:
+        for name in names:
+            value = usage.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+        return None
+
+    return count("prompt_tokens", "input_tokens"), count("completion_tokens", "output_tokens")
+
+
+class UsageScanner:
+    """Finds the usage objects in a byte stream fed piece by piece (no I/O)."""
+
+    __slots__ = ("capture", "completion_tokens", "prompt_tokens", "tail")
+
+    def __init__(self) -> None:
+        #: The end of the previous piece, in case the marker is split between pieces.
+        self.tail = b""
+        #: Bytes from just after a marker, while its object is incomplete.
+        self.capture: bytes | None = None
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+
+    def feed(self, data: bytes) -> None:
+        text: bytes | None
+        if self.capture is not None:
+            text = self.capture + data
+        else:
+            window = self.tail + data if self.tail else data
+            i = window.find(_MARKER)
+            if i < 0:
+                self.tail = window[-(len(_MARKER) - 1) :]
+                return
+            text = window[i + len(_MARKER) :]
+        while text is not None:
+            text = self._decode(text)
+
+    def _decode(self, text: bytes) -> bytes | None:
+        """Decode the usage object at the start of *text* (just after a marker); return
+        what follows it, to search again, or None when done with this piece."""
+        self.capture = None
+        self.tail = b""
+        j = 0
+        while j < len(text) and text[j] in _WHITESPACE:
+            j += 1
+        if j < len(text) and text[j] == 0x3A:  # ':'
+            j += 1
+            while j < len(text) and text[j] in _WHITESPACE:
+                j += 1
+        if j >= len(text):
+            self.capture = text  # the value has not arrived yet
+            return None
+        if text[j] == 0x7B:  # '{'
+            try:
+                # latin-1 keeps byte offsets; the keys and numbers we read are ASCII.
+                usage, end = _decoder.raw_decode(text.decode("latin-1"), j)
+            except json.JSONDecodeError:
+                if len(text) < _MAX_CAPTURE:
+                    self.capture = text  # the object continues in the next piece
+                return None
+            if isinstance(usage, dict):
+                prompt, completion = token_counts(usage)
+                if prompt is not None:
+                    self.prompt_tokens = prompt
+                if completion is not None:
+                    self.completion_tokens = completion
+            rest = text[end:]
+        else:
+            rest = text[j:]  # "usage": null, or a string mentioning usage
+        i = rest.find(_MARKER)
+        if i < 0:
+            self.tail = rest[-(len(_MARKER) - 1) :]
+            return None
+        return rest[i + len(_MARKER) :]
+
+
+def is_usage_only_event(event: bytes) -> bool:
+    """Whether an SSE event (without its blank line) is the chunk ``include_usage`` adds:
+    a ``data:`` JSON object with ``"choices": []`` and a usage object."""
+    if _MARKER not in event:
+        return False
+    payload = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
+    try:
+        document = json.loads(payload)
+    except ValueError:
+        return False
+    return (
+        isinstance(document, dict)
+        and document.get("choices") == []
+        and isinstance(document.get("usage"), dict)
+    )
+
+
+_EVENT_END = re.compile(rb"(\r\n\r\n|\n\n|\r\r)")
+
+
+def event_boundary(buffer: bytes) -> int:
+    """The length of the complete SSE events at the start of *buffer* (0 if none)."""
+    end = buffer.rfind(b"\n\n")
+    cut = end + 2 if end >= 0 else 0
+    end = buffer.rfind(b"\r\r")  # events may end in \r\r or \r\n\r\n as well
+    if end >= 0:
+        cut = max(cut, end + 2)
+    end = buffer.rfind(b"\r\n\r\n")
+    if end >= 0:
+        cut = max(cut, end + 4)
+    return cut
+
+
+def without_usage_only_events(events: bytes) -> bytes:
+    """*events* (whole SSE events) without those `is_usage_only_event` finds."""
+    parts = _EVENT_END.split(events)  # event, separator, event, separator, ..., rest
+    kept = []
+    for i in range(0, len(parts), 2):
+        if not is_usage_only_event(parts[i]):
+            kept.append(parts[i])
+            if i + 1 < len(parts):
+                kept.append(parts[i + 1])
+    return b"".join(kept)
+
+
+def wants_usage_injection(path: str, body: Mapping[str, Any] | None) -> bool:
+    """Whether a request should get ``stream_options.include_usage``: a streaming
+    OpenAI-style (chat) completion that did not ask for usage itself."""
+    if body is None or body.get("stream") is not True:
+        return False
+    if not path.split("?", 1)[0].endswith("/completions"):
+        return False
+    options = body.get("stream_options")
+    if options is None:
+        return True
+    return isinstance(options, dict) and options.get("include_usage") is not True
+
+
+@dataclass(frozen=True)
+class UsageConfig:
+    include_usage: bool = False
+
+
+class UsageFilter(StreamFilter):
+    """Reads token usage from responses; optionally asks streams to report it."""
+
+    config: UsageConfig
+
+    @classmethod
+    def configure(cls, options: Mapping[str, Any], context: FilterContext) -> UsageConfig:
+        keys = Node(dict(options), context.path, context.environ).mapping({"include_usage"})
+        if "include_usage" in keys:
+            return UsageConfig(keys["include_usage"].boolean())
+        return UsageConfig()
+
+    def __init__(self, config: UsageConfig) -> None:
+        super().__init__(config)
+        self.scanner = UsageScanner()
+        #: True when this filter added include_usage and must remove the usage chunk.
+        self.injected = False
+        self.strip = False
+        self.pending = b""
+
+    def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
+        # After route: the body has been read and parsed (route holds the head until then).
+        if self.config.include_usage:
+            body = self.callbacks.stream_info.body_json
+            if body is not None and wants_usage_injection(head.path, body):
+                options = body.get("stream_options")
+                body["stream_options"] = {**(options or {}), "include_usage": True}
+                self.callbacks.replace_request_body(
+                    json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+                )
+                self.injected = True
+        return FilterStatus.CONTINUE
+
+    def encode_headers(self, head: ResponseHead, end_stream: bool) -> FilterStatus:
+        self.strip = (
+            self.injected
+            and head.status == 200
+            and (head.headers.get("content-type") or "").startswith("text/event-stream")
+        )
+        return FilterStatus.CONTINUE
+
+    def encode_data(self, data: bytes, end_stream: bool) -> FilterStatus:
+        scanner = self.scanner
+        scanner.feed(data)
+        info = self.callbacks.stream_info
+        info.prompt_tokens = scanner.prompt_tokens
+        info.completion_tokens = scanner.completion_tokens
+        if not self.strip:
+            return FilterStatus.CONTINUE
+        return self._pass_whole_events(data, end_stream)
+
+    def _pass_whole_events(self, data: bytes, end_stream: bool) -> FilterStatus:
+        buffer = self.pending + data if self.pending else data
+        cut = len(buffer) if end_stream else event_boundary(buffer)
+        events, self.pending = buffer[:cut], buffer[cut:]
+        if _MARKER in events:
+            events = without_usage_only_events(events)
+        if events or end_stream:
+            self.callbacks.inject_encoded_data(events, end_stream)
+        return FilterStatus.STOP_ITERATION
