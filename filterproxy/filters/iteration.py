@@ -44,8 +44,9 @@ class FilterIteration(Generic[HeadT]):
 
     def __init__(
         self,
+        # A data hook of None stands for a filter that passes all data on untouched.
         header_hooks: Sequence[Callable[[HeadT, bool], FilterStatus]],
-        data_hooks: Sequence[Callable[[bytes, bool], FilterStatus]],
+        data_hooks: Sequence[Callable[[bytes, bool], FilterStatus] | None],
         sink_headers: Callable[[HeadT, bool], None],
         sink_data: Callable[[bytes, bool], None],
         buffer_limit: int,
@@ -101,17 +102,21 @@ class FilterIteration(Generic[HeadT]):
     def _data_from(self, index: int, data: bytes, end_stream: bool) -> None:
         hooks = self.data_hooks
         while index < len(hooks):
-            status = hooks[index](data, end_stream)
-            if self.stopped:
-                return
+            hook = hooks[index]
+            if hook is None:  # the filter does not look at data: it passes on
+                status = _CONTINUE
+            else:
+                status = hook(data, end_stream)
+                if self.stopped:
+                    return
             if status is _CONTINUE:
-                held = self.buffers.pop(index, None)
+                held = self.buffers.pop(index, None) if self.buffers else None
                 if held:
                     self.buffered_end.pop(index, None)
                     held.append(data)
                     data = b"".join(held)
                     self.buffered_bytes -= len(data)
-                if self.headers_held_at == index:
+                if self.headers_held_at is not None and self.headers_held_at == index:
                     self._headers_from(index + 1)
                     if self.stopped:
                         return

@@ -118,6 +118,9 @@ class ChainShape:
     #: No decoder looks at body data / no encoder looks at response data.
     decode_passthrough: bool
     encode_passthrough: bool
+    #: Per filter (config order): whether it overrides decode_data / encode_data.
+    decodes_data: tuple[bool, ...] = ()
+    encodes_data: tuple[bool, ...] = ()
 
     @classmethod
     def of(cls, classes: tuple[type, ...]) -> ChainShape:
@@ -132,6 +135,8 @@ class ChainShape:
             encode_position=tuple(position.get(i) for i in range(len(classes))),
             decode_passthrough=not any(_overrides(c, "decode_data") for c in classes),
             encode_passthrough=not any(_overrides(classes[i], "encode_data") for i in encoders),
+            decodes_data=tuple(_overrides(c, "decode_data") for c in classes),
+            encodes_data=tuple(_overrides(c, "encode_data") for c in classes),
         )
 
 
@@ -184,7 +189,7 @@ class FilterManager:
 
         self.decoder: FilterIteration[RequestHead] = FilterIteration(
             [f.decode_headers for f in filters],
-            [f.decode_data for f in filters],
+            [f.decode_data if shape.decodes_data[i] else None for i, f in enumerate(filters)],
             self.router.on_request_headers,
             self.router.on_request_data,
             buffer_limit,
@@ -195,7 +200,7 @@ class FilterManager:
         if shape.encoders:
             self.encoder = FilterIteration(
                 [filters[i].encode_headers for i in shape.encoders],
-                [filters[i].encode_data for i in shape.encoders],
+                [filters[i].encode_data if shape.encodes_data[i] else None for i in shape.encoders],
                 self._send_head,
                 self._send_data,
                 buffer_limit,

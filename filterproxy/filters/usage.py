@@ -68,7 +68,9 @@ class UsageScanner:
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> bool:
+        """Search *data*, the next piece of the stream; True when a usage object was
+        decoded (the counts may have changed)."""
         text: bytes | None
         if self.capture is not None:
             text = self.capture + data
@@ -77,10 +79,12 @@ class UsageScanner:
             i = window.find(_MARKER)
             if i < 0:
                 self.tail = window[-(len(_MARKER) - 1) :]
-                return
+                return False
             text = window[i + len(_MARKER) :]
+        seen = (self.prompt_tokens, self.completion_tokens)
         while text is not None:
             text = self._decode(text)
+        return (self.prompt_tokens, self.completion_tokens) != seen
 
     def _decode(self, text: bytes) -> bytes | None:
         """Decode the usage object at the start of *text* (just after a marker); return
@@ -227,10 +231,10 @@ class UsageFilter(StreamFilter):
 
     def encode_data(self, data: bytes, end_stream: bool) -> FilterStatus:
         scanner = self.scanner
-        scanner.feed(data)
-        info = self.callbacks.stream_info
-        info.prompt_tokens = scanner.prompt_tokens
-        info.completion_tokens = scanner.completion_tokens
+        if scanner.feed(data):
+            info = self.callbacks.stream_info
+            info.prompt_tokens = scanner.prompt_tokens
+            info.completion_tokens = scanner.completion_tokens
         if not self.strip:
             return FilterStatus.CONTINUE
         return self._pass_whole_events(data, end_stream)
