@@ -178,7 +178,9 @@ class MockUpstream:
     def listen(
         cls, reactor: Any, description: str, interval: float = 0.05
     ) -> defer.Deferred[MockUpstream]:
-        endpoint = serverFromString(reactor, description)
+        from filterproxy.workers import with_default_backlog
+
+        endpoint = serverFromString(reactor, with_default_backlog(description))
         d = endpoint.listen(cls.build_site(reactor, interval))
         return d.addCallback(cls)  # type: ignore[no-any-return]
 

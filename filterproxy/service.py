@@ -21,7 +21,7 @@ from filterproxy.filters.manager import ChainShape, FilterManager, chain_shape
 from filterproxy.metrics import Metrics
 from filterproxy.upstream.cluster import Cluster
 from filterproxy.upstream.router import Router
-from filterproxy.workers import reuse_port_endpoint
+from filterproxy.workers import reuse_port_endpoint, with_default_backlog
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort
@@ -189,7 +189,7 @@ class GatewayService(Service):
                 if self.reuse_port:
                     endpoint: Any = reuse_port_endpoint(self.reactor, description)
                 else:
-                    endpoint = serverFromString(self.reactor, description)
+                    endpoint = serverFromString(self.reactor, with_default_backlog(description))
             except (IndexError, KeyError, ValueError, OSError) as e:
                 self._cannot_listen(description, e)
                 return
@@ -206,7 +206,7 @@ class GatewayService(Service):
 
             site = admin_site(lambda: self.gateway, self.metrics.registry(), self.reload)
             listening.append(
-                serverFromString(self.reactor, self.admin_description)
+                serverFromString(self.reactor, with_default_backlog(self.admin_description))
                 .listen(site)
                 .addCallbacks(
                     self._admin_listening,
