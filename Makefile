@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench wheel clean
+.PHONY: run test lint typecheck bench bench-env dashboard wheel clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,17 +40,25 @@ test: lint typecheck
 # in its own environment, .venv-bench.
 BENCH_VENV := .venv-bench
 
-bench: $(STAMP)
+bench-env: $(STAMP)
 	rm -rf build/compiled
 	FILTERPROXY_COMPILE=1 $(BIN)/pip wheel -q --no-build-isolation --no-deps -w build/compiled .
 	[ -x $(BENCH_VENV)/bin/python ] || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install -q --upgrade pip
 	$(BENCH_VENV)/bin/pip install -q --force-reinstall --no-deps build/compiled/*.whl
 	$(BENCH_VENV)/bin/pip install -q "$$(ls build/compiled/*.whl)[bench]"
+
+bench: bench-env
 	@{ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } && command -v wrk >/dev/null || \
 	  { apt-get update -q && apt-get install -y -q nginx wrk; } || \
 	  echo "could not install nginx and wrk (apt-get, as root): nginx is skipped, non-streaming needs wrk"
 	$(BENCH_VENV)/bin/python -m bench.run $(BENCH_ARGS)
+
+# docs/dashboard.png: conf/grafana/filterproxy.json's queries evaluated by a real
+# Prometheus (Debian's package) over a three-minute load on the gateway.
+dashboard: bench-env
+	@command -v prometheus >/dev/null || { apt-get update -q && apt-get install -y -q prometheus; }
+	$(BENCH_VENV)/bin/python -m bench.dashboard $(DASHBOARD_ARGS)
 
 # A wheel with the data path compiled (mypyc) into dist/, for production installs on the
 # same Python version and architecture: pip install dist/filterproxy-*.whl

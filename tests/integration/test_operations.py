@@ -23,7 +23,15 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import TWISTD, Gateway, Upstream, gateway_config, start_gateway, wait_until
+from .conftest import (
+    TWISTD,
+    Gateway,
+    Process,
+    Upstream,
+    gateway_config,
+    start_gateway,
+    wait_until,
+)
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 USAGE_CHAIN = """
@@ -343,7 +351,9 @@ def test_spans_are_exported_with_the_callers_trace_and_genai_attributes(
     threading.Thread(target=collector.serve_forever, daemon=True).start()
     endpoint = f"http://127.0.0.1:{collector.server_address[1]}/v1/traces"
     text = (
-        gateway_config(upstream.url) + USAGE_CHAIN + f"\n        tracing: {{otlp_endpoint: {endpoint}}}\n"
+        gateway_config(upstream.url)
+        + USAGE_CHAIN
+        + f"\n        tracing: {{otlp_endpoint: {endpoint}}}\n"
     )
     gateway = start_gateway(text, tmp_path, env={"OTEL_BSP_SCHEDULE_DELAY": "100"})
     try:
@@ -386,3 +396,39 @@ def test_a_request_id_that_could_break_the_log_is_replaced(gateway: Gateway) -> 
     )
     assert response.status_code == 200
     assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
+
+
+def test_json_logs_for_journald(upstream: Upstream, tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(textwrap.dedent(gateway_config(upstream.url)))
+    process = Process(
+        [
+            str(TWISTD),
+            "-n",
+            "--pidfile=",
+            "--logger",
+            "filterproxy.logs.json_stdout",
+            "filterproxy",
+            "-c",
+            str(config),
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--admin",
+            "tcp:0:interface=127.0.0.1",
+        ]
+    )
+    try:
+        port = int(process.wait_for(r"filterproxy listening on .*port=(\d+)").group(1))
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions", json={"model": "test-model"}
+        )
+        request_id = response.headers["x-request-id"]
+        process.wait_for(request_id)
+        records = [json.loads(line) for line in process.lines if line.strip()]
+        access = [r for r in records if r["namespace"] == "filterproxy.access"]
+        assert access[-1]["access"]["request_id"] == request_id
+        assert access[-1]["access"]["status"] == 200
+        assert json.loads(access[-1]["message"]) == access[-1]["access"]
+        assert {r["level"] for r in records} <= {"debug", "info", "warn", "error", "critical"}
+    finally:
+        process.stop()
