@@ -289,3 +289,33 @@ def test_access_log_can_be_turned_off() -> None:
     assert parse_config(BASE, environ={}).access_log is True
     assert parse_config(BASE + "access_log: false\n", environ={}).access_log is False
     assert "access_log: expected true or false" in error_for(BASE + "access_log: maybe\n")
+
+
+def test_the_admin_listener_defaults_to_loopback_and_can_be_moved_or_turned_off() -> None:
+    assert parse_config(BASE, environ={}).admin_listener == "tcp:9901:interface=127.0.0.1"
+    assert parse_config(BASE + "admin: false\n", environ={}).admin_listener is None
+    moved = parse_config(BASE + "admin: {listen: 'tcp:9999'}\n", environ={})
+    assert moved.admin_listener == "tcp:9999"
+    assert "admin.port: unknown key; expected one of: listen" in error_for(
+        BASE + "admin: {port: 1}\n"
+    )
+
+
+def test_tracing_needs_an_otlp_http_url() -> None:
+    config = parse_config(
+        BASE + "tracing: {otlp_endpoint: 'http://127.0.0.1:4318/v1/traces'}\n", environ={}
+    )
+    assert config.tracing is not None and config.tracing.service_name == "filterproxy"
+    assert "tracing: missing 'otlp_endpoint'" in error_for(BASE + "tracing: {service_name: x}\n")
+    assert "tracing.otlp_endpoint: expected an http:// or https:// URL" in error_for(
+        BASE + "tracing: {otlp_endpoint: '127.0.0.1:4317'}\n"
+    )
+
+
+def test_usage_injection_must_follow_the_route_filter() -> None:
+    chain = "filters:\n  - type: usage\n    include_usage: true\n  - type: route\n"
+    assert "filters[0]: usage with include_usage must come after the route filter" in error_for(
+        BASE + chain
+    )
+    ok = "filters:\n  - type: route\n  - type: usage\n    include_usage: true\n"
+    assert [f.type_name for f in parse_config(BASE + ok, environ={}).filters] == ["route", "usage"]
