@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from filterproxy import accesslog, sdnotify
 from filterproxy.config import Config, ConfigError, load_config
-from filterproxy.downstream.http11 import HTTP11ServerFactory
+from filterproxy.downstream.server import GatewayServerFactory
 from filterproxy.filters.manager import ChainShape, FilterManager, chain_shape
 from filterproxy.metrics import Metrics
 from filterproxy.upstream.cluster import Cluster
@@ -165,7 +165,7 @@ class GatewayService(Service):
 
             self.spans = SpanRecorder(config.tracing)
         self.gateway = Gateway(config, reactor, self.metrics, self.spans)
-        self.factory = HTTP11ServerFactory(self.gateway)
+        self.factory = GatewayServerFactory(self.gateway)
         self.ports: list[IListeningPort] = []
         self.admin_port: IListeningPort | None = None
         #: Bind TCP listeners with SO_REUSEPORT (a worker of several).

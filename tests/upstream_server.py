@@ -37,6 +37,7 @@ STATS: dict[str, Any] = {
     "bulk_paused": False,
     "requests": 0,
     "last_headers": {},
+    "last_protocol": "",
     "last_body": "",
     "open_connections": 0,
     "accepted_connections": 0,
@@ -135,6 +136,7 @@ class ChatCompletions(Resource):
         STATS["requests"] += 1
         raw = request.content.read()
         STATS["last_body"] = raw.decode("utf-8", "replace")
+        STATS["last_protocol"] = request.clientproto.decode()
         STATS["last_headers"] = {
             k.decode().lower(): [v.decode() for v in vs]
             for k, vs in request.requestHeaders.getAllRawHeaders()
@@ -248,8 +250,8 @@ def main() -> None:
     chat.putChild(b"completions", ChatCompletions())
     root.putChild(b"control", Control())
     site = server.Site(root)
-    site.protocol = CountingChannel  # type: ignore[assignment]
     if len(sys.argv) > 2:  # CERT KEY: serve HTTPS with that certificate
+        # Twisted's own protocol choice: HTTP/2 when ALPN agrees on h2, else HTTP/1.1.
         from twisted.internet.endpoints import serverFromString
 
         description = f"ssl:0:interface=127.0.0.1:certKey={sys.argv[1]}:privateKey={sys.argv[2]}"
@@ -257,6 +259,7 @@ def main() -> None:
             lambda port: print(f"PORT {port.getHost().port}", flush=True)
         )
     else:
+        site.protocol = CountingChannel  # type: ignore[assignment]
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         print(f"PORT {port.getHost().port}", flush=True)
     reactor.run()

@@ -31,7 +31,11 @@ _CLUSTER_KEYS = {
     "tls",
     "request_headers",
     "response_headers",
+    "protocol",
+    "ping_interval",
+    "ping_timeout",
 }
+PROTOCOLS = ("auto", "http1", "http2")
 _ENDPOINT_KEYS = {"url", "weight", "request_headers"}
 _TIMEOUT_KEYS = {f.name for f in fields(Timeouts)}
 _RETRY_KEYS = {f.name for f in fields(RetryPolicy)}
@@ -62,15 +66,23 @@ def parse_cluster(name: str, node: Node) -> ClusterConfig:
         if not endpoints:
             raise keys["endpoints"].error("needs at least one endpoint")
 
-    tls_verify, ca_file = True, None
+    tls_verify, files = True, {}
     if "tls" in keys:
-        tls = keys["tls"].mapping({"verify", "ca_file"})
+        tls = keys["tls"].mapping({"verify", "ca_file", "client_cert", "client_key"})
         if "verify" in tls:
             tls_verify = tls["verify"].boolean()
-        if "ca_file" in tls:
-            ca_file = tls["ca_file"].string()
-            if not Path(ca_file).is_file():
-                raise tls["ca_file"].error(f"no such file: {ca_file!r}")
+        for key in ("ca_file", "client_cert", "client_key"):
+            if key in tls:
+                files[key] = tls[key].string()
+                if not Path(files[key]).is_file():
+                    raise tls[key].error(f"no such file: {files[key]!r}")
+        if "client_key" in files and "client_cert" not in files:
+            raise tls["client_key"].error("a client_key needs its client_cert")
+    protocol = keys["protocol"].string() if "protocol" in keys else "auto"
+    if protocol not in PROTOCOLS:
+        raise keys["protocol"].error(
+            f"unknown protocol {protocol!r}; use one of: {', '.join(PROTOCOLS)}"
+        )
 
     defaults = ClusterConfig
     return ClusterConfig(
@@ -89,8 +101,17 @@ def parse_cluster(name: str, node: Node) -> ClusterConfig:
         if "idle_connection_timeout" in keys
         else defaults.idle_connection_timeout,
         tls_verify=tls_verify,
-        ca_file=ca_file,
+        ca_file=files.get("ca_file"),
+        client_cert=files.get("client_cert"),
+        client_key=files.get("client_key"),
         headers=parse_header_policy(keys),
+        protocol=protocol,
+        ping_interval=keys["ping_interval"].duration()
+        if "ping_interval" in keys
+        else defaults.ping_interval,
+        ping_timeout=keys["ping_timeout"].duration()
+        if "ping_timeout" in keys
+        else defaults.ping_timeout,
     )
 
 

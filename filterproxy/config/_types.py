@@ -111,7 +111,17 @@ class ClusterConfig:
     idle_connection_timeout: float = 30.0
     tls_verify: bool = True
     ca_file: str | None = None
+    #: A client certificate (and its key, if not in the same file) for mTLS.
+    client_cert: str | None = None
+    client_key: str | None = None
     headers: HeaderPolicy = HeaderPolicy()
+    #: http1, http2 (TLS: by ALPN; cleartext: prior knowledge, h2c), or auto (TLS: what
+    #: ALPN settles, HTTP/2 preferred; cleartext: HTTP/1.1).
+    protocol: str = "auto"
+    #: HTTP/2: a PING this often on every connection; no answer within ping_timeout
+    #: closes it. 0 turns pings off.
+    ping_interval: float = 30.0
+    ping_timeout: float = 10.0
 
 
 @dataclass(frozen=True)

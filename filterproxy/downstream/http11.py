@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
     from filterproxy.config import Limits
+    from filterproxy.downstream.stream import ClientConnection, Listener
     from filterproxy.service import Gateway
 
 __all__ = ["HTTP11ServerConnection", "HTTP11ServerFactory"]
@@ -86,7 +87,7 @@ class HTTP11ServerConnection(Protocol):
     #: what the client still sends before closing (see `_close_lingering`).
     linger_time = 2.0
 
-    def __init__(self, gateway: Gateway, factory: HTTP11ServerFactory) -> None:
+    def __init__(self, gateway: Gateway, factory: Listener) -> None:
         self.gateway = gateway
         self.factory = factory
         self.limits: Limits = gateway.config.limits
@@ -446,7 +447,9 @@ class HTTP11ServerConnection(Protocol):
 
 @implementer(IProtocolNegotiationFactory)
 class HTTP11ServerFactory(ServerFactory):
-    """Builds an `HTTP11ServerConnection` per accepted client connection."""
+    """Builds an `HTTP11ServerConnection` per accepted client connection (HTTP/1.x only;
+    the gateway's listeners use `filterproxy.downstream.server.GatewayServerFactory`,
+    which also speaks HTTP/2)."""
 
     noisy = False
 
@@ -461,7 +464,7 @@ class HTTP11ServerFactory(ServerFactory):
         #: Requests in progress on this listener (limits.max_concurrent_streams).
         self.active_streams = 0
         #: Open client connections, for a graceful shutdown.
-        self.connections: set[HTTP11ServerConnection] = set()
+        self.connections: set[ClientConnection] = set()
         self.draining = False
 
     def drain(self) -> None:

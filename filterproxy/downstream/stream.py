@@ -6,11 +6,39 @@ stream. Nothing above this line knows which protocol the client speaks.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Protocol
+
 from zope.interface import Attribute, Interface
 
 from filterproxy.http.headers import Headers
 
-__all__ = ["IDownstream"]
+if TYPE_CHECKING:
+    from filterproxy.service import Gateway
+
+__all__ = ["ClientConnection", "IDownstream", "Listener"]
+
+
+class ClientConnection(Protocol):
+    """A client connection of either protocol, as the listener manages it."""
+
+    def drain(self) -> None:
+        """Finish what is in progress, take nothing new, then close."""
+
+    def abort(self) -> None:
+        """Close now."""
+
+
+class Listener(Protocol):
+    """What client connections share: the gateway in force and the counts behind
+    ``limits.max_concurrent_streams`` and the graceful shutdown."""
+
+    gateway: Gateway
+    #: Requests in progress on this listener.
+    active_streams: int
+    #: Open client connections.
+    connections: set[ClientConnection]
+    #: Shutting down: connections close once idle.
+    draining: bool
 
 
 class IDownstream(Interface):

@@ -21,6 +21,7 @@ from typing import Protocol as TypingProtocol
 
 import httptools
 from OpenSSL import SSL
+from service_identity.exceptions import VerificationError
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -33,13 +34,29 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
     from filterproxy.upstream.pool import ConnectionPool
+    from filterproxy.upstream.request import UpstreamRequest
 
-__all__ = ["HTTP11ClientConnection", "IUpstreamHandler", "UpstreamFailure"]
+__all__ = [
+    "HTTP11ClientConnection",
+    "IUpstreamHandler",
+    "UpstreamExchange",
+    "UpstreamFailure",
+    "tls_error",
+]
 
 
-def _tls_error(reason: Failure | None) -> str | None:
-    """A readable description when *reason* is an OpenSSL error, else None."""
-    if reason is None or not reason.check(SSL.Error) or reason.value is None:
+def tls_error(reason: Failure | None) -> str | None:
+    """A readable description when *reason* is a TLS failure (an OpenSSL error, or a
+    certificate that does not name the host), else None."""
+    if reason is None or reason.value is None:
+        return None
+    if reason.check(VerificationError):
+        names = ", ".join(
+            repr(getattr(getattr(e, "mismatched_id", None), "hostname", b"").decode() or str(e))
+            for e in getattr(reason.value, "errors", [])
+        )
+        return f"the certificate does not name this host ({names or reason.getErrorMessage()})"
+    if not reason.check(SSL.Error):
         return None
     details = [
         str(part) for arg in reason.value.args for part in (arg if isinstance(arg, list) else [arg])
@@ -77,6 +94,30 @@ class IUpstreamHandler(TypingProtocol):
         """Everything from one read of the socket has been delivered."""
 
 
+class UpstreamExchange(TypingProtocol):
+    """What the router holds for one request: an HTTP/1.1 connection (one request at a
+    time) or an HTTP/2 stream. It is also the producer the client's stream pauses."""
+
+    #: Requests this connection served before; a failure before any response byte on a
+    #: reused connection (or a stream the server refused) is safe to send again.
+    requests_served: int
+
+    def send_request(
+        self, request: UpstreamRequest, body: bytes, handler: IUpstreamHandler, *, is_head: bool
+    ) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def release_unused(self) -> None:
+        """Give the exchange back without having sent anything on it."""
+
+    def pauseProducing(self) -> None: ...
+
+    def resumeProducing(self) -> None: ...
+
+    def stopProducing(self) -> None: ...
+
+
 class State(enum.Enum):
     IDLE = "idle"
     BUSY = "busy"
@@ -111,9 +152,10 @@ class HTTP11ClientConnection(Protocol):
     # -- sending ----------------------------------------------------------------------
 
     def send_request(
-        self, head: bytes, body: bytes, handler: IUpstreamHandler, *, is_head: bool
+        self, request: UpstreamRequest, body: bytes, handler: IUpstreamHandler, *, is_head: bool
     ) -> None:
         """Write one request; the response goes to *handler*."""
+        head = request.head_bytes
         assert self.state is State.IDLE, self.state
         self.state = State.BUSY
         self.handler = handler
@@ -206,10 +248,11 @@ class HTTP11ClientConnection(Protocol):
         handler, self.handler = self.handler, None
         if previous is not State.BUSY or handler is None:
             return
-        tls_error = _tls_error(reason)
-        if tls_error is not None:
+        tls_problem = tls_error(reason)
+        if tls_problem is not None:
             handler.on_upstream_failure(
-                UpstreamFailure.TLS_FAILURE, f"TLS handshake with the upstream failed: {tls_error}"
+                UpstreamFailure.TLS_FAILURE,
+                f"TLS handshake with the upstream failed: {tls_problem}",
             )
         elif self._until_close and self._response_started:
             handler.on_response_data(b"", True)  # the close delimits this response
@@ -224,6 +267,9 @@ class HTTP11ClientConnection(Protocol):
             )
 
     # -- control ----------------------------------------------------------------------
+
+    def release_unused(self) -> None:
+        self.pool.release(self)
 
     def abort(self) -> None:
         """Close at once, dropping anything unsent (the exchange is abandoned)."""

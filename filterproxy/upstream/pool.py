@@ -1,9 +1,12 @@
-"""A pool of persistent HTTP/1.1 connections to one endpoint of a cluster.
+"""A pool of persistent connections to one endpoint of a cluster: HTTP/1.1 (one request
+per connection at a time) or HTTP/2 (many streams per connection), as the cluster's
+``protocol`` says — ``auto`` lets TLS's ALPN decide, connection by connection.
 
 `max_connections` caps connections open at once (idle or busy); a request beyond it
-waits for a connection to come back. `max_idle_connections` caps those kept open while
-idle, and `idle_connection_timeout` closes an idle one before the upstream would, so a
-request rarely meets a connection the upstream has already dropped.
+waits for a connection (or, with HTTP/2, a stream) to come free. `max_idle_connections`
+caps HTTP/1.1 connections kept open while idle, and `idle_connection_timeout` closes an
+idle one before the upstream would, so a request rarely meets a connection the upstream
+has already dropped.
 """
 
 from __future__ import annotations
@@ -19,17 +22,31 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     wrapClientTLS,
 )
-from twisted.internet.protocol import Factory
-from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import (
+    Certificate,
+    PrivateCertificate,
+    TLSVersion,
+    optionsForClientTLS,
+    platformTrust,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from filterproxy.upstream.connection import HTTP11ClientConnection, State
+from filterproxy.upstream.connection import (
+    HTTP11ClientConnection,
+    State,
+    UpstreamExchange,
+    tls_error,
+)
+from filterproxy.upstream.h2 import MAX_STREAMS, H2ClientConnection
 
 if TYPE_CHECKING:
     from filterproxy.config import ClusterConfig, EndpointConfig
 
-__all__ = ["ConnectTimeout", "ConnectionPool"]
+__all__ = ["ConnectTimeout", "ConnectionPool", "NotHTTP2", "TLSHandshakeFailed"]
 
 log = Logger()
 
@@ -38,14 +55,79 @@ class ConnectTimeout(Exception):
     """No connection was established within the cluster's connect_timeout."""
 
 
+class NotHTTP2(Exception):
+    """The cluster asked for HTTP/2 and the upstream's TLS did not agree to it (ALPN)."""
+
+
+class TLSHandshakeFailed(Exception):
+    """The TLS handshake with the upstream failed (certificate, host name, versions)."""
+
+
+@implementer(IHandshakeListener)
+class _ALPNSelector(Protocol):
+    """Stands in until the TLS handshake has settled the protocol (ALPN), then hands
+    the transport to an HTTP/2 or an HTTP/1.1 connection; `ready` fires with it."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.ready: defer.Deferred[Protocol] = defer.Deferred(self._cancel)
+        self.chosen: Protocol | None = None
+
+    def handshakeCompleted(self) -> None:
+        transport: Any = self.transport
+        negotiated = getattr(transport, "negotiatedProtocol", None)
+        if negotiated == b"h2":
+            chosen: Protocol = H2ClientConnection(self.pool)
+        elif self.pool.cluster.protocol == "http2":
+            self.ready.errback(
+                NotHTTP2(
+                    f"{self.pool.address.url} did not agree to HTTP/2 in its TLS handshake "
+                    "(ALPN); set the cluster's protocol to auto or http1"
+                )
+            )
+            transport.abortConnection()
+            return
+        else:
+            chosen = HTTP11ClientConnection(self.pool)
+        self.chosen = chosen
+        transport.wrappedProtocol = chosen
+        chosen.makeConnection(transport)
+        self.ready.callback(chosen)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.chosen is not None:
+            self.chosen.dataReceived(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if not self.ready.called:
+            problem = tls_error(reason)
+            if problem is not None:
+                self.ready.errback(
+                    TLSHandshakeFailed(f"TLS handshake with the upstream failed: {problem}")
+                )
+            else:
+                self.ready.errback(reason)
+
+    def _cancel(self, _: object) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+
 class _ConnectionFactory(Factory):
     noisy = False
 
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
 
-    def buildProtocol(self, addr: object) -> HTTP11ClientConnection:
-        return HTTP11ClientConnection(self.pool)
+    def buildProtocol(self, addr: object) -> Protocol:
+        pool = self.pool
+        if pool.address.scheme == "https":
+            if pool.cluster.protocol == "http1":
+                return HTTP11ClientConnection(pool)
+            return _ALPNSelector(pool)
+        if pool.cluster.protocol == "http2":
+            return H2ClientConnection(pool)  # cleartext: prior knowledge (h2c)
+        return HTTP11ClientConnection(pool)
 
 
 class ConnectionPool:
@@ -56,7 +138,11 @@ class ConnectionPool:
         self.cluster = cluster
         self.address = endpoint
         self.idle: list[HTTP11ClientConnection] = []
-        self.waiters: deque[defer.Deferred[HTTP11ClientConnection]] = deque()
+        self.waiters: deque[defer.Deferred[UpstreamExchange]] = deque()
+        #: HTTP/2 connections that may take new streams (or will once streams end).
+        self.h2_connections: list[H2ClientConnection] = []
+        #: Connections being opened that will (or may) speak HTTP/2.
+        self.h2_connecting = 0
         #: Connections open or being opened.
         self.open_count = 0
         self.closed = False
@@ -68,19 +154,28 @@ class ConnectionPool:
 
     def acquire(
         self, connect_timeout: float, *, fresh: bool = False
-    ) -> defer.Deferred[HTTP11ClientConnection]:
-        """A connection for one request, within *connect_timeout* seconds (else it fails
-        with `ConnectTimeout`); cancel the Deferred to give up waiting. Callers on the
-        request path try `take_idle` first, which needs no Deferred."""
-        conn = None if fresh else self.take_idle()
-        if conn is not None:
-            return defer.succeed(conn)
+    ) -> defer.Deferred[UpstreamExchange]:
+        """A connection (or HTTP/2 stream) for one request, within *connect_timeout*
+        seconds (else it fails with `ConnectTimeout`); cancel the Deferred to give up
+        waiting. Callers on the request path try `take_idle` first, which needs no
+        Deferred. With *fresh*, never an existing connection."""
+        if not fresh:
+            conn = self.take_idle()
+            if conn is not None:
+                return defer.succeed(conn)
+            if self.h2_connecting and len(self.waiters) < self.h2_connecting * MAX_STREAMS:
+                # An HTTP/2 connection on its way will take this request too.
+                return self._wait(connect_timeout)
         if self.open_count >= self.cluster.max_connections:
             return self._wait(connect_timeout)
         return self._connect(connect_timeout)
 
-    def take_idle(self) -> HTTP11ClientConnection | None:
-        """A pooled idle connection, if there is one."""
+    def take_idle(self) -> UpstreamExchange | None:
+        """A stream on an HTTP/2 connection with room, or a pooled idle HTTP/1.1
+        connection, if there is one."""
+        for h2 in self.h2_connections:
+            if h2.has_capacity():
+                return h2.new_stream()
         while self.idle:
             conn = self.idle.pop()
             if conn.idle_timer is not None:
@@ -90,9 +185,10 @@ class ConnectionPool:
                 return conn
         return None
 
-    def _wait(self, timeout: float) -> defer.Deferred[HTTP11ClientConnection]:
-        """Wait for a connection to come back (all `max_connections` are busy)."""
-        waiter: defer.Deferred[HTTP11ClientConnection] = defer.Deferred(self.waiters.remove)
+    def _wait(self, timeout: float) -> defer.Deferred[UpstreamExchange]:
+        """Wait for a connection or stream to come free (all `max_connections` are busy,
+        or an HTTP/2 connection is being opened)."""
+        waiter: defer.Deferred[UpstreamExchange] = defer.Deferred(self.waiters.remove)
         self.waiters.append(waiter)
 
         def busy(result: object, timeout: float) -> Failure:
@@ -105,8 +201,13 @@ class ConnectionPool:
 
         return waiter.addTimeout(timeout, self.reactor, onTimeoutCancel=busy)
 
-    def _connect(self, timeout: float) -> defer.Deferred[HTTP11ClientConnection]:
+    def _connect(self, timeout: float) -> defer.Deferred[UpstreamExchange]:
         self.open_count += 1
+        may_be_h2 = self.cluster.protocol == "http2" or (
+            self.cluster.protocol == "auto" and self.address.scheme == "https"
+        )
+        if may_be_h2:
+            self.h2_connecting += 1
 
         def too_slow(result: object, timeout: float) -> Failure:
             return Failure(
@@ -116,15 +217,45 @@ class ConnectionPool:
                 )
             )
 
+        def settled(result: object) -> object:
+            if may_be_h2:
+                self.h2_connecting -= 1
+            return result
+
         def failed(failure: Failure) -> Failure:
             self.open_count -= 1
             self._wake_waiter()
             return failure
 
         attempt = self.connector.connect(self.factory)
+        attempt.addCallback(self._negotiated)
         attempt.addTimeout(timeout, self.reactor, onTimeoutCancel=too_slow)
+        attempt.addBoth(settled)
         attempt.addErrback(failed)
         return attempt  # type: ignore[no-any-return]
+
+    def _negotiated(self, protocol: Protocol) -> Any:
+        """The exchange a new connection offers, once its protocol is known."""
+        if isinstance(protocol, _ALPNSelector):
+            return protocol.ready.addCallback(self._negotiated)
+        if isinstance(protocol, H2ClientConnection):
+            self.h2_connections.append(protocol)
+            stream = protocol.new_stream()
+            self.reactor.callLater(0, self.h2_capacity, protocol)  # for those waiting
+            return stream
+        return protocol
+
+    def h2_capacity(self, connection: H2ClientConnection) -> None:
+        """*connection* may take more streams: give them to waiting requests."""
+        while self.waiters and connection.has_capacity():
+            self.waiters.popleft().callback(connection.new_stream())
+
+    def h2_discard(self, connection: H2ClientConnection) -> None:
+        """*connection* closed."""
+        if connection in self.h2_connections:
+            self.h2_connections.remove(connection)
+            self.open_count -= 1
+            self._wake_waiter()
 
     def release(self, conn: HTTP11ClientConnection) -> None:
         """*conn* finished a response and can take another request."""
@@ -170,6 +301,10 @@ class ConnectionPool:
         for conn in list(self.idle):
             conn.abort()
         self.idle.clear()
+        for h2 in list(self.h2_connections):
+            h2.goaway = True  # no new streams; it closes after its last one
+            if not h2.streams and not h2.reserved:
+                h2.abort()
         while self.waiters:
             self.waiters.popleft().cancel()
 
@@ -184,15 +319,47 @@ def _tcp_endpoint(reactor: Any, endpoint: EndpointConfig, timeout: float) -> Any
     return endpoint_type(reactor, endpoint.host, endpoint.port, timeout=timeout)
 
 
+def alpn_protocols(protocol: str) -> list[bytes]:
+    """What a TLS client offers by ALPN for a cluster's ``protocol``."""
+    return {"http1": [b"http/1.1"], "http2": [b"h2"]}.get(protocol, [b"h2", b"http/1.1"])
+
+
 def _tls_options(cluster: ClusterConfig, host: str) -> Any:
-    """Client TLS options: the system trust store (or the cluster's CA file), SNI and
-    hostname verification. With ``tls.verify: false`` the certificate is not checked."""
+    """Client TLS options: TLS 1.2 at least, the system trust store (or the cluster's CA
+    file), SNI and hostname verification, the cluster's client certificate (mTLS), and
+    ALPN for its ``protocol``. With ``tls.verify: false`` the certificate is not checked."""
+    client_certificate = None
+    if cluster.client_cert is not None:
+        with open(cluster.client_cert, "rb") as f:
+            pem = f.read()
+        if cluster.client_key is not None:
+            with open(cluster.client_key, "rb") as f:
+                pem += b"\n" + f.read()
+        client_certificate = PrivateCertificate.loadPEM(pem)
+    protocols = alpn_protocols(cluster.protocol)
     if not cluster.tls_verify:
         from twisted.internet.ssl import CertificateOptions
 
-        return CertificateOptions(verify=False)
+        extra: dict[str, Any] = {}
+        if client_certificate is not None:
+            extra = {
+                "privateKey": client_certificate.privateKey.original,
+                "certificate": client_certificate.original,
+            }
+        return CertificateOptions(
+            verify=False,
+            raiseMinimumTo=TLSVersion.TLSv1_2,
+            acceptableProtocols=protocols,
+            **extra,
+        )
     trust = platformTrust()
     if cluster.ca_file is not None:
         with open(cluster.ca_file, "rb") as f:
             trust = Certificate.loadPEM(f.read())
-    return optionsForClientTLS(host, trustRoot=trust)
+    return optionsForClientTLS(
+        host,
+        trustRoot=trust,
+        clientCertificate=client_certificate,
+        acceptableProtocols=protocols,
+        extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_2},
+    )

@@ -16,9 +16,15 @@ from filterproxy.http.headers import (
     encode_header_block,
     forward_request_headers,
 )
-from filterproxy.upstream.pool import ConnectTimeout
+from filterproxy.upstream.pool import ConnectTimeout, NotHTTP2, TLSHandshakeFailed
 
-__all__ = ["build_request_head", "connect_failure_reply", "serialize_request_head"]
+__all__ = [
+    "UpstreamRequest",
+    "build_request",
+    "build_request_head",
+    "connect_failure_reply",
+    "serialize_request_head",
+]
 
 _UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
 
@@ -50,6 +56,18 @@ def connect_failure_reply(failure: Failure, cluster: str) -> tuple[int, str, str
             f"upstream cluster {cluster!r} refused the connection",
             "upstream_connect_refused",
         )
+    if failure.check(TLSHandshakeFailed):
+        return (
+            502,
+            f"upstream cluster {cluster!r}: {failure.getErrorMessage()}",
+            "upstream_tls_failure",
+        )
+    if failure.check(NotHTTP2):
+        return (
+            502,
+            f"upstream cluster {cluster!r}: {failure.getErrorMessage()}",
+            "upstream_not_http2",
+        )
     if failure.check(error.DNSLookupError):
         return 502, f"upstream cluster {cluster!r}: host name lookup failed", "upstream_dns_failure"
     message = failure.getErrorMessage()
@@ -66,11 +84,47 @@ def connect_failure_reply(failure: Failure, cluster: str) -> tuple[int, str, str
     )
 
 
-def build_request_head(
+class UpstreamRequest:
+    """The request as it goes to one endpoint: its HTTP/1.1 head (built, which also
+    checks it), and the parts an HTTP/2 stream sends as its header list."""
+
+    __slots__ = ("authority", "head_bytes", "headers", "method", "scheme", "target")
+
+    def __init__(
+        self, method: str, target: str, headers: Headers, scheme: str, authority: str
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.scheme = scheme
+        self.authority = authority
+        self.head_bytes = serialize_request_head(method, target, headers)
+
+    def h2_fields(self) -> list[tuple[str, str]]:
+        """The HTTP/2 header list: pseudo-headers first, then the fields in lower case
+        (``Host`` becomes ``:authority``)."""
+        fields = [
+            (":method", self.method),
+            (":scheme", self.scheme),
+            (":authority", self.authority),
+            (":path", self.target),
+        ]
+        for name, value in self.headers:
+            lower = name.lower()
+            if lower != "host":
+                fields.append((lower, value))
+        return fields
+
+
+def build_request(
     head: RequestHead, endpoint: EndpointConfig, body_length: int | None
-) -> bytes:
-    """The request head for *endpoint*: forwarding headers, the endpoint's own header
-    rules (its API key), its base path."""
+) -> UpstreamRequest:
+    """The request for *endpoint*: forwarding headers, the endpoint's own header rules
+    (its API key), its base path.
+
+    Raises:
+        UnsafeHeaderError: a filter set a path or header that would break the framing.
+    """
     headers = forward_request_headers(
         head.headers,
         host=endpoint.host_header,
@@ -80,4 +134,13 @@ def build_request_head(
     )
     if endpoint.request_headers:
         apply_rules(headers, endpoint.request_headers)
-    return serialize_request_head(head.method, endpoint.base_path + head.path, headers)
+    return UpstreamRequest(
+        head.method, endpoint.base_path + head.path, headers, endpoint.scheme, endpoint.host_header
+    )
+
+
+def build_request_head(
+    head: RequestHead, endpoint: EndpointConfig, body_length: int | None
+) -> bytes:
+    """The HTTP/1.1 request head for *endpoint* (see `build_request`)."""
+    return build_request(head, endpoint, body_length).head_bytes

@@ -32,8 +32,8 @@ from twisted.python.failure import Failure
 from filterproxy.config import RouteConfig, UpstreamPlan
 from filterproxy.filters.api import RequestHead
 from filterproxy.http.headers import Headers
-from filterproxy.upstream.connection import HTTP11ClientConnection, UpstreamFailure
-from filterproxy.upstream.request import build_request_head, connect_failure_reply
+from filterproxy.upstream.connection import UpstreamExchange, UpstreamFailure
+from filterproxy.upstream.request import UpstreamRequest, build_request, connect_failure_reply
 from filterproxy.upstream.retry import (
     FailureKind,
     backoff_delay,
@@ -79,8 +79,9 @@ class Router:
         #: Endpoint indexes of the current cluster that already failed this request.
         self.failed_endpoints: set[int] = set()
         self.endpoint: Endpoint | None = None
-        self.pending: Deferred[HTTP11ClientConnection] | None = None
-        self.connection: HTTP11ClientConnection | None = None
+        self.pending: Deferred[UpstreamExchange] | None = None
+        self.connection: UpstreamExchange | None = None
+        self.request: UpstreamRequest | None = None
         self.streaming = False
         self.retried_stale = False
         self.cancelled = False
@@ -151,7 +152,7 @@ class Router:
         if info.attempts > 1:
             self.gateway.metrics.retries.inc((step.cluster,))
         has_body = bool(self.body) or self.head.method in ("POST", "PUT", "PATCH")
-        self.request_bytes = build_request_head(
+        self.request = build_request(
             self.head, endpoint.config, len(self.body) if has_body else None
         )
         idle = None if fresh else endpoint.pool.take_idle()
@@ -162,21 +163,19 @@ class Router:
         self.pending = endpoint.pool.acquire(step.timeouts.connect, fresh=fresh)
         self.pending.addCallbacks(self._connected, self._connect_failed)
 
-    def _connected(self, connection: HTTP11ClientConnection) -> None:
+    def _connected(self, connection: UpstreamExchange) -> None:
         self.pending = None
         if self.cancelled:
-            connection.pool.release(connection)
+            connection.release_unused()
             return
-        assert self.head is not None
+        assert self.head is not None and self.request is not None
         if self.connect_wait < 0:
             self.connect_wait += time.monotonic()
             self.gateway.metrics.connect.get((self.plan[self.plan_index].cluster,)).observe(
                 self.connect_wait
             )
         self.connection = connection
-        connection.send_request(
-            self.request_bytes, self.body, self, is_head=self.head.method == "HEAD"
-        )
+        connection.send_request(self.request, self.body, self, is_head=self.head.method == "HEAD")
         self.sent_at = time.monotonic()
         first_byte = self.plan[self.plan_index].timeouts.first_byte
         self.timer = self.reactor.callLater(first_byte, self._first_byte_timeout, first_byte)
@@ -186,6 +185,8 @@ class Router:
         if self.cancelled:
             return
         status, message, code = connect_failure_reply(failure, self.plan[self.plan_index].cluster)
+        if code == "upstream_tls_failure":
+            log.warn("{message}", message=message)  # never a silent fallback: say it
         self._attempt_failed(FailureKind.CONNECT_FAILURE, None, status, message, code)
 
     def _attempt_failed(

@@ -1,0 +1,459 @@
+"""The HTTP/2 front end: one Twisted `Protocol` per connection, framing by the `h2`
+library, one `H2Stream` (an `IDownstream`) per request driving its own `FilterManager`.
+
+Flow control and backpressure are per stream. A response body the client's stream window
+cannot take yet waits in that stream, and the stream pauses its own producer (the
+upstream connection or stream behind it), so one slow stream holds back its upstream and
+no other. When the connection's socket cannot take more, every stream's producer pauses.
+A client's RST_STREAM cancels that request's upstream exchange only.
+
+Request bodies are acknowledged as they arrive: the filter chain holds them within
+``body-accumulate``'s limit, as it does for HTTP/1.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any, cast
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    WindowUpdated,
+)
+from h2.exceptions import H2Error
+from h2.settings import SettingCodes
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from filterproxy.downstream.stream import IDownstream
+from filterproxy.filters.api import RequestHead
+from filterproxy.http.errors import error_body
+from filterproxy.http.headers import Headers
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
+    from filterproxy.downstream.stream import Listener
+    from filterproxy.filters.manager import FilterManager
+
+__all__ = ["H2ServerConnection", "H2Stream"]
+
+log = Logger()
+
+#: Streams one client may have open at once on a connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+MAX_STREAMS_PER_CONNECTION = 256
+#: Header fields that HTTP/2 forbids (RFC 9113 8.2.2); never sent in a response.
+_CONNECTION_SPECIFIC = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
+)
+
+
+def response_header_list(status: int, headers: Headers) -> list[tuple[str, str]]:
+    """The HTTP/2 header list of a response: ``:status`` first, names in lower case,
+    connection-specific fields left out."""
+    fields = [(":status", str(status))]
+    for name, value in headers:
+        lower = name.lower()
+        if lower not in _CONNECTION_SPECIFIC:
+            fields.append((lower, value))
+    return fields
+
+
+def request_head(fields: list[tuple[str, str]], scheme: str, client_ip: str) -> RequestHead | str:
+    """The `RequestHead` of an HTTP/2 request's header list, or what is wrong with it.
+
+    ``:authority`` becomes the ``Host`` header the filters and routes see.
+    """
+    method = path = authority = None
+    headers = Headers()
+    for name, value in fields:
+        if name.startswith(":"):
+            if name == ":method":
+                method = value
+            elif name == ":path":
+                path = value
+            elif name == ":authority":
+                authority = value
+        else:
+            headers.add(name, value)
+    if method is None or path is None:
+        return "an HTTP/2 request needs :method and :path"
+    if method == "CONNECT":
+        return "CONNECT is not supported by this gateway"
+    if not path.startswith("/"):
+        return f"request target {path[:60]!r} is not a path"
+    if authority is not None and "host" not in headers:
+        headers.set("host", authority)
+    return RequestHead(
+        method=method, path=path, headers=headers, scheme=scheme, client_ip=client_ip
+    )
+
+
+@implementer(IDownstream)
+class H2Stream:
+    """One request on an HTTP/2 connection and the response to it."""
+
+    def __init__(self, connection: H2ServerConnection, stream_id: int) -> None:
+        self.connection = connection
+        self.stream_id = stream_id
+        self.scheme = connection.scheme
+        self.client_ip = connection.client_ip
+        self.manager: FilterManager | None = None
+        #: Body bytes the stream's flow-control window could not take yet.
+        self.pending = b""
+        self.pending_end = False
+        self.response_started = False
+        self.response_complete = False
+        self.request_ended = False
+        self.producer: Any = None
+        self.producer_paused = False
+        #: Counted in the listener's active_streams.
+        self.counted = True
+
+    # -- IDownstream ------------------------------------------------------------------------
+
+    def send_head(self, status: int, headers: Headers, end_stream: bool) -> None:
+        if self.response_complete or self.connection.gone:
+            return
+        self.response_started = True
+        self.connection.h2.send_headers(
+            self.stream_id, response_header_list(status, headers), end_stream=end_stream
+        )
+        self.connection.write_pending()
+        if end_stream:
+            self._complete()
+
+    def send_data(self, data: bytes, end_stream: bool) -> None:
+        if self.response_complete or self.connection.gone:
+            return
+        self.pending = self.pending + data if self.pending else data
+        self.pending_end = self.pending_end or end_stream
+        self.push()
+
+    def flush(self) -> None:
+        """Everything is written as it is sent; nothing is held back here."""
+
+    def abort(self) -> None:
+        """End the response abnormally: RST_STREAM after what could be sent, so the
+        client sees an incomplete response (never an END_STREAM)."""
+        if self.response_complete:
+            return
+        self.pending_end = False
+        self.push()  # what the window allows of an error frame the chain sent last
+        self.pending = b""
+        if not self.connection.gone:
+            with contextlib.suppress(H2Error):
+                self.connection.h2.reset_stream(self.stream_id, ErrorCodes.INTERNAL_ERROR)
+            self.connection.write_pending()
+        self.request_ended = True  # the reset ends both directions
+        self._complete()
+
+    def register_producer(self, producer: object) -> None:
+        if self.response_complete or self.connection.gone:
+            return
+        self.producer = producer
+        self.producer_paused = False
+        self.update_producer()
+
+    def unregister_producer(self) -> None:
+        self.producer = None
+
+    # -- flow control ---------------------------------------------------------------------
+
+    def push(self) -> None:
+        """Send as much of the pending body as the flow-control windows allow; the end of
+        the stream goes with the last of it."""
+        h2 = self.connection.h2
+        sid = self.stream_id
+        ended = False
+        try:
+            while self.pending:
+                window = min(h2.local_flow_control_window(sid), h2.max_outbound_frame_size)
+                if window <= 0:
+                    break
+                chunk, self.pending = self.pending[:window], self.pending[window:]
+                ended = self.pending_end and not self.pending
+                h2.send_data(sid, chunk, end_stream=ended)
+            if self.pending_end and not self.pending and not ended:
+                h2.send_data(sid, b"", end_stream=True)  # an empty (rest of the) body
+                ended = True
+        except H2Error:
+            # The stream was closed under us (the client reset it): nothing to send.
+            self.pending = b""
+        self.connection.write_pending()
+        if ended:
+            self._complete()
+        else:
+            self.update_producer()
+
+    def update_producer(self) -> None:
+        """Pause the producer while this stream's data waits or the socket is full."""
+        producer = self.producer
+        if producer is None:
+            return
+        paused = bool(self.pending) or self.connection.transport_paused
+        if paused and not self.producer_paused:
+            self.producer_paused = True
+            producer.pauseProducing()
+        elif not paused and self.producer_paused:
+            self.producer_paused = False
+            producer.resumeProducing()
+
+    # -- endings ----------------------------------------------------------------------------
+
+    def _complete(self) -> None:
+        self.response_complete = True
+        self.producer = None
+        if not self.request_ended and not self.connection.gone:
+            # Answered before the whole request arrived (a 413, say): tell the client to
+            # stop sending it (RFC 9113 8.1).
+            with contextlib.suppress(H2Error):
+                self.connection.h2.reset_stream(self.stream_id, ErrorCodes.NO_ERROR)
+            self.connection.write_pending()
+        self.connection.stream_done(self)
+
+    def client_gone(self) -> None:
+        """The client reset this stream, or the connection is gone."""
+        self.pending = b""
+        self.producer = None
+        was_complete, self.response_complete = self.response_complete, True
+        self.connection.stream_done(self)
+        if self.manager is not None and not was_complete:
+            self.manager.client_gone()
+
+
+@implementer(IPushProducer)
+class H2ServerConnection(Protocol):
+    """An HTTP/2 client connection: the `IPushProducer` of its socket's readers, too."""
+
+    def __init__(self, listener: Listener, scheme: str = "https") -> None:
+        self.listener = listener
+        self.scheme = scheme
+        self.client_ip = ""
+        self.h2 = H2Connection(config=H2Configuration(client_side=False, header_encoding="utf-8"))
+        self.streams: dict[int, H2Stream] = {}
+        self.gone = False
+        self.transport_paused = False
+        self.closing = False
+        self.timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        self.client_ip = getattr(transport.getPeer(), "host", "") or ""
+        with contextlib.suppress(AttributeError, OSError):
+            transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+        self.h2.initiate_connection()
+        self.h2.update_settings(
+            {
+                SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS_PER_CONNECTION,
+                SettingCodes.MAX_HEADER_LIST_SIZE: self.limits.max_header_bytes,
+            }
+        )
+        transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        self.listener.connections.add(self)
+        self.write_pending()
+        self._arm_idle()
+        if self.listener.draining:
+            self.drain()
+
+    @property
+    def limits(self) -> Any:
+        return self.listener.gateway.config.limits
+
+    def write_pending(self) -> None:
+        data = self.h2.data_to_send()
+        if data and not self.gone:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    # -- receiving --------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.gone:
+            return
+        try:
+            events = self.h2.receive_data(data)
+        except H2Error as e:
+            log.info("HTTP/2 protocol error from {client}: {error}", client=self.client_ip, error=e)
+            self.write_pending()  # h2 queued a GOAWAY
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        for event in events:
+            if isinstance(event, RequestReceived):
+                self._request(event)
+            elif isinstance(event, DataReceived):
+                self._data(event)
+            elif isinstance(event, StreamEnded):
+                self._ended(event.stream_id)
+            elif isinstance(event, StreamReset):
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream.client_gone()
+            elif isinstance(event, WindowUpdated):
+                self._window_opened(event.stream_id)
+            elif isinstance(event, RemoteSettingsChanged):
+                if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+                    self._window_opened(0)
+            elif isinstance(event, ConnectionTerminated):
+                self.closing = True
+        self.write_pending()
+        if self.closing and not self.streams:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _request(self, event: RequestReceived) -> None:
+        sid = event.stream_id
+        # With header_encoding set, h2 gives (str, str) pairs.
+        fields = cast("list[tuple[str, str]]", list(event.headers or ()))
+        head = request_head(fields, self.scheme, self.client_ip)
+        if isinstance(head, str):
+            self._refuse(sid, 400, head)
+            return
+        listener = self.listener
+        if listener.active_streams >= self.limits.max_concurrent_streams:
+            self._refuse(
+                sid,
+                503,
+                "the gateway is at its limit of concurrent requests "
+                "(limits.max_concurrent_streams); retry shortly",
+            )
+            return
+        self._disarm()
+        stream = H2Stream(self, sid)
+        stream.request_ended = bool(event.stream_ended)
+        self.streams[sid] = stream
+        listener.active_streams += 1
+        manager = listener.gateway.new_request(stream)
+        stream.manager = manager
+        manager.decode_headers(head, stream.request_ended)
+
+    def _refuse(self, sid: int, status: int, message: str) -> None:
+        body = error_body(status, message)
+        with contextlib.suppress(H2Error):
+            self.h2.send_headers(
+                sid,
+                [
+                    (":status", str(status)),
+                    ("content-type", "application/json"),
+                    ("content-length", str(len(body))),
+                ],
+            )
+            self.h2.send_data(sid, body, end_stream=True)
+
+    def _data(self, event: DataReceived) -> None:
+        sid = event.stream_id
+        with contextlib.suppress(H2Error):
+            self.h2.acknowledge_received_data(event.flow_controlled_length, sid)
+        stream = self.streams.get(sid)
+        if stream is None or stream.manager is None or stream.request_ended:
+            return
+        ended = bool(event.stream_ended)
+        stream.request_ended = ended
+        stream.manager.decode_data(event.data or b"", ended)
+
+    def _ended(self, sid: int) -> None:
+        stream = self.streams.get(sid)
+        if stream is not None and not stream.request_ended and stream.manager is not None:
+            stream.request_ended = True
+            stream.manager.decode_data(b"", True)
+
+    def _window_opened(self, sid: int) -> None:
+        if sid == 0:
+            for stream in list(self.streams.values()):
+                if stream.pending:
+                    stream.push()
+        else:
+            waiting = self.streams.get(sid)
+            if waiting is not None and waiting.pending:
+                waiting.push()
+
+    # -- streams ----------------------------------------------------------------------------
+
+    def stream_done(self, stream: H2Stream) -> None:
+        """*stream*'s response is complete, aborted, or its client left."""
+        if stream.counted:
+            stream.counted = False
+            self.listener.active_streams -= 1
+        if self.streams.get(stream.stream_id) is stream:
+            del self.streams[stream.stream_id]
+        if not self.streams:
+            if self.closing:
+                self._close_when_written()
+            else:
+                self._arm_idle()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Shutting down: finish the streams in flight, then GOAWAY and close.
+
+        The GOAWAY waits for the last stream to end: clients built on the h2 library
+        (httpx among them) fail every open stream when a GOAWAY arrives, whatever its
+        last stream id. Streams a client opens meanwhile are still served (within
+        ``shutdown_grace``, after which the gateway closes every connection anyway).
+        """
+        if self.gone or self.closing:
+            return
+        self.closing = True
+        if not self.streams:
+            self._close_when_written()
+
+    def _close_when_written(self) -> None:
+        if not self.gone:
+            with contextlib.suppress(H2Error):
+                self.h2.close_connection()
+            self.write_pending()
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def abort(self) -> None:
+        if not self.gone:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _arm_idle(self) -> None:
+        self._disarm()
+        reactor = self.listener.gateway.reactor
+        self.timer = reactor.callLater(self.limits.keepalive_timeout, self._idle_timeout)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            if self.timer.active():
+                self.timer.cancel()
+            self.timer = None
+
+    def _idle_timeout(self) -> None:
+        self.timer = None
+        if not self.streams:
+            self.drain()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.gone = True
+        self._disarm()
+        self.listener.connections.discard(self)
+        for stream in list(self.streams.values()):
+            stream.client_gone()
+        self.streams.clear()
+
+    # -- IPushProducer: the socket toward the client ----------------------------------------
+
+    def pauseProducing(self) -> None:
+        self.transport_paused = True
+        for stream in self.streams.values():
+            stream.update_producer()
+
+    def resumeProducing(self) -> None:
+        self.transport_paused = False
+        for stream in list(self.streams.values()):
+            stream.update_producer()
+
+    def stopProducing(self) -> None:
+        self.transport_paused = True

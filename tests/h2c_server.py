@@ -1,0 +1,90 @@
+"""An HTTP/2 cleartext (h2c, prior knowledge) test upstream: an ASGI app under Hypercorn.
+
+    python tests/h2c_server.py      # prints "PORT <n>"
+
+POST /v1/chat/completions streams `chunks` SSE events (body field `test.chunks`,
+default 5); GET /stats says how many requests came over HTTP/2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from typing import Any
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+STATS: dict[str, Any] = {"requests": 0, "http2_requests": 0, "cancelled": 0}
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["path"] == "/stats":
+        body = json.dumps(STATS).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        return
+    raw = b""
+    while True:
+        message = await receive()
+        raw += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    STATS["requests"] += 1
+    if scope.get("http_version") == "2":
+        STATS["http2_requests"] += 1
+    chunks = int((json.loads(raw or b"{}").get("test") or {}).get("chunks", 5))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/event-stream")],
+        }
+    )
+    try:
+        for i in range(chunks):
+            event = {"choices": [{"index": 0, "delta": {"content": f"tok{i} "}}]}
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + json.dumps(event).encode() + b"\n\n",
+                    "more_body": True,
+                }
+            )
+            await asyncio.sleep(0.005)
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+    except Exception:
+        STATS["cancelled"] += 1
+        raise
+
+
+def main() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    config.errorlog = None
+    print(f"PORT {port}", flush=True)
+    asyncio.run(serve(app, config))  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    main()

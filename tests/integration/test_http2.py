@@ -1,0 +1,631 @@
+"""HTTP/2 on both sides: clients (httpx, curl, a raw h2 client for flow control) over TLS
+and h2c, and upstreams nobody here wrote — Twisted's own HTTP/2 server over TLS, and
+Hypercorn speaking h2c."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import httpx
+import psutil
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from .conftest import (
+    UPSTREAM_SCRIPT,
+    Gateway,
+    LocalServer,
+    Process,
+    Upstream,
+    post_chat,
+    start_gateway,
+    wait_until,
+)
+from .test_tls_and_listeners import make_certificate
+
+HERE = Path(__file__).resolve().parent
+H2C_SCRIPT = HERE.parent / "h2c_server.py"
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("h2certs")
+
+
+@pytest.fixture(scope="module")
+def tls_gateway(
+    upstream: Upstream, certs: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Gateway, ssl.SSLContext, Path]]:
+    cert, key = make_certificate(certs, "gateway")
+    gateway = start_gateway(
+        f"""
+        listeners:
+          - ssl:0:interface=127.0.0.1:certKey={cert}:privateKey={key}
+        clusters: {{test: {{url: "{upstream.url}"}}}}
+        filters:
+          - type: body-accumulate
+          - type: route
+          - type: header-rewrite
+            response_headers: {{set: {{x-filtered: "yes"}}}}
+        """,
+        tmp_path_factory.mktemp("h2gw"),
+        listen=False,
+    )
+    try:
+        yield gateway, ssl.create_default_context(cafile=str(cert)), cert
+    finally:
+        gateway.process.stop()
+
+
+def https_url(gateway: Gateway) -> str:
+    return f"https://localhost:{gateway.port}"
+
+
+def test_httpx_runs_many_streams_on_one_http2_connection(
+    tls_gateway: tuple[Gateway, ssl.SSLContext, Path],
+) -> None:
+    gateway, context, _ = tls_gateway
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(http2=True, verify=context, timeout=20) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        f"{https_url(gateway)}/v1/chat/completions",
+                        json={
+                            "model": "test-model",
+                            "stream": True,
+                            "test": {"chunks": 5, "interval": 0.01, "key": f"h2-{i}"},
+                        },
+                    )
+                    for i in range(20)
+                )
+            )
+
+    responses = asyncio.run(run())
+    assert {r.http_version for r in responses} == {"HTTP/2"}
+    assert all(r.status_code == 200 for r in responses)
+    assert all(r.headers["x-filtered"] == "yes" for r in responses)  # filters ran
+    for i, response in enumerate(responses):
+        sent = httpx.get(f"{_upstream_url(gateway)}/control/sent/h2-{i}").content
+        assert response.content == sent  # byte for byte
+    # All 20 came over one client connection.
+    assert gateway.open_connections() <= 1
+
+
+def _upstream_url(gateway: Gateway) -> str:
+    return UPSTREAM_URL[0]
+
+
+UPSTREAM_URL: list[str] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _remember_upstream(upstream: Upstream) -> None:
+    UPSTREAM_URL[:] = [upstream.url]
+
+
+def test_curl_speaks_http2_to_the_gateway(
+    tls_gateway: tuple[Gateway, ssl.SSLContext, Path],
+) -> None:
+    gateway, _, cert = tls_gateway
+    result = subprocess.run(
+        [
+            "curl",
+            "-sN",
+            "--http2",
+            "--cacert",
+            str(cert),
+            f"{https_url(gateway)}/v1/chat/completions",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            '{"model": "test-model", "stream": true, "test": {"chunks": 3}}',
+            "-w",
+            "\\n%{http_version}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    body, version = result.stdout.rsplit("\n", 1)
+    assert version == "2"
+    assert body.rstrip().endswith("data: [DONE]")
+
+
+def test_curl_speaks_h2c_with_prior_knowledge(gateway: Gateway) -> None:
+    result = subprocess.run(
+        [
+            "curl",
+            "-s",
+            "--http2-prior-knowledge",
+            f"{gateway.url}/v1/chat/completions",
+            "-d",
+            '{"model": "test-model"}',
+            "-w",
+            "\\n%{http_version}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    body, version = result.stdout.rsplit("\n", 1)
+    assert version == "2" and "plain answer" in body
+
+
+class RawH2:
+    """An HTTP/2 client on the h2 library with flow control in the test's hands: data
+    is acknowledged only when the test says so."""
+
+    def __init__(self, port: int, context: ssl.SSLContext) -> None:
+        context.set_alpn_protocols(["h2"])
+        raw = socket.create_connection(("127.0.0.1", port))
+        self.sock = context.wrap_socket(raw, server_hostname="localhost")
+        assert self.sock.selected_alpn_protocol() == "h2"
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self.sock.sendall(self.conn.data_to_send())
+        self.received: dict[int, bytearray] = {}
+        self.ended: set[int] = set()
+        self.reset: set[int] = set()
+        self.sock.settimeout(0.2)
+
+    def request(self, body: bytes) -> int:
+        sid = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(
+            sid,
+            [
+                (":method", "POST"),
+                (":scheme", "https"),
+                (":authority", "localhost"),
+                (":path", "/v1/chat/completions"),
+                ("content-type", "application/json"),
+            ],
+        )
+        self.conn.send_data(sid, body, end_stream=True)
+        self.sock.sendall(self.conn.data_to_send())
+        self.received[sid] = bytearray()
+        return sid
+
+    def pump(self, seconds: float, *, acknowledge: set[int]) -> None:
+        """Read for *seconds*; acknowledge data only on the streams in *acknowledge*."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                data = self.sock.recv(65536)
+            except (TimeoutError, ssl.SSLWantReadError):
+                continue
+            if not data:
+                return
+            for event in self.conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    self.received[event.stream_id] += event.data
+                    if event.stream_id in acknowledge:
+                        self.conn.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
+                    else:  # keep the connection window open, not the stream's
+                        self.conn.increment_flow_control_window(event.flow_controlled_length)
+                elif isinstance(event, h2.events.StreamEnded):
+                    self.ended.add(event.stream_id)
+                elif isinstance(event, h2.events.StreamReset):
+                    self.reset.add(event.stream_id)
+            self.sock.sendall(self.conn.data_to_send())
+
+    def cancel(self, sid: int) -> None:
+        self.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        self.sock.sendall(self.conn.data_to_send())
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_slow_stream_stalls_its_own_upstream_and_no_other(
+    tls_gateway: tuple[Gateway, ssl.SSLContext, Path], upstream: Upstream
+) -> None:
+    gateway, context, _ = tls_gateway
+    client = RawH2(gateway.port, context)
+    try:
+        slow = client.request(
+            b'{"model": "test-model", "stream": true, "test": {"bulk": 100000000}}'
+        )
+        client.pump(1.0, acknowledge=set())  # the slow stream's window fills and stays full
+        wait_until(lambda: upstream.stats()["bulk_paused"] is True, timeout=10)
+        held = len(client.received[slow])
+        rss = gateway.process.rss_bytes()
+        fast = [
+            client.request(b'{"model": "test-model", "stream": true, "test": {"chunks": 20}}')
+            for _ in range(3)
+        ]
+        client.pump(2.0, acknowledge=set(fast))
+        assert set(fast) <= client.ended
+        for sid in fast:
+            assert bytes(client.received[sid]).endswith(b"data: [DONE]\n\n")
+        assert len(client.received[slow]) == held  # still nothing more for the slow one
+        assert upstream.stats()["bulk_paused"] is True
+        assert gateway.process.rss_bytes() - rss < 20 * 1024 * 1024
+        # Reading it again lets it go on.
+        client.conn.increment_flow_control_window(held, stream_id=slow)
+        client.sock.sendall(client.conn.data_to_send())
+        client.pump(1.0, acknowledge={slow})
+        assert len(client.received[slow]) > held
+    finally:
+        client.close()
+    wait_until(lambda: upstream.stats()["open_streams"] == 0, timeout=10)
+
+
+def test_rst_stream_cancels_that_upstream_request_only(
+    tls_gateway: tuple[Gateway, ssl.SSLContext, Path], upstream: Upstream
+) -> None:
+    gateway, context, _ = tls_gateway
+    client = RawH2(gateway.port, context)
+    try:
+        holds = [uuid.uuid4().hex, uuid.uuid4().hex]
+        before = upstream.stats()["aborted_streams"]
+        ids = [
+            client.request(
+                b'{"model": "test-model", "stream": true, "test": {"chunks": 3, "hold": "%s"}}'
+                % h.encode()
+            )
+            for h in holds
+        ]
+        client.pump(0.5, acknowledge=set(ids))
+        assert all(client.received[sid] for sid in ids)  # both started
+        client.cancel(ids[0])
+        wait_until(lambda: upstream.stats()["aborted_streams"] == before + 1, timeout=10)
+        upstream.release(holds[1])
+        client.pump(1.0, acknowledge=set(ids))
+        assert ids[1] in client.ended
+        assert bytes(client.received[ids[1]]).endswith(b"data: [DONE]\n\n")
+        assert upstream.stats()["aborted_streams"] == before + 1
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def tls_upstream(certs: Path) -> Iterator[tuple[Upstream, Path]]:
+    """The test upstream (twisted.web) on TLS: Twisted's own HTTP/2 server via ALPN."""
+    cert, key = make_certificate(certs, "upstream")
+    process = Process([sys.executable, str(UPSTREAM_SCRIPT), str(cert), str(key)])
+    try:
+        port = int(process.wait_for(r"PORT (\d+)").group(1))
+        yield Upstream(process, port), cert
+    finally:
+        process.stop()
+
+
+def upstream_stats(port: int, cert: Path) -> dict[str, Any]:
+    return httpx.get(  # type: ignore[no-any-return]
+        f"https://localhost:{port}/control/stats",
+        verify=ssl.create_default_context(cafile=str(cert)),
+    ).json()
+
+
+@pytest.mark.parametrize(("protocol", "expected"), [("auto", "HTTP/2"), ("http1", "HTTP/1.1")])
+def test_upstream_protocol_follows_alpn_and_config(
+    tls_upstream: tuple[Upstream, Path], tmp_path: Path, protocol: str, expected: str
+) -> None:
+    upstream, cert = tls_upstream
+    gateway = start_gateway(
+        f"""
+        clusters:
+          secure: {{url: "https://localhost:{upstream.port}", protocol: {protocol}, tls: {{ca_file: {cert}}}}}
+        """,
+        tmp_path,
+    )
+    try:
+        key = uuid.uuid4().hex
+        body = {"model": "m", "messages": MESSAGES, "stream": True, "test": {"key": key}}
+        response = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=15)
+        assert response.status_code == 200
+        stats = upstream_stats(upstream.port, cert)
+        assert stats["last_protocol"] == expected
+        sent = httpx.get(
+            f"https://localhost:{upstream.port}/control/sent/{key}",
+            verify=ssl.create_default_context(cafile=str(cert)),
+        ).content
+        assert response.content == sent
+    finally:
+        gateway.process.stop()
+
+
+def test_a_slow_client_stalls_only_its_stream_on_a_shared_upstream_connection(
+    tls_upstream: tuple[Upstream, Path], tmp_path: Path
+) -> None:
+    upstream, cert = tls_upstream
+    gateway = start_gateway(
+        f"""
+        clusters:
+          secure: {{url: "https://localhost:{upstream.port}", protocol: http2, tls: {{ca_file: {cert}}}}}
+        """,
+        tmp_path,
+    )
+    slow = socket.create_connection(("127.0.0.1", gateway.port))
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        body = b'{"model": "m", "stream": true, "test": {"bulk": 200000000}}'
+        slow.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        wait_until(lambda: upstream_stats(upstream.port, cert)["bulk_paused"] is True, timeout=15)
+        for _ in range(5):
+            fast = post_chat(gateway.url, "m", stream=True, messages=MESSAGES)
+            assert fast.status_code == 200 and fast.content.endswith(b"data: [DONE]\n\n")
+        stats = upstream_stats(upstream.port, cert)
+        assert stats["bulk_paused"] is True
+        assert stats["bulk_bytes"] < 20 * 1024 * 1024  # held back by flow control
+        # Every request shared one upstream connection.
+        assert gateway.open_connections(remote_port=upstream.port) == 1
+    finally:
+        slow.close()
+        gateway.process.stop()
+
+
+@pytest.fixture(scope="module")
+def h2c_upstream() -> Iterator[LocalServer]:
+    process = Process([sys.executable, str(H2C_SCRIPT)])
+    try:
+        port = int(process.wait_for(r"PORT (\d+)").group(1))
+        wait_until(lambda: _listening(port), timeout=10)
+        yield LocalServer(process, port)
+    finally:
+        process.stop()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_h2c_upstream_gets_many_requests_on_few_connections(
+    h2c_upstream: LocalServer, tmp_path: Path
+) -> None:
+    gateway = start_gateway(
+        f"""
+        clusters:
+          local: {{url: "{h2c_upstream.url}", protocol: http2}}
+        """,
+        tmp_path,
+    )
+    try:
+
+        async def run() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=20) as client:
+                return await asyncio.gather(
+                    *(
+                        client.post(
+                            f"{gateway.url}/v1/chat/completions",
+                            json={"model": "m", "stream": True, "test": {"chunks": 20}},
+                        )
+                        for _ in range(40)
+                    )
+                )
+
+        responses = asyncio.run(run())
+        assert all(r.status_code == 200 for r in responses)
+        assert all(r.content.endswith(b"data: [DONE]\n\n") for r in responses)
+        stats = httpx.get(f"{h2c_upstream.url}/stats").json()
+        assert stats["http2_requests"] == stats["requests"] >= 40
+        connections = [
+            c
+            for c in psutil.Process(gateway.process.pid).net_connections(kind="tcp")
+            if c.raddr and c.raddr.port == h2c_upstream.port
+        ]
+        assert 1 <= len(connections) <= 2
+    finally:
+        gateway.process.stop()
+
+
+def make_ca_signed(
+    directory: Path, ca: tuple[Any, x509.Certificate], name: str, *, client: bool
+) -> tuple[Path, Path]:
+    """A certificate for *name* (and 127.0.0.1) signed by *ca*."""
+    ca_key, ca_cert = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    )
+    if client:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+    cert = builder.sign(ca_key, hashes.SHA256())
+    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def make_ca(directory: Path) -> tuple[Any, x509.Certificate, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path = directory / "ca.crt"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key, cert, path
+
+
+class MutualTLSServer:
+    """A one-answer HTTPS server (Python's ssl) that requires a client certificate
+    signed by the test CA."""
+
+    def __init__(self, cert: Path, key: Path, ca: Path) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.context.load_verify_locations(ca)
+        self.context.verify_mode = ssl.CERT_REQUIRED
+        self.context.set_alpn_protocols(["http/1.1"])
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.peers: list[str] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                with self.context.wrap_socket(raw, server_side=True) as conn:
+                    peer = conn.getpeercert()
+                    self.peers.append(str(peer.get("subject") if peer else ""))
+                    conn.recv(65536)
+                    body = b'{"ok": true}'
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+                    )
+            except (ssl.SSLError, OSError):
+                continue
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_mutual_tls_to_the_upstream(tmp_path: Path) -> None:
+    ca_key, ca_cert, ca_path = make_ca(tmp_path)
+    server_cert, server_key = make_ca_signed(tmp_path, (ca_key, ca_cert), "localhost", client=False)
+    client_cert, client_key = make_ca_signed(tmp_path, (ca_key, ca_cert), "gateway", client=True)
+    server = MutualTLSServer(server_cert, server_key, ca_path)
+    base = f'url: "https://localhost:{server.port}", timeouts: {{connect: 3s}}'
+    try:
+        with_cert = start_gateway(
+            f"""
+            clusters:
+              mtls: {{{base}, tls: {{ca_file: {ca_path}, client_cert: {client_cert}, client_key: {client_key}}}}}
+            """,
+            tmp_path,
+        )
+        try:
+            answered = post_chat(with_cert.url, "m", messages=MESSAGES)
+            assert answered.status_code == 200 and answered.json() == {"ok": True}
+            assert "gateway" in server.peers[-1]
+        finally:
+            with_cert.process.stop()
+        without = start_gateway(
+            f"""
+            clusters:
+              mtls: {{{base}, retry: {{max_attempts: 1}}, tls: {{ca_file: {ca_path}}}}}
+            """,
+            tmp_path,
+        )
+        try:
+            refused = post_chat(without.url, "m", messages=MESSAGES)
+            assert refused.status_code == 502
+        finally:
+            without.process.stop()
+    finally:
+        server.close()
+
+
+def test_a_certificate_for_another_name_is_a_502_that_says_so(tmp_path: Path) -> None:
+    ca_key, ca_cert, ca_path = make_ca(tmp_path)
+    # Trusted (signed by the CA the cluster names), but for another host name.
+    cert, key = make_ca_signed(tmp_path, (ca_key, ca_cert), "other.example", client=False)
+    process = Process([sys.executable, str(UPSTREAM_SCRIPT), str(cert), str(key)])
+    try:
+        port = int(process.wait_for(r"PORT (\d+)").group(1))
+        gateway = start_gateway(
+            f"""
+            clusters:
+              secure: {{url: "https://localhost:{port}", tls: {{ca_file: {ca_path}}}}}
+            """,
+            tmp_path,
+        )
+        try:
+            response = post_chat(gateway.url, "m", messages=MESSAGES)
+            assert response.status_code == 502
+            error = response.json()["error"]
+            assert error["code"] == "upstream_tls_failure", error
+            assert "TLS handshake with the upstream failed" in error["message"]
+            gateway.process.wait_for(r"\[filterproxy.upstream.router#warn\].*TLS handshake")
+            assert process.output().count("POST") == 0  # nothing was sent in the clear
+        finally:
+            gateway.process.stop()
+    finally:
+        process.stop()
+
+
+def test_shutdown_lets_http2_streams_in_flight_finish(
+    upstream: Upstream, certs: Path, tmp_path: Path
+) -> None:
+    cert, key = make_certificate(certs, "drain")
+    gateway = start_gateway(
+        f"""
+        listeners: ["ssl:0:interface=127.0.0.1:certKey={cert}:privateKey={key}"]
+        clusters: {{test: {{url: "{upstream.url}"}}}}
+        """,
+        tmp_path,
+        listen=False,
+    )
+    hold = uuid.uuid4().hex
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        with httpx.Client(http2=True, verify=context, timeout=20) as client:
+            body = {"model": "m", "stream": True, "test": {"chunks": 3, "hold": hold}}
+            with client.stream(
+                "POST", f"https://localhost:{gateway.port}/v1/chat/completions", json=body
+            ) as stream:
+                pieces = stream.iter_bytes()
+                first = next(pieces)
+                gateway.process.popen.terminate()  # SIGTERM: drain
+                gateway.process.wait_for(r"waiting up to .* for 1 requests")
+                upstream.release(hold)
+                rest = b"".join(pieces)
+        assert (first + rest).endswith(b"data: [DONE]\n\n")
+        gateway.process.popen.wait(15)
+    finally:
+        gateway.process.stop()
