@@ -21,7 +21,12 @@ from filterproxy.filters.manager import ChainShape, FilterManager, chain_shape
 from filterproxy.metrics import Metrics
 from filterproxy.upstream.cluster import Cluster
 from filterproxy.upstream.router import Router
-from filterproxy.workers import reuse_port_endpoint, with_default_backlog
+from filterproxy.workers import (
+    ReloadableServerTLS,
+    ReusePortTLSEndpoint,
+    reuse_port_endpoint,
+    with_default_backlog,
+)
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort
@@ -168,6 +173,8 @@ class GatewayService(Service):
         self.factory = GatewayServerFactory(self.gateway)
         self.ports: list[IListeningPort] = []
         self.admin_port: IListeningPort | None = None
+        #: The TLS options of the ssl: listeners (their certificates reload with the config).
+        self.tls_listeners: list[ReloadableServerTLS] = []
         #: Bind TCP listeners with SO_REUSEPORT (a worker of several).
         self.reuse_port = reuse_port
         #: Workers do not talk to systemd; their supervisor does.
@@ -186,8 +193,13 @@ class GatewayService(Service):
         listening = []
         for description in self.listener_descriptions:
             try:
-                if self.reuse_port:
-                    endpoint: Any = reuse_port_endpoint(self.reactor, description)
+                if self.reuse_port or description.startswith("ssl:"):
+                    # ssl: listeners are ours, so that a reload can renew the certificate.
+                    endpoint: Any = reuse_port_endpoint(
+                        self.reactor, description, reuse=self.reuse_port
+                    )
+                    if isinstance(endpoint, ReusePortTLSEndpoint):
+                        self.tls_listeners.append(endpoint.options)
                 else:
                     endpoint = serverFromString(self.reactor, with_default_backlog(description))
             except (IndexError, KeyError, ValueError, OSError) as e:
@@ -283,6 +295,16 @@ class GatewayService(Service):
                 error=str(e),
             )
             return f"{source}: {e}"
+        try:
+            certificates = [listener.load() for listener in self.tls_listeners]
+        except ValueError as e:
+            log.error(
+                "config reload rejected, a listener's certificate cannot be used: {error}",
+                error=str(e),
+            )
+            return str(e)
+        for listener, certificate in zip(self.tls_listeners, certificates, strict=True):
+            listener.current = certificate
         if config.listeners != self.config.listeners and not self.cli_listeners:
             log.warn("listeners changed in {source}; restart the gateway to apply", source=source)
         if config.admin_listener != self.config.admin_listener:

@@ -25,7 +25,11 @@ from cryptography import x509
 from OpenSSL.crypto import X509
 from twisted.application.service import Service
 from twisted.internet import defer, tcp
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IOpenSSLServerConnectionCreator,
+    IStreamServerEndpoint,
+)
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.ssl import CertificateOptions, PrivateCertificate
 from twisted.internet.task import LoopingCall
@@ -83,32 +87,61 @@ class _ReusePort(tcp.Port):
         return sock
 
 
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableServerTLS:
+    """The server TLS options of an ``ssl:`` listener, re-read from its key and
+    certificate files by `reload` (a renewed certificate, on a config reload) while the
+    listener keeps listening. New connections use the new certificate."""
+
+    def __init__(self, description: str, options: dict[str, str]) -> None:
+        self.description = description
+        self.files = options
+        self.current = _server_tls_options(description, options)
+
+    def load(self) -> CertificateOptions:
+        """Read the files again (raises ValueError with what is wrong)."""
+        return _server_tls_options(self.description, self.files)
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> Any:
+        return self.current.serverConnectionForTLS(tlsProtocol)
+
+
 @implementer(IStreamServerEndpoint)
 class ReusePortEndpoint:
-    """A TCP server endpoint whose port may be shared by other processes."""
+    """A TCP server endpoint whose port may be shared by other processes (with
+    *reuse*; without, a plain TCP listener)."""
 
     def __init__(
-        self, reactor: Any, port: int, interface: str = "", backlog: int = DEFAULT_BACKLOG
+        self,
+        reactor: Any,
+        port: int,
+        interface: str = "",
+        backlog: int = DEFAULT_BACKLOG,
+        *,
+        reuse: bool = True,
     ) -> None:
         self.reactor = reactor
         self.port = port
         self.interface = interface
         self.backlog = backlog
+        self.reuse = reuse
 
     def listen(self, factory: Any) -> defer.Deferred[IListeningPort]:
         return defer.execute(self._listen, factory)
 
     def _listen(self, factory: Any) -> IListeningPort:
-        port = _ReusePort(self.port, factory, self.backlog, self.interface, self.reactor)
+        port_type = _ReusePort if self.reuse else tcp.Port
+        port = port_type(self.port, factory, self.backlog, self.interface, self.reactor)
         port.startListening()
         return port
 
 
 @implementer(IStreamServerEndpoint)
 class ReusePortTLSEndpoint:
-    """TLS over a `ReusePortEndpoint` (the ``ssl:`` listeners of a worker)."""
+    """TLS over a `ReusePortEndpoint`: the ``ssl:`` listeners, with a certificate that
+    a config reload can replace."""
 
-    def __init__(self, tcp_endpoint: ReusePortEndpoint, options: Any) -> None:
+    def __init__(self, tcp_endpoint: ReusePortEndpoint, options: ReloadableServerTLS) -> None:
         self.tcp_endpoint = tcp_endpoint
         self.options = options
 
@@ -128,7 +161,7 @@ def _server_tls_options(description: str, options: dict[str, str]) -> Certificat
     unsupported = sorted(set(options) - _SSL_KEYS)
     if unsupported:
         raise ValueError(
-            f"listener {description!r}: with --workers, ssl: listeners take only "
+            f"listener {description!r}: ssl: listeners take "
             f"{', '.join(sorted(_SSL_KEYS))}; not {', '.join(unsupported)}"
         )
     if "privateKey" not in options:
@@ -143,7 +176,13 @@ def _server_tls_options(description: str, options: dict[str, str]) -> Certificat
         )
     except (OSError, ValueError) as e:
         raise ValueError(f"listener {description!r}: {e}") from None
-    identity = PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
+    try:
+        identity = PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
+    except Exception as e:  # OpenSSL's errors say little: name the files
+        raise ValueError(
+            f"listener {description!r}: cannot use the key {options['privateKey']!r} with "
+            f"the certificate {options.get('certKey', options['privateKey'])!r} ({e!r})"
+        ) from None
     return CertificateOptions(
         privateKey=identity.privateKey.original,
         certificate=identity.original,
@@ -151,10 +190,12 @@ def _server_tls_options(description: str, options: dict[str, str]) -> Certificat
     )
 
 
-def reuse_port_endpoint(reactor: Any, description: str) -> ReusePortEndpoint | ReusePortTLSEndpoint:
-    """An endpoint that binds with SO_REUSEPORT, for a ``tcp:PORT[:interface=ADDR]
-    [:backlog=N]``, ``tcp6:`` or ``ssl:PORT:privateKey=FILE[:certKey=FILE]
-    [:extraCertChain=FILE]`` description.
+def reuse_port_endpoint(
+    reactor: Any, description: str, *, reuse: bool = True
+) -> ReusePortEndpoint | ReusePortTLSEndpoint:
+    """An endpoint that binds with SO_REUSEPORT (with *reuse*), for a
+    ``tcp:PORT[:interface=ADDR][:backlog=N]``, ``tcp6:`` or
+    ``ssl:PORT:privateKey=FILE[:certKey=FILE][:extraCertChain=FILE]`` description.
 
     Raises:
         ValueError: the listener cannot be shared between workers (UNIX, systemd), or an
@@ -178,10 +219,10 @@ def reuse_port_endpoint(reactor: Any, description: str) -> ReusePortEndpoint | R
     port = int(options.get("port", positional[0] if positional else "0"))
     interface = options.get("interface", "::" if kind == "tcp6" else "")
     tcp_endpoint = ReusePortEndpoint(
-        reactor, port, interface, int(options.get("backlog", DEFAULT_BACKLOG))
+        reactor, port, interface, int(options.get("backlog", DEFAULT_BACKLOG)), reuse=reuse
     )
     if kind == "ssl":
-        return ReusePortTLSEndpoint(tcp_endpoint, _server_tls_options(description, options))
+        return ReusePortTLSEndpoint(tcp_endpoint, ReloadableServerTLS(description, options))
     return tcp_endpoint
 
 

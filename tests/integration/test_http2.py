@@ -629,3 +629,53 @@ def test_shutdown_lets_http2_streams_in_flight_finish(
         gateway.process.popen.wait(15)
     finally:
         gateway.process.stop()
+
+
+def served_certificate_name(port: int, cafiles: list[Path]) -> str:
+    context = ssl.create_default_context()
+    for cafile in cafiles:
+        context.load_verify_locations(cafile)
+    with (
+        socket.create_connection(("127.0.0.1", port)) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        subject = dict(pair[0] for pair in tls.getpeercert()["subject"])  # type: ignore[index]
+        return str(subject["commonName"])
+
+
+def test_a_reload_renews_the_listeners_certificate(
+    upstream: Upstream, certs: Path, tmp_path: Path
+) -> None:
+    first_cert, first_key = make_certificate(certs, "first")
+    second_cert, second_key = make_certificate(certs, "second")
+    cert, key = tmp_path / "live.crt", tmp_path / "live.key"
+    cert.write_bytes(first_cert.read_bytes())
+    key.write_bytes(first_key.read_bytes())
+    gateway = start_gateway(
+        f"""
+        listeners: ["ssl:0:interface=127.0.0.1:certKey={cert}:privateKey={key}"]
+        clusters: {{test: {{url: "{upstream.url}"}}}}
+        """,
+        tmp_path,
+        listen=False,
+    )
+    try:
+        assert served_certificate_name(gateway.port, [first_cert, second_cert]) == "first"
+        # A broken key file: the reload is rejected and the old certificate stays.
+        key.write_bytes(b"not a key")
+        rejected = httpx.post(f"{gateway.admin_url}/reload")
+        assert rejected.status_code == 400 and "live.key" in rejected.text
+        assert served_certificate_name(gateway.port, [first_cert, second_cert]) == "first"
+        cert.write_bytes(second_cert.read_bytes())
+        key.write_bytes(second_key.read_bytes())
+        assert httpx.post(f"{gateway.admin_url}/reload").status_code == 200
+        assert served_certificate_name(gateway.port, [first_cert, second_cert]) == "second"
+        context = ssl.create_default_context(cafile=str(second_cert))
+        answered = httpx.post(
+            f"https://localhost:{gateway.port}/v1/chat/completions",
+            json={"model": "m"},
+            verify=context,
+        )
+        assert answered.status_code == 200
+    finally:
+        gateway.process.stop()

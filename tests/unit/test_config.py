@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from filterproxy.config import ConfigError, Timeouts, parse_config
@@ -319,3 +321,32 @@ def test_usage_injection_must_follow_the_route_filter() -> None:
     )
     ok = "filters:\n  - type: route\n  - type: usage\n    include_usage: true\n"
     assert [f.type_name for f in parse_config(BASE + ok, environ={}).filters] == ["route", "usage"]
+
+
+def test_cluster_protocol_and_tls_files(tmp_path: Any) -> None:
+    cert = tmp_path / "client.crt"
+    cert.write_text("x")
+    config = parse_config(
+        f"""
+        clusters:
+          a: {{url: "https://h", protocol: http2, ping_interval: 10s, tls: {{client_cert: "{cert}"}}}}
+        """,
+        environ={},
+    )
+    cluster = config.clusters["a"]
+    assert (cluster.protocol, cluster.ping_interval, cluster.ping_timeout) == ("http2", 10.0, 10.0)
+    assert cluster.client_cert == str(cert) and cluster.client_key is None
+    assert (
+        parse_config('clusters: {a: {url: "http://h"}}', environ={}).clusters["a"].protocol
+        == "auto"
+    )
+    assert (
+        "clusters.a.protocol: unknown protocol 'h3'; use one of: auto, http1, http2"
+        in error_for('clusters: {a: {url: "http://h", protocol: h3}}')
+    )
+    assert "clusters.a.tls.client_key: no such file" in error_for(
+        'clusters: {a: {url: "https://h", tls: {client_key: /nonexistent.key}}}'
+    )
+    assert "clusters.a.tls.client_key: a client_key needs its client_cert" in error_for(
+        f'clusters: {{a: {{url: "https://h", tls: {{client_key: "{cert}"}}}}}}'
+    )
