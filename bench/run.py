@@ -18,6 +18,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -132,6 +133,75 @@ def non_streaming(
     }
 
 
+#: Peers whose listener speaks HTTP/2 (h2c with prior knowledge) in this benchmark.
+HTTP2_PEERS = {"envoy", "filterproxy"}
+
+
+def http2(peer: Peer, seconds: float, workdir: Path, *, streaming: bool) -> dict[str, Any]:
+    """Many streams on few connections: h2load, 4 connections x 50 concurrent streams,
+    HTTP/2 with prior knowledge (the proxies speak HTTP/1.1 to the upstream)."""
+    body = workdir / ("h2-stream.json" if streaming else "h2-plain.json")
+    body.write_text(
+        '{"model":"bench","stream":true,"messages":[]}'
+        if streaming
+        else '{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
+    )
+    cpu_before = peer.cpu_seconds()
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            str(LOAD_CORE),
+            "h2load",
+            "-c4",
+            "-m50",
+            f"-D{int(seconds)}",
+            "--warm-up-time=1",
+            "-d",
+            str(body),
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "x-bench-chunks: 50",
+            "-H",
+            "x-bench-interval-ms: 20",
+            f"http://127.0.0.1:{peer.port}/v1/chat/completions",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    cpu = peer.cpu_seconds() - cpu_before
+    done = re.search(
+        r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored",
+        out,
+    )
+    per_s = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out)
+    timing = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)", out)
+    assert done and per_s, out
+    completed = int(done.group(2))
+    failed = int(done.group(3)) + int(done.group(4)) + (int(done.group(1)) - completed)
+    result: dict[str, Any] = {
+        "requests_per_s": float(per_s.group(1)),
+        "errors": failed,
+        "request_mean_ms": _ms(timing.group(3)) if timing else None,
+        "request_max_ms": _ms(timing.group(2)) if timing else None,
+    }
+    if completed:
+        result["cpu_us_per_request"] = cpu * 1e6 / completed  # includes the warm-up
+        if streaming:
+            result["cpu_us_per_chunk"] = cpu * 1e6 / (completed * 51)
+    return result
+
+
+def _ms(value: str) -> float:
+    """An h2load duration (``1.02s``, ``20.5ms``, ``900us``) in milliseconds."""
+    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if value.endswith(unit):
+            return float(value[: -len(unit)]) * factor
+    return float(value)
+
+
 def slow_client(peer: Peer, upstream: Upstream) -> dict[str, Any]:
     rss_before = peer.rss_bytes()
     offered_before = upstream.stats()["bulk_bytes"]
@@ -215,6 +285,9 @@ def run(only: set[str] | None, quick: bool) -> dict[str, Any]:
                         peer, 10, StreamShape(chunks=2000, interval_ms=0), seconds
                     )
                     r["nonstream"] = non_streaming(peer, seconds, workdir)
+                    if peer.name in HTTP2_PEERS and shutil.which("h2load"):
+                        r["h2_stream"] = http2(peer, seconds, workdir, streaming=True)
+                        r["h2_plain"] = http2(peer, seconds, workdir, streaming=False)
                     r["slow_client"] = slow_client(peer, upstream)
                     r["hang_ups"] = hang_ups(peer, upstream)
                     results[peer.name] = r
@@ -284,6 +357,30 @@ def table(all_results: dict[str, Any]) -> str:
     row(
         "20 hung-up clients: upstream streams closed within 1 s",
         lambda r: r["hang_ups"]["upstream_closed_within_1s"],
+    )
+    row(
+        "HTTP/2, 4 connections x 50 streams: streams/s (mean ms each) / errors",
+        lambda r: (
+            f"{fmt(r['h2_stream']['requests_per_s'])} ({fmt(r['h2_stream']['request_mean_ms'], 0)}) / {r['h2_stream']['errors']}"
+            if "h2_stream" in r
+            else "—"
+        ),
+    )
+    row(
+        "HTTP/2 streams: proxy CPU µs per chunk",
+        lambda r: r["h2_stream"].get("cpu_us_per_chunk") if "h2_stream" in r else None,
+    )
+    row(
+        "HTTP/2 non-streaming: requests/s / errors",
+        lambda r: (
+            f"{fmt(r['h2_plain']['requests_per_s'], 0)} / {r['h2_plain']['errors']}"
+            if "h2_plain" in r
+            else "—"
+        ),
+    )
+    row(
+        "HTTP/2 non-streaming: proxy CPU µs per request",
+        lambda r: r["h2_plain"].get("cpu_us_per_request") if "h2_plain" in r else None,
     )
     row("RSS per open stream KB", lambda r: r["open_streams"]["rss_kb_per_stream"])
     row("idle RSS MB", lambda r: r["idle_rss_mb"])
