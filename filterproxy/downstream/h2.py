@@ -120,6 +120,8 @@ class H2Stream:
         self.producer_paused = False
         #: Counted in the listener's active_streams.
         self.counted = True
+        #: limits.request_body_timeout while the request body is arriving.
+        self.body_timer: IDelayedCall | None = None
 
     # -- IDownstream ------------------------------------------------------------------------
 
@@ -212,9 +214,29 @@ class H2Stream:
 
     # -- endings ----------------------------------------------------------------------------
 
+    def body_arrived(self) -> None:
+        """The whole request body is here."""
+        self.request_ended = True
+        if self.body_timer is not None:
+            if self.body_timer.active():
+                self.body_timer.cancel()
+            self.body_timer = None
+
+    def body_too_slow(self) -> None:
+        self.body_timer = None
+        if self.manager is not None and not self.response_started:
+            limit = self.connection.limits.request_body_timeout
+            self.manager.send_local_reply(
+                408,
+                f"request body not received within {limit:g}s (limits.request_body_timeout)",
+            )
+
     def _complete(self) -> None:
         self.response_complete = True
         self.producer = None
+        if self.body_timer is not None and self.body_timer.active():
+            self.body_timer.cancel()
+        self.body_timer = None
         if not self.request_ended and not self.connection.gone:
             # Answered before the whole request arrived (a 413, say): tell the client to
             # stop sending it (RFC 9113 8.1).
@@ -227,6 +249,9 @@ class H2Stream:
         """The client reset this stream, or the connection is gone."""
         self.pending = b""
         self.producer = None
+        if self.body_timer is not None and self.body_timer.active():
+            self.body_timer.cancel()
+        self.body_timer = None
         was_complete, self.response_complete = self.response_complete, True
         self.connection.stream_done(self)
         if self.manager is not None and not was_complete:
@@ -331,6 +356,10 @@ class H2ServerConnection(Protocol):
         self._disarm()
         stream = H2Stream(self, sid)
         stream.request_ended = bool(event.stream_ended)
+        if not stream.request_ended:
+            stream.body_timer = listener.gateway.reactor.callLater(
+                self.limits.request_body_timeout, stream.body_too_slow
+            )
         self.streams[sid] = stream
         listener.active_streams += 1
         manager = listener.gateway.new_request(stream)
@@ -358,13 +387,14 @@ class H2ServerConnection(Protocol):
         if stream is None or stream.manager is None or stream.request_ended:
             return
         ended = bool(event.stream_ended)
-        stream.request_ended = ended
+        if ended:
+            stream.body_arrived()
         stream.manager.decode_data(event.data or b"", ended)
 
     def _ended(self, sid: int) -> None:
         stream = self.streams.get(sid)
         if stream is not None and not stream.request_ended and stream.manager is not None:
-            stream.request_ended = True
+            stream.body_arrived()
             stream.manager.decode_data(b"", True)
 
     def _window_opened(self, sid: int) -> None:

@@ -191,7 +191,7 @@ class RawH2:
         self.reset: set[int] = set()
         self.sock.settimeout(0.2)
 
-    def request(self, body: bytes) -> int:
+    def request(self, body: bytes, *, end: bool = True) -> int:
         sid = self.conn.get_next_available_stream_id()
         self.conn.send_headers(
             sid,
@@ -203,7 +203,7 @@ class RawH2:
                 ("content-type", "application/json"),
             ],
         )
-        self.conn.send_data(sid, body, end_stream=True)
+        self.conn.send_data(sid, body, end_stream=end)
         self.sock.sendall(self.conn.data_to_send())
         self.received[sid] = bytearray()
         return sid
@@ -591,7 +591,7 @@ def test_a_certificate_for_another_name_is_a_502_that_says_so(tmp_path: Path) ->
             error = response.json()["error"]
             assert error["code"] == "upstream_tls_failure", error
             assert "TLS handshake with the upstream failed" in error["message"]
-            gateway.process.wait_for(r"\[filterproxy.upstream.router#warn\].*TLS handshake")
+            gateway.process.wait_for(r"#warn\].*TLS handshake")
             assert process.output().count("POST") == 0  # nothing was sent in the clear
         finally:
             gateway.process.stop()
@@ -678,4 +678,31 @@ def test_a_reload_renews_the_listeners_certificate(
         )
         assert answered.status_code == 200
     finally:
+        gateway.process.stop()
+
+
+def test_a_stream_whose_body_never_ends_gets_408_and_the_connection_goes_on(
+    upstream: Upstream, certs: Path, tmp_path: Path
+) -> None:
+    cert, key = make_certificate(certs, "slowbody")
+    gateway = start_gateway(
+        f"""
+        listeners: ["ssl:0:interface=127.0.0.1:certKey={cert}:privateKey={key}"]
+        clusters: {{test: {{url: "{upstream.url}"}}}}
+        limits: {{request_body_timeout: 1s}}
+        """,
+        tmp_path,
+        listen=False,
+    )
+    client = RawH2(gateway.port, ssl.create_default_context(cafile=str(cert)))
+    try:
+        stalled = client.request(b'{"model": "test-mo', end=False)
+        client.pump(2.5, acknowledge={stalled})
+        assert stalled in client.ended or stalled in client.reset
+        assert b"limits.request_body_timeout" in client.received[stalled]
+        fine = client.request(b'{"model": "test-model"}')
+        client.pump(1.0, acknowledge={fine})
+        assert b"plain answer" in client.received[fine]
+    finally:
+        client.close()
         gateway.process.stop()
