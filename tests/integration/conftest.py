@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import os
 import re
@@ -19,6 +21,10 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 HERE = Path(__file__).resolve().parent
 UPSTREAM_SCRIPT = HERE.parent / "upstream_server.py"
@@ -268,3 +274,53 @@ def wait_until(predicate: Callable[[], bool], timeout: float) -> float:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(0.01)
     return time.monotonic() - start
+
+
+def make_certificate(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("certs")
+
+
+@pytest.fixture(scope="module")
+def tls_upstream(certs: Path) -> Iterator[tuple[Upstream, Path]]:
+    cert, key = make_certificate(certs, "upstream")
+    process = Process([sys.executable, str(UPSTREAM_SCRIPT), str(cert), str(key)])
+    try:
+        port = int(process.wait_for(r"PORT (\d+)").group(1))
+        yield Upstream(process, port), cert
+    finally:
+        process.stop()

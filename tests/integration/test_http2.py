@@ -35,20 +35,15 @@ from .conftest import (
     LocalServer,
     Process,
     Upstream,
+    make_certificate,
     post_chat,
     start_gateway,
     wait_until,
 )
-from .test_tls_and_listeners import make_certificate
 
 HERE = Path(__file__).resolve().parent
 H2C_SCRIPT = HERE.parent / "h2c_server.py"
 MESSAGES = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("h2certs")
 
 
 @pytest.fixture(scope="module")
@@ -124,53 +119,45 @@ def _remember_upstream(upstream: Upstream) -> None:
     UPSTREAM_URL[:] = [upstream.url]
 
 
-def test_curl_speaks_http2_to_the_gateway(
-    tls_gateway: tuple[Gateway, ssl.SSLContext, Path],
-) -> None:
-    gateway, _, cert = tls_gateway
+def curl(*args: str) -> tuple[str, str]:
+    """Run curl; (body, the HTTP version it used)."""
     result = subprocess.run(
-        [
-            "curl",
-            "-sN",
-            "--http2",
-            "--cacert",
-            str(cert),
-            f"{https_url(gateway)}/v1/chat/completions",
-            "-H",
-            "content-type: application/json",
-            "-d",
-            '{"model": "test-model", "stream": true, "test": {"chunks": 3}}',
-            "-w",
-            "\\n%{http_version}",
-        ],
+        ["curl", "-s", *args, "-w", "\\n%{http_version}"],
         capture_output=True,
         text=True,
         timeout=20,
         check=True,
     )
     body, version = result.stdout.rsplit("\n", 1)
+    return body, version
+
+
+def test_curl_speaks_http2_to_the_gateway(
+    tls_gateway: tuple[Gateway, ssl.SSLContext, Path],
+) -> None:
+    gateway, _, cert = tls_gateway
+    body, version = curl(
+        "-N",
+        "--http2",
+        "--cacert",
+        str(cert),
+        f"{https_url(gateway)}/v1/chat/completions",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        '{"model": "test-model", "stream": true, "test": {"chunks": 3}}',
+    )
     assert version == "2"
     assert body.rstrip().endswith("data: [DONE]")
 
 
 def test_curl_speaks_h2c_with_prior_knowledge(gateway: Gateway) -> None:
-    result = subprocess.run(
-        [
-            "curl",
-            "-s",
-            "--http2-prior-knowledge",
-            f"{gateway.url}/v1/chat/completions",
-            "-d",
-            '{"model": "test-model"}',
-            "-w",
-            "\\n%{http_version}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=True,
+    body, version = curl(
+        "--http2-prior-knowledge",
+        f"{gateway.url}/v1/chat/completions",
+        "-d",
+        '{"model": "test-model"}',
     )
-    body, version = result.stdout.rsplit("\n", 1)
     assert version == "2" and "plain answer" in body
 
 
@@ -301,18 +288,6 @@ def test_rst_stream_cancels_that_upstream_request_only(
         assert upstream.stats()["aborted_streams"] == before + 1
     finally:
         client.close()
-
-
-@pytest.fixture(scope="module")
-def tls_upstream(certs: Path) -> Iterator[tuple[Upstream, Path]]:
-    """The test upstream (twisted.web) on TLS: Twisted's own HTTP/2 server via ALPN."""
-    cert, key = make_certificate(certs, "upstream")
-    process = Process([sys.executable, str(UPSTREAM_SCRIPT), str(cert), str(key)])
-    try:
-        port = int(process.wait_for(r"PORT (\d+)").group(1))
-        yield Upstream(process, port), cert
-    finally:
-        process.stop()
 
 
 def upstream_stats(port: int, cert: Path) -> dict[str, Any]:

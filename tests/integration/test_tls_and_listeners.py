@@ -2,74 +2,15 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import ssl
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from .conftest import UPSTREAM_SCRIPT, Process, Upstream, post_chat, start_gateway
+from .conftest import Upstream, make_certificate, post_chat, start_gateway
 
 MESSAGES = [{"role": "user", "content": "hi"}]
-
-
-def make_certificate(directory: Path, name: str) -> tuple[Path, Path]:
-    """A self-signed certificate for localhost and 127.0.0.1."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("certs")
-
-
-@pytest.fixture(scope="module")
-def tls_upstream(certs: Path) -> Iterator[tuple[Upstream, Path]]:
-    cert, key = make_certificate(certs, "upstream")
-    process = Process([sys.executable, str(UPSTREAM_SCRIPT), str(cert), str(key)])
-    try:
-        port = int(process.wait_for(r"PORT (\d+)").group(1))
-        yield Upstream(process, port), cert
-    finally:
-        process.stop()
 
 
 def tls_config(port: int, tls: str) -> str:
