@@ -129,9 +129,13 @@ class H2Stream:
         if self.response_complete or self.connection.gone:
             return
         self.response_started = True
-        self.connection.h2.send_headers(
-            self.stream_id, response_header_list(status, headers), end_stream=end_stream
-        )
+        try:
+            self.connection.h2.send_headers(
+                self.stream_id, response_header_list(status, headers), end_stream=end_stream
+            )
+        except H2Error:  # the stream is gone under us (reset, connection closing)
+            self.client_gone()
+            return
         self.connection.write_pending()
         if end_stream:
             self._complete()

@@ -91,9 +91,13 @@ class H2ClientStream:
         if connection.closed or connection.goaway:
             self._failed(UpstreamFailure.RESET_BEFORE_RESPONSE, "connection closed", refused=True)
             return
-        self.stream_id = sid = h2.get_next_available_stream_id()
-        connection.streams[sid] = self
-        h2.send_headers(sid, request.h2_fields(), end_stream=not body)
+        try:
+            self.stream_id = sid = h2.get_next_available_stream_id()
+            connection.streams[sid] = self
+            h2.send_headers(sid, request.h2_fields(), end_stream=not body)
+        except H2Error as e:  # the connection cannot open it (closing, out of ids)
+            self._failed(UpstreamFailure.RESET_BEFORE_RESPONSE, f"HTTP/2: {e}", refused=True)
+            return
         self.body = body
         if body:
             self.push_body()

@@ -9,7 +9,7 @@ from typing import Any
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import RequestReceived, WindowUpdated
+from h2.events import DataReceived, RequestReceived, StreamEnded, WindowUpdated
 from hyperframe.frame import GoAwayFrame
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
@@ -175,3 +175,21 @@ def test_pings_can_be_turned_off() -> None:
     h.connection.ping_timer.cancel()  # type: ignore[union-attr]
     h.connection._arm_ping()
     assert h.connection.ping_timer is None or not h.connection.ping_timer.active()
+
+
+def test_a_request_body_larger_than_the_window_is_sent_as_the_server_opens_it() -> None:
+    h = Harness()
+    stream = h.connection.new_stream()
+    body = b"b" * 100_000  # more than the server's initial 65,535-byte window
+    request = UpstreamRequest("POST", "/v1/embeddings", Headers([("host", "up")]), "http", "up")
+    stream.send_request(request, body, Handler(), is_head=False)
+    received = bytearray()
+    ended = False
+    for _ in range(10):
+        for event in h.to_server():
+            if isinstance(event, DataReceived):
+                received += event.data
+                h.server.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            ended = ended or isinstance(event, StreamEnded)
+        h.to_client()
+    assert bytes(received) == body and ended
