@@ -344,6 +344,14 @@ class H2ServerConnection(Protocol):
         sid = event.stream_id
         # With header_encoding set, h2 gives (str, str) pairs.
         fields = cast("list[tuple[str, str]]", list(event.headers or ()))
+        if len(fields) > self.limits.max_header_count + 4:  # + the pseudo-headers
+            self._refuse(
+                sid,
+                431,
+                f"too many request headers (the limit is {self.limits.max_header_count}, "
+                "limits.max_header_count)",
+            )
+            return
         head = request_head(fields, self.scheme, self.client_ip)
         if isinstance(head, str):
             self._refuse(sid, 400, head)

@@ -681,3 +681,18 @@ def test_a_stream_whose_body_never_ends_gets_408_and_the_connection_goes_on(
     finally:
         client.close()
         gateway.process.stop()
+
+
+def test_too_many_headers_on_a_stream_get_431(
+    tls_gateway: tuple[Gateway, ssl.SSLContext, Path],
+) -> None:
+    gateway, context, _ = tls_gateway
+    with httpx.Client(http2=True, verify=context, timeout=10) as client:
+        headers = {f"x-h{i}": "v" for i in range(150)}
+        refused = client.post(f"{https_url(gateway)}/v1/chat/completions", json={}, headers=headers)
+        assert refused.http_version == "HTTP/2" and refused.status_code == 431
+        assert "limits.max_header_count" in refused.json()["error"]["message"]
+        fine = client.post(
+            f"{https_url(gateway)}/v1/chat/completions", json={"model": "test-model"}
+        )
+        assert fine.status_code == 200
