@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from .conftest import TWISTD, Process, Upstream, post_chat, wait_until
+from .conftest import TWISTD, Process, Upstream, make_certificate, post_chat, wait_until
 
 
 def free_port() -> int:
@@ -114,8 +114,6 @@ def test_workers_share_the_port_restart_and_drain_on_sigterm(
 
 
 def test_workers_share_a_tls_listener(upstream: Upstream, tmp_path: Path) -> None:
-    from .test_tls_and_listeners import make_certificate
-
     cert, key = make_certificate(tmp_path, "gateway")
     port = free_port()
     supervisor = start_workers(
@@ -137,6 +135,16 @@ def test_workers_share_a_tls_listener(upstream: Upstream, tmp_path: Path) -> Non
             if '"request_id":"' in line
         }
         assert len(prefixes) == 2
+        # Workers speak HTTP/2 on it too (ALPN).
+        with httpx.Client(http2=True, verify=context, timeout=15) as client:
+            r = client.post(
+                f"https://localhost:{port}/v1/chat/completions",
+                json={"model": "test-model", "messages": []},
+            )
+        assert (r.status_code, r.http_version) == (200, "HTTP/2")
+        # SIGHUP to the supervisor reloads every worker.
+        supervisor.popen.send_signal(signal.SIGHUP)
+        wait_until(lambda: supervisor.output().count("config reloaded from") == 2, timeout=15)
     finally:
         supervisor.stop()
 
