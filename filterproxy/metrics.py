@@ -15,7 +15,6 @@ process (then ``other``), so clients cannot grow the series without limit.
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -90,7 +89,7 @@ class _HistogramFamily:
 
     def collect(self) -> HistogramMetricFamily:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
-        les = [_le(b) for b in self.bounds] + ["+Inf"]
+        les = [repr(float(b)) for b in self.bounds] + ["+Inf"]
         for labels, series in self.series.items():
             cumulative, buckets = 0, []
             for le, n in zip(les, series.counts, strict=True):
@@ -115,10 +114,6 @@ class _CounterFamily:
         for labels, value in self.series.items():
             family.add_metric(list(labels), value)
         return family
-
-
-def _le(bound: float) -> str:
-    return repr(float(bound)) if not math.isinf(bound) else "+Inf"
 
 
 class Metrics:

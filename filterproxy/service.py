@@ -179,6 +179,7 @@ class GatewayService(Service):
         self.reuse_port = reuse_port
         #: Workers do not talk to systemd; their supervisor does.
         self.notify_systemd = worker_index is None
+        self.listen_failed = False
 
     def startService(self) -> None:
         super().startService()
@@ -217,10 +218,15 @@ class GatewayService(Service):
             from filterproxy.admin import admin_site
 
             site = admin_site(lambda: self.gateway, self.metrics.registry(), self.reload)
+            try:
+                admin_endpoint = serverFromString(
+                    self.reactor, with_default_backlog(self.admin_description)
+                )
+            except (IndexError, KeyError, ValueError, OSError) as e:
+                self._cannot_listen(self.admin_description, e)
+                return
             listening.append(
-                serverFromString(self.reactor, with_default_backlog(self.admin_description))
-                .listen(site)
-                .addCallbacks(
+                admin_endpoint.listen(site).addCallbacks(
                     self._admin_listening,
                     self._listen_failed,
                     errbackArgs=(self.admin_description,),
@@ -256,14 +262,16 @@ class GatewayService(Service):
         log.error(
             "cannot listen on {description}: {problem}", description=description, problem=problem
         )
+        self.listen_failed = True
         self.reactor.callLater(0, self.reactor.stop)
 
     def _listen_failed(self, failure: Any, description: str) -> None:
+        self.listen_failed = True
         log.failure("cannot listen on {description}", failure, description=description)
         self.reactor.callLater(0, self.reactor.stop)
 
     def _ready(self, _: object) -> None:
-        if self.notify_systemd:
+        if self.notify_systemd and not self.listen_failed:
             sdnotify.notify("READY=1\nSTATUS=serving")
 
     # -- reload -------------------------------------------------------------------------

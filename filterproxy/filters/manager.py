@@ -119,8 +119,8 @@ class ChainShape:
     decode_passthrough: bool
     encode_passthrough: bool
     #: Per filter (config order): whether it overrides decode_data / encode_data.
-    decodes_data: tuple[bool, ...] = ()
-    encodes_data: tuple[bool, ...] = ()
+    decodes_data: tuple[bool, ...]
+    encodes_data: tuple[bool, ...]
 
     @classmethod
     def of(cls, classes: tuple[type, ...]) -> ChainShape:

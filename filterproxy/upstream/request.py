@@ -21,7 +21,6 @@ from filterproxy.upstream.pool import ConnectTimeout, NotHTTP2, TLSHandshakeFail
 __all__ = [
     "UpstreamRequest",
     "build_request",
-    "build_request_head",
     "connect_failure_reply",
     "serialize_request_head",
 ]
@@ -137,10 +136,3 @@ def build_request(
     return UpstreamRequest(
         head.method, endpoint.base_path + head.path, headers, endpoint.scheme, endpoint.host_header
     )
-
-
-def build_request_head(
-    head: RequestHead, endpoint: EndpointConfig, body_length: int | None
-) -> bytes:
-    """The HTTP/1.1 request head for *endpoint* (see `build_request`)."""
-    return build_request(head, endpoint, body_length).head_bytes

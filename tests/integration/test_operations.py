@@ -432,3 +432,36 @@ def test_json_logs_for_journald(upstream: Upstream, tmp_path: Path) -> None:
         assert {r["level"] for r in records} <= {"debug", "info", "warn", "error", "critical"}
     finally:
         process.stop()
+
+
+def test_an_admin_port_in_use_stops_start_up_and_says_which(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    taken = socket.create_server(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    config = tmp_path / "gateway.yaml"
+    config.write_text(textwrap.dedent(gateway_config(upstream.url)))
+    try:
+        result = subprocess.run(
+            [
+                str(TWISTD),
+                "-n",
+                "--pidfile=",
+                "-l",
+                "-",
+                "filterproxy",
+                "-c",
+                str(config),
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+                "--admin",
+                f"tcp:{port}:interface=127.0.0.1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        taken.close()
+    assert f"cannot listen on tcp:{port}:interface=127.0.0.1" in result.stdout
+    assert "Address already in use" in result.stdout
