@@ -14,6 +14,7 @@ from setuptools import setup
 
 COMPILED = [
     "filterproxy/_transport.py",
+    "filterproxy/deadlines.py",
     "filterproxy/downstream/exchange.py",
     "filterproxy/downstream/http11.py",
     "filterproxy/filters/body_accumulate.py",

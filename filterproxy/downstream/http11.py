@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from filterproxy.deadlines import Deadlines, deadlines_for
 from filterproxy.downstream.exchange import Exchange, reason_phrase
 from filterproxy.filters.api import RequestHead
 from filterproxy.http.errors import error_body
@@ -107,7 +108,9 @@ class HTTP11ServerConnection(Protocol):
         self.upgrade_body_remaining = 0
         #: Nothing more is parsed on this connection (it closes after the response).
         self.ignore_input = False
+        #: Precise timers (lingering close, abort grace); limits use `deadlines`.
         self.timer: IDelayedCall | None = None
+        self.deadlines: Deadlines = deadlines_for(gateway.reactor)
         self._url_parts: list[bytes] = []
         self._url_bytes = 0
         self._raw_headers: list[tuple[bytes, bytes]] = []
@@ -192,10 +195,13 @@ class HTTP11ServerConnection(Protocol):
     # -- timers ---------------------------------------------------------------------------
 
     def _arm(self, seconds: float, action: Callable[[], None]) -> None:
+        """The connection's limit for what it waits for now (headers, a body, the next
+        request): a coarse deadline, see `filterproxy.deadlines`."""
         self._disarm()
-        self.timer = self.gateway.reactor.callLater(seconds, action)
+        self.deadlines.set(self, seconds, action)
 
     def _disarm(self) -> None:
+        self.deadlines.clear(self)
         if self.timer is not None:
             if self.timer.active():
                 self.timer.cancel()

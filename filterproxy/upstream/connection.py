@@ -31,8 +31,6 @@ from filterproxy._transport import write_now
 from filterproxy.http.headers import Headers
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IDelayedCall
-
     from filterproxy.upstream.pool import ConnectionPool
     from filterproxy.upstream.request import UpstreamRequest
 
@@ -142,8 +140,6 @@ class HTTP11ClientConnection(Protocol):
         self._keep_alive = False
         self._until_close = False
         self._head_request = False
-        #: The pool's idle timer while this connection waits in the pool.
-        self.idle_timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         with contextlib.suppress(AttributeError, OSError):  # UNIX sockets have no Nagle
@@ -270,6 +266,10 @@ class HTTP11ClientConnection(Protocol):
 
     def release_unused(self) -> None:
         self.pool.release(self)
+
+    def idle_expired(self) -> None:
+        """Idle in the pool for ``idle_connection_timeout``."""
+        self.pool.expire(self)
 
     def abort(self) -> None:
         """Close at once, dropping anything unsent (the exchange is abandoned)."""

@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from filterproxy.deadlines import deadlines_for
 from filterproxy.upstream.connection import (
     HTTP11ClientConnection,
     State,
@@ -146,6 +147,8 @@ class ConnectionPool:
         #: Connections open or being opened.
         self.open_count = 0
         self.closed = False
+        #: Idle connections' limits (idle_connection_timeout), as coarse deadlines.
+        self.deadlines = deadlines_for(reactor)
         connector = _tcp_endpoint(reactor, endpoint, cluster.timeouts.connect)
         if endpoint.scheme == "https":
             connector = wrapClientTLS(_tls_options(cluster, endpoint.host), connector)
@@ -178,9 +181,7 @@ class ConnectionPool:
                 return h2.new_stream()
         while self.idle:
             conn = self.idle.pop()
-            if conn.idle_timer is not None:
-                conn.idle_timer.cancel()
-                conn.idle_timer = None
+            self.deadlines.clear(conn)
             if conn.state is State.IDLE:
                 return conn
         return None
@@ -269,13 +270,11 @@ class ConnectionPool:
         if len(self.idle) >= self.cluster.max_idle_connections:
             conn.abort()
             return
-        conn.idle_timer = self.reactor.callLater(
-            self.cluster.idle_connection_timeout, self._expire, conn
-        )
+        self.deadlines.set(conn, self.cluster.idle_connection_timeout, conn.idle_expired)
         self.idle.append(conn)
 
-    def _expire(self, conn: HTTP11ClientConnection) -> None:
-        conn.idle_timer = None
+    def expire(self, conn: HTTP11ClientConnection) -> None:
+        """*conn* stayed idle for ``idle_connection_timeout``: close it."""
         if conn in self.idle:
             self.idle.remove(conn)
         conn.abort()
@@ -283,9 +282,7 @@ class ConnectionPool:
     def discard(self, conn: HTTP11ClientConnection) -> None:
         """*conn* closed."""
         self.open_count -= 1
-        if conn.idle_timer is not None:
-            conn.idle_timer.cancel()
-            conn.idle_timer = None
+        self.deadlines.clear(conn)
         if conn in self.idle:
             self.idle.remove(conn)
         self._wake_waiter()

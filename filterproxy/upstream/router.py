@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from filterproxy.config import RouteConfig, UpstreamPlan
+from filterproxy.deadlines import deadlines_for
 from filterproxy.filters.api import RequestHead
 from filterproxy.http.headers import Headers
 from filterproxy.upstream.connection import UpstreamExchange, UpstreamFailure
@@ -85,7 +86,11 @@ class Router:
         self.streaming = False
         self.retried_stale = False
         self.cancelled = False
+        #: The retry back-off (a precise timer); first-byte and idle limits are deadlines.
         self.timer: IDelayedCall | None = None
+        self.deadlines = deadlines_for(gateway.reactor)
+        #: A first-byte or idle deadline is set.
+        self.watching = False
         self.total_timer: IDelayedCall | None = None
         self.heartbeat_timer: IDelayedCall | None = None
         self.heartbeat: float | None = None
@@ -177,8 +182,10 @@ class Router:
         self.connection = connection
         connection.send_request(self.request, self.body, self, is_head=self.head.method == "HEAD")
         self.sent_at = time.monotonic()
-        first_byte = self.plan[self.plan_index].timeouts.first_byte
-        self.timer = self.reactor.callLater(first_byte, self._first_byte_timeout, first_byte)
+        self.watching = True
+        self.deadlines.set(
+            self, self.plan[self.plan_index].timeouts.first_byte, self._first_byte_timeout
+        )
 
     def _connect_failed(self, failure: Failure) -> None:
         self.pending = None
@@ -274,8 +281,8 @@ class Router:
         manager.stream_info.time_to_first_byte = head_received - manager.stream_info.started
         if self.connection is not None:
             manager.downstream.register_producer(self.connection)
-        idle = step.timeouts.idle
-        self.timer = self.reactor.callLater(idle, self._idle_timeout, idle)
+        self.watching = True
+        self.deadlines.set(self, step.timeouts.idle, self._idle_timeout)
         manager.encode_headers(status, headers, False)
         self.overhead = (
             self.chain_time
@@ -304,8 +311,10 @@ class Router:
             self.connection = None
             self._cancel_timers()
         else:
-            if self.timer is not None:
-                self.timer.reset(self.plan[self.plan_index].timeouts.idle)
+            if self.watching:
+                self.deadlines.set(
+                    self, self.plan[self.plan_index].timeouts.idle, self._idle_timeout
+                )
             if self.heartbeat_timer is not None:
                 self.heartbeat_timer.reset(self.heartbeat)  # type: ignore[arg-type]
         self.manager.encode_data(data, end_stream)
@@ -342,7 +351,9 @@ class Router:
 
     # -- timeouts -----------------------------------------------------------------------
 
-    def _first_byte_timeout(self, seconds: float) -> None:
+    def _first_byte_timeout(self) -> None:
+        self.watching = False
+        seconds = self.plan[self.plan_index].timeouts.first_byte
         if self.endpoint is not None:
             self.endpoint.health.record_failure(self.reactor.seconds())
         self._time_out(
@@ -350,7 +361,9 @@ class Router:
             "upstream_first_byte_timeout",
         )
 
-    def _idle_timeout(self, seconds: float) -> None:
+    def _idle_timeout(self) -> None:
+        self.watching = False
+        seconds = self.plan[self.plan_index].timeouts.idle
         self._time_out(
             f"sent nothing for {seconds:g}s mid-response (timeouts.idle)", "upstream_idle_timeout"
         )
@@ -385,6 +398,9 @@ class Router:
             connection.abort()
 
     def _cancel_timer(self) -> None:
+        if self.watching:
+            self.watching = False
+            self.deadlines.clear(self)
         if self.timer is not None:
             if self.timer.active():
                 self.timer.cancel()

@@ -15,6 +15,7 @@ COMPILED_MODULES = [
     "filterproxy.upstream.router",
     "filterproxy.filters.usage",
     "filterproxy.metrics",
+    "filterproxy.deadlines",
 ]
 
 
