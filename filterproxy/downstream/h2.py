@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from filterproxy.deadlines import deadlines_for
 from filterproxy.downstream.stream import IDownstream
 from filterproxy.filters.api import RequestHead
 from filterproxy.http.errors import error_body
@@ -120,8 +121,8 @@ class H2Stream:
         self.producer_paused = False
         #: Counted in the listener's active_streams.
         self.counted = True
-        #: limits.request_body_timeout while the request body is arriving.
-        self.body_timer: IDelayedCall | None = None
+        #: limits.request_body_timeout is watched (a deadline) while the body arrives.
+        self.body_watched = False
 
     # -- IDownstream ------------------------------------------------------------------------
 
@@ -218,16 +219,24 @@ class H2Stream:
 
     # -- endings ----------------------------------------------------------------------------
 
+    def watch_body(self) -> None:
+        self.body_watched = True
+        self.connection.deadlines.set(
+            self, self.connection.limits.request_body_timeout, self.body_too_slow
+        )
+
+    def _unwatch_body(self) -> None:
+        if self.body_watched:
+            self.body_watched = False
+            self.connection.deadlines.clear(self)
+
     def body_arrived(self) -> None:
         """The whole request body is here."""
         self.request_ended = True
-        if self.body_timer is not None:
-            if self.body_timer.active():
-                self.body_timer.cancel()
-            self.body_timer = None
+        self._unwatch_body()
 
     def body_too_slow(self) -> None:
-        self.body_timer = None
+        self.body_watched = False
         if self.manager is not None and not self.response_started:
             limit = self.connection.limits.request_body_timeout
             self.manager.send_local_reply(
@@ -238,9 +247,7 @@ class H2Stream:
     def _complete(self) -> None:
         self.response_complete = True
         self.producer = None
-        if self.body_timer is not None and self.body_timer.active():
-            self.body_timer.cancel()
-        self.body_timer = None
+        self._unwatch_body()
         if not self.request_ended and not self.connection.gone:
             # Answered before the whole request arrived (a 413, say): tell the client to
             # stop sending it (RFC 9113 8.1).
@@ -253,9 +260,7 @@ class H2Stream:
         """The client reset this stream, or the connection is gone."""
         self.pending = b""
         self.producer = None
-        if self.body_timer is not None and self.body_timer.active():
-            self.body_timer.cancel()
-        self.body_timer = None
+        self._unwatch_body()
         was_complete, self.response_complete = self.response_complete, True
         self.connection.stream_done(self)
         if self.manager is not None and not was_complete:
@@ -276,6 +281,7 @@ class H2ServerConnection(Protocol):
         self.transport_paused = False
         self.closing = False
         self.timer: IDelayedCall | None = None
+        self.deadlines = deadlines_for(listener.gateway.reactor)
 
     def connectionMade(self) -> None:
         transport = self.transport
@@ -369,9 +375,7 @@ class H2ServerConnection(Protocol):
         stream = H2Stream(self, sid)
         stream.request_ended = bool(event.stream_ended)
         if not stream.request_ended:
-            stream.body_timer = listener.gateway.reactor.callLater(
-                self.limits.request_body_timeout, stream.body_too_slow
-            )
+            stream.watch_body()
         self.streams[sid] = stream
         listener.active_streams += 1
         manager = listener.gateway.new_request(stream)
