@@ -298,6 +298,11 @@ def make_certificate(directory: Path, name: str) -> tuple[Path, Path]:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
+    return save_pem(directory, name, cert, key)
+
+
+def save_pem(directory: Path, name: str, cert: x509.Certificate, key: Any) -> tuple[Path, Path]:
+    """Write *cert* and *key* as NAME.crt and NAME.key (PEM); their paths."""
     cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
@@ -324,3 +329,21 @@ def tls_upstream(certs: Path) -> Iterator[tuple[Upstream, Path]]:
         yield Upstream(process, port), cert
     finally:
         process.stop()
+
+
+def start_tls_gateway(
+    upstream: Upstream, certs: Path, tmp_path: Path, name: str, extra: str = ""
+) -> tuple[Gateway, Path]:
+    """A gateway whose one listener is ssl: with a new certificate for localhost; the
+    gateway and that certificate."""
+    cert, key = make_certificate(certs, name)
+    gateway = start_gateway(
+        f"""
+        listeners: ["ssl:0:interface=127.0.0.1:certKey={cert}:privateKey={key}"]
+        clusters: {{test: {{url: "{upstream.url}"}}}}
+        {extra}
+        """,
+        tmp_path,
+        listen=False,
+    )
+    return gateway, cert

@@ -37,7 +37,9 @@ from .conftest import (
     Upstream,
     make_certificate,
     post_chat,
+    save_pem,
     start_gateway,
+    start_tls_gateway,
     wait_until,
 )
 
@@ -439,17 +441,7 @@ def make_ca_signed(
         builder = builder.add_extension(
             x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
         )
-    cert = builder.sign(ca_key, hashes.SHA256())
-    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
+    return save_pem(directory, name, builder.sign(ca_key, hashes.SHA256()), key)
 
 
 def make_ca(directory: Path) -> tuple[Any, x509.Certificate, Path]:
@@ -577,15 +569,7 @@ def test_a_certificate_for_another_name_is_a_502_that_says_so(tmp_path: Path) ->
 def test_shutdown_lets_http2_streams_in_flight_finish(
     upstream: Upstream, certs: Path, tmp_path: Path
 ) -> None:
-    cert, key = make_certificate(certs, "drain")
-    gateway = start_gateway(
-        f"""
-        listeners: ["ssl:0:interface=127.0.0.1:certKey={cert}:privateKey={key}"]
-        clusters: {{test: {{url: "{upstream.url}"}}}}
-        """,
-        tmp_path,
-        listen=False,
-    )
+    gateway, cert = start_tls_gateway(upstream, certs, tmp_path, "drain")
     hold = uuid.uuid4().hex
     try:
         context = ssl.create_default_context(cafile=str(cert))
@@ -659,15 +643,8 @@ def test_a_reload_renews_the_listeners_certificate(
 def test_a_stream_whose_body_never_ends_gets_408_and_the_connection_goes_on(
     upstream: Upstream, certs: Path, tmp_path: Path
 ) -> None:
-    cert, key = make_certificate(certs, "slowbody")
-    gateway = start_gateway(
-        f"""
-        listeners: ["ssl:0:interface=127.0.0.1:certKey={cert}:privateKey={key}"]
-        clusters: {{test: {{url: "{upstream.url}"}}}}
-        limits: {{request_body_timeout: 1s}}
-        """,
-        tmp_path,
-        listen=False,
+    gateway, cert = start_tls_gateway(
+        upstream, certs, tmp_path, "slowbody", "limits: {request_body_timeout: 1s}"
     )
     client = RawH2(gateway.port, ssl.create_default_context(cafile=str(cert)))
     try:
