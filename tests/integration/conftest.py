@@ -154,6 +154,11 @@ def upstream() -> Iterator[Upstream]:
         process.stop()
 
 
+def twistd_command(config: Path, *options: str) -> list[str]:
+    """``twistd -n filterproxy -c CONFIG OPTIONS...``, logging to stdout."""
+    return [str(TWISTD), "-n", "--pidfile=", "-l", "-", "filterproxy", "-c", str(config), *options]
+
+
 def start_gateway(
     config_text: str,
     tmp_path: Path,
@@ -167,7 +172,7 @@ def start_gateway(
     *admin*, the admin listener is on a free port too (``--admin``)."""
     config = tmp_path / "gateway.yaml"
     config.write_text(textwrap.dedent(config_text))
-    args = [str(TWISTD), "-n", "--pidfile=", "-l", "-", "filterproxy", "-c", str(config)]
+    args = twistd_command(config)
     if listen:
         args += ["--listen", "tcp:0:interface=127.0.0.1"]
     if admin:

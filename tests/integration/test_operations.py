@@ -30,6 +30,7 @@ from .conftest import (
     Upstream,
     gateway_config,
     start_gateway,
+    twistd_command,
     wait_until,
 )
 
@@ -270,16 +271,7 @@ def test_socket_activation_and_readiness_notifications(upstream: Upstream, tmp_p
             "-c",
             'export LISTEN_PID=$$; exec "$@"',
             "sh",
-            str(TWISTD),
-            "-n",
-            "--pidfile=",
-            "-l",
-            "-",
-            "filterproxy",
-            "-c",
-            str(config),
-            "--listen",
-            "systemd:domain=INET:index=0",
+            *twistd_command(config, "--listen", "systemd:domain=INET:index=0"),
         ],
         env={
             **os.environ,
@@ -443,20 +435,13 @@ def test_an_admin_port_in_use_stops_start_up_and_says_which(
     config.write_text(textwrap.dedent(gateway_config(upstream.url)))
     try:
         result = subprocess.run(
-            [
-                str(TWISTD),
-                "-n",
-                "--pidfile=",
-                "-l",
-                "-",
-                "filterproxy",
-                "-c",
-                str(config),
+            twistd_command(
+                config,
                 "--listen",
                 "tcp:0:interface=127.0.0.1",
                 "--admin",
                 f"tcp:{port}:interface=127.0.0.1",
-            ],
+            ),
             capture_output=True,
             text=True,
             timeout=30,

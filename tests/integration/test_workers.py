@@ -14,7 +14,15 @@ from pathlib import Path
 import httpx
 import psutil
 
-from .conftest import TWISTD, Process, Upstream, make_certificate, post_chat, wait_until
+from .conftest import (
+    TWISTD,
+    Process,
+    Upstream,
+    make_certificate,
+    post_chat,
+    twistd_command,
+    wait_until,
+)
 
 
 def free_port() -> int:
@@ -33,20 +41,7 @@ def start_workers(listener: str, upstream: Upstream, tmp_path: Path) -> Process:
         clusters: {{test: {{url: "{upstream.url}"}}}}
     """)
     )
-    supervisor = Process(
-        [
-            str(TWISTD),
-            "-n",
-            "--pidfile=",
-            "-l",
-            "-",
-            "filterproxy",
-            "-c",
-            str(config),
-            "--workers",
-            "2",
-        ]
-    )
+    supervisor = Process(twistd_command(config, "--workers", "2"))
     try:
         wait_until(lambda: supervisor.output().count("filterproxy listening on") == 2, timeout=20)
     except AssertionError:
