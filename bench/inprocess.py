@@ -4,9 +4,10 @@
     .venv/bin/python -m bench.inprocess --profile  # and a cProfile of each
 
 The gateway's own protocol objects (client side and upstream side) run on
-StringTransports with a clock that does nothing, on conf/bench.yaml. What this leaves
-out — system calls, the reactor's dispatch — is what `make bench` adds on top; the
-difference between the two says where time goes.
+StringTransports with a clock that does nothing, on conf/bench.yaml (or the config named by
+FILTERPROXY_BENCH_CONFIG, to compare chains). The upstream's answer carries a usage object,
+as providers' do. What this leaves out — system calls, the reactor's dispatch — is what
+`make bench` adds on top; the difference between the two says where time goes.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from filterproxy.upstream.connection import HTTP11ClientConnection, State
 ROOT = Path(__file__).resolve().parents[1]
 BODY = b'{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
 STREAM_BODY = b'{"model":"bench","stream":true,"messages":[]}'
-RESPONSE_BODY = b'{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"ok"}}]}'
+RESPONSE_BODY = b'{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"ok"}}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}'
 EVENT = b'data: {"seq":1,"t":1795512018755000000,"pad":"' + b"x" * 64 + b'"}\n\n'
 
 
@@ -72,7 +73,8 @@ class Rig:
 
     def __init__(self) -> None:
         os.environ.setdefault("FILTERPROXY_UPSTREAM", "http://127.0.0.1:9101")
-        self.gateway = Gateway(load_config(ROOT / "conf" / "bench.yaml"), _Clock())
+        config = os.environ.get("FILTERPROXY_BENCH_CONFIG", str(ROOT / "conf" / "bench.yaml"))
+        self.gateway = Gateway(load_config(config), _Clock())
         pool = self.gateway.clusters["upstream"].endpoints[0].pool
         self.upstream = HTTP11ClientConnection(pool)
         self.upstream_transport = StringTransport()

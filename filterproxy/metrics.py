@@ -193,6 +193,9 @@ class Metrics:
             OVERHEAD_BUCKETS,
         )
         self._models: dict[str, str] = {}
+        #: The histograms of one (route, cluster, model), looked up once per request.
+        self._series: dict[tuple[str, str, str], _Series] = {}
+        self.overhead_series = self.overhead.get(())
         #: Requests between their head and their end, and event streams being sent.
         self.in_flight = 0
         self.open_streams = 0
@@ -231,22 +234,22 @@ class Metrics:
         self.outcomes.inc((route, info.outcome))
         if info.attempts:
             self.attempts.inc((cluster,), info.attempts)
-        labels = (route, cluster, model)
-        self.duration.get(labels).observe(duration)
+        series = self._series.get((route, cluster, model))
+        if series is None:
+            series = self._series[(route, cluster, model)] = _Series(self, route, cluster, model)
+        series.duration.observe(duration)
         ttft = info.time_to_first_token
         if ttft is not None:
-            self.ttft.get(labels).observe(ttft)
+            series.ttft.observe(ttft)
         if info.prompt_tokens is not None:
-            self.tokens.get((route, model, "input")).observe(info.prompt_tokens)
+            series.input_tokens.observe(info.prompt_tokens)
         completion = info.completion_tokens
         if completion is not None:
-            self.tokens.get((route, model, "output")).observe(completion)
+            series.output_tokens.observe(completion)
             if streamed and ttft is not None and completion > 1 and info.outcome == "complete":
-                self.per_output_token.get((route, model)).observe(
-                    (duration - ttft) / (completion - 1)
-                )
+                series.per_output_token.observe((duration - ttft) / (completion - 1))
         if overhead is not None:
-            self.overhead.get(()).observe(overhead)
+            self.overhead_series.observe(overhead)
 
     def families(self) -> list[Any]:
         return [
@@ -273,6 +276,19 @@ class Metrics:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         return registry
+
+
+class _Series:
+    """References to the histogram series one (route, cluster, model) records into."""
+
+    __slots__ = ("duration", "input_tokens", "output_tokens", "per_output_token", "ttft")
+
+    def __init__(self, metrics: Metrics, route: str, cluster: str, model: str) -> None:
+        self.duration = metrics.duration.get((route, cluster, model))
+        self.ttft = metrics.ttft.get((route, cluster, model))
+        self.input_tokens = metrics.tokens.get((route, model, "input"))
+        self.output_tokens = metrics.tokens.get((route, model, "output"))
+        self.per_output_token = metrics.per_output_token.get((route, model))
 
 
 class _Collector(Collector):

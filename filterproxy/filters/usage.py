@@ -42,17 +42,21 @@ _decoder = json.JSONDecoder()
 _WHITESPACE = b" \t\r\n"
 
 
+def _count(usage: Mapping[str, Any], name: str, other: str) -> int | None:
+    value = usage.get(name)
+    if value is None:
+        value = usage.get(other)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
 def token_counts(usage: Mapping[str, Any]) -> tuple[int | None, int | None]:
     """(prompt, completion) tokens of a usage object, OpenAI's or Anthropic's names."""
-
-    def count(*names: str) -> int | None:
-        for name in names:
-            value = usage.get(name)
-            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                return value
-        return None
-
-    return count("prompt_tokens", "input_tokens"), count("completion_tokens", "output_tokens")
+    return (
+        _count(usage, "prompt_tokens", "input_tokens"),
+        _count(usage, "completion_tokens", "output_tokens"),
+    )
 
 
 class UsageScanner:
@@ -72,6 +76,8 @@ class UsageScanner:
         """Search *data*, the next piece of the stream; True when a usage object was
         decoded (the counts may have changed)."""
         text: bytes | None
+        if not data:
+            return False
         if self.capture is not None:
             text = self.capture + data
         else:
