@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -253,3 +254,55 @@ def test_sd_notify_sends_a_datagram(tmp_path: Path) -> None:
     assert not notify("READY=1", {})
     assert not notify("READY=1", {"NOTIFY_SOCKET": str(tmp_path / "missing")})
     assert reloading_message(42) == "RELOADING=1\nMONOTONIC_USEC=42"
+
+
+def test_json_log_lines_carry_the_access_record_and_tracebacks() -> None:
+    from twisted.logger import LogLevel
+    from twisted.python.failure import Failure
+
+    from filterproxy.logs import event_as_json_line
+
+    record = {"request_id": "r1", "status": 200}
+    line = event_as_json_line(
+        {
+            "log_time": 0.0,
+            "log_level": LogLevel.info,
+            "log_namespace": "filterproxy.access",
+            "log_format": "{access_line}",
+            "access_line": json.dumps(record),
+            "access": record,
+        }
+    )
+    parsed = json.loads(line)
+    assert line.endswith("\n") and "\n" not in line[:-1]
+    assert parsed["access"] == record and parsed["level"] == "info"
+    assert parsed["time"] == "1970-01-01T00:00:00.000+00:00"
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failure = Failure()
+    broken = json.loads(
+        event_as_json_line(
+            {"log_level": LogLevel.error, "log_format": "it failed", "log_failure": failure}
+        )
+    )
+    assert "ValueError: boom" in broken["traceback"] and broken["message"] == "it failed"
+
+
+def test_genai_operation_names() -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    from filterproxy.otel import operation_name
+
+    assert operation_name("/v1/chat/completions?x=1") == "chat"
+    assert operation_name("/v1/messages") == "chat"
+    assert operation_name("/v1/completions") == "text_completion"
+    assert operation_name("/v1/embeddings") == "embeddings"
+    assert operation_name("/v1/files") == "http"
+
+
+def test_sd_notify_to_an_abstract_socket() -> None:
+    name = f"filterproxy-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        assert notify("STOPPING=1", {"NOTIFY_SOCKET": "@" + name})
+        assert sock.recv(100) == b"STOPPING=1"
