@@ -16,7 +16,14 @@ from typing import Any
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-STATS: dict[str, Any] = {"requests": 0, "http2_requests": 0, "cancelled": 0}
+STATS: dict[str, Any] = {
+    "requests": 0,
+    "http2_requests": 0,
+    "cancelled": 0,
+    "open": 0,
+    "max_open": 0,
+    "client_ports": [],
+}
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -48,6 +55,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     STATS["requests"] += 1
     if scope.get("http_version") == "2":
         STATS["http2_requests"] += 1
+    port = (scope.get("client") or ("", 0))[1]
+    if port not in STATS["client_ports"]:
+        STATS["client_ports"].append(port)
+    STATS["open"] += 1
+    STATS["max_open"] = max(STATS["max_open"], STATS["open"])
     chunks = int((json.loads(raw or b"{}").get("test") or {}).get("chunks", 5))
     await send(
         {
@@ -71,6 +83,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     except Exception:
         STATS["cancelled"] += 1
         raise
+    finally:
+        STATS["open"] -= 1
 
 
 def main() -> None:

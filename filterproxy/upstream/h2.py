@@ -56,6 +56,8 @@ log = Logger()
 
 #: Streams opened on one connection at most, whatever the server allows.
 MAX_STREAMS = 256
+#: Streams assumed allowed until the server's SETTINGS say (RFC 9113 advises at least 100).
+STREAMS_BEFORE_SETTINGS = 100
 #: Each stream's receive window: what a paused (slow-client) stream may have in flight.
 STREAM_WINDOW = 256 * 1024
 #: The connection's receive window: every stream's window at once, so one paused stream
@@ -205,6 +207,8 @@ class H2ClientConnection(Protocol):
         self.reserved = 0
         self.closed = False
         self.goaway = False
+        #: The server's SETTINGS have arrived (its MAX_CONCURRENT_STREAMS is known).
+        self.settings_known = False
         self.ping_timer: IDelayedCall | None = None
         self.ping_deadline: IDelayedCall | None = None
         self.idle_timer: IDelayedCall | None = None
@@ -229,7 +233,8 @@ class H2ClientConnection(Protocol):
 
     @property
     def max_streams(self) -> int:
-        return min(self.h2.remote_settings.max_concurrent_streams, MAX_STREAMS)
+        limit = STREAMS_BEFORE_SETTINGS if not self.settings_known else MAX_STREAMS
+        return min(self.h2.remote_settings.max_concurrent_streams, limit)
 
     def has_capacity(self) -> bool:
         return (
@@ -321,6 +326,7 @@ class H2ClientConnection(Protocol):
             elif isinstance(event, WindowUpdated):
                 self._window_opened(event.stream_id)
             elif isinstance(event, RemoteSettingsChanged):
+                self.settings_known = True
                 if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
                     self._window_opened(0)
                 self.pool.h2_capacity(self)

@@ -22,7 +22,6 @@ import h2.config
 import h2.connection
 import h2.events
 import httpx
-import psutil
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -389,14 +388,15 @@ def test_h2c_upstream_gets_many_requests_on_few_connections(
     try:
 
         async def run() -> list[httpx.Response]:
-            async with httpx.AsyncClient(timeout=20) as client:
+            limits = httpx.Limits(max_connections=200)
+            async with httpx.AsyncClient(timeout=20, limits=limits) as client:
                 return await asyncio.gather(
                     *(
                         client.post(
                             f"{gateway.url}/v1/chat/completions",
-                            json={"model": "m", "stream": True, "test": {"chunks": 20}},
+                            json={"model": "m", "stream": True, "test": {"chunks": 200}},
                         )
-                        for _ in range(40)
+                        for _ in range(150)
                     )
                 )
 
@@ -404,13 +404,11 @@ def test_h2c_upstream_gets_many_requests_on_few_connections(
         assert all(r.status_code == 200 for r in responses)
         assert all(r.content.endswith(b"data: [DONE]\n\n") for r in responses)
         stats = httpx.get(f"{h2c_upstream.url}/stats").json()
-        assert stats["http2_requests"] == stats["requests"] >= 40
-        connections = [
-            c
-            for c in psutil.Process(gateway.process.pid).net_connections(kind="tcp")
-            if c.raddr and c.raddr.port == h2c_upstream.port
-        ]
-        assert 1 <= len(connections) <= 2
+        # Hypercorn allows 100 concurrent streams per connection: 150 at once need two,
+        # and none was refused for going over (none was sent twice).
+        assert stats["http2_requests"] == stats["requests"] == 150
+        assert stats["max_open"] > 100  # they did overlap: one connection could not hold them
+        assert len(stats["client_ports"]) == 2
     finally:
         gateway.process.stop()
 
