@@ -3,7 +3,8 @@
     python tests/h2c_server.py      # prints "PORT <n>"
 
 POST /v1/chat/completions streams `chunks` SSE events (body field `test.chunks`,
-default 5); GET /stats says how many requests came over HTTP/2.
+default 5); with `test.hold`, it waits for GET /release first. GET /stats says how many
+requests came over HTTP/2, on which client ports, and how many were open at most.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
+RELEASE = asyncio.Event()
 STATS: dict[str, Any] = {
     "requests": 0,
     "http2_requests": 0,
@@ -35,6 +37,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["path"] == "/release":
+        RELEASE.set()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"released"})
+        return
     if scope["path"] == "/stats":
         body = json.dumps(STATS).encode()
         await send(
@@ -60,7 +67,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         STATS["client_ports"].append(port)
     STATS["open"] += 1
     STATS["max_open"] = max(STATS["max_open"], STATS["open"])
-    chunks = int((json.loads(raw or b"{}").get("test") or {}).get("chunks", 5))
+    options = json.loads(raw or b"{}").get("test") or {}
+    chunks = int(options.get("chunks", 5))
     await send(
         {
             "type": "http.response.start",
@@ -69,6 +77,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         }
     )
     try:
+        if options.get("hold"):
+            await RELEASE.wait()
         for i in range(chunks):
             event = {"choices": [{"index": 0, "delta": {"content": f"tok{i} "}}]}
             await send(
