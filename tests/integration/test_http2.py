@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +221,15 @@ class RawH2:
                     self.reset.add(event.stream_id)
             self.sock.sendall(self.conn.data_to_send())
 
+    def pump_until(
+        self, done: Callable[[], bool], *, acknowledge: set[int], timeout: float = 10.0
+    ) -> None:
+        """Read (as `pump`) until *done()* holds, for at most *timeout* seconds."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert time.monotonic() < deadline, "the gateway did not answer in time"
+            self.pump(0.1, acknowledge=acknowledge)
+
     def cancel(self, sid: int) -> None:
         self.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
         self.sock.sendall(self.conn.data_to_send())
@@ -246,8 +255,7 @@ def test_a_slow_stream_stalls_its_own_upstream_and_no_other(
             client.request(b'{"model": "test-model", "stream": true, "test": {"chunks": 20}}')
             for _ in range(3)
         ]
-        client.pump(2.0, acknowledge=set(fast))
-        assert set(fast) <= client.ended
+        client.pump_until(lambda: set(fast) <= client.ended, acknowledge=set(fast))
         for sid in fast:
             assert bytes(client.received[sid]).endswith(b"data: [DONE]\n\n")
         assert len(client.received[slow]) == held  # still nothing more for the slow one
@@ -256,8 +264,7 @@ def test_a_slow_stream_stalls_its_own_upstream_and_no_other(
         # Reading it again lets it go on.
         client.conn.increment_flow_control_window(held, stream_id=slow)
         client.sock.sendall(client.conn.data_to_send())
-        client.pump(1.0, acknowledge={slow})
-        assert len(client.received[slow]) > held
+        client.pump_until(lambda: len(client.received[slow]) > held, acknowledge={slow})
     finally:
         client.close()
     wait_until(lambda: upstream.stats()["open_streams"] == 0, timeout=10)
@@ -278,13 +285,11 @@ def test_rst_stream_cancels_that_upstream_request_only(
             )
             for h in holds
         ]
-        client.pump(0.5, acknowledge=set(ids))
-        assert all(client.received[sid] for sid in ids)  # both started
+        client.pump_until(lambda: all(client.received[sid] for sid in ids), acknowledge=set(ids))
         client.cancel(ids[0])
         wait_until(lambda: upstream.stats()["aborted_streams"] == before + 1, timeout=10)
         upstream.release(holds[1])
-        client.pump(1.0, acknowledge=set(ids))
-        assert ids[1] in client.ended
+        client.pump_until(lambda: ids[1] in client.ended, acknowledge=set(ids))
         assert bytes(client.received[ids[1]]).endswith(b"data: [DONE]\n\n")
         assert upstream.stats()["aborted_streams"] == before + 1
     finally:
@@ -659,11 +664,12 @@ def test_a_stream_whose_body_never_ends_gets_408_and_the_connection_goes_on(
     client = RawH2(gateway.port, ssl.create_default_context(cafile=str(cert)))
     try:
         stalled = client.request(b'{"model": "test-mo', end=False)
-        client.pump(2.5, acknowledge={stalled})
-        assert stalled in client.ended or stalled in client.reset
+        client.pump_until(
+            lambda: stalled in client.ended or stalled in client.reset, acknowledge={stalled}
+        )
         assert b"limits.request_body_timeout" in client.received[stalled]
         fine = client.request(b'{"model": "test-model"}')
-        client.pump(1.0, acknowledge={fine})
+        client.pump_until(lambda: fine in client.ended, acknowledge={fine})
         assert b"plain answer" in client.received[fine]
     finally:
         client.close()
