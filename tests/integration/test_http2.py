@@ -5,7 +5,6 @@ Hypercorn speaking h2c."""
 from __future__ import annotations
 
 import asyncio
-import datetime
 import ipaddress
 import socket
 import ssl
@@ -26,7 +25,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from .conftest import (
     UPSTREAM_SCRIPT,
@@ -34,6 +32,7 @@ from .conftest import (
     LocalServer,
     Process,
     Upstream,
+    certificate_builder,
     make_certificate,
     post_chat,
     save_pem,
@@ -436,21 +435,11 @@ def make_ca_signed(
     """A certificate for *name* (and 127.0.0.1) signed by *ca*."""
     ca_key, ca_cert = ca
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName(name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
+    builder = certificate_builder(name, ca_cert.subject, key).add_extension(
+        x509.SubjectAlternativeName(
+            [x509.DNSName(name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        ),
+        critical=False,
     )
     if client:
         builder = builder.add_extension(
@@ -461,16 +450,8 @@ def make_ca_signed(
 
 def make_ca(directory: Path) -> tuple[Any, x509.Certificate, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
-    now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
+        certificate_builder("test CA", None, key)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
