@@ -41,7 +41,9 @@ test: lint typecheck
 BENCH_VENV := .venv-bench
 
 bench-env: $(STAMP)
-	rm -rf build/compiled
+	# Nothing from an earlier build: a stale compiled module in build/lib would be packed
+	# into the wheel beside the new ones and fail at import.
+	rm -rf build/compiled build/lib build/lib.* build/temp.* build/bdist.* build/__native*
 	FILTERPROXY_COMPILE=1 $(BIN)/pip wheel -q --no-build-isolation --no-deps -w build/compiled .
 	[ -x $(BENCH_VENV)/bin/python ] || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install -q --upgrade pip
