@@ -102,6 +102,11 @@ def config_summary(path: str, config: Config) -> str:
 def makeService(options: Options | dict[str, Any]) -> IService:
     """The twistd service: the gateway, or a supervisor of worker processes, and the
     mock upstream when the config asks for it."""
+    from filterproxy.reactor import install_if_unset
+
+    # Before anything imports twisted.internet.reactor (twistd installs its default
+    # reactor only when the application starts it).
+    install_if_unset()
     from twisted.application.service import MultiService
 
     from filterproxy.service import GatewayService
