@@ -28,8 +28,14 @@ def write_now(transport: Any, data: bytes) -> None:
         and transport.connected
         and not transport.disconnecting
     ):
-        sent = transport.writeSomeData(data)
-        if isinstance(sent, int):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            # The kernel's buffer is full (EAGAIN), or the connection is gone: Twisted's
+            # own write path queues the bytes and, on its next attempt, meets the same
+            # error and closes the connection as usual.
+            pass
+        else:
             if sent == len(data):
                 return
             data = data[sent:]
