@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.internet import tcp
 
-__all__ = ["write_now"]
+__all__ = ["NativeProtocol", "write_now"]
 
 _PLAIN_TCP = (tcp.Server, tcp.Client)
 
@@ -40,3 +40,35 @@ def write_now(transport: Any, data: bytes) -> None:
                 return
             data = data[sent:]
     transport.write(data)
+
+
+class NativeProtocol:
+    """What the gateway's connections need of `twisted.internet.protocol.Protocol`.
+
+    Twisted's `Protocol` is a Python class: a subclass of it keeps its attributes in a
+    dict and its methods behind Python calls even when compiled. The HTTP/1.1 connections
+    (one object per socket, touched for every read and write) derive from this class
+    instead, which mypyc compiles to a C struct with direct calls between its methods;
+    they declare `IProtocol` with `zope.interface.classImplements`.
+    """
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+        self.connected = 0
+
+    def makeConnection(self, transport: Any) -> None:
+        self.connected = 1
+        self.transport = transport
+        self.connectionMade()
+
+    def connectionMade(self) -> None:
+        """The transport is connected (override)."""
+
+    def dataReceived(self, data: bytes) -> None:
+        """Bytes arrived (override)."""
+
+    def connectionLost(self, reason: Any = None) -> None:
+        """The connection is closed (override)."""
+
+    def logPrefix(self) -> str:
+        return type(self).__name__

@@ -12,7 +12,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
-from zope.interface import implementer
+from zope.interface import classImplements
 
 from filterproxy._transport import write_now
 from filterproxy.downstream.stream import IDownstream
@@ -28,14 +28,13 @@ __all__ = ["Exchange", "reason_phrase"]
 _NO_BODY_STATUSES = frozenset({204, 304})
 
 
+_PHRASES: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+
+
 def reason_phrase(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        return b"Unknown"
+    return _PHRASES.get(status, b"Unknown")
 
 
-@implementer(IDownstream)
 class Exchange:
     """One request on the connection and the response to it (the `IDownstream`)."""
 
@@ -81,7 +80,7 @@ class Exchange:
             # The filters have seen the head and did not refuse it (a 413 for a declared
             # length would have been sent already): ask the client for the body now rather
             # than let it wait (curl waits a second for this before sending a large body).
-            self.connection.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
+            self.connection.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         pending, self.pending = self.pending, []
         for data, end in pending:
             manager.decode_data(data, end)
@@ -164,15 +163,18 @@ class Exchange:
         if self.connection.gone or self.response_complete:
             return
         self.producer_registered = True
-        self.connection.transport.registerProducer(producer, True)  # type: ignore[union-attr]
+        self.connection.transport.registerProducer(producer, True)
 
     def unregister_producer(self) -> None:
         if self.producer_registered:
             self.producer_registered = False
             if not self.connection.gone:
-                self.connection.transport.unregisterProducer()  # type: ignore[union-attr]
+                self.connection.transport.unregisterProducer()
 
     def _complete(self) -> None:
         self.response_complete = True
         self.unregister_producer()
         self.connection.exchange_done(self)
+
+
+classImplements(Exchange, IDownstream)

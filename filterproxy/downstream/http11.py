@@ -22,12 +22,19 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import httptools
-from twisted.internet.interfaces import IProtocolNegotiationFactory, ISSLTransport, ITCPTransport
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.interfaces import (
+    ILoggingContext,
+    IProtocol,
+    IProtocolNegotiationFactory,
+    ISSLTransport,
+    ITCPTransport,
+)
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import classImplements, implementer
 
+from filterproxy._transport import NativeProtocol
 from filterproxy.deadlines import Deadlines, deadlines_for
 from filterproxy.downstream.exchange import Exchange, reason_phrase
 from filterproxy.filters.api import RequestHead
@@ -72,7 +79,7 @@ class _RequestRefused(Exception):
         self.headers = headers
 
 
-class HTTP11ServerConnection(Protocol):
+class HTTP11ServerConnection(NativeProtocol):
     """One client connection speaking HTTP/1.0 or HTTP/1.1.
 
     Limits come from the config's ``limits`` block. Three timers bound what a client may
@@ -83,12 +90,13 @@ class HTTP11ServerConnection(Protocol):
 
     #: After an abnormal end, how long buffered bytes (an SSE error frame) may take to
     #: reach the client before the connection is cut regardless.
-    abort_grace = 5.0
+    abort_grace: float = 5.0
     #: After answering a request whose body was not read, how long to keep discarding
     #: what the client still sends before closing (see `_close_lingering`).
-    linger_time = 2.0
+    linger_time: float = 2.0
 
     def __init__(self, gateway: Gateway, factory: Listener) -> None:
+        super().__init__()
         self.gateway = gateway
         self.factory = factory
         self.limits: Limits = gateway.config.limits
@@ -124,7 +132,7 @@ class HTTP11ServerConnection(Protocol):
         self.scheme = "https" if ISSLTransport.providedBy(transport) else "http"
         self.client_ip = getattr(transport.getPeer(), "host", "") or ""
         with contextlib.suppress(AttributeError, OSError):  # UNIX sockets have no Nagle
-            transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+            transport.setTcpNoDelay(True)
         self._arm(self.limits.request_header_timeout, self._header_timeout)
         self.factory.connections.add(self)
         if self.factory.draining:
@@ -135,7 +143,7 @@ class HTTP11ServerConnection(Protocol):
         if self.active is None and self.parsing is None:
             self.closing = True
             self._disarm()
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self.transport.loseConnection()
         else:
             for exchange in (self.active, *self.queued):
                 if exchange is not None:
@@ -210,7 +218,7 @@ class HTTP11ServerConnection(Protocol):
     def _keepalive_timeout(self) -> None:
         self.timer = None
         self.closing = True
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self.transport.loseConnection()
 
     def _header_timeout(self) -> None:
         self.timer = None
@@ -361,7 +369,7 @@ class HTTP11ServerConnection(Protocol):
             if exchange.request_complete:
                 self.closing = True
                 self._disarm()
-                self.transport.loseConnection()  # type: ignore[union-attr]
+                self.transport.loseConnection()
             else:
                 self._close_lingering()
             return
@@ -392,7 +400,7 @@ class HTTP11ServerConnection(Protocol):
             return
         body = error_body(status, message)
         extra = b"".join(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in headers)
-        self.transport.write(  # type: ignore[union-attr]
+        self.transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
             b"%sconnection: close\r\n\r\n%s"
             % (status, reason_phrase(status), len(body), extra, body)
@@ -408,7 +416,7 @@ class HTTP11ServerConnection(Protocol):
         self._disarm()
         transport = self.transport
         if ISSLTransport.providedBy(transport) or not ITCPTransport.providedBy(transport):
-            transport.loseConnection()  # type: ignore[union-attr]
+            transport.loseConnection()
             return
         transport.loseWriteConnection()
         self.timer = self.gateway.reactor.callLater(self.linger_time, self._hard_abort)
@@ -419,23 +427,23 @@ class HTTP11ServerConnection(Protocol):
         self.closing = True
         self._disarm()
         if not self.gone:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self.transport.loseConnection()
             self.timer = self.gateway.reactor.callLater(self.abort_grace, self._hard_abort)
 
     def _hard_abort(self) -> None:
         self.timer = None
         if not self.gone:
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            self.transport.abortConnection()
 
     def _pause_reading(self) -> None:
         if not self.reading_paused:
             self.reading_paused = True
-            self.transport.pauseProducing()  # type: ignore[union-attr]
+            self.transport.pauseProducing()
 
     def _resume_reading(self) -> None:
         if self.reading_paused and not self.gone:
             self.reading_paused = False
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+            self.transport.resumeProducing()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.gone = True
@@ -449,6 +457,9 @@ class HTTP11ServerConnection(Protocol):
             if exchange.manager is not None and not exchange.response_complete:
                 exchange.response_complete = True
                 exchange.manager.client_gone()
+
+
+classImplements(HTTP11ServerConnection, IProtocol, ILoggingContext)
 
 
 @implementer(IProtocolNegotiationFactory)
@@ -479,5 +490,5 @@ class HTTP11ServerFactory(ServerFactory):
         for connection in list(self.connections):
             connection.drain()
 
-    def buildProtocol(self, addr: object) -> HTTP11ServerConnection:
+    def buildProtocol(self, addr: object) -> HTTP11ServerConnection:  # type: ignore[override]
         return HTTP11ServerConnection(self.gateway, self)

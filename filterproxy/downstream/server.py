@@ -40,7 +40,7 @@ class _ProtocolSelector(Protocol):
     def __init__(self, factory: GatewayServerFactory) -> None:
         self.factory = factory
         self.timer: IDelayedCall | None = None
-        self.chosen: Protocol | None = None
+        self.chosen: Protocol | HTTP11ServerConnection | None = None
         #: Cleartext: the first bytes, until they show whether this is HTTP/2.
         self.head = b""
 
@@ -55,12 +55,12 @@ class _ProtocolSelector(Protocol):
     def handshakeCompleted(self) -> None:
         negotiated = getattr(self.transport, "negotiatedProtocol", None)
         if negotiated == b"h2":
-            chosen: Protocol = H2ServerConnection(self.factory, "https")
+            chosen: Protocol | HTTP11ServerConnection = H2ServerConnection(self.factory, "https")
         else:
             chosen = HTTP11ServerConnection(self.factory.gateway, self.factory)
         self._hand_over(chosen)
 
-    def _hand_over(self, chosen: Protocol) -> None:
+    def _hand_over(self, chosen: Protocol | HTTP11ServerConnection) -> None:
         self._cancel_timer()
         self.chosen = chosen
         transport: Any = self.transport
@@ -128,7 +128,7 @@ class GatewayServerFactory(ServerFactory):
         for connection in list(self.connections):
             connection.drain()
 
-    def buildProtocol(self, addr: object) -> Protocol:
+    def buildProtocol(self, addr: object) -> Protocol | HTTP11ServerConnection:  # type: ignore[override]
         if not self.http2:
             return HTTP11ServerConnection(self.gateway, self)
         return _ProtocolSelector(self)

@@ -22,12 +22,11 @@ from typing import Protocol as TypingProtocol
 import httptools
 from OpenSSL import SSL
 from service_identity.exceptions import VerificationError
-from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import ILoggingContext, IProtocol, IPushProducer
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import classImplements
 
-from filterproxy._transport import write_now
+from filterproxy._transport import NativeProtocol, write_now
 from filterproxy.http.headers import Headers
 
 if TYPE_CHECKING:
@@ -122,11 +121,11 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-@implementer(IPushProducer)
-class HTTP11ClientConnection(Protocol):
+class HTTP11ClientConnection(NativeProtocol):
     """One persistent connection to an upstream endpoint."""
 
     def __init__(self, pool: ConnectionPool) -> None:
+        super().__init__()
         self.pool = pool
         self.state = State.IDLE
         self.handler: IUpstreamHandler | None = None
@@ -143,7 +142,7 @@ class HTTP11ClientConnection(Protocol):
 
     def connectionMade(self) -> None:
         with contextlib.suppress(AttributeError, OSError):  # UNIX sockets have no Nagle
-            self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
+            self.transport.setTcpNoDelay(True)
 
     # -- sending ----------------------------------------------------------------------
 
@@ -276,19 +275,22 @@ class HTTP11ClientConnection(Protocol):
         self.handler = None
         if self.state is not State.CLOSED and self.transport is not None:
             self.state = State.CLOSED
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            self.transport.abortConnection()
 
     # IPushProducer: registered on the client's stream while the response flows.
 
     def pauseProducing(self) -> None:
         if self.state is not State.CLOSED:
-            self.transport.pauseProducing()  # type: ignore[union-attr]
+            self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         if self.state is not State.CLOSED:
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+            self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
         # The client is gone: nothing will read the rest of this response.
         if self.state is State.BUSY:
             self.abort()
+
+
+classImplements(HTTP11ClientConnection, IProtocol, ILoggingContext, IPushProducer)

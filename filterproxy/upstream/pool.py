@@ -64,6 +64,10 @@ class TLSHandshakeFailed(Exception):
     """The TLS handshake with the upstream failed (certificate, host name, versions)."""
 
 
+#: A connection the pool hands out.
+_Upstream = HTTP11ClientConnection | H2ClientConnection
+
+
 @implementer(IHandshakeListener)
 class _ALPNSelector(Protocol):
     """Stands in until the TLS handshake has settled the protocol (ALPN), then hands
@@ -71,14 +75,14 @@ class _ALPNSelector(Protocol):
 
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
-        self.ready: defer.Deferred[Protocol] = defer.Deferred(self._cancel)
-        self.chosen: Protocol | None = None
+        self.ready: defer.Deferred[_Upstream] = defer.Deferred(self._cancel)
+        self.chosen: _Upstream | None = None
 
     def handshakeCompleted(self) -> None:
         transport: Any = self.transport
         negotiated = getattr(transport, "negotiatedProtocol", None)
         if negotiated == b"h2":
-            chosen: Protocol = H2ClientConnection(self.pool)
+            chosen: _Upstream = H2ClientConnection(self.pool)
         elif self.pool.cluster.protocol == "http2":
             self.ready.errback(
                 NotHTTP2(
@@ -120,7 +124,7 @@ class _ConnectionFactory(Factory):
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
 
-    def buildProtocol(self, addr: object) -> Protocol:
+    def buildProtocol(self, addr: object) -> Protocol | HTTP11ClientConnection:  # type: ignore[override]
         pool = self.pool
         if pool.address.scheme == "https":
             if pool.cluster.protocol == "http1":
@@ -235,7 +239,7 @@ class ConnectionPool:
         attempt.addErrback(failed)
         return attempt  # type: ignore[no-any-return]
 
-    def _negotiated(self, protocol: Protocol) -> Any:
+    def _negotiated(self, protocol: _Upstream) -> Any:
         """The exchange a new connection offers, once its protocol is known."""
         if isinstance(protocol, _ALPNSelector):
             return protocol.ready.addCallback(self._negotiated)
