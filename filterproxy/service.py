@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from filterproxy import accesslog, sdnotify
 from filterproxy.config import Config, ConfigError, load_config
+from filterproxy.deadlines import deadlines_for
 from filterproxy.downstream.server import GatewayServerFactory
 from filterproxy.filters.manager import ChainShape, FilterManager, chain_shape
 from filterproxy.metrics import Metrics
@@ -61,6 +62,8 @@ class Gateway:
         self.clusters = {
             name: Cluster(cluster, reactor) for name, cluster in config.clusters.items()
         }
+        #: The reactor's coarse deadlines (request timeouts), looked up once.
+        self.deadlines = deadlines_for(reactor)
         self.shape: ChainShape | None = None
         #: Requests started on this gateway and not finished.
         self.in_flight = 0

@@ -1,4 +1,4 @@
-"""One direction of the filter chain: headers and data through a list of hooks.
+"""One direction of the filter chain: headers and data through the filters' hooks.
 
 The rules, shared by the request (decode) and the response (encode) direction: a
 filter that returns STOP_ITERATION from a headers hook holds the headers until it
@@ -8,12 +8,15 @@ keeps data in the chain until the filter continues, within a byte limit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from filterproxy.filters.api import FilterStatus, RequestHead, ResponseHead
 
-__all__ = ["FilterIteration"]
+if TYPE_CHECKING:
+    from filterproxy.filters.api import IStreamFilter
+
+__all__ = ["DecodeIteration", "EncodeIteration", "FilterIteration"]
 
 _CONTINUE = FilterStatus.CONTINUE
 _BUFFER = FilterStatus.STOP_ITERATION_AND_BUFFER
@@ -22,39 +25,44 @@ HeadT = TypeVar("HeadT", RequestHead, ResponseHead)
 
 
 class FilterIteration(Generic[HeadT]):
-    """One direction of the chain: headers and data through a list of hooks to a sink."""
+    """One direction of the chain: headers and data through the filters to a sink.
+
+    The filters' hooks are called on the filters themselves (`DecodeIteration`,
+    `EncodeIteration`), not through bound methods made for each request.
+    """
 
     __slots__ = (
         "buffer_limit",
         "buffered_bytes",
         "buffered_end",
         "buffers",
-        "data_hooks",
         "data_passthrough",
+        "filters",
         "head",
         "head_end_stream",
-        "header_hooks",
         "headers_held_at",
         "headers_passed",
         "on_buffer_overflow",
         "sink_data",
         "sink_headers",
         "stopped",
+        "takes_data",
     )
 
     def __init__(
         self,
-        # A data hook of None stands for a filter that passes all data on untouched.
-        header_hooks: Sequence[Callable[[HeadT, bool], FilterStatus]],
-        data_hooks: Sequence[Callable[[bytes, bool], FilterStatus] | None],
+        filters: list[IStreamFilter],
+        # Per filter (in this direction's order): whether its data hook is called; a
+        # filter that does not look at data passes it on untouched.
+        takes_data: tuple[bool, ...],
         sink_headers: Callable[[HeadT, bool], None],
         sink_data: Callable[[bytes, bool], None],
         buffer_limit: int,
         on_buffer_overflow: Callable[[], None],
         data_passthrough: bool,
     ) -> None:
-        self.header_hooks: Sequence[Callable[[HeadT, bool], FilterStatus]] = header_hooks
-        self.data_hooks = data_hooks
+        self.filters = filters
+        self.takes_data = takes_data
         self.sink_headers: Callable[[HeadT, bool], None] = sink_headers
         self.sink_data = sink_data
         self.buffer_limit = buffer_limit
@@ -72,6 +80,12 @@ class FilterIteration(Generic[HeadT]):
         self.buffered_bytes = 0
         self.stopped = False
 
+    def _call_headers(self, index: int, head: HeadT, end_stream: bool) -> FilterStatus:
+        raise NotImplementedError
+
+    def _call_data(self, index: int, data: bytes, end_stream: bool) -> FilterStatus:
+        raise NotImplementedError
+
     def headers(self, head: HeadT, end_stream: bool) -> None:
         self.head = head
         self.head_end_stream = end_stream
@@ -79,9 +93,9 @@ class FilterIteration(Generic[HeadT]):
 
     def _headers_from(self, index: int) -> bool:
         assert self.head is not None
-        hooks = self.header_hooks
-        while index < len(hooks):
-            status = hooks[index](self.head, self.head_end_stream)
+        count = len(self.filters)
+        while index < count:
+            status = self._call_headers(index, self.head, self.head_end_stream)
             if self.stopped:
                 return False
             if status is not _CONTINUE:
@@ -100,13 +114,13 @@ class FilterIteration(Generic[HeadT]):
             self._data_from(0, data, end_stream)
 
     def _data_from(self, index: int, data: bytes, end_stream: bool) -> None:
-        hooks = self.data_hooks
-        while index < len(hooks):
-            hook = hooks[index]
-            if hook is None:  # the filter does not look at data: it passes on
+        takes_data = self.takes_data
+        count = len(takes_data)
+        while index < count:
+            if not takes_data[index]:  # the filter does not look at data: it passes on
                 status = _CONTINUE
             else:
-                status = hook(data, end_stream)
+                status = self._call_data(index, data, end_stream)
                 if self.stopped:
                     return
             if status is _CONTINUE:
@@ -148,3 +162,27 @@ class FilterIteration(Generic[HeadT]):
             data = b"".join(held)
             self.buffered_bytes -= len(data)
             self._data_from(index + 1, data, end_stream)
+
+
+class DecodeIteration(FilterIteration[RequestHead]):
+    """The request direction: ``decode_headers`` / ``decode_data``, in config order."""
+
+    __slots__ = ()
+
+    def _call_headers(self, index: int, head: RequestHead, end_stream: bool) -> FilterStatus:
+        return self.filters[index].decode_headers(head, end_stream)
+
+    def _call_data(self, index: int, data: bytes, end_stream: bool) -> FilterStatus:
+        return self.filters[index].decode_data(data, end_stream)
+
+
+class EncodeIteration(FilterIteration[ResponseHead]):
+    """The response direction: ``encode_headers`` / ``encode_data``, in reverse order."""
+
+    __slots__ = ()
+
+    def _call_headers(self, index: int, head: ResponseHead, end_stream: bool) -> FilterStatus:
+        return self.filters[index].encode_headers(head, end_stream)
+
+    def _call_data(self, index: int, data: bytes, end_stream: bool) -> FilterStatus:
+        return self.filters[index].encode_data(data, end_stream)

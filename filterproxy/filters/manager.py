@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from twisted.logger import Logger
-from zope.interface import implementer
+from zope.interface import classImplements
 
 from filterproxy.filters.api import (
     IFilterCallbacks,
@@ -25,7 +25,7 @@ from filterproxy.filters.api import (
     StreamFilter,
     StreamInfo,
 )
-from filterproxy.filters.iteration import FilterIteration
+from filterproxy.filters.iteration import DecodeIteration, EncodeIteration, FilterIteration
 from filterproxy.http.errors import error_body
 from filterproxy.http.headers import Headers, forward_response_headers
 from filterproxy.tracing import TraceContext, child_context, request_id_from
@@ -63,7 +63,6 @@ class RequestObserver(Protocol):
         """The request is over (called exactly once, after the filters' on_destroy)."""
 
 
-@implementer(IFilterCallbacks)
 class _Callbacks:
     """The callbacks one filter gets; it knows the filter's place in each direction."""
 
@@ -107,6 +106,11 @@ def _overrides(cls: type, name: str) -> bool:
     return getattr(cls, name, None) is not getattr(StreamFilter, name)
 
 
+# Declared here, not with @implementer: mypyc compiles a decorated class as a Python
+# class (instance dict, Python calls); four of these are made per request.
+classImplements(_Callbacks, IFilterCallbacks)
+
+
 @dataclass(frozen=True)
 class ChainShape:
     """What the filter classes of a chain do, worked out once per chain, not per request."""
@@ -121,6 +125,8 @@ class ChainShape:
     #: Per filter (config order): whether it overrides decode_data / encode_data.
     decodes_data: tuple[bool, ...]
     encodes_data: tuple[bool, ...]
+    #: `encodes_data` in encode order.
+    encoder_takes_data: tuple[bool, ...]
 
     @classmethod
     def of(cls, classes: tuple[type, ...]) -> ChainShape:
@@ -137,6 +143,7 @@ class ChainShape:
             encode_passthrough=not any(_overrides(classes[i], "encode_data") for i in encoders),
             decodes_data=tuple(_overrides(c, "decode_data") for c in classes),
             encodes_data=tuple(_overrides(c, "encode_data") for c in classes),
+            encoder_takes_data=tuple(_overrides(classes[i], "encode_data") for i in encoders),
         )
 
 
@@ -158,7 +165,7 @@ class FilterManager:
     def __init__(
         self,
         downstream: IDownstream,
-        filters: Sequence[IStreamFilter],
+        filters: list[IStreamFilter],
         router_factory: Callable[[FilterManager], Terminal],
         buffer_limit: int,
         shape: ChainShape | None = None,
@@ -187,9 +194,9 @@ class FilterManager:
         for i, f in enumerate(filters):
             f.callbacks = _Callbacks(self, i, shape.encode_position[i])
 
-        self.decoder: FilterIteration[RequestHead] = FilterIteration(
-            [f.decode_headers for f in filters],
-            [f.decode_data if shape.decodes_data[i] else None for i, f in enumerate(filters)],
+        self.decoder: FilterIteration[RequestHead] = DecodeIteration(
+            filters,
+            shape.decodes_data,
             self.router.on_request_headers,
             self.router.on_request_data,
             buffer_limit,
@@ -198,9 +205,9 @@ class FilterManager:
         )
         self.encoder: FilterIteration[ResponseHead] | None = None
         if shape.encoders:
-            self.encoder = FilterIteration(
-                [filters[i].encode_headers for i in shape.encoders],
-                [filters[i].encode_data if shape.encodes_data[i] else None for i in shape.encoders],
+            self.encoder = EncodeIteration(
+                [filters[i] for i in shape.encoders],
+                shape.encoder_takes_data,
                 self._send_head,
                 self._send_data,
                 buffer_limit,

@@ -30,7 +30,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from filterproxy.config import RouteConfig, UpstreamPlan
-from filterproxy.deadlines import deadlines_for
 from filterproxy.filters.api import RequestHead
 from filterproxy.http.headers import Headers
 from filterproxy.upstream.connection import UpstreamExchange, UpstreamFailure
@@ -88,7 +87,7 @@ class Router:
         self.cancelled = False
         #: The retry back-off (a precise timer); first-byte and idle limits are deadlines.
         self.timer: IDelayedCall | None = None
-        self.deadlines = deadlines_for(gateway.reactor)
+        self.deadlines = gateway.deadlines
         #: A first-byte or idle deadline is set.
         self.watching = False
         self.total_timer: IDelayedCall | None = None
