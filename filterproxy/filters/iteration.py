@@ -24,6 +24,14 @@ _BUFFER = FilterStatus.STOP_ITERATION_AND_BUFFER
 HeadT = TypeVar("HeadT", RequestHead, ResponseHead)
 
 
+def _ignore(head_or_data: object, end_stream: bool) -> None:
+    pass
+
+
+def _nothing() -> None:
+    pass
+
+
 class FilterIteration(Generic[HeadT]):
     """One direction of the chain: headers and data through the filters to a sink.
 
@@ -147,6 +155,19 @@ class FilterIteration(Generic[HeadT]):
         self.buffered_bytes += len(data)
         if self.buffered_bytes > self.buffer_limit:
             self.on_buffer_overflow()
+
+    def release(self) -> None:
+        """The request is over: stop, and drop the filters and sinks (they refer back to
+        the request's other objects; see `FilterManager.release`)."""
+        self.stopped = True
+        self.filters = []
+        self.takes_data = ()
+        self.sink_headers = _ignore
+        self.sink_data = _ignore
+        self.on_buffer_overflow = _nothing
+        self.buffers = {}
+        self.buffered_end = {}
+        self.head = None
 
     def resume(self, index: int) -> None:
         """Filter *index* continues: release what it held."""

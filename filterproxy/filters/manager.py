@@ -12,11 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from twisted.logger import Logger
 from zope.interface import classImplements
 
+from filterproxy.downstream.stream import IDownstream
 from filterproxy.filters.api import (
     IFilterCallbacks,
     IStreamFilter,
@@ -29,9 +30,6 @@ from filterproxy.filters.iteration import DecodeIteration, EncodeIteration, Filt
 from filterproxy.http.errors import error_body
 from filterproxy.http.headers import Headers, forward_response_headers
 from filterproxy.tracing import TraceContext, child_context, request_id_from
-
-if TYPE_CHECKING:
-    from filterproxy.downstream.stream import IDownstream
 
 __all__ = ["FilterManager", "RequestObserver", "Terminal"]
 
@@ -100,6 +98,51 @@ class _Callbacks:
         if encoder is None or self._encode_index is None:
             return
         encoder._data_from(self._encode_index + 1, data, end_stream)
+
+
+class _Finished:
+    """Stands in for the router and the client's stream of a request that is over.
+
+    A request's objects refer to each other (manager and router, manager and stream,
+    filters and their callbacks), so without help they would be freed only by Python's
+    cycle collector: on small requests its passes took 14% of the gateway's CPU. Once a
+    request is over, `FilterManager.release` cuts the manager's references to them and puts
+    this in their place; late calls (a heartbeat timer, a flush) do nothing.
+    """
+
+    scheme = "http"
+    client_ip = ""
+
+    def on_request_headers(self, head: RequestHead, end_stream: bool) -> None:
+        pass
+
+    def on_request_data(self, data: bytes, end_stream: bool) -> None:
+        pass
+
+    def cancel(self) -> None:
+        pass
+
+    def send_head(self, status: int, headers: Headers, end_stream: bool) -> None:
+        pass
+
+    def send_data(self, data: bytes, end_stream: bool) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def register_producer(self, producer: object) -> None:
+        pass
+
+    def unregister_producer(self) -> None:
+        pass
+
+
+classImplements(_Finished, IDownstream)
+_FINISHED = _Finished()
 
 
 def _overrides(cls: type, name: str) -> bool:
@@ -429,3 +472,15 @@ class FilterManager:
                 log.failure("filter {filter!r} failed in on_destroy", filter=f)
         if self.observer is not None:
             self.observer.request_finished(self)
+        self.release()
+
+    def release(self) -> None:
+        """Cut this finished request's reference cycles (see `_Finished`): what is left of
+        it is freed as soon as the last outside reference goes. The manager's own state
+        (`stream_info`, `head`, `done`) stays readable."""
+        self.decoder.release()
+        if self.encoder is not None:
+            self.encoder.release()
+        self.filters = []
+        self.router = _FINISHED
+        self.downstream = _FINISHED
