@@ -59,6 +59,9 @@ class Exchange:
         self.chunked = False
         #: A response head not yet written (see `send_head`).
         self.pending_head = b""
+        #: Within one upstream read (`hold`): body bytes kept for the `flush` that ends it.
+        self.holding = False
+        self.held: list[bytes] = []
         self.manager: FilterManager | None = None
         #: Counted in the listener's active_streams.
         self.counted = False
@@ -140,15 +143,34 @@ class Exchange:
         if self.pending_head:
             data = self.pending_head + data
             self.pending_head = b""
+        if self.holding and not end_stream:
+            if data:
+                self.held.append(data)
+            return
+        if self.held:
+            self.held.append(data)
+            data = b"".join(self.held)
+            self.held.clear()
         if data:
             write_now(transport, data)
         if end_stream:
             self._complete()
 
+    def hold(self) -> None:
+        self.holding = True
+
     def flush(self) -> None:
-        if self.pending_head and not self.connection.gone:
-            head, self.pending_head = self.pending_head, b""
-            write_now(self.connection.transport, head)
+        self.holding = False
+        if self.connection.gone:
+            return
+        if self.held:
+            data = self.pending_head + b"".join(self.held)
+            self.held.clear()
+        else:
+            data = self.pending_head
+        if data:
+            self.pending_head = b""
+            write_now(self.connection.transport, data)
 
     def abort(self) -> None:
         self.flush()

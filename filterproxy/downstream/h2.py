@@ -148,6 +148,9 @@ class H2Stream:
         self.pending_end = self.pending_end or end_stream
         self.push()
 
+    def hold(self) -> None:
+        """Frames are written as they are sent; nothing is held back here."""
+
     def flush(self) -> None:
         """Everything is written as it is sent; nothing is held back here."""
 

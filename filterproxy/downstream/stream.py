@@ -53,8 +53,14 @@ class IDownstream(Interface):
     def send_data(data: bytes, end_stream: bool) -> None:
         """Send a piece of the response body; dropped silently after the client left."""
 
+    def hold() -> None:
+        """One upstream read is being delivered: what is sent may be held back and written
+        at once by the `flush` that ends the read (chunks that arrived together leave in one
+        write). Never called outside such a read."""
+
     def flush() -> None:
-        """Write anything held back (a response head waiting for its first body bytes)."""
+        """Write anything held back (a response head waiting for its first body bytes, or
+        what `hold` kept); stop holding."""
 
     def abort() -> None:
         """End the response abnormally, so the client cannot mistake it for complete."""

@@ -128,6 +128,9 @@ class _Finished:
     def send_data(self, data: bytes, end_stream: bool) -> None:
         pass
 
+    def hold(self) -> None:
+        pass
+
     def flush(self) -> None:
         pass
 

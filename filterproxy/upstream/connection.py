@@ -87,6 +87,9 @@ class IUpstreamHandler(TypingProtocol):
 
     def on_upstream_failure(self, kind: UpstreamFailure, detail: str) -> None: ...
 
+    def on_read_start(self) -> None:
+        """A read of the socket is about to be delivered (`on_read_done` follows)."""
+
     def on_read_done(self) -> None:
         """Everything from one read of the socket has been delivered."""
 
@@ -165,10 +168,20 @@ class HTTP11ClientConnection(NativeProtocol):
     # -- receiving --------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self.state is not State.BUSY or self.parser is None:
+        handler = self.handler
+        if self.state is not State.BUSY or self.parser is None or handler is None:
             # Bytes from an idle upstream can only be garbage or a late error: drop it.
             self.abort()
             return
+        handler.on_read_start()
+        try:
+            self._parse(data)
+        finally:
+            # Also when the response ended in this read: what it sent leaves now.
+            handler.on_read_done()
+
+    def _parse(self, data: bytes) -> None:
+        assert self.parser is not None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as e:
@@ -180,8 +193,6 @@ class HTTP11ClientConnection(NativeProtocol):
             return
         if self._message_complete and self.state is State.BUSY:
             self._complete(reusable=self._keep_alive)
-        elif self.handler is not None:
-            self.handler.on_read_done()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._raw_headers.append((name, value))

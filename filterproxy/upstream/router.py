@@ -318,6 +318,9 @@ class Router:
                 self.heartbeat_timer.reset(self.heartbeat)  # type: ignore[arg-type]
         self.manager.encode_data(data, end_stream)
 
+    def on_read_start(self) -> None:
+        self.manager.downstream.hold()
+
     def on_read_done(self) -> None:
         self.manager.downstream.flush()
 
