@@ -54,11 +54,14 @@ class Gateway:
         reactor: Any,
         metrics: Metrics | None = None,
         spans: SpanRecorder | None = None,
+        access_file: accesslog.AccessLogFile | None = None,
     ) -> None:
         self.config = config
         self.reactor = reactor
         self.metrics = metrics if metrics is not None else Metrics()
         self.spans = spans
+        #: Where access-log lines go when the config names a file (else twisted.logger).
+        self.access_file = access_file
         self.clusters = {
             name: Cluster(cluster, reactor) for name, cluster in config.clusters.items()
         }
@@ -108,7 +111,9 @@ class Gateway:
         router = manager.router
         overhead = router.overhead if isinstance(router, Router) else None
         metrics.record_request(info, duration, overhead, streamed)
-        if self.config.access_log:
+        if self.access_file is not None:
+            self.access_file.write(manager.head, info, duration)
+        elif self.config.access_log:
             accesslog.emit(manager.head, info, duration)
         if self.spans is not None:
             self.spans.finish(manager, duration)
@@ -133,6 +138,20 @@ class Gateway:
         self.closed = True
         for cluster in self.clusters.values():
             cluster.close()
+
+
+def _open_access_log(config: Config, reactor: Any) -> accesslog.AccessLogFile | None:
+    """The access-log file the config names, opened (a ConfigError when it cannot be)."""
+    if config.access_log_path is None:
+        return None
+    try:
+        return accesslog.AccessLogFile(config.access_log_path, reactor)
+    except OSError as e:
+        raise ConfigError(
+            "access_log",
+            f"cannot open {config.access_log_path}: {e.strerror}; check that its directory "
+            "exists and the gateway's user may write there",
+        ) from None
 
 
 class GatewayService(Service):
@@ -172,7 +191,8 @@ class GatewayService(Service):
             from filterproxy.otel import SpanRecorder
 
             self.spans = SpanRecorder(config.tracing)
-        self.gateway = Gateway(config, reactor, self.metrics, self.spans)
+        self.access_file = _open_access_log(config, reactor)
+        self.gateway = Gateway(config, reactor, self.metrics, self.spans, self.access_file)
         self.factory = GatewayServerFactory(self.gateway)
         self.ports: list[IListeningPort] = []
         self.admin_port: IListeningPort | None = None
@@ -186,6 +206,8 @@ class GatewayService(Service):
 
     def startService(self) -> None:
         super().startService()
+        if self.access_file is not None:
+            self.access_file.start()
         # Everything loaded so far lives as long as the process: keep it out of the
         # garbage collector's passes. And collect less often than CPython's default
         # (every 700 allocations): each request allocates a few hundred objects, and
@@ -314,6 +336,11 @@ class GatewayService(Service):
                 error=str(e),
             )
             return str(e)
+        try:
+            access_file = self._reopen_access_log(config)
+        except ConfigError as e:
+            log.error("config reload rejected: {error}", error=str(e))
+            return str(e)
         for listener, certificate in zip(self.tls_listeners, certificates, strict=True):
             listener.current = certificate
         if config.listeners != self.config.listeners and not self.cli_listeners:
@@ -324,8 +351,9 @@ class GatewayService(Service):
             log.warn("tracing changed in {source}; restart to apply", source=source)
         old = self.gateway
         self.config = config
-        self.gateway = Gateway(config, self.reactor, self.metrics, self.spans)
+        self.gateway = Gateway(config, self.reactor, self.metrics, self.spans, access_file)
         self.factory.gateway = self.gateway
+        old.access_file = access_file  # its last requests log where the new ones do
         old.retire()
         log.info(
             "config reloaded from {source}; {n} requests in flight finish on the old one",
@@ -333,6 +361,26 @@ class GatewayService(Service):
             n=old.in_flight,
         )
         return None
+
+    def _reopen_access_log(self, config: Config) -> accesslog.AccessLogFile | None:
+        """The access-log file for a reloaded *config*: the same file opened anew (after
+        logrotate moved it), another one, or none."""
+        current = self.access_file
+        if current is not None and current.path == config.access_log_path:
+            try:
+                current.reopen()
+            except OSError as e:
+                raise ConfigError(
+                    "access_log", f"cannot open {current.path}: {e.strerror}"
+                ) from None
+            return current
+        new = _open_access_log(config, self.reactor)
+        if new is not None and self.running:
+            new.start()
+        if current is not None:
+            current.close()  # requests finishing on the old config write to the new file
+        self.access_file = new
+        return new
 
     # -- stop ---------------------------------------------------------------------------
 
@@ -359,6 +407,8 @@ class GatewayService(Service):
         self.gateway.close()
         if self.spans is not None:
             yield self.spans.shutdown()
+        if self.access_file is not None:
+            self.access_file.close()
 
 
 def _shift_port(description: str, offset: int) -> str:

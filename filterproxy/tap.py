@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IService
 from twisted.python import usage
 
+from filterproxy.accesslog import open_for_append
 from filterproxy.config import Config, ConfigError, load_config
 from filterproxy.workers import reuse_port_endpoint, worker_count
 
@@ -83,6 +85,15 @@ class Options(usage.Options):
                     raise usage.UsageError(
                         f"listener {description!r}: --workers needs a fixed port to share, not 0"
                     )
+        if self.loaded.access_log_path is not None and not self["check"]:
+            try:
+                os.close(open_for_append(self.loaded.access_log_path))
+            except OSError as e:
+                raise usage.UsageError(
+                    f"invalid config {path}: access_log: cannot open "
+                    f"{self.loaded.access_log_path}: {e.strerror}; check that its directory "
+                    "exists and the gateway's user may write there"
+                ) from None
         if self["worker-index"] is not None:
             self["worker-index"] = int(self["worker-index"])
         if self["check"]:

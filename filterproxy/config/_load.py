@@ -66,6 +66,7 @@ def parse_config(
         return top.get(key) or Node(None, key, env)
 
     clusters = parse_clusters(section("clusters"))
+    access = _access_log(top["access_log"]) if "access_log" in top else True
     config = Config(
         listeners=tuple(n.string() for n in section("listeners").sequence()),
         clusters=MappingProxyType(clusters),
@@ -73,7 +74,8 @@ def parse_config(
         aliases=MappingProxyType(parse_aliases(section("aliases"))),
         limits=_parse_limits(section("limits")),
         shutdown_grace=top["shutdown_grace"].duration() if "shutdown_grace" in top else 30.0,
-        access_log=top["access_log"].boolean() if "access_log" in top else True,
+        access_log=access is not False,
+        access_log_path=access if isinstance(access, str) else None,
         mock_upstream=top["mock_upstream"].string() if "mock_upstream" in top else None,
         admin_listener=_parse_admin(top["admin"]) if "admin" in top else DEFAULT_ADMIN_LISTENER,
         tracing=_parse_tracing(top["tracing"]) if "tracing" in top else None,
@@ -130,3 +132,18 @@ def _parse_limits(node: Node) -> Limits:
         else:
             values[key] = child.integer(minimum=1)
     return replace(Limits(), **values)
+
+
+def _access_log(node: Node) -> bool | str:
+    """``access_log``: true, false, or the path of a file."""
+    if isinstance(node.value, bool):
+        return node.value
+    if isinstance(node.value, str):
+        path = node.string()
+        if not path.startswith("/"):
+            raise node.error(
+                f"the access-log file must be an absolute path, got {path!r} "
+                "(or true for the gateway's log, false for none)"
+            )
+        return path
+    raise node.error(f"expected true, false or the absolute path of a file, got {node.value!r}")

@@ -210,6 +210,8 @@ class Config:
     shutdown_grace: float = 30.0
     #: One JSON line per request through twisted.logger.
     access_log: bool = True
+    #: ... or, instead, appended to this file in batches.
+    access_log_path: str | None = None
     mock_upstream: str | None = None
     #: The admin listener's endpoint, or None (``admin: false``).
     admin_listener: str | None = DEFAULT_ADMIN_LISTENER

@@ -450,3 +450,49 @@ def test_an_admin_port_in_use_stops_start_up_and_says_which(
         taken.close()
     assert f"cannot listen on tcp:{port}:interface=127.0.0.1" in result.stdout
     assert "Address already in use" in result.stdout
+
+
+def test_access_log_to_a_file_in_batches_reopened_on_reload(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """``access_log: PATH``: one JSON line per request in the file (not in the gateway's
+    log), written in batches at least once a second; a reload after logrotate moved the
+    file starts a new one; stopping writes what is left."""
+    path = tmp_path / "access.log"
+    gateway = start_gateway(gateway_config(upstream.url, extra=f"access_log: {path}"), tmp_path)
+    try:
+        ids = [uuid.uuid4().hex for _ in range(5)]
+        for request_id in ids:
+            answered = httpx.post(
+                f"{gateway.url}/v1/chat/completions",
+                json={"model": "test-model"},
+                headers={"x-request-id": request_id},
+                timeout=10,
+            )
+            assert answered.status_code == 200
+
+        def records(file: Path) -> list[dict[str, Any]]:
+            text = file.read_text() if file.exists() else ""
+            return [json.loads(line) for line in text.splitlines()]
+
+        wait_until(lambda: len(records(path)) == 5, timeout=5)
+        assert [r["request_id"] for r in records(path)] == ids
+        assert all(r["status"] == 200 and r["outcome"] == "complete" for r in records(path))
+        assert "filterproxy.access" not in gateway.process.output()
+
+        # logrotate: move the file away, then reload.
+        rotated = tmp_path / "access.log.1"
+        path.rename(rotated)
+        gateway.process.popen.send_signal(signal.SIGHUP)
+        gateway.process.wait_for(r"config reloaded from")
+        late = uuid.uuid4().hex
+        httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            json={"model": "test-model"},
+            headers={"x-request-id": late},
+            timeout=10,
+        )
+    finally:
+        gateway.process.stop()
+    assert [r["request_id"] for r in records(rotated)] == ids
+    assert [r["request_id"] for r in records(path)] == [late]  # written when it stopped

@@ -287,10 +287,20 @@ routes:
     assert config.limits.max_concurrent_streams == 10000
 
 
-def test_access_log_can_be_turned_off() -> None:
-    assert parse_config(BASE, environ={}).access_log is True
-    assert parse_config(BASE + "access_log: false\n", environ={}).access_log is False
-    assert "access_log: expected true or false" in error_for(BASE + "access_log: maybe\n")
+def test_access_log_can_be_turned_off_or_sent_to_a_file() -> None:
+    default = parse_config(BASE, environ={})
+    assert default.access_log is True and default.access_log_path is None
+    off = parse_config(BASE + "access_log: false\n", environ={})
+    assert off.access_log is False and off.access_log_path is None
+    to_file = parse_config(BASE + "access_log: /var/log/filterproxy/access.log\n", environ={})
+    assert to_file.access_log is True
+    assert to_file.access_log_path == "/var/log/filterproxy/access.log"
+    assert "access_log: the access-log file must be an absolute path, got 'maybe'" in error_for(
+        BASE + "access_log: maybe\n"
+    )
+    assert "access_log: expected true, false or the absolute path of a file, got 5" in error_for(
+        BASE + "access_log: 5\n"
+    )
 
 
 def test_the_admin_listener_defaults_to_loopback_and_can_be_moved_or_turned_off() -> None:
