@@ -19,7 +19,7 @@ from twisted.logger import Logger
 if TYPE_CHECKING:
     from filterproxy.filters.api import RequestHead, StreamInfo
 
-__all__ = ["AccessLogFile", "access_record", "emit", "open_for_append"]
+__all__ = ["AccessLogFile", "access_record", "cannot_open", "emit", "open_for_append"]
 
 log = Logger(namespace="filterproxy.access")
 
@@ -66,6 +66,14 @@ def open_for_append(path: str) -> int:
     """A file descriptor appending to *path*, created if missing (OSError when it cannot
     be opened)."""
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+
+def cannot_open(path: str, error: OSError) -> str:
+    """What to say when the access-log file cannot be opened."""
+    return (
+        f"cannot open {path}: {error.strerror}; check that its directory exists and the "
+        "gateway's user may write there"
+    )
 
 
 class AccessLogFile:

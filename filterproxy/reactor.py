@@ -14,7 +14,6 @@ or installed already; on platforms without epoll Twisted's default is left in pl
 
 from __future__ import annotations
 
-import errno
 import sys
 from typing import Any
 
@@ -37,12 +36,8 @@ if EPollReactor is not None:
             selectables = self._selectables
             try:
                 events = self._poller.poll(timeout, len(selectables))
-            except InterruptedError:
+            except InterruptedError:  # a signal arrived (its handler runs next)
                 return
-            except OSError as e:  # pragma: no cover - a programming error, as in Twisted
-                if e.errno == errno.EINTR:
-                    return
-                raise
             dispatch = self._doReadOrWrite
             for fd, event in events:
                 selectable = selectables.get(fd)

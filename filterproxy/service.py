@@ -147,11 +147,7 @@ def _open_access_log(config: Config, reactor: Any) -> accesslog.AccessLogFile | 
     try:
         return accesslog.AccessLogFile(config.access_log_path, reactor)
     except OSError as e:
-        raise ConfigError(
-            "access_log",
-            f"cannot open {config.access_log_path}: {e.strerror}; check that its directory "
-            "exists and the gateway's user may write there",
-        ) from None
+        raise ConfigError("access_log", accesslog.cannot_open(config.access_log_path, e)) from None
 
 
 class GatewayService(Service):
@@ -370,9 +366,7 @@ class GatewayService(Service):
             try:
                 current.reopen()
             except OSError as e:
-                raise ConfigError(
-                    "access_log", f"cannot open {current.path}: {e.strerror}"
-                ) from None
+                raise ConfigError("access_log", accesslog.cannot_open(current.path, e)) from None
             return current
         new = _open_access_log(config, self.reactor)
         if new is not None and self.running:

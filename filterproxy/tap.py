@@ -9,7 +9,7 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
-from filterproxy.accesslog import open_for_append
+from filterproxy.accesslog import cannot_open, open_for_append
 from filterproxy.config import Config, ConfigError, load_config
 from filterproxy.workers import reuse_port_endpoint, worker_count
 
@@ -90,9 +90,8 @@ class Options(usage.Options):
                 os.close(open_for_append(self.loaded.access_log_path))
             except OSError as e:
                 raise usage.UsageError(
-                    f"invalid config {path}: access_log: cannot open "
-                    f"{self.loaded.access_log_path}: {e.strerror}; check that its directory "
-                    "exists and the gateway's user may write there"
+                    f"invalid config {path}: access_log: "
+                    f"{cannot_open(self.loaded.access_log_path, e)}"
                 ) from None
         if self["worker-index"] is not None:
             self["worker-index"] = int(self["worker-index"])

@@ -163,13 +163,12 @@ class Exchange:
         self.holding = False
         if self.connection.gone:
             return
-        if self.held:
-            data = self.pending_head + b"".join(self.held)
+        if self.held:  # the head, if any, went in first (send_data)
+            data = b"".join(self.held)
             self.held.clear()
         else:
-            data = self.pending_head
+            data, self.pending_head = self.pending_head, b""
         if data:
-            self.pending_head = b""
             write_now(self.connection.transport, data)
 
     def abort(self) -> None:
