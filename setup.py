@@ -13,6 +13,7 @@ import os
 from setuptools import setup
 
 COMPILED = [
+    "filterproxy/_epoll.py",
     "filterproxy/_transport.py",
     "filterproxy/deadlines.py",
     "filterproxy/downstream/exchange.py",

@@ -5,8 +5,17 @@ which pushes a legacy-logging context (the ``[HTTPChannel,3,127.0.0.1]`` prefix 
 log lines) around the read or write. That is four Python frames and a dict copy, about
 1 µs per event — per streamed chunk, a tenth of what the gateway spends on it. The gateway
 logs through `twisted.logger` with its own namespaces and never reads that prefix, so
-`GatewayReactor` calls the reactor's read/write dispatch (`_doReadOrWrite`, which keeps
-Twisted's error handling: an exception logs and disconnects that socket) without it.
+`GatewayReactor` dispatches without it.
+
+The commonest event, a TCP connection with bytes to read, then still passes four
+interpreted Python frames (the reactor's `_doReadOrWrite`, the transport's ``fileno``,
+``doRead`` and ``_dataReceived``) before the protocol sees the bytes. For transports whose
+reading is Twisted's own `tcp.Connection.doRead`, `GatewayReactor` does that step itself
+in compiled code: ``recv`` up to the transport's ``bufferSize``, hand the bytes to its
+protocol, and treat an empty read as the peer's close and a socket error as a lost
+connection — with Twisted's error handling (an exception logs and disconnects that
+socket, half-closes included). Every other event (writes, hang-ups, listening ports,
+other transports) goes through Twisted's `_doReadOrWrite` unchanged.
 
 ``twistd filterproxy`` installs it unless a reactor was chosen (``twistd --reactor NAME``)
 or installed already; on platforms without epoll Twisted's default is left in place.
@@ -19,41 +28,19 @@ from typing import Any
 
 __all__ = ["install_if_unset"]
 
-try:
-    from twisted.internet.epollreactor import EPollReactor
-except ImportError:  # not Linux: no epoll
-    EPollReactor = None  # type: ignore[assignment,misc]
-
-
-if EPollReactor is not None:
-
-    class GatewayReactor(EPollReactor):
-        """`EPollReactor` without the per-event logging context."""
-
-        def doPoll(self, timeout: float | None) -> None:
-            if timeout is None:
-                timeout = -1  # wait until something is ready
-            selectables = self._selectables
-            try:
-                events = self._poller.poll(timeout, len(selectables))
-            except InterruptedError:  # a signal arrived (its handler runs next)
-                return
-            dispatch = self._doReadOrWrite
-            for fd, event in events:
-                selectable = selectables.get(fd)
-                if selectable is not None:
-                    dispatch(selectable, fd, event)
-
-        doIteration = doPoll
-
 
 def install_if_unset() -> Any:
     """Install `GatewayReactor` as the global reactor unless one is installed already;
     return the global reactor's class."""
-    if EPollReactor is not None and "twisted.internet.reactor" not in sys.modules:
-        from twisted.internet.main import installReactor
+    if "twisted.internet.reactor" not in sys.modules:
+        try:
+            from filterproxy._epoll import GatewayReactor
+        except ImportError:  # not Linux: no epoll; Twisted's default reactor stays
+            pass
+        else:
+            from twisted.internet.main import installReactor
 
-        installReactor(GatewayReactor())
+            installReactor(GatewayReactor())
     from twisted.internet import reactor
 
     return type(reactor)

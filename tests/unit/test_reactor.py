@@ -100,3 +100,66 @@ def test_reads_writes_and_a_failing_protocol_over_real_sockets() -> None:
     )
     assert out.splitlines() == ["boom b''", "hello b'HELLO'"]
     assert "RuntimeError: protocol failure" in logged[0]
+
+
+def test_peer_close_half_close_and_reset_reach_the_protocol() -> None:
+    """A read of zero bytes is the peer's close (ConnectionDone), or only its half when
+    the protocol is half-closeable (readConnectionLost, and it can still answer); a
+    reset is ConnectionLost. Each as Twisted's own read would report it."""
+    out = run_python(
+        """
+        import socket, struct
+        from filterproxy.reactor import install_if_unset
+        print(install_if_unset().__name__)
+        from twisted.internet import reactor, protocol, interfaces
+        from twisted.internet.endpoints import TCP4ServerEndpoint
+        from zope.interface import implementer
+
+        seen = []
+
+        @implementer(interfaces.IHalfCloseableProtocol)
+        class Server(protocol.Protocol):
+            def dataReceived(self, data):
+                seen.append(("data", data))
+            def readConnectionLost(self):
+                seen.append(("read closed",))
+                self.transport.write(b"bye")
+                self.transport.loseConnection()
+            def writeConnectionLost(self):
+                pass
+            def connectionLost(self, reason):
+                seen.append(("lost", reason.type.__name__))
+                if reason.type.__name__ == "ConnectionLost":
+                    reactor.stop()
+
+        def clients(port):
+            address = ("127.0.0.1", port.getHost().port)
+            half = socket.create_connection(address)
+            half.sendall(b"half")
+            half.shutdown(socket.SHUT_WR)
+            def finish_half():
+                seen.append(("client got", half.recv(10)))
+                half.close()
+                reset = socket.create_connection(address)
+                reset.sendall(b"reset")
+                reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                reactor.callLater(0.2, reset.close)
+            reactor.callLater(0.5, finish_half)
+
+        factory = protocol.Factory.forProtocol(Server)
+        TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory).addCallback(clients)
+        reactor.callLater(20, reactor.stop)
+        reactor.run()
+        for event in seen:
+            print(*event)
+        """
+    )
+    assert out.splitlines() == [
+        "GatewayReactor",
+        "data b'half'",
+        "read closed",
+        "lost ConnectionDone",
+        "client got b'bye'",
+        "data b'reset'",
+        "lost ConnectionLost",
+    ]

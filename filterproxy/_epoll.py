@@ -1,0 +1,78 @@
+"""`GatewayReactor`, the epoll reactor `filterproxy.reactor` installs (Linux only: this
+module does not import elsewhere). Compiled with the data path; see `filterproxy.reactor`
+for what it changes and why."""
+
+from __future__ import annotations
+
+import sys
+from select import EPOLLIN
+from typing import Any
+
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
+from twisted.internet.tcp import Connection
+from twisted.python import log
+
+__all__ = ["GatewayReactor"]
+
+
+def _reads_like_tcp(kind: type) -> bool:
+    """Whether transports of *kind* read as `tcp.Connection.doRead` does."""
+    return issubclass(kind, Connection) and getattr(kind, "doRead", None) is Connection.doRead
+
+
+#: Transport classes seen, and whether they read as `tcp.Connection` does.
+_DIRECT_READ: dict[type, bool] = {}
+
+
+class GatewayReactor(EPollReactor):
+    """`EPollReactor` without the per-event logging context, reading TCP
+    connections directly."""
+
+    def doIteration(self, timeout: float | None) -> None:
+        """Wait up to *timeout* seconds for ready sockets and handle them."""
+        if timeout is None:
+            timeout = -1  # wait until something is ready
+        selectables = self._selectables
+        try:
+            events = self._poller.poll(timeout, len(selectables))
+        except InterruptedError:  # a signal arrived (its handler runs next)
+            return
+        dispatch = self._doReadOrWrite
+        direct = _DIRECT_READ
+        for fd, event in events:
+            selectable = selectables.get(fd)
+            if selectable is None:
+                continue
+            if event == EPOLLIN:
+                kind = type(selectable)
+                reads_directly = direct.get(kind)
+                if reads_directly is None:
+                    reads_directly = direct[kind] = _reads_like_tcp(kind)
+                if reads_directly:
+                    self._read_tcp(selectable)
+                    continue
+            dispatch(selectable, fd, event)
+
+    def doPoll(self, timeout: float | None) -> None:
+        self.doIteration(timeout)
+
+    def _read_tcp(self, connection: Any) -> None:
+        """What `tcp.Connection.doRead` and `_doReadOrWrite` do for a read event."""
+        why: Any = None
+        try:
+            try:
+                data = connection.socket.recv(connection.bufferSize)
+            except BlockingIOError:
+                return
+            except OSError:
+                why = CONNECTION_LOST
+            else:
+                if data:
+                    connection.protocol.dataReceived(data)
+                    return
+                why = CONNECTION_DONE
+        except BaseException:
+            why = sys.exc_info()[1]
+            log.err()
+        self._disconnectSelectable(connection, why, True)
