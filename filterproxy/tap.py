@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -112,20 +113,32 @@ def config_summary(path: str, config: Config) -> str:
 def makeService(options: Options | dict[str, Any]) -> IService:
     """The twistd service: the gateway, or a supervisor of worker processes, and the
     mock upstream when the config asks for it."""
+    from filterproxy.lazytls import openssl_hidden, should_defer
     from filterproxy.reactor import install_if_unset
-
-    # Before anything imports twisted.internet.reactor (twistd installs its default
-    # reactor only when the application starts it).
-    install_if_unset()
-    from twisted.application.service import MultiService
-
-    from filterproxy.service import GatewayService
-    from filterproxy.workers import ParentWatch, WorkerSupervisor
 
     config = options.loaded if isinstance(options, Options) else None
     if config is None:
         config = load_config(options["config"] or str(DEMO_CONFIG))
     listeners = tuple(options["listen"]) or None
+    defer_tls = should_defer(
+        config, listeners or config.listeners, options.get("admin") or config.admin_listener
+    )
+    with openssl_hidden() if defer_tls else contextlib.nullcontext():
+        # Before anything imports twisted.internet.reactor (twistd installs its default
+        # reactor only when the application starts it).
+        install_if_unset()
+        from twisted.application.service import MultiService
+
+        from filterproxy.service import GatewayService
+        from filterproxy.workers import ParentWatch, WorkerSupervisor
+
+    if defer_tls:
+        from twisted.logger import Logger
+
+        Logger(namespace="filterproxy.service").info(
+            "pyOpenSSL not loaded: no TLS in the config (it loads when first needed; "
+            "preload_tls: true loads it at start-up)"
+        )
     worker = bool(options.get("worker"))
     workers = int(options.get("workers", 1))
     top = MultiService()

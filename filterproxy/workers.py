@@ -16,28 +16,30 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from OpenSSL.crypto import X509
 from twisted.application.service import Service
-from twisted.internet import defer, tcp
+from twisted.internet import defer
 from twisted.internet.interfaces import (
     IListeningPort,
     IOpenSSLServerConnectionCreator,
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.ssl import CertificateOptions, PrivateCertificate
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from filterproxy import sdnotify
+
+if TYPE_CHECKING:
+    from twisted.internet.ssl import CertificateOptions
+
+# Twisted's TCP and TLS modules are imported where they are used: `twistd filterproxy`
+# imports this module before it has read the config, and decides then whether pyOpenSSL
+# is loaded at all (see filterproxy.lazytls).
 
 __all__ = [
     "ParentWatch",
@@ -76,15 +78,6 @@ def worker_count(value: str) -> int:
     if count < 1:
         raise ValueError("--workers must be at least 1, or auto")
     return count
-
-
-class _ReusePort(tcp.Port):
-    """A TCP port bound with SO_REUSEPORT, so several processes can listen on it."""
-
-    def createInternetSocket(self) -> socket.socket:
-        sock: socket.socket = super().createInternetSocket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        return sock
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -130,8 +123,14 @@ class ReusePortEndpoint:
         return defer.execute(self._listen, factory)
 
     def _listen(self, factory: Any) -> IListeningPort:
-        port_type = _ReusePort if self.reuse else tcp.Port
-        port = port_type(self.port, factory, self.backlog, self.interface, self.reactor)
+        from twisted.internet import tcp
+
+        from filterproxy._reuseport import ReusePort
+
+        port_type = ReusePort if self.reuse else tcp.Port
+        port: IListeningPort = port_type(
+            self.port, factory, self.backlog, self.interface, self.reactor
+        )
         port.startListening()
         return port
 
@@ -150,6 +149,8 @@ class ReusePortTLSEndpoint:
         return self.tcp_endpoint.port
 
     def listen(self, factory: Any) -> defer.Deferred[IListeningPort]:
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
         return self.tcp_endpoint.listen(TLSMemoryBIOFactory(self.options, False, factory))
 
 
@@ -158,6 +159,10 @@ _SSL_KEYS = {"port", "interface", "backlog", "privateKey", "certKey", "extraCert
 
 def _server_tls_options(description: str, options: dict[str, str]) -> CertificateOptions:
     """Server TLS options from an ``ssl:`` description's key and certificate files."""
+    from cryptography import x509
+    from OpenSSL.crypto import X509
+    from twisted.internet.ssl import CertificateOptions, PrivateCertificate
+
     unsupported = sorted(set(options) - _SSL_KEYS)
     if unsupported:
         raise ValueError(

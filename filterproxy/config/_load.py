@@ -33,6 +33,7 @@ _TOP_KEYS = {
     "mock_upstream",
     "admin",
     "tracing",
+    "preload_tls",
 }
 _LIMIT_KEYS = {f.name for f in fields(Limits)}
 _DURATION_LIMITS = {"request_header_timeout", "request_body_timeout", "keepalive_timeout"}
@@ -79,6 +80,7 @@ def parse_config(
         mock_upstream=top["mock_upstream"].string() if "mock_upstream" in top else None,
         admin_listener=_parse_admin(top["admin"]) if "admin" in top else DEFAULT_ADMIN_LISTENER,
         tracing=_parse_tracing(top["tracing"]) if "tracing" in top else None,
+        preload_tls=top["preload_tls"].boolean() if "preload_tls" in top else False,
         source=source,
     )
     from filterproxy.filters.registry import build_filter_chain

@@ -216,4 +216,6 @@ class Config:
     #: The admin listener's endpoint, or None (``admin: false``).
     admin_listener: str | None = DEFAULT_ADMIN_LISTENER
     tracing: TracingConfig | None = None
+    #: Load pyOpenSSL at start-up even when the config uses no TLS (filterproxy.lazytls).
+    preload_tls: bool = False
     source: str = "<string>"

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import sys
 from typing import TYPE_CHECKING
 from typing import Protocol as TypingProtocol
 
 import httptools
-from OpenSSL import SSL
-from service_identity.exceptions import VerificationError
 from twisted.internet.interfaces import ILoggingContext, IProtocol, IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import classImplements
@@ -47,13 +46,19 @@ def tls_error(reason: Failure | None) -> str | None:
     certificate that does not name the host), else None."""
     if reason is None or reason.value is None:
         return None
+    # Only a process that has made TLS connections has loaded these (filterproxy.lazytls).
+    ssl = sys.modules.get("OpenSSL.SSL")
+    if ssl is None:
+        return None
+    from service_identity.exceptions import VerificationError
+
     if reason.check(VerificationError):
         names = ", ".join(
             repr(getattr(getattr(e, "mismatched_id", None), "hostname", b"").decode() or str(e))
             for e in getattr(reason.value, "errors", [])
         )
         return f"the certificate does not name this host ({names or reason.getErrorMessage()})"
-    if not reason.check(SSL.Error):
+    if not reason.check(ssl.Error):
         return None
     details = [
         str(part) for arg in reason.value.args for part in (arg if isinstance(arg, list) else [arg])

@@ -20,17 +20,9 @@ from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
-    wrapClientTLS,
 )
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.ssl import (
-    Certificate,
-    PrivateCertificate,
-    TLSVersion,
-    optionsForClientTLS,
-    platformTrust,
-)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -155,7 +147,7 @@ class ConnectionPool:
         self.deadlines = deadlines_for(reactor)
         connector = _tcp_endpoint(reactor, endpoint, cluster.timeouts.connect)
         if endpoint.scheme == "https":
-            connector = wrapClientTLS(_tls_options(cluster, endpoint.host), connector)
+            connector = _TLSClientEndpoint(_tls_options(cluster, endpoint.host), connector)
         self.connector = connector
         self.factory = _ConnectionFactory(self)
 
@@ -325,10 +317,43 @@ def alpn_protocols(protocol: str) -> list[bytes]:
     return {"http1": [b"http/1.1"], "http2": [b"h2"]}.get(protocol, [b"h2", b"http/1.1"])
 
 
+@implementer(IStreamClientEndpoint)
+class _TLSClientEndpoint:
+    """TLS over another client endpoint, as ``wrapClientTLS`` does: the connection's
+    Deferred fires with the protocol the factory built, not the TLS layer under it.
+
+    Ours rather than ``wrapClientTLS`` because Twisted's endpoints module decides at
+    import whether it can do TLS, and a gateway started without TLS in its config
+    imports it without pyOpenSSL (filterproxy.lazytls); the TLS layer is imported here,
+    on a cluster's first https connection."""
+
+    def __init__(self, options: Any, endpoint: Any) -> None:
+        self.options = options
+        self.endpoint = endpoint
+
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        connecting: defer.Deferred[Any] = self.endpoint.connect(
+            TLSMemoryBIOFactory(self.options, True, factory)
+        )
+        connecting.addCallback(lambda tls: tls.wrappedProtocol)
+        return connecting
+
+
 def _tls_options(cluster: ClusterConfig, host: str) -> Any:
     """Client TLS options: TLS 1.2 at least, the system trust store (or the cluster's CA
     file), SNI and hostname verification, the cluster's client certificate (mTLS), and
     ALPN for its ``protocol``. With ``tls.verify: false`` the certificate is not checked."""
+    from twisted.internet.ssl import (
+        Certificate,
+        CertificateOptions,
+        PrivateCertificate,
+        TLSVersion,
+        optionsForClientTLS,
+        platformTrust,
+    )
+
     client_certificate = None
     if cluster.client_cert is not None:
         with open(cluster.client_cert, "rb") as f:
@@ -339,8 +364,6 @@ def _tls_options(cluster: ClusterConfig, host: str) -> Any:
         client_certificate = PrivateCertificate.loadPEM(pem)
     protocols = alpn_protocols(cluster.protocol)
     if not cluster.tls_verify:
-        from twisted.internet.ssl import CertificateOptions
-
         extra: dict[str, Any] = {}
         if client_certificate is not None:
             extra = {

@@ -98,3 +98,55 @@ def test_gateway_serves_https_and_unix_socket_listeners(
         assert b"plain answer" in unix.stdout
     finally:
         gateway.process.stop()
+
+
+def _loaded_tls_library(pid: int) -> bool:
+    """Whether the process has mapped cryptography's native module (pyOpenSSL's base)."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return "cryptography/hazmat/bindings/_rust" in maps
+
+
+def test_pyopenssl_loads_on_first_use_when_the_config_has_no_tls(
+    tls_upstream: tuple[Upstream, Path], upstream: Upstream, tmp_path: Path
+) -> None:
+    """Started on a cleartext-only config the gateway does not load pyOpenSSL (about
+    13 MB); a reload that adds an https cluster loads it, and TLS works as from the
+    start: verified against the cluster's CA, the request answered."""
+    secure, cert = tls_upstream
+    cleartext = f"""
+        clusters: {{plain: {{url: "{upstream.url}"}}}}
+        routes: [{{cluster: plain}}]
+    """
+    gateway = start_gateway(cleartext, tmp_path)
+    try:
+        gateway.process.wait_for(r"pyOpenSSL not loaded: no TLS in the config")
+        assert post_chat(gateway.url, "test-model", messages=MESSAGES).status_code == 200
+        assert not _loaded_tls_library(gateway.process.pid)
+
+        (tmp_path / "gateway.yaml").write_text(tls_config(secure.port, f"tls: {{ca_file: {cert}}}"))
+        assert httpx.post(f"{gateway.admin_url}/reload", timeout=15).status_code == 200
+        body = {"model": "test-model", "messages": MESSAGES, "stream": True}
+        with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json=body, timeout=15) as r:
+            assert r.status_code == 200
+            assert b"data: [DONE]" in r.read()
+        assert _loaded_tls_library(gateway.process.pid)
+    finally:
+        gateway.process.stop()
+
+
+def test_a_config_with_tls_or_preload_tls_loads_pyopenssl_at_start(
+    tls_upstream: tuple[Upstream, Path], upstream: Upstream, tmp_path: Path
+) -> None:
+    secure, cert = tls_upstream
+    preload = f"""
+        preload_tls: true
+        clusters: {{plain: {{url: "{upstream.url}"}}}}
+        routes: [{{cluster: plain}}]
+    """
+    for config in (tls_config(secure.port, f"tls: {{ca_file: {cert}}}"), preload):
+        gateway = start_gateway(config, tmp_path)
+        try:
+            assert _loaded_tls_library(gateway.process.pid)
+            assert "pyOpenSSL not loaded" not in gateway.process.output()
+        finally:
+            gateway.process.stop()
