@@ -1,6 +1,7 @@
 """The admin listener: metrics, health, readiness, the effective config, reload.
 
-Served with twisted.web on its own endpoint (``admin.listen``, by default
+Served with twisted.web's HTTP protocol (``twisted.web.http``, not its resource tree:
+that and the templating it imports are 3.5 MB of memory) on its own endpoint (``admin.listen``, by default
 ``tcp:9901:interface=127.0.0.1`` — never public unless configured so):
 
 - ``GET /metrics``: Prometheus text format (see `filterproxy.metrics`).
@@ -22,8 +23,10 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.logger import Logger
+from twisted.web.http import HTTPFactory, Request
+from twisted.web.iweb import INonQueuedRequestFactory
+from zope.interface import implementer
 
 from filterproxy.config import Config
 
@@ -32,7 +35,9 @@ if TYPE_CHECKING:
 
     from filterproxy.service import Gateway
 
-__all__ = ["REDACTED", "admin_site", "is_secret_header", "readiness", "redacted_config"]
+__all__ = ["REDACTED", "admin_factory", "is_secret_header", "readiness", "redacted_config"]
+
+log = Logger()
 
 REDACTED = "<redacted>"
 
@@ -90,93 +95,130 @@ def readiness(gateway: Gateway) -> tuple[bool, list[str]]:
     return not down, down
 
 
-def _json(request: Request, status: int, document: Any) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(document, indent=2).encode() + b"\n"
+#: What an admin handler answers: status, content type, body.
+Reply = tuple[int, bytes, bytes]
+_JSON = b"application/json"
 
 
-class _Leaf(Resource):
-    isLeaf = True
-
-    def __init__(
-        self, get: Callable[[Request], bytes] | None, post: Callable[[Request], bytes] | None = None
-    ) -> None:
-        super().__init__()
-        self.get = get
-        self.post = post
-
-    def render_GET(self, request: Request) -> bytes:
-        if self.get is None:
-            return self._not_allowed(request, b"POST")
-        return self.get(request)
-
-    def render_HEAD(self, request: Request) -> bytes:
-        return self.render_GET(request)
-
-    def render_POST(self, request: Request) -> bytes:
-        if self.post is None:
-            return self._not_allowed(request, b"GET")
-        return self.post(request)
-
-    def _not_allowed(self, request: Request, allowed: bytes) -> bytes:
-        request.setHeader(b"allow", allowed)
-        return _json(request, 405, {"error": f"use {allowed.decode()} here"})
-
-
-class _Root(Resource):
-    def getChild(self, path: bytes, request: Request) -> Resource:
-        return _Leaf(lambda r: _json(r, 404, {"error": "not found", "endpoints": ENDPOINTS}))
-
-    def render_GET(self, request: Request) -> bytes:
-        return _json(request, 200, {"endpoints": ENDPOINTS})
+def _json(status: int, document: Any) -> Reply:
+    return status, _JSON, json.dumps(document, indent=2).encode() + b"\n"
 
 
 ENDPOINTS = ["/metrics", "/healthz", "/ready", "/config", "POST /reload"]
 
+_NOT_FOUND = _json(404, {"error": "not found", "endpoints": ENDPOINTS})
 
-def admin_site(
-    gateway: Callable[[], Gateway],
-    registry: CollectorRegistry,
-    reload: Callable[[], str | None],
-) -> Site:
-    """The admin web site. *gateway* returns the gateway in force; *reload* re-reads the
-    config and returns None, or the error that kept the old config."""
 
-    def metrics(request: Request) -> bytes:
-        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        return generate_latest(registry)
+@dataclasses.dataclass(frozen=True)
+class _Endpoint:
+    """What one admin path answers to GET (and HEAD) and to POST."""
 
-    def ready(request: Request) -> bytes:
-        ok, down = readiness(gateway())
-        if ok:
-            return _json(request, 200, {"status": "ready"})
-        return _json(
-            request,
-            503,
-            {"status": "not ready", "clusters_without_endpoints": down},
+    get: Callable[[], Reply] | None = None
+    post: Callable[[], Reply] | None = None
+
+    def handler(self, method: bytes) -> tuple[Callable[[], Reply] | None, bytes]:
+        """The handler for *method*, or None and the methods to name in ``Allow``."""
+        allowed = b", ".join(
+            m for m, h in ((b"GET", self.get), (b"HEAD", self.get), (b"POST", self.post)) if h
         )
-
-    def do_reload(request: Request) -> bytes:
-        error = reload()
-        if error is None:
-            return _json(request, 200, {"status": "reloaded", "config": gateway().config.source})
-        return _json(request, 400, {"status": "rejected", "error": error})
-
-    root = _Root()
-    root.putChild(b"metrics", _Leaf(metrics))
-    root.putChild(b"healthz", _Leaf(lambda r: _json(r, 200, {"status": "ok"})))
-    root.putChild(b"ready", _Leaf(ready))
-    root.putChild(b"config", _Leaf(lambda r: _json(r, 200, redacted_config(gateway().config))))
-    root.putChild(b"reload", _Leaf(None, do_reload))
-    site = _QuietSite(root)
-    site.displayTracebacks = False
-    return site
+        if method in (b"GET", b"HEAD"):
+            return self.get, allowed
+        if method == b"POST":
+            return self.post, allowed
+        return None, allowed
 
 
-class _QuietSite(Site):
+class _AdminRequest(Request):
+    """One admin request, answered from the endpoint table by path and method."""
+
+    def __init__(self, channel: Any, endpoints: Mapping[bytes, _Endpoint]) -> None:
+        super().__init__(channel)
+        self.endpoints = endpoints
+
+    def process(self) -> None:
+        endpoint = self.endpoints.get(self.path.split(b"?", 1)[0])
+        if endpoint is None:
+            reply = _NOT_FOUND
+        else:
+            handler, allowed = endpoint.handler(self.method)
+            if handler is None:
+                self.setHeader(b"allow", allowed)
+                reply = _json(405, {"error": f"use {allowed.decode()} here"})
+            else:
+                try:
+                    reply = handler()
+                except Exception:
+                    log.failure("admin: {method} {path} failed", method=self.method, path=self.path)
+                    reply = _json(500, {"error": "internal error (see the gateway's log)"})
+        status, content_type, body = reply
+        self.setResponseCode(status)
+        self.setHeader(b"content-type", content_type)
+        self.setHeader(b"cache-control", b"no-store")
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+
+
+@implementer(INonQueuedRequestFactory)
+class _Requests:
+    """Builds the admin listener's requests (with the endpoint table)."""
+
+    def __init__(self, endpoints: Mapping[bytes, _Endpoint]) -> None:
+        self.endpoints = endpoints
+
+    def __call__(self, channel: Any) -> _AdminRequest:
+        return _AdminRequest(channel, self.endpoints)
+
+
+class AdminFactory(HTTPFactory):
+    """The admin listener's HTTP/1.1 server (no access log for scrapes and probes)."""
+
     noisy = False
+
+    def __init__(self, endpoints: Mapping[bytes, _Endpoint]) -> None:
+        super().__init__()
+        self.requests = _Requests(endpoints)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        if channel is not None:
+            channel.requestFactory = self.requests
+        return channel
 
     def log(self, request: Any) -> None:
         """No access log for scrapes and probes."""
+
+
+def admin_factory(
+    gateway: Callable[[], Gateway],
+    registry: CollectorRegistry,
+    reload: Callable[[], str | None],
+) -> AdminFactory:
+    """The admin listener's factory. *gateway* returns the gateway in force; *reload*
+    re-reads the config and returns None, or the error that kept the old config."""
+
+    def metrics() -> Reply:
+        return 200, CONTENT_TYPE_LATEST.encode(), generate_latest(registry)
+
+    def ready() -> Reply:
+        ok, down = readiness(gateway())
+        if ok:
+            return _json(200, {"status": "ready"})
+        return _json(503, {"status": "not ready", "clusters_without_endpoints": down})
+
+    def do_reload() -> Reply:
+        error = reload()
+        if error is None:
+            return _json(200, {"status": "reloaded", "config": gateway().config.source})
+        return _json(400, {"status": "rejected", "error": error})
+
+    return AdminFactory(
+        {
+            b"/": _Endpoint(get=lambda: _json(200, {"endpoints": ENDPOINTS})),
+            b"/metrics": _Endpoint(get=metrics),
+            b"/healthz": _Endpoint(get=lambda: _json(200, {"status": "ok"})),
+            b"/ready": _Endpoint(get=ready),
+            b"/config": _Endpoint(get=lambda: _json(200, redacted_config(gateway().config))),
+            b"/reload": _Endpoint(post=do_reload),
+        }
+    )

@@ -170,8 +170,22 @@ def test_admin_endpoints_and_the_model_list(usage_gateway: Gateway) -> None:
     assert config.json()["clusters"]["test"]["headers"]["request"]["set"] == {
         "authorization": "<redacted>"
     }
-    assert httpx.post(f"{admin}/healthz").status_code == 405
-    assert httpx.get(f"{admin}/nothing").status_code == 404
+    wrong_method = httpx.post(f"{admin}/healthz")
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["allow"] == "GET, HEAD"
+    assert httpx.get(f"{admin}/reload").headers["allow"] == "POST"
+    assert httpx.put(f"{admin}/config").status_code == 405
+    missing = httpx.get(f"{admin}/nothing?x=1")
+    assert missing.status_code == 404
+    assert "/metrics" in missing.json()["endpoints"]
+    assert httpx.get(f"{admin}/").json() == {
+        "endpoints": ["/metrics", "/healthz", "/ready", "/config", "POST /reload"]
+    }
+    head = httpx.head(f"{admin}/healthz?probe=1")
+    assert head.status_code == 200
+    assert head.content == b""
+    assert int(head.headers["content-length"]) == len(httpx.get(f"{admin}/healthz").content)
+    assert httpx.get(f"{admin}/metrics").headers["content-type"].startswith("text/plain")
     models = client(usage_gateway).models.list()
     assert sorted(m.id for m in models) == ["down-model", "fast", "test-model"]
 
