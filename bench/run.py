@@ -20,6 +20,7 @@ import re
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -253,61 +254,94 @@ def open_streams(peer: Peer, count: int) -> dict[str, Any]:
     return {"rss_kb_per_stream": (sampled["rss"] - idle) / count / 1024}
 
 
-def run(only: set[str] | None, quick: bool) -> dict[str, Any]:
+def measure_peer(peer: Peer, upstream: Upstream, workdir: Path, quick: bool) -> dict[str, Any]:
+    """Every single-core scenario on *peer* (started, on the proxy core)."""
+    seconds = 4.0 if quick else 10.0
+    r: dict[str, Any] = {"idle_rss_mb": peer.rss_bytes() / 1e6 if peer.process else None}
+    # First, while the process is fresh: memory freed by later scenarios
+    # would otherwise be reused and hide what open streams cost.
+    r["open_streams"] = open_streams(peer, 300 if quick else 1000)
+    chat = StreamShape(chunks=50, interval_ms=20)
+    r["stream50"] = streaming(peer, 50, chat, seconds)
+    r["stream200"] = streaming(peer, 200, chat, seconds)
+    r["firehose"] = streaming(peer, 10, StreamShape(chunks=2000, interval_ms=0), seconds)
+    r["nonstream"] = non_streaming(peer, seconds, workdir)
+    if peer.name in HTTP2_PEERS and shutil.which("h2load"):
+        r["h2_stream"] = http2(peer, seconds, workdir, streaming=True)
+        r["h2_plain"] = http2(peer, seconds, workdir, streaming=False)
+    r["slow_client"] = slow_client(peer, upstream)
+    r["hang_ups"] = hang_ups(peer, upstream)
+    return r
+
+
+def median_of(rounds: list[Any]) -> Any:
+    """The rounds' results merged: numbers by their median, dicts key by key, anything
+    else (error samples, None) as the first round had it."""
+    first = rounds[0]
+    if isinstance(first, dict):
+        return {
+            k: median_of([r[k] for r in rounds if isinstance(r, dict) and k in r]) for k in first
+        }
+    numbers = [r for r in rounds if isinstance(r, int | float) and not isinstance(r, bool)]
+    if numbers and len(numbers) == len(rounds):
+        middle = statistics.median(numbers)
+        return (
+            int(middle)
+            if all(isinstance(n, int) for n in numbers) and middle == int(middle)
+            else middle
+        )
+    return first
+
+
+def run(only: set[str] | None, quick: bool, rounds: int) -> dict[str, Any]:
+    """*rounds* times: every peer in turn on the proxy core, then the scaling run; the
+    result is each number's median over the rounds (``_rounds`` keeps them all). Taking
+    the peers in turn, round after round, spreads the machine's slower minutes over all
+    of them instead of whichever peer ran then."""
     os.sched_setaffinity(0, {LOAD_CORE})
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     seconds = 4.0 if quick else 10.0
     upstream = Upstream()
     os.environ["BENCH_UPSTREAM_PORT"] = str(upstream.port)
-    results: dict[str, Any] = {}
+    every: list[dict[str, Any]] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
             found = peers(workdir, upstream.port, only)
             scaling = [p for p in found if p.name.startswith("filterproxy")]
-            for peer in found:
-                if peer.name == "filterproxy-2-workers":
-                    continue
-                print(f"--- {peer.name}", flush=True)
-                peer.start(str(PROXY_CORE))
-                try:
-                    r: dict[str, Any] = {
-                        "idle_rss_mb": peer.rss_bytes() / 1e6 if peer.process else None
-                    }
-                    # First, while the process is fresh: memory freed by later scenarios
-                    # would otherwise be reused and hide what open streams cost.
-                    r["open_streams"] = open_streams(peer, 300 if quick else 1000)
-                    chat = StreamShape(chunks=50, interval_ms=20)
-                    r["stream50"] = streaming(peer, 50, chat, seconds)
-                    r["stream200"] = streaming(peer, 200, chat, seconds)
-                    r["firehose"] = streaming(
-                        peer, 10, StreamShape(chunks=2000, interval_ms=0), seconds
-                    )
-                    r["nonstream"] = non_streaming(peer, seconds, workdir)
-                    if peer.name in HTTP2_PEERS and shutil.which("h2load"):
-                        r["h2_stream"] = http2(peer, seconds, workdir, streaming=True)
-                        r["h2_plain"] = http2(peer, seconds, workdir, streaming=False)
-                    r["slow_client"] = slow_client(peer, upstream)
-                    r["hang_ups"] = hang_ups(peer, upstream)
-                    results[peer.name] = r
-                    print(json.dumps(r, indent=1, default=str), flush=True)
-                finally:
-                    peer.stop()
-            # Scaling: one and two workers on both cores, sharing them with the load.
-            for peer in scaling:
-                print(f"--- scaling: {peer.name}", flush=True)
-                os.sched_setaffinity(0, {PROXY_CORE, LOAD_CORE})
-                peer.start(f"{PROXY_CORE},{LOAD_CORE}")
-                try:
-                    out = non_streaming(peer, seconds, workdir, cores=f"{PROXY_CORE},{LOAD_CORE}")
-                    results.setdefault("_scaling", {})[peer.name] = out["requests_per_s"]
-                finally:
-                    peer.stop()
-                    os.sched_setaffinity(0, {LOAD_CORE})
+            for number in range(1, rounds + 1):
+                results: dict[str, Any] = {}
+                for peer in found:
+                    if peer.name == "filterproxy-2-workers":
+                        continue
+                    print(f"--- round {number}/{rounds}: {peer.name}", flush=True)
+                    peer.start(str(PROXY_CORE))
+                    try:
+                        results[peer.name] = measure_peer(peer, upstream, workdir, quick)
+                        print(json.dumps(results[peer.name], indent=1, default=str), flush=True)
+                    finally:
+                        peer.stop()
+                # Scaling: one and two workers on both cores, sharing them with the load.
+                for peer in scaling:
+                    print(f"--- round {number}/{rounds}: scaling, {peer.name}", flush=True)
+                    os.sched_setaffinity(0, {PROXY_CORE, LOAD_CORE})
+                    peer.start(f"{PROXY_CORE},{LOAD_CORE}")
+                    try:
+                        out = non_streaming(
+                            peer, seconds, workdir, cores=f"{PROXY_CORE},{LOAD_CORE}"
+                        )
+                        results.setdefault("_scaling", {})[peer.name] = out["requests_per_s"]
+                    finally:
+                        peer.stop()
+                        os.sched_setaffinity(0, {LOAD_CORE})
+                every.append(results)
     finally:
         upstream.stop()
-    return results
+    merged: dict[str, Any] = median_of(every)
+    if rounds > 1:
+        merged["_rounds"] = every
+    return merged
 
 
 def fmt(value: Any, digits: int = 1) -> str:
@@ -422,20 +456,33 @@ def chart(results: dict[str, Any], path: Path, title: str) -> None:
     fig.savefig(path, dpi=90)
 
 
+def _how_many(rounds: int) -> str:
+    if rounds == 1:
+        return "One round"
+    return f"Medians of {rounds} rounds (every peer in turn, each round)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peers", help="comma-separated subset of direct,nginx,envoy,filterproxy")
     parser.add_argument("--quick", action="store_true", help="shorter scenarios (a smoke run)")
     parser.add_argument("--no-save", action="store_true", help="print only, write no result files")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="measure every peer this many times, in turn, and report medians "
+        "(default 3; 1 with --quick)",
+    )
     args = parser.parse_args()
     only = set(args.peers.split(",")) if args.peers else None
-    results = run(only, args.quick)
+    rounds = args.rounds or (1 if args.quick else 3)
+    results = run(only, args.quick, rounds)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}"
     today = datetime.date.today().isoformat()
     text = (
         f"# Benchmark {today}\n\nMachine: {machine}. Each proxy pinned to core {PROXY_CORE}; upstream and "
-        f"load generators on core {LOAD_CORE}. Streams: 50 chunks 20 ms apart. Medians of one run; "
-        f"compare ratios within this run.\n\n{table(results)}\n"
+        f"load generators on core {LOAD_CORE}. Streams: 50 chunks 20 ms apart. "
+        f"{_how_many(rounds)}; compare ratios within this run.\n\n{table(results)}\n"
     )
     print(text)
     if not args.no_save:
