@@ -4,14 +4,14 @@ interpreter: this one has imported it long ago)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
 from filterproxy.config import ConfigError, parse_config
 from filterproxy.lazytls import uses_tls
+
+from .fresh_interpreter import run_python
 
 
 def config(cluster_url: str = "http://127.0.0.1:9101", extra: str = "") -> object:
@@ -79,15 +79,7 @@ def test_twisted_networking_imported_with_openssl_hidden_works_and_tls_loads_lat
         from twisted.protocols.tls import TLSMemoryBIOFactory
         print("loaded after:", "OpenSSL" in sys.modules, CertificateOptions().getContext() is not None)
     """
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
+    assert run_python(code).splitlines() == [
         "hidden: OpenSSL",
         "loaded inside: False",
         "loaded after: True True",

@@ -3,23 +3,7 @@ process has one global reactor, and the test run's is installed already."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-
-
-def run_python(code: str, *, stderr: list[str] | None = None) -> str:
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    if stderr is not None:
-        stderr.append(result.stderr)
-    return result.stdout.strip()
+from .fresh_interpreter import run_python
 
 
 def test_installed_when_no_reactor_was_chosen() -> None:
