@@ -1,8 +1,9 @@
 """The admin listener: metrics, health, readiness, the effective config, reload.
 
-Served with twisted.web's HTTP protocol (``twisted.web.http``, not its resource tree:
-that and the templating it imports are 3.5 MB of memory) on its own endpoint (``admin.listen``, by default
-``tcp:9901:interface=127.0.0.1`` — never public unless configured so):
+Served with twisted.web's HTTP protocol (``twisted.web.http``; not its resource tree,
+which with the templating it imports is about 3 MB of memory) on its own endpoint
+(``admin.listen``, by default ``tcp:9901:interface=127.0.0.1`` — never public unless
+configured so):
 
 - ``GET /metrics``: Prometheus text format (see `filterproxy.metrics`).
 - ``GET /healthz``: 200 while the process runs.
@@ -116,16 +117,18 @@ class _Endpoint:
     get: Callable[[], Reply] | None = None
     post: Callable[[], Reply] | None = None
 
-    def handler(self, method: bytes) -> tuple[Callable[[], Reply] | None, bytes]:
-        """The handler for *method*, or None and the methods to name in ``Allow``."""
-        allowed = b", ".join(
-            m for m, h in ((b"GET", self.get), (b"HEAD", self.get), (b"POST", self.post)) if h
-        )
+    def handler(self, method: bytes) -> Callable[[], Reply] | None:
+        """The handler for *method*, if this path takes it."""
         if method in (b"GET", b"HEAD"):
-            return self.get, allowed
-        if method == b"POST":
-            return self.post, allowed
-        return None, allowed
+            return self.get
+        return self.post if method == b"POST" else None
+
+    def allowed(self) -> bytes:
+        """The methods this path takes, for ``Allow``."""
+        methods = [b"GET", b"HEAD"] if self.get is not None else []
+        if self.post is not None:
+            methods.append(b"POST")
+        return b", ".join(methods)
 
 
 class _AdminRequest(Request):
@@ -140,8 +143,9 @@ class _AdminRequest(Request):
         if endpoint is None:
             reply = _NOT_FOUND
         else:
-            handler, allowed = endpoint.handler(self.method)
+            handler = endpoint.handler(self.method)
             if handler is None:
+                allowed = endpoint.allowed()
                 self.setHeader(b"allow", allowed)
                 reply = _json(405, {"error": f"use {allowed.decode()} here"})
             else:
