@@ -110,7 +110,7 @@ def test_pyopenssl_loads_on_first_use_when_the_config_has_no_tls(
     tls_upstream: tuple[Upstream, Path], upstream: Upstream, tmp_path: Path
 ) -> None:
     """Started on a cleartext-only config the gateway does not load pyOpenSSL (about
-    13 MB); a reload that adds an https cluster loads it, and TLS works as from the
+    12 MB); a reload that adds an https cluster loads it, and TLS works as from the
     start: verified against the cluster's CA, the request answered."""
     secure, cert = tls_upstream
     cleartext = f"""
