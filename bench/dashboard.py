@@ -127,7 +127,7 @@ async def drive(seconds: float) -> None:
     for phase in PHASES:
         stop = time.monotonic() + per_phase
         print(f"phase: {phase}", flush=True)
-        await asyncio.gather(*(user(phase, stop) for _ in range(phase["users"])))
+        await asyncio.gather(*(user(phase, stop) for _ in range(int(phase["users"]))))
 
 
 def query_range(expr: str, start: float, end: float) -> list[dict[str, Any]]:
