@@ -501,7 +501,9 @@ def chart(results: dict[str, Any], path: Path, title: str) -> None:
         ax.bar(names, values, color=colors[: len(names)])
         ax.set_title(label, fontsize=10)
         for i, v in enumerate(values):
-            ax.text(i, v, f"{v:,.1f}", ha="center", va="bottom", fontsize=8)
+            ax.text(
+                i, v, f"{v:,.2f}" if v < 1 else f"{v:,.1f}", ha="center", va="bottom", fontsize=8
+            )
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
