@@ -7,6 +7,8 @@ Each proxy runs alone on core 0; the mock upstream and the load generators share
 The chat-stream scenarios run their load generator at real-time priority on core 1 (see
 `reading_at_once`), so that it reads each chunk when it arrives instead of when the upstream
 next yields the core: what they measure is the proxy's latency, not the load generator's.
+The 200-stream one runs once more with a reader at normal priority for the CPU per chunk
+(the table gives both).
 Results are written to bench/results/<date>-<machine>.{md,json,png} and printed.
 Numbers are only comparable within one run: read them as ratios between the peers.
 """
