@@ -25,11 +25,17 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.logger import Logger
-from twisted.web.http import HTTPFactory, Request
-from twisted.web.iweb import INonQueuedRequestFactory
 from zope.interface import implementer
 
 from filterproxy.config import Config
+from filterproxy.lazytls import hidden
+
+# twisted.web.http imports the h2 package when it is installed (to offer HTTP/2 over TLS
+# ALPN), about 1 MB of memory the admin listener, HTTP/1.1 only, never uses: a gateway whose
+# clients and upstreams speak HTTP/1.1 should not carry it (see filterproxy.downstream.server).
+with hidden("h2"):
+    from twisted.web.http import HTTPFactory, Request
+    from twisted.web.iweb import INonQueuedRequestFactory
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry

@@ -21,6 +21,7 @@ upstream need a restart to change, so TLS there is always known at start-up.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import sys
 from collections.abc import Iterator, Sequence
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from filterproxy.config import Config
 
-__all__ = ["openssl_hidden", "should_defer", "uses_tls"]
+__all__ = ["hidden", "openssl_hidden", "should_defer", "uses_tls"]
 
 #: The package hidden while Twisted's networking is imported.
 _HIDDEN = "OpenSSL"
@@ -66,23 +67,32 @@ def should_defer(config: Config, listeners: Sequence[str], admin_listener: str |
 
 
 class _Hide(importlib.abc.MetaPathFinder):
-    """Makes importing pyOpenSSL fail as if it were not installed."""
+    """Makes importing *package* fail as if it were not installed."""
+
+    def __init__(self, package: str) -> None:
+        self.package = package
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: object = None
     ) -> ModuleSpec | None:
-        if fullname == _HIDDEN or fullname.startswith(_HIDDEN + "."):
+        if fullname == self.package or fullname.startswith(self.package + "."):
             raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
         return None
 
 
 @contextmanager
-def openssl_hidden() -> Iterator[None]:
-    """Within the block, ``import OpenSSL`` fails as on a machine without it; after it,
-    pyOpenSSL imports as usual."""
-    finder = _Hide()
+def hidden(package: str) -> Iterator[None]:
+    """Within the block, ``import package`` (or any of its modules) fails as on a
+    machine without it, unless it was imported before; after it, it imports as usual."""
+    finder = _Hide(package)
     sys.meta_path.insert(0, finder)
     try:
         yield
     finally:
         sys.meta_path.remove(finder)
+
+
+def openssl_hidden() -> contextlib.AbstractContextManager[None]:
+    """Within the block, ``import OpenSSL`` fails as on a machine without it; after it,
+    pyOpenSSL imports as usual."""
+    return hidden(_HIDDEN)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from twisted.internet import defer
 from twisted.internet.endpoints import (
@@ -34,10 +34,10 @@ from filterproxy.upstream.connection import (
     UpstreamExchange,
     tls_error,
 )
-from filterproxy.upstream.h2 import MAX_STREAMS, H2ClientConnection
 
 if TYPE_CHECKING:
     from filterproxy.config import ClusterConfig, EndpointConfig
+    from filterproxy.upstream.h2 import H2ClientConnection
 
 __all__ = ["ConnectTimeout", "ConnectionPool", "NotHTTP2", "TLSHandshakeFailed"]
 
@@ -57,7 +57,24 @@ class TLSHandshakeFailed(Exception):
 
 
 #: A connection the pool hands out.
-_Upstream = HTTP11ClientConnection | H2ClientConnection
+_Upstream: TypeAlias = "HTTP11ClientConnection | H2ClientConnection"
+
+
+def _may_speak_h2(cluster: ClusterConfig, endpoint: EndpointConfig) -> bool:
+    """Whether connections to *endpoint* may speak HTTP/2: the cluster asks for it, or
+    leaves it to ALPN over TLS."""
+    return cluster.protocol == "http2" or (
+        cluster.protocol == "auto" and endpoint.scheme == "https"
+    )
+
+
+def _h2_connection(pool: ConnectionPool) -> H2ClientConnection:
+    """A new HTTP/2 connection. `filterproxy.upstream.h2` (with the h2 package, about
+    1 MB of memory that a gateway whose upstreams speak HTTP/1.1 does without) is
+    imported when a pool is made for a cluster that may speak HTTP/2 (`_may_speak_h2`)."""
+    from filterproxy.upstream.h2 import H2ClientConnection
+
+    return H2ClientConnection(pool)
 
 
 @implementer(IHandshakeListener)
@@ -74,7 +91,7 @@ class _ALPNSelector(Protocol):
         transport: Any = self.transport
         negotiated = getattr(transport, "negotiatedProtocol", None)
         if negotiated == b"h2":
-            chosen: _Upstream = H2ClientConnection(self.pool)
+            chosen: _Upstream = _h2_connection(self.pool)
         elif self.pool.cluster.protocol == "http2":
             self.ready.errback(
                 NotHTTP2(
@@ -123,7 +140,7 @@ class _ConnectionFactory(Factory):
                 return HTTP11ClientConnection(pool)
             return _ALPNSelector(pool)
         if pool.cluster.protocol == "http2":
-            return H2ClientConnection(pool)  # cleartext: prior knowledge (h2c)
+            return _h2_connection(pool)  # cleartext: prior knowledge (h2c)
         return HTTP11ClientConnection(pool)
 
 
@@ -145,6 +162,9 @@ class ConnectionPool:
         self.closed = False
         #: Idle connections' limits (idle_connection_timeout), as coarse deadlines.
         self.deadlines = deadlines_for(reactor)
+        if _may_speak_h2(cluster, endpoint):
+            # Now, at start-up or on reload, rather than on a request's path.
+            import filterproxy.upstream.h2  # noqa: F401
         connector = _tcp_endpoint(reactor, endpoint, cluster.timeouts.connect)
         if endpoint.scheme == "https":
             connector = _TLSClientEndpoint(_tls_options(cluster, endpoint.host), connector)
@@ -162,9 +182,12 @@ class ConnectionPool:
             conn = self.take_idle()
             if conn is not None:
                 return defer.succeed(conn)
-            if self.h2_connecting and len(self.waiters) < self.h2_connecting * MAX_STREAMS:
-                # An HTTP/2 connection on its way will take this request too.
-                return self._wait(connect_timeout)
+            if self.h2_connecting:
+                from filterproxy.upstream.h2 import MAX_STREAMS
+
+                if len(self.waiters) < self.h2_connecting * MAX_STREAMS:
+                    # An HTTP/2 connection on its way will take this request too.
+                    return self._wait(connect_timeout)
         if self.open_count >= self.cluster.max_connections:
             return self._wait(connect_timeout)
         return self._connect(connect_timeout)
@@ -200,9 +223,7 @@ class ConnectionPool:
 
     def _connect(self, timeout: float) -> defer.Deferred[UpstreamExchange]:
         self.open_count += 1
-        may_be_h2 = self.cluster.protocol == "http2" or (
-            self.cluster.protocol == "auto" and self.address.scheme == "https"
-        )
+        may_be_h2 = _may_speak_h2(self.cluster, self.address)
         if may_be_h2:
             self.h2_connecting += 1
 
@@ -235,7 +256,7 @@ class ConnectionPool:
         """The exchange a new connection offers, once its protocol is known."""
         if isinstance(protocol, _ALPNSelector):
             return protocol.ready.addCallback(self._negotiated)
-        if isinstance(protocol, H2ClientConnection):
+        if not isinstance(protocol, HTTP11ClientConnection):  # HTTP/2
             self.h2_connections.append(protocol)
             stream = protocol.new_stream()
             self.reactor.callLater(0, self.h2_capacity, protocol)  # for those waiting
