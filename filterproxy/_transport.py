@@ -14,15 +14,16 @@ from typing import Any
 
 from twisted.internet import tcp
 
-__all__ = ["NativeProtocol", "write_now"]
+__all__ = ["PLAIN_TCP", "NativeProtocol", "write_now"]
 
-_PLAIN_TCP = (tcp.Server, tcp.Client)
+#: The transports `write_now` sends on directly.
+PLAIN_TCP = (tcp.Server, tcp.Client)
 
 
 def write_now(transport: Any, data: bytes) -> None:
     """Write *data* to *transport*, sending it immediately when nothing is queued."""
     if (
-        type(transport) in _PLAIN_TCP
+        type(transport) in PLAIN_TCP
         and not transport._tempDataLen
         and not transport.dataBuffer
         and transport.connected

@@ -147,3 +147,57 @@ def test_peer_close_half_close_and_reset_reach_the_protocol() -> None:
         "data b'reset'",
         "lost ConnectionLost",
     ]
+
+
+def test_an_upstream_socket_delivers_to_the_pooled_connection_itself() -> None:
+    """Twisted's client endpoint connects a forwarding protocol of its own; the upstream
+    connection takes its place, and still gets the socket's reads and its close."""
+    out = run_python(
+        """
+        from filterproxy.reactor import install_if_unset
+        install_if_unset()
+        from twisted.internet import reactor, protocol
+        from twisted.internet.endpoints import TCP4ServerEndpoint
+        from filterproxy.config import parse_config
+        from filterproxy.service import Gateway
+
+        class Chatty(protocol.Protocol):  # sends what no request asked for
+            def connectionMade(self):
+                self.transport.write(b"unasked-for bytes")
+
+        class Closing(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.loseConnection()
+
+        def connect(port, then):
+            url = f"http://127.0.0.1:{port.getHost().port}"
+            config = parse_config(
+                f'clusters: {{up: {{url: "{url}"}}}}\\nroutes: [{{cluster: up}}]', environ={}
+            )
+            pool = Gateway(config, reactor).clusters["up"].endpoints[0].pool
+            def connected(conn):
+                print("direct:", conn.transport.protocol is conn)
+                def settled():
+                    print("state:", conn.state.value, "open:", pool.open_count)
+                    port.stopListening()
+                    then()
+                reactor.callLater(0.5, settled)
+            pool.acquire(5).addCallback(connected)
+
+        def upstream(kind, then):
+            endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+            endpoint.listen(protocol.Factory.forProtocol(kind)).addCallback(connect, then)
+
+        upstream(Chatty, lambda: upstream(Closing, reactor.stop))
+        reactor.callLater(20, reactor.stop)
+        reactor.run()
+        """
+    )
+    # Bytes while idle make a connection unusable; a close is noticed: both closed, and
+    # neither counted as open any more.
+    assert out.splitlines() == [
+        "direct: True",
+        "state: closed open: 0",
+        "direct: True",
+        "state: closed open: 0",
+    ]
