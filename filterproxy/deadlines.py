@@ -8,6 +8,11 @@ with a dictionary assignment, and one `LoopingCall` per reactor looks for expire
 `RESOLUTION` times a second: a timeout fires up to 1/4 s late, which is nothing next to
 limits counted in seconds. Precise delays (retry back-off, lingering close) still use
 `callLater`.
+
+A limit reset by frequent events (the router's idle limit, by every chunk) need not even be
+set again each time: the owner notes the event's time on the coarse clock `Deadlines.now`
+(an attribute read, where ``set`` reads the clock, builds a tuple and writes the dictionary)
+and, when the deadline expires, sets it again for what is left.
 """
 
 from __future__ import annotations
@@ -34,10 +39,15 @@ class Deadlines:
         self.reactor = reactor
         self.entries: dict[object, tuple[float, Callable[[], None]]] = {}
         self.loop: LoopingCall | None = None
+        #: The reactor's time at the last check or `set`: a clock that lags by at most
+        #: `RESOLUTION` while the reactor runs, for owners that note the time of every
+        #: event (a chunk) and cannot afford to read the clock each time.
+        self.now: float = reactor.seconds()
 
     def set(self, owner: object, seconds: float, action: Callable[[], None]) -> None:
         """Call *action* once *seconds* have passed, unless *owner* clears or sets again."""
-        self.entries[owner] = (self.reactor.seconds() + seconds, action)
+        now = self.now = self.reactor.seconds()
+        self.entries[owner] = (now + seconds, action)
         if self.loop is None:
             self.loop = LoopingCall(self.check)
             self.loop.clock = self.reactor
@@ -48,7 +58,7 @@ class Deadlines:
 
     def check(self) -> None:
         """Run the actions whose deadline has passed."""
-        now = self.reactor.seconds()
+        now = self.now = self.reactor.seconds()
         expired = [owner for owner, (deadline, _) in self.entries.items() if deadline <= now]
         for owner in expired:
             entry = self.entries.get(owner)  # an action run before may have changed it

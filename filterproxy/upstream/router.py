@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from filterproxy.config import RouteConfig, UpstreamPlan
+from filterproxy.deadlines import RESOLUTION
 from filterproxy.filters.api import RequestHead
 from filterproxy.http.headers import Headers
 from filterproxy.upstream.connection import UpstreamExchange, UpstreamFailure
@@ -103,6 +104,9 @@ class Router:
         self.overhead: float | None = None
         self.last_data_at = 0.0
         self.gap_histogram: Histogram | None = None
+        #: When the last chunk came, on the deadlines' coarse clock (`Deadlines.now`):
+        #: the idle deadline is moved when it expires, not on every chunk.
+        self.data_seen_at = -1.0
 
     # -- terminal decoder -------------------------------------------------------------
 
@@ -310,10 +314,7 @@ class Router:
             self.connection = None
             self._cancel_timers()
         else:
-            if self.watching:
-                self.deadlines.set(
-                    self, self.plan[self.plan_index].timeouts.idle, self._idle_timeout
-                )
+            self.data_seen_at = self.deadlines.now
             if self.heartbeat_timer is not None:
                 self.heartbeat_timer.reset(self.heartbeat)  # type: ignore[arg-type]
         self.manager.encode_data(data, end_stream)
@@ -364,8 +365,14 @@ class Router:
         )
 
     def _idle_timeout(self) -> None:
-        self.watching = False
         seconds = self.plan[self.plan_index].timeouts.idle
+        # The last chunk came at or after data_seen_at, and before it plus RESOLUTION:
+        # the limit is counted from the latest moment it may have come (never early).
+        remaining = self.data_seen_at + RESOLUTION + seconds - self.deadlines.now
+        if remaining > 0:
+            self.deadlines.set(self, remaining, self._idle_timeout)
+            return
+        self.watching = False
         self._time_out(
             f"sent nothing for {seconds:g}s mid-response (timeouts.idle)", "upstream_idle_timeout"
         )

@@ -53,3 +53,18 @@ def test_one_set_of_deadlines_per_reactor() -> None:
     first, second = Clock(), Clock()
     assert deadlines_for(first) is deadlines_for(first)
     assert deadlines_for(first) is not deadlines_for(second)
+
+
+def test_now_is_the_clock_at_the_last_check_or_set() -> None:
+    clock = Clock()
+    clock.advance(100)
+    deadlines = Deadlines(clock)
+    assert deadlines.now == 100
+    deadlines.set("a", 10, lambda: None)
+    clock.advance(RESOLUTION / 2)
+    assert deadlines.now == 100  # between checks it lags, by less than one check
+    clock.advance(RESOLUTION / 2)
+    assert deadlines.now == 100 + RESOLUTION
+    clock.advance(0.1)
+    deadlines.set("b", 10, lambda: None)
+    assert deadlines.now == 100 + RESOLUTION + 0.1
