@@ -15,6 +15,7 @@ from filterproxy.filters.api import FilterStatus, RequestHead, ResponseHead
 
 if TYPE_CHECKING:
     from filterproxy.filters.api import IStreamFilter
+    from filterproxy.filters.manager import FilterManager
 
 __all__ = ["DecodeIteration", "EncodeIteration", "FilterIteration"]
 
@@ -91,6 +92,12 @@ class FilterIteration(Generic[HeadT]):
     def _call_headers(self, index: int, head: HeadT, end_stream: bool) -> FilterStatus:
         raise NotImplementedError
 
+    def _to_sink_headers(self, head: HeadT, end_stream: bool) -> None:
+        self.sink_headers(head, end_stream)
+
+    def _to_sink_data(self, data: bytes, end_stream: bool) -> None:
+        self.sink_data(data, end_stream)
+
     def _call_data(self, index: int, data: bytes, end_stream: bool) -> FilterStatus:
         raise NotImplementedError
 
@@ -112,12 +119,12 @@ class FilterIteration(Generic[HeadT]):
             index += 1
         self.headers_held_at = None
         self.headers_passed = True
-        self.sink_headers(self.head, self.head_end_stream)
+        self._to_sink_headers(self.head, self.head_end_stream)
         return True
 
     def data(self, data: bytes, end_stream: bool) -> None:
         if self.data_passthrough and self.headers_passed:
-            self.sink_data(data, end_stream)
+            self._to_sink_data(data, end_stream)
         else:
             self._data_from(0, data, end_stream)
 
@@ -147,7 +154,7 @@ class FilterIteration(Generic[HeadT]):
             if status is _BUFFER:
                 self._buffer(index, data, end_stream)
             return
-        self.sink_data(data, end_stream)
+        self._to_sink_data(data, end_stream)
 
     def _buffer(self, index: int, data: bytes, end_stream: bool) -> None:
         self.buffers.setdefault(index, []).append(data)
@@ -198,9 +205,43 @@ class DecodeIteration(FilterIteration[RequestHead]):
 
 
 class EncodeIteration(FilterIteration[ResponseHead]):
-    """The response direction: ``encode_headers`` / ``encode_data``, in reverse order."""
+    """The response direction: ``encode_headers`` / ``encode_data``, in reverse order,
+    to the request's `FilterManager`, which sends to the client. (Called as methods of
+    the manager, not through callables: once per chunk, a direct call when compiled.)"""
 
-    __slots__ = ()
+    __slots__ = ("manager",)
+
+    def __init__(
+        self,
+        filters: list[IStreamFilter],
+        takes_data: tuple[bool, ...],
+        manager: FilterManager,
+        buffer_limit: int,
+        on_buffer_overflow: Callable[[], None],
+        data_passthrough: bool,
+    ) -> None:
+        super().__init__(
+            filters,
+            takes_data,
+            _ignore,
+            _ignore,
+            buffer_limit,
+            on_buffer_overflow,
+            data_passthrough,
+        )
+        self.manager: FilterManager | None = manager
+
+    def _to_sink_headers(self, head: ResponseHead, end_stream: bool) -> None:
+        if self.manager is not None:
+            self.manager.send_response_head(head, end_stream)
+
+    def _to_sink_data(self, data: bytes, end_stream: bool) -> None:
+        if self.manager is not None:
+            self.manager.send_response_data(data, end_stream)
+
+    def release(self) -> None:
+        super().release()
+        self.manager = None
 
     def _call_headers(self, index: int, head: ResponseHead, end_stream: bool) -> FilterStatus:
         return self.filters[index].encode_headers(head, end_stream)

@@ -254,8 +254,7 @@ class FilterManager:
             self.encoder = EncodeIteration(
                 [filters[i] for i in shape.encoders],
                 shape.encoder_takes_data,
-                self._send_head,
-                self._send_data,
+                self,
                 buffer_limit,
                 self._response_too_large,
                 data_passthrough=shape.encode_passthrough,
@@ -321,7 +320,7 @@ class FilterManager:
         head = ResponseHead(status, forward_response_headers(headers))
         try:
             if self.encoder is None:
-                self._send_head(head, end_stream)
+                self.send_response_head(head, end_stream)
             else:
                 self.encoder.headers(head, end_stream)
         except Exception:
@@ -331,13 +330,14 @@ class FilterManager:
         """A piece of the upstream's response body, passed on as it is."""
         try:
             if self.encoder is None:
-                self._send_data(data, end_stream)
+                self.send_response_data(data, end_stream)
             else:
                 self.encoder.data(data, end_stream)
         except Exception:
             self._internal_error()
 
-    def _send_head(self, head: ResponseHead, end_stream: bool) -> None:
+    def send_response_head(self, head: ResponseHead, end_stream: bool) -> None:
+        """The response head, past the filters: to the client."""
         self.response_started = True
         self.stream_info.status = head.status
         headers = head.headers
@@ -353,7 +353,8 @@ class FilterManager:
         if end_stream:
             self._finish("complete")
 
-    def _send_data(self, data: bytes, end_stream: bool) -> None:
+    def send_response_data(self, data: bytes, end_stream: bool) -> None:
+        """A piece of the response body, past the filters: to the client."""
         self.stream_info.bytes_out += len(data)
         self.last_chunk = data or self.last_chunk
         self.downstream.send_data(data, end_stream)
