@@ -59,7 +59,8 @@ class Exchange:
         self.chunked = False
         #: A response head not yet written (see `send_head`).
         self.pending_head = b""
-        #: Within one upstream read (`hold`): body bytes kept for the `flush` that ends it.
+        #: Within one upstream read (`hold`): body bytes kept for the `flush` that ends it
+        #: (not yet framed).
         self.holding = False
         self.held: list[bytes] = []
         self.manager: FilterManager | None = None
@@ -133,8 +134,22 @@ class Exchange:
     def send_data(self, data: bytes, end_stream: bool) -> None:
         if self.response_complete or self.connection.gone:
             return
-        transport = self.connection.transport
-        assert transport is not None
+        if self.holding and not end_stream:
+            if data:
+                self.held.append(data)
+            return
+        self._write(data, end_stream)
+
+    def _write(self, data: bytes, end_stream: bool) -> None:
+        """Write what is held, then *data*: the body bytes framed as one chunk (when
+        chunked; where upstream chunks began does not matter to the client, and one read
+        of several of them costs one chunk header), after the head if it is still held."""
+        held = self.held
+        if held:
+            if data:
+                held.append(data)
+            data = b"".join(held) if len(held) > 1 else held[0]
+            held.clear()
         if self.chunked:
             if data:
                 data = b"%x\r\n%s\r\n" % (len(data), data)
@@ -143,16 +158,8 @@ class Exchange:
         if self.pending_head:
             data = self.pending_head + data
             self.pending_head = b""
-        if self.holding and not end_stream:
-            if data:
-                self.held.append(data)
-            return
-        if self.held:
-            self.held.append(data)
-            data = b"".join(self.held)
-            self.held.clear()
         if data:
-            write_now(transport, data)
+            write_now(self.connection.transport, data)
         if end_stream:
             self._complete()
 
@@ -161,15 +168,8 @@ class Exchange:
 
     def flush(self) -> None:
         self.holding = False
-        if self.connection.gone:
-            return
-        if self.held:  # the head, if any, went in first (send_data)
-            data = b"".join(self.held)
-            self.held.clear()
-        else:
-            data, self.pending_head = self.pending_head, b""
-        if data:
-            write_now(self.connection.transport, data)
+        if not self.connection.gone and not self.response_complete:
+            self._write(b"", False)
 
     def abort(self) -> None:
         self.flush()
