@@ -1,9 +1,9 @@
 """The admin listener: metrics, health, readiness, the effective config, reload.
 
-Served with twisted.web's HTTP protocol (``twisted.web.http``; not its resource tree,
-which with the templating it imports is about 3 MB of memory) on its own endpoint
-(``admin.listen``, by default ``tcp:9901:interface=127.0.0.1`` — never public unless
-configured so):
+Served on its own endpoint (``admin.listen``, by default ``tcp:9901:interface=127.0.0.1``
+— never public unless configured so) over HTTP/1.1, parsed by the same C parser as the
+gateway's clients (llhttp through `httptools`). Not twisted.web: its HTTP protocol alone
+is about 1 MB of memory, its resource tree and templating 3 MB more, for five endpoints.
 
 - ``GET /metrics``: Prometheus text format (see `filterproxy.metrics`).
 - ``GET /healthz``: 200 while the process runs.
@@ -23,22 +23,17 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import httptools
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from filterproxy.config import Config
-from filterproxy.lazytls import hidden
-
-# twisted.web.http imports the h2 package when it is installed (to offer HTTP/2 over TLS
-# ALPN), about 1 MB of memory the admin listener, HTTP/1.1 only, never uses: a gateway whose
-# clients and upstreams speak HTTP/1.1 should not carry it (see filterproxy.downstream.server).
-with hidden("h2"):
-    from twisted.web.http import HTTPFactory, Request
-    from twisted.web.iweb import INonQueuedRequestFactory
+from filterproxy.downstream.exchange import reason_phrase
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
     from filterproxy.service import Gateway
 
@@ -137,75 +132,178 @@ class _Endpoint:
         return b", ".join(methods)
 
 
-class _AdminRequest(Request):
-    """One admin request, answered from the endpoint table by path and method."""
+#: A request head larger than this is refused (431); the admin's requests are a line and
+#: a few headers.
+MAX_HEAD_BYTES = 64 * 1024
+#: Request bodies are read and ignored; a larger one is refused (413).
+MAX_BODY_BYTES = 1024 * 1024
+#: An admin connection with no request in progress for this long is closed (a scraper
+#: that keeps its connection between scrapes reconnects).
+IDLE_TIMEOUT = 60.0
 
-    def __init__(self, channel: Any, endpoints: Mapping[bytes, _Endpoint]) -> None:
-        super().__init__(channel)
-        self.endpoints = endpoints
 
-    def process(self) -> None:
-        endpoint = self.endpoints.get(self.path.split(b"?", 1)[0])
-        if endpoint is None:
-            reply = _NOT_FOUND
-        else:
-            handler = endpoint.handler(self.method)
-            if handler is None:
-                allowed = endpoint.allowed()
-                self.setHeader(b"allow", allowed)
-                reply = _json(405, {"error": f"use {allowed.decode()} here"})
-            else:
-                try:
-                    reply = handler()
-                except Exception:
-                    log.failure("admin: {method} {path} failed", method=self.method, path=self.path)
-                    reply = _json(500, {"error": "internal error (see the gateway's log)"})
+def _response(status: int, headers: list[tuple[bytes, bytes]], body: bytes, head: bool) -> bytes:
+    """The bytes of one response; for HEAD, without the body (its length still stated)."""
+    lines = [b"HTTP/1.1 %d %s" % (status, reason_phrase(status))]
+    lines.extend(name + b": " + value for name, value in headers)
+    lines.append(b"content-length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head else body)
+
+
+class AdminConnection(Protocol):
+    """One admin client connection: HTTP/1.1 parsed by llhttp (`httptools`), keep-alive
+    and pipelining, each request answered at once from the endpoint table."""
+
+    def __init__(self, factory: AdminFactory) -> None:
+        self.factory = factory
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.head_bytes = 0
+        self.body_bytes = 0
+        self.in_head = False
+        self.expect_continue = False
+        #: A response asked for the close: nothing more is read or answered.
+        self.closing = False
+        self.timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        self.timer = self.factory.reactor.callLater(IDLE_TIMEOUT, self._idle)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if self.timer is not None and self.timer.active():
+            self.timer.reset(IDLE_TIMEOUT)
+        if self.in_head:
+            self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Upgrade (h2c, WebSocket) is not offered: the request was answered, if it was
+            # complete; either way this connection ends here.
+            self._close()
+            return
+        except httptools.HttpParserError as e:
+            if self.closing:
+                return  # bytes after a request that ended the connection: not read
+            self._reply(_json(400, {"error": f"invalid HTTP request: {e}"}), close=True)
+            return
+        if self.in_head and self.head_bytes > MAX_HEAD_BYTES and not self.closing:
+            message = f"the request head is larger than {MAX_HEAD_BYTES} bytes"
+            self._reply(_json(431, {"error": message}), close=True)
+
+    # -- llhttp callbacks -----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.in_head = True
+        self.head_bytes = 0
+        self.body_bytes = 0
+        self.expect_continue = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"expect" and value.lower() == b"100-continue":
+            self.expect_continue = True
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        if self.expect_continue and not self.closing and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        if self.body_bytes > MAX_BODY_BYTES and not self.closing:
+            message = f"the admin endpoints take no request body over {MAX_BODY_BYTES} bytes"
+            self._reply(_json(413, {"error": message}), close=True)
+
+    def on_message_complete(self) -> None:
+        if self.closing:
+            return
+        method = self.parser.get_method()
+        reply, extra = self.factory.answer(method, self.url.split(b"?", 1)[0])
+        self._reply(reply, close=not self.parser.should_keep_alive(), extra=extra, method=method)
+
+    # -- answering ------------------------------------------------------------------------
+
+    def _reply(
+        self,
+        reply: Reply,
+        *,
+        close: bool,
+        extra: list[tuple[bytes, bytes]] | None = None,
+        method: bytes = b"GET",
+    ) -> None:
         status, content_type, body = reply
-        self.setResponseCode(status)
-        self.setHeader(b"content-type", content_type)
-        self.setHeader(b"cache-control", b"no-store")
-        self.setHeader(b"content-length", b"%d" % len(body))
-        self.write(body)
-        self.finish()
+        headers = [(b"content-type", content_type), (b"cache-control", b"no-store")]
+        headers.extend(extra or ())
+        if close:
+            headers.append((b"connection", b"close"))
+        if self.transport is not None:
+            self.transport.write(_response(status, headers, body, head=method == b"HEAD"))
+        if close:
+            self._close()
+
+    def _close(self) -> None:
+        self.closing = True
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _idle(self) -> None:
+        self.timer = None
+        self._close()
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.closing = True
+        self._cancel_timer()
 
 
-@implementer(INonQueuedRequestFactory)
-class _Requests:
-    """Builds the admin listener's requests (with the endpoint table)."""
-
-    def __init__(self, endpoints: Mapping[bytes, _Endpoint]) -> None:
-        self.endpoints = endpoints
-
-    def __call__(self, channel: Any) -> _AdminRequest:
-        return _AdminRequest(channel, self.endpoints)
-
-
-class AdminFactory(HTTPFactory):
-    """The admin listener's HTTP/1.1 server (no access log for scrapes and probes)."""
+class AdminFactory(ServerFactory):
+    """The admin listener: builds an `AdminConnection` per client and answers requests
+    from the endpoint table (no access log for scrapes and probes)."""
 
     noisy = False
 
-    def __init__(self, endpoints: Mapping[bytes, _Endpoint]) -> None:
-        super().__init__()
-        self.requests = _Requests(endpoints)
+    def __init__(self, endpoints: Mapping[bytes, _Endpoint], reactor: IReactorTime) -> None:
+        self.endpoints = endpoints
+        self.reactor = reactor
 
-    def buildProtocol(self, addr: Any) -> Any:
-        channel = super().buildProtocol(addr)
-        if channel is not None:
-            channel.requestFactory = self.requests
-        return channel
+    def buildProtocol(self, addr: Any) -> AdminConnection:
+        return AdminConnection(self)
 
-    def log(self, request: Any) -> None:
-        """No access log for scrapes and probes."""
+    def answer(self, method: bytes, path: bytes) -> tuple[Reply, list[tuple[bytes, bytes]]]:
+        """The reply to *method* on *path*, and any extra response headers."""
+        endpoint = self.endpoints.get(path)
+        if endpoint is None:
+            return _NOT_FOUND, []
+        handler = endpoint.handler(method)
+        if handler is None:
+            allowed = endpoint.allowed()
+            return _json(405, {"error": f"use {allowed.decode()} here"}), [(b"allow", allowed)]
+        try:
+            return handler(), []
+        except Exception:
+            log.failure("admin: {method} {path} failed", method=method, path=path)
+            return _json(500, {"error": "internal error (see the gateway's log)"}), []
 
 
 def admin_factory(
     gateway: Callable[[], Gateway],
     registry: CollectorRegistry,
     reload: Callable[[], str | None],
+    reactor: IReactorTime,
 ) -> AdminFactory:
     """The admin listener's factory. *gateway* returns the gateway in force; *reload*
-    re-reads the config and returns None, or the error that kept the old config."""
+    re-reads the config and returns None, or the error that kept the old config;
+    *reactor* times idle connections out."""
 
     def metrics() -> Reply:
         return 200, CONTENT_TYPE_LATEST.encode(), generate_latest(registry)
@@ -230,5 +328,6 @@ def admin_factory(
             b"/ready": _Endpoint(get=ready),
             b"/config": _Endpoint(get=lambda: _json(200, redacted_config(gateway().config))),
             b"/reload": _Endpoint(post=do_reload),
-        }
+        },
+        reactor,
     )

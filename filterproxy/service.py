@@ -238,7 +238,9 @@ class GatewayService(Service):
         if self.admin_description is not None:
             from filterproxy.admin import admin_factory
 
-            site = admin_factory(lambda: self.gateway, self.metrics.registry(), self.reload)
+            site = admin_factory(
+                lambda: self.gateway, self.metrics.registry(), self.reload, self.reactor
+            )
             try:
                 admin_endpoint = serverFromString(
                     self.reactor, with_default_backlog(self.admin_description)

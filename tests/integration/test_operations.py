@@ -186,6 +186,17 @@ def test_admin_endpoints_and_the_model_list(usage_gateway: Gateway) -> None:
     assert head.content == b""
     assert int(head.headers["content-length"]) == len(httpx.get(f"{admin}/healthz").content)
     assert httpx.get(f"{admin}/metrics").headers["content-type"].startswith("text/plain")
+    # One connection for several requests, as a scraper or curl keeps it.
+    with httpx.Client() as keep_alive:
+        assert [keep_alive.get(f"{admin}/healthz").status_code for _ in range(3)] == [200] * 3
+    both = subprocess.run(
+        ["curl", "-sv", f"{admin}/healthz", f"{admin}/ready"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert both.stdout == '{\n  "status": "ok"\n}\n{\n  "status": "ready"\n}\n'
+    assert "Re-using existing connection" in both.stderr or "Reusing" in both.stderr
     models = client(usage_gateway).models.list()
     assert sorted(m.id for m in models) == ["down-model", "fast", "test-model"]
 

@@ -37,7 +37,7 @@ def test_http2_loads_with_the_first_http2_client() -> None:
         GATEWAY
         + """
     plain = gateway('{url: "http://127.0.0.1:9101"}')
-    admin_factory(lambda: plain, Metrics().registry(), lambda: None)
+    admin_factory(lambda: plain, Metrics().registry(), lambda: None, Clock())
     print("at start:", loaded())
     client(plain, b"GET /v1/models HTTP/1.1\\r\\nHost: gw\\r\\n\\r\\n")
     print("HTTP/1.1 client:", loaded())

@@ -1,0 +1,176 @@
+"""The admin listener's HTTP/1.1 handling: keep-alive, pipelining, bodies, bad requests,
+limits and idle connections (the endpoints themselves are tested over real sockets in
+tests/integration/test_operations.py)."""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from filterproxy.admin import (
+    IDLE_TIMEOUT,
+    MAX_BODY_BYTES,
+    MAX_HEAD_BYTES,
+    AdminConnection,
+    AdminFactory,
+    _Endpoint,
+    _json,
+)
+
+
+def connect() -> tuple[AdminConnection, StringTransport, Clock, list[str]]:
+    clock = Clock()
+    calls: list[str] = []
+
+    def reload() -> tuple[int, bytes, bytes]:
+        calls.append("reload")
+        return _json(200, {"status": "reloaded"})
+
+    factory = AdminFactory(
+        {
+            b"/healthz": _Endpoint(get=lambda: _json(200, {"status": "ok"})),
+            b"/reload": _Endpoint(post=reload),
+            b"/broken": _Endpoint(get=lambda: 1 // 0),  # type: ignore[arg-type, return-value]
+        },
+        clock,
+    )
+    connection = factory.buildProtocol(None)
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    return connection, transport, clock, calls
+
+
+def responses(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """Split *raw* into (status, headers, body) by Content-Length."""
+    out = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = dict(line.split(": ", 1) for line in lines[1:])
+        length = int(headers.get("content-length", "0"))
+        status = int(lines[0].split()[1])
+        if status == 100:
+            out.append((status, headers, b""))
+            raw = rest
+            continue
+        out.append((status, headers, rest[:length]))
+        raw = rest[length:]
+    return out
+
+
+def test_keep_alive_answers_request_after_request_on_one_connection() -> None:
+    connection, transport, _, _ = connect()
+    connection.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+    connection.dataReceived(b"GET /healthz?probe=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+    got = responses(transport.value())
+    assert [status for status, _, _ in got] == [200, 200]
+    assert json.loads(got[1][2]) == {"status": "ok"}
+    assert got[0][1]["cache-control"] == "no-store"
+    assert not transport.disconnecting
+
+
+def test_pipelined_requests_are_answered_in_order() -> None:
+    connection, transport, _, calls = connect()
+    connection.dataReceived(
+        b"POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
+        b"GET /nothing HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    assert [status for status, _, _ in responses(transport.value())] == [200, 404, 200]
+    assert calls == ["reload"]
+
+
+def test_a_body_sent_in_pieces_and_chunked_is_read_before_the_answer() -> None:
+    connection, transport, _, calls = connect()
+    connection.dataReceived(
+        b"POST /reload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    connection.dataReceived(b"3\r\nabc\r\n")
+    assert transport.value() == b"" and calls == []
+    connection.dataReceived(b"0\r\n\r\n")
+    assert [status for status, _, _ in responses(transport.value())] == [200]
+
+
+def test_http10_and_connection_close_end_the_connection_after_the_answer() -> None:
+    for request in (
+        b"GET /healthz HTTP/1.0\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    ):
+        connection, transport, _, _ = connect()
+        connection.dataReceived(request + b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        got = responses(transport.value())
+        assert [(status, headers["connection"]) for status, headers, _ in got] == [(200, "close")]
+        assert transport.disconnecting
+
+
+def test_head_states_the_length_without_the_body() -> None:
+    connection, transport, _, _ = connect()
+    connection.dataReceived(b"HEAD /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+    head, _, body = transport.value().partition(b"\r\n\r\n")
+    assert body == b""
+    assert b"content-length: %d" % len(_json(200, {"status": "ok"})[2]) in head
+
+
+def test_wrong_method_unknown_path_and_a_failing_handler() -> None:
+    connection, transport, _, _ = connect()
+    connection.dataReceived(
+        b"GET /reload HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"GET /nothing HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"GET /broken HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    (s1, h1, _), (s2, _, b2), (s3, _, b3) = responses(transport.value())
+    assert (s1, h1["allow"]) == (405, "POST")
+    assert s2 == 404 and "endpoints" in json.loads(b2)
+    assert s3 == 500 and "log" in json.loads(b3)["error"]
+    assert not transport.disconnecting
+
+
+def test_a_malformed_request_gets_400_and_the_close() -> None:
+    connection, transport, _, _ = connect()
+    connection.dataReceived(b"GET /healthz HTTP/1.1\r\nBad Header\r\n\r\n")
+    [(status, headers, body)] = responses(transport.value())
+    assert status == 400 and headers["connection"] == "close"
+    assert "invalid HTTP request" in json.loads(body)["error"]
+    assert transport.disconnecting
+
+
+def test_an_oversized_head_or_body_is_refused() -> None:
+    connection, transport, _, _ = connect()
+    connection.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: a\r\n")
+    connection.dataReceived(b"X-Filler: " + b"a" * MAX_HEAD_BYTES + b"\r\n")
+    [(status, _, body)] = responses(transport.value())
+    assert status == 431 and str(MAX_HEAD_BYTES) in json.loads(body)["error"]
+    assert transport.disconnecting
+
+    connection, transport, _, calls = connect()
+    connection.dataReceived(
+        b"POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY_BYTES + 10)
+    )
+    connection.dataReceived(b"x" * (MAX_BODY_BYTES + 10))
+    [(status, _, body)] = responses(transport.value())
+    assert status == 413 and calls == []
+    assert transport.disconnecting
+
+
+def test_expect_continue_is_answered_before_the_body() -> None:
+    connection, transport, _, _ = connect()
+    connection.dataReceived(
+        b"POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+    )
+    assert transport.value() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    connection.dataReceived(b"{}")
+    assert [status for status, _, _ in responses(transport.value())] == [100, 200]
+
+
+def test_an_idle_connection_is_closed_and_activity_keeps_it_open() -> None:
+    connection, transport, clock, _ = connect()
+    clock.advance(IDLE_TIMEOUT - 1)
+    connection.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+    clock.advance(IDLE_TIMEOUT - 1)
+    assert not transport.disconnecting
+    clock.advance(1)
+    assert transport.disconnecting
+    connection.connectionLost(None)
+    assert clock.getDelayedCalls() == []
