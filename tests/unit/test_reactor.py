@@ -201,3 +201,68 @@ def test_an_upstream_socket_delivers_to_the_pooled_connection_itself() -> None:
         "direct: True",
         "state: closed open: 0",
     ]
+
+
+def test_the_main_loop_runs_timed_calls_thread_calls_and_survives_an_error() -> None:
+    """The loop's own path for passes with nothing due must still run every timed call in
+    order and on time, calls from threads, reschedules and cancellations, and log an
+    exception that escapes a pass without stopping."""
+    out = run_python(
+        """
+        import sys, threading, time
+        from filterproxy.reactor import install_if_unset
+        install_if_unset()
+        from twisted.internet import reactor
+        from twisted.logger import globalLogBeginner, textFileLogObserver
+        globalLogBeginner.beginLoggingTo(
+            [textFileLogObserver(sys.stdout)], redirectStandardIO=False
+        )
+
+        events = []
+        start = time.monotonic()
+
+        def note(name):
+            events.append(name)
+            # Never early: a timed call runs at or after its time.
+            late = time.monotonic() - start - delays[name]
+            assert late >= -0.002, (name, late)
+
+        delays = {"a": 0.05, "b": 0.10, "moved": 0.20, "c": 0.25}
+        reactor.callLater(0.10, note, "b")
+        reactor.callLater(0.05, note, "a")
+        moved = reactor.callLater(0.01, note, "moved")
+        moved.delay(0.19)
+        cancelled = [reactor.callLater(0.4, note, "never") for _ in range(60)]
+        reactor.callLater(0.15, lambda: [call.cancel() for call in cancelled])
+
+        def from_thread():
+            time.sleep(0.02)
+            reactor.callFromThread(events.append, "thread")
+
+        threading.Thread(target=from_thread).start()
+
+        def fail():
+            raise ValueError("a failing pass")
+
+        # An exception escaping the loop's own code: raised from the wait itself.
+        real = reactor.doIteration
+        def failing_once(timeout):
+            reactor.doIteration = real
+            fail()
+        reactor.callLater(0.12, setattr, reactor, "doIteration", failing_once)
+        def last():
+            note("c")
+            # Nothing else is scheduled: only the call from a thread can stop the loop.
+            threading.Thread(target=reactor.callFromThread, args=(reactor.stop,)).start()
+
+        reactor.callLater(0.25, last)
+        reactor.run()
+        print("EVENTS", " ".join(events))
+        print("PENDING", len(reactor.getDelayedCalls()))
+        """
+    )
+    lines = out.splitlines()
+    assert "EVENTS thread a b moved c" in lines
+    assert "PENDING 0" in lines
+    assert any("Unexpected error in main loop" in line for line in lines)
+    assert any("ValueError: a failing pass" in line for line in lines)
