@@ -162,6 +162,8 @@ class AdminConnection(Protocol):
         self.body_bytes = 0
         self.in_head = False
         self.expect_continue = False
+        #: The request being parsed has been answered.
+        self.answered = False
         #: A response asked for the close: nothing more is read or answered.
         self.closing = False
         self.timer: IDelayedCall | None = None
@@ -174,13 +176,13 @@ class AdminConnection(Protocol):
             return
         if self.timer is not None and self.timer.active():
             self.timer.reset(IDLE_TIMEOUT)
-        if self.in_head:
-            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            # Upgrade (h2c, WebSocket) is not offered: the request was answered, if it was
-            # complete; either way this connection ends here.
+            # Upgrade (h2c, WebSocket) is not offered. As HTTP allows, the request is
+            # answered in HTTP/1.1 (a body it announced is not read) and the connection ends.
+            if not self.answered and not self.closing:
+                self._answer(close=True)
             self._close()
             return
         except httptools.HttpParserError as e:
@@ -188,9 +190,12 @@ class AdminConnection(Protocol):
                 return  # bytes after a request that ended the connection: not read
             self._reply(_json(400, {"error": f"invalid HTTP request: {e}"}), close=True)
             return
-        if self.in_head and self.head_bytes > MAX_HEAD_BYTES and not self.closing:
-            message = f"the request head is larger than {MAX_HEAD_BYTES} bytes"
-            self._reply(_json(431, {"error": message}), close=True)
+        if self.in_head:
+            # Counted per read: a head may pass the limit by up to one read (64 KiB).
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES and not self.closing:
+                message = f"the request head is larger than {MAX_HEAD_BYTES} bytes"
+                self._reply(_json(431, {"error": message}), close=True)
 
     # -- llhttp callbacks -----------------------------------------------------------------
 
@@ -200,6 +205,7 @@ class AdminConnection(Protocol):
         self.head_bytes = 0
         self.body_bytes = 0
         self.expect_continue = False
+        self.answered = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -220,11 +226,15 @@ class AdminConnection(Protocol):
             self._reply(_json(413, {"error": message}), close=True)
 
     def on_message_complete(self) -> None:
-        if self.closing:
-            return
+        if not self.closing:
+            parser = self.parser
+            self._answer(close=not parser.should_keep_alive() or parser.should_upgrade())
+
+    def _answer(self, *, close: bool) -> None:
+        self.answered = True
         method = self.parser.get_method()
         reply, extra = self.factory.answer(method, self.url.split(b"?", 1)[0])
-        self._reply(reply, close=not self.parser.should_keep_alive(), extra=extra, method=method)
+        self._reply(reply, close=close, extra=extra, method=method)
 
     # -- answering ------------------------------------------------------------------------
 

@@ -105,6 +105,20 @@ def test_http10_and_connection_close_end_the_connection_after_the_answer() -> No
         assert transport.disconnecting
 
 
+def test_an_upgrade_is_declined_by_answering_in_http11_and_closing() -> None:
+    for request in (
+        b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
+        b"POST /reload HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Content-Length: 2\r\n\r\n{}",
+    ):
+        connection, transport, _, _ = connect()
+        connection.dataReceived(request)
+        [(status, headers, _)] = responses(transport.value())
+        assert (status, headers["connection"]) == (200, "close")
+        assert transport.disconnecting
+
+
 def test_head_states_the_length_without_the_body() -> None:
     connection, transport, _, _ = connect()
     connection.dataReceived(b"HEAD /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
