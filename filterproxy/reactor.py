@@ -17,6 +17,12 @@ connection — with Twisted's error handling (an exception logs and disconnects 
 socket, half-closes included). Every other event (writes, hang-ups, listening ports,
 other transports) goes through Twisted's `_doReadOrWrite` unchanged.
 
+Its main loop is compiled too. Twisted's calls `runUntilCurrent` and `timeout` on every
+pass (interpreted, inside a logging context manager: about 1 µs a pass); most passes of a
+busy gateway have nothing for them to do, so `GatewayReactor.mainLoop` calls them only when
+something is due — a call from a thread, calls scheduled since the last pass, a stop, the
+earliest timed call's time reached — and otherwise waits until the earliest timed call.
+
 ``twistd filterproxy`` installs it unless a reactor was chosen (``twistd --reactor NAME``)
 or installed already; on platforms without epoll Twisted's default is left in place.
 """
