@@ -1,6 +1,7 @@
 """When the gateway loads the HTTP/2 stack (the h2 package): with its first HTTP/2 client,
 or at start-up when a cluster may speak HTTP/2 — never for HTTP/1.1 clients and upstreams,
-nor for the admin listener (in a fresh interpreter: this one has imported h2 long ago)."""
+nor for the admin listener (in a fresh interpreter: this one has imported h2 long ago);
+and that the admin listener leaves twisted.web out."""
 
 from __future__ import annotations
 
@@ -64,3 +65,22 @@ def test_a_cluster_that_may_speak_http2_loads_it_at_start() -> None:
     """
     )
     assert run_python(code).splitlines() == ["http1: False", "http2: True"]
+
+
+def test_the_admin_listener_does_not_load_twisted_web() -> None:
+    """The admin listener speaks HTTP/1.1 on llhttp: twisted.web (about 1 MB with its HTTP
+    protocol) stays out of a gateway that does not run the mock upstream."""
+    code = (
+        GATEWAY
+        + """
+    plain = gateway('{url: "http://127.0.0.1:9101"}')
+    factory = admin_factory(lambda: plain, Metrics().registry(), lambda: None, Clock())
+    connection = factory.buildProtocol(None)
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    connection.dataReceived(b"GET /metrics HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n")
+    print(transport.value().split(b"\\r\\n")[0].decode())
+    print("twisted.web:", "twisted.web.http" in sys.modules, "twisted.web" in sys.modules)
+    """
+    )
+    assert run_python(code).splitlines() == ["HTTP/1.1 200 OK", "twisted.web: False False"]
