@@ -28,7 +28,7 @@ _DIRECT_READ: dict[type, bool] = {}
 #: epoll_wait takes its timeout in milliseconds as a C int.
 _LONGEST_WAIT = 2147483.0
 
-_log = Logger()
+_log = Logger(namespace="filterproxy.reactor")
 
 
 class GatewayReactor(EPollReactor):

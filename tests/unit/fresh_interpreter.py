@@ -12,7 +12,9 @@ def run_python(code: str, *, stderr: list[str] | None = None) -> str:
     """Run *code* (dedented) with this interpreter; its stdout, stripped. Fails the test
     when it exits non-zero; its stderr is appended to *stderr* when given."""
     result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
+        # -P: not the working directory first on sys.path, so that the second pass of
+        # `make test` imports the compiled tree (PYTHONPATH) here too, not the source.
+        [sys.executable, "-P", "-c", textwrap.dedent(code)],
         capture_output=True,
         text=True,
         timeout=60,
