@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.logger import Logger
 from zope.interface import classImplements
@@ -30,6 +30,9 @@ from filterproxy.filters.iteration import DecodeIteration, EncodeIteration, Filt
 from filterproxy.http.errors import error_body
 from filterproxy.http.headers import Headers, forward_response_headers
 from filterproxy.tracing import TraceContext, child_context, request_id_from
+
+if TYPE_CHECKING:
+    from filterproxy.downstream.exchange import Exchange
 
 __all__ = ["FilterManager", "RequestObserver", "Terminal"]
 
@@ -217,7 +220,11 @@ class FilterManager:
         shape: ChainShape | None = None,
         observer: RequestObserver | None = None,
     ) -> None:
-        self.downstream = downstream
+        #: Typed with the HTTP/1.1 exchange first so that the compiled calls of the response
+        #: path (per chunk: `send_data`, and `hold`/`flush` per upstream read) go straight
+        #: to it when that is what the client speaks; any other `IDownstream` (HTTP/2
+        #: streams, test doubles) is called as a Python object.
+        self.downstream: Exchange | IDownstream = downstream
         self.filters = filters
         self.stream_info = StreamInfo()
         self.replaced_body: bytes | None = None
