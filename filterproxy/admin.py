@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["REDACTED", "admin_factory", "is_secret_header", "readiness", "redacted_config"]
 
-log = Logger()
+log = Logger(namespace=__name__)
 
 REDACTED = "<redacted>"
 

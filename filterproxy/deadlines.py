@@ -26,7 +26,7 @@ from twisted.logger import Logger
 
 __all__ = ["RESOLUTION", "Deadlines", "deadlines_for"]
 
-log = Logger()
+log = Logger(namespace=__name__)
 
 #: Seconds between two checks.
 RESOLUTION = 0.25

@@ -28,7 +28,7 @@ __all__ = ["MockUpstream", "MockUpstreamService", "main"]
 
 MODELS = ("demo",)
 
-log = Logger()
+log = Logger(namespace=__name__)
 
 
 def _completion_words(messages: object) -> list[str]:

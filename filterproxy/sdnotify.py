@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 __all__ = ["notify", "reloading_message"]
 
-log = Logger()
+log = Logger(namespace=__name__)
 
 
 def reloading_message(monotonic_usec: int | None = None) -> str:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Gateway", "GatewayService"]
 
-log = Logger()
+log = Logger(namespace=__name__)
 
 
 class Gateway:

@@ -51,7 +51,7 @@ __all__ = [
     "worker_count",
 ]
 
-log = Logger()
+log = Logger(namespace=__name__)
 
 _UNESCAPED_COLON = re.compile(r"(?<!\\):")
 

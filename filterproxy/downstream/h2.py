@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["H2ServerConnection", "H2Stream"]
 
-log = Logger()
+log = Logger(namespace=__name__)
 
 #: Streams one client may have open at once on a connection (SETTINGS_MAX_CONCURRENT_STREAMS).
 MAX_STREAMS_PER_CONNECTION = 256

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["HTTP11ServerConnection", "HTTP11ServerFactory"]
 
-log = Logger()
+log = Logger(namespace=__name__)
 
 _FRAMING_FIELDS = frozenset({"transfer-encoding", "host", "content-length", "connection"})
 

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FilterManager", "RequestObserver", "Terminal"]
 
-log = Logger()
+log = Logger(namespace=__name__)
 
 
 class Terminal(Protocol):

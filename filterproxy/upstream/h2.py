@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_STREAMS", "H2ClientConnection", "H2ClientStream"]
 
-log = Logger()
+log = Logger(namespace=__name__)
 
 #: Streams opened on one connection at most, whatever the server allows.
 MAX_STREAMS = 256

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ConnectTimeout", "ConnectionPool", "NotHTTP2", "TLSHandshakeFailed"]
 
-log = Logger()
+log = Logger(namespace=__name__)
 
 
 class ConnectTimeout(Exception):

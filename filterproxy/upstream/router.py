@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Router"]
 
-log = Logger()
+log = Logger(namespace=__name__)
 
 _UPSTREAM_FAILURE_KINDS = {
     UpstreamFailure.RESET_BEFORE_RESPONSE: FailureKind.RESET,
