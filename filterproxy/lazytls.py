@@ -21,7 +21,6 @@ upstream need a restart to change, so TLS there is always known at start-up.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.abc
 import sys
 from collections.abc import Iterator, Sequence
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from filterproxy.config import Config
 
-__all__ = ["hidden", "openssl_hidden", "should_defer", "uses_tls"]
+__all__ = ["openssl_hidden", "should_defer", "uses_tls"]
 
 #: The package hidden while Twisted's networking is imported.
 _HIDDEN = "OpenSSL"
@@ -81,18 +80,12 @@ class _Hide(importlib.abc.MetaPathFinder):
 
 
 @contextmanager
-def hidden(package: str) -> Iterator[None]:
-    """Within the block, ``import package`` (or any of its modules) fails as on a
-    machine without it, unless it was imported before; after it, it imports as usual."""
-    finder = _Hide(package)
+def openssl_hidden() -> Iterator[None]:
+    """Within the block, ``import OpenSSL`` fails as on a machine without it (unless it
+    was imported before); after it, pyOpenSSL imports as usual."""
+    finder = _Hide(_HIDDEN)
     sys.meta_path.insert(0, finder)
     try:
         yield
     finally:
         sys.meta_path.remove(finder)
-
-
-def openssl_hidden() -> contextlib.AbstractContextManager[None]:
-    """Within the block, ``import OpenSSL`` fails as on a machine without it; after it,
-    pyOpenSSL imports as usual."""
-    return hidden(_HIDDEN)
