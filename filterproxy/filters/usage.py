@@ -22,7 +22,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from filterproxy.config import Node
 from filterproxy.filters.api import (
@@ -33,13 +33,38 @@ from filterproxy.filters.api import (
     StreamFilter,
 )
 
-__all__ = ["UsageConfig", "UsageFilter", "UsageScanner", "is_usage_only_event", "token_counts"]
+__all__ = [
+    "UsageConfig",
+    "UsageFilter",
+    "UsageScanner",
+    "is_usage_only_event",
+    "marker_start_at_end",
+    "token_counts",
+]
 
 _MARKER = b'"usage"'
 #: Give up on a usage object that has not ended within this many bytes.
 _MAX_CAPTURE = 64 * 1024
 _decoder = json.JSONDecoder()
 _WHITESPACE = b" \t\r\n"
+
+
+#: The last byte of each start of the marker (``"``, ``"u``, … ``"usage``).
+_MARKER_START_ENDS: Final = frozenset(_MARKER[:-1])
+
+
+def marker_start_at_end(data: bytes) -> bytes:
+    """The longest end of *data* that is a start of ``"usage"`` (not all of it), or
+    ``b""``: what must be kept to find a marker that continues in the next piece."""
+    if not data:
+        return b""
+    last = data[-1]
+    if last == 0x0A or last not in _MARKER_START_ENDS:
+        return b""  # SSE pieces end in a newline: one byte tells
+    for n in range(len(_MARKER) - 1, 0, -1):
+        if data.endswith(_MARKER[:n]):
+            return _MARKER[:n]
+    return b""
 
 
 def _count(usage: Mapping[str, Any], name: str, other: str) -> int | None:
@@ -65,7 +90,8 @@ class UsageScanner:
     __slots__ = ("capture", "completion_tokens", "prompt_tokens", "tail")
 
     def __init__(self) -> None:
-        #: The end of the previous piece, in case the marker is split between pieces.
+        #: The end of the previous piece when it may be the start of a marker split
+        #: between pieces (``"us``), else empty.
         self.tail = b""
         #: Bytes from just after a marker, while its object is incomplete.
         self.capture: bytes | None = None
@@ -84,7 +110,7 @@ class UsageScanner:
             window = self.tail + data if self.tail else data
             i = window.find(_MARKER)
             if i < 0:
-                self.tail = window[-(len(_MARKER) - 1) :]
+                self.tail = marker_start_at_end(window)
                 return False
             text = window[i + len(_MARKER) :]
         seen = (self.prompt_tokens, self.completion_tokens)
@@ -126,7 +152,7 @@ class UsageScanner:
             rest = text[j:]  # "usage": null, or a string mentioning usage
         i = rest.find(_MARKER)
         if i < 0:
-            self.tail = rest[-(len(_MARKER) - 1) :]
+            self.tail = marker_start_at_end(rest)
             return None
         return rest[i + len(_MARKER) :]
 

@@ -19,6 +19,7 @@ from filterproxy.filters.usage import (
     UsageScanner,
     event_boundary,
     is_usage_only_event,
+    marker_start_at_end,
     token_counts,
     wants_usage_injection,
     without_usage_only_events,
@@ -48,6 +49,25 @@ def test_usage_is_found_wherever_the_stream_is_cut(cut: int) -> None:
     at = len(before) + cut
     scanner = feed_all([stream[:at], stream[at:]])
     assert (scanner.prompt_tokens, scanner.completion_tokens) == (12, 34)
+
+
+def test_usage_is_found_when_its_marker_is_cut_twice() -> None:
+    stream = b'data: {"choices":[]}\n\n' + OPENAI_LAST + b"data: [DONE]\n\n"
+    start = stream.index(b'"usage"')
+    for a in range(start - 2, start + 8):
+        for b in range(a + 1, start + 10):
+            scanner = feed_all([stream[:a], stream[a:b], stream[b:]])
+            assert (scanner.prompt_tokens, scanner.completion_tokens) == (12, 34), (a, b)
+
+
+def test_only_a_possible_start_of_the_marker_is_kept_between_pieces() -> None:
+    assert marker_start_at_end(b"data: {}\n\n") == b""
+    assert marker_start_at_end(b'{"content":"x"') == b'"'
+    assert marker_start_at_end(b'{"us') == b'"us'
+    assert marker_start_at_end(b'{"usage') == b'"usage'
+    assert marker_start_at_end(b'{"usage"') == b'"'  # a whole marker is found, not kept
+    assert marker_start_at_end(b"usage") == b""
+    assert marker_start_at_end(b"") == b""
 
 
 def test_usage_in_one_byte_pieces_and_in_anthropic_events() -> None:
