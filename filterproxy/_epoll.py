@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import sys
 from select import EPOLLIN
-from typing import Any
+from typing import Any, Final
 
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.internet.tcp import Connection
 from twisted.logger import Logger
 from twisted.python import log
+
+from filterproxy._transport import NativeProtocol
 
 __all__ = ["GatewayReactor"]
 
@@ -23,7 +25,7 @@ def _reads_like_tcp(kind: type) -> bool:
 
 
 #: Transport classes seen, and whether they read as `tcp.Connection` does.
-_DIRECT_READ: dict[type, bool] = {}
+_DIRECT_READ: Final[dict[type, bool]] = {}
 
 #: epoll_wait takes its timeout in milliseconds as a C int.
 _LONGEST_WAIT = 2147483.0
@@ -81,21 +83,19 @@ class GatewayReactor(EPollReactor):
             events = self._poller.poll(timeout, len(selectables))
         except InterruptedError:  # a signal arrived (its handler runs next)
             return
-        dispatch = self._doReadOrWrite
-        direct = _DIRECT_READ
         for fd, event in events:
             selectable = selectables.get(fd)
             if selectable is None:
                 continue
             if event == EPOLLIN:
                 kind = type(selectable)
-                reads_directly = direct.get(kind)
+                reads_directly = _DIRECT_READ.get(kind)
                 if reads_directly is None:
-                    reads_directly = direct[kind] = _reads_like_tcp(kind)
+                    reads_directly = _DIRECT_READ[kind] = _reads_like_tcp(kind)
                 if reads_directly:
                     self._read_tcp(selectable)
                     continue
-            dispatch(selectable, fd, event)
+            self._doReadOrWrite(selectable, fd, event)
 
     def doPoll(self, timeout: float | None) -> None:
         self.doIteration(timeout)
@@ -112,7 +112,11 @@ class GatewayReactor(EPollReactor):
                 why = CONNECTION_LOST
             else:
                 if data:
-                    connection.protocol.dataReceived(data)
+                    protocol = connection.protocol
+                    if isinstance(protocol, NativeProtocol):
+                        protocol.dataReceived(data)  # the gateway's own: a direct call
+                    else:
+                        protocol.dataReceived(data)
                     return
                 why = CONNECTION_DONE
         except BaseException:
