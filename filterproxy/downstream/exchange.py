@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from zope.interface import classImplements
 
-from filterproxy._transport import write_now
 from filterproxy.downstream.stream import IDownstream
 from filterproxy.filters.api import RequestHead
 from filterproxy.http.headers import Headers, encode_header_block
@@ -84,7 +83,7 @@ class Exchange:
             # The filters have seen the head and did not refuse it (a 413 for a declared
             # length would have been sent already): ask the client for the body now rather
             # than let it wait (curl waits a second for this before sending a large body).
-            self.connection.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.connection.send(b"HTTP/1.1 100 Continue\r\n\r\n")
         pending, self.pending = self.pending, []
         for data, end in pending:
             manager.decode_data(data, end)
@@ -124,7 +123,7 @@ class Exchange:
         )
         head = status_line + encode_header_block(headers)
         if end_stream:
-            write_now(self.connection.transport, head)
+            self.connection.send(head)
             self._complete()
         else:
             # Held until the first body bytes or the end of this upstream read (`flush`),
@@ -159,7 +158,7 @@ class Exchange:
             data = self.pending_head + data
             self.pending_head = b""
         if data:
-            write_now(self.connection.transport, data)
+            self.connection.send(data)
         if end_stream:
             self._complete()
 

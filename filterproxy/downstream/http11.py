@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httptools
 from twisted.internet.interfaces import (
@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import classImplements, implementer
 
-from filterproxy._transport import NativeProtocol
+from filterproxy._transport import PLAIN_TCP, NativeProtocol
 from filterproxy.deadlines import Deadlines, deadlines_for
 from filterproxy.downstream.exchange import Exchange, reason_phrase
 from filterproxy.filters.api import RequestHead
@@ -125,10 +125,16 @@ class HTTP11ServerConnection(NativeProtocol):
         self._header_bytes = 0
         self.scheme = "http"
         self.client_ip = ""
+        #: The socket of a plain TCP transport, which `send` writes to directly.
+        self.sock: Any = None
+        #: `send` gave bytes to the transport, which may not have sent them all yet.
+        self.handed_off = False
 
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
+        if type(transport) in PLAIN_TCP:
+            self.sock = transport.socket
         self.scheme = "https" if ISSLTransport.providedBy(transport) else "http"
         self.client_ip = getattr(transport.getPeer(), "host", "") or ""
         with contextlib.suppress(AttributeError, OSError):  # UNIX sockets have no Nagle
@@ -137,6 +143,37 @@ class HTTP11ServerConnection(NativeProtocol):
         self.factory.connections.add(self)
         if self.factory.draining:
             self.drain()
+
+    def send(self, data: bytes) -> None:
+        """Write response bytes, at once when the transport has nothing queued.
+
+        What `filterproxy._transport.write_now` does, with what it reads of the transport
+        on every write kept here instead: on plain TCP, while the connection is not
+        closing, bytes go to the socket directly unless bytes given to the transport
+        earlier are still queued there; what the kernel does not take goes to the
+        transport (which buffers it and pauses the producer). Every write of the
+        connection comes through here, so bytes leave in the order they were sent.
+        """
+        sock = self.sock
+        if sock is not None and not self.closing:
+            if self.handed_off:
+                transport = self.transport
+                if transport._tempDataLen or transport.dataBuffer:
+                    transport.write(data)
+                    return
+                self.handed_off = False  # the transport has sent all it was given
+            try:
+                sent = sock.send(data)
+            except OSError:
+                # The kernel's buffer is full (EAGAIN), or the connection is gone: the
+                # transport queues the bytes and, if the socket is broken, closes as usual.
+                pass
+            else:
+                if sent == len(data):
+                    return
+                data = data[sent:]
+        self.handed_off = True
+        self.transport.write(data)
 
     def drain(self) -> None:
         """Finish the request in progress, if any, then close."""
@@ -400,7 +437,7 @@ class HTTP11ServerConnection(NativeProtocol):
             return
         body = error_body(status, message)
         extra = b"".join(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in headers)
-        self.transport.write(
+        self.send(
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
             b"%sconnection: close\r\n\r\n%s"
             % (status, reason_phrase(status), len(body), extra, body)

@@ -75,6 +75,49 @@ def test_client_that_does_not_read_blocks_the_upstream_and_memory_stays_flat(
     wait_until(lambda: upstream.stats()["open_streams"] == 0, timeout=10)
 
 
+def _dechunk(body: bytes) -> bytes:
+    """The payload of a complete chunked body, checking every chunk's framing."""
+    out, at = bytearray(), 0
+    while True:
+        eol = body.index(b"\r\n", at)
+        size = int(body[at:eol], 16)
+        start = eol + 2
+        assert body[start + size : start + size + 2] == b"\r\n", f"bad framing at {start + size}"
+        if size == 0:
+            assert start + 2 == len(body), "bytes after the last chunk"
+            return bytes(out)
+        out += body[start : start + size]
+        at = start + size + 2
+
+
+def test_a_stream_that_waited_in_the_gateway_arrives_whole_and_in_order(
+    gateway: Gateway, upstream: Upstream
+) -> None:
+    # The gateway writes to the client's socket directly while nothing waits in its
+    # buffer, and through the buffer otherwise: a client that reads late must still get
+    # every byte once, in order (and the chunked framing, which a reordering breaks).
+    total = 48 * 1024 * 1024
+    sock = _send_stream_request(gateway, {"bulk": total})
+    try:
+        # Until the upstream is paused, the gateway holds what the client's socket cannot.
+        wait_until(lambda: bool(upstream.stats()["bulk_paused"]), timeout=20)
+        sock.settimeout(20)
+        received = bytearray()
+        while not received.endswith(b"\r\n0\r\n\r\n"):
+            piece = sock.recv(1024 * 1024)
+            assert piece, "the gateway closed the connection before the end of the response"
+            received += piece
+    finally:
+        sock.close()
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"transfer-encoding: chunked" in head.lower()
+    block = b": " + b"x" * (16 * 1024 - 3) + b"\n"
+    blocks = -(-total // len(block))
+    payload = _dechunk(body)
+    assert len(payload) == blocks * len(block) + len(b"data: [DONE]\n\n")
+    assert payload == block * blocks + b"data: [DONE]\n\n"
+
+
 def test_twenty_clients_hanging_up_mid_stream_close_their_upstream_streams(
     gateway: Gateway, upstream: Upstream
 ) -> None:
