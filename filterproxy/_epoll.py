@@ -104,17 +104,23 @@ class GatewayReactor(EPollReactor):
         """What `tcp.Connection.doRead` and `_doReadOrWrite` do for a read event."""
         why: Any = None
         try:
+            protocol = connection.protocol
+            if isinstance(protocol, NativeProtocol) and protocol.sock is not None:
+                # The gateway's own connections keep their socket and read size: fields
+                # of a compiled class rather than attributes of Twisted's transport.
+                sock, size = protocol.sock, protocol.read_size
+            else:
+                sock, size = connection.socket, connection.bufferSize
             try:
-                data = connection.socket.recv(connection.bufferSize)
+                data = sock.recv(size)
             except BlockingIOError:
                 return
             except OSError:
                 why = CONNECTION_LOST
             else:
                 if data:
-                    protocol = connection.protocol
                     if isinstance(protocol, NativeProtocol):
-                        protocol.dataReceived(data)  # the gateway's own: a direct call
+                        protocol.dataReceived(data)  # a direct call when compiled
                     else:
                         protocol.dataReceived(data)
                     return

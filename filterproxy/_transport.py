@@ -56,10 +56,18 @@ class NativeProtocol:
     def __init__(self) -> None:
         self.transport: Any = None
         self.connected = 0
+        #: The socket of a plain TCP transport (else None): `GatewayReactor` reads it,
+        #: and the HTTP/1.1 server connection writes it, without asking the transport.
+        self.sock: Any = None
+        #: How much the reactor asks of the socket per read (the transport's own size).
+        self.read_size = 65536
 
     def makeConnection(self, transport: Any) -> None:
         self.connected = 1
         self.transport = transport
+        if type(transport) in PLAIN_TCP:
+            self.sock = transport.socket
+            self.read_size = transport.bufferSize
         self.connectionMade()
 
     def connectionMade(self) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httptools
 from twisted.internet.interfaces import (
@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import classImplements, implementer
 
-from filterproxy._transport import PLAIN_TCP, NativeProtocol
+from filterproxy._transport import NativeProtocol
 from filterproxy.deadlines import Deadlines, deadlines_for
 from filterproxy.downstream.exchange import Exchange, reason_phrase
 from filterproxy.filters.api import RequestHead
@@ -125,16 +125,12 @@ class HTTP11ServerConnection(NativeProtocol):
         self._header_bytes = 0
         self.scheme = "http"
         self.client_ip = ""
-        #: The socket of a plain TCP transport, which `send` writes to directly.
-        self.sock: Any = None
         #: `send` gave bytes to the transport, which may not have sent them all yet.
         self.handed_off = False
 
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
-        if type(transport) in PLAIN_TCP:
-            self.sock = transport.socket
         self.scheme = "https" if ISSLTransport.providedBy(transport) else "http"
         self.client_ip = getattr(transport.getPeer(), "host", "") or ""
         with contextlib.suppress(AttributeError, OSError):  # UNIX sockets have no Nagle
