@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.internet import tcp
 
-__all__ = ["PLAIN_TCP", "NativeProtocol", "write_now"]
+__all__ = ["PLAIN_TCP", "NativeProtocol", "send_now", "write_now"]
 
 #: The transports `write_now` sends on directly.
 PLAIN_TCP = (tcp.Server, tcp.Client)
@@ -29,18 +29,21 @@ def write_now(transport: Any, data: bytes) -> None:
         and transport.connected
         and not transport.disconnecting
     ):
-        try:
-            sent = transport.socket.send(data)
-        except OSError:
-            # The kernel's buffer is full (EAGAIN), or the connection is gone: Twisted's
-            # own write path queues the bytes and, on its next attempt, meets the same
-            # error and closes the connection as usual.
-            pass
-        else:
-            if sent == len(data):
-                return
-            data = data[sent:]
+        data = send_now(transport.socket, data)
+        if not data:
+            return
     transport.write(data)
+
+
+def send_now(sock: Any, data: bytes) -> bytes:
+    """Send what the kernel takes of *data* at once; return what is left for the
+    transport to queue (all of it when the buffer is full or the connection is gone:
+    Twisted's write path then meets the same error and closes the connection as usual)."""
+    try:
+        sent = sock.send(data)
+    except OSError:
+        return data
+    return data[sent:] if sent < len(data) else b""
 
 
 class NativeProtocol:

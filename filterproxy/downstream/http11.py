@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import classImplements, implementer
 
-from filterproxy._transport import NativeProtocol
+from filterproxy._transport import NativeProtocol, send_now
 from filterproxy.deadlines import Deadlines, deadlines_for
 from filterproxy.downstream.exchange import Exchange, reason_phrase
 from filterproxy.filters.api import RequestHead
@@ -158,16 +158,9 @@ class HTTP11ServerConnection(NativeProtocol):
                     transport.write(data)
                     return
                 self.handed_off = False  # the transport has sent all it was given
-            try:
-                sent = sock.send(data)
-            except OSError:
-                # The kernel's buffer is full (EAGAIN), or the connection is gone: the
-                # transport queues the bytes and, if the socket is broken, closes as usual.
-                pass
-            else:
-                if sent == len(data):
-                    return
-                data = data[sent:]
+            data = send_now(sock, data)
+            if not data:
+                return
         self.handed_off = True
         self.transport.write(data)
 
