@@ -14,7 +14,9 @@ reading is Twisted's own `tcp.Connection.doRead`, `GatewayReactor` does that ste
 in compiled code: ``recv`` up to the transport's ``bufferSize``, hand the bytes to its
 protocol, and treat an empty read as the peer's close and a socket error as a lost
 connection — with Twisted's error handling (an exception logs and disconnects that
-socket, half-closes included). Every other event (writes, hang-ups, listening ports,
+socket, half-closes included). When the protocol is one of the gateway's own HTTP/1.1
+connections (`filterproxy._transport.NativeProtocol`), the socket and read size come from
+the connection's fields and the bytes reach it by a direct call. Every other event (writes, hang-ups, listening ports,
 other transports) goes through Twisted's `_doReadOrWrite` unchanged.
 
 Its main loop is compiled too. Twisted's calls `runUntilCurrent` and `timeout` on every
