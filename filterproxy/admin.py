@@ -12,6 +12,9 @@ is about 1 MB of memory, its resource tree and templating 3 MB more, for five en
 - ``GET /config``: the effective config as JSON, secrets redacted (`redacted_config`).
 - ``POST /reload``: re-read the config file (as SIGHUP does); 200, or 400 with the error
   when the new config is invalid (the old one stays in force).
+- ``GET /memory``: what the process holds: resident memory, open file descriptors, open
+  connections and pools, pending timers, live objects by class (`filterproxy.memory`).
+- ``POST /memory/cycles``: one full pass of the cycle collector, and what it freed.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from twisted.logger import Logger
 
 from filterproxy.config import Config
 from filterproxy.downstream.exchange import reason_phrase
+from filterproxy.memory import collect_cycles, memory_report
+from filterproxy.teardown import forget_traceback
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -102,11 +107,24 @@ Reply = tuple[int, bytes, bytes]
 _JSON = b"application/json"
 
 
-def _json(status: int, document: Any) -> Reply:
-    return status, _JSON, json.dumps(document, indent=2).encode() + b"\n"
+def _json(status: int, document: Any, *, pretty: bool = False) -> Reply:
+    """A JSON reply. Compact unless *pretty* (for the documents people read: the config,
+    the memory report): to indent, the json module encodes in Python, with closures that
+    refer to each other — a reference cycle per call, left for the cycle collector,
+    which the replies to health probes and scrapes must not make."""
+    text = json.dumps(document, indent=2) if pretty else json.dumps(document)
+    return status, _JSON, text.encode() + b"\n"
 
 
-ENDPOINTS = ["/metrics", "/healthz", "/ready", "/config", "POST /reload"]
+ENDPOINTS = [
+    "/metrics",
+    "/healthz",
+    "/ready",
+    "/config",
+    "POST /reload",
+    "/memory",
+    "POST /memory/cycles",
+]
 
 _NOT_FOUND = _json(404, {"error": "not found", "endpoints": ENDPOINTS})
 
@@ -156,7 +174,9 @@ class AdminConnection(Protocol):
 
     def __init__(self, factory: AdminFactory) -> None:
         self.factory = factory
-        self.parser = httptools.HttpRequestParser(self)
+        #: None once closed (the parser refers back to this connection: see
+        #: `connectionLost`).
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.url = b""
         self.head_bytes = 0
         self.body_bytes = 0
@@ -172,12 +192,13 @@ class AdminConnection(Protocol):
         self.timer = self.factory.reactor.callLater(IDLE_TIMEOUT, self._idle)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.closing:
+        parser = self.parser
+        if self.closing or parser is None:
             return
         if self.timer is not None and self.timer.active():
             self.timer.reset(IDLE_TIMEOUT)
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             # Upgrade (h2c, WebSocket) is not offered. As HTTP allows, the request is
             # answered in HTTP/1.1 (a body it announced is not read) and the connection ends.
@@ -226,12 +247,13 @@ class AdminConnection(Protocol):
             self._reply(_json(413, {"error": message}), close=True)
 
     def on_message_complete(self) -> None:
-        if not self.closing:
-            parser = self.parser
+        parser = self.parser
+        if not self.closing and parser is not None:
             self._answer(close=not parser.should_keep_alive() or parser.should_upgrade())
 
     def _answer(self, *, close: bool) -> None:
         self.answered = True
+        assert self.parser is not None  # answers are made while parsing
         method = self.parser.get_method()
         reply, extra = self.factory.answer(method, self.url.split(b"?", 1)[0])
         self._reply(reply, close=close, extra=extra, method=method)
@@ -274,6 +296,10 @@ class AdminConnection(Protocol):
     def connectionLost(self, reason: object = None) -> None:
         self.closing = True
         self._cancel_timer()
+        # The parser holds bound methods of this connection: without this, a closed
+        # connection (a scrape) would wait for the cycle collector to be freed.
+        self.parser = None
+        forget_traceback(reason)
 
 
 class AdminFactory(ServerFactory):
@@ -310,10 +336,12 @@ def admin_factory(
     registry: CollectorRegistry,
     reload: Callable[[], str | None],
     reactor: IReactorTime,
+    held: Callable[[], dict[str, Any]] = dict,
 ) -> AdminFactory:
     """The admin listener's factory. *gateway* returns the gateway in force; *reload*
     re-reads the config and returns None, or the error that kept the old config;
-    *reactor* times idle connections out."""
+    *reactor* times idle connections out; *held* describes the structures the gateway
+    keeps (open connections, pools, timers) for ``/memory``."""
 
     def metrics() -> Reply:
         return 200, CONTENT_TYPE_LATEST.encode(), generate_latest(registry)
@@ -336,8 +364,12 @@ def admin_factory(
             b"/metrics": _Endpoint(get=metrics),
             b"/healthz": _Endpoint(get=lambda: _json(200, {"status": "ok"})),
             b"/ready": _Endpoint(get=ready),
-            b"/config": _Endpoint(get=lambda: _json(200, redacted_config(gateway().config))),
+            b"/config": _Endpoint(
+                get=lambda: _json(200, redacted_config(gateway().config), pretty=True)
+            ),
             b"/reload": _Endpoint(post=do_reload),
+            b"/memory": _Endpoint(get=lambda: _json(200, memory_report(held()), pretty=True)),
+            b"/memory/cycles": _Endpoint(post=lambda: _json(200, collect_cycles(), pretty=True)),
         },
         reactor,
     )

@@ -239,7 +239,11 @@ class GatewayService(Service):
             from filterproxy.admin import admin_factory
 
             site = admin_factory(
-                lambda: self.gateway, self.metrics.registry(), self.reload, self.reactor
+                lambda: self.gateway,
+                self.metrics.registry(),
+                self.reload,
+                self.reactor,
+                self.held,
             )
             try:
                 admin_endpoint = serverFromString(
@@ -296,6 +300,29 @@ class GatewayService(Service):
     def _ready(self, _: object) -> None:
         if self.notify_systemd and not self.listen_failed:
             sdnotify.notify("READY=1\nSTATUS=serving")
+
+    def held(self) -> dict[str, Any]:
+        """The structures the gateway keeps, for the admin's ``GET /memory``: each should
+        follow what is open now (connections, requests, pooled upstream connections)."""
+        reactor = self.reactor
+        pools: dict[str, dict[str, int]] = {}
+        for name, cluster in self.gateway.clusters.items():
+            for endpoint in cluster.endpoints:
+                pool = endpoint.pool
+                pools[f"{name} {endpoint.config.url}"] = {
+                    "open": pool.open_count,
+                    "idle_http1": len(pool.idle),
+                    "http2": len(pool.h2_connections),
+                    "waiting_requests": len(pool.waiters),
+                }
+        return {
+            "client_connections": len(self.factory.connections),
+            "requests_in_flight": self.metrics.in_flight,
+            "upstream_pools": pools,
+            "timeouts": len(deadlines_for(reactor).entries),
+            "timed_calls": len(reactor.getDelayedCalls()),
+            "sockets_watched": len(set(reactor.getReaders()) | set(reactor.getWriters())),
+        }
 
     # -- reload -------------------------------------------------------------------------
 
