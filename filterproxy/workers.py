@@ -149,9 +149,9 @@ class ReusePortTLSEndpoint:
         return self.tcp_endpoint.port
 
     def listen(self, factory: Any) -> defer.Deferred[IListeningPort]:
-        from twisted.protocols.tls import TLSMemoryBIOFactory
+        from filterproxy.teardown import tls_factory
 
-        return self.tcp_endpoint.listen(TLSMemoryBIOFactory(self.options, False, factory))
+        return self.tcp_endpoint.listen(tls_factory(self.options, False, factory))
 
 
 _SSL_KEYS = {"port", "interface", "backlog", "privateKey", "certKey", "extraCertChain"}

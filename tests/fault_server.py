@@ -5,6 +5,7 @@ Each request's ``x-fault`` header says what to do:
 - absent: a normal 200 JSON completion (keep-alive);
 - ``silent``: read the request, never answer;
 - ``close``: close the connection without answering;
+- ``close-after``: a normal 200 JSON completion with ``connection: close``, then close;
 - ``stall``: send a 200 event-stream head and one event, then nothing;
 - ``reset``: send a 200 event-stream head and one event, then reset the connection;
 - ``garbage``: answer bytes that are not HTTP;
@@ -91,6 +92,9 @@ class FaultProtocol(Protocol):
         if kind == "silent":
             return
         if kind == "close":
+            transport.loseConnection()
+        elif kind == "close-after":
+            transport.write(response(200, OK_BODY, b"connection: close"))
             transport.loseConnection()
         elif kind in ("stall", "reset"):
             transport.write(

@@ -41,6 +41,7 @@ from filterproxy.downstream.stream import IDownstream
 from filterproxy.filters.api import RequestHead
 from filterproxy.http.errors import error_body
 from filterproxy.http.headers import Headers
+from filterproxy.teardown import forget_traceback, release_h2
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -435,6 +436,10 @@ class H2ServerConnection(Protocol):
             self.listener.active_streams -= 1
         if self.streams.get(stream.stream_id) is stream:
             del self.streams[stream.stream_id]
+        if self.gone:
+            # Its streams end as the connection is lost: no idle timer for a connection
+            # that is gone (it would keep the connection in memory until it fired).
+            return
         if not self.streams:
             if self.closing:
                 self._close_when_written()
@@ -491,6 +496,12 @@ class H2ServerConnection(Protocol):
         for stream in list(self.streams.values()):
             stream.client_gone()
         self.streams.clear()
+        if self.transport is not None:
+            # TLS keeps its producer (this connection) after the connection is lost:
+            # a reference cycle through the transport.
+            self.transport.unregisterProducer()  # type: ignore[attr-defined]
+        release_h2(self.h2)
+        forget_traceback(reason)
 
     # -- IPushProducer: the socket toward the client ----------------------------------------
 

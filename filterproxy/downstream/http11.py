@@ -40,6 +40,7 @@ from filterproxy.downstream.exchange import Exchange, reason_phrase
 from filterproxy.filters.api import RequestHead
 from filterproxy.http.errors import error_body
 from filterproxy.http.headers import Headers
+from filterproxy.teardown import forget_traceback
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -100,7 +101,10 @@ class HTTP11ServerConnection(NativeProtocol):
         self.gateway = gateway
         self.factory = factory
         self.limits: Limits = gateway.config.limits
-        self.parser = httptools.HttpRequestParser(self)
+        #: None once the connection is closed: the parser holds bound methods of this
+        #: connection, a reference cycle that would otherwise outlive the socket until
+        #: a pass of Python's cycle collector (see `connectionLost`).
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         #: The exchange whose response is being produced; None when idle.
         self.active: Exchange | None = None
         #: Exchanges parsed behind the active one (pipelining).
@@ -176,13 +180,14 @@ class HTTP11ServerConnection(NativeProtocol):
                     exchange.keep_alive = False
 
     def dataReceived(self, data: bytes) -> None:
-        if self.closing or self.gone or (self.ignore_input and self.upgrade_body is None):
+        parser = self.parser
+        if parser is None or self.closing or (self.ignore_input and self.upgrade_body is None):
             return
         if self.upgrade_body is not None:
             self._upgrade_body_received(data)
             return
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
             if isinstance(cause, _RequestRefused):
@@ -301,6 +306,7 @@ class HTTP11ServerConnection(NativeProtocol):
 
     def on_headers_complete(self) -> None:
         parser = self.parser
+        assert parser is not None  # called by it
         headers = Headers.from_raw(self._raw_headers)
         # One pass for the fields that decide framing, instead of a search for each.
         transfer_codings: list[str] = []
@@ -478,6 +484,14 @@ class HTTP11ServerConnection(NativeProtocol):
         exchanges = [e for e in (self.active, *self.queued) if e is not None]
         self.active = None
         self.queued.clear()
+        # Nothing of this connection may refer back to it once the socket is gone, so
+        # that reference counting frees it now: the gateway runs Python's cycle
+        # collector rarely (filterproxy.service), and a connection kept for it holds a
+        # socket object, the parser's state and its last request's headers.
+        self.parser = None
+        self.parsing = self.upgrade_body = None
+        self.sock = None
+        forget_traceback(reason)
         for exchange in exchanges:
             self.uncount(exchange)
             if exchange.manager is not None and not exchange.response_complete:

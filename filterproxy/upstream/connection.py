@@ -27,6 +27,7 @@ from zope.interface import classImplements
 
 from filterproxy._transport import PLAIN_TCP, NativeProtocol, write_now
 from filterproxy.http.headers import Headers
+from filterproxy.teardown import forget_traceback, release_connector
 
 if TYPE_CHECKING:
     from filterproxy.upstream.pool import ConnectionPool
@@ -267,6 +268,16 @@ class HTTP11ClientConnection(NativeProtocol):
         previous, self.state = self.state, State.CLOSED
         self.pool.discard(self)
         handler, self.handler = self.handler, None
+        # The parser holds bound methods of this connection: drop it, so that reference
+        # counting frees the connection now rather than Python's (rarely run) cycle
+        # collector some time later.
+        self.parser = None
+        self.sock = None
+        release_connector(self.transport)
+        self._report_loss(previous, handler, reason)
+        forget_traceback(reason)
+
+    def _report_loss(self, previous: State, handler: Router | None, reason: Failure | None) -> None:
         if previous is not State.BUSY or handler is None:
             return
         tls_problem = tls_error(reason)

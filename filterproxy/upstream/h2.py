@@ -42,6 +42,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from filterproxy.http.headers import Headers
+from filterproxy.teardown import forget_traceback, release_connector, release_h2
 from filterproxy.upstream.connection import IUpstreamHandler, UpstreamFailure, tls_error
 
 if TYPE_CHECKING:
@@ -432,6 +433,9 @@ class H2ClientConnection(Protocol):
                     "upstream closed the connection before sending a response",
                 )
         self.streams.clear()
+        release_h2(self.h2)
+        release_connector(self.transport)
+        forget_traceback(reason)
 
     @staticmethod
     def _cancel(timer: IDelayedCall | None) -> None:

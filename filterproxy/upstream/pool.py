@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from filterproxy.deadlines import deadlines_for
+from filterproxy.teardown import forget_traceback, release_connector, tls_factory
 from filterproxy.upstream.connection import (
     HTTP11ClientConnection,
     State,
@@ -84,8 +85,19 @@ class _ALPNSelector(Protocol):
 
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
-        self.ready: defer.Deferred[_Upstream] = defer.Deferred(self._cancel)
+        #: Fires once with the connection (None after: its canceller refers back to this
+        #: selector, a cycle that would keep both for the cycle collector).
+        self.ready: defer.Deferred[_Upstream] | None = defer.Deferred(self._cancel)
         self.chosen: _Upstream | None = None
+
+    def _settle(self, outcome: _Upstream | Exception | Failure) -> None:
+        ready, self.ready = self.ready, None
+        if ready is None:
+            return
+        if isinstance(outcome, Exception | Failure):
+            ready.errback(outcome)
+        else:
+            ready.callback(outcome)
 
     def handshakeCompleted(self) -> None:
         transport: Any = self.transport
@@ -93,7 +105,7 @@ class _ALPNSelector(Protocol):
         if negotiated == b"h2":
             chosen: _Upstream = _h2_connection(self.pool)
         elif self.pool.cluster.protocol == "http2":
-            self.ready.errback(
+            self._settle(
                 NotHTTP2(
                     f"{self.pool.address.url} did not agree to HTTP/2 in its TLS handshake "
                     "(ALPN); set the cluster's protocol to auto or http1"
@@ -106,21 +118,23 @@ class _ALPNSelector(Protocol):
         self.chosen = chosen
         transport.wrappedProtocol = chosen
         chosen.makeConnection(transport)
-        self.ready.callback(chosen)
+        self._settle(chosen)
 
     def dataReceived(self, data: bytes) -> None:
         if self.chosen is not None:
             self.chosen.dataReceived(data)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if not self.ready.called:
+        if self.ready is not None:
             problem = tls_error(reason)
             if problem is not None:
-                self.ready.errback(
+                self._settle(
                     TLSHandshakeFailed(f"TLS handshake with the upstream failed: {problem}")
                 )
             else:
-                self.ready.errback(reason)
+                self._settle(reason)
+        release_connector(self.transport)
+        forget_traceback(reason)
 
     def _cancel(self, _: object) -> None:
         if self.transport is not None:
@@ -169,7 +183,6 @@ class ConnectionPool:
         if endpoint.scheme == "https":
             connector = _TLSClientEndpoint(_tls_options(cluster, endpoint.host), connector)
         self.connector = connector
-        self.factory = _ConnectionFactory(self)
 
     def acquire(
         self, connect_timeout: float, *, fresh: bool = False
@@ -245,7 +258,9 @@ class ConnectionPool:
             self._wake_waiter()
             return failure
 
-        attempt = self.connector.connect(self.factory)
+        # A factory per connection rather than one kept by the pool: the pool would refer
+        # to it and it to the pool, a cycle that outlives a config reload.
+        attempt = self.connector.connect(_ConnectionFactory(self))
         attempt.addCallback(self._negotiated)
         attempt.addTimeout(timeout, self.reactor, onTimeoutCancel=too_slow)
         attempt.addBoth(settled)
@@ -255,6 +270,7 @@ class ConnectionPool:
     def _negotiated(self, protocol: _Upstream) -> Any:
         """The exchange a new connection offers, once its protocol is known."""
         if isinstance(protocol, _ALPNSelector):
+            assert protocol.ready is not None, "negotiated before the handshake"
             return protocol.ready.addCallback(self._negotiated)
         if not isinstance(protocol, HTTP11ClientConnection):  # HTTP/2
             self.h2_connections.append(protocol)
@@ -353,10 +369,8 @@ class _TLSClientEndpoint:
         self.endpoint = endpoint
 
     def connect(self, factory: Any) -> defer.Deferred[Any]:
-        from twisted.protocols.tls import TLSMemoryBIOFactory
-
         connecting: defer.Deferred[Any] = self.endpoint.connect(
-            TLSMemoryBIOFactory(self.options, True, factory)
+            tls_factory(self.options, True, factory)
         )
         connecting.addCallback(lambda tls: tls.wrappedProtocol)
         return connecting
