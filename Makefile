@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench bench-env dashboard wheel clean
+.PHONY: run test lint typecheck bench bench-env soak dashboard wheel clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,14 @@ bench: bench-env
 	  { apt-get update -q && apt-get install -y -q nginx wrk nghttp2-client; } || \
 	  echo "could not install nginx, wrk and h2load (apt-get, as root): nginx is skipped, non-streaming needs wrk, HTTP/2 needs h2load"
 	$(BENCH_VENV)/bin/python -m bench.run $(BENCH_ARGS)
+
+# The soak: connection churn for SOAK_ARGS (default 30 minutes) through filterproxy, nginx
+# and Envoy at once, sampling their memory and file descriptors (bench/soak.py).
+soak: bench-env
+	@{ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } && command -v h2load >/dev/null || \
+	  { apt-get update -q && apt-get install -y -q nginx nghttp2-client; } || \
+	  echo "could not install nginx and h2load (apt-get, as root): nginx is skipped, and HTTP/2 churn"
+	$(BENCH_VENV)/bin/python -m bench.soak $(SOAK_ARGS)
 
 # docs/dashboard.png: conf/grafana/filterproxy.json's queries evaluated by a real
 # Prometheus (Debian's package) over a three-minute load on the gateway.

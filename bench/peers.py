@@ -114,10 +114,13 @@ class Peer:
     command: list[str] | None
     env: dict[str, str] | None = None
     process: subprocess.Popen[bytes] | None = None
+    listen_port: int = LISTEN_PORT
 
     @property
     def port(self) -> int:
-        return LISTEN_PORT if self.command else int(os.environ.get("BENCH_UPSTREAM_PORT", "9101"))
+        if self.command:
+            return self.listen_port
+        return int(os.environ.get("BENCH_UPSTREAM_PORT", "9101"))
 
     def start(self, cores: str) -> None:
         if self.command is None:
@@ -128,7 +131,7 @@ class Peer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for_port(LISTEN_PORT)
+        wait_for_port(self.port)
         time.sleep(0.5)
 
     def processes(self) -> list[psutil.Process]:
@@ -147,6 +150,9 @@ class Peer:
     def rss_bytes(self) -> int:
         return sum(p.memory_info().rss for p in self.processes())
 
+    def open_fds(self) -> int:
+        return sum(p.num_fds() for p in self.processes())
+
     def stop(self) -> None:
         if self.process is None:
             return
@@ -160,20 +166,29 @@ class Peer:
         time.sleep(0.3)
 
 
-def peers(workdir: Path, upstream_port: int, only: set[str] | None = None) -> list[Peer]:
-    """The peers available on this machine (nginx and Envoy only when installed)."""
+def peers(
+    workdir: Path,
+    upstream_port: int,
+    only: set[str] | None = None,
+    ports: dict[str, int] | None = None,
+) -> list[Peer]:
+    """The peers available on this machine (nginx and Envoy only when installed), each
+    listening on its port in *ports* (default: all on `LISTEN_PORT`, to run one at a time)."""
+    port_of = (ports or {}).get
     found = [Peer("direct", None)]
     nginx = shutil.which("nginx") or (
         "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
     )
     if nginx:
         conf = workdir / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(dir=workdir, upstream=upstream_port, port=LISTEN_PORT))
-        found.append(Peer("nginx", [nginx, "-c", str(conf), "-p", str(workdir)]))
+        port = port_of("nginx", LISTEN_PORT)
+        conf.write_text(NGINX_CONF.format(dir=workdir, upstream=upstream_port, port=port))
+        found.append(Peer("nginx", [nginx, "-c", str(conf), "-p", str(workdir)], listen_port=port))
     envoy = BIN / "envoy"
     if envoy.exists():
         conf = workdir / "envoy.yaml"
-        conf.write_text(ENVOY_CONF.format(upstream=upstream_port, port=LISTEN_PORT))
+        port = port_of("envoy", LISTEN_PORT)
+        conf.write_text(ENVOY_CONF.format(upstream=upstream_port, port=port))
         found.append(
             Peer(
                 "envoy",
@@ -189,6 +204,7 @@ def peers(workdir: Path, upstream_port: int, only: set[str] | None = None) -> li
                     "7",
                     "--disable-hot-restart",
                 ],
+                listen_port=port,
             )
         )
     found.append(
@@ -211,6 +227,7 @@ def peers(workdir: Path, upstream_port: int, only: set[str] | None = None) -> li
             env={"FILTERPROXY_UPSTREAM": f"http://127.0.0.1:{upstream_port}"},
         )
     )
+    port = port_of("filterproxy", LISTEN_PORT)
     found.append(
         Peer(
             "filterproxy",
@@ -224,9 +241,10 @@ def peers(workdir: Path, upstream_port: int, only: set[str] | None = None) -> li
                 "-c",
                 str(ROOT / "conf" / "bench.yaml"),
                 "--listen",
-                f"tcp:{LISTEN_PORT}:interface=127.0.0.1",
+                f"tcp:{port}:interface=127.0.0.1",
             ],
             env={"FILTERPROXY_UPSTREAM": f"http://127.0.0.1:{upstream_port}"},
+            listen_port=port,
         )
     )
     return [p for p in found if only is None or p.name in only]

@@ -7,7 +7,9 @@ shape the request headers choose:
   (0: as fast as the socket takes them, the "firehose");
 - ``x-bench-pad`` bytes of padding per event (default 64);
 - ``x-bench-bulk`` bytes: instead, offer that many bytes of SSE comments, honouring
-  the socket's backpressure (the slow-client scenario).
+  the socket's backpressure (the slow-client scenario);
+- ``x-bench-close: 1``: answer with ``connection: close`` and close the connection (an
+  upstream that ends keep-alive connections, for the soak).
 
 Every event carries its send time, ``data: {"seq":N,"t":NANOSECONDS,"pad":"xxx"}``, so a
 client on the same host measures one-way latency per chunk and can rebuild the exact bytes
@@ -45,6 +47,7 @@ JSON_RESPONSE = (
         COMPLETION,
     )
 )
+CLOSING_JSON_RESPONSE = JSON_RESPONSE.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n", 1)
 SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 )
@@ -115,6 +118,10 @@ class Upstream(asyncio.Protocol):
             )
             return
         if b'"stream": true' not in self.body and b'"stream":true' not in self.body:
+            if self.headers.get(b"x-bench-close") == b"1":
+                self.transport.write(CLOSING_JSON_RESPONSE)
+                self.transport.close()
+                return
             self.transport.write(JSON_RESPONSE)
             return
         headers = self.headers
