@@ -3,6 +3,9 @@
 Each simulated client repeatedly picks one of these, by weight, on a new connection:
 
 - ``streams``: one to three streams on a keep-alive connection, then it closes while idle;
+- ``long_session``: streams back to back on one connection for 10 to 40 s, then it
+  closes while idle — connections that live long enough for Python's collector to count
+  them among its older objects, as a client that stays a while does;
 - ``hang_up_mid_stream``: a stream abandoned after its first events (half by FIN, half
   by RST);
 - ``hang_up_mid_request``: the head and half the body, then the connection closes;
@@ -37,7 +40,8 @@ STREAM_BODY = b'{"model":"bench","stream":true,"messages":[{"role":"user","conte
 PLAIN_BODY = b'{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
 #: Actions and their weights.
 ACTIONS = {
-    "streams": 40,
+    "streams": 30,
+    "long_session": 10,
     "hang_up_mid_stream": 10,
     "hang_up_mid_request": 10,
     "connection_close": 20,
@@ -132,6 +136,10 @@ async def act(name: str, port: int, counts: Counts) -> None:
         if name == "streams":
             for _ in range(random.randint(1, 3)):
                 _expect(await exchange(reader, writer, STREAM), counts, name, stream=True)
+        elif name == "long_session":
+            until = time.monotonic() + random.uniform(10, 40)
+            while time.monotonic() < until:
+                _expect(await exchange(reader, writer, STREAM), counts, name, stream=True)
         elif name == "hang_up_mid_stream":
             response = await exchange(reader, writer, LONG_STREAM, events=3)
             counts.requests += 1
@@ -164,7 +172,7 @@ async def client(port: int, deadline: float, counts: Counts) -> None:
         name = random.choices(names, weights)[0]
         counts.actions[name] += 1
         try:
-            await asyncio.wait_for(act(name, port, counts), TIMEOUT)
+            await asyncio.wait_for(act(name, port, counts), TIMEOUT + 40)
         except TimeoutError:
             counts.error(f"{name}: no answer within {TIMEOUT:g}s")
         except (OSError, httptools.HttpParserError) as e:
