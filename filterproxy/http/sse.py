@@ -1,0 +1,189 @@
+"""Server-sent events: an incremental decoder and an encoder (no I/O).
+
+The decoder is fed the bytes of an event stream as they arrive, split anywhere — inside
+a UTF-8 character, inside a field name, between the ``\\r`` and ``\\n`` of a line end —
+and returns the events each piece completes, following the WHATWG rules: lines end in
+CR, LF or CRLF; a line starting with ``:`` is a comment; ``field: value`` loses one space
+after the colon; several ``data`` lines join with ``\\n``; a blank line ends the event; a
+byte-order mark at the very start is skipped. Each event also keeps the exact bytes it
+came in (`SSEEvent.raw`), so a filter can pass on the events it does not change byte for
+byte and rewrite only the others.
+
+Example, a filter that upper-cases every event's data::
+
+    decoder = SSEDecoder()
+    out = b"".join(
+        encode_event(e.data.upper(), event=e.event, id=e.id) if e.data is not None else e.raw
+        for e in decoder.feed(piece)
+    )
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["SSEDecoder", "SSEEvent", "encode_comment", "encode_event"]
+
+_BOM = b"\xef\xbb\xbf"
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    """One event: what its fields said, and its bytes as received.
+
+    An event made only of comment lines (a keep-alive such as ``: ping``) has ``data``
+    None; the SSE rules would not dispatch it, a proxy still has to pass it on.
+    """
+
+    #: The ``data`` lines joined with ``\\n``; None when the event had no data field.
+    data: str | None
+    #: The ``event`` field (the type); None when absent (clients take "message").
+    event: str | None = None
+    #: The ``id`` field; None when absent.
+    id: str | None = None
+    #: The ``retry`` field in milliseconds, when it is a number.
+    retry: int | None = None
+    #: The text of its comment lines, without the colon.
+    comments: tuple[str, ...] = ()
+    #: The event's bytes, its terminating blank line included.
+    raw: bytes = b""
+
+
+class SSEDecoder:
+    """Decodes an event stream fed piece by piece (see the module's description)."""
+
+    __slots__ = ("_at_start", "_comments", "_data", "_event", "_id", "_pending", "_raw", "_retry")
+
+    def __init__(self) -> None:
+        #: Bytes of a line not yet ended.
+        self._pending = b""
+        #: Bytes of the current event's complete lines.
+        self._raw: list[bytes] = []
+        self._data: list[str] = []
+        self._event: str | None = None
+        self._id: str | None = None
+        self._retry: int | None = None
+        self._comments: list[str] = []
+        self._at_start = True
+
+    @property
+    def pending(self) -> bytes:
+        """What has been fed and belongs to no complete event yet."""
+        return b"".join(self._raw) + self._pending
+
+    def feed(self, data: bytes) -> list[SSEEvent]:
+        """The events completed by *data*, the next piece of the stream."""
+        if not data:
+            return []
+        buffer = self._pending + data if self._pending else data
+        if self._at_start:
+            if len(buffer) < len(_BOM) and _BOM.startswith(buffer):
+                self._pending = buffer
+                return []
+            self._at_start = False
+            if buffer.startswith(_BOM):
+                self._raw.append(_BOM)
+                buffer = buffer[len(_BOM) :]
+        events: list[SSEEvent] = []
+        start = 0
+        size = len(buffer)
+        while start < size:
+            cr = buffer.find(b"\r", start)
+            lf = buffer.find(b"\n", start)
+            if cr < 0 and lf < 0:
+                break
+            if cr < 0 or (0 <= lf < cr):
+                end, after = lf, lf + 1
+            elif cr + 1 < size:
+                end, after = cr, cr + 2 if buffer[cr + 1] == 0x0A else cr + 1
+            else:
+                break  # a CR at the end of the piece: its LF may come next
+            self._line(buffer[start:end], buffer[start:after], events)
+            start = after
+        self._pending = buffer[start:]
+        return events
+
+    def close(self) -> bytes:
+        """The stream ended: what was left of an event that never ended (the SSE rules
+        drop it; a proxy may want to pass it on)."""
+        rest = self.pending
+        self._pending = b""
+        self._raw = []
+        self._data = []
+        self._event = self._id = None
+        self._retry = None
+        self._comments = []
+        self._at_start = True
+        return rest
+
+    def _line(self, line: bytes, raw: bytes, events: list[SSEEvent]) -> None:
+        self._raw.append(raw)
+        if not line:
+            events.append(self._dispatch())
+            return
+        text = line.decode("utf-8", "replace")
+        if text[0] == ":":
+            self._comments.append(text[1:].removeprefix(" "))
+            return
+        name, colon, value = text.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id" and "\0" not in value:
+            self._id = value
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self._retry = int(value)
+
+    def _dispatch(self) -> SSEEvent:
+        event = SSEEvent(
+            data="\n".join(self._data) if self._data else None,
+            event=self._event,
+            id=self._id,
+            retry=self._retry,
+            comments=tuple(self._comments),
+            raw=b"".join(self._raw),
+        )
+        self._raw = []
+        self._data = []
+        self._event = self._id = None
+        self._retry = None
+        self._comments = []
+        return event
+
+
+def _field(name: str, value: str) -> str:
+    if "\n" in value or "\r" in value:
+        raise ValueError(f"an SSE {name} cannot contain a line break: {value[:40]!r}")
+    return f"{name}: {value}\n"
+
+
+def encode_event(
+    data: str | None,
+    *,
+    event: str | None = None,
+    id: str | None = None,
+    retry: int | None = None,
+) -> bytes:
+    """One event, ended by its blank line: ``event``, ``id`` and ``retry`` first (when
+    given), then one ``data`` line per line of *data* (any line ends in it)."""
+    parts = []
+    if event is not None:
+        parts.append(_field("event", event))
+    if id is not None:
+        parts.append(_field("id", id))
+    if retry is not None:
+        parts.append(f"retry: {int(retry)}\n")
+    if data is not None:
+        parts.extend(f"data: {line}\n" for line in _LINE_END.split(data))
+    parts.append("\n")
+    return "".join(parts).encode("utf-8")
+
+
+def encode_comment(text: str = "") -> bytes:
+    """A comment event (``: text``), as keep-alives are sent."""
+    return b"".join(f": {line}\n".encode() for line in text.split("\n")) + b"\n"
