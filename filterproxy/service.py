@@ -68,6 +68,8 @@ class Gateway:
         #: The reactor's coarse deadlines (request timeouts), looked up once.
         self.deadlines = deadlines_for(reactor)
         self.shape: ChainShape | None = None
+        #: What logs call each filter of the chain: its type and key path.
+        self.labels = tuple(f"{spec.type_name} ({spec.path})" for spec in config.filters)
         #: Requests started on this gateway and not finished.
         self.in_flight = 0
         self.retired = False
@@ -85,6 +87,7 @@ class Gateway:
             self.config.buffer_limit_bytes,
             self.shape,
             self,
+            self.labels,
         )
 
     def _router(self, manager: FilterManager) -> Router:

@@ -2,10 +2,11 @@
 
 A filter is created once per request from its class and sees the request on the way in
 (``decode_*``, in config order) and the response on the way out (``encode_*``, in reverse
-order). Each hook returns a `FilterStatus`. Subclass `StreamFilter`, which implements
-every hook as "pass through", and override only what you need: hooks you do not override
-cost nothing, in particular `encode_data`, which would otherwise run once per streamed
-chunk.
+order). A headers hook returns a `FilterStatus`; a data hook returns a `FilterStatus` or
+the data to pass on instead (`DataResult`: replacement bytes, or a list of pieces), which
+is how a filter rewrites a stream. Subclass `StreamFilter`, which implements every hook as
+"pass through", and override only what you need: hooks you do not override cost nothing,
+in particular `encode_data`, which would otherwise run once per streamed chunk.
 
 Example::
 
@@ -29,7 +30,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 from zope.interface import Attribute, Interface, implementer
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from filterproxy.config import Config, RouteConfig
 
 __all__ = [
+    "DataResult",
     "FilterContext",
     "FilterStatus",
     "IFilterCallbacks",
@@ -64,6 +66,15 @@ class FilterStatus(enum.Enum):
     #: Data only: keep this data in the chain's buffer and stop. When the filter later
     #: returns CONTINUE (or calls continue), everything buffered is passed on at once.
     STOP_ITERATION_AND_BUFFER = "stop_iteration_and_buffer"
+
+
+#: What a data hook returns: a `FilterStatus`, or what to pass on in place of this piece
+#: and whatever the chain buffered for the filter — one piece (``b""``: nothing, though
+#: the end of the stream still goes on), or a list of pieces passed on one by one. The
+#: end of the stream goes with the last piece. A filter that returns STOP_ITERATION with
+#: the end of the stream, without passing the end on itself (`inject_encoded_data`),
+#: has swallowed it: the gateway ends the exchange with an error naming the filter.
+DataResult: TypeAlias = "FilterStatus | bytes | list[bytes]"
 
 
 @dataclass
@@ -100,7 +111,8 @@ class StreamInfo:
     cluster: str | None = None
     #: The model named in the body, after alias resolution.
     model: str | None = None
-    #: The JSON body parsed once by the route filter (None when not JSON or not read).
+    #: The request body's JSON document (`IFilterCallbacks.request_json`), once parsed;
+    #: read it, change it through `IFilterCallbacks.set_request_json`.
     body_json: dict[str, Any] | None = None
     #: Free-form annotations filters may share with each other.
     annotations: dict[str, Any] = field(default_factory=dict)
@@ -148,11 +160,15 @@ class IFilterCallbacks(Interface):
     ) -> None:
         """Answer the request here with an OpenAI-shaped JSON error; nothing goes upstream.
 
-        Also usable on the response path while the response head has not been sent.
+        The reply goes through the ``encode_*`` hooks of the filters before this one in
+        the chain (so a filter translating to another API reshapes it). Also usable on
+        the response path while the response head has not been sent: the reply then
+        goes through the encoders after this one.
         """
 
     def send_local_response(status: int, body: bytes, content_type: str) -> None:
-        """Answer the request here with *body* (not an error); nothing goes upstream."""
+        """Answer the request here with *body* (not an error); nothing goes upstream.
+        It passes the encoders as `send_local_reply` does."""
 
     def buffered_request_body() -> bytes:
         """The request body this filter has buffered so far (STOP_ITERATION_AND_BUFFER).
@@ -160,11 +176,28 @@ class IFilterCallbacks(Interface):
         At the last `decode_data` call, the whole body is ``buffered_request_body() + data``.
         """
 
-    def replace_request_body(body: bytes) -> None:
-        """Replace the whole request body (from a filter that has seen all of it).
+    def request_json() -> dict[str, Any] | None:
+        """The request body as a JSON object, parsed once for the whole chain: the route
+        filter's document, or the body this filter sees, parsed the first time a filter
+        asks (in `decode_data` at the end of the whole body, or in any hook after the
+        route filter). None when the body is not a JSON object, or not yet read.
+        Change it with `set_request_json`."""
 
-        The router sends the new body with a matching `Content-Length`.
+    def set_request_json(document: dict[str, Any], *, changed: bool = True) -> None:
+        """The request body is *document* from now on: it is serialised once (compact
+        JSON) and is the body every later filter and the upstream see, with a matching
+        ``Content-Length``. Call it in a hook that has the whole body (``decode_data``
+        with the end of it, or a headers hook after the route filter). A filter that
+        parsed the body itself and changed nothing passes ``changed=False``: the bytes
+        go on as they are and later filters get the document without parsing again.
+
+        Raises:
+            ValueError: part of the body has already gone past this filter.
         """
+
+    def inject_decoded_data(data: bytes, end_stream: bool) -> None:
+        """Send *data* on toward the upstream as if this filter had passed it on (from
+        outside its data hook: after an asynchronous step, say)."""
 
     def inject_encoded_data(data: bytes, end_stream: bool) -> None:
         """Send *data* on toward the client as if this filter had passed it on."""
@@ -178,14 +211,16 @@ class IStreamFilter(Interface):
     def decode_headers(head: RequestHead, end_stream: bool) -> FilterStatus:
         """The request head; *end_stream* is true when the request has no body."""
 
-    def decode_data(data: bytes, end_stream: bool) -> FilterStatus:
-        """A piece of the request body; the last call has *end_stream* true."""
+    def decode_data(data: bytes, end_stream: bool) -> DataResult:
+        """A piece of the request body; the last call has *end_stream* true. Return a
+        status, or the data to pass on instead (see `DataResult`)."""
 
     def encode_headers(head: ResponseHead, end_stream: bool) -> FilterStatus:
         """The response head; *end_stream* is true when the response has no body."""
 
-    def encode_data(data: bytes, end_stream: bool) -> FilterStatus:
-        """A piece of the response body, as the upstream sent it."""
+    def encode_data(data: bytes, end_stream: bool) -> DataResult:
+        """A piece of the response body, as the upstream (or the filter after this one)
+        passed it on. Return a status, or the data to pass on instead (`DataResult`)."""
 
     def on_destroy() -> None:
         """The request is over (complete, failed or abandoned by the client)."""
@@ -229,13 +264,13 @@ class StreamFilter:
     def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
         return FilterStatus.CONTINUE
 
-    def decode_data(self, data: bytes, end_stream: bool) -> FilterStatus:
+    def decode_data(self, data: bytes, end_stream: bool) -> DataResult:
         return FilterStatus.CONTINUE
 
     def encode_headers(self, head: ResponseHead, end_stream: bool) -> FilterStatus:
         return FilterStatus.CONTINUE
 
-    def encode_data(self, data: bytes, end_stream: bool) -> FilterStatus:
+    def encode_data(self, data: bytes, end_stream: bool) -> DataResult:
         return FilterStatus.CONTINUE
 
     def on_destroy(self) -> None:

@@ -1,9 +1,21 @@
 """One direction of the filter chain: headers and data through the filters' hooks.
 
-The rules, shared by the request (decode) and the response (encode) direction: a
-filter that returns STOP_ITERATION from a headers hook holds the headers until it
-continues; data reaches only filters that have seen the headers; STOP_ITERATION_AND_BUFFER
-keeps data in the chain until the filter continues, within a byte limit.
+The rules, shared by the request (decode) and the response (encode) direction:
+
+- A filter that returns STOP_ITERATION from a headers hook holds the headers until it
+  continues; data reaches only filters that have seen the headers.
+- A data hook's result says what goes on: CONTINUE (the piece, after whatever the
+  filter had the chain buffer), STOP_ITERATION (nothing), STOP_ITERATION_AND_BUFFER (the
+  chain keeps the piece until the filter continues, within a byte limit), or
+  replacement bytes — one piece, or a list of pieces — in place of the piece and what
+  was buffered. The end of the stream travels with the last piece passed on.
+- A filter that returns STOP_ITERATION with the end of the stream, and has not passed the
+  end on itself, has swallowed it: the chain reports that (`on_end_swallowed`) instead
+  of leaving the other side waiting for an end that never comes.
+- A response may start over from a given filter: a local reply made by a filter goes
+  through the encoders after it only (`restart_headers`). Each restart, and the end of
+  the request, starts a new *generation*: a pass through the chain still on the stack
+  from before stops as soon as the filter it called returns.
 """
 
 from __future__ import annotations
@@ -11,15 +23,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from filterproxy.filters.api import FilterStatus, RequestHead, ResponseHead
+from filterproxy.filters.api import FilterStatus, RequestHead, ResponseHead, StreamInfo
 
 if TYPE_CHECKING:
-    from filterproxy.filters.api import IStreamFilter
+    from filterproxy.filters.api import DataResult, IStreamFilter
     from filterproxy.filters.manager import FilterManager
 
 __all__ = ["DecodeIteration", "EncodeIteration", "FilterIteration"]
 
 _CONTINUE = FilterStatus.CONTINUE
+_STOP = FilterStatus.STOP_ITERATION
 _BUFFER = FilterStatus.STOP_ITERATION_AND_BUFFER
 
 HeadT = TypeVar("HeadT", RequestHead, ResponseHead)
@@ -30,6 +43,10 @@ def _ignore(head_or_data: object, end_stream: bool) -> None:
 
 
 def _nothing() -> None:
+    pass
+
+
+def _ignore_index(index: int) -> None:
     pass
 
 
@@ -46,12 +63,15 @@ class FilterIteration(Generic[HeadT]):
         "buffered_end",
         "buffers",
         "data_passthrough",
+        "end_reached",
         "filters",
+        "generation",
         "head",
         "head_end_stream",
         "headers_held_at",
         "headers_passed",
         "on_buffer_overflow",
+        "on_end_swallowed",
         "sink_data",
         "sink_headers",
         "stopped",
@@ -69,6 +89,7 @@ class FilterIteration(Generic[HeadT]):
         buffer_limit: int,
         on_buffer_overflow: Callable[[], None],
         data_passthrough: bool,
+        on_end_swallowed: Callable[[int], None] = _ignore_index,
     ) -> None:
         self.filters = filters
         self.takes_data = takes_data
@@ -76,6 +97,8 @@ class FilterIteration(Generic[HeadT]):
         self.sink_data = sink_data
         self.buffer_limit = buffer_limit
         self.on_buffer_overflow = on_buffer_overflow
+        #: Called with the position of a filter that swallowed the end of the stream.
+        self.on_end_swallowed = on_end_swallowed
         #: No hook does anything with data: skip the loop once headers have passed.
         self.data_passthrough = data_passthrough
         self.head: HeadT | None = None
@@ -87,6 +110,10 @@ class FilterIteration(Generic[HeadT]):
         self.buffers: dict[int, list[bytes]] = {}
         self.buffered_end: dict[int, bool] = {}
         self.buffered_bytes = 0
+        #: The furthest position the end of the stream has reached (-1: not yet).
+        self.end_reached = -1
+        #: Bumped by a restart and by `release`: a pass begun before stops.
+        self.generation = 0
         self.stopped = False
 
     def _call_headers(self, index: int, head: HeadT, end_stream: bool) -> FilterStatus:
@@ -98,20 +125,41 @@ class FilterIteration(Generic[HeadT]):
     def _to_sink_data(self, data: bytes, end_stream: bool) -> None:
         self.sink_data(data, end_stream)
 
-    def _call_data(self, index: int, data: bytes, end_stream: bool) -> FilterStatus:
+    def _call_data(self, index: int, data: bytes, end_stream: bool) -> DataResult:
         raise NotImplementedError
+
+    def _passed_on(self, index: int, data: bytes, end_stream: bool) -> bytes:
+        """*data* leaves filter *index*: what the next filter gets (a hook for the
+        request direction's body document)."""
+        return data
 
     def headers(self, head: HeadT, end_stream: bool) -> None:
         self.head = head
         self.head_end_stream = end_stream
         self._headers_from(0)
 
+    def restart_headers(self, index: int, head: HeadT, end_stream: bool) -> None:
+        """Start this direction over from filter *index* with *head*: what was held or
+        buffered is dropped, and a pass still under way stops (a local reply)."""
+        self.generation += 1
+        self.buffers = {}
+        self.buffered_end = {}
+        self.buffered_bytes = 0
+        self.headers_passed = False
+        self.headers_held_at = None
+        self.end_reached = -1
+        self.head = head
+        self.head_end_stream = end_stream
+        self._headers_from(index)
+
     def _headers_from(self, index: int) -> bool:
-        assert self.head is not None
+        head = self.head
+        assert head is not None
+        generation = self.generation
         count = len(self.filters)
         while index < count:
-            status = self._call_headers(index, self.head, self.head_end_stream)
-            if self.stopped:
+            status = self._call_headers(index, head, self.head_end_stream)
+            if self.generation != generation:
                 return False
             if status is not _CONTINUE:
                 self.headers_held_at = index
@@ -119,7 +167,7 @@ class FilterIteration(Generic[HeadT]):
             index += 1
         self.headers_held_at = None
         self.headers_passed = True
-        self._to_sink_headers(self.head, self.head_end_stream)
+        self._to_sink_headers(head, self.head_end_stream)
         return True
 
     def data(self, data: bytes, end_stream: bool) -> None:
@@ -131,30 +179,75 @@ class FilterIteration(Generic[HeadT]):
     def _data_from(self, index: int, data: bytes, end_stream: bool) -> None:
         takes_data = self.takes_data
         count = len(takes_data)
+        generation = self.generation
         while index < count:
+            if end_stream and index > self.end_reached:
+                self.end_reached = index
             if not takes_data[index]:  # the filter does not look at data: it passes on
-                status = _CONTINUE
+                result: DataResult = _CONTINUE
             else:
-                status = self._call_data(index, data, end_stream)
-                if self.stopped:
+                result = self._call_data(index, data, end_stream)
+                if self.generation != generation:
                     return
-            if status is _CONTINUE:
-                held = self.buffers.pop(index, None) if self.buffers else None
-                if held:
-                    self.buffered_end.pop(index, None)
-                    held.append(data)
-                    data = b"".join(held)
-                    self.buffered_bytes -= len(data)
-                if self.headers_held_at is not None and self.headers_held_at == index:
-                    self._headers_from(index + 1)
-                    if self.stopped:
-                        return
-                index += 1
-                continue
-            if status is _BUFFER:
+            if result is _CONTINUE:
+                if self.buffers:
+                    held = self.buffers.pop(index, None)
+                    if held:
+                        self.buffered_end.pop(index, None)
+                        self.buffered_bytes -= sum(len(piece) for piece in held)
+                        held.append(data)
+                        data = b"".join(held)
+            elif result is _BUFFER:
                 self._buffer(index, data, end_stream)
-            return
+                return
+            elif result is _STOP:
+                if end_stream and self.end_reached <= index:
+                    self.on_end_swallowed(index)
+                return
+            else:  # replacement: bytes, or a list of pieces
+                self._drop_buffer(index)
+                if not isinstance(result, bytes):
+                    self._pieces_from(index, list(result), end_stream)  # type: ignore[arg-type]
+                    return
+                if not result and not end_stream:
+                    self._release_headers(index)
+                    return
+                data = result
+            if self.headers_held_at is not None and self.headers_held_at == index:
+                self._headers_from(index + 1)
+                if self.generation != generation:
+                    return
+            data = self._passed_on(index, data, end_stream)
+            index += 1
         self._to_sink_data(data, end_stream)
+
+    def _pieces_from(self, index: int, pieces: list[bytes], end_stream: bool) -> None:
+        """A filter's replacement in several pieces: each goes on in turn."""
+        generation = self.generation
+        self._release_headers(index)
+        if self.generation != generation:
+            return
+        if not pieces:
+            if end_stream:
+                self._data_from(index + 1, self._passed_on(index, b"", True), True)
+            return
+        last = len(pieces) - 1
+        for i, piece in enumerate(pieces):
+            ends = end_stream and i == last
+            self._data_from(index + 1, self._passed_on(index, piece, ends), ends)
+            if self.generation != generation:
+                return
+
+    def _release_headers(self, index: int) -> None:
+        if self.headers_held_at is not None and self.headers_held_at == index:
+            self._headers_from(index + 1)
+
+    def _drop_buffer(self, index: int) -> None:
+        if self.buffers:
+            held = self.buffers.pop(index, None)
+            if held:
+                self.buffered_end.pop(index, None)
+                self.buffered_bytes -= sum(len(piece) for piece in held)
 
     def _buffer(self, index: int, data: bytes, end_stream: bool) -> None:
         self.buffers.setdefault(index, []).append(data)
@@ -163,15 +256,27 @@ class FilterIteration(Generic[HeadT]):
         if self.buffered_bytes > self.buffer_limit:
             self.on_buffer_overflow()
 
+    def data_from(self, index: int, data: bytes, end_stream: bool) -> None:
+        """*data* enters this direction at filter *index* (a local reply's body)."""
+        self._data_from(index, data, end_stream)
+
+    def inject(self, index: int, data: bytes, end_stream: bool) -> None:
+        """Filter *index* sends *data* on, as if it had passed it (from outside its data
+        hook, or in addition to what the hook returns)."""
+        if not self.stopped:
+            self._data_from(index + 1, self._passed_on(index, data, end_stream), end_stream)
+
     def release(self) -> None:
         """The request is over: stop, and drop the filters and sinks (they refer back to
         the request's other objects; see `FilterManager.release`)."""
+        self.generation += 1
         self.stopped = True
         self.filters = []
         self.takes_data = ()
         self.sink_headers = _ignore
         self.sink_data = _ignore
         self.on_buffer_overflow = _nothing
+        self.on_end_swallowed = _ignore_index
         self.buffers = {}
         self.buffered_end = {}
         self.head = None
@@ -180,28 +285,110 @@ class FilterIteration(Generic[HeadT]):
         """Filter *index* continues: release what it held."""
         if self.stopped:
             return
+        generation = self.generation
         if self.headers_held_at == index:
             self._headers_from(index + 1)
-            if self.stopped:
+            if self.generation != generation:
                 return
         held = self.buffers.pop(index, None)
         if held is not None:
             end_stream = self.buffered_end.pop(index)
             data = b"".join(held)
             self.buffered_bytes -= len(data)
-            self._data_from(index + 1, data, end_stream)
+            self._data_from(index + 1, self._passed_on(index, data, end_stream), end_stream)
 
 
 class DecodeIteration(FilterIteration[RequestHead]):
-    """The request direction: ``decode_headers`` / ``decode_data``, in config order."""
+    """The request direction: ``decode_headers`` / ``decode_data``, in config order.
 
-    __slots__ = ()
+    It also keeps the request body's JSON document coherent with its bytes for the
+    manager (`FilterManager.request_json`): a body document a filter sets replaces the
+    body that leaves it, and replacement bytes from a data hook make the document stale.
+    """
+
+    __slots__ = (
+        "body_document",
+        "new_body",
+        "passed_data",
+        "seen_data",
+        "stream_info",
+        "whole_body",
+    )
+
+    def __init__(
+        self,
+        filters: list[IStreamFilter],
+        takes_data: tuple[bool, ...],
+        sink_headers: Callable[[RequestHead, bool], None],
+        sink_data: Callable[[bytes, bool], None],
+        buffer_limit: int,
+        on_buffer_overflow: Callable[[], None],
+        data_passthrough: bool,
+        on_end_swallowed: Callable[[int], None] = _ignore_index,
+        stream_info: StreamInfo | None = None,
+    ) -> None:
+        super().__init__(
+            filters,
+            takes_data,
+            sink_headers,
+            sink_data,
+            buffer_limit,
+            on_buffer_overflow,
+            data_passthrough,
+            on_end_swallowed,
+        )
+        #: Where the document is shown to filters and logs (``body_json``).
+        self.stream_info = stream_info
+        #: The body's JSON document, when parsed or set (None: not yet, or stale).
+        self.body_document: dict[str, object] | None = None
+        #: The serialised document a filter set, to replace the body that leaves it.
+        self.new_body: bytes | None = None
+        #: Filters that have been given body data (to tell a whole body from a piece),
+        #: and filters that body data has left.
+        self.seen_data = [False] * len(filters)
+        self.passed_data = [False] * len(filters)
+        #: The whole body as the filter being called sees it (None: not whole, or not
+        #: in a data hook at the end of the body).
+        self.whole_body: bytes | None = None
 
     def _call_headers(self, index: int, head: RequestHead, end_stream: bool) -> FilterStatus:
+        self.whole_body = None
         return self.filters[index].decode_headers(head, end_stream)
 
-    def _call_data(self, index: int, data: bytes, end_stream: bool) -> FilterStatus:
-        return self.filters[index].decode_data(data, end_stream)
+    def _call_data(self, index: int, data: bytes, end_stream: bool) -> DataResult:
+        seen = self.seen_data
+        self.whole_body = data if end_stream and not seen[index] else None
+        seen[index] = True
+        result = self.filters[index].decode_data(data, end_stream)
+        self.whole_body = None
+        if result is not _CONTINUE and isinstance(result, bytes | list | tuple):
+            # The filter rewrote the bytes: the document is parsed again when asked for.
+            self.body_document = None
+            if self.stream_info is not None:
+                self.stream_info.body_json = None
+        return result
+
+    def _passed_on(self, index: int, data: bytes, end_stream: bool) -> bytes:
+        self.passed_data[index] = True
+        if self.new_body is not None and end_stream:
+            data, self.new_body = self.new_body, None
+        return data
+
+    def _to_sink_data(self, data: bytes, end_stream: bool) -> None:
+        if self.new_body is not None and end_stream:
+            data, self.new_body = self.new_body, None
+        self.sink_data(data, end_stream)
+
+    def body_whole_at(self, index: int) -> bool:
+        """Whether no body data has gone past filter *index* yet: a body it replaces
+        then replaces all of it."""
+        return not self.passed_data[index]
+
+    def release(self) -> None:
+        super().release()
+        self.body_document = None
+        self.whole_body = None
+        self.stream_info = None
 
 
 class EncodeIteration(FilterIteration[ResponseHead]):
@@ -219,6 +406,7 @@ class EncodeIteration(FilterIteration[ResponseHead]):
         buffer_limit: int,
         on_buffer_overflow: Callable[[], None],
         data_passthrough: bool,
+        on_end_swallowed: Callable[[int], None] = _ignore_index,
     ) -> None:
         super().__init__(
             filters,
@@ -228,6 +416,7 @@ class EncodeIteration(FilterIteration[ResponseHead]):
             buffer_limit,
             on_buffer_overflow,
             data_passthrough,
+            on_end_swallowed,
         )
         self.manager: FilterManager | None = manager
 
@@ -246,5 +435,5 @@ class EncodeIteration(FilterIteration[ResponseHead]):
     def _call_headers(self, index: int, head: ResponseHead, end_stream: bool) -> FilterStatus:
         return self.filters[index].encode_headers(head, end_stream)
 
-    def _call_data(self, index: int, data: bytes, end_stream: bool) -> FilterStatus:
+    def _call_data(self, index: int, data: bytes, end_stream: bool) -> DataResult:
         return self.filters[index].encode_data(data, end_stream)

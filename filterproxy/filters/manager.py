@@ -3,16 +3,27 @@
 Decoders run in config order and end at the router; encoders run in reverse and end at
 the client; both directions follow the rules of `FilterIteration`.
 
+What the gateway writes itself goes through the encoders like any response, so that a
+filter can reshape it: a local reply passes the encoders of the filters before the one
+that made it (all of them when the router or the gateway makes it), a mid-stream error
+frame and a heartbeat pass every encoder. Only the reply to a filter that failed (an
+exception, a swallowed end of stream, a buffer overflow) goes straight to the client.
+
+The request body's JSON document has one owner, this manager (`request_json`,
+`set_request_json`): it is parsed once for the whole chain, and a document a filter sets
+is serialised once and is the body every later filter and the upstream see.
+
 The response direction has a fast path: when no filter overrides ``encode_data``, each
 upstream chunk goes straight to the client with no per-chunk work here.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.logger import Logger
 from zope.interface import classImplements
@@ -27,6 +38,7 @@ from filterproxy.filters.api import (
     StreamInfo,
 )
 from filterproxy.filters.iteration import DecodeIteration, EncodeIteration, FilterIteration
+from filterproxy.http.body import BadBody, parse_body
 from filterproxy.http.errors import error_body
 from filterproxy.http.headers import Headers, forward_response_headers
 from filterproxy.tracing import TraceContext, child_context, request_id_from
@@ -82,25 +94,42 @@ class _Callbacks:
         if self._encode_index is not None and self._manager.encoder is not None:
             self._manager.encoder.resume(self._encode_index)
 
+    def _reply_start(self) -> int:
+        """Where a reply this filter makes enters the encoders: after this filter when
+        the response is already passing them, else at the first filter before it."""
+        manager = self._manager
+        encoder = manager.encoder
+        if encoder is not None and encoder.head is not None and self._encode_index is not None:
+            return self._encode_index + 1
+        return manager.shape.reply_start[self._decode_index]
+
     def send_local_reply(
         self, status: int, message: str, code: str | None = None, error_type: str | None = None
     ) -> None:
-        self._manager.send_local_reply(status, message, code=code, error_type=error_type)
+        self._manager.send_local_reply(
+            status, message, code=code, error_type=error_type, start=self._reply_start()
+        )
 
     def send_local_response(self, status: int, body: bytes, content_type: str) -> None:
-        self._manager.send_local_response(status, body, content_type)
+        self._manager.send_local_response(status, body, content_type, start=self._reply_start())
 
     def buffered_request_body(self) -> bytes:
         return b"".join(self._manager.decoder.buffers.get(self._decode_index, ()))
 
-    def replace_request_body(self, body: bytes) -> None:
-        self._manager.replaced_body = body
+    def request_json(self) -> dict[str, Any] | None:
+        return self._manager.request_json()
+
+    def set_request_json(self, document: dict[str, Any], *, changed: bool = True) -> None:
+        self._manager.set_request_json(document, self._decode_index, changed=changed)
+
+    def inject_decoded_data(self, data: bytes, end_stream: bool) -> None:
+        self._manager.decoder.inject(self._decode_index, data, end_stream)
 
     def inject_encoded_data(self, data: bytes, end_stream: bool) -> None:
         encoder = self._manager.encoder
         if encoder is None or self._encode_index is None:
             return
-        encoder._data_from(self._encode_index + 1, data, end_stream)
+        encoder.inject(self._encode_index, data, end_stream)
 
 
 class _Finished:
@@ -176,6 +205,9 @@ class ChainShape:
     encodes_data: tuple[bool, ...]
     #: `encodes_data` in encode order.
     encoder_takes_data: tuple[bool, ...]
+    #: Per filter (config order): the encode position where a local reply it makes
+    #: starts — the first encoder of a filter before it.
+    reply_start: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, classes: tuple[type, ...]) -> ChainShape:
@@ -193,6 +225,7 @@ class ChainShape:
             decodes_data=tuple(_overrides(c, "decode_data") for c in classes),
             encodes_data=tuple(_overrides(c, "encode_data") for c in classes),
             encoder_takes_data=tuple(_overrides(classes[i], "encode_data") for i in encoders),
+            reply_start=tuple(sum(1 for j in encoders if j >= i) for i in range(len(classes))),
         )
 
 
@@ -219,6 +252,7 @@ class FilterManager:
         buffer_limit: int,
         shape: ChainShape | None = None,
         observer: RequestObserver | None = None,
+        labels: Sequence[str] = (),
     ) -> None:
         #: Typed with the HTTP/1.1 exchange first so that the compiled calls of the response
         #: path (per chunk: `send_data`, and `hold`/`flush` per upstream read) go straight
@@ -226,8 +260,9 @@ class FilterManager:
         #: streams, test doubles) is called as a Python object.
         self.downstream: Exchange | IDownstream = downstream
         self.filters = filters
+        #: What to call each filter in log lines and errors (``usage (filters[3])``).
+        self.labels = labels
         self.stream_info = StreamInfo()
-        self.replaced_body: bytes | None = None
         self.head: RequestHead | None = None
         self.response_started = False
         #: The response is an event stream (failures after the head become SSE frames).
@@ -235,6 +270,9 @@ class FilterManager:
         #: The last piece of body written to the client (SSE frames need line boundaries).
         self.last_chunk = b""
         self.done = False
+        #: How the response the encoders are passing ends the request, when it is the
+        #: gateway's own (a local reply); "" for the upstream's.
+        self.reply_outcome = ""
         self.observer = observer
         #: This hop's trace context (set with the request head).
         self.trace: TraceContext | None = None
@@ -244,10 +282,11 @@ class FilterManager:
 
         if shape is None:
             shape = chain_shape(filters)
+        self.shape = shape
         for i, f in enumerate(filters):
             f.callbacks = _Callbacks(self, i, shape.encode_position[i])
 
-        self.decoder: FilterIteration[RequestHead] = DecodeIteration(
+        self.decoder: DecodeIteration = DecodeIteration(
             filters,
             shape.decodes_data,
             self.router.on_request_headers,
@@ -255,6 +294,8 @@ class FilterManager:
             buffer_limit,
             self._request_too_large,
             data_passthrough=shape.decode_passthrough,
+            on_end_swallowed=self._request_end_swallowed,
+            stream_info=self.stream_info,
         )
         self.encoder: FilterIteration[ResponseHead] | None = None
         if shape.encoders:
@@ -265,6 +306,7 @@ class FilterManager:
                 buffer_limit,
                 self._response_too_large,
                 data_passthrough=shape.encode_passthrough,
+                on_end_swallowed=self._response_end_swallowed,
             )
         self.buffer_limit = buffer_limit
 
@@ -304,12 +346,48 @@ class FilterManager:
         except Exception:
             self._internal_error()
 
+    def request_json(self) -> dict[str, Any] | None:
+        """The request body as a JSON object (see `IFilterCallbacks.request_json`)."""
+        decoder = self.decoder
+        document = decoder.body_document
+        if document is None and decoder.whole_body is not None and self.head is not None:
+            try:
+                document = parse_body(decoder.whole_body, self.head.headers.get("content-type"))
+            except BadBody:
+                return None
+            decoder.body_document = document
+            self.stream_info.body_json = document
+        return document
+
+    def set_request_json(
+        self, document: dict[str, Any], index: int, *, changed: bool = True
+    ) -> None:
+        """Filter *index* says the request body is *document* (see
+        `IFilterCallbacks.set_request_json`)."""
+        decoder = self.decoder
+        if changed:
+            if not decoder.body_whole_at(index):
+                label = self._label(index)
+                raise ValueError(
+                    f"{label} changed the request body before it had all of it; "
+                    "put it after body-accumulate"
+                )
+            decoder.new_body = json.dumps(
+                document, ensure_ascii=False, separators=(",", ":")
+            ).encode()
+        decoder.body_document = document
+        self.stream_info.body_json = document
+
     def _internal_error(self) -> None:
         log.failure(
             "request {request_id} failed in the gateway", request_id=self.stream_info.request_id
         )
         self.fail_response(
-            500, "the gateway failed to handle this request", "internal_error", "internal_error"
+            500,
+            "the gateway failed to handle this request",
+            "internal_error",
+            "internal_error",
+            through_filters=False,
         )
 
     def _request_too_large(self) -> None:
@@ -318,6 +396,44 @@ class FilterManager:
             f"request body is larger than the gateway's limit of {self.buffer_limit} bytes; "
             "send a smaller body or raise max_request_bytes",
             code="request_too_large",
+        )
+
+    def _label(self, index: int) -> str:
+        if index < len(self.labels):
+            return self.labels[index]
+        filters = self.filters
+        name = type(filters[index]).__name__ if index < len(filters) else "a filter"
+        return f"{name} (filters[{index}])"
+
+    def _request_end_swallowed(self, index: int) -> None:
+        label = self._label(index)
+        log.error(
+            "request {request_id}: {label} returned STOP_ITERATION with the end of the request "
+            "body and did not pass it on; the request was answered 500",
+            request_id=self.stream_info.request_id,
+            label=label,
+        )
+        self.send_local_reply(
+            500,
+            f"the gateway's filter {label} kept the end of the request body",
+            code="internal_error",
+            outcome="internal_error",
+        )
+
+    def _response_end_swallowed(self, position: int) -> None:
+        label = self._label(self.shape.encoders[position])
+        log.error(
+            "request {request_id}: {label} returned STOP_ITERATION with the end of the "
+            "response and did not pass it on; the response was ended with an error",
+            request_id=self.stream_info.request_id,
+            label=label,
+        )
+        self.fail_response(
+            502,
+            f"the gateway's filter {label} kept the end of the response",
+            "internal_error",
+            "internal_error",
+            through_filters=False,
         )
 
     # -- response path -----------------------------------------------------------------
@@ -358,7 +474,7 @@ class FilterManager:
         if self.event_stream and self.observer is not None:
             self.observer.stream_started(self)
         if end_stream:
-            self._finish("complete")
+            self._finish(self.reply_outcome or "complete")
 
     def send_response_data(self, data: bytes, end_stream: bool) -> None:
         """A piece of the response body, past the filters: to the client."""
@@ -366,15 +482,33 @@ class FilterManager:
         self.last_chunk = data or self.last_chunk
         self.downstream.send_data(data, end_stream)
         if end_stream:
-            self._finish("complete")
+            self._finish(self.reply_outcome or "complete")
+
+    def send_heartbeat(self) -> None:
+        """Silence in an event stream: an SSE comment, through the encoders, so that
+        proxies in front keep the connection open. The caller (the router) makes sure
+        the upstream's stream is between events."""
+        if self.done or not self.response_started:
+            return
+        self.encode_data(b": keep-alive\n\n", False)
 
     def _response_too_large(self) -> None:
         log.error("a response filter buffered more than {limit} bytes", limit=self.buffer_limit)
         self.fail_response(
-            502, "the response was larger than a filter may buffer", "upstream_error"
+            502,
+            "the response was larger than a filter may buffer",
+            "upstream_error",
+            through_filters=False,
         )
 
     # -- endings -----------------------------------------------------------------------
+
+    def _stop_request(self) -> None:
+        """No more of the request goes anywhere, and nothing more comes from upstream."""
+        decoder = self.decoder
+        decoder.stopped = True
+        decoder.generation += 1
+        self.router.cancel()
 
     def send_local_reply(
         self,
@@ -385,79 +519,122 @@ class FilterManager:
         error_type: str | None = None,
         extra_headers: Sequence[tuple[str, str]] = (),
         outcome: str = "local_reply",
+        start: int = 0,
     ) -> None:
-        """Answer with an OpenAI-shaped JSON error; stop both directions and the upstream."""
+        """Answer with an OpenAI-shaped JSON error; stop both directions and the upstream.
+
+        The reply passes the encoders from position *start* on (0: all of them)."""
         if self.done:
             return
-        self.decoder.stopped = True
-        if self.encoder is not None:
-            self.encoder.stopped = True
-        self.router.cancel()
+        self._stop_request()
         if self.response_started:
+            if self.encoder is not None:
+                self.encoder.stopped = True
             self.downstream.abort()
             self._finish(outcome)
             return
         body = error_body(status, message, code=code, type=error_type)
-        headers = Headers(
-            [("content-type", "application/json"), ("content-length", str(len(body)))]
-        )
-        for name, value in extra_headers:
-            headers.add(name, value)
-        headers.add("x-request-id", self.stream_info.request_id)
-        self.response_started = True
-        self.stream_info.status = status
         self.stream_info.error = self.stream_info.error or message
-        self.downstream.send_head(status, headers, False)
-        self.downstream.send_data(body, True)
-        self.stream_info.bytes_out += len(body)
-        self._finish(outcome)
+        self._reply(status, body, "application/json", extra_headers, outcome, start)
 
-    def send_local_response(self, status: int, body: bytes, content_type: str) -> None:
+    def send_local_response(
+        self, status: int, body: bytes, content_type: str, *, start: int = 0
+    ) -> None:
         """Answer with *body* from the gateway itself (e.g. the model list)."""
         if self.done or self.response_started:
             return
-        self.decoder.stopped = True
-        if self.encoder is not None:
-            self.encoder.stopped = True
-        self.router.cancel()
-        headers = Headers(
-            [
-                ("content-type", content_type),
-                ("content-length", str(len(body))),
-                ("x-request-id", self.stream_info.request_id),
-            ]
-        )
-        self.response_started = True
-        self.stream_info.status = status
-        self.downstream.send_head(status, headers, False)
-        self.downstream.send_data(body, True)
-        self.stream_info.bytes_out += len(body)
-        self._finish("local_reply")
+        self._stop_request()
+        self._reply(status, body, content_type, (), "local_reply", start)
+
+    def _reply(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        extra_headers: Sequence[tuple[str, str]],
+        outcome: str,
+        start: int,
+    ) -> None:
+        headers = Headers([("content-type", content_type), ("content-length", str(len(body)))])
+        for name, value in extra_headers:
+            headers.add(name, value)
+        head = ResponseHead(status, headers)
+        self.reply_outcome = outcome
+        encoder = self.encoder
+        if encoder is None or start >= len(encoder.filters):
+            if encoder is not None:
+                encoder.stopped = True
+            self.send_response_head(head, False)
+            self.send_response_data(body, True)
+            return
+        try:
+            encoder.restart_headers(start, head, False)
+            if not self.done:
+                encoder.data_from(start, body, True)
+        except Exception:
+            self._internal_error()
 
     def fail_response(
-        self, status: int, message: str, code: str, outcome: str = "upstream_error"
+        self,
+        status: int,
+        message: str,
+        code: str,
+        outcome: str = "upstream_error",
+        *,
+        through_filters: bool = True,
     ) -> None:
         """The upstream exchange failed. Before the response head: a JSON error with
         *status*. After it: an event stream gets an ``event: error`` frame in the OpenAI
-        error shape; then the response ends without its final framing, so no client can
-        take it for complete."""
+        error shape (through the encoders, unless a filter is what failed); then the
+        response ends without its final framing, so no client can take it for complete."""
         if self.done:
             return
         self.stream_info.error = message
         if not self.response_started:
-            self.send_local_reply(status, message, code=code, outcome=outcome)
+            if through_filters:
+                self.send_local_reply(status, message, code=code, outcome=outcome)
+            else:
+                self._stop_request()
+                body = error_body(status, message, code=code)
+                self.reply_outcome = outcome
+                if self.encoder is not None:
+                    self.encoder.stopped = True
+                    self.encoder.generation += 1
+                self.send_response_head(
+                    ResponseHead(
+                        status,
+                        Headers(
+                            [
+                                ("content-type", "application/json"),
+                                ("content-length", str(len(body))),
+                            ]
+                        ),
+                    ),
+                    False,
+                )
+                self.send_response_data(body, True)
             return
         log.warn(
             "request {request_id} failed mid-response: {message}",
             request_id=self.stream_info.request_id,
             message=message,
         )
-        self.router.cancel()
+        self._stop_request()
+        encoder = self.encoder
         if self.event_stream:
             frame = b"event: error\ndata: " + error_body(status, message, code=code) + b"\n\n"
             if self.last_chunk and not self.last_chunk.endswith(b"\n\n"):
                 frame = b"\n\n" + frame  # end the event the upstream left unfinished
-            self.downstream.send_data(frame, False)
+            if encoder is not None and through_filters and not encoder.stopped:
+                try:
+                    encoder.data(frame, False)
+                except Exception:
+                    log.failure("a filter failed on the mid-stream error frame")
+            elif not self.done:
+                self.downstream.send_data(frame, False)
+        if encoder is not None:
+            encoder.stopped = True
+            encoder.generation += 1
         self.downstream.abort()
         self._finish(outcome)
 

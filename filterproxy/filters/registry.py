@@ -19,7 +19,7 @@ from filterproxy.filters.api import FilterContext, IStreamFilter, StreamFilter
 from filterproxy.filters.body_accumulate import BodyAccumulateConfig, BodyAccumulateFilter
 from filterproxy.filters.header_rewrite import HeaderRewriteFilter
 from filterproxy.filters.route import RouteFilter
-from filterproxy.filters.usage import UsageConfig, UsageFilter
+from filterproxy.filters.usage import UsageFilter
 
 if TYPE_CHECKING:
     from filterproxy.config import Config
@@ -91,11 +91,6 @@ def build_filter_chain(node: Node, config: Config) -> tuple[tuple[FilterSpec, ..
             raise entry.error(f"filter {type_name}: {e}") from None
         if isinstance(filter_config, BodyAccumulateConfig):
             buffer_limit = filter_config.max_request_bytes
-        if isinstance(filter_config, UsageConfig) and filter_config.include_usage and not saw_route:
-            raise entry.error(
-                "usage with include_usage must come after the route filter, which reads "
-                "the body it changes; move this entry below '- type: route'"
-            )
         saw_route = saw_route or cls is RouteFilter
         specs.append(FilterSpec(type_name, entry.path, functools.partial(cls, filter_config)))
     if not saw_route:

@@ -1,8 +1,10 @@
 """route: pick the cluster from the path, headers and the JSON body's ``model``.
 
-The body is parsed once here and kept in `StreamInfo.body_json` for later filters. It is
-forwarded byte for byte, except when ``model`` is an alias: then only the model changes
-(the document is written back as JSON), so the upstream sees a name it knows.
+The body is parsed here (a body that should be JSON and is not gets a 400) and handed to
+the chain as the request's document (`IFilterCallbacks.set_request_json`), which later
+filters read without parsing again. It is forwarded byte for byte, except when ``model``
+is an alias: then only the model changes (the document is written back as JSON), so the
+upstream sees a name it knows.
 
 ``GET /v1/models`` is answered here, from the routes' model names and the aliases
 (OpenAI's list shape), unless a route's ``path_prefix`` claims the path for an upstream.
@@ -19,6 +21,7 @@ from typing import Any
 from filterproxy.config import RouteConfig
 from filterproxy.filters.api import FilterContext, FilterStatus, RequestHead, StreamFilter
 from filterproxy.filters.routing import model_matches, resolve_alias, select_route
+from filterproxy.http.body import BadBody, parse_body
 
 __all__ = ["RouteFilter", "RouteTable", "parse_body"]
 
@@ -57,48 +60,6 @@ MODEL_LIST_PATHS = frozenset({"/v1/models", "/models"})
 _STARTED = int(time.time())
 
 
-class BadBody(ValueError):
-    """The request body cannot be routed; the message says why."""
-
-
-#: Bodies of these media types are not JSON and are routed by path and headers alone.
-_NOT_JSON_PREFIXES = ("multipart/", "audio/", "image/", "video/", "application/octet-stream")
-
-
-def _is_json(content_type: str | None) -> bool:
-    """Whether a body of *content_type* is read as JSON. Anything that is not clearly a
-    binary or multipart upload is: clients often send JSON with a wrong or missing type
-    (``curl -d`` says ``application/x-www-form-urlencoded``)."""
-    if not content_type:
-        return True
-    media = content_type.split(";", 1)[0].strip().lower()
-    return not media.startswith(_NOT_JSON_PREFIXES)
-
-
-def parse_body(body: bytes, content_type: str | None) -> dict[str, Any] | None:
-    """The JSON object in *body*, None when there is nothing to parse.
-
-    Raises:
-        BadBody: the body should be JSON and is not a JSON object with a string model.
-    """
-    if not body or not _is_json(content_type):
-        return None
-    try:
-        document = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise BadBody("request body is not valid UTF-8") from None
-    except json.JSONDecodeError as e:
-        raise BadBody(f"request body is not valid JSON: {e}") from None
-    except RecursionError:
-        raise BadBody("request body is nested too deeply") from None
-    if not isinstance(document, dict):
-        raise BadBody(f"request body must be a JSON object, got a JSON {type(document).__name__}")
-    model = document.get("model")
-    if model is not None and not isinstance(model, str):
-        raise BadBody(f"'model' must be a string, got {json.dumps(model)[:60]}")
-    return document
-
-
 class RouteFilter(StreamFilter):
     """Chooses the route and cluster for each request (see `select_route`)."""
 
@@ -135,13 +96,16 @@ class RouteFilter(StreamFilter):
         if not end_stream:
             return FilterStatus.STOP_ITERATION_AND_BUFFER
         assert self.head is not None
-        buffered = self.callbacks.buffered_request_body()
-        body = buffered + data if buffered else data
-        try:
-            document = parse_body(body, self.head.headers.get("content-type"))
-        except BadBody as e:
-            self.callbacks.send_local_reply(400, str(e), code="invalid_request_body")
-            return FilterStatus.STOP_ITERATION
+        # Parsed by the chain when the body came whole (after body-accumulate), else here.
+        document = self.callbacks.request_json()
+        if document is None:
+            buffered = self.callbacks.buffered_request_body()
+            body = buffered + data if buffered else data
+            try:
+                document = parse_body(body, self.head.headers.get("content-type"))
+            except BadBody as e:
+                self.callbacks.send_local_reply(400, str(e), code="invalid_request_body")
+                return FilterStatus.STOP_ITERATION
         return self._route(document)
 
     def _route(self, document: dict[str, Any] | None) -> FilterStatus:
@@ -170,12 +134,10 @@ class RouteFilter(StreamFilter):
                 )
             return FilterStatus.STOP_ITERATION
         if document is not None:
-            info.body_json = document
-            if model != requested:
+            changed = model != requested
+            if changed:
                 document["model"] = model
-                self.callbacks.replace_request_body(
-                    json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
-                )
+            self.callbacks.set_request_json(document, changed=changed)
         info.model = model
         info.route = route
         info.cluster = route.cluster

@@ -8,30 +8,33 @@ responses alike; the counts land in `StreamInfo.prompt_tokens` / ``completion_to
 for the access log and metrics.
 
 Option ``include_usage: true``: streaming chat/completions requests that do not ask for
-usage get ``stream_options: {"include_usage": true}``, so the provider reports it; the
-extra usage-only chunk this adds at the end (``"choices": []``) is then removed from the
+usage get ``stream_options: {"include_usage": true}`` (through the chain's request
+document, `IFilterCallbacks.set_request_json`), so the provider reports it; the extra
+usage-only chunk this adds at the end (``"choices": []``) is then removed from the
 response, so the client sees the stream it asked for. (OpenAI also puts ``"usage": null``
 in the other chunks of such a stream; those are left as they are — clients ignore it.)
-In that mode events are passed on whole: a piece that ends inside an event is held until
-the event's end arrives, which no SSE client could have used earlier anyway.
+In that mode the response is decoded as events (`filterproxy.http.sse`) and passed on
+whole, each as the bytes it came in: a piece that ends inside an event is held until the
+event's end arrives, which no SSE client could have used earlier anyway.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from filterproxy.config import Node
 from filterproxy.filters.api import (
+    DataResult,
     FilterContext,
     FilterStatus,
     RequestHead,
     ResponseHead,
     StreamFilter,
 )
+from filterproxy.http.sse import SSEDecoder, SSEEvent
 
 __all__ = [
     "UsageConfig",
@@ -157,14 +160,14 @@ class UsageScanner:
         return rest[i + len(_MARKER) :]
 
 
-def is_usage_only_event(event: bytes) -> bool:
-    """Whether an SSE event (without its blank line) is the chunk ``include_usage`` adds:
-    a ``data:`` JSON object with ``"choices": []`` and a usage object."""
-    if _MARKER not in event:
+def is_usage_only_event(event: SSEEvent) -> bool:
+    """Whether an SSE event is the chunk ``include_usage`` adds: a JSON object with
+    ``"choices": []`` and a usage object."""
+    data = event.data
+    if data is None or '"usage"' not in data:
         return False
-    payload = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
     try:
-        document = json.loads(payload)
+        document = json.loads(data)
     except ValueError:
         return False
     return (
@@ -172,34 +175,6 @@ def is_usage_only_event(event: bytes) -> bool:
         and document.get("choices") == []
         and isinstance(document.get("usage"), dict)
     )
-
-
-_EVENT_END = re.compile(rb"(\r\n\r\n|\n\n|\r\r)")
-
-
-def event_boundary(buffer: bytes) -> int:
-    """The length of the complete SSE events at the start of *buffer* (0 if none)."""
-    end = buffer.rfind(b"\n\n")
-    cut = end + 2 if end >= 0 else 0
-    end = buffer.rfind(b"\r\r")  # events may end in \r\r or \r\n\r\n as well
-    if end >= 0:
-        cut = max(cut, end + 2)
-    end = buffer.rfind(b"\r\n\r\n")
-    if end >= 0:
-        cut = max(cut, end + 4)
-    return cut
-
-
-def without_usage_only_events(events: bytes) -> bytes:
-    """*events* (whole SSE events) without those `is_usage_only_event` finds."""
-    parts = _EVENT_END.split(events)  # event, separator, event, separator, ..., rest
-    kept = []
-    for i in range(0, len(parts), 2):
-        if not is_usage_only_event(parts[i]):
-            kept.append(parts[i])
-            if i + 1 < len(parts):
-                kept.append(parts[i + 1])
-    return b"".join(kept)
 
 
 def wants_usage_injection(path: str, body: Mapping[str, Any] | None) -> bool:
@@ -235,48 +210,46 @@ class UsageFilter(StreamFilter):
     def __init__(self, config: UsageConfig) -> None:
         super().__init__(config)
         self.scanner = UsageScanner()
+        self.path = ""
         #: True when this filter added include_usage and must remove the usage chunk.
         self.injected = False
-        self.strip = False
-        self.pending = b""
+        #: Decodes the response into events while usage chunks are removed.
+        self.events: SSEDecoder | None = None
 
     def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
-        # After route: the body has been read and parsed (route holds the head until then).
-        if self.config.include_usage:
-            body = self.callbacks.stream_info.body_json
-            if body is not None and wants_usage_injection(head.path, body):
-                options = body.get("stream_options")
-                body["stream_options"] = {**(options or {}), "include_usage": True}
-                self.callbacks.replace_request_body(
-                    json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-                )
-                self.injected = True
+        self.path = head.path
+        return FilterStatus.CONTINUE
+
+    def decode_data(self, data: bytes, end_stream: bool) -> DataResult:
+        if not (end_stream and self.config.include_usage):
+            return FilterStatus.CONTINUE
+        body = self.callbacks.request_json()
+        if body is not None and wants_usage_injection(self.path, body):
+            options = body.get("stream_options")
+            body["stream_options"] = {**(options or {}), "include_usage": True}
+            self.callbacks.set_request_json(body)
+            self.injected = True
         return FilterStatus.CONTINUE
 
     def encode_headers(self, head: ResponseHead, end_stream: bool) -> FilterStatus:
-        self.strip = (
+        if (
             self.injected
             and head.status == 200
             and (head.headers.get("content-type") or "").startswith("text/event-stream")
-        )
+        ):
+            self.events = SSEDecoder()
         return FilterStatus.CONTINUE
 
-    def encode_data(self, data: bytes, end_stream: bool) -> FilterStatus:
+    def encode_data(self, data: bytes, end_stream: bool) -> DataResult:
         scanner = self.scanner
         if scanner.feed(data):
             info = self.callbacks.stream_info
             info.prompt_tokens = scanner.prompt_tokens
             info.completion_tokens = scanner.completion_tokens
-        if not self.strip:
+        decoder = self.events
+        if decoder is None:
             return FilterStatus.CONTINUE
-        return self._pass_whole_events(data, end_stream)
-
-    def _pass_whole_events(self, data: bytes, end_stream: bool) -> FilterStatus:
-        buffer = self.pending + data if self.pending else data
-        cut = len(buffer) if end_stream else event_boundary(buffer)
-        events, self.pending = buffer[:cut], buffer[cut:]
-        if _MARKER in events:
-            events = without_usage_only_events(events)
-        if events or end_stream:
-            self.callbacks.inject_encoded_data(events, end_stream)
-        return FilterStatus.STOP_ITERATION
+        kept = b"".join(e.raw for e in decoder.feed(data) if not is_usage_only_event(e))
+        if end_stream:
+            kept += decoder.close()  # an unfinished last event goes on as it came
+        return kept

@@ -94,6 +94,8 @@ class Router:
         self.total_timer: IDelayedCall | None = None
         self.heartbeat_timer: IDelayedCall | None = None
         self.heartbeat: float | None = None
+        #: The upstream's stream is between two events (heartbeats only go there).
+        self.between_events = True
         # Timestamps (time.monotonic) for the gateway-overhead metric, and the
         # chunk-gap histogram of this stream.
         self.chain_time = 0.0
@@ -135,7 +137,7 @@ class Router:
             return
         self.plan = route.plan
         self.heartbeat = route.heartbeat
-        self.body = manager.replaced_body if manager.replaced_body is not None else body
+        self.body = body
         total = self.plan[0].timeouts.total
         if total is not None:
             self.total_timer = self.reactor.callLater(total, self._total_timeout, total)
@@ -317,6 +319,8 @@ class Router:
             self.data_seen_at = self.deadlines.now
             if self.heartbeat_timer is not None:
                 self.heartbeat_timer.reset(self.heartbeat)  # type: ignore[arg-type]
+                if data:
+                    self.between_events = data.endswith((b"\n\n", b"\r\n\r\n", b"\r\r"))
         self.manager.encode_data(data, end_stream)
 
     def on_read_start(self) -> None:
@@ -390,14 +394,12 @@ class Router:
 
     def _heartbeat(self) -> None:
         """Silence in an event stream: send an SSE comment so proxies in front keep the
-        connection open. Only at a line boundary, never inside an upstream line."""
+        connection open — through the filters' encoders, as if the upstream had sent it,
+        so only between two of the upstream's events (otherwise the next beat will)."""
         assert self.heartbeat is not None
         self.heartbeat_timer = self.reactor.callLater(self.heartbeat, self._heartbeat)
-        last = self.manager.last_chunk
-        if last.endswith(b"\n\n") or not last:
-            self.manager.downstream.send_data(b": keep-alive\n\n", False)
-        elif last.endswith(b"\n"):
-            self.manager.downstream.send_data(b": keep-alive\n", False)
+        if self.between_events:
+            self.manager.send_heartbeat()
 
     # -- cancellation -------------------------------------------------------------------
 

@@ -324,13 +324,13 @@ def test_tracing_needs_an_otlp_http_url() -> None:
     )
 
 
-def test_usage_injection_must_follow_the_route_filter() -> None:
-    chain = "filters:\n  - type: usage\n    include_usage: true\n  - type: route\n"
-    assert "filters[0]: usage with include_usage must come after the route filter" in error_for(
-        BASE + chain
-    )
-    ok = "filters:\n  - type: route\n  - type: usage\n    include_usage: true\n"
-    assert [f.type_name for f in parse_config(BASE + ok, environ={}).filters] == ["route", "usage"]
+def test_usage_injection_may_come_before_or_after_the_route_filter() -> None:
+    for chain in (
+        "filters:\n  - type: usage\n    include_usage: true\n  - type: route\n",
+        "filters:\n  - type: route\n  - type: usage\n    include_usage: true\n",
+    ):
+        config = parse_config(BASE + chain, environ={})
+        assert {f.type_name for f in config.filters} == {"route", "usage"}
 
 
 def test_cluster_protocol_and_tls_files(tmp_path: Any) -> None:

@@ -17,13 +17,12 @@ from filterproxy.filters.api import StreamInfo
 from filterproxy.filters.route import RouteTable
 from filterproxy.filters.usage import (
     UsageScanner,
-    event_boundary,
     is_usage_only_event,
     marker_start_at_end,
     token_counts,
     wants_usage_injection,
-    without_usage_only_events,
 )
+from filterproxy.http.sse import SSEDecoder
 from filterproxy.metrics import MAX_MODEL_LABELS, Metrics
 from filterproxy.sdnotify import notify, reloading_message
 from filterproxy.service import _shift_port
@@ -99,21 +98,10 @@ def test_token_counts_accepts_only_counts() -> None:
     assert token_counts({"prompt_tokens": "7", "completion_tokens": True}) == (None, None)
 
 
-def test_usage_only_events_are_recognised_and_removed() -> None:
-    chunk = b'data: {"choices":[{"delta":{}}],"usage":null}'
-    assert is_usage_only_event(OPENAI_LAST.strip())
-    assert not is_usage_only_event(chunk)
-    assert not is_usage_only_event(b"data: [DONE]")
-    events = chunk + b"\n\n" + OPENAI_LAST + b"data: [DONE]\n\n"
-    assert without_usage_only_events(events) == chunk + b"\n\ndata: [DONE]\n\n"
-    crlf = chunk + b"\r\n\r\n" + OPENAI_LAST.strip() + b"\r\n\r\n"
-    assert without_usage_only_events(crlf) == chunk + b"\r\n\r\n"
-
-
-def test_event_boundary_finds_the_last_complete_event() -> None:
-    assert event_boundary(b"data: a\n\ndata: b") == len(b"data: a\n\n")
-    assert event_boundary(b"data: a\r\n\r\ndata: b") == len(b"data: a\r\n\r\n")
-    assert event_boundary(b"data: a\n") == 0
+def test_usage_only_events_are_recognised() -> None:
+    chunk = b'data: {"choices":[{"delta":{}}],"usage":null}\n\n'
+    events = SSEDecoder().feed(chunk + OPENAI_LAST + b"data: [DONE]\n\n")
+    assert [is_usage_only_event(e) for e in events] == [False, True, False]
 
 
 def test_usage_injection_only_for_streaming_completions_without_usage() -> None:

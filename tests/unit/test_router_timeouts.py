@@ -119,6 +119,17 @@ def test_heartbeat_comments_fill_silence_at_event_boundaries() -> None:
     assert h.received().endswith(chunk(b"data: b\n\n"))  # data resets the heartbeat
 
 
+def test_no_heartbeat_inside_an_event_the_upstream_has_not_finished() -> None:
+    h = Harness(CONFIG.replace("  - cluster: up", "  - {cluster: up, heartbeat: 2s}"))
+    h.client.dataReceived(post())
+    h.upstream.dataReceived(SSE_HEAD + chunk(b"data: a"))
+    h.reactor.advance(4.5)
+    assert b"keep-alive" not in h.received()
+    h.upstream.dataReceived(chunk(b"\n\n"))
+    h.reactor.advance(2.1)
+    assert h.received().endswith(chunk(b": keep-alive\n\n"))
+
+
 def test_a_stale_pooled_connection_is_retried_once_on_a_fresh_one() -> None:
     h = Harness(CONFIG.replace("max_attempts: 2", "max_attempts: 1"))
     h.client.dataReceived(post())
