@@ -23,7 +23,7 @@ from typing import Any
 from twisted.internet.testing import StringTransport
 
 from filterproxy.config import load_config
-from filterproxy.downstream.http11 import HTTP11ServerFactory
+from filterproxy.downstream.server import GatewayServerFactory
 from filterproxy.service import Gateway
 from filterproxy.upstream.connection import HTTP11ClientConnection, State
 
@@ -82,8 +82,11 @@ class Rig:
         pool.open_count = 1
         pool.idle.append(self.upstream)  # the pool hands it out and takes it back each time
         self.client_transport = StringTransport()
-        self.client = HTTP11ServerFactory(self.gateway).buildProtocol(None)
-        self.client.makeConnection(self.client_transport)
+        # The listener's own factory: its protocol selector hands the transport to the
+        # HTTP/1.1 connection on the first bytes, which then get every later read.
+        selector = GatewayServerFactory(self.gateway).buildProtocol(None)
+        selector.makeConnection(self.client_transport)
+        self.client: Any = selector
         self.request = request(BODY)
         self.response = (
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
@@ -95,12 +98,14 @@ class Rig:
 
     def one_request(self) -> None:
         self.client.dataReceived(self.request)
+        self.client = self.client_transport.protocol  # the HTTP/1.1 connection from now on
         self.upstream.dataReceived(self.response)
         self.client_transport.clear()
         self.upstream_transport.clear()
 
     def start_stream(self) -> None:
         self.client.dataReceived(request(STREAM_BODY))
+        self.client = self.client_transport.protocol
         assert self.upstream.state is State.BUSY
         self.upstream.dataReceived(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"

@@ -25,6 +25,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
+from typing import Protocol as Interface
 
 import httptools
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -32,7 +33,7 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 
 from filterproxy.config import Config
-from filterproxy.downstream.exchange import reason_phrase
+from filterproxy.http.errors import reason_phrase
 from filterproxy.memory import collect_cycles, memory_report
 from filterproxy.teardown import forget_traceback
 
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-    from filterproxy.service import Gateway
 
 __all__ = ["REDACTED", "admin_factory", "is_secret_header", "readiness", "redacted_config"]
 
@@ -96,7 +96,21 @@ def redacted_config(config: Config) -> dict[str, Any]:
     return document
 
 
-def readiness(gateway: Gateway) -> tuple[bool, list[str]]:
+class _Cluster(Interface):
+    def available(self) -> bool: ...
+
+
+class ServedGateway(Interface):
+    """What the admin listener reads of the gateway in force (`filterproxy.service`)."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def clusters(self) -> Mapping[str, _Cluster]: ...
+
+
+def readiness(gateway: ServedGateway) -> tuple[bool, list[str]]:
     """Whether the gateway is ready, and the clusters with every endpoint ejected."""
     down = [name for name, cluster in gateway.clusters.items() if not cluster.available()]
     return not down, down
@@ -332,7 +346,7 @@ class AdminFactory(ServerFactory):
 
 
 def admin_factory(
-    gateway: Callable[[], Gateway],
+    gateway: Callable[[], ServedGateway],
     registry: CollectorRegistry,
     reload: Callable[[], str | None],
     reactor: IReactorTime,

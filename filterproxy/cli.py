@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from filterproxy.config import ConfigError, load_config
+from filterproxy.filters.registry import build_chain
 from filterproxy.tap import config_summary
 
 __all__ = ["main"]
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.files:
         try:
             config = load_config(path)
+            build_chain(config)  # the filters' own options are part of the config
         except ConfigError as e:
             print(f"{path}: invalid: {e}", file=sys.stderr)
             failed += 1

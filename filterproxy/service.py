@@ -19,6 +19,7 @@ from filterproxy.config import Config, ConfigError, load_config
 from filterproxy.deadlines import deadlines_for
 from filterproxy.downstream.server import GatewayServerFactory
 from filterproxy.filters.manager import ChainShape, FilterManager, chain_shape
+from filterproxy.filters.registry import FilterChain, build_chain
 from filterproxy.metrics import Metrics
 from filterproxy.upstream.cluster import Cluster
 from filterproxy.upstream.router import Router
@@ -32,7 +33,7 @@ from filterproxy.workers import (
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort
 
-    from filterproxy.downstream.stream import IDownstream
+    from filterproxy.filters.stream import IDownstream
     from filterproxy.otel import SpanRecorder
 
 __all__ = ["Gateway", "GatewayService"]
@@ -55,8 +56,11 @@ class Gateway:
         metrics: Metrics | None = None,
         spans: SpanRecorder | None = None,
         access_file: accesslog.AccessLogFile | None = None,
+        chain: FilterChain | None = None,
     ) -> None:
         self.config = config
+        #: The filters every request goes through (built from the config's entries).
+        self.chain = chain if chain is not None else build_chain(config)
         self.reactor = reactor
         self.metrics = metrics if metrics is not None else Metrics()
         self.spans = spans
@@ -69,7 +73,7 @@ class Gateway:
         self.deadlines = deadlines_for(reactor)
         self.shape: ChainShape | None = None
         #: What logs call each filter of the chain: its type and key path.
-        self.labels = tuple(f"{spec.type_name} ({spec.path})" for spec in config.filters)
+        self.labels = self.chain.labels
         #: Requests started on this gateway and not finished.
         self.in_flight = 0
         self.retired = False
@@ -77,14 +81,14 @@ class Gateway:
 
     def new_request(self, downstream: IDownstream) -> FilterManager:
         """A filter manager for one request arriving on *downstream*."""
-        filters = [spec.create() for spec in self.config.filters]
+        filters = [spec.create() for spec in self.chain.specs]
         if self.shape is None:
             self.shape = chain_shape(filters)  # the same classes for every request
         return FilterManager(
             downstream,
             filters,
             self._router,
-            self.config.buffer_limit_bytes,
+            self.chain.buffer_limit,
             self.shape,
             self,
             self.labels,
@@ -166,6 +170,7 @@ class GatewayService(Service):
         reuse_port: bool = False,
         admin_listener: str | None = None,
         worker_index: int | None = None,
+        chain: FilterChain | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -191,7 +196,9 @@ class GatewayService(Service):
 
             self.spans = SpanRecorder(config.tracing)
         self.access_file = _open_access_log(config, reactor)
-        self.gateway = Gateway(config, reactor, self.metrics, self.spans, self.access_file)
+        self.gateway = Gateway(
+            config, reactor, self.metrics, self.spans, self.access_file, chain=chain
+        )
         self.factory = GatewayServerFactory(self.gateway)
         self.ports: list[IListeningPort] = []
         self.admin_port: IListeningPort | None = None
@@ -349,6 +356,7 @@ class GatewayService(Service):
         source = self.config.source
         try:
             config = load_config(source)
+            chain = build_chain(config)
         except ConfigError as e:
             log.error(
                 "config reload rejected, the running config stays in force: {source}: {error}",
@@ -379,7 +387,9 @@ class GatewayService(Service):
             log.warn("tracing changed in {source}; restart to apply", source=source)
         old = self.gateway
         self.config = config
-        self.gateway = Gateway(config, self.reactor, self.metrics, self.spans, access_file)
+        self.gateway = Gateway(
+            config, self.reactor, self.metrics, self.spans, access_file, chain=chain
+        )
         self.factory.gateway = self.gateway
         old.access_file = access_file  # its last requests log where the new ones do
         old.retire()

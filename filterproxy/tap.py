@@ -12,6 +12,7 @@ from twisted.python import usage
 
 from filterproxy.accesslog import cannot_open, open_for_append
 from filterproxy.config import Config, ConfigError, load_config
+from filterproxy.filters.registry import FilterChain, build_chain
 from filterproxy.workers import reuse_port_endpoint, worker_count
 
 __all__ = ["DEMO_CONFIG", "Options", "config_summary", "makeService"]
@@ -54,6 +55,7 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self.loaded: Config | None = None
+        self.chain: FilterChain | None = None
 
     def opt_listen(self, endpoint: str) -> None:
         """A Twisted endpoint to listen on, e.g. tcp:8080:interface=127.0.0.1 (repeatable);
@@ -64,6 +66,7 @@ class Options(usage.Options):
         path = self["config"] or str(DEMO_CONFIG)
         try:
             self.loaded = load_config(path)
+            self.chain = build_chain(self.loaded)
         except ConfigError as e:
             raise usage.UsageError(f"invalid config {path}: {e}") from None
         if not self["listen"] and not self.loaded.listeners:
@@ -117,6 +120,7 @@ def makeService(options: Options | dict[str, Any]) -> IService:
     from filterproxy.reactor import install_if_unset
 
     config = options.loaded if isinstance(options, Options) else None
+    chain = options.chain if isinstance(options, Options) else None
     if config is None:
         config = load_config(options["config"] or str(DEMO_CONFIG))
     listeners = tuple(options["listen"]) or None
@@ -174,6 +178,7 @@ def makeService(options: Options | dict[str, Any]) -> IService:
             reuse_port=worker,
             admin_listener=options.get("admin"),
             worker_index=options.get("worker-index") if worker else None,
+            chain=chain,
         ).setServiceParent(top)
     if worker:
         ParentWatch().setServiceParent(top)

@@ -17,6 +17,7 @@ from filterproxy.config._types import (
     DEFAULT_ADMIN_LISTENER,
     DEFAULT_FILTERS,
     Config,
+    FilterEntry,
     Limits,
     TracingConfig,
 )
@@ -68,7 +69,7 @@ def parse_config(
 
     clusters = parse_clusters(section("clusters"))
     access = _access_log(top["access_log"]) if "access_log" in top else True
-    config = Config(
+    return Config(
         listeners=tuple(n.string() for n in section("listeners").sequence()),
         clusters=MappingProxyType(clusters),
         routes=parse_routes(section("routes"), clusters),
@@ -81,15 +82,25 @@ def parse_config(
         admin_listener=_parse_admin(top["admin"]) if "admin" in top else DEFAULT_ADMIN_LISTENER,
         tracing=_parse_tracing(top["tracing"]) if "tracing" in top else None,
         preload_tls=top["preload_tls"].boolean() if "preload_tls" in top else False,
+        filters=_parse_filters(
+            top.get("filters") or Node([{"type": t} for t in DEFAULT_FILTERS], "filters", env)
+        ),
         source=source,
     )
-    from filterproxy.filters.registry import build_filter_chain
 
-    filters_node = top.get("filters") or Node(
-        [{"type": t} for t in DEFAULT_FILTERS], "filters", env
-    )
-    filters, buffer_limit = build_filter_chain(filters_node, config)
-    return replace(config, filters=filters, buffer_limit_bytes=buffer_limit)
+
+def _parse_filters(node: Node) -> tuple[FilterEntry, ...]:
+    """The ``filters`` entries: a type and options each (the chain checks the options)."""
+    entries = []
+    for entry in node.sequence():
+        keys = entry.mapping()
+        if "type" not in keys:
+            raise entry.error(
+                "missing 'type'; name a built-in filter or 'package.module:ClassName'"
+            )
+        options = MappingProxyType({k: v.value for k, v in keys.items() if k != "type"})
+        entries.append(FilterEntry(keys["type"].string(), entry.path, options, entry.environ))
+    return tuple(entries)
 
 
 def _parse_admin(node: Node) -> str | None:

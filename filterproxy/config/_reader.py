@@ -81,6 +81,11 @@ class Node:
         self.path = path
         self._environ = environ
 
+    @property
+    def environ(self) -> Mapping[str, str]:
+        """Where ``${VAR}`` in this node's values are looked up."""
+        return self._environ
+
     def _child_path(self, key: str | int) -> str:
         if isinstance(key, int):
             return f"{self.path}[{key}]"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from filterproxy.filters.api import IStreamFilter
+    from filterproxy.http.headers import Headers
 
 DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
 DEFAULT_FILTERS = ("body-accumulate", "route", "header-rewrite", "usage")
@@ -29,6 +29,15 @@ class HeaderRules:
 
     def __bool__(self) -> bool:
         return bool(self.set or self.append or self.remove)
+
+    def apply_to(self, headers: Headers) -> None:
+        """Apply these rules to *headers*: remove, then set, then append."""
+        for name in self.remove:
+            headers.remove(name)
+        for name, value in self.set:
+            headers.set(name, value)
+        for name, value in self.append:
+            headers.add(name, value)
 
 
 @dataclass(frozen=True)
@@ -187,12 +196,21 @@ DEFAULT_ADMIN_LISTENER = "tcp:9901:interface=127.0.0.1"
 
 
 @dataclass(frozen=True)
-class FilterSpec:
-    """One filter of the chain: its name in the config and a per-request constructor."""
+class FilterEntry:
+    """One entry of the ``filters`` list as written: the filter's type and its options.
+
+    The options are checked by the filter class itself when the chain is built
+    (`filterproxy.filters.registry.build_chain`), one layer up: the config knows no
+    filter classes.
+    """
 
     type_name: str
+    #: The entry's key path (``filters[2]``), for error messages and logs.
     path: str
-    create: Callable[[], IStreamFilter]
+    #: The entry's other keys, as written (``${VAR}`` not yet substituted).
+    options: Mapping[str, Any] = field(default_factory=dict)
+    #: Where ``${VAR}`` in the options are looked up.
+    environ: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -203,8 +221,7 @@ class Config:
     clusters: Mapping[str, ClusterConfig]
     routes: tuple[RouteConfig, ...]
     aliases: Mapping[str, str]
-    filters: tuple[FilterSpec, ...] = ()
-    buffer_limit_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    filters: tuple[FilterEntry, ...] = ()
     limits: Limits = Limits()
     #: On SIGTERM, how long in-flight requests may take to finish before the exit.
     shutdown_grace: float = 30.0

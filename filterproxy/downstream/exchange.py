@@ -9,49 +9,90 @@ that brought it), so that a small response leaves in one packet.
 
 from __future__ import annotations
 
-from http import HTTPStatus
+import enum
 from typing import TYPE_CHECKING
 
-from zope.interface import classImplements
-
-from filterproxy.downstream.stream import IDownstream
+from filterproxy._transport import NativeProtocol
 from filterproxy.filters.api import RequestHead
+from filterproxy.filters.client import ClientStream
+from filterproxy.http.errors import reason_phrase
 from filterproxy.http.headers import Headers, encode_header_block
 
 if TYPE_CHECKING:
-    from filterproxy.downstream.http11 import HTTP11ServerConnection
     from filterproxy.filters.manager import FilterManager
 
-__all__ = ["Exchange", "reason_phrase"]
+__all__ = ["ConnectionState", "Exchange", "ExchangeConnection"]
 
 _NO_BODY_STATUSES = frozenset({204, 304})
 
 
-_PHRASES: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+class ConnectionState(enum.Enum):
+    """The states of an HTTP/1.x client connection (see `filterproxy.downstream.http11`)."""
+
+    #: Waiting for the next request head.
+    IDLE = "idle"
+    #: A request is being handled: its body may still be arriving, its response may be
+    #: streaming. Requests pipelined behind it are parsed and queued.
+    ACTIVE = "active"
+    #: The connection closes once the current response (if any) is written: the client
+    #: asked for it, a body was refused before it was read, the input was bad, or the
+    #: gateway is shutting down. Nothing more is read or started.
+    CLOSING = "closing"
+    #: The socket is gone.
+    CLOSED = "closed"
 
 
-def reason_phrase(status: int) -> bytes:
-    return _PHRASES.get(status, b"Unknown")
+_CLOSED = ConnectionState.CLOSED
 
 
-class Exchange:
+class ExchangeConnection(NativeProtocol):
+    """What an exchange needs of its connection; the HTTP/1.1 server connection
+    (`filterproxy.downstream.http11`) derives from it. A compiled base class: the
+    exchange's calls on it (``send``, per chunk) are direct calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = ConnectionState.IDLE
+
+    @property
+    def gone(self) -> bool:
+        """The client's socket is gone."""
+        return self.state is ConnectionState.CLOSED
+
+    def send(self, data: bytes) -> None:
+        """Write response bytes (override)."""
+        raise NotImplementedError
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        """The response of *exchange* is written (override)."""
+        raise NotImplementedError
+
+    def uncount(self, exchange: Exchange) -> None:
+        """*exchange* no longer counts against the concurrency limit (override)."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """End the connection without completing the response (override)."""
+        raise NotImplementedError
+
+
+class Exchange(ClientStream):
     """One request on the connection and the response to it (the `IDownstream`)."""
 
     def __init__(
         self,
-        connection: HTTP11ServerConnection,
+        connection: ExchangeConnection,
         head: RequestHead,
         has_body: bool,
         keep_alive: bool,
         http10: bool,
     ) -> None:
+        super().__init__(head.scheme, head.client_ip)
         self.connection = connection
         self.head = head
         self.has_body = has_body
         self.keep_alive = keep_alive
         self.http10 = http10
-        self.scheme = head.scheme
-        self.client_ip = head.client_ip
         self.request_complete = not has_body
         self.response_started = False
         self.response_complete = False
@@ -99,7 +140,7 @@ class Exchange:
     # -- IDownstream ----------------------------------------------------------------------
 
     def send_head(self, status: int, headers: Headers, end_stream: bool) -> None:
-        if self.response_complete or self.connection.gone:
+        if self.response_complete or self.connection.state is _CLOSED:
             return
         self.response_started = True
         bodyless = status in _NO_BODY_STATUSES or status < 200 or self.head.method == "HEAD"
@@ -131,7 +172,7 @@ class Exchange:
             self.pending_head = head
 
     def send_data(self, data: bytes, end_stream: bool) -> None:
-        if self.response_complete or self.connection.gone:
+        if self.response_complete or self.connection.state is _CLOSED:
             return
         if self.holding and not end_stream:
             if data:
@@ -167,7 +208,7 @@ class Exchange:
 
     def flush(self) -> None:
         self.holding = False
-        if not self.connection.gone and not self.response_complete:
+        if self.connection.state is not _CLOSED and not self.response_complete:
             self._write(b"", False)
 
     def abort(self) -> None:
@@ -180,7 +221,7 @@ class Exchange:
         self.connection.abort()
 
     def register_producer(self, producer: object) -> None:
-        if self.connection.gone or self.response_complete:
+        if self.connection.state is _CLOSED or self.response_complete:
             return
         self.producer_registered = True
         self.connection.transport.registerProducer(producer, True)
@@ -188,13 +229,10 @@ class Exchange:
     def unregister_producer(self) -> None:
         if self.producer_registered:
             self.producer_registered = False
-            if not self.connection.gone:
+            if self.connection.state is not _CLOSED:
                 self.connection.transport.unregisterProducer()
 
     def _complete(self) -> None:
         self.response_complete = True
         self.unregister_producer()
         self.connection.exchange_done(self)
-
-
-classImplements(Exchange, IDownstream)

@@ -37,8 +37,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from filterproxy.deadlines import deadlines_for
-from filterproxy.downstream.stream import IDownstream
 from filterproxy.filters.api import RequestHead
+from filterproxy.filters.stream import IDownstream
 from filterproxy.http.errors import error_body
 from filterproxy.http.headers import Headers
 from filterproxy.teardown import forget_traceback, release_h2

@@ -1,7 +1,7 @@
 """The HTTP/1.x front end: a Twisted `Protocol` that parses requests with llhttp
 (through `httptools`) and drives one `FilterManager` per request.
 
-A connection is in one of these states:
+A connection is in one of the states of `ConnectionState` (its ``state``):
 
 - IDLE: waiting for the next request head.
 - ACTIVE: a request is being handled (its body may still be arriving, its response may
@@ -10,6 +10,10 @@ A connection is in one of these states:
   without bound.
 - CLOSING: the connection will close once the current response is written (the client
   asked for it, the request body was refused before it was read, or the input was bad).
+- CLOSED: the socket is gone.
+
+IDLE → ACTIVE when a request head is complete; ACTIVE → IDLE when its response is
+written and nothing is queued; any state → CLOSING, and CLOSING → CLOSED.
 
 Each request is an `Exchange` (filterproxy.downstream.exchange), which frames the response.
 """
@@ -25,20 +29,18 @@ import httptools
 from twisted.internet.interfaces import (
     ILoggingContext,
     IProtocol,
-    IProtocolNegotiationFactory,
     ISSLTransport,
     ITCPTransport,
 )
-from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import classImplements, implementer
+from zope.interface import classImplements
 
-from filterproxy._transport import NativeProtocol, send_now
+from filterproxy._transport import send_now
 from filterproxy.deadlines import Deadlines, deadlines_for
-from filterproxy.downstream.exchange import Exchange, reason_phrase
+from filterproxy.downstream.exchange import ConnectionState, Exchange, ExchangeConnection
 from filterproxy.filters.api import RequestHead
-from filterproxy.http.errors import error_body
+from filterproxy.http.errors import error_body, reason_phrase
 from filterproxy.http.headers import Headers
 from filterproxy.teardown import forget_traceback
 
@@ -46,12 +48,13 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
     from filterproxy.config import Limits
-    from filterproxy.downstream.stream import ClientConnection, Listener
-    from filterproxy.service import Gateway
+    from filterproxy.downstream.stream import Listener, ServingGateway
 
-__all__ = ["HTTP11ServerConnection", "HTTP11ServerFactory"]
+__all__ = ["HTTP11ServerConnection"]
 
 log = Logger(namespace=__name__)
+
+_CLOSING = ConnectionState.CLOSING
 
 _FRAMING_FIELDS = frozenset({"transfer-encoding", "host", "content-length", "connection"})
 
@@ -80,7 +83,7 @@ class _RequestRefused(Exception):
         self.headers = headers
 
 
-class HTTP11ServerConnection(NativeProtocol):
+class HTTP11ServerConnection(ExchangeConnection):
     """One client connection speaking HTTP/1.0 or HTTP/1.1.
 
     Limits come from the config's ``limits`` block. Three timers bound what a client may
@@ -96,7 +99,7 @@ class HTTP11ServerConnection(NativeProtocol):
     #: what the client still sends before closing (see `_close_lingering`).
     linger_time: float = 2.0
 
-    def __init__(self, gateway: Gateway, factory: Listener) -> None:
+    def __init__(self, gateway: ServingGateway, factory: Listener) -> None:
         super().__init__()
         self.gateway = gateway
         self.factory = factory
@@ -111,8 +114,6 @@ class HTTP11ServerConnection(NativeProtocol):
         self.queued: deque[Exchange] = deque()
         #: The exchange the parser is currently filling with body data.
         self.parsing: Exchange | None = None
-        self.closing = False
-        self.gone = False
         self.reading_paused = False
         #: After a declined upgrade: the exchange whose Content-Length body is read
         #: without llhttp, and how much of it is still to come.
@@ -155,7 +156,7 @@ class HTTP11ServerConnection(NativeProtocol):
         connection comes through here, so bytes leave in the order they were sent.
         """
         sock = self.sock
-        if sock is not None and not self.closing:
+        if sock is not None and self.state is not _CLOSING:
             if self.handed_off:
                 transport = self.transport
                 if transport._tempDataLen or transport.dataBuffer:
@@ -171,7 +172,7 @@ class HTTP11ServerConnection(NativeProtocol):
     def drain(self) -> None:
         """Finish the request in progress, if any, then close."""
         if self.active is None and self.parsing is None:
-            self.closing = True
+            self._close_after_response()
             self._disarm()
             self.transport.loseConnection()
         else:
@@ -181,7 +182,11 @@ class HTTP11ServerConnection(NativeProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         parser = self.parser
-        if parser is None or self.closing or (self.ignore_input and self.upgrade_body is None):
+        if (
+            parser is None
+            or self.state is _CLOSING
+            or (self.ignore_input and self.upgrade_body is None)
+        ):
             return
         if self.upgrade_body is not None:
             self._upgrade_body_received(data)
@@ -248,7 +253,7 @@ class HTTP11ServerConnection(NativeProtocol):
 
     def _keepalive_timeout(self) -> None:
         self.timer = None
-        self.closing = True
+        self._close_after_response()
         self.transport.loseConnection()
 
     def _header_timeout(self) -> None:
@@ -387,6 +392,8 @@ class HTTP11ServerConnection(NativeProtocol):
 
     def _activate(self, exchange: Exchange) -> None:
         self.active = exchange
+        if self.state is ConnectionState.IDLE:
+            self.state = ConnectionState.ACTIVE
         self.factory.active_streams += 1
         exchange.counted = True
         exchange.start(self.factory.gateway.new_request(exchange))  # the config in force
@@ -399,7 +406,7 @@ class HTTP11ServerConnection(NativeProtocol):
         self.active = None
         if not exchange.keep_alive:
             if exchange.request_complete:
-                self.closing = True
+                self._close_after_response()
                 self._disarm()
                 self.transport.loseConnection()
             else:
@@ -410,6 +417,8 @@ class HTTP11ServerConnection(NativeProtocol):
         if not self.queued:
             self._resume_reading()
         if self.active is None and self.parsing is None:
+            if self.state is ConnectionState.ACTIVE:
+                self.state = ConnectionState.IDLE
             self._arm(self.limits.keepalive_timeout, self._keepalive_timeout)
 
     def uncount(self, exchange: Exchange) -> None:
@@ -421,7 +430,7 @@ class HTTP11ServerConnection(NativeProtocol):
     def _refuse(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
         """Answer a request the filter chain cannot answer (bad framing, limits, time),
         then close the connection."""
-        self.closing = True
+        self._close_after_response()
         self._disarm()
         active = self.active
         if active is not None:
@@ -444,7 +453,7 @@ class HTTP11ServerConnection(NativeProtocol):
         and discard what the client still sends for up to `linger_time`. Closing a socket
         with unread input makes the kernel send a reset, which can destroy the answer
         (a 413, a 400) before the client reads it."""
-        self.closing = True
+        self._close_after_response()
         self._disarm()
         transport = self.transport
         if ISSLTransport.providedBy(transport) or not ITCPTransport.providedBy(transport):
@@ -456,15 +465,15 @@ class HTTP11ServerConnection(NativeProtocol):
     def abort(self) -> None:
         """End the connection without completing the response: what was written is
         flushed (an SSE error frame must arrive), the final framing is not."""
-        self.closing = True
+        self._close_after_response()
         self._disarm()
-        if not self.gone:
+        if self.state is not ConnectionState.CLOSED:
             self.transport.loseConnection()
             self.timer = self.gateway.reactor.callLater(self.abort_grace, self._hard_abort)
 
     def _hard_abort(self) -> None:
         self.timer = None
-        if not self.gone:
+        if self.state is not ConnectionState.CLOSED:
             self.transport.abortConnection()
 
     def _pause_reading(self) -> None:
@@ -473,12 +482,17 @@ class HTTP11ServerConnection(NativeProtocol):
             self.transport.pauseProducing()
 
     def _resume_reading(self) -> None:
-        if self.reading_paused and not self.gone:
+        if self.reading_paused and self.state is not ConnectionState.CLOSED:
             self.reading_paused = False
             self.transport.resumeProducing()
 
+    def _close_after_response(self) -> None:
+        """Enter CLOSING (from any state but CLOSED)."""
+        if self.state is not ConnectionState.CLOSED:
+            self.state = _CLOSING
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.gone = True
+        self.state = ConnectionState.CLOSED
         self._disarm()
         self.factory.connections.discard(self)
         exchanges = [e for e in (self.active, *self.queued) if e is not None]
@@ -500,35 +514,3 @@ class HTTP11ServerConnection(NativeProtocol):
 
 
 classImplements(HTTP11ServerConnection, IProtocol, ILoggingContext)
-
-
-@implementer(IProtocolNegotiationFactory)
-class HTTP11ServerFactory(ServerFactory):
-    """Builds an `HTTP11ServerConnection` per accepted client connection (HTTP/1.x only;
-    the gateway's listeners use `filterproxy.downstream.server.GatewayServerFactory`,
-    which also speaks HTTP/2)."""
-
-    noisy = False
-
-    def acceptableProtocols(self) -> list[bytes]:
-        """ALPN on TLS listeners: we speak HTTP/1.1. (Without an answer here, Twisted's
-        TLS server aborts the handshake of every client that offers ALPN.)"""
-        return [b"http/1.1"]
-
-    def __init__(self, gateway: Gateway) -> None:
-        #: The gateway in force; a config reload replaces it (new requests use the new one).
-        self.gateway = gateway
-        #: Requests in progress on this listener (limits.max_concurrent_streams).
-        self.active_streams = 0
-        #: Open client connections, for a graceful shutdown.
-        self.connections: set[ClientConnection] = set()
-        self.draining = False
-
-    def drain(self) -> None:
-        """Shutting down: close idle connections now, the others after their response."""
-        self.draining = True
-        for connection in list(self.connections):
-            connection.drain()
-
-    def buildProtocol(self, addr: object) -> HTTP11ServerConnection:  # type: ignore[override]
-        return HTTP11ServerConnection(self.gateway, self)

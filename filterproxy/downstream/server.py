@@ -24,8 +24,7 @@ from filterproxy.downstream.http11 import HTTP11ServerConnection
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
-    from filterproxy.downstream.stream import ClientConnection
-    from filterproxy.service import Gateway
+    from filterproxy.downstream.stream import ClientConnection, ServingGateway
 
 __all__ = ["GatewayServerFactory"]
 
@@ -114,7 +113,7 @@ class GatewayServerFactory(ServerFactory):
 
     noisy = False
 
-    def __init__(self, gateway: Gateway, *, http2: bool = True) -> None:
+    def __init__(self, gateway: ServingGateway, *, http2: bool = True) -> None:
         #: The gateway in force; a config reload replaces it (new requests use the new one).
         self.gateway = gateway
         #: Offer HTTP/2 on TLS listeners (ALPN h2).

@@ -1,21 +1,34 @@
-"""The downstream stream interface: what the filter chain and router need of a client.
+"""What client connections share, and what they need of the gateway in force.
 
-The HTTP/1.1 front end implements it today; an HTTP/2 front end implements it per
-stream. Nothing above this line knows which protocol the client speaks.
+The exchange with one client is an `filterproxy.filters.stream.IDownstream`; this module
+holds what lies around it on the client side: the listener's counts and connections,
+and `ServingGateway`, what a connection asks of the running gateway (declared here, so
+that the client side depends on this small interface, not on `filterproxy.service`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
-
-from zope.interface import Attribute, Interface
-
-from filterproxy.http.headers import Headers
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from filterproxy.service import Gateway
+    from filterproxy.config import Config
+    from filterproxy.filters.manager import FilterManager
+    from filterproxy.filters.stream import IDownstream
 
-__all__ = ["ClientConnection", "IDownstream", "Listener"]
+__all__ = ["ClientConnection", "Listener", "ServingGateway"]
+
+
+class ServingGateway(Protocol):
+    """The gateway in force, as client connections use it."""
+
+    #: Its config (the connections read ``limits``).
+    config: Config
+    #: The reactor the gateway runs on (timers).
+    reactor: Any
+
+    def new_request(self, downstream: IDownstream) -> FilterManager:
+        """A filter manager for one request arriving on *downstream*."""
+        ...
 
 
 class ClientConnection(Protocol):
@@ -32,41 +45,10 @@ class Listener(Protocol):
     """What client connections share: the gateway in force and the counts behind
     ``limits.max_concurrent_streams`` and the graceful shutdown."""
 
-    gateway: Gateway
+    gateway: ServingGateway
     #: Requests in progress on this listener.
     active_streams: int
     #: Open client connections.
     connections: set[ClientConnection]
     #: Shutting down: connections close once idle.
     draining: bool
-
-
-class IDownstream(Interface):
-    """One client request/response exchange."""
-
-    scheme = Attribute('"http" or "https": how the client reached us.')
-    client_ip = Attribute("The client's IP address, or '' for a UNIX socket.")
-
-    def send_head(status: int, headers: Headers, end_stream: bool) -> None:
-        """Send the response status line and headers; framing is the stream's job."""
-
-    def send_data(data: bytes, end_stream: bool) -> None:
-        """Send a piece of the response body; dropped silently after the client left."""
-
-    def hold() -> None:
-        """One upstream read is being delivered: what is sent may be held back and written
-        at once by the `flush` that ends the read (chunks that arrived together leave in one
-        write). Never called outside such a read."""
-
-    def flush() -> None:
-        """Write anything held back (a response head waiting for its first body bytes, or
-        what `hold` kept); stop holding."""
-
-    def abort() -> None:
-        """End the response abnormally, so the client cannot mistake it for complete."""
-
-    def register_producer(producer: object) -> None:
-        """Make *producer* (an IPushProducer) be paused while the client cannot keep up."""
-
-    def unregister_producer() -> None:
-        """Undo `register_producer`."""

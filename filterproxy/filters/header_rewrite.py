@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from filterproxy.config import ClusterConfig, HeaderPolicy, HeaderRules, Node, parse_header_policy
+from filterproxy.config import ClusterConfig, HeaderPolicy, Node, parse_header_policy
 from filterproxy.filters.api import (
     FilterContext,
     FilterStatus,
@@ -26,21 +26,10 @@ from filterproxy.filters.api import (
     ResponseHead,
     StreamFilter,
 )
-from filterproxy.http.headers import Headers
 
-__all__ = ["CLIENT_CREDENTIALS", "HeaderRewriteConfig", "HeaderRewriteFilter", "apply_rules"]
+__all__ = ["CLIENT_CREDENTIALS", "HeaderRewriteConfig", "HeaderRewriteFilter"]
 
 CLIENT_CREDENTIALS = frozenset({"authorization", "x-api-key", "api-key"})
-
-
-def apply_rules(headers: Headers, rules: HeaderRules) -> None:
-    """Apply *rules* to *headers*: remove, then set, then append."""
-    for name in rules.remove:
-        headers.remove(name)
-    for name, value in rules.set:
-        headers.set(name, value)
-    for name, value in rules.append:
-        headers.add(name, value)
 
 
 @dataclass(frozen=True)
@@ -80,11 +69,11 @@ class HeaderRewriteFilter(StreamFilter):
             head.headers.remove_all(CLIENT_CREDENTIALS)
         for policy in self._policies():
             if policy.request:
-                apply_rules(head.headers, policy.request)
+                policy.request.apply_to(head.headers)
         return FilterStatus.CONTINUE
 
     def encode_headers(self, head: ResponseHead, end_stream: bool) -> FilterStatus:
         for policy in self._policies():
             if policy.response:
-                apply_rules(head.headers, policy.response)
+                policy.response.apply_to(head.headers)
         return FilterStatus.CONTINUE

@@ -27,9 +27,8 @@ from filterproxy.filters.api import FilterStatus, RequestHead, ResponseHead, Str
 
 if TYPE_CHECKING:
     from filterproxy.filters.api import DataResult, IStreamFilter
-    from filterproxy.filters.manager import FilterManager
 
-__all__ = ["DecodeIteration", "EncodeIteration", "FilterIteration"]
+__all__ = ["DecodeIteration", "EncodeIteration", "FilterIteration", "ResponseSink"]
 
 _CONTINUE = FilterStatus.CONTINUE
 _STOP = FilterStatus.STOP_ITERATION
@@ -391,6 +390,17 @@ class DecodeIteration(FilterIteration[RequestHead]):
         self.stream_info = None
 
 
+class ResponseSink:
+    """Where the response direction ends: the request's `FilterManager`, which derives
+    from this compiled class so that the per-chunk call reaches it directly."""
+
+    def send_response_head(self, head: ResponseHead, end_stream: bool) -> None:
+        raise NotImplementedError
+
+    def send_response_data(self, data: bytes, end_stream: bool) -> None:
+        raise NotImplementedError
+
+
 class EncodeIteration(FilterIteration[ResponseHead]):
     """The response direction: ``encode_headers`` / ``encode_data``, in reverse order,
     to the request's `FilterManager`, which sends to the client. (Called as methods of
@@ -402,7 +412,7 @@ class EncodeIteration(FilterIteration[ResponseHead]):
         self,
         filters: list[IStreamFilter],
         takes_data: tuple[bool, ...],
-        manager: FilterManager,
+        manager: ResponseSink,
         buffer_limit: int,
         on_buffer_overflow: Callable[[], None],
         data_passthrough: bool,
@@ -418,7 +428,7 @@ class EncodeIteration(FilterIteration[ResponseHead]):
             data_passthrough,
             on_end_swallowed,
         )
-        self.manager: FilterManager | None = manager
+        self.manager: ResponseSink | None = manager
 
     def _to_sink_headers(self, head: ResponseHead, end_stream: bool) -> None:
         if self.manager is not None:

@@ -23,12 +23,11 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from twisted.logger import Logger
 from zope.interface import classImplements
 
-from filterproxy.downstream.stream import IDownstream
 from filterproxy.filters.api import (
     IFilterCallbacks,
     IStreamFilter,
@@ -37,28 +36,22 @@ from filterproxy.filters.api import (
     StreamFilter,
     StreamInfo,
 )
-from filterproxy.filters.iteration import DecodeIteration, EncodeIteration, FilterIteration
+from filterproxy.filters.client import ClientStream
+from filterproxy.filters.iteration import (
+    DecodeIteration,
+    EncodeIteration,
+    FilterIteration,
+    ResponseSink,
+)
+from filterproxy.filters.stream import IDownstream, Terminal
 from filterproxy.http.body import BadBody, parse_body
 from filterproxy.http.errors import error_body
 from filterproxy.http.headers import Headers, forward_response_headers
 from filterproxy.tracing import TraceContext, child_context, request_id_from
 
-if TYPE_CHECKING:
-    from filterproxy.downstream.exchange import Exchange
-
-__all__ = ["FilterManager", "RequestObserver", "Terminal"]
+__all__ = ["ChainShape", "FilterManager", "RequestObserver", "chain_shape"]
 
 log = Logger(namespace=__name__)
-
-
-class Terminal(Protocol):
-    """The end of the request direction: the router (or a test double)."""
-
-    def on_request_headers(self, head: RequestHead, end_stream: bool) -> None: ...
-
-    def on_request_data(self, data: bytes, end_stream: bool) -> None: ...
-
-    def cancel(self) -> None: ...
 
 
 class RequestObserver(Protocol):
@@ -241,7 +234,7 @@ def chain_shape(filters: Sequence[IStreamFilter]) -> ChainShape:
     return shape
 
 
-class FilterManager:
+class FilterManager(ResponseSink):
     """Drives one request: decoders → router → upstream → encoders → client."""
 
     def __init__(
@@ -254,11 +247,11 @@ class FilterManager:
         observer: RequestObserver | None = None,
         labels: Sequence[str] = (),
     ) -> None:
-        #: Typed with the HTTP/1.1 exchange first so that the compiled calls of the response
-        #: path (per chunk: `send_data`, and `hold`/`flush` per upstream read) go straight
-        #: to it when that is what the client speaks; any other `IDownstream` (HTTP/2
+        #: Typed with `ClientStream` first so that the compiled calls of the response path
+        #: (per chunk: `send_data`, and `hold`/`flush` per upstream read) go straight to
+        #: the HTTP/1.1 exchange, which derives from it; any other `IDownstream` (HTTP/2
         #: streams, test doubles) is called as a Python object.
-        self.downstream: Exchange | IDownstream = downstream
+        self.downstream: ClientStream | IDownstream = downstream
         self.filters = filters
         #: What to call each filter in log lines and errors (``usage (filters[3])``).
         self.labels = labels

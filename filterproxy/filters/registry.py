@@ -1,30 +1,35 @@
-"""Filter names to classes, and the chain built from the config's ``filters`` list.
+"""Filter names to classes, and the chain built from the config's ``filters`` entries.
 
 Built-in filters have short names; any other ``type`` is an import path to a filter
 class, ``package.module:ClassName``. Every key of an entry other than ``type`` is an
-option for the filter, validated once at start-up by the class's ``configure``.
+option for the filter, validated once, when the chain is built, by the class's
+``configure``: a bad option stops start-up (or a reload) with the entry's key path.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyClass
 
-from filterproxy.config import DEFAULT_MAX_REQUEST_BYTES, ConfigError, FilterSpec, Node
+from filterproxy.config import DEFAULT_MAX_REQUEST_BYTES, Config, ConfigError, Node
 from filterproxy.filters.api import FilterContext, IStreamFilter, StreamFilter
 from filterproxy.filters.body_accumulate import BodyAccumulateConfig, BodyAccumulateFilter
 from filterproxy.filters.header_rewrite import HeaderRewriteFilter
 from filterproxy.filters.route import RouteFilter
 from filterproxy.filters.usage import UsageFilter
 
-if TYPE_CHECKING:
-    from filterproxy.config import Config
-
-__all__ = ["BUILTIN_FILTERS", "build_filter_chain", "load_filter_class"]
+__all__ = [
+    "BUILTIN_FILTERS",
+    "FilterChain",
+    "FilterSpec",
+    "build_chain",
+    "load_filter_class",
+]
 
 BUILTIN_FILTERS: dict[str, type[StreamFilter]] = {
     "body-accumulate": BodyAccumulateFilter,
@@ -32,6 +37,29 @@ BUILTIN_FILTERS: dict[str, type[StreamFilter]] = {
     "header-rewrite": HeaderRewriteFilter,
     "usage": UsageFilter,
 }
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    """One filter of the chain: its name in the config and a per-request constructor."""
+
+    type_name: str
+    path: str
+    create: Callable[[], IStreamFilter]
+
+
+@dataclass(frozen=True)
+class FilterChain:
+    """The chain a config describes, ready to make each request's filters."""
+
+    specs: tuple[FilterSpec, ...]
+    #: What a filter may buffer of a request or a response (body-accumulate's limit).
+    buffer_limit: int = DEFAULT_MAX_REQUEST_BYTES
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """What logs call each filter: its type and key path."""
+        return tuple(f"{spec.type_name} ({spec.path})" for spec in self.specs)
 
 
 def load_filter_class(type_name: str, node: Node) -> type:
@@ -67,35 +95,37 @@ def load_filter_class(type_name: str, node: Node) -> type:
     return cls
 
 
-def build_filter_chain(node: Node, config: Config) -> tuple[tuple[FilterSpec, ...], int]:
-    """The chain's filter specs and the chain's buffer limit in bytes."""
+def build_chain(config: Config) -> FilterChain:
+    """The filter chain *config*'s ``filters`` entries describe.
+
+    Raises:
+        ConfigError: an entry names no filter class, its options are refused by the
+            class's ``configure``, or the chain has no route filter.
+    """
     specs = []
     buffer_limit = DEFAULT_MAX_REQUEST_BYTES
     saw_route = False
-    for entry in node.sequence():
-        keys = entry.mapping()
-        if "type" not in keys:
-            raise entry.error(
-                "missing 'type'; name a built-in filter or 'package.module:ClassName'"
-            )
-        type_name = keys["type"].string()
-        cls = load_filter_class(type_name, keys["type"])
-        options: dict[str, Any] = {k: v.value for k, v in keys.items() if k != "type"}
-        context = FilterContext(config=config, path=entry.path, environ=entry._environ)
+    for entry in config.filters:
+        cls = load_filter_class(
+            entry.type_name, Node(entry.type_name, f"{entry.path}.type", entry.environ)
+        )
+        context = FilterContext(config=config, path=entry.path, environ=entry.environ)
         configure = getattr(cls, "configure", None)
         try:
+            options = dict(entry.options)
             filter_config = configure(options, context) if configure is not None else None
         except ConfigError:
             raise
         except Exception as e:  # user code: any error it raises is a config problem
-            raise entry.error(f"filter {type_name}: {e}") from None
+            raise ConfigError(entry.path, f"filter {entry.type_name}: {e}") from None
         if isinstance(filter_config, BodyAccumulateConfig):
             buffer_limit = filter_config.max_request_bytes
         saw_route = saw_route or cls is RouteFilter
-        specs.append(FilterSpec(type_name, entry.path, functools.partial(cls, filter_config)))
+        specs.append(FilterSpec(entry.type_name, entry.path, functools.partial(cls, filter_config)))
     if not saw_route:
-        raise node.error(
+        raise ConfigError(
+            "filters",
             "the chain has no 'route' filter, so no request could be sent anywhere; "
-            "add '- type: route' (after body-accumulate)"
+            "add '- type: route' (after body-accumulate)",
         )
-    return tuple(specs), buffer_limit
+    return FilterChain(tuple(specs), buffer_limit)

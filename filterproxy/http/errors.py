@@ -7,8 +7,16 @@ what the user of an application sees: it names the problem and, where there is o
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 
-__all__ = ["error_body", "error_type_for_status"]
+__all__ = ["error_body", "error_type_for_status", "reason_phrase"]
+
+_PHRASES: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+
+
+def reason_phrase(status: int) -> bytes:
+    """The reason phrase of an HTTP status line (``Not Found``)."""
+    return _PHRASES.get(status, b"Unknown")
 
 
 def error_type_for_status(status: int) -> str:

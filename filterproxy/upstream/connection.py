@@ -30,13 +30,13 @@ from filterproxy.http.headers import Headers
 from filterproxy.teardown import forget_traceback, release_connector
 
 if TYPE_CHECKING:
-    from filterproxy.upstream.pool import ConnectionPool
     from filterproxy.upstream.request import UpstreamRequest
-    from filterproxy.upstream.router import Router
 
 __all__ = [
+    "ConnectionOwner",
     "HTTP11ClientConnection",
     "IUpstreamHandler",
+    "ResponseHandler",
     "UpstreamExchange",
     "UpstreamFailure",
     "tls_error",
@@ -101,6 +101,40 @@ class IUpstreamHandler(TypingProtocol):
         """Everything from one read of the socket has been delivered."""
 
 
+class ResponseHandler:
+    """Base class of the router, the `IUpstreamHandler` of HTTP/1.1 connections: a
+    compiled class, so that when the gateway is compiled a connection's calls per read
+    and per chunk reach the router directly. Every method must be overridden."""
+
+    def on_response_head(self, status: int, headers: Headers) -> None:
+        raise NotImplementedError
+
+    def on_response_data(self, data: bytes, end_stream: bool) -> None:
+        raise NotImplementedError
+
+    def on_upstream_failure(self, kind: UpstreamFailure, detail: str) -> None:
+        raise NotImplementedError
+
+    def on_read_start(self) -> None:
+        raise NotImplementedError
+
+    def on_read_done(self) -> None:
+        raise NotImplementedError
+
+
+class ConnectionOwner(TypingProtocol):
+    """What a connection reports to the pool it belongs to (`ConnectionPool`)."""
+
+    def release(self, conn: HTTP11ClientConnection) -> None:
+        """*conn* finished a response and can take another request."""
+
+    def expire(self, conn: HTTP11ClientConnection) -> None:
+        """*conn* stayed idle too long."""
+
+    def discard(self, conn: HTTP11ClientConnection) -> None:
+        """*conn* closed."""
+
+
 class UpstreamExchange(TypingProtocol):
     """What the router holds for one request: an HTTP/1.1 connection (one request at a
     time) or an HTTP/2 stream. It is also the producer the client's stream pauses."""
@@ -134,13 +168,13 @@ class State(enum.Enum):
 class HTTP11ClientConnection(NativeProtocol):
     """One persistent connection to an upstream endpoint."""
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionOwner) -> None:
         super().__init__()
         self.pool = pool
         self.state = State.IDLE
-        #: The response's receiver: always the router (typed as such, its methods are
-        #: called directly when compiled, not looked up by name on every read and chunk).
-        self.handler: Router | None = None
+        #: The response's receiver: always the router (typed as its compiled base class:
+        #: its methods are called directly, not looked up by name on every read and chunk).
+        self.handler: ResponseHandler | None = None
         #: Requests completed on this connection; a failure on a reused connection before
         #: any response byte is the stale keep-alive case, which is safe to retry.
         self.requests_served = 0
@@ -172,7 +206,7 @@ class HTTP11ClientConnection(NativeProtocol):
         head = request.head_bytes
         assert self.state is State.IDLE, self.state
         self.state = State.BUSY
-        self.handler = cast("Router", handler)
+        self.handler = cast("ResponseHandler", handler)
         self.parser = httptools.HttpResponseParser(self)
         self._raw_headers = []
         self._response_started = False
@@ -277,7 +311,9 @@ class HTTP11ClientConnection(NativeProtocol):
         self._report_loss(previous, handler, reason)
         forget_traceback(reason)
 
-    def _report_loss(self, previous: State, handler: Router | None, reason: Failure | None) -> None:
+    def _report_loss(
+        self, previous: State, handler: ResponseHandler | None, reason: Failure | None
+    ) -> None:
         if previous is not State.BUSY or handler is None:
             return
         tls_problem = tls_error(reason)

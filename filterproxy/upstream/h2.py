@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 from typing import TYPE_CHECKING, Any, cast
+from typing import Protocol as TypingProtocol
 
 from h2.config import H2Configuration
 from h2.connection import ConnectionState, H2Connection
@@ -48,7 +49,7 @@ from filterproxy.upstream.connection import IUpstreamHandler, UpstreamFailure, t
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
-    from filterproxy.upstream.pool import ConnectionPool
+    from filterproxy.config import ClusterConfig, EndpointConfig
     from filterproxy.upstream.request import UpstreamRequest
 
 __all__ = ["MAX_STREAMS", "H2ClientConnection", "H2ClientStream"]
@@ -64,6 +65,25 @@ STREAM_WINDOW = 256 * 1024
 #: The connection's receive window: every stream's window at once, so one paused stream
 #: never stalls the others.
 CONNECTION_WINDOW = STREAM_WINDOW * MAX_STREAMS
+
+
+class H2Owner(TypingProtocol):
+    """What an HTTP/2 connection asks of and reports to its pool (`ConnectionPool`)."""
+
+    @property
+    def reactor(self) -> Any: ...
+
+    @property
+    def cluster(self) -> ClusterConfig: ...
+
+    @property
+    def address(self) -> EndpointConfig: ...
+
+    def h2_capacity(self, connection: H2ClientConnection) -> None:
+        """*connection* may take more streams."""
+
+    def h2_discard(self, connection: H2ClientConnection) -> None:
+        """*connection* closed."""
 
 
 @implementer(IPushProducer)
@@ -200,7 +220,7 @@ class H2ClientStream:
 class H2ClientConnection(Protocol):
     """One HTTP/2 connection to an upstream endpoint, shared by many requests."""
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: H2Owner) -> None:
         self.pool = pool
         self.h2 = H2Connection(config=H2Configuration(client_side=True, header_encoding="utf-8"))
         self.streams: dict[int, H2ClientStream] = {}

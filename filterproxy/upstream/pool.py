@@ -35,6 +35,7 @@ from filterproxy.upstream.connection import (
     UpstreamExchange,
     tls_error,
 )
+from filterproxy.upstream.errors import ConnectTimeout, NotHTTP2, TLSHandshakeFailed
 
 if TYPE_CHECKING:
     from filterproxy.config import ClusterConfig, EndpointConfig
@@ -43,18 +44,6 @@ if TYPE_CHECKING:
 __all__ = ["ConnectTimeout", "ConnectionPool", "NotHTTP2", "TLSHandshakeFailed"]
 
 log = Logger(namespace=__name__)
-
-
-class ConnectTimeout(Exception):
-    """No connection was established within the cluster's connect_timeout."""
-
-
-class NotHTTP2(Exception):
-    """The cluster asked for HTTP/2 and the upstream's TLS did not agree to it (ALPN)."""
-
-
-class TLSHandshakeFailed(Exception):
-    """The TLS handshake with the upstream failed (certificate, host name, versions)."""
 
 
 #: A connection the pool hands out.

@@ -9,14 +9,13 @@ from twisted.python.failure import Failure
 
 from filterproxy.config import EndpointConfig
 from filterproxy.filters.api import RequestHead
-from filterproxy.filters.header_rewrite import apply_rules
 from filterproxy.http.headers import (
     Headers,
     UnsafeHeaderError,
     encode_header_block,
     forward_request_headers,
 )
-from filterproxy.upstream.pool import ConnectTimeout, NotHTTP2, TLSHandshakeFailed
+from filterproxy.upstream.errors import ConnectTimeout, NotHTTP2, TLSHandshakeFailed
 
 __all__ = [
     "UpstreamRequest",
@@ -132,7 +131,7 @@ def build_request(
         body_length=body_length,
     )
     if endpoint.request_headers:
-        apply_rules(headers, endpoint.request_headers)
+        endpoint.request_headers.apply_to(headers)
     return UpstreamRequest(
         head.method, endpoint.base_path + head.path, headers, endpoint.scheme, endpoint.host_header
     )

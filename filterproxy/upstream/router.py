@@ -2,9 +2,10 @@
 over while nothing has reached the client — and pumps the response back through the
 encoders, chunk by chunk, as it arrives.
 
-An exchange goes through these phases:
+An exchange goes through the phases of `Phase` (its ``phase``):
 
-- CONNECTING: waiting for a pooled or new connection (``timeouts.connect``).
+- CONNECTING: waiting for a pooled or new connection (``timeouts.connect``), or for the
+  back-off before the next attempt.
 - WAITING: the request is written; waiting for the response head (``timeouts.first_byte``).
   A failure here may be retried (`retry.decide`): on another endpoint of the cluster,
   then on the route's fallback clusters, after a jittered backoff.
@@ -12,6 +13,10 @@ An exchange goes through these phases:
   the gap between chunks is bounded by ``timeouts.idle``. Nothing is retried any more:
   a failure is reported to the client (an SSE ``event: error`` frame, then the
   connection ends).
+- DONE: the response ended, failed or was given up (`cancel`); nothing more happens.
+
+CONNECTING → WAITING → STREAMING → DONE; a retry goes from WAITING (or CONNECTING)
+back to CONNECTING; any phase → DONE.
 
 Backpressure: in STREAMING the upstream connection is the client stream's streaming
 producer, so a slow client stops the reading of the upstream socket.
@@ -22,9 +27,11 @@ connection at once, so a client that hangs up stops the generation upstream.
 
 from __future__ import annotations
 
+import enum
 import random
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,7 +40,7 @@ from filterproxy.config import RouteConfig, UpstreamPlan
 from filterproxy.deadlines import RESOLUTION
 from filterproxy.filters.api import RequestHead
 from filterproxy.http.headers import Headers
-from filterproxy.upstream.connection import UpstreamExchange, UpstreamFailure
+from filterproxy.upstream.connection import ResponseHandler, UpstreamExchange, UpstreamFailure
 from filterproxy.upstream.request import UpstreamRequest, build_request, connect_failure_reply
 from filterproxy.upstream.retry import (
     FailureKind,
@@ -47,12 +54,12 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IDelayedCall
 
+    from filterproxy.deadlines import Deadlines
     from filterproxy.filters.manager import FilterManager
-    from filterproxy.metrics import Histogram
-    from filterproxy.service import Gateway
-    from filterproxy.upstream.cluster import Endpoint
+    from filterproxy.metrics import Histogram, Metrics
+    from filterproxy.upstream.cluster import Cluster, Endpoint
 
-__all__ = ["Router"]
+__all__ = ["Phase", "Router", "RoutingGateway"]
 
 log = Logger(namespace=__name__)
 
@@ -63,10 +70,35 @@ _UPSTREAM_FAILURE_KINDS = {
 }
 
 
-class Router:
+class Phase(enum.Enum):
+    """Where a router's exchange is (see the module's description)."""
+
+    CONNECTING = "connecting"
+    WAITING = "waiting"
+    STREAMING = "streaming"
+    DONE = "done"
+
+
+class RoutingGateway(Protocol):
+    """What a router needs of the gateway in force (`filterproxy.service.Gateway`)."""
+
+    @property
+    def reactor(self) -> Any: ...
+
+    @property
+    def clusters(self) -> Mapping[str, Cluster]: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def deadlines(self) -> Deadlines: ...
+
+
+class Router(ResponseHandler):
     """Sends one request upstream and streams the response back."""
 
-    def __init__(self, manager: FilterManager, gateway: Gateway) -> None:
+    def __init__(self, manager: FilterManager, gateway: RoutingGateway) -> None:
         self.manager = manager
         self.gateway = gateway
         self.reactor = gateway.reactor
@@ -83,9 +115,8 @@ class Router:
         self.pending: Deferred[UpstreamExchange] | None = None
         self.connection: UpstreamExchange | None = None
         self.request: UpstreamRequest | None = None
-        self.streaming = False
+        self.phase = Phase.CONNECTING
         self.retried_stale = False
-        self.cancelled = False
         #: The retry back-off (a precise timer); first-byte and idle limits are deadlines.
         self.timer: IDelayedCall | None = None
         self.deadlines = gateway.deadlines
@@ -147,6 +178,7 @@ class Router:
 
     def _attempt(self, *, fresh: bool = False) -> None:
         self.timer = None
+        self.phase = Phase.CONNECTING
         assert self.head is not None
         self.attempt_started = time.monotonic()
         self.connect_wait = 0.0
@@ -175,7 +207,7 @@ class Router:
 
     def _connected(self, connection: UpstreamExchange) -> None:
         self.pending = None
-        if self.cancelled:
+        if self.phase is Phase.DONE:
             connection.release_unused()
             return
         assert self.head is not None and self.request is not None
@@ -185,6 +217,7 @@ class Router:
                 self.connect_wait
             )
         self.connection = connection
+        self.phase = Phase.WAITING
         connection.send_request(self.request, self.body, self, is_head=self.head.method == "HEAD")
         self.sent_at = time.monotonic()
         self.watching = True
@@ -194,7 +227,7 @@ class Router:
 
     def _connect_failed(self, failure: Failure) -> None:
         self.pending = None
-        if self.cancelled:
+        if self.phase is Phase.DONE:
             return
         status, message, code = connect_failure_reply(failure, self.plan[self.plan_index].cluster)
         if code == "upstream_tls_failure":
@@ -231,6 +264,7 @@ class Router:
         info.error = message
         if not decision.retry:
             self._cancel_timers()
+            self.phase = Phase.DONE
             outcome = "timeout" if code.endswith("timeout") else "upstream_error"
             self.manager.fail_response(reply_status, message, code, outcome)
             return
@@ -280,7 +314,7 @@ class Router:
                 self.endpoint.health.record_failure(self.reactor.seconds())
             else:
                 self.endpoint.health.record_success()
-        self.streaming = True
+        self.phase = Phase.STREAMING
         manager = self.manager
         head_received = time.monotonic()
         manager.stream_info.time_to_first_byte = head_received - manager.stream_info.started
@@ -314,6 +348,7 @@ class Router:
             self.last_data_at = now
         if end_stream:
             self.connection = None
+            self.phase = Phase.DONE
             self._cancel_timers()
         else:
             self.data_seen_at = self.deadlines.now
@@ -347,8 +382,9 @@ class Router:
             self._attempt(fresh=True)
             return
         message = f"upstream cluster {cluster!r}: {detail}"
-        if self.streaming:
+        if self.phase is Phase.STREAMING:
             self._cancel_timers()
+            self.phase = Phase.DONE
             self.manager.fail_response(502, message, kind.value)
             return
         self._cancel_timer()
@@ -426,7 +462,7 @@ class Router:
 
     def cancel(self) -> None:
         """Abandon the upstream exchange at once (client gone, local reply, total timeout)."""
-        self.cancelled = True
+        self.phase = Phase.DONE
         self._cancel_timers()
         if self.pending is not None:
             pending, self.pending = self.pending, None

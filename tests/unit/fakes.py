@@ -6,8 +6,8 @@ from typing import Any
 
 from zope.interface import implementer
 
-from filterproxy.downstream.stream import IDownstream
 from filterproxy.filters.api import FilterStatus, RequestHead, ResponseHead, StreamFilter
+from filterproxy.filters.stream import IDownstream
 from filterproxy.http.headers import Headers
 
 

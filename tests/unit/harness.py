@@ -3,11 +3,14 @@ connection: the real protocol objects, no sockets."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from filterproxy.config import parse_config
-from filterproxy.downstream.http11 import HTTP11ServerConnection, HTTP11ServerFactory
+from filterproxy.downstream.http11 import HTTP11ServerConnection
+from filterproxy.downstream.server import GatewayServerFactory
 from filterproxy.service import Gateway
 from filterproxy.upstream.connection import HTTP11ClientConnection
 
@@ -28,10 +31,27 @@ def post(body: bytes = b'{"model": "m", "stream": true}') -> bytes:
     )
 
 
+class ClientSide:
+    """A client connection made by the gateway's own listener factory, on *transport*.
+
+    The factory's protocol selector stands in until the first bytes show the protocol,
+    then hands the transport over (as on a socket, later calls reach the chosen
+    protocol, not the selector): `protocol` is whichever has the transport now."""
+
+    def __init__(self, gateway: Gateway, transport: StringTransport) -> None:
+        self.transport = transport
+        self.selector: Any = GatewayServerFactory(gateway).buildProtocol(None)
+        self.selector.makeConnection(transport)
+
+    @property
+    def protocol(self) -> Any:
+        return getattr(self.transport, "protocol", None) or self.selector
+
+
 class Harness:
     """One client connection to a gateway whose upstream connections are recorded."""
 
-    def __init__(self, config: str) -> None:
+    def __init__(self, config: str, client_transport: StringTransport | None = None) -> None:
         self.reactor = MemoryReactorClock()
         self.gateway = Gateway(parse_config(config, environ={}), self.reactor)
         self.upstreams: list[tuple[HTTP11ClientConnection, StringTransport]] = []
@@ -40,9 +60,13 @@ class Harness:
                 endpoint.pool.acquire = self._acquirer(endpoint.pool)  # type: ignore[method-assign]
                 # Every attempt gets a new recorded connection: no reuse from the pool.
                 endpoint.pool.take_idle = lambda: None  # type: ignore[method-assign]
-        self.client_transport = StringTransport()
-        self.client: HTTP11ServerConnection = HTTP11ServerFactory(self.gateway).buildProtocol(None)
-        self.client.makeConnection(self.client_transport)
+        self.client_transport = client_transport or StringTransport()
+        self.client_side = ClientSide(self.gateway, self.client_transport)
+
+    @property
+    def client(self) -> HTTP11ServerConnection:
+        """The client connection (the listener's selector until the first bytes)."""
+        return self.client_side.protocol  # type: ignore[no-any-return]
 
     def _acquirer(self, pool: object) -> object:
         def acquire(timeout: float, fresh: bool = False) -> defer.Deferred[HTTP11ClientConnection]:

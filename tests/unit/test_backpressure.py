@@ -7,14 +7,16 @@ objects; only the sockets are replaced by transports that record what happens to
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from filterproxy.config import parse_config
-from filterproxy.downstream.http11 import HTTP11ServerFactory
 from filterproxy.service import Gateway
 from filterproxy.upstream.connection import HTTP11ClientConnection, State
+
+from .harness import ClientSide
 
 CONFIG = """
 clusters:
@@ -46,8 +48,11 @@ class Harness:
         self.pool.open_count = 1
         self.pool.acquire = lambda timeout, fresh=False: defer.succeed(self.upstream)  # type: ignore[method-assign]
         self.client_transport = StringTransport()
-        self.client = HTTP11ServerFactory(self.gateway).buildProtocol(None)
-        self.client.makeConnection(self.client_transport)
+        self.client_side = ClientSide(self.gateway, self.client_transport)
+
+    @property
+    def client(self) -> Any:
+        return self.client_side.protocol
 
     def start_stream(self) -> None:
         self.client.dataReceived(REQUEST)

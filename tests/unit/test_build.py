@@ -11,6 +11,10 @@ import pytest
 COMPILED_MODULES = [
     "filterproxy.http.headers",
     "filterproxy.filters.manager",
+    "filterproxy.filters.client",
+    "filterproxy.filters.iteration",
+    "filterproxy.downstream.exchange",
+    "filterproxy.upstream.connection",
     "filterproxy.downstream.http11",
     "filterproxy.upstream.router",
     "filterproxy.filters.usage",

@@ -9,6 +9,7 @@ import pytest
 from filterproxy.config import ConfigError, Timeouts, parse_config
 from filterproxy.filters.body_accumulate import BodyAccumulateFilter
 from filterproxy.filters.header_rewrite import HeaderRewriteFilter
+from filterproxy.filters.registry import build_chain
 from filterproxy.filters.route import RouteFilter
 
 from .sample_filters import TagFilter
@@ -25,8 +26,9 @@ routes:
 
 
 def error_for(text: str, environ: dict[str, str] | None = None) -> str:
+    """The error a config gets, from its parser or from building its filter chain."""
     with pytest.raises(ConfigError) as raised:
-        parse_config(text, environ=environ or {})
+        build_chain(parse_config(text, environ=environ or {}))
     return str(raised.value)
 
 
@@ -38,9 +40,10 @@ def test_a_minimal_config_gets_the_default_chain_and_defaults() -> None:
         "header-rewrite",
         "usage",
     ]
-    assert isinstance(config.filters[0].create(), BodyAccumulateFilter)
-    assert isinstance(config.filters[1].create(), RouteFilter)
-    assert isinstance(config.filters[2].create(), HeaderRewriteFilter)
+    chain = build_chain(config)
+    assert isinstance(chain.specs[0].create(), BodyAccumulateFilter)
+    assert isinstance(chain.specs[1].create(), RouteFilter)
+    assert isinstance(chain.specs[2].create(), HeaderRewriteFilter)
     cluster = config.clusters["openai"]
     (endpoint,) = cluster.endpoints
     assert (endpoint.host, endpoint.port, endpoint.host_header, endpoint.scheme) == (
@@ -52,7 +55,7 @@ def test_a_minimal_config_gets_the_default_chain_and_defaults() -> None:
     assert cluster.timeouts == Timeouts(connect=5.0, first_byte=300.0, idle=120.0, total=None)
     assert cluster.tls_verify is True
     assert cluster.retry.max_attempts == 3
-    assert config.buffer_limit_bytes == 10 * 1024 * 1024
+    assert chain.buffer_limit == 10 * 1024 * 1024
 
 
 @pytest.mark.parametrize(
@@ -235,7 +238,7 @@ filters:
   - type: route
 """
     config = parse_config(text, environ={})
-    instance = config.filters[0].create()
+    instance = build_chain(config).specs[0].create()
     assert isinstance(instance, TagFilter) and instance.config == "audit"
 
 

@@ -9,9 +9,10 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from filterproxy.config import parse_config
-from filterproxy.downstream.http11 import HTTP11ServerFactory
 from filterproxy.service import Gateway
 from filterproxy.upstream.request import connect_failure_reply
+
+from .harness import ClientSide
 
 CONFIG = """
 clusters:
@@ -24,9 +25,9 @@ def test_connect_timeout_is_504_naming_the_cluster_and_the_limit() -> None:
     reactor = MemoryReactorClock()
     gateway = Gateway(parse_config(CONFIG, environ={}), reactor)
     transport = StringTransport()
-    client = HTTP11ServerFactory(gateway).buildProtocol(None)
-    client.makeConnection(transport)
-    client.dataReceived(b"POST /v1/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}")
+    ClientSide(gateway, transport).protocol.dataReceived(
+        b"POST /v1/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}"
+    )
     assert reactor.tcpClients, "a connection attempt was started"
     assert transport.value() == b""
     reactor.advance(3.01)
@@ -42,9 +43,9 @@ def test_connect_timeouts_are_retried_up_to_max_attempts_then_504() -> None:
     config = parse_config(CONFIG.replace("max_attempts: 1", "max_attempts: 3"), environ={})
     gateway = Gateway(config, reactor)
     transport = StringTransport()
-    client = HTTP11ServerFactory(gateway).buildProtocol(None)
-    client.makeConnection(transport)
-    client.dataReceived(b"POST /v1/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}")
+    ClientSide(gateway, transport).protocol.dataReceived(
+        b"POST /v1/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}"
+    )
     for _ in range(40):
         reactor.advance(0.5)
     assert len(reactor.tcpClients) == 3

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from filterproxy.config import HeaderRules
-from filterproxy.filters.header_rewrite import apply_rules
 from filterproxy.http.headers import (
     Headers,
     UnsafeHeaderError,
@@ -70,14 +69,11 @@ def test_json_responses_are_left_alone() -> None:
 
 def test_rules_remove_then_set_then_append() -> None:
     headers = Headers([("authorization", "Bearer client"), ("x-drop", "1"), ("x-multi", "a")])
-    apply_rules(
-        headers,
-        HeaderRules(
-            set=(("authorization", "Bearer provider"),),
-            append=(("x-multi", "b"),),
-            remove=("x-drop",),
-        ),
-    )
+    HeaderRules(
+        set=(("authorization", "Bearer provider"),),
+        append=(("x-multi", "b"),),
+        remove=("x-drop",),
+    ).apply_to(headers)
     assert headers.get_all("authorization") == ["Bearer provider"]
     assert headers.get_all("x-multi") == ["a", "b"]
     assert "x-drop" not in headers

@@ -28,12 +28,8 @@ class CountingTransport(StringTransport):
 
 
 def harness() -> tuple[Harness, CountingTransport]:
-    h = Harness(CONFIG)
     transport = CountingTransport()
-    h.client_transport = transport
-    h.client = type(h.client)(h.gateway, h.client.factory)
-    h.client.makeConnection(transport)
-    return h, transport
+    return Harness(CONFIG, transport), transport
 
 
 def event(n: int) -> bytes:
