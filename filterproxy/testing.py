@@ -1,0 +1,279 @@
+"""Test a filter on its own: `FilterHarness` runs one filter in the real filter chain,
+between a recording client and a recording upstream — no sockets, no reactor.
+
+The chain is the gateway's own (`filterproxy.filters.manager.FilterManager`), so the
+filter meets exactly the rules it meets in production: statuses, buffering, replacement
+data, local replies through the encoders, a swallowed end of stream reported. The filter
+and its callbacks are checked against `IStreamFilter` and `IFilterCallbacks`.
+
+Example::
+
+    from filterproxy.testing import FilterHarness
+
+    def test_the_filter_refuses_unknown_teams():
+        h = FilterHarness(TeamQuota, {"teams": ["research"]})
+        h.request(b'{"model": "m"}', headers={"x-team": "sales"})
+        assert h.client.status == 403 and not h.upstream.reached
+
+    def test_the_filter_rewrites_the_stream():
+        h = FilterHarness(MyFilter)
+        h.request(b'{"model": "m", "stream": true}')
+        response = h.respond(200, {"content-type": "text/event-stream"},
+                             [b'data: {"n": 1}\\n\\n', b"data: [DONE]\\n\\n"])
+        assert [e.data for e in response.events()] == [...]
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from filterproxy.config import DEFAULT_MAX_REQUEST_BYTES, Config, parse_config
+from filterproxy.filters.api import (
+    FilterContext,
+    IFilterCallbacks,
+    IStreamFilter,
+    RequestHead,
+    StreamInfo,
+)
+from filterproxy.filters.manager import FilterManager
+from filterproxy.filters.stream import IDownstream
+from filterproxy.http.headers import Headers
+from filterproxy.http.sse import SSEDecoder, SSEEvent
+
+__all__ = ["ClientResponse", "FilterHarness", "UpstreamRequest"]
+
+#: The config a harness gives the filter when the test gives none.
+DEFAULT_CONFIG = """
+clusters:
+  upstream: {url: "http://upstream.test"}
+"""
+
+
+@dataclass
+class UpstreamRequest:
+    """What reached the upstream side of the chain."""
+
+    head: RequestHead | None = None
+    pieces: list[bytes] = field(default_factory=list)
+    #: The end of the request body arrived.
+    ended: bool = False
+    #: The chain gave the upstream exchange up (a local reply, the client left).
+    cancelled: bool = False
+
+    @property
+    def reached(self) -> bool:
+        """Whether the request head got through the filter."""
+        return self.head is not None
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.pieces)
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@implementer(IDownstream)
+@dataclass
+class ClientResponse:
+    """What reached the client: a response head, body pieces, how it ended."""
+
+    scheme: str = "http"
+    client_ip: str = "127.0.0.1"
+    status: int | None = None
+    headers: Headers | None = None
+    pieces: list[bytes] = field(default_factory=list)
+    #: The response ended properly (its last piece had the end of the stream).
+    ended: bool = False
+    #: The response was cut off (after an error mid-stream).
+    aborted: bool = False
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.pieces)
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def events(self) -> list[SSEEvent]:
+        """The body as server-sent events."""
+        return SSEDecoder().feed(self.body)
+
+    # -- IDownstream --------------------------------------------------------------------
+
+    def send_head(self, status: int, headers: Headers, end_stream: bool) -> None:
+        self.status = status
+        self.headers = headers
+        self.ended = end_stream
+
+    def send_data(self, data: bytes, end_stream: bool) -> None:
+        if data:
+            self.pieces.append(data)
+        self.ended = self.ended or end_stream
+
+    def hold(self) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def register_producer(self, producer: object) -> None:
+        pass
+
+    def unregister_producer(self) -> None:
+        pass
+
+
+class _RecordingUpstream:
+    """The chain's terminal: records the request (the router's place)."""
+
+    def __init__(self, request: UpstreamRequest) -> None:
+        self.request = request
+
+    def on_request_headers(self, head: RequestHead, end_stream: bool) -> None:
+        self.request.head = head
+        self.request.ended = end_stream
+
+    def on_request_data(self, data: bytes, end_stream: bool) -> None:
+        if data:
+            self.request.pieces.append(data)
+        self.request.ended = self.request.ended or end_stream
+
+    def cancel(self) -> None:
+        self.request.cancelled = True
+
+
+def _headers(headers: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> Headers:
+    if headers is None:
+        return Headers()
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return Headers((name.lower(), value) for name, value in items)
+
+
+class FilterHarness:
+    """One filter in the real chain, for one request.
+
+    Args:
+        filter: The filter class (configured with *options* through its
+            ``configure``, as the gateway does at start-up) or a filter instance.
+        options: The filter's options, as its config entry would give them.
+        config: The gateway's config the filter may consult (`FilterContext.config`);
+            by default one cluster named ``upstream``.
+        environ: Where ``${VAR}`` in the options are looked up.
+        buffer_limit: What the chain may buffer (body-accumulate's limit).
+    """
+
+    def __init__(
+        self,
+        filter: type | IStreamFilter,
+        options: Mapping[str, Any] | None = None,
+        *,
+        config: Config | None = None,
+        environ: Mapping[str, str] | None = None,
+        buffer_limit: int = DEFAULT_MAX_REQUEST_BYTES,
+    ) -> None:
+        environ = {} if environ is None else environ
+        if config is None:
+            config = parse_config(DEFAULT_CONFIG, environ=environ)
+        if isinstance(filter, type):
+            context = FilterContext(config=config, path="filters[0]", environ=environ)
+            configure = getattr(filter, "configure", None)
+            filter_config = configure(dict(options or {}), context) if configure else None
+            instance: IStreamFilter = filter(filter_config)
+        else:
+            if options:
+                raise ValueError("options are for a filter class; this is an instance")
+            instance = filter
+        self.filter = instance
+        self.upstream = UpstreamRequest()
+        self.client = ClientResponse()
+        verifyObject(IDownstream, self.client)
+        self.manager = FilterManager(
+            self.client,
+            [instance],
+            lambda manager: _RecordingUpstream(self.upstream),
+            buffer_limit,
+            labels=(f"{type(instance).__name__} (filters[0])",),
+        )
+        # Checked once the chain has given it its callbacks.
+        verifyObject(IStreamFilter, instance)
+        verifyObject(IFilterCallbacks, instance.callbacks)
+
+    @property
+    def stream_info(self) -> StreamInfo:
+        return self.manager.stream_info
+
+    @property
+    def done(self) -> bool:
+        """The request is over (the filter's ``on_destroy`` has run)."""
+        return self.manager.done
+
+    def request(
+        self,
+        body: bytes | Sequence[bytes] = b"",
+        *,
+        method: str = "POST",
+        path: str = "/v1/chat/completions",
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    ) -> UpstreamRequest:
+        """Send a request through the filter (the body in one piece, or in the pieces
+        given); what reached the upstream side. A JSON body gets
+        ``content-type: application/json`` unless *headers* say otherwise."""
+        pieces = [body] if isinstance(body, bytes) else list(body)
+        pieces = [p for p in pieces if p]
+        head_headers = _headers(headers)
+        if pieces and "content-type" not in head_headers:
+            head_headers.set("content-type", "application/json")
+        head = RequestHead(method, path, head_headers, scheme="http", client_ip="127.0.0.1")
+        self.manager.decode_headers(head, not pieces)
+        for i, piece in enumerate(pieces):
+            self.manager.decode_data(piece, i == len(pieces) - 1)
+        return self.upstream
+
+    def respond(
+        self,
+        status: int = 200,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        body: bytes | Sequence[bytes] = b"",
+        *,
+        end: bool = True,
+    ) -> ClientResponse:
+        """Send the upstream's response through the filter (its body in the pieces
+        given; with *end* false, the stream stays open for `more`); what reached the
+        client."""
+        pieces = [body] if isinstance(body, bytes) else list(body)
+        self.manager.encode_headers(status, _headers(headers), not pieces and end)
+        self.more(pieces, end=end)
+        return self.client
+
+    def more(self, pieces: Sequence[bytes], *, end: bool = True) -> ClientResponse:
+        """More of the upstream's response body; with *end*, the last of it."""
+        for i, piece in enumerate(pieces):
+            self.manager.encode_data(piece, end and i == len(pieces) - 1)
+        if end and not pieces and self.client.status is not None and not self.done:
+            self.manager.encode_data(b"", True)
+        return self.client
+
+    def fail(self, status: int, message: str, code: str) -> ClientResponse:
+        """The upstream exchange fails (as the router reports a failure or a timeout):
+        a JSON error before the response head, an ``event: error`` frame after it."""
+        self.manager.fail_response(status, message, code)
+        return self.client
+
+    def heartbeat(self) -> ClientResponse:
+        """A route heartbeat (an SSE comment) through the encoders."""
+        self.manager.send_heartbeat()
+        return self.client
+
+    def hang_up(self) -> None:
+        """The client goes away."""
+        self.manager.client_gone()
