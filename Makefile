@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench bench-env soak dashboard wheel clean
+.PHONY: run test lint typecheck docs docs-build bench bench-env soak dashboard wheel clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,15 @@ typecheck: $(STAMP)
 # tests (tests/twisted_reactor) run in a process of their own each time, with
 # GatewayReactor as the global reactor (see their conftest.py).
 # pytest exits 5 when it collected no tests; that is not a failure of the suite.
-test: lint typecheck
+# The documentation site (MkDocs): a strict build is part of `make test`; `make docs`
+# serves it on http://127.0.0.1:8000 while you edit.
+docs-build: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+test: lint typecheck docs-build
 	$(BIN)/pytest -q -p no:cacheprovider --ignore=tests/twisted_reactor; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 	$(BIN)/pytest -q -p no:cacheprovider -p no:twisted tests/twisted_reactor
 	rm -rf build/ctree && mkdir -p build/ctree

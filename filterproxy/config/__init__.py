@@ -1,8 +1,8 @@
 """The config: YAML parsed once at start-up into immutable objects.
 
 Nothing on the request path digs in dicts: every value is validated here, with an error
-that names the key path, the value and the fix (`ConfigError`). See the README's
-configuration reference for every key and its default.
+that names the key path, the value and the fix (`ConfigError`). The configuration
+reference (docs/configuration.md) has every key and its default.
 """
 
 from filterproxy.config._headers import parse_header_policy, parse_header_rules
