@@ -60,9 +60,7 @@ def gateway_objects_in_cycles(scenario: Callable[[Harness], None]) -> list[str]:
         h.client.connectionLost(None)  # the client's socket closes too
         gc.collect()
         found = sorted(
-            type(o).__qualname__
-            for o in gc.garbage
-            if _ours(o) and id(o) not in existing
+            type(o).__qualname__ for o in gc.garbage if _ours(o) and id(o) not in existing
         )
         # Not merely unreachable: gone (what the collector found is kept in gc.garbage
         # and would be counted here as well).
