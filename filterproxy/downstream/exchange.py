@@ -10,7 +10,7 @@ that brought it), so that a small response leaves in one packet.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from filterproxy._transport import NativeProtocol
 from filterproxy.filters.api import RequestHead
@@ -42,7 +42,8 @@ class ConnectionState(enum.Enum):
     CLOSED = "closed"
 
 
-_CLOSED = ConnectionState.CLOSED
+_CLOSED: Final = ConnectionState.CLOSED
+_IDLE: Final = ConnectionState.IDLE
 
 
 class ExchangeConnection(NativeProtocol):
@@ -52,12 +53,12 @@ class ExchangeConnection(NativeProtocol):
 
     def __init__(self) -> None:
         super().__init__()
-        self.state = ConnectionState.IDLE
+        self.state = _IDLE
 
     @property
     def gone(self) -> bool:
         """The client's socket is gone."""
-        return self.state is ConnectionState.CLOSED
+        return self.state is _CLOSED
 
     def send(self, data: bytes) -> None:
         """Write response bytes (override)."""
@@ -87,7 +88,10 @@ class Exchange(ClientStream):
         keep_alive: bool,
         http10: bool,
     ) -> None:
-        super().__init__(head.scheme, head.client_ip)
+        # ClientStream's fields, set here rather than by a call of its __init__ (one
+        # exchange per request).
+        self.scheme = head.scheme
+        self.client_ip = head.client_ip
         self.connection = connection
         self.head = head
         self.has_body = has_body

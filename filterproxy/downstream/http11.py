@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
 from twisted.internet.interfaces import (
@@ -54,7 +54,10 @@ __all__ = ["HTTP11ServerConnection"]
 
 log = Logger(namespace=__name__)
 
-_CLOSING = ConnectionState.CLOSING
+_CLOSING: Final = ConnectionState.CLOSING
+_CLOSED: Final = ConnectionState.CLOSED
+_IDLE: Final = ConnectionState.IDLE
+_ACTIVE: Final = ConnectionState.ACTIVE
 
 _FRAMING_FIELDS = frozenset({"transfer-encoding", "host", "content-length", "connection"})
 
@@ -392,8 +395,8 @@ class HTTP11ServerConnection(ExchangeConnection):
 
     def _activate(self, exchange: Exchange) -> None:
         self.active = exchange
-        if self.state is ConnectionState.IDLE:
-            self.state = ConnectionState.ACTIVE
+        if self.state is _IDLE:
+            self.state = _ACTIVE
         self.factory.active_streams += 1
         exchange.counted = True
         exchange.start(self.factory.gateway.new_request(exchange))  # the config in force
@@ -417,8 +420,8 @@ class HTTP11ServerConnection(ExchangeConnection):
         if not self.queued:
             self._resume_reading()
         if self.active is None and self.parsing is None:
-            if self.state is ConnectionState.ACTIVE:
-                self.state = ConnectionState.IDLE
+            if self.state is _ACTIVE:
+                self.state = _IDLE
             self._arm(self.limits.keepalive_timeout, self._keepalive_timeout)
 
     def uncount(self, exchange: Exchange) -> None:
@@ -467,13 +470,13 @@ class HTTP11ServerConnection(ExchangeConnection):
         flushed (an SSE error frame must arrive), the final framing is not."""
         self._close_after_response()
         self._disarm()
-        if self.state is not ConnectionState.CLOSED:
+        if self.state is not _CLOSED:
             self.transport.loseConnection()
             self.timer = self.gateway.reactor.callLater(self.abort_grace, self._hard_abort)
 
     def _hard_abort(self) -> None:
         self.timer = None
-        if self.state is not ConnectionState.CLOSED:
+        if self.state is not _CLOSED:
             self.transport.abortConnection()
 
     def _pause_reading(self) -> None:
@@ -482,17 +485,17 @@ class HTTP11ServerConnection(ExchangeConnection):
             self.transport.pauseProducing()
 
     def _resume_reading(self) -> None:
-        if self.reading_paused and self.state is not ConnectionState.CLOSED:
+        if self.reading_paused and self.state is not _CLOSED:
             self.reading_paused = False
             self.transport.resumeProducing()
 
     def _close_after_response(self) -> None:
         """Enter CLOSING (from any state but CLOSED)."""
-        if self.state is not ConnectionState.CLOSED:
+        if self.state is not _CLOSED:
             self.state = _CLOSING
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.state = ConnectionState.CLOSED
+        self.state = _CLOSED
         self._disarm()
         self.factory.connections.discard(self)
         exchanges = [e for e in (self.active, *self.queued) if e is not None]

@@ -258,6 +258,13 @@ class StreamFilter:
             raise ValueError(f"takes no options, got: {', '.join(sorted(options))}")
         return None
 
+    @classmethod
+    def variant(cls, config: Any) -> type[StreamFilter]:
+        """The class of the per-request instances for *config* (what ``configure``
+        returned): this class, or a subclass that overrides only the hooks this
+        configuration needs — a hook a configuration does not use then costs nothing."""
+        return cls
+
     def __init__(self, config: Any = None) -> None:
         self.config = config
 

@@ -57,6 +57,7 @@ class FilterIteration(Generic[HeadT]):
     """
 
     __slots__ = (
+        "body_document",
         "buffer_limit",
         "buffered_bytes",
         "buffered_end",
@@ -69,12 +70,18 @@ class FilterIteration(Generic[HeadT]):
         "head_end_stream",
         "headers_held_at",
         "headers_passed",
+        "new_body",
         "on_buffer_overflow",
         "on_end_swallowed",
+        "passed_data",
+        "seen_data",
         "sink_data",
         "sink_headers",
         "stopped",
+        "stream_info",
         "takes_data",
+        "tracks_body",
+        "whole_body",
     )
 
     def __init__(
@@ -89,6 +96,7 @@ class FilterIteration(Generic[HeadT]):
         on_buffer_overflow: Callable[[], None],
         data_passthrough: bool,
         on_end_swallowed: Callable[[int], None] = _ignore_index,
+        stream_info: StreamInfo | None = None,
     ) -> None:
         self.filters = filters
         self.takes_data = takes_data
@@ -114,6 +122,22 @@ class FilterIteration(Generic[HeadT]):
         #: Bumped by a restart and by `release`: a pass begun before stops.
         self.generation = 0
         self.stopped = False
+        # The request direction keeps the body's JSON document coherent with its bytes
+        # for the manager (`FilterManager.request_json`): it is given *stream_info*.
+        self.tracks_body = stream_info is not None
+        #: Where the document is shown to filters and logs (``body_json``).
+        self.stream_info = stream_info
+        #: The body's JSON document, when parsed or set (None: not yet, or stale).
+        self.body_document: dict[str, object] | None = None
+        #: The serialised document a filter set, to replace the body that leaves it.
+        self.new_body: bytes | None = None
+        #: Bit masks by filter index: filters that have been given body data (to tell a
+        #: whole body from a piece), and filters that body data has left.
+        self.seen_data = 0
+        self.passed_data = 0
+        #: The whole body as the filter being called sees it (None: not whole, or not
+        #: in a data hook at the end of the body).
+        self.whole_body: bytes | None = None
 
     def _call_headers(self, index: int, head: HeadT, end_stream: bool) -> FilterStatus:
         raise NotImplementedError
@@ -128,8 +152,12 @@ class FilterIteration(Generic[HeadT]):
         raise NotImplementedError
 
     def _passed_on(self, index: int, data: bytes, end_stream: bool) -> bytes:
-        """*data* leaves filter *index*: what the next filter gets (a hook for the
-        request direction's body document)."""
+        """*data* leaves filter *index*: what the next filter gets (in the request
+        direction, a body document a filter set replaces the whole body)."""
+        if self.tracks_body:
+            self.passed_data |= 1 << index
+            if end_stream and self.new_body is not None:
+                data, self.new_body = self.new_body, None
         return data
 
     def headers(self, head: HeadT, end_stream: bool) -> None:
@@ -193,9 +221,11 @@ class FilterIteration(Generic[HeadT]):
                     held = self.buffers.pop(index, None)
                     if held:
                         self.buffered_end.pop(index, None)
-                        self.buffered_bytes -= sum(len(piece) for piece in held)
-                        held.append(data)
+                        piece = data
+                        held.append(piece)
                         data = b"".join(held)
+                        # Only what was buffered leaves the count, not this piece.
+                        self.buffered_bytes -= len(data) - len(piece)
             elif result is _BUFFER:
                 self._buffer(index, data, end_stream)
                 return
@@ -216,7 +246,10 @@ class FilterIteration(Generic[HeadT]):
                 self._headers_from(index + 1)
                 if self.generation != generation:
                     return
-            data = self._passed_on(index, data, end_stream)
+            if self.tracks_body:  # the request direction only (as `_passed_on`)
+                self.passed_data |= 1 << index
+                if end_stream and self.new_body is not None:
+                    data, self.new_body = self.new_body, None
             index += 1
         self._to_sink_data(data, end_stream)
 
@@ -279,6 +312,9 @@ class FilterIteration(Generic[HeadT]):
         self.buffers = {}
         self.buffered_end = {}
         self.head = None
+        self.body_document = None
+        self.whole_body = None
+        self.stream_info = None
 
     def resume(self, index: int) -> None:
         """Filter *index* continues: release what it held."""
@@ -300,78 +336,30 @@ class FilterIteration(Generic[HeadT]):
 class DecodeIteration(FilterIteration[RequestHead]):
     """The request direction: ``decode_headers`` / ``decode_data``, in config order.
 
-    It also keeps the request body's JSON document coherent with its bytes for the
-    manager (`FilterManager.request_json`): a body document a filter sets replaces the
-    body that leaves it, and replacement bytes from a data hook make the document stale.
+    Given the request's `StreamInfo`, it also keeps the request body's JSON document
+    coherent with its bytes for the manager (`FilterManager.request_json`): a document a
+    filter sets replaces the body that leaves it, and replacement bytes from a data hook
+    make the document stale.
     """
 
-    __slots__ = (
-        "body_document",
-        "new_body",
-        "passed_data",
-        "seen_data",
-        "stream_info",
-        "whole_body",
-    )
-
-    def __init__(
-        self,
-        filters: list[IStreamFilter],
-        takes_data: tuple[bool, ...],
-        sink_headers: Callable[[RequestHead, bool], None],
-        sink_data: Callable[[bytes, bool], None],
-        buffer_limit: int,
-        on_buffer_overflow: Callable[[], None],
-        data_passthrough: bool,
-        on_end_swallowed: Callable[[int], None] = _ignore_index,
-        stream_info: StreamInfo | None = None,
-    ) -> None:
-        super().__init__(
-            filters,
-            takes_data,
-            sink_headers,
-            sink_data,
-            buffer_limit,
-            on_buffer_overflow,
-            data_passthrough,
-            on_end_swallowed,
-        )
-        #: Where the document is shown to filters and logs (``body_json``).
-        self.stream_info = stream_info
-        #: The body's JSON document, when parsed or set (None: not yet, or stale).
-        self.body_document: dict[str, object] | None = None
-        #: The serialised document a filter set, to replace the body that leaves it.
-        self.new_body: bytes | None = None
-        #: Filters that have been given body data (to tell a whole body from a piece),
-        #: and filters that body data has left.
-        self.seen_data = [False] * len(filters)
-        self.passed_data = [False] * len(filters)
-        #: The whole body as the filter being called sees it (None: not whole, or not
-        #: in a data hook at the end of the body).
-        self.whole_body: bytes | None = None
+    __slots__ = ()
 
     def _call_headers(self, index: int, head: RequestHead, end_stream: bool) -> FilterStatus:
         self.whole_body = None
         return self.filters[index].decode_headers(head, end_stream)
 
     def _call_data(self, index: int, data: bytes, end_stream: bool) -> DataResult:
-        seen = self.seen_data
-        self.whole_body = data if end_stream and not seen[index] else None
-        seen[index] = True
+        bit = 1 << index
+        self.whole_body = data if end_stream and not self.seen_data & bit else None
+        self.seen_data |= bit
         result = self.filters[index].decode_data(data, end_stream)
         self.whole_body = None
-        if result is not _CONTINUE and isinstance(result, bytes | list | tuple):
+        if result is not _CONTINUE and isinstance(result, (bytes, list, tuple)):
             # The filter rewrote the bytes: the document is parsed again when asked for.
             self.body_document = None
             if self.stream_info is not None:
                 self.stream_info.body_json = None
         return result
-
-    def _passed_on(self, index: int, data: bytes, end_stream: bool) -> bytes:
-        self.passed_data[index] = True
-        if self.new_body is not None and end_stream:
-            data, self.new_body = self.new_body, None
-        return data
 
     def _to_sink_data(self, data: bytes, end_stream: bool) -> None:
         if self.new_body is not None and end_stream:
@@ -381,13 +369,7 @@ class DecodeIteration(FilterIteration[RequestHead]):
     def body_whole_at(self, index: int) -> bool:
         """Whether no body data has gone past filter *index* yet: a body it replaces
         then replaces all of it."""
-        return not self.passed_data[index]
-
-    def release(self) -> None:
-        super().release()
-        self.body_document = None
-        self.whole_body = None
-        self.stream_info = None
+        return not self.passed_data & (1 << index)
 
 
 class ResponseSink:

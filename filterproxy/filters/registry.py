@@ -118,9 +118,12 @@ def build_chain(config: Config) -> FilterChain:
             raise
         except Exception as e:  # user code: any error it raises is a config problem
             raise ConfigError(entry.path, f"filter {entry.type_name}: {e}") from None
+        variant = getattr(cls, "variant", None)
+        if variant is not None:
+            cls = variant(filter_config)
         if isinstance(filter_config, BodyAccumulateConfig):
             buffer_limit = filter_config.max_request_bytes
-        saw_route = saw_route or cls is RouteFilter
+        saw_route = saw_route or issubclass(cls, RouteFilter)
         specs.append(FilterSpec(entry.type_name, entry.path, functools.partial(cls, filter_config)))
     if not saw_route:
         raise ConfigError(

@@ -201,6 +201,11 @@ class UsageFilter(StreamFilter):
     config: UsageConfig
 
     @classmethod
+    def variant(cls, config: Any) -> type[StreamFilter]:
+        """With ``include_usage``, the class that also looks at requests."""
+        return _InjectingUsageFilter if config.include_usage else cls
+
+    @classmethod
     def configure(cls, options: Mapping[str, Any], context: FilterContext) -> UsageConfig:
         keys = Node(dict(options), context.path, context.environ).mapping({"include_usage"})
         if "include_usage" in keys:
@@ -215,21 +220,6 @@ class UsageFilter(StreamFilter):
         self.injected = False
         #: Decodes the response into events while usage chunks are removed.
         self.events: SSEDecoder | None = None
-
-    def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
-        self.path = head.path
-        return FilterStatus.CONTINUE
-
-    def decode_data(self, data: bytes, end_stream: bool) -> DataResult:
-        if not (end_stream and self.config.include_usage):
-            return FilterStatus.CONTINUE
-        body = self.callbacks.request_json()
-        if body is not None and wants_usage_injection(self.path, body):
-            options = body.get("stream_options")
-            body["stream_options"] = {**(options or {}), "include_usage": True}
-            self.callbacks.set_request_json(body)
-            self.injected = True
-        return FilterStatus.CONTINUE
 
     def encode_headers(self, head: ResponseHead, end_stream: bool) -> FilterStatus:
         if (
@@ -253,3 +243,22 @@ class UsageFilter(StreamFilter):
         if end_stream:
             kept += decoder.close()  # an unfinished last event goes on as it came
         return kept
+
+
+class _InjectingUsageFilter(UsageFilter):
+    """`UsageFilter` with ``include_usage``: asks streaming completions for usage."""
+
+    def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
+        self.path = head.path
+        return FilterStatus.CONTINUE
+
+    def decode_data(self, data: bytes, end_stream: bool) -> DataResult:
+        if not (end_stream and self.config.include_usage):
+            return FilterStatus.CONTINUE
+        body = self.callbacks.request_json()
+        if body is not None and wants_usage_injection(self.path, body):
+            options = body.get("stream_options")
+            body["stream_options"] = {**(options or {}), "include_usage": True}
+            self.callbacks.set_request_json(body)
+            self.injected = True
+        return FilterStatus.CONTINUE

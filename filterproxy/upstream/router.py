@@ -31,7 +31,7 @@ import enum
 import random
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -79,6 +79,12 @@ class Phase(enum.Enum):
     DONE = "done"
 
 
+_CONNECTING: Final = Phase.CONNECTING
+_WAITING: Final = Phase.WAITING
+_STREAMING: Final = Phase.STREAMING
+_DONE: Final = Phase.DONE
+
+
 class RoutingGateway(Protocol):
     """What a router needs of the gateway in force (`filterproxy.service.Gateway`)."""
 
@@ -115,7 +121,7 @@ class Router(ResponseHandler):
         self.pending: Deferred[UpstreamExchange] | None = None
         self.connection: UpstreamExchange | None = None
         self.request: UpstreamRequest | None = None
-        self.phase = Phase.CONNECTING
+        self.phase = _CONNECTING
         self.retried_stale = False
         #: The retry back-off (a precise timer); first-byte and idle limits are deadlines.
         self.timer: IDelayedCall | None = None
@@ -178,7 +184,7 @@ class Router(ResponseHandler):
 
     def _attempt(self, *, fresh: bool = False) -> None:
         self.timer = None
-        self.phase = Phase.CONNECTING
+        self.phase = _CONNECTING
         assert self.head is not None
         self.attempt_started = time.monotonic()
         self.connect_wait = 0.0
@@ -207,7 +213,7 @@ class Router(ResponseHandler):
 
     def _connected(self, connection: UpstreamExchange) -> None:
         self.pending = None
-        if self.phase is Phase.DONE:
+        if self.phase is _DONE:
             connection.release_unused()
             return
         assert self.head is not None and self.request is not None
@@ -217,7 +223,7 @@ class Router(ResponseHandler):
                 self.connect_wait
             )
         self.connection = connection
-        self.phase = Phase.WAITING
+        self.phase = _WAITING
         connection.send_request(self.request, self.body, self, is_head=self.head.method == "HEAD")
         self.sent_at = time.monotonic()
         self.watching = True
@@ -227,7 +233,7 @@ class Router(ResponseHandler):
 
     def _connect_failed(self, failure: Failure) -> None:
         self.pending = None
-        if self.phase is Phase.DONE:
+        if self.phase is _DONE:
             return
         status, message, code = connect_failure_reply(failure, self.plan[self.plan_index].cluster)
         if code == "upstream_tls_failure":
@@ -264,7 +270,7 @@ class Router(ResponseHandler):
         info.error = message
         if not decision.retry:
             self._cancel_timers()
-            self.phase = Phase.DONE
+            self.phase = _DONE
             outcome = "timeout" if code.endswith("timeout") else "upstream_error"
             self.manager.fail_response(reply_status, message, code, outcome)
             return
@@ -314,7 +320,7 @@ class Router(ResponseHandler):
                 self.endpoint.health.record_failure(self.reactor.seconds())
             else:
                 self.endpoint.health.record_success()
-        self.phase = Phase.STREAMING
+        self.phase = _STREAMING
         manager = self.manager
         head_received = time.monotonic()
         manager.stream_info.time_to_first_byte = head_received - manager.stream_info.started
@@ -348,7 +354,7 @@ class Router(ResponseHandler):
             self.last_data_at = now
         if end_stream:
             self.connection = None
-            self.phase = Phase.DONE
+            self.phase = _DONE
             self._cancel_timers()
         else:
             self.data_seen_at = self.deadlines.now
@@ -382,9 +388,9 @@ class Router(ResponseHandler):
             self._attempt(fresh=True)
             return
         message = f"upstream cluster {cluster!r}: {detail}"
-        if self.phase is Phase.STREAMING:
+        if self.phase is _STREAMING:
             self._cancel_timers()
-            self.phase = Phase.DONE
+            self.phase = _DONE
             self.manager.fail_response(502, message, kind.value)
             return
         self._cancel_timer()
@@ -462,7 +468,7 @@ class Router(ResponseHandler):
 
     def cancel(self) -> None:
         """Abandon the upstream exchange at once (client gone, local reply, total timeout)."""
-        self.phase = Phase.DONE
+        self.phase = _DONE
         self._cancel_timers()
         if self.pending is not None:
             pending, self.pending = self.pending, None
