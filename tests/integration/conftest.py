@@ -28,6 +28,8 @@ from cryptography.x509.oid import NameOID
 
 HERE = Path(__file__).resolve().parent
 UPSTREAM_SCRIPT = HERE.parent / "upstream_server.py"
+FAULT_SCRIPT = HERE.parent / "fault_server.py"
+H2C_SCRIPT = HERE.parent / "h2c_server.py"
 TWISTD = Path(sys.executable).parent / "twistd"
 
 
@@ -152,6 +154,47 @@ def upstream() -> Iterator[Upstream]:
         yield Upstream(process, port)
     finally:
         process.stop()
+
+
+class FaultServer(LocalServer):
+    """tests/fault_server.py: an upstream that misbehaves as each request's x-fault says."""
+
+    def stats(self) -> dict[str, object]:
+        return httpx.get(f"{self.url}/stats").json()  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def faults() -> Iterator[FaultServer]:
+    process = Process([sys.executable, str(FAULT_SCRIPT)])
+    try:
+        yield FaultServer(process, int(process.wait_for(r"PORT (\d+)").group(1)))
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def h2c_upstream() -> Iterator[LocalServer]:
+    """tests/h2c_server.py: an HTTP/2 upstream with prior knowledge (Hypercorn)."""
+    process = Process([sys.executable, str(H2C_SCRIPT)])
+    try:
+        port = int(process.wait_for(r"PORT (\d+)").group(1))
+        wait_until(lambda: listening(port), timeout=10)
+        yield LocalServer(process, port)
+    finally:
+        process.stop()
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts connections on the local *port*."""
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (connections to it are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def twistd_command(config: Path, *options: str) -> list[str]:

@@ -42,7 +42,6 @@ from .conftest import (
 )
 
 HERE = Path(__file__).resolve().parent
-H2C_SCRIPT = HERE.parent / "h2c_server.py"
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
@@ -361,22 +360,6 @@ def test_a_slow_client_stalls_only_its_stream_on_a_shared_upstream_connection(
     finally:
         slow.close()
         gateway.process.stop()
-
-
-@pytest.fixture(scope="module")
-def h2c_upstream() -> Iterator[LocalServer]:
-    process = Process([sys.executable, str(H2C_SCRIPT)])
-    try:
-        port = int(process.wait_for(r"PORT (\d+)").group(1))
-        wait_until(lambda: _listening(port), timeout=10)
-        yield LocalServer(process, port)
-    finally:
-        process.stop()
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_h2c_upstream_gets_many_requests_on_few_connections(

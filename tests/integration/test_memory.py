@@ -20,7 +20,6 @@ import re
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,11 +30,11 @@ import httpx
 import pytest
 
 from .conftest import (
-    HERE,
+    FaultServer,
     Gateway,
     LocalServer,
-    Process,
     Upstream,
+    closed_port,
     make_certificate,
     start_gateway,
     wait_until,
@@ -50,38 +49,6 @@ WATCHED = re.compile(
     r"twisted\.protocols\.tls\.|OpenSSL\.|h2\.|httptools\.|socket\.)"
 )
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture(scope="module")
-def fault_upstream() -> Iterator[LocalServer]:
-    process = Process([sys.executable, str(HERE.parent / "fault_server.py")])
-    try:
-        yield LocalServer(process, int(process.wait_for(r"PORT (\d+)").group(1)))
-    finally:
-        process.stop()
-
-
-@pytest.fixture(scope="module")
-def h2c_upstream() -> Iterator[LocalServer]:
-    process = Process([sys.executable, str(HERE.parent / "h2c_server.py")])
-    try:
-        port = int(process.wait_for(r"PORT (\d+)").group(1))
-        wait_until(lambda: _listening(port), timeout=10)
-        yield LocalServer(process, port)
-    finally:
-        process.stop()
-
-
-def closed_port() -> int:
-    """A local port nothing listens on (connections to it are refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 @dataclass
@@ -121,7 +88,7 @@ class Churn:
 @pytest.fixture(scope="module")
 def churn(
     upstream: Upstream,
-    fault_upstream: LocalServer,
+    faults: FaultServer,
     h2c_upstream: LocalServer,
     tls_upstream: tuple[Upstream, Path],
     certs: Path,
@@ -138,7 +105,7 @@ def churn(
         clusters:
           plain: {{url: "{upstream.url}", idle_connection_timeout: 1s}}
           faulty:
-            url: "{fault_upstream.url}"
+            url: "{faults.url}"
             idle_connection_timeout: 1s
             retry: {{max_attempts: 1}}
           h2c:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,38 +18,17 @@ import openai
 import pytest
 
 from .conftest import (
+    FaultServer,
     Gateway,
-    LocalServer,
-    Process,
     Upstream,
+    closed_port,
     read_until_closed,
     start_gateway,
     still_serving,
     wait_until,
 )
 
-FAULT_SCRIPT = Path(__file__).resolve().parents[1] / "fault_server.py"
 SECRET = "sk-provider-secret-0123456789"
-
-
-class FaultServer(LocalServer):
-    def stats(self) -> dict[str, object]:
-        return httpx.get(f"{self.url}/stats").json()  # type: ignore[no-any-return]
-
-
-@pytest.fixture(scope="module")
-def faults() -> Iterator[FaultServer]:
-    process = Process([sys.executable, str(FAULT_SCRIPT)])
-    try:
-        yield FaultServer(process, int(process.wait_for(r"PORT (\d+)").group(1)))
-    finally:
-        process.stop()
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

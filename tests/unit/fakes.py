@@ -7,6 +7,7 @@ from typing import Any
 from zope.interface import implementer
 
 from filterproxy.filters.api import FilterStatus, RequestHead, ResponseHead, StreamFilter
+from filterproxy.filters.manager import FilterManager
 from filterproxy.filters.stream import IDownstream
 from filterproxy.http.headers import Headers
 
@@ -94,3 +95,18 @@ def request_head(
     path: str = "/v1/chat/completions", method: str = "POST", **headers: str
 ) -> RequestHead:
     return RequestHead(method, path, Headers((k.replace("_", "-"), v) for k, v in headers.items()))
+
+
+def build_manager(
+    filters: list[StreamFilter], limit: int = 1000
+) -> tuple[FilterManager, RecordingDownstream, RecordingRouter]:
+    """A filter manager for *filters* between a recording client and router."""
+    downstream = RecordingDownstream()
+    routers: list[RecordingRouter] = []
+
+    def router_factory(manager: FilterManager) -> RecordingRouter:
+        routers.append(RecordingRouter(manager))
+        return routers[0]
+
+    manager = FilterManager(downstream, filters, router_factory, limit)  # type: ignore[arg-type]
+    return manager, downstream, routers[0]

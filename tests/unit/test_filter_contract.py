@@ -15,10 +15,9 @@ from filterproxy.filters.api import (
     ResponseHead,
     StreamFilter,
 )
-from filterproxy.filters.manager import FilterManager
 from filterproxy.http.headers import Headers
 
-from .fakes import Recorder, RecordingDownstream, RecordingRouter, request_head
+from .fakes import Recorder, build_manager, request_head
 
 CONTINUE = FilterStatus.CONTINUE
 STOP = FilterStatus.STOP_ITERATION
@@ -26,18 +25,7 @@ BUFFER = FilterStatus.STOP_ITERATION_AND_BUFFER
 SSE = Headers([("content-type", "text/event-stream")])
 
 
-def build(
-    filters: list[StreamFilter], limit: int = 1000
-) -> tuple[FilterManager, RecordingDownstream, RecordingRouter]:
-    downstream = RecordingDownstream()
-    routers: list[RecordingRouter] = []
-
-    def router_factory(manager: FilterManager) -> RecordingRouter:
-        routers.append(RecordingRouter(manager))
-        return routers[0]
-
-    manager = FilterManager(downstream, filters, router_factory, limit)  # type: ignore[arg-type]
-    return manager, downstream, routers[0]
+build = build_manager
 
 
 class Upper(StreamFilter):

@@ -8,24 +8,13 @@ from filterproxy.filters.api import FilterStatus, RequestHead, StreamFilter
 from filterproxy.filters.manager import FilterManager
 from filterproxy.http.headers import Headers
 
-from .fakes import Recorder, RecordingDownstream, RecordingRouter, request_head
+from .fakes import Recorder, RecordingDownstream, RecordingRouter, build_manager, request_head
 
 STOP = FilterStatus.STOP_ITERATION
 BUFFER = FilterStatus.STOP_ITERATION_AND_BUFFER
 
 
-def build(
-    filters: list[StreamFilter], limit: int = 1000
-) -> tuple[FilterManager, RecordingDownstream, RecordingRouter]:
-    downstream = RecordingDownstream()
-    routers: list[RecordingRouter] = []
-
-    def router_factory(manager: FilterManager) -> RecordingRouter:
-        routers.append(RecordingRouter(manager))
-        return routers[0]
-
-    manager = FilterManager(downstream, filters, router_factory, limit)  # type: ignore[arg-type]
-    return manager, downstream, routers[0]
+build = build_manager
 
 
 def test_decoders_run_in_order_and_encoders_in_reverse() -> None:
