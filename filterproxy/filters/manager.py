@@ -546,17 +546,20 @@ class FilterManager(ResponseSink):
         content_type: str,
         extra_headers: Sequence[tuple[str, str]],
         outcome: str,
-        start: int,
+        start: int | None,
     ) -> None:
+        """Send the gateway's own response through the encoders from position *start*
+        (None: straight to the client)."""
         headers = Headers([("content-type", content_type), ("content-length", str(len(body)))])
         for name, value in extra_headers:
             headers.add(name, value)
         head = ResponseHead(status, headers)
         self.reply_outcome = outcome
         encoder = self.encoder
-        if encoder is None or start >= len(encoder.filters):
-            if encoder is not None:
+        if encoder is None or start is None or start >= len(encoder.filters):
+            if encoder is not None:  # nothing of the upstream's response goes on now
                 encoder.stopped = True
+                encoder.generation += 1
             self.send_response_head(head, False)
             self.send_response_data(body, True)
             return
@@ -589,23 +592,7 @@ class FilterManager(ResponseSink):
             else:
                 self._stop_request()
                 body = error_body(status, message, code=code)
-                self.reply_outcome = outcome
-                if self.encoder is not None:
-                    self.encoder.stopped = True
-                    self.encoder.generation += 1
-                self.send_response_head(
-                    ResponseHead(
-                        status,
-                        Headers(
-                            [
-                                ("content-type", "application/json"),
-                                ("content-length", str(len(body))),
-                            ]
-                        ),
-                    ),
-                    False,
-                )
-                self.send_response_data(body, True)
+                self._reply(status, body, "application/json", (), outcome, None)
             return
         log.warn(
             "request {request_id} failed mid-response: {message}",
