@@ -55,11 +55,6 @@ class ExchangeConnection(NativeProtocol):
         super().__init__()
         self.state = _IDLE
 
-    @property
-    def gone(self) -> bool:
-        """The client's socket is gone."""
-        return self.state is _CLOSED
-
     def send(self, data: bytes) -> None:
         """Write response bytes (override)."""
         raise NotImplementedError

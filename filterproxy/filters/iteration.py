@@ -57,7 +57,6 @@ class FilterIteration(Generic[HeadT]):
     """
 
     __slots__ = (
-        "body_document",
         "buffer_limit",
         "buffered_bytes",
         "buffered_end",
@@ -125,10 +124,8 @@ class FilterIteration(Generic[HeadT]):
         # The request direction keeps the body's JSON document coherent with its bytes
         # for the manager (`FilterManager.request_json`): it is given *stream_info*.
         self.tracks_body = stream_info is not None
-        #: Where the document is shown to filters and logs (``body_json``).
+        #: Where the document is kept (``body_json``: None when not parsed yet, or stale).
         self.stream_info = stream_info
-        #: The body's JSON document, when parsed or set (None: not yet, or stale).
-        self.body_document: dict[str, object] | None = None
         #: The serialised document a filter set, to replace the body that leaves it.
         self.new_body: bytes | None = None
         #: Bit masks by filter index: filters that have been given body data (to tell a
@@ -246,10 +243,8 @@ class FilterIteration(Generic[HeadT]):
                 self._headers_from(index + 1)
                 if self.generation != generation:
                     return
-            if self.tracks_body:  # the request direction only (as `_passed_on`)
-                self.passed_data |= 1 << index
-                if end_stream and self.new_body is not None:
-                    data, self.new_body = self.new_body, None
+            if self.tracks_body:  # the request direction only: no call per response chunk
+                data = self._passed_on(index, data, end_stream)
             index += 1
         self._to_sink_data(data, end_stream)
 
@@ -312,7 +307,6 @@ class FilterIteration(Generic[HeadT]):
         self.buffers = {}
         self.buffered_end = {}
         self.head = None
-        self.body_document = None
         self.whole_body = None
         self.stream_info = None
 
@@ -345,7 +339,6 @@ class DecodeIteration(FilterIteration[RequestHead]):
     __slots__ = ()
 
     def _call_headers(self, index: int, head: RequestHead, end_stream: bool) -> FilterStatus:
-        self.whole_body = None
         return self.filters[index].decode_headers(head, end_stream)
 
     def _call_data(self, index: int, data: bytes, end_stream: bool) -> DataResult:
@@ -354,14 +347,14 @@ class DecodeIteration(FilterIteration[RequestHead]):
         self.seen_data |= bit
         result = self.filters[index].decode_data(data, end_stream)
         self.whole_body = None
-        if result is not _CONTINUE and isinstance(result, (bytes, list, tuple)):
+        if not isinstance(result, FilterStatus) and self.stream_info is not None:
             # The filter rewrote the bytes: the document is parsed again when asked for.
-            self.body_document = None
-            if self.stream_info is not None:
-                self.stream_info.body_json = None
+            self.stream_info.body_json = None
         return result
 
     def _to_sink_data(self, data: bytes, end_stream: bool) -> None:
+        # A chain whose filters take no body data passes it straight here (`data`), past
+        # `_passed_on`: a document set in a headers hook still replaces the body.
         if self.new_body is not None and end_stream:
             data, self.new_body = self.new_body, None
         self.sink_data(data, end_stream)

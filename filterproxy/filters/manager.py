@@ -341,16 +341,14 @@ class FilterManager(ResponseSink):
 
     def request_json(self) -> dict[str, Any] | None:
         """The request body as a JSON object (see `IFilterCallbacks.request_json`)."""
-        decoder = self.decoder
-        document = decoder.body_document
-        if document is None and decoder.whole_body is not None and self.head is not None:
+        info = self.stream_info
+        whole_body = self.decoder.whole_body
+        if info.body_json is None and whole_body is not None and self.head is not None:
             try:
-                document = parse_body(decoder.whole_body, self.head.headers.get("content-type"))
+                info.body_json = parse_body(whole_body, self.head.headers.get("content-type"))
             except BadBody:
                 return None
-            decoder.body_document = document
-            self.stream_info.body_json = document
-        return document
+        return info.body_json
 
     def set_request_json(
         self, document: dict[str, Any], index: int, *, changed: bool = True
@@ -368,7 +366,6 @@ class FilterManager(ResponseSink):
             decoder.new_body = json.dumps(
                 document, ensure_ascii=False, separators=(",", ":")
             ).encode()
-        decoder.body_document = document
         self.stream_info.body_json = document
 
     def _internal_error(self) -> None:

@@ -253,7 +253,7 @@ class _InjectingUsageFilter(UsageFilter):
         return FilterStatus.CONTINUE
 
     def decode_data(self, data: bytes, end_stream: bool) -> DataResult:
-        if not (end_stream and self.config.include_usage):
+        if not end_stream:
             return FilterStatus.CONTINUE
         body = self.callbacks.request_json()
         if body is not None and wants_usage_injection(self.path, body):

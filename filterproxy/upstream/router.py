@@ -131,8 +131,9 @@ class Router(ResponseHandler):
         self.total_timer: IDelayedCall | None = None
         self.heartbeat_timer: IDelayedCall | None = None
         self.heartbeat: float | None = None
-        #: The upstream's stream is between two events (heartbeats only go there).
-        self.between_events = True
+        #: The upstream's last piece of body (a heartbeat goes only after the end of an
+        #: event); kept only when the route has a heartbeat.
+        self.last_data = b""
         # Timestamps (time.monotonic) for the gateway-overhead metric, and the
         # chunk-gap histogram of this stream.
         self.chain_time = 0.0
@@ -361,7 +362,7 @@ class Router(ResponseHandler):
             if self.heartbeat_timer is not None:
                 self.heartbeat_timer.reset(self.heartbeat)  # type: ignore[arg-type]
                 if data:
-                    self.between_events = data.endswith((b"\n\n", b"\r\n\r\n", b"\r\r"))
+                    self.last_data = data
         self.manager.encode_data(data, end_stream)
 
     def on_read_start(self) -> None:
@@ -440,7 +441,8 @@ class Router(ResponseHandler):
         so only between two of the upstream's events (otherwise the next beat will)."""
         assert self.heartbeat is not None
         self.heartbeat_timer = self.reactor.callLater(self.heartbeat, self._heartbeat)
-        if self.between_events:
+        last = self.last_data
+        if not last or last.endswith((b"\n\n", b"\r\n\r\n", b"\r\r")):
             self.manager.send_heartbeat()
 
     # -- cancellation -------------------------------------------------------------------
