@@ -1,7 +1,10 @@
 """A small OpenAI-compatible upstream for demos: no API key, no network.
 
 It answers ``POST /v1/chat/completions`` (streaming and not) by echoing the last user
-message word by word, and ``GET /v1/models``. Run it on its own::
+message word by word, and ``GET /v1/models``. Given ``tools``, it calls the first one
+(its first parameter gets the user's words) — unless the conversation ends with the
+tool's result, which it then reports — so a tool round trip can be tried too. Run it on
+its own::
 
     filterproxy-mock-upstream --listen tcp:9100:interface=127.0.0.1 --interval 0.05
 
@@ -44,6 +47,33 @@ def _completion_words(messages: object) -> list[str]:
     return [w if i == 0 else " " + w for i, w in enumerate(words)]
 
 
+def _tool_call(body: dict[str, Any]) -> tuple[str, str] | None:
+    """(name, JSON arguments) of the call to make, or None to answer in text."""
+    tools = body.get("tools")
+    messages = body.get("messages")
+    if not isinstance(tools, list) or not tools or not isinstance(messages, list):
+        return None
+    if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool":
+        return None
+    function = tools[0].get("function") if isinstance(tools[0], dict) else None
+    if not isinstance(function, dict):
+        return None
+    properties = (function.get("parameters") or {}).get("properties") or {}
+    said = "".join(_completion_words(messages)).rsplit(": ", 1)[-1]
+    arguments = {next(iter(properties)): said} if properties else {}
+    return str(function.get("name", "tool")), json.dumps(arguments)
+
+
+def _tool_result_words(messages: object) -> list[str] | None:
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
+        last = messages[-1]
+        if last.get("role") == "tool":
+            text = "The tool answered: " + str(last.get("content"))
+            words = text.split(" ")
+            return [w if i == 0 else " " + w for i, w in enumerate(words)]
+    return None
+
+
 class _ChatCompletions(Resource):
     isLeaf = True
 
@@ -62,7 +92,9 @@ class _ChatCompletions(Resource):
                 {"error": {"message": "invalid JSON", "type": "invalid_request_error"}}
             ).encode()
         model = body.get("model", "demo")
-        words = _completion_words(body.get("messages"))
+        words = _tool_result_words(body.get("messages")) or _completion_words(body.get("messages"))
+        call = _tool_call(body)
+        call_id = "call_" + uuid.uuid4().hex[:12]
         ident = "chatcmpl-" + uuid.uuid4().hex[:24]
         created = int(time.time())
         usage = {
@@ -81,8 +113,20 @@ class _ChatCompletions(Resource):
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": "".join(words)},
-                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": "".join(words)}
+                            if call is None
+                            else {
+                                "role": "assistant",
+                                "content": None,
+                                "tool_calls": [
+                                    {
+                                        "id": call_id,
+                                        "type": "function",
+                                        "function": {"name": call[0], "arguments": call[1]},
+                                    }
+                                ],
+                            },
+                            "finish_reason": "stop" if call is None else "tool_calls",
                         }
                     ],
                     "usage": usage,
@@ -107,8 +151,24 @@ class _ChatCompletions(Resource):
             return b"data: " + json.dumps(doc).encode() + b"\n\n"
 
         events = [chunk({"role": "assistant", "content": ""}, None)]
-        events += [chunk({"content": w}, None) for w in words]
-        events.append(chunk({}, "stop"))
+        if call is None:
+            events += [chunk({"content": w}, None) for w in words]
+            events.append(chunk({}, "stop"))
+        else:
+            name, arguments = call
+            half = len(arguments) // 2
+            opening = {"index": 0, "id": call_id, "type": "function"}
+            events.append(
+                chunk(
+                    {"tool_calls": [{**opening, "function": {"name": name, "arguments": ""}}]},
+                    None,
+                )
+            )
+            for part in (arguments[:half], arguments[half:]):
+                events.append(
+                    chunk({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}, None)
+                )
+            events.append(chunk({}, "tool_calls"))
         if include_usage:
             events.append(
                 b"data: "

@@ -9,15 +9,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from filterproxy.config._headers import parse_header_policy, parse_header_rules
+from filterproxy.config._providers import PRESETS, ProviderPreset, auth_headers, preset_named
 from filterproxy.config._reader import Node
 from filterproxy.config._types import (
     RETRY_CONDITIONS,
     ClusterConfig,
     EndpointConfig,
+    HeaderPolicy,
+    HeaderRules,
     OutlierDetection,
     RetryPolicy,
     Timeouts,
 )
+from filterproxy.http.apis import ALL_APIS
 
 _CLUSTER_KEYS = {
     "url",
@@ -34,7 +38,13 @@ _CLUSTER_KEYS = {
     "protocol",
     "ping_interval",
     "ping_timeout",
+    "provider",
+    "api_key",
+    "api_version",
+    "apis",
 }
+#: Azure's classic API version when the cluster names none (the latest GA one).
+DEFAULT_AZURE_API_VERSION = "2024-10-21"
 PROTOCOLS = ("auto", "http1", "http2")
 _ENDPOINT_KEYS = {"url", "weight", "request_headers"}
 _TIMEOUT_KEYS = {f.name for f in fields(Timeouts)}
@@ -52,19 +62,42 @@ def parse_clusters(node: Node) -> dict[str, ClusterConfig]:
     return clusters
 
 
+def _preset(keys: Mapping[str, Node]) -> ProviderPreset | None:
+    if "provider" not in keys:
+        return None
+    name = keys["provider"].string()
+    preset = preset_named(name)
+    if preset is None:
+        raise keys["provider"].error(
+            f"unknown provider {name!r}; presets: {', '.join(sorted(PRESETS))} "
+            "(for another OpenAI-compatible server, leave provider out and give url and apis)"
+        )
+    return preset
+
+
 def parse_cluster(name: str, node: Node) -> ClusterConfig:
     keys = node.mapping(_CLUSTER_KEYS)
-    if ("url" in keys) == ("endpoints" in keys):
-        raise node.error(
-            "give either 'url' (one upstream) or 'endpoints' (a list of {url, weight}), "
-            "e.g. url: http://127.0.0.1:8000"
-        )
+    preset = _preset(keys)
+    if "url" in keys and "endpoints" in keys:
+        raise node.error("give either 'url' (one upstream) or 'endpoints' (a list of {url, weight}), not both")
     if "url" in keys:
         endpoints: tuple[EndpointConfig, ...] = (parse_endpoint_url(keys["url"]),)
-    else:
+    elif "endpoints" in keys:
         endpoints = tuple(_parse_endpoint(n) for n in keys["endpoints"].sequence())
         if not endpoints:
             raise keys["endpoints"].error("needs at least one endpoint")
+    elif preset is not None and preset.base_url is not None:
+        endpoints = (parse_endpoint_url(Node(preset.base_url, f"{node.path}.provider", {})),)
+    elif preset is not None:
+        raise node.error(
+            f"provider {preset.name!r} has no default address; give its url, "
+            "e.g. url: https://RESOURCE.openai.azure.com"
+        )
+    else:
+        raise node.error(
+            "give either 'url' (one upstream) or 'endpoints' (a list of {url, weight}), "
+            "e.g. url: http://127.0.0.1:8000 — or a provider, e.g. provider: openai"
+        )
 
     tls_verify, files = True, {}
     if "tls" in keys:
@@ -83,6 +116,27 @@ def parse_cluster(name: str, node: Node) -> ClusterConfig:
         raise keys["protocol"].error(
             f"unknown protocol {protocol!r}; use one of: {', '.join(PROTOCOLS)}"
         )
+
+    headers = parse_header_policy(keys)
+    apis = ALL_APIS
+    max_tokens_field = ClusterConfig.max_tokens_field
+    if preset is not None:
+        endpoints = _apply_preset(preset, keys, node, endpoints, headers)
+        apis = preset.apis
+        max_tokens_field = preset.max_tokens_field
+    elif "api_key" in keys or "api_version" in keys:
+        raise (keys.get("api_key") or keys["api_version"]).error(
+            "api_key and api_version need a provider (provider: openai, …); without one, "
+            "set the key with request_headers"
+        )
+    if "apis" in keys:
+        apis = frozenset(keys["apis"].string_list())
+        unknown = apis - ALL_APIS
+        if unknown or not apis:
+            raise keys["apis"].error(
+                f"unknown API {sorted(unknown)[0] if unknown else '(none given)'!r}; "
+                f"name any of: {', '.join(sorted(ALL_APIS))}"
+            )
 
     defaults = ClusterConfig
     return ClusterConfig(
@@ -104,7 +158,7 @@ def parse_cluster(name: str, node: Node) -> ClusterConfig:
         ca_file=files.get("ca_file"),
         client_cert=files.get("client_cert"),
         client_key=files.get("client_key"),
-        headers=parse_header_policy(keys),
+        headers=headers,
         protocol=protocol,
         ping_interval=keys["ping_interval"].duration()
         if "ping_interval" in keys
@@ -112,7 +166,61 @@ def parse_cluster(name: str, node: Node) -> ClusterConfig:
         ping_timeout=keys["ping_timeout"].duration()
         if "ping_timeout" in keys
         else defaults.ping_timeout,
+        provider=preset.name if preset is not None else None,
+        apis=apis,
+        max_tokens_field=max_tokens_field,
     )
+
+
+def _apply_preset(
+    preset: ProviderPreset,
+    keys: Mapping[str, Node],
+    node: Node,
+    endpoints: tuple[EndpointConfig, ...],
+    headers: HeaderPolicy,
+) -> tuple[EndpointConfig, ...]:
+    """The endpoints with the provider's paths and key."""
+    key = keys["api_key"].string() if "api_key" in keys else None
+    if (
+        preset.needs_key
+        and not key
+        and not any(
+            name in {"authorization", "x-api-key", "api-key"} for name, _ in headers.request.set
+        )
+    ):
+        raise node.error(
+            f"provider {preset.name!r} needs its key: api_key: ${{{preset.name.upper()}_API_KEY}}"
+        )
+    default_path = urlsplit(preset.base_url).path.rstrip("/") if preset.base_url else "/openai"
+    version = keys["api_version"].string() if "api_version" in keys else None
+    if version is not None and not preset.deployments:
+        raise keys["api_version"].error(f"provider {preset.name!r} takes no api_version")
+    # The key goes with each endpoint (so a fallback to another provider's cluster sends
+    # that provider's key); the cluster's own rules, applied before, keep precedence.
+    own = {n for n, _ in headers.request.set} | set(headers.request.remove)
+    preset_rules = tuple(
+        (n, v) for n, v in auth_headers(preset, key) + preset.headers if n not in own
+    )
+    shaped = []
+    for endpoint in endpoints:
+        prefix = endpoint.base_path or default_path
+        deployments = preset.deployments and not prefix.endswith("/v1") and version != "v1"
+        if preset.deployments and version == "v1" and not prefix.endswith("/v1"):
+            prefix += "/v1"
+        rules = endpoint.request_headers
+        shaped.append(
+            replace(
+                endpoint,
+                request_headers=HeaderRules(
+                    set=preset_rules + rules.set, append=rules.append, remove=rules.remove
+                ),
+                api_prefix=prefix,
+                api_prefixes=preset.api_paths,
+                deployments=deployments,
+                query=f"api-version={version or DEFAULT_AZURE_API_VERSION}" if deployments else "",
+            )
+        )
+    return tuple(shaped)
 
 
 def parse_endpoint_url(

@@ -10,12 +10,16 @@ from typing import Any
 
 import yaml
 
+from filterproxy.http.apis import ALL_APIS
+
 from filterproxy.config._clusters import parse_clusters
 from filterproxy.config._reader import ConfigError, Node, default_environ
 from filterproxy.config._routes import parse_aliases, parse_routes
 from filterproxy.config._types import (
     DEFAULT_ADMIN_LISTENER,
     DEFAULT_FILTERS,
+    DEFAULT_TRANSLATING_FILTERS,
+    ClusterConfig,
     Config,
     FilterEntry,
     Limits,
@@ -82,11 +86,15 @@ def parse_config(
         admin_listener=_parse_admin(top["admin"]) if "admin" in top else DEFAULT_ADMIN_LISTENER,
         tracing=_parse_tracing(top["tracing"]) if "tracing" in top else None,
         preload_tls=top["preload_tls"].boolean() if "preload_tls" in top else False,
-        filters=_parse_filters(
-            top.get("filters") or Node([{"type": t} for t in DEFAULT_FILTERS], "filters", env)
-        ),
+        filters=_parse_filters(top.get("filters") or _default_filters(clusters, env)),
         source=source,
     )
+
+
+def _default_filters(clusters: Mapping[str, ClusterConfig], env: Mapping[str, str]) -> Node:
+    translating = any(c.apis != ALL_APIS for c in clusters.values())
+    names = DEFAULT_TRANSLATING_FILTERS if translating else DEFAULT_FILTERS
+    return Node([{"type": t} for t in names], "filters", env)
 
 
 def _parse_filters(node: Node) -> tuple[FilterEntry, ...]:

@@ -5,12 +5,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from filterproxy.http.apis import ALL_APIS, client_api
 
 if TYPE_CHECKING:
     from filterproxy.http.headers import Headers
 
 DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
 DEFAULT_FILTERS = ("body-accumulate", "route", "header-rewrite", "usage")
+#: The default chain when a cluster does not speak every client API: the translate
+#: filter goes after the route filter (a chain that needs none stays as it was).
+DEFAULT_TRANSLATING_FILTERS = ("body-accumulate", "route", "translate", "header-rewrite", "usage")
 
 #: The conditions ``retry.retry_on`` may name (Envoy's vocabulary).
 RETRY_CONDITIONS = frozenset({"connect-failure", "reset", "5xx", "retriable-status-codes"})
@@ -104,6 +110,34 @@ class EndpointConfig:
     host_header: str
     weight: int = 1
     request_headers: HeaderRules = HeaderRules()
+    #: A provider's endpoint: a client path under ``/v1/`` goes under this prefix
+    #: instead (None: the path is appended to `base_path` as it is).
+    api_prefix: str | None = None
+    #: Per client API, another prefix (DeepSeek's Messages API lives under /anthropic).
+    api_prefixes: tuple[tuple[str, str], ...] = ()
+    #: Azure's classic paths: the model names the deployment (``/deployments/{model}``).
+    deployments: bool = False
+    #: Added to every request's query string (Azure's ``api-version``).
+    query: str = ""
+
+    def target(self, path: str, model: str | None) -> str:
+        """The request target for a client's *path* (asking for *model*)."""
+        if self.api_prefix is None:
+            return self.base_path + path
+        prefix = self.api_prefix
+        if self.api_prefixes:
+            api = client_api(path)
+            for name, other in self.api_prefixes:
+                if name == api:
+                    prefix = other
+        if path.startswith("/v1/") or path == "/v1" or path.startswith("/v1?"):
+            path = path[3:]
+        if self.deployments and model:
+            prefix = f"{prefix}/deployments/{quote(model, safe='')}"
+        target = prefix + path
+        if self.query:
+            target += ("&" if "?" in target else "?") + self.query
+        return target
 
 
 @dataclass(frozen=True)
@@ -131,6 +165,13 @@ class ClusterConfig:
     #: closes it. 0 turns pings off.
     ping_interval: float = 30.0
     ping_timeout: float = 10.0
+    #: The provider preset the cluster names (``openai``, ``anthropic``, …), if any.
+    provider: str | None = None
+    #: The client APIs the upstream speaks natively; a request in another is translated
+    #: (by the translate filter). A cluster with no provider is taken to speak them all.
+    apis: frozenset[str] = ALL_APIS
+    #: What the upstream calls the output-token limit of a chat completion.
+    max_tokens_field: str = "max_tokens"
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,10 @@ class StreamInfo:
     cluster: str | None = None
     #: The model named in the body, after alias resolution.
     model: str | None = None
+    #: The client's API (`filterproxy.http.apis`: chat, messages, responses), set by a
+    #: filter that rewrites the request into another API (the translate filter), so that
+    #: the gateway's own errors keep the client's shape. None: taken from the path.
+    api: str | None = None
     #: The request body's JSON document (`IFilterCallbacks.request_json`), once parsed;
     #: read it, change it through `IFilterCallbacks.set_request_json`.
     body_json: dict[str, Any] | None = None

@@ -44,6 +44,7 @@ from filterproxy.filters.iteration import (
     ResponseSink,
 )
 from filterproxy.filters.stream import IDownstream, Terminal
+from filterproxy.http.apis import client_api
 from filterproxy.http.body import BadBody, parse_body
 from filterproxy.http.errors import error_body
 from filterproxy.http.headers import Headers, forward_response_headers
@@ -523,9 +524,16 @@ class FilterManager(ResponseSink):
             self.downstream.abort()
             self._finish(outcome)
             return
-        body = error_body(status, message, code=code, type=error_type)
+        body = error_body(status, message, code=code, type=error_type, api=self._client_api())
         self.stream_info.error = self.stream_info.error or message
         self._reply(status, body, "application/json", extra_headers, outcome, start)
+
+    def _client_api(self) -> str | None:
+        """The client's API, for the shape of the gateway's own errors."""
+        api = self.stream_info.api
+        if api is None and self.head is not None:
+            api = client_api(self.head.path)
+        return api
 
     def send_local_response(
         self, status: int, body: bytes, content_type: str, *, start: int = 0
@@ -588,7 +596,7 @@ class FilterManager(ResponseSink):
                 self.send_local_reply(status, message, code=code, outcome=outcome)
             else:
                 self._stop_request()
-                body = error_body(status, message, code=code)
+                body = error_body(status, message, code=code, api=self._client_api())
                 self._reply(status, body, "application/json", (), outcome, None)
             return
         log.warn(
@@ -599,7 +607,8 @@ class FilterManager(ResponseSink):
         self._stop_request()
         encoder = self.encoder
         if self.event_stream:
-            frame = b"event: error\ndata: " + error_body(status, message, code=code) + b"\n\n"
+            body = error_body(status, message, code=code, api=self._client_api())
+            frame = b"event: error\ndata: " + body + b"\n\n"
             if self.last_chunk and not self.last_chunk.endswith(b"\n\n"):
                 frame = b"\n\n" + frame  # end the event the upstream left unfinished
             if encoder is not None and through_filters and not encoder.stopped:

@@ -21,6 +21,7 @@ from filterproxy.filters.api import FilterContext, IStreamFilter, StreamFilter
 from filterproxy.filters.body_accumulate import BodyAccumulateConfig, BodyAccumulateFilter
 from filterproxy.filters.header_rewrite import HeaderRewriteFilter
 from filterproxy.filters.route import RouteFilter
+from filterproxy.filters.translate import TranslateFilter
 from filterproxy.filters.usage import UsageFilter
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
 BUILTIN_FILTERS: dict[str, type[StreamFilter]] = {
     "body-accumulate": BodyAccumulateFilter,
     "route": RouteFilter,
+    "translate": TranslateFilter,
     "header-rewrite": HeaderRewriteFilter,
     "usage": UsageFilter,
 }

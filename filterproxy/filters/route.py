@@ -35,9 +35,10 @@ class RouteTable:
         names = {m for r in self.routes for m in r.models}
         return sorted(names | set(self.aliases))
 
-    def model_list(self, created: int) -> dict[str, Any]:
+    def model_list(self, created: int, *, anthropic: bool = False) -> dict[str, Any]:
         """``GET /v1/models``: the models the routes name (not glob patterns) and the
-        aliases, in OpenAI's list shape; ``owned_by`` is the cluster that serves each."""
+        aliases, in OpenAI's list shape (``owned_by`` is the cluster that serves each),
+        or in Anthropic's when *anthropic*."""
         owners: dict[str, str] = {}
         for route in self.routes:
             for model in route.models:
@@ -46,6 +47,18 @@ class RouteTable:
         for alias, target in self.aliases.items():
             serving = next((r for r in self.routes if model_matches(r.models, target)), None)
             owners.setdefault(alias, serving.cluster if serving is not None else "alias")
+        if anthropic:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
+            names = sorted(owners)
+            return {
+                "data": [
+                    {"type": "model", "id": n, "display_name": n, "created_at": stamp}
+                    for n in names
+                ],
+                "has_more": False,
+                "first_id": names[0] if names else None,
+                "last_id": names[-1] if names else None,
+            }
         return {
             "object": "list",
             "data": [
@@ -77,7 +90,8 @@ class RouteFilter(StreamFilter):
     def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
         self.head = head
         if self._is_model_list(head):
-            body = json.dumps(self.config.model_list(_STARTED)).encode()
+            anthropic = head.headers.get("anthropic-version") is not None
+            body = json.dumps(self.config.model_list(_STARTED, anthropic=anthropic)).encode()
             self.callbacks.send_local_response(200, body, "application/json")
             return FilterStatus.STOP_ITERATION
         if end_stream:

@@ -115,10 +115,10 @@ class UpstreamRequest:
 
 
 def build_request(
-    head: RequestHead, endpoint: EndpointConfig, body_length: int | None
+    head: RequestHead, endpoint: EndpointConfig, body_length: int | None, model: str | None = None
 ) -> UpstreamRequest:
     """The request for *endpoint*: forwarding headers, the endpoint's own header rules
-    (its API key), its base path.
+    (its API key), its base path (or its provider's paths, for *model*).
 
     Raises:
         UnsafeHeaderError: a filter set a path or header that would break the framing.
@@ -133,5 +133,9 @@ def build_request(
     if endpoint.request_headers:
         endpoint.request_headers.apply_to(headers)
     return UpstreamRequest(
-        head.method, endpoint.base_path + head.path, headers, endpoint.scheme, endpoint.host_header
+        head.method,
+        endpoint.target(head.path, model),
+        headers,
+        endpoint.scheme,
+        endpoint.host_header,
     )

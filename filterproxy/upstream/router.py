@@ -202,7 +202,7 @@ class Router(ResponseHandler):
             self.gateway.metrics.retries.inc((step.cluster,))
         has_body = bool(self.body) or self.head.method in ("POST", "PUT", "PATCH")
         self.request = build_request(
-            self.head, endpoint.config, len(self.body) if has_body else None
+            self.head, endpoint.config, len(self.body) if has_body else None, info.model
         )
         idle = None if fresh else endpoint.pool.take_idle()
         if idle is not None:

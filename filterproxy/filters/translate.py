@@ -1,0 +1,223 @@
+"""translate: let a client that speaks one API use an upstream that speaks another.
+
+After the route filter has chosen the cluster, a request whose API the cluster speaks
+natively (its provider preset's ``apis``, or the cluster's own ``apis`` list) passes
+through untouched — no parsing, no rebuilding, byte for byte. Otherwise:
+
+- a Messages request (``/v1/messages``) to a cluster that speaks Chat Completions is
+  sent as a chat completion, and its answer — JSON or an event stream — comes back as a
+  Messages answer; ``/v1/messages/count_tokens`` is answered here with an estimate;
+- a Chat Completions request to a cluster that speaks only Messages is sent as a
+  Messages request, and its answer comes back as a chat completion.
+
+A request field that would change the answer and has no counterpart gets a 400 that
+names it. The upstream's errors come back in the client's error shape, before the
+stream (status and body) and during it (the client API's error event).
+
+The translations themselves are `filterproxy.translate`: plain functions and per-stream
+state machines, which a filter of your own can use the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from filterproxy.config import ClusterConfig, Node
+from filterproxy.filters.api import (
+    DataResult,
+    FilterContext,
+    FilterStatus,
+    RequestHead,
+    ResponseHead,
+    StreamFilter,
+)
+from filterproxy.http.apis import CHAT, MESSAGES, client_api
+from filterproxy.translate import (
+    ChatFromMessagesStream,
+    MessagesFromChatStream,
+    Untranslatable,
+    chat_request,
+    chat_response,
+    count_tokens_estimate,
+    messages_request,
+    messages_response,
+)
+from filterproxy.translate.common import anthropic_error, error_fields, openai_error
+
+__all__ = ["TranslateConfig", "TranslateFilter"]
+
+#: A whole (non-streaming) answer being translated may be this large.
+_MAX_BODY: Final = 32 * 1024 * 1024
+_CLIENT_HEADERS: Final = {
+    MESSAGES: ("anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access"),
+    CHAT: ("openai-organization", "openai-project", "openai-beta"),
+}
+_UPSTREAM_PATH: Final = {MESSAGES: "/v1/chat/completions", CHAT: "/v1/messages"}
+
+
+@dataclass(frozen=True)
+class TranslateConfig:
+    clusters: Mapping[str, ClusterConfig]
+    #: ``max_tokens`` sent to a Messages upstream when a chat request has none (the
+    #: Messages API requires it).
+    default_max_tokens: int = 4096
+
+
+class TranslateFilter(StreamFilter):
+    """Translates requests and answers between Messages and Chat Completions."""
+
+    config: TranslateConfig
+
+    @classmethod
+    def configure(cls, options: Mapping[str, Any], context: FilterContext) -> TranslateConfig:
+        keys = Node(dict(options), context.path, context.environ).mapping({"default_max_tokens"})
+        if "default_max_tokens" in keys:
+            return TranslateConfig(
+                context.config.clusters, keys["default_max_tokens"].integer(minimum=1)
+            )
+        return TranslateConfig(context.config.clusters)
+
+    def __init__(self, config: TranslateConfig) -> None:
+        super().__init__(config)
+        #: The client's API when this request is translated, else None (pass-through).
+        self.client: str | None = None
+        self.counting = False
+        self.stream: MessagesFromChatStream | ChatFromMessagesStream | None = None
+        self.include_usage = False
+        self.streaming = False
+        self.status = 0
+        self.head: ResponseHead | None = None
+        #: A whole answer (JSON, or an error) collected to be rebuilt.
+        self.body: list[bytes] | None = None
+        self.body_size = 0
+
+    # -- the request ---------------------------------------------------------------------
+
+    def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
+        info = self.callbacks.stream_info
+        if head.method != "POST" or info.cluster is None:
+            return FilterStatus.CONTINUE
+        api = client_api(head.path)
+        cluster = self.config.clusters.get(info.cluster)
+        if api is None or cluster is None or api in cluster.apis:
+            return FilterStatus.CONTINUE
+        path = head.path.split("?", 1)[0].rstrip("/")
+        if api == MESSAGES and CHAT in cluster.apis:
+            self.counting = path.endswith("/count_tokens")
+        elif not (api == CHAT and MESSAGES in cluster.apis):
+            self.callbacks.send_local_reply(
+                404,
+                f"cluster {cluster.name!r} speaks {', '.join(sorted(cluster.apis))}, and "
+                f"the gateway cannot translate {path} into it; route this model to a "
+                "cluster that speaks this API",
+                code="api_not_supported",
+            )
+            return FilterStatus.STOP_ITERATION
+        self.client = info.api = api
+        head.path = _UPSTREAM_PATH[api]
+        head.headers.remove_all(frozenset(_CLIENT_HEADERS[api]))
+        return FilterStatus.CONTINUE
+
+    def decode_data(self, data: bytes, end_stream: bool) -> DataResult:
+        if self.client is None or not end_stream:
+            return FilterStatus.CONTINUE
+        document = self.callbacks.request_json()
+        if document is None:
+            self.callbacks.send_local_reply(
+                400, "the request body must be a JSON object", code="invalid_request_body"
+            )
+            return FilterStatus.STOP_ITERATION
+        if self.counting:
+            body = json.dumps({"input_tokens": count_tokens_estimate(document)}).encode()
+            self.callbacks.send_local_response(200, body, "application/json")
+            return FilterStatus.STOP_ITERATION
+        cluster = self.config.clusters[self.callbacks.stream_info.cluster or ""]
+        try:
+            if self.client == MESSAGES:
+                translated = chat_request(document, max_tokens_field=cluster.max_tokens_field)
+            else:
+                translated = messages_request(
+                    document, default_max_tokens=self.config.default_max_tokens
+                )
+        except Untranslatable as e:
+            self.callbacks.send_local_reply(
+                400,
+                f"{e}; the request was not sent, as the answer could not be what it asks for",
+                code="unsupported_parameter",
+            )
+            return FilterStatus.STOP_ITERATION
+        self.streaming = translated.get("stream") is True
+        options = document.get("stream_options")
+        self.include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        self.callbacks.set_request_json(translated)
+        return FilterStatus.CONTINUE
+
+    # -- the answer ----------------------------------------------------------------------
+
+    def encode_headers(self, head: ResponseHead, end_stream: bool) -> FilterStatus:
+        if self.client is None:
+            return FilterStatus.CONTINUE
+        self.status = head.status
+        content_type = head.headers.get("content-type") or ""
+        model = self.callbacks.stream_info.model
+        if 200 <= head.status < 300 and content_type.startswith("text/event-stream"):
+            if self.client == MESSAGES:
+                self.stream = MessagesFromChatStream(model)
+            else:
+                self.stream = ChatFromMessagesStream(model, self.include_usage)
+            head.headers.remove("content-length")
+            return FilterStatus.CONTINUE
+        if end_stream:
+            return FilterStatus.CONTINUE
+        # A whole answer or an error: rebuilt when it has all arrived.
+        self.head = head
+        self.body = []
+        return FilterStatus.STOP_ITERATION
+
+    def encode_data(self, data: bytes, end_stream: bool) -> DataResult:
+        stream = self.stream
+        if stream is not None:
+            out = stream.feed(data)
+            return out + stream.end() if end_stream else out
+        if self.body is None:
+            return FilterStatus.CONTINUE
+        self.body.append(data)
+        self.body_size += len(data)
+        if self.body_size > _MAX_BODY:
+            self.body = None
+            self.callbacks.send_local_reply(
+                502, "the upstream's answer is too large to translate", code="upstream_error"
+            )
+            return FilterStatus.STOP_ITERATION
+        if not end_stream:
+            return FilterStatus.STOP_ITERATION
+        body = self._rebuilt(b"".join(self.body))
+        self.body = None
+        head = self.head
+        assert head is not None
+        head.headers.set("content-type", "application/json")
+        head.headers.set("content-length", str(len(body)))
+        return body
+
+    def _rebuilt(self, raw: bytes) -> bytes:
+        try:
+            document = json.loads(raw)
+        except ValueError:
+            document = None
+        model = self.callbacks.stream_info.model
+        if 200 <= self.status < 300 and isinstance(document, dict) and "error" not in document:
+            if self.client == MESSAGES:
+                return json.dumps(messages_response(document, model)).encode()
+            return json.dumps(chat_response(document, model)).encode()
+        fields = error_fields(document)
+        if fields is None:
+            text = raw.decode("utf-8", "replace").strip()[:2000]
+            fields = (text or f"the upstream answered {self.status} with no body", None, None)
+        message, kind, code = fields
+        status = self.status if self.status >= 400 else 502
+        if self.client == MESSAGES:
+            return json.dumps(anthropic_error(status, message, kind)).encode()
+        return json.dumps(openai_error(status, message, kind, code)).encode()

@@ -1,0 +1,538 @@
+"""A Chat Completions client (``POST /v1/chat/completions``) in front of an upstream that
+speaks only Anthropic's Messages: the request becomes a Messages request, the answer — a
+JSON document or an event stream — becomes a chat completion (no I/O).
+
+`ChatFromMessagesStream` is the state machine for the stream: Messages events in, chat
+chunks out, every chunk with the same ``id``, ``created`` and ``model``; tool calls are
+numbered from 0 in the order they start (not by Anthropic's block index); the finish
+reason comes once, the usage chunk only when the client asked for it, ``[DONE]`` last.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+from filterproxy.http.sse import SSEDecoder
+from filterproxy.translate.common import (
+    Untranslatable,
+    chat_usage,
+    error_fields,
+    finish_from_stop,
+    new_id,
+    openai_error,
+)
+
+__all__ = ["ChatFromMessagesStream", "chat_response", "messages_request"]
+
+#: Anthropic's thinking budget for each reasoning_effort.
+_BUDGETS: Final = {"minimal": 1024, "low": 1024, "medium": 2048, "high": 4096, "xhigh": 8192}
+
+
+def _data_url(url: str, path: str) -> dict[str, Any]:
+    if url.startswith("data:"):
+        header, _, data = url.partition(",")
+        media = header[5:].split(";", 1)[0] or "image/png"
+        if ";base64" not in header:
+            raise Untranslatable(path, "a data: URL must be base64-encoded")
+        return {"type": "base64", "media_type": media, "data": data}
+    return {"type": "url", "url": url}
+
+
+def _user_blocks(content: Any, path: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks: list[dict[str, Any]] = []
+    for i, part in enumerate(content if isinstance(content, list) else []):
+        where = f"{path}[{i}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            if part.get("text"):
+                blocks.append({"type": "text", "text": part["text"]})
+        elif kind == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            blocks.append({"type": "image", "source": _data_url(str(url or ""), where)})
+        elif kind == "file":
+            file = part.get("file") or {}
+            data = file.get("file_data")
+            if not isinstance(data, str) or not data.startswith("data:"):
+                raise Untranslatable(
+                    f"{where}.file", "only inline files (file_data as a data: URL) can be sent"
+                )
+            source = _data_url(data, where)
+            blocks.append({"type": "document", "source": source})
+        else:
+            raise Untranslatable(
+                f"{where}.type", f"content part {kind!r} has no Messages API counterpart"
+            )
+    return blocks
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return ""
+
+
+def _assistant_blocks(message: Mapping[str, Any], path: str) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    text = _text(message.get("content"))
+    if text:  # never an empty text block: Anthropic refuses it
+        blocks.append({"type": "text", "text": text})
+    calls = message.get("tool_calls")
+    for j, call in enumerate(calls if isinstance(calls, list) else []):
+        function = call.get("function") or {}
+        arguments = function.get("arguments") or "{}"
+        try:
+            parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise Untranslatable(
+                f"{path}.tool_calls[{j}].function.arguments",
+                "must be a JSON object (the Messages API stores tool input as an object)",
+            )
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": str(call.get("id", "")),
+                "name": str(function.get("name", "")),
+                "input": parsed,
+            }
+        )
+    return blocks
+
+
+def _messages(turns: list[Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """(Anthropic turns, system texts) of an OpenAI ``messages`` list."""
+    system: list[str] = []
+    out: list[dict[str, Any]] = []
+    for i, message in enumerate(turns):
+        path = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise Untranslatable(path, "a message is an object with a role")
+        role = message.get("role")
+        if role in ("system", "developer"):
+            text = _text(message.get("content"))
+            if text:
+                system.append(text)
+            continue
+        if role == "tool":
+            result = {
+                "type": "tool_result",
+                "tool_use_id": str(message.get("tool_call_id", "")),
+                "content": _text(message.get("content")),
+            }
+            # Every result of one assistant turn goes in one user turn, before its text.
+            if out and out[-1]["role"] == "user" and out[-1].get("_results"):
+                out[-1]["content"].append(result)
+            else:
+                out.append({"role": "user", "content": [result], "_results": True})
+            continue
+        if role == "user":
+            blocks = _user_blocks(message.get("content"), f"{path}.content")
+            if out and out[-1]["role"] == "user" and out[-1].get("_results"):
+                out[-1]["content"].extend(blocks)
+                out[-1].pop("_results")
+            elif blocks:
+                out.append({"role": "user", "content": blocks})
+            continue
+        if role == "assistant":
+            blocks = _assistant_blocks(message, path)
+            if blocks:
+                out.append({"role": "assistant", "content": blocks})
+            continue
+        if role == "function":
+            raise Untranslatable(
+                f"{path}.role", "the legacy 'function' role is not supported; use tools"
+            )
+        raise Untranslatable(f"{path}.role", f"unknown role {role!r}")
+    for turn in out:
+        turn.pop("_results", None)
+    return out, system
+
+
+def _tools(tools: Any) -> list[dict[str, Any]]:
+    result = []
+    for i, tool in enumerate(tools if isinstance(tools, list) else []):
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+            kind = tool.get("type") if isinstance(tool, dict) else tool
+            raise Untranslatable(
+                f"tools[{i}].type", f"tool type {kind!r} has no Messages API counterpart"
+            )
+        function = tool.get("function") or {}
+        entry: dict[str, Any] = {
+            "name": function.get("name"),
+            "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
+        }
+        if function.get("description"):
+            entry["description"] = function["description"]
+        result.append(entry)
+    return result
+
+
+def _tool_choice(document: Mapping[str, Any]) -> dict[str, Any] | None:
+    choice = document.get("tool_choice")
+    result: dict[str, Any] | None
+    if choice == "auto":
+        result = {"type": "auto"}
+    elif choice == "required":
+        result = {"type": "any"}
+    elif choice == "none":
+        result = {"type": "none"}
+    elif isinstance(choice, dict):
+        function = choice.get("function") or {}
+        result = {"type": "tool", "name": function.get("name")}
+    else:
+        result = None
+    if document.get("parallel_tool_calls") is False and (result or {}).get("type") != "none":
+        result = {**(result or {"type": "auto"}), "disable_parallel_tool_use": True}
+    return result
+
+
+def messages_request(
+    document: Mapping[str, Any], *, default_max_tokens: int = 4096
+) -> dict[str, Any]:
+    """The Messages request for a chat completion request *document*. Anthropic needs
+    ``max_tokens``: *default_max_tokens* when the client gave none.
+
+    Raises:
+        Untranslatable: a field that would change the answer has no counterpart.
+    """
+    n = document.get("n")
+    if n is not None and n != 1:
+        raise Untranslatable(
+            "n", "the Messages API returns one answer; send n: 1 (or leave it out)"
+        )
+    if document.get("logprobs"):
+        raise Untranslatable("logprobs", "the Messages API does not return log probabilities")
+    modalities = document.get("modalities")
+    if isinstance(modalities, list) and any(m != "text" for m in modalities):
+        raise Untranslatable("modalities", "the Messages API answers in text only")
+    if document.get("audio"):
+        raise Untranslatable("audio", "the Messages API answers in text only")
+    if document.get("functions"):
+        raise Untranslatable("functions", "legacy functions are not supported; use tools")
+    turns = document.get("messages")
+    if not isinstance(turns, list):
+        raise Untranslatable("messages", "must be a list of messages")
+    messages, system = _messages(turns)
+    request: dict[str, Any] = {"model": document.get("model"), "messages": messages}
+    if system:
+        request["system"] = "\n".join(system)
+    limit = document.get("max_completion_tokens") or document.get("max_tokens")
+    request["max_tokens"] = limit if isinstance(limit, int) and limit > 0 else default_max_tokens
+    if document.get("temperature") is not None:
+        # Anthropic's range is 0..1 (OpenAI's 0..2); newer models refuse top_p with it.
+        request["temperature"] = min(float(document["temperature"]), 1.0)
+    elif document.get("top_p") is not None:
+        request["top_p"] = document["top_p"]
+    stop = document.get("stop")
+    stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
+    stops = [s for s in stops if isinstance(s, str) and s.strip()]
+    if stops:
+        request["stop_sequences"] = stops
+    if document.get("stream") is True:
+        request["stream"] = True
+    if document.get("tools"):
+        request["tools"] = _tools(document["tools"])
+    choice = _tool_choice(document)
+    if choice is not None and (request.get("tools") or choice["type"] == "none"):
+        request["tool_choice"] = choice
+    user = document.get("user") or document.get("safety_identifier")
+    if isinstance(user, str) and user and "@" not in user:
+        request["metadata"] = {"user_id": user}
+    effort = document.get("reasoning_effort")
+    if isinstance(effort, str) and effort in _BUDGETS:
+        budget = _BUDGETS[effort]
+        request["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        if request["max_tokens"] <= budget:
+            request["max_tokens"] = budget + default_max_tokens
+        request.pop("temperature", None)  # not allowed with thinking
+        request.pop("top_p", None)
+    fmt = document.get("response_format")
+    if isinstance(fmt, dict):
+        if fmt.get("type") == "json_schema":
+            schema = (fmt.get("json_schema") or {}).get("schema") or {}
+            request["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+        elif fmt.get("type") == "json_object":
+            raise Untranslatable(
+                "response_format",
+                "json_object has no Messages API counterpart; use json_schema with a schema",
+            )
+    return request
+
+
+def chat_response(document: Mapping[str, Any], model: str | None) -> dict[str, Any]:
+    """The chat completion for a Messages answer *document*."""
+    texts: list[str] = []
+    thinking: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for block in document.get("content") or []:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            texts.append(block.get("text", ""))
+        elif kind == "thinking":
+            thinking.append(block.get("thinking", ""))
+        elif kind in ("tool_use", "server_tool_use"):
+            calls.append(
+                {
+                    "id": block.get("id"),
+                    "type": "function",
+                    "function": {
+                        "name": block.get("name"),
+                        "arguments": json.dumps(block.get("input") or {}),
+                    },
+                }
+            )
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
+    if calls:
+        message["tool_calls"] = calls
+    if thinking:
+        message["reasoning_content"] = "".join(thinking)
+    message_id = str(document.get("id") or new_id(""))
+    return {
+        "id": "chatcmpl-" + message_id.removeprefix("msg_"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": document.get("model") or model,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": finish_from_stop(document.get("stop_reason")),
+                "logprobs": None,
+            }
+        ],
+        "usage": chat_usage(document.get("usage") or {}),
+    }
+
+
+# -- the stream ------------------------------------------------------------------------
+
+_DONE: Final = b"data: [DONE]\n\n"
+_TAIL: Final = b',"logprobs":null,"finish_reason":null}]}\n\n'
+_PING: Final = b": ping\n\n"
+
+
+class ChatFromMessagesStream:
+    """Messages events in, Chat Completions chunks out (see the module's description)."""
+
+    __slots__ = (
+        "closed",
+        "created",
+        "decoder",
+        "finished",
+        "id",
+        "include_usage",
+        "model",
+        "prefix",
+        "started",
+        "tool_of_block",
+        "tools",
+        "usage",
+    )
+
+    def __init__(self, model: str | None, include_usage: bool) -> None:
+        self.decoder = SSEDecoder()
+        self.model = model
+        self.include_usage = include_usage
+        self.id = new_id("chatcmpl-")
+        self.created = int(time.time())
+        self.started = False
+        self.finished = False
+        self.closed = False
+        self.tools = 0
+        #: Anthropic block index → OpenAI tool-call index.
+        self.tool_of_block: dict[int, int] = {}
+        self.usage: dict[str, Any] = {}
+        self.prefix = b""
+
+    def feed(self, data: bytes) -> bytes:
+        """The chat chunks completed by *data*, the next piece of the upstream body."""
+        if self.closed:
+            return b""
+        out: list[bytes] = []
+        for event in self.decoder.feed(data):
+            if self.closed:
+                break
+            if event.data is None:
+                out.append(_PING)
+                continue
+            try:
+                document = json.loads(event.data)
+            except ValueError:
+                self._error(
+                    out, 502, f"the upstream sent an event that is not JSON: {event.data[:100]!r}"
+                )
+                continue
+            if not isinstance(document, dict):
+                continue
+            kind = document.get("type") or event.event
+            handler = _HANDLERS.get(kind) if isinstance(kind, str) else None
+            if handler is not None:
+                handler(self, document, out)
+            elif "error" in document:
+                self._on_error(document, out)
+        return b"".join(out)
+
+    def end(self) -> bytes:
+        """The upstream's body ended: an ``error`` chunk when the message never stopped."""
+        if self.closed:
+            return b""
+        out: list[bytes] = []
+        self._error(out, 502, "the upstream's stream ended before the answer was complete")
+        return b"".join(out)
+
+    def fail(self, status: int, message: str, kind: str | None = None) -> bytes:
+        if self.closed:
+            return b""
+        out: list[bytes] = []
+        self._error(out, status, message, kind)
+        return b"".join(out)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _chunk(self, delta: str, finish: str | None = None) -> bytes:
+        """A chunk whose delta is the JSON text *delta*."""
+        if not self.prefix:
+            self.prefix = (
+                f'data: {{"id":{json.dumps(self.id)},"object":"chat.completion.chunk",'
+                f'"created":{self.created},"model":{json.dumps(self.model)},'
+                '"choices":[{"index":0,"delta":'
+            ).encode()
+        if finish is None:
+            return self.prefix + delta.encode() + _TAIL
+        tail = f',"logprobs":null,"finish_reason":{json.dumps(finish)}}}]}}\n\n'
+        return self.prefix + delta.encode() + tail.encode()
+
+    def _on_start(self, document: dict[str, Any], out: list[bytes]) -> None:
+        message = document.get("message") or {}
+        if isinstance(message.get("model"), str):
+            self.model = message["model"]
+        if isinstance(message.get("id"), str):
+            self.id = "chatcmpl-" + message["id"].removeprefix("msg_")
+        if isinstance(message.get("usage"), dict):
+            self.usage.update({k: v for k, v in message["usage"].items() if v is not None})
+        if not self.started:
+            self.started = True
+            out.append(self._chunk('{"role":"assistant","content":""}'))
+
+    def _on_block_start(self, document: dict[str, Any], out: list[bytes]) -> None:
+        block = document.get("content_block") or {}
+        kind = block.get("type")
+        index = document.get("index")
+        if kind in ("tool_use", "server_tool_use") and isinstance(index, int):
+            k = self.tools
+            self.tools += 1
+            self.tool_of_block[index] = k
+            arguments = json.dumps(block["input"]) if block.get("input") else ""
+            call = {
+                "index": k,
+                "id": block.get("id"),
+                "type": "function",
+                "function": {"name": block.get("name"), "arguments": arguments},
+            }
+            out.append(self._chunk(json.dumps({"tool_calls": [call]})))
+        elif kind == "text" and block.get("text"):
+            out.append(self._chunk(json.dumps({"content": block["text"]})))
+        elif kind == "thinking" and block.get("thinking"):
+            out.append(self._chunk(json.dumps({"reasoning_content": block["thinking"]})))
+
+    def _on_delta(self, document: dict[str, Any], out: list[bytes]) -> None:
+        delta = document.get("delta") or {}
+        kind = delta.get("type")
+        if kind == "text_delta":
+            text = delta.get("text")
+            if text:
+                out.append(self._chunk('{"content":' + json.dumps(text) + "}"))
+        elif kind == "input_json_delta":
+            fragment = delta.get("partial_json")
+            k = self.tool_of_block.get(document.get("index", -1))
+            if fragment and k is not None:
+                out.append(
+                    self._chunk(
+                        f'{{"tool_calls":[{{"index":{k},"function":{{"arguments":'
+                        f"{json.dumps(fragment)}}}}}]}}"
+                    )
+                )
+        elif kind == "thinking_delta":
+            text = delta.get("thinking")
+            if text:
+                out.append(self._chunk('{"reasoning_content":' + json.dumps(text) + "}"))
+
+    def _on_message_delta(self, document: dict[str, Any], out: list[bytes]) -> None:
+        usage = document.get("usage")
+        if isinstance(usage, dict):  # cumulative: the latest value of each count wins
+            self.usage.update({k: v for k, v in usage.items() if v is not None})
+        reason = (document.get("delta") or {}).get("stop_reason")
+        if not self.finished:
+            self.finished = True
+            out.append(self._chunk("{}", finish_from_stop(reason)))
+
+    def _on_stop(self, document: dict[str, Any], out: list[bytes]) -> None:
+        if not self.finished:
+            self.finished = True
+            out.append(self._chunk("{}", "stop"))
+        if self.include_usage:
+            out.append(
+                b"data: "
+                + json.dumps(
+                    {
+                        "id": self.id,
+                        "object": "chat.completion.chunk",
+                        "created": self.created,
+                        "model": self.model,
+                        "choices": [],
+                        "usage": chat_usage(self.usage),
+                    },
+                    separators=(",", ":"),
+                ).encode()
+                + b"\n\n"
+            )
+        out.append(_DONE)
+        self.closed = True
+
+    def _on_ping(self, document: dict[str, Any], out: list[bytes]) -> None:
+        out.append(_PING)
+
+    def _on_ignored(self, document: dict[str, Any], out: list[bytes]) -> None:
+        pass
+
+    def _on_error(self, document: dict[str, Any], out: list[bytes]) -> None:
+        fields = error_fields(document)
+        message, kind, code = fields if fields else (json.dumps(document), None, None)
+        status = 529 if kind == "overloaded_error" else 500
+        self._error(out, status, message, kind, code)
+
+    def _error(
+        self,
+        out: list[bytes],
+        status: int,
+        message: str,
+        kind: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        # The OpenAI SDK raises APIError on any event whose data has an "error" key.
+        self.closed = True
+        body = json.dumps(openai_error(status, message, kind, code), separators=(",", ":"))
+        out.append(b"event: error\ndata: " + body.encode() + b"\n\n")
+
+
+_HANDLERS: Final = {
+    "message_start": ChatFromMessagesStream._on_start,
+    "content_block_start": ChatFromMessagesStream._on_block_start,
+    "content_block_delta": ChatFromMessagesStream._on_delta,
+    "content_block_stop": ChatFromMessagesStream._on_ignored,
+    "message_delta": ChatFromMessagesStream._on_message_delta,
+    "message_stop": ChatFromMessagesStream._on_stop,
+    "ping": ChatFromMessagesStream._on_ping,
+    "error": ChatFromMessagesStream._on_error,
+}

@@ -1,0 +1,189 @@
+"""What both directions of the translation share: the refusal, reason and usage maps,
+identifiers, and the error shapes of the two APIs (no I/O)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Mapping
+from typing import Any, Final
+
+from filterproxy.http.apis import CHAT, MESSAGES, RESPONSES
+from filterproxy.http.errors import anthropic_error_type
+
+__all__ = [
+    "CHAT",
+    "MESSAGES",
+    "RESPONSES",
+    "Untranslatable",
+    "anthropic_error",
+    "anthropic_usage",
+    "chat_usage",
+    "error_fields",
+    "finish_from_stop",
+    "new_id",
+    "openai_error",
+    "stop_from_finish",
+]
+
+
+class Untranslatable(ValueError):
+    """A request field that has no counterpart in the upstream's API and would change
+    the answer if dropped: the client gets a 400 that names it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {problem}")
+
+
+def new_id(prefix: str) -> str:
+    """A fresh identifier in the style of the API (``msg_…``, ``chatcmpl-…``)."""
+    return prefix + secrets.token_hex(12)
+
+
+# -- finish reasons ------------------------------------------------------------------
+
+_STOP_FROM_FINISH: Final = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+_FINISH_FROM_STOP: Final = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "compaction": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+def stop_from_finish(finish_reason: Any, saw_tool_call: bool) -> str:
+    """Anthropic's ``stop_reason`` for an OpenAI ``finish_reason``. Some providers say
+    ``stop`` after tool calls (Gemini): a turn that called tools ends in ``tool_use``."""
+    reason = _STOP_FROM_FINISH.get(finish_reason, "end_turn") if finish_reason else "end_turn"
+    if saw_tool_call and reason == "end_turn":
+        return "tool_use"
+    return reason
+
+
+def finish_from_stop(stop_reason: Any) -> str:
+    """OpenAI's ``finish_reason`` for an Anthropic ``stop_reason``."""
+    return _FINISH_FROM_STOP.get(stop_reason, "stop") if stop_reason else "stop"
+
+
+# -- usage ---------------------------------------------------------------------------
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def anthropic_usage(usage: Mapping[str, Any]) -> dict[str, int]:
+    """Anthropic's usage from OpenAI's: its ``input_tokens`` leave cached tokens out,
+    OpenAI's ``prompt_tokens`` count them in."""
+    details = usage.get("prompt_tokens_details")
+    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    written = _int(usage.get("cache_creation_input_tokens")) or _int(
+        usage.get("cache_creation_tokens")
+    )
+    return {
+        "input_tokens": max(_int(usage.get("prompt_tokens")) - cached - written, 0),
+        "cache_creation_input_tokens": written,
+        "cache_read_input_tokens": cached,
+        "output_tokens": _int(usage.get("completion_tokens")),
+    }
+
+
+def chat_usage(usage: Mapping[str, Any]) -> dict[str, Any]:
+    """OpenAI's usage from Anthropic's (cache reads and writes counted into the prompt)."""
+    read = _int(usage.get("cache_read_input_tokens"))
+    written = _int(usage.get("cache_creation_input_tokens"))
+    prompt = _int(usage.get("input_tokens")) + read + written
+    completion = _int(usage.get("output_tokens"))
+    result: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": read},
+    }
+    if written:
+        result["cache_creation_input_tokens"] = written
+    details = usage.get("output_tokens_details")
+    if isinstance(details, dict) and _int(details.get("thinking_tokens")):
+        result["completion_tokens_details"] = {
+            "reasoning_tokens": _int(details.get("thinking_tokens"))
+        }
+    return result
+
+
+# -- errors --------------------------------------------------------------------------
+
+_ANTHROPIC_KINDS: Final = frozenset(
+    {
+        "invalid_request_error",
+        "authentication_error",
+        "billing_error",
+        "permission_error",
+        "not_found_error",
+        "request_too_large",
+        "rate_limit_error",
+        "api_error",
+        "overloaded_error",
+    }
+)
+_OPENAI_TYPES: Final = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+}
+
+
+def openai_error_type(status: int) -> str:
+    if status in _OPENAI_TYPES:
+        return _OPENAI_TYPES[status]
+    return "invalid_request_error" if 400 <= status < 500 else "server_error"
+
+
+def error_fields(document: Any) -> tuple[str, str | None, str | None] | None:
+    """(message, type, code) of an error document in either API's shape — OpenAI's
+    ``{"error": {...}}`` or Anthropic's ``{"type": "error", "error": {...}}`` — or None
+    when *document* is not an error."""
+    if not isinstance(document, dict):
+        return None
+    error = document.get("error")
+    if isinstance(error, str):
+        return error, None, None
+    if not isinstance(error, dict):
+        return None
+    message = error.get("message")
+    kind = error.get("type")
+    code = error.get("code")
+    return (
+        message if isinstance(message, str) else json.dumps(error),
+        kind if isinstance(kind, str) else None,
+        code if isinstance(code, str) else None,
+    )
+
+
+def anthropic_error(status: int, message: str, kind: str | None = None) -> dict[str, Any]:
+    """Anthropic's error document. A type from the other API is replaced by the one
+    Anthropic's SDK knows for *status*."""
+    if kind not in _ANTHROPIC_KINDS:
+        kind = anthropic_error_type(status)
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def openai_error(
+    status: int, message: str, kind: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error document (``param`` and ``code`` as its SDK reads them)."""
+    if kind is None or (kind in _ANTHROPIC_KINDS and kind != "rate_limit_error"):
+        kind = openai_error_type(status)
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}

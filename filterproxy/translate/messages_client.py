@@ -1,0 +1,626 @@
+"""A Messages client (``POST /v1/messages``) in front of an upstream that speaks only
+Chat Completions: the request becomes a chat completion request, the answer — a JSON
+document or an event stream — becomes a Messages answer (no I/O).
+
+The stream is translated by `MessagesFromChatStream`, a state machine fed the upstream's
+bytes as they arrive, split anywhere: one chat chunk may open and close several content
+blocks, and the message ends exactly once (on the usage chunk, ``[DONE]`` or the end of
+the stream, whichever comes first), or with an ``error`` event when the upstream fails
+or stops short — never with a faked clean end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any, Final
+
+from filterproxy.http.sse import SSEDecoder
+from filterproxy.translate.common import (
+    Untranslatable,
+    anthropic_error,
+    anthropic_usage,
+    error_fields,
+    new_id,
+    stop_from_finish,
+)
+
+__all__ = [
+    "MessagesFromChatStream",
+    "chat_request",
+    "count_tokens_estimate",
+    "messages_response",
+]
+
+#: reasoning_effort for Anthropic's thinking budgets (budget_tokens ≤ the bound).
+_EFFORT_BY_BUDGET: Final = ((2048, "low"), (8192, "medium"))
+#: Request fields refused: the answer would not be what the client asked for.
+_REFUSED: Final = {
+    "mcp_servers": "MCP servers run inside Anthropic's API; the upstream speaks Chat Completions and cannot call them",
+    "container": "code-execution containers exist only in Anthropic's API",
+}
+
+
+def _text_of(content: Any) -> str:
+    """The text of a string or of a list of text blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text"
+        )
+    return ""
+
+
+def _image_part(block: Mapping[str, Any], path: str) -> dict[str, Any]:
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise Untranslatable(f"{path}.source", "an image needs a source")
+    if source.get("type") == "base64":
+        url = f"data:{source.get('media_type', 'image/png')};base64,{source.get('data', '')}"
+    elif source.get("type") == "url":
+        url = str(source.get("url", ""))
+    else:
+        raise Untranslatable(
+            f"{path}.source.type",
+            f"image source {source.get('type')!r} has no Chat Completions counterpart; "
+            "send the image as base64 or a URL",
+        )
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _document_part(block: Mapping[str, Any], path: str) -> dict[str, Any]:
+    source = block.get("source")
+    if isinstance(source, dict) and source.get("type") == "base64":
+        media = source.get("media_type", "application/pdf")
+        file: dict[str, Any] = {"file_data": f"data:{media};base64,{source.get('data', '')}"}
+        if isinstance(block.get("title"), str):
+            file["filename"] = block["title"]
+        return {"type": "file", "file": file}
+    if isinstance(source, dict) and source.get("type") == "text":
+        return {"type": "text", "text": str(source.get("data", ""))}
+    raise Untranslatable(
+        f"{path}.source", "only base64 and text documents have a Chat Completions counterpart"
+    )
+
+
+def _user_parts(blocks: list[Any], path: str) -> tuple[list[dict[str, Any]], list[Any]]:
+    """(tool messages, content parts) of a user turn's blocks."""
+    tools: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
+    for i, block in enumerate(blocks):
+        where = f"{path}[{i}]"
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            parts.append({"type": "text", "text": block.get("text", "")})
+        elif kind == "image":
+            parts.append(_image_part(block, where))
+        elif kind == "document":
+            parts.append(_document_part(block, where))
+        elif kind == "tool_result":
+            text = _text_of(block.get("content", ""))
+            if block.get("is_error"):
+                text = f"Error: {text}"
+            tools.append(
+                {"role": "tool", "tool_call_id": str(block.get("tool_use_id", "")), "content": text}
+            )
+        elif kind in ("thinking", "redacted_thinking"):
+            continue
+        else:
+            raise Untranslatable(
+                f"{where}.type", f"content block {kind!r} has no Chat Completions counterpart"
+            )
+    return tools, parts
+
+
+def _joined(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """Content parts as a plain string when they are all text (what every OpenAI-
+    compatible server takes), else the list."""
+    if all(p["type"] == "text" for p in parts):
+        return "\n".join(p["text"] for p in parts)
+    return parts
+
+
+def _assistant_message(blocks: Any, path: str) -> dict[str, Any]:
+    if isinstance(blocks, str):
+        return {"role": "assistant", "content": blocks}
+    texts: list[str] = []
+    thinking: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for i, block in enumerate(blocks if isinstance(blocks, list) else []):
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            texts.append(block.get("text", ""))
+        elif kind == "thinking":
+            thinking.append(block.get("thinking", ""))
+        elif kind in ("tool_use", "server_tool_use"):
+            calls.append(
+                {
+                    "id": str(block.get("id", "")),
+                    "type": "function",
+                    "function": {
+                        "name": str(block.get("name", "")),
+                        "arguments": json.dumps(block.get("input") or {}),
+                    },
+                }
+            )
+        elif kind == "redacted_thinking":
+            continue
+        else:
+            raise Untranslatable(
+                f"{path}[{i}].type",
+                f"assistant content block {kind!r} has no Chat Completions counterpart",
+            )
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
+    if calls:
+        message["tool_calls"] = calls
+    elif message["content"] is None:
+        message["content"] = ""
+    if thinking:
+        message["reasoning_content"] = "".join(thinking)
+    return message
+
+
+def _tools(tools: Any) -> list[dict[str, Any]]:
+    result = []
+    for i, tool in enumerate(tools if isinstance(tools, list) else []):
+        if not isinstance(tool, dict):
+            raise Untranslatable(f"tools[{i}]", "a tool is an object")
+        kind = tool.get("type")
+        if kind not in (None, "custom") or "input_schema" not in tool:
+            raise Untranslatable(
+                f"tools[{i}]",
+                f"server tool {kind or tool.get('name')!r} runs only inside Anthropic's API; "
+                "the upstream speaks Chat Completions (define it as a client tool with an input_schema)",
+            )
+        function: dict[str, Any] = {
+            "name": tool.get("name"),
+            "parameters": tool.get("input_schema") or {"type": "object", "properties": {}},
+        }
+        if tool.get("description"):
+            function["description"] = tool["description"]
+        result.append({"type": "function", "function": function})
+    return result
+
+
+def _tool_choice(choice: Any, request: dict[str, Any]) -> None:
+    if not isinstance(choice, dict):
+        return
+    kind = choice.get("type")
+    if kind == "auto":
+        request["tool_choice"] = "auto"
+    elif kind == "any":
+        request["tool_choice"] = "required"
+    elif kind == "none":
+        request["tool_choice"] = "none"
+    elif kind == "tool":
+        request["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
+    if choice.get("disable_parallel_tool_use") and kind != "none":
+        request["parallel_tool_calls"] = False
+
+
+def _reasoning_effort(thinking: Any, output_config: Any) -> str | None:
+    if not isinstance(thinking, dict):
+        return None
+    kind = thinking.get("type")
+    if kind == "enabled":
+        budget = thinking.get("budget_tokens")
+        if isinstance(budget, int):
+            for bound, effort in _EFFORT_BY_BUDGET:
+                if budget <= bound:
+                    return effort
+        return "high"
+    if kind == "adaptive":
+        wanted = output_config.get("effort") if isinstance(output_config, dict) else None
+        if not isinstance(wanted, str):
+            return "medium"
+        return {"max": "high", "xhigh": "high"}.get(wanted, wanted)
+    return None
+
+
+def chat_request(
+    document: Mapping[str, Any], *, max_tokens_field: str = "max_tokens"
+) -> dict[str, Any]:
+    """The chat completion request for a Messages request *document*.
+
+    *max_tokens_field* is what the upstream calls the output limit (``max_tokens`` for
+    most OpenAI-compatible servers, ``max_completion_tokens`` for OpenAI itself).
+
+    Raises:
+        Untranslatable: a field that would change the answer has no counterpart.
+    """
+    for key, why in _REFUSED.items():
+        if document.get(key):
+            raise Untranslatable(key, why)
+    messages: list[dict[str, Any]] = []
+    system = _text_of(document.get("system"))
+    if system:
+        messages.append({"role": "system", "content": system})
+    turns = document.get("messages")
+    if not isinstance(turns, list):
+        raise Untranslatable("messages", "must be a list of turns")
+    for i, turn in enumerate(turns):
+        path = f"messages[{i}].content"
+        if not isinstance(turn, dict):
+            raise Untranslatable(f"messages[{i}]", "a turn is an object with role and content")
+        role, content = turn.get("role"), turn.get("content")
+        if role == "assistant":
+            messages.append(_assistant_message(content, path))
+        elif role == "system":
+            messages.append({"role": "system", "content": _text_of(content)})
+        elif isinstance(content, str):
+            messages.append({"role": "user", "content": content})
+        elif isinstance(content, list):
+            tools, parts = _user_parts(content, path)
+            messages.extend(tools)  # results first, right after the assistant's calls
+            if parts:
+                messages.append({"role": "user", "content": _joined(parts)})
+        else:
+            raise Untranslatable(path, "must be a string or a list of content blocks")
+    request: dict[str, Any] = {"model": document.get("model"), "messages": messages}
+    if isinstance(document.get("max_tokens"), int):
+        request[max_tokens_field] = document["max_tokens"]
+    for key in ("temperature", "top_p"):
+        if document.get(key) is not None:
+            request[key] = document[key]
+    stops = document.get("stop_sequences")
+    if isinstance(stops, list) and stops:
+        request["stop"] = stops
+    if document.get("stream") is True:
+        request["stream"] = True
+        # Always: the usage comes in the stream's last chunk (Anthropic always reports it).
+        request["stream_options"] = {"include_usage": True}
+    if document.get("tools"):
+        request["tools"] = _tools(document["tools"])
+    _tool_choice(document.get("tool_choice"), request)
+    metadata = document.get("metadata")
+    if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
+        request["user"] = metadata["user_id"]
+    effort = _reasoning_effort(document.get("thinking"), document.get("output_config"))
+    if effort is not None:
+        request["reasoning_effort"] = effort
+    output = document.get("output_config")
+    fmt = output.get("format") if isinstance(output, dict) else document.get("output_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        request["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "response", "schema": fmt.get("schema") or {}},
+        }
+    return request
+
+
+def count_tokens_estimate(document: Mapping[str, Any]) -> int:
+    """An estimate of a Messages request's input tokens (``/v1/messages/count_tokens``
+    where the upstream has no such endpoint): a quarter of the characters of its system
+    prompt, turns and tools, as JSON — about right for English and code; no tokenizer."""
+    counted = {k: document.get(k) for k in ("system", "messages", "tools") if document.get(k)}
+    return max(1, math.ceil(len(json.dumps(counted)) / 4))
+
+
+def _content_blocks(message: Mapping[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+    blocks: list[dict[str, Any]] = []
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if isinstance(reasoning, str) and reasoning:
+        blocks.append({"type": "thinking", "thinking": reasoning, "signature": ""})
+    text = message.get("content")
+    if isinstance(text, list):
+        text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
+    if isinstance(text, str) and text:
+        blocks.append({"type": "text", "text": text})
+    refusal = message.get("refusal")
+    if isinstance(refusal, str) and refusal:
+        blocks.append({"type": "text", "text": refusal})
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else []:
+        function = call.get("function") or {}
+        arguments = function.get("arguments") or "{}"
+        try:
+            parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
+        except ValueError:
+            parsed = {"arguments": arguments}
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": str(call.get("id") or new_id("toolu_")),
+                "name": str(function.get("name", "")),
+                "input": parsed if isinstance(parsed, dict) else {"value": parsed},
+            }
+        )
+    return blocks, bool(calls)
+
+
+def messages_response(document: Mapping[str, Any], model: str | None) -> dict[str, Any]:
+    """The Messages answer for a chat completion *document* (its first choice)."""
+    choices = document.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else {}
+    message = choice.get("message") or {}
+    blocks, called = _content_blocks(message)
+    stop = stop_from_finish(choice.get("finish_reason"), called)
+    if isinstance(message.get("refusal"), str) and message["refusal"]:
+        stop = "refusal"
+    chat_id = document.get("id")
+    return {
+        "id": chat_id
+        if isinstance(chat_id, str) and chat_id.startswith("msg_")
+        else new_id("msg_"),
+        "type": "message",
+        "role": "assistant",
+        "model": document.get("model") or model,
+        "content": blocks,
+        "stop_reason": stop,
+        "stop_sequence": None,
+        "usage": anthropic_usage(document.get("usage") or {}),
+    }
+
+
+# -- the stream ------------------------------------------------------------------------
+
+_TEXT: Final = 1
+_THINKING: Final = 2
+_TOOL: Final = 3
+_PING: Final = b'event: ping\ndata: {"type":"ping"}\n\n'
+
+
+def _event(name: str, document: dict[str, Any]) -> bytes:
+    return b"event: %s\ndata: %s\n\n" % (
+        name.encode(),
+        json.dumps(document, separators=(",", ":")).encode(),
+    )
+
+
+def _text_delta(index: int, kind: str, key: str, text: str) -> bytes:
+    # The hot path: one string format, the text escaped by the C encoder.
+    document = (
+        f'{{"type":"content_block_delta","index":{index},"delta":{{"type":"{kind}",'
+        f'"{key}":{json.dumps(text)}}}}}'
+    )
+    return b"event: content_block_delta\ndata: " + document.encode() + b"\n\n"
+
+
+class MessagesFromChatStream:
+    """Chat Completions chunks in, Messages events out (see the module's description).
+
+    `feed` takes each piece of the upstream's body and returns the events it completes;
+    `end` is called when the upstream's body has ended; `fail` when the exchange failed.
+    """
+
+    __slots__ = (
+        "block",
+        "block_kind",
+        "closed",
+        "decoder",
+        "finish_reason",
+        "model",
+        "next_index",
+        "saw_tool",
+        "started",
+        "tool_ids",
+        "tools",
+        "usage",
+    )
+
+    def __init__(self, model: str | None) -> None:
+        self.decoder = SSEDecoder()
+        self.model = model
+        self.started = False
+        self.closed = False
+        #: The open block's index and kind (0: none open).
+        self.block = -1
+        self.block_kind = 0
+        self.next_index = 0
+        #: OpenAI tool-call index → Anthropic block index, and the call's id.
+        self.tools: dict[int, int] = {}
+        self.tool_ids: dict[int, str] = {}
+        self.saw_tool = False
+        self.finish_reason: Any = None
+        self.usage: dict[str, Any] | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        """The Messages events completed by *data*, the next piece of the upstream body."""
+        if self.closed:
+            return b""
+        out: list[bytes] = []
+        for event in self.decoder.feed(data):
+            if self.closed:
+                break
+            text = event.data
+            if text is None:
+                out.append(_PING)  # a comment (keep-alive): Anthropic's own keep-alive
+                continue
+            if text == "[DONE]":
+                if self.finish_reason is None and not self.started:
+                    self._error(out, 502, "the upstream's stream ended before any answer")
+                else:
+                    self._close(out)
+                continue
+            try:
+                chunk = json.loads(text)
+            except ValueError:
+                self._error(
+                    out, 502, f"the upstream sent an event that is not JSON: {text[:100]!r}"
+                )
+                continue
+            if not isinstance(chunk, dict):
+                continue
+            if "error" in chunk or event.event == "error":
+                fields = error_fields(chunk)
+                message = fields[0] if fields else text
+                self._error(out, 500, message, fields[1] if fields else None)
+                continue
+            self._chunk(chunk, out)
+        return b"".join(out)
+
+    def end(self) -> bytes:
+        """The upstream's body ended: the message's last events — or, when the stream
+        stopped before its finish reason, an ``error`` event."""
+        if self.closed:
+            return b""
+        out: list[bytes] = []
+        if self.finish_reason is None:
+            self._error(out, 502, "the upstream's stream ended before the answer was complete")
+        else:
+            self._close(out)
+        return b"".join(out)
+
+    def fail(self, status: int, message: str, kind: str | None = None) -> bytes:
+        """The exchange failed mid-stream: an ``error`` event (once)."""
+        if self.closed:
+            return b""
+        out: list[bytes] = []
+        self._error(out, status, message, kind)
+        return b"".join(out)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _start(self, chunk: Mapping[str, Any], out: list[bytes]) -> None:
+        self.started = True
+        chunk_id = chunk.get("id")
+        message_id = (
+            chunk_id
+            if isinstance(chunk_id, str) and chunk_id.startswith("msg_")
+            else new_id("msg_")
+        )
+        model = chunk.get("model") or self.model
+        out.append(
+            _event(
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": message_id,
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": {
+                            "input_tokens": 0,
+                            "cache_creation_input_tokens": 0,
+                            "cache_read_input_tokens": 0,
+                            "output_tokens": 0,
+                        },
+                    },
+                },
+            )
+        )
+
+    def _open(self, kind: int, block: dict[str, Any], out: list[bytes]) -> int:
+        self._close_block(out)
+        index = self.next_index
+        self.next_index += 1
+        self.block = index
+        self.block_kind = kind
+        out.append(
+            _event(
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": block},
+            )
+        )
+        return index
+
+    def _close_block(self, out: list[bytes]) -> None:
+        if self.block_kind:
+            out.append(
+                b'event: content_block_stop\ndata: {"type":"content_block_stop","index":%d}\n\n'
+                % self.block
+            )
+            self.block_kind = 0
+
+    def _chunk(self, chunk: Mapping[str, Any], out: list[bytes]) -> None:
+        if not self.started:
+            self._start(chunk, out)
+        usage = chunk.get("usage")
+        if not isinstance(usage, dict):
+            extra = chunk.get("x_groq")
+            usage = extra.get("usage") if isinstance(extra, dict) else None
+        if isinstance(usage, dict):
+            self.usage = usage
+        choices = chunk.get("choices")
+        if not choices:
+            if isinstance(usage, dict) and self.finish_reason is not None:
+                self._close(out)  # the usage chunk after the finish reason: all is known
+            return
+        choice = choices[0]
+        if not isinstance(choice, dict):
+            return
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning:
+                if self.block_kind != _THINKING:
+                    self._open(
+                        _THINKING, {"type": "thinking", "thinking": "", "signature": ""}, out
+                    )
+                out.append(_text_delta(self.block, "thinking_delta", "thinking", reasoning))
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                if self.block_kind != _TEXT:
+                    self._open(_TEXT, {"type": "text", "text": ""}, out)
+                out.append(_text_delta(self.block, "text_delta", "text", content))
+            calls = delta.get("tool_calls")
+            if isinstance(calls, list):
+                for position, call in enumerate(calls):
+                    if isinstance(call, dict):
+                        self._tool_call(call, position, out)
+        finish = choice.get("finish_reason")
+        if finish:
+            self.finish_reason = finish
+
+    def _tool_call(self, call: Mapping[str, Any], position: int, out: list[bytes]) -> None:
+        index = call.get("index")
+        if not isinstance(index, int):
+            index = position  # Gemini's compatibility layer leaves the index out
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        assert isinstance(function, dict)
+        call_id = call.get("id")
+        name = function.get("name")
+        known = self.tools.get(index)
+        if known is None or (call_id and call_id != self.tool_ids.get(index)):
+            if not call_id and not name and known is not None:
+                pass  # arguments for the known call
+            else:
+                self.saw_tool = True
+                block_id = str(call_id) if call_id else new_id("toolu_")
+                known = self._open(
+                    _TOOL,
+                    {"type": "tool_use", "id": block_id, "name": name or "", "input": {}},
+                    out,
+                )
+                self.tools[index] = known
+                self.tool_ids[index] = block_id if call_id else ""
+        arguments = function.get("arguments")
+        if isinstance(arguments, str) and arguments:
+            if known != self.block or self.block_kind != _TOOL:
+                # Anthropic's blocks cannot interleave: an earlier call's arguments after
+                # a later block opened have nowhere to go. (No provider is known to do it.)
+                return
+            out.append(_text_delta(known, "input_json_delta", "partial_json", arguments))
+
+    def _close(self, out: list[bytes]) -> None:
+        if self.closed:
+            return
+        if not self.started:
+            self._start({}, out)
+        self._close_block(out)
+        self.closed = True
+        usage = anthropic_usage(self.usage or {})
+        out.append(
+            _event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {
+                        "stop_reason": stop_from_finish(self.finish_reason, self.saw_tool),
+                        "stop_sequence": None,
+                    },
+                    "usage": usage,
+                },
+            )
+        )
+        out.append(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
+
+    def _error(self, out: list[bytes], status: int, message: str, kind: str | None = None) -> None:
+        self.closed = True
+        out.append(_event("error", anthropic_error(status, message, kind)))
