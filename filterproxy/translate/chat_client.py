@@ -387,16 +387,15 @@ class ChatFromMessagesStream:
         """The upstream's body ended: an ``error`` chunk when the message never stopped."""
         if self.closed:
             return b""
-        out: list[bytes] = []
+        out = [self._flush()]
+        if self.closed:
+            return out[0]
         self._error(out, 502, "the upstream's stream ended before the answer was complete")
         return b"".join(out)
 
-    def fail(self, status: int, message: str, kind: str | None = None) -> bytes:
-        if self.closed:
-            return b""
-        out: list[bytes] = []
-        self._error(out, status, message, kind)
-        return b"".join(out)
+    def _flush(self) -> bytes:
+        """The last event, when the stream ended without its blank line."""
+        return self.feed(b"\n\n") if self.decoder.pending.strip() else b""
 
     # -- internals ---------------------------------------------------------------------
 

@@ -382,7 +382,8 @@ class MessagesFromChatStream:
     """Chat Completions chunks in, Messages events out (see the module's description).
 
     `feed` takes each piece of the upstream's body and returns the events it completes;
-    `end` is called when the upstream's body has ended; `fail` when the exchange failed.
+    `end` is called when the upstream's body has ended (an error of the gateway's own comes as
+    an event in either API's error shape, and is passed on in Anthropic's).
     """
 
     __slots__ = (
@@ -456,20 +457,18 @@ class MessagesFromChatStream:
         stopped before its finish reason, an ``error`` event."""
         if self.closed:
             return b""
-        out: list[bytes] = []
+        out = [self._flush()]
+        if self.closed:
+            return out[0]
         if self.finish_reason is None:
             self._error(out, 502, "the upstream's stream ended before the answer was complete")
         else:
             self._close(out)
         return b"".join(out)
 
-    def fail(self, status: int, message: str, kind: str | None = None) -> bytes:
-        """The exchange failed mid-stream: an ``error`` event (once)."""
-        if self.closed:
-            return b""
-        out: list[bytes] = []
-        self._error(out, status, message, kind)
-        return b"".join(out)
+    def _flush(self) -> bytes:
+        """The last event, when the stream ended without its blank line."""
+        return self.feed(b"\n\n") if self.decoder.pending.strip() else b""
 
     # -- internals ---------------------------------------------------------------------
 

@@ -1,0 +1,56 @@
+"""Third-party test data, fetched at test time and pinned by hash, never kept in the repo.
+
+Files are cached under ``$FILTERPROXY_TEST_DATA`` (default ``~/.cache/filterproxy-test-data``);
+a test whose data cannot be fetched is skipped, saying why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CACHE = Path(os.environ.get("FILTERPROXY_TEST_DATA", Path.home() / ".cache/filterproxy-test-data"))
+
+#: The anthropic SDK's source release 2.16.0 on PyPI: its tests/lib/streaming/fixtures are
+#: raw Messages event streams recorded from Anthropic's API.
+ANTHROPIC_SDIST = (
+    "https://files.pythonhosted.org/packages/e1/59/01a1d6c753dad07b2f977e39002f6ada598f3b677dbfdc1f2c8606b5118a/anthropic-2.16.0.tar.gz",
+    "c6386ded247ae56db35e34a3d828229cf07847934f1cbdc7dbb696b2944b4510",
+)
+
+
+def pinned(url: str, sha256: str) -> Path:
+    """The file at *url*, checked against *sha256* (downloaded once, then cached)."""
+    target = CACHE / sha256 / url.rsplit("/", 1)[-1]
+    if not target.exists():
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                data = response.read()
+        except OSError as e:
+            pytest.skip(f"cannot fetch third-party test data {url}: {e}")
+        if hashlib.sha256(data).hexdigest() != sha256:
+            pytest.fail(f"{url} does not have the pinned sha256 {sha256}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".partial")
+        partial.write_bytes(data)
+        partial.rename(target)
+    return target
+
+
+def archive_members(url: str, sha256: str, directory: str, suffix: str) -> dict[str, bytes]:
+    """The files under *directory* ending in *suffix* in the pinned tar archive at *url*,
+    by base name."""
+    found = {}
+    with tarfile.open(pinned(url, sha256)) as archive:
+        for member in archive.getmembers():
+            parts = member.name.split("/", 1)
+            if len(parts) == 2 and parts[1].startswith(directory) and member.name.endswith(suffix):
+                extracted = archive.extractfile(member)
+                if extracted is not None:
+                    found[member.name.rsplit("/", 1)[-1]] = extracted.read()
+    return found
