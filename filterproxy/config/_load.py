@@ -10,8 +10,6 @@ from typing import Any
 
 import yaml
 
-from filterproxy.http.apis import ALL_APIS
-
 from filterproxy.config._clusters import parse_clusters
 from filterproxy.config._reader import ConfigError, Node, default_environ
 from filterproxy.config._routes import parse_aliases, parse_routes
@@ -25,6 +23,7 @@ from filterproxy.config._types import (
     Limits,
     TracingConfig,
 )
+from filterproxy.http.apis import ALL_APIS
 
 _TOP_KEYS = {
     "listeners",

@@ -342,7 +342,7 @@ def what_messages_say(raw: bytes) -> tuple[str, dict[int, str], Any]:
     tools: dict[int, str] = {}
     tool_of: dict[int, int] = {}
     stop = None
-    for name, data in events_of(raw, recording=True):
+    for _name, data in events_of(raw, recording=True):
         if not isinstance(data, dict):
             continue
         if data.get("type") == "content_block_start" and data["content_block"]["type"] in (
