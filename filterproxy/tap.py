@@ -145,6 +145,11 @@ def makeService(options: Options | dict[str, Any]) -> IService:
         )
     worker = bool(options.get("worker"))
     workers = int(options.get("workers", 1))
+    if config.warnings and not worker:
+        from twisted.logger import Logger
+
+        for warning in config.warnings:
+            Logger(namespace="filterproxy.config").warn("config: {warning}", warning=warning)
     top = MultiService()
     if config.mock_upstream and not worker:
         # Imported only here: it brings twisted.web (4 MB) into the process.

@@ -79,7 +79,9 @@ def parse_cluster(name: str, node: Node) -> ClusterConfig:
     keys = node.mapping(_CLUSTER_KEYS)
     preset = _preset(keys)
     if "url" in keys and "endpoints" in keys:
-        raise node.error("give either 'url' (one upstream) or 'endpoints' (a list of {url, weight}), not both")
+        raise node.error(
+            "give either 'url' (one upstream) or 'endpoints' (a list of {url, weight}), not both"
+        )
     if "url" in keys:
         endpoints: tuple[EndpointConfig, ...] = (parse_endpoint_url(keys["url"]),)
     elif "endpoints" in keys:

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from filterproxy.config._archgw import from_archgw, is_archgw
 from filterproxy.config._clusters import parse_clusters
 from filterproxy.config._reader import ConfigError, Node, default_environ
 from filterproxy.config._routes import parse_aliases, parse_routes
@@ -65,6 +66,14 @@ def parse_config(
     except yaml.YAMLError as e:
         raise ConfigError("", f"{source} is not valid YAML: {e}") from None
     env = default_environ() if environ is None else environ
+    warnings: tuple[str, ...] = ()
+    if is_archgw(document):
+        document, ignored = from_archgw(document, env)
+        if ignored:
+            warnings = (
+                "these keys of the ArchGW config have no counterpart here and are ignored: "
+                + ", ".join(ignored),
+            )
     top = Node(document, "", env).mapping(_TOP_KEYS)
 
     def section(key: str) -> Node:
@@ -87,6 +96,7 @@ def parse_config(
         preload_tls=top["preload_tls"].boolean() if "preload_tls" in top else False,
         filters=_parse_filters(top.get("filters") or _default_filters(clusters, env)),
         source=source,
+        warnings=warnings,
     )
 
 

@@ -22,6 +22,8 @@ _ROUTE_KEYS = {
     "timeouts",
     "retry",
     "heartbeat",
+    "upstream_model",
+    "strip_model_prefix",
 }
 
 
@@ -116,4 +118,8 @@ def _parse_route(index: int, node: Node, clusters: Mapping[str, ClusterConfig]) 
         fallbacks=fallbacks,
         plan=plan,
         heartbeat=heartbeat,
+        upstream_model=keys["upstream_model"].string() if "upstream_model" in keys else None,
+        strip_model_prefix=keys["strip_model_prefix"].string()
+        if "strip_model_prefix" in keys
+        else None,
     )

@@ -204,6 +204,21 @@ class RouteConfig:
     plan: tuple[UpstreamPlan, ...] = ()
     #: Seconds of silence in an event stream after which a `: keep-alive` comment is sent.
     heartbeat: float | None = None
+    #: The model name sent upstream in place of the one requested (a default route
+    #: that serves any model with one), or None.
+    upstream_model: str | None = None
+    #: Removed from the start of the requested model before it goes upstream
+    #: (``openai/`` for a route matching ``openai/*``), or None.
+    strip_model_prefix: str | None = None
+
+    def upstream_model_for(self, model: str) -> str:
+        """The model name the upstream gets for a request naming *model*."""
+        if self.upstream_model is not None:
+            return self.upstream_model
+        prefix = self.strip_model_prefix
+        if prefix and model.startswith(prefix) and len(model) > len(prefix):
+            return model[len(prefix) :]
+        return model
 
 
 @dataclass(frozen=True)
@@ -277,3 +292,6 @@ class Config:
     #: Load pyOpenSSL at start-up even when the config uses no TLS (filterproxy.lazytls).
     preload_tls: bool = False
     source: str = "<string>"
+    #: What the config says that the gateway does not do (an imported ArchGW config's
+    #: keys with no counterpart here): logged at start-up, printed by check-config.
+    warnings: tuple[str, ...] = ()

@@ -147,6 +147,8 @@ class RouteFilter(StreamFilter):
                     404, f"no route for {head.method} {head.path}", code="route_not_found"
                 )
             return FilterStatus.STOP_ITERATION
+        if model is not None and (route.upstream_model or route.strip_model_prefix):
+            model = route.upstream_model_for(model)
         if document is not None:
             changed = model != requested
             if changed:

@@ -233,7 +233,9 @@ def test_openai_sdk_streams_from_a_messages_upstream(oai: openai.OpenAI) -> None
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Hello from Messages"
     assert chunks[0].choices[0].delta.role == "assistant"
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finishes == ["stop"]
     assert len({c.id for c in chunks}) == 1
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
@@ -270,7 +272,9 @@ def test_openai_sdk_tool_round_trip_through_a_messages_upstream(
         finish = chunk.choices[0].finish_reason or finish
     assert finish == "tool_calls" and content == "Let me check."
     assert list(calls) == [0]
-    assert calls[0]["name"] == "get_weather" and json.loads(calls[0]["arguments"]) == {"city": "Paris"}
+    assert calls[0]["name"] == "get_weather" and json.loads(calls[0]["arguments"]) == {
+        "city": "Paris"
+    }
     answer = oai.chat.completions.create(
         model="claude-test",
         tools=tools,
@@ -293,7 +297,12 @@ def test_openai_sdk_tool_round_trip_through_a_messages_upstream(
     assert answer.choices[0].message.content == "Tool said: sunny"
     sent = last_upstream_request(messages_upstream)["body"]["messages"]
     assert sent[1]["content"] == [  # no empty text block for content ""
-        {"type": "tool_use", "id": calls[0]["id"], "name": "get_weather", "input": {"city": "Paris"}}
+        {
+            "type": "tool_use",
+            "id": calls[0]["id"],
+            "name": "get_weather",
+            "input": {"city": "Paris"},
+        }
     ]
     assert sent[2]["content"][0]["type"] == "tool_result"
 
@@ -326,9 +335,7 @@ def test_a_mid_stream_error_is_an_error_event(oai: openai.OpenAI) -> None:
     assert received and received[0].choices[0].delta.role == "assistant"
 
 
-def test_same_api_passes_byte_exact(
-    gateway: Gateway, messages_upstream: LocalServer
-) -> None:
+def test_same_api_passes_byte_exact(gateway: Gateway, messages_upstream: LocalServer) -> None:
     body = {
         "model": "claude-test",
         "max_tokens": 50,
@@ -347,3 +354,75 @@ def test_same_api_passes_byte_exact(
     seen = last_upstream_request(messages_upstream)
     assert seen["body"] == body  # forwarded as the client wrote it
     assert seen["headers"]["x-api-key"] == "sk-ant-upstream-secret"
+
+
+# -- an ArchGW config, run unchanged -------------------------------------------------------
+
+
+def test_an_archgw_config_runs_unchanged(
+    messages_upstream: LocalServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    mock_port = closed_port()
+    config = f"""
+        version: v0.1
+        listeners:
+          egress_traffic:
+            address: 127.0.0.1
+            port: 12000
+            message_format: openai
+            timeout: 30s
+        llm_providers:
+          - model: anthropic/claude-sonnet-4-5
+            access_key: $ANTHROPIC_API_KEY
+            base_url: {messages_upstream.url}
+            default: true
+          - model: mine/demo
+            provider_interface: openai
+            base_url: http://127.0.0.1:{mock_port}
+            routing_preferences:
+              - name: chat
+                description: small talk
+        model_aliases:
+          arch.fast:
+            target: claude-sonnet-4-5
+        tracing:
+          random_sampling: 100
+    """
+    mock = Process(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from filterproxy.mock_upstream import main; main(sys.argv[1:])",
+            "--listen",
+            f"tcp:{mock_port}:interface=127.0.0.1",
+            "--interval",
+            "0",
+        ]
+    )
+    gw = start_gateway(
+        config, tmp_path_factory.mktemp("archgw"), env={"ANTHROPIC_API_KEY": "sk-ant-from-env"}
+    )
+    try:
+        wait_until(lambda: listening(mock_port), timeout=10)
+        oai = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="client", max_retries=0)
+        answer = oai.chat.completions.create(
+            model="arch.fast", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert answer.choices[0].message.content == "Hello from Messages"
+        seen = last_upstream_request(messages_upstream)
+        assert seen["body"]["model"] == "claude-sonnet-4-5"
+        assert seen["headers"]["x-api-key"] == "sk-ant-from-env"
+        # A model no provider names goes to the default provider, as its model.
+        oai.chat.completions.create(
+            model="gpt-unknown", messages=[{"role": "user", "content": "x"}]
+        )
+        assert last_upstream_request(messages_upstream)["body"]["model"] == "claude-sonnet-4-5"
+        claude = anthropic.Anthropic(base_url=gw.url, api_key="client", max_retries=0)
+        message = claude.messages.create(
+            model="mine/demo", max_tokens=50, messages=[{"role": "user", "content": "yo"}]
+        )
+        assert message.content[0].text.endswith("You said: yo")  # type: ignore[union-attr]
+        gw.process.wait_for(r"no counterpart here and are ignored: .*routing_preferences.*tracing")
+    finally:
+        gw.process.stop()
+        mock.stop()
