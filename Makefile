@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck docs docs-build bench bench-env soak dashboard wheel clean
+.PHONY: run test lint typecheck docs docs-build bench bench-env bench-translate soak dashboard wheel clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,11 @@ bench: bench-env
 	  { apt-get update -q && apt-get install -y -q nginx wrk nghttp2-client; } || \
 	  echo "could not install nginx, wrk and h2load (apt-get, as root): nginx is skipped, non-streaming needs wrk, HTTP/2 needs h2load"
 	$(BENCH_VENV)/bin/python -m bench.run $(BENCH_ARGS)
+
+# The translated-stream scenario: CPU per chunk of a Messages stream translated from Chat
+# Completions, next to pass-through and to LiteLLM's proxy (bench/translate.py).
+bench-translate: bench-env
+	$(BENCH_VENV)/bin/python -m bench.translate $(TRANSLATE_ARGS)
 
 # The soak: connection churn for SOAK_ARGS (default 30 minutes) through filterproxy, nginx
 # and Envoy at once, sampling their memory and file descriptors (bench/soak.py).

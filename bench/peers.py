@@ -115,6 +115,8 @@ class Peer:
     env: dict[str, str] | None = None
     process: subprocess.Popen[bytes] | None = None
     listen_port: int = LISTEN_PORT
+    #: How long it may take to start listening.
+    startup_timeout: float = 20.0
 
     @property
     def port(self) -> int:
@@ -131,7 +133,7 @@ class Peer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for_port(self.port)
+        wait_for_port(self.port, self.startup_timeout)
         time.sleep(0.5)
 
     def processes(self) -> list[psutil.Process]:

@@ -15,6 +15,11 @@ Every event carries its send time, ``data: {"seq":N,"t":NANOSECONDS,"pad":"xxx"}
 client on the same host measures one-way latency per chunk and can rebuild the exact bytes
 it should have received. Without ``stream`` the answer is a small JSON completion.
 
+With ``--format chat`` (or ``x-bench-format: chat``) the events are real chat completion
+chunks instead — a role chunk, content chunks of ``x-bench-pad`` characters, the finish
+chunk, a usage chunk, ``[DONE]`` — for translating gateways (bench/translate.py); clients
+that forward no headers get ``--chunks`` of them, as fast as the socket takes them.
+
 ``GET /stats`` reports bytes handed to the kernel in bulk mode and whether the writer is
 paused by backpressure.
 """
@@ -57,6 +62,31 @@ STATS = {"bulk_bytes": 0, "bulk_paused": False, "streams": 0, "open_streams": 0}
 def event(seq: int, pad: bytes) -> bytes:
     """One SSE event with its send time (the client rebuilds it byte for byte)."""
     return b'data: {"seq":%d,"t":%d,"pad":"%s"}\n\n' % (seq, time.time_ns(), pad)
+
+
+_CHAT = b'{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1,"model":"bench","choices":[{"index":0,"delta":%s,"finish_reason":%s}]}'
+DEFAULTS = {"format": b"", "chunks": b"50", "interval": b"20"}
+
+
+_chat_streams: dict[tuple[int, int], list[bytes]] = {}
+
+
+def chat_events(chunks: int, size: int) -> list[bytes]:
+    """A whole chat completion stream of *chunks* content chunks of *size* characters
+    (numbered, as no two consecutive tokens of a real answer are alike: LiteLLM ends a
+    stream that repeats one chunk a hundred times)."""
+    cached = _chat_streams.get((chunks, size))
+    if cached is not None:
+        return cached
+    events = [b"data: " + _CHAT % (b'{"role":"assistant","content":""}', b"null") + b"\n\n"]
+    for i in range(chunks):
+        text = (b"%d " % i).rjust(size, b"x")
+        events.append(b"data: " + _CHAT % (b'{"content":"%s"}' % text, b"null") + b"\n\n")
+    events.append(b"data: " + _CHAT % (b"{}", b'"stop"') + b"\n\n")
+    usage = b'{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1,"model":"bench","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":%d,"total_tokens":%d}}'
+    events.append(b"data: " + usage % (chunks, chunks + 5) + b"\n\n")
+    _chat_streams[(chunks, size)] = events
+    return events
 
 
 def chunk(data: bytes) -> bytes:
@@ -128,10 +158,27 @@ class Upstream(asyncio.Protocol):
         if b"x-bench-bulk" in headers:
             self.task = asyncio.ensure_future(self.bulk(int(headers[b"x-bench-bulk"])))
             return
-        chunks = int(headers.get(b"x-bench-chunks", b"50"))
-        interval = int(headers.get(b"x-bench-interval-ms", b"20")) / 1000
+        chunks = int(headers.get(b"x-bench-chunks", DEFAULTS["chunks"]))
+        interval = int(headers.get(b"x-bench-interval-ms", DEFAULTS["interval"])) / 1000
+        if headers.get(b"x-bench-format", DEFAULTS["format"]) == b"chat":
+            # Token-sized content: what a translating gateway handles per chunk.
+            size = int(headers.get(b"x-bench-pad", b"4"))
+            self.task = asyncio.ensure_future(self.chat(chat_events(chunks, size)))
+            return
         pad = b"x" * int(headers.get(b"x-bench-pad", b"64"))
         self.task = asyncio.ensure_future(self.stream(chunks, interval, pad))
+
+    async def chat(self, events: list[bytes]) -> None:
+        STATS["streams"] += 1
+        write = self.transport.write
+        write(SSE_HEAD)
+        for data in events:
+            if self.closed:
+                return
+            write(chunk(data))
+            if not self.can_write.is_set():
+                await self.can_write.wait()
+        write(chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
 
     async def stream(self, chunks: int, interval: float, pad: bytes) -> None:
         STATS["streams"] += 1
@@ -176,7 +223,16 @@ async def serve(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="benchmark mock upstream")
     parser.add_argument("--port", type=int, default=9101)
-    asyncio.run(serve(parser.parse_args().port))
+    parser.add_argument("--format", choices=["seq", "chat"], default="seq")
+    parser.add_argument("--chunks", type=int, default=50)
+    parser.add_argument("--interval-ms", type=int, default=20)
+    args = parser.parse_args()
+    DEFAULTS.update(
+        format=args.format.encode(),
+        chunks=str(args.chunks).encode(),
+        interval=str(args.interval_ms).encode(),
+    )
+    asyncio.run(serve(args.port))
 
 
 if __name__ == "__main__":

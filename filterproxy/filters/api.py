@@ -206,6 +206,12 @@ class IFilterCallbacks(Interface):
     def inject_encoded_data(data: bytes, end_stream: bool) -> None:
         """Send *data* on toward the client as if this filter had passed it on."""
 
+    def pass_response_data() -> None:
+        """This filter will not look at this request's response body: its `encode_data`
+        is not called for it (its `encode_headers` still is). A filter that rewrites only
+        some responses calls it for the others, so that they pass at no cost — which
+        they then do entirely when no other filter looks at response data."""
+
 
 class IStreamFilter(Interface):
     """A per-request filter. Implement it by subclassing `StreamFilter`."""

@@ -283,6 +283,14 @@ class FilterIteration(Generic[HeadT]):
         if self.buffered_bytes > self.buffer_limit:
             self.on_buffer_overflow()
 
+    def skip_data(self, index: int) -> None:
+        """Filter *index* does not look at this request's data: its data hook is not
+        called (and when no other filter's is, data goes straight to the sink)."""
+        takes: tuple[bool, ...] = self.takes_data
+        if takes[index]:
+            self.takes_data = (*takes[:index], False, *takes[index + 1 :])
+            self.data_passthrough = not any(self.takes_data)
+
     def data_from(self, index: int, data: bytes, end_stream: bool) -> None:
         """*data* enters this direction at filter *index* (a local reply's body)."""
         self._data_from(index, data, end_stream)

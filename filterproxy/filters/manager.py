@@ -125,6 +125,11 @@ class _Callbacks:
             return
         encoder.inject(self._encode_index, data, end_stream)
 
+    def pass_response_data(self) -> None:
+        encoder = self._manager.encoder
+        if encoder is not None and self._encode_index is not None:
+            encoder.skip_data(self._encode_index)
+
 
 class _Finished:
     """Stands in for the router and the client's stream of a request that is over.

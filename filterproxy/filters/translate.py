@@ -35,17 +35,23 @@ from filterproxy.filters.api import (
     StreamFilter,
 )
 from filterproxy.http.apis import CHAT, MESSAGES, client_api
-from filterproxy.translate import (
+from filterproxy.translate.chat_client import (
     ChatFromMessagesStream,
-    MessagesFromChatStream,
-    Untranslatable,
-    chat_request,
     chat_response,
-    count_tokens_estimate,
     messages_request,
+)
+from filterproxy.translate.common import (
+    Untranslatable,
+    anthropic_error,
+    error_fields,
+    openai_error,
+)
+from filterproxy.translate.messages_client import (
+    MessagesFromChatStream,
+    chat_request,
+    count_tokens_estimate,
     messages_response,
 )
-from filterproxy.translate.common import anthropic_error, error_fields, openai_error
 
 __all__ = ["TranslateConfig", "TranslateFilter"]
 
@@ -98,11 +104,10 @@ class TranslateFilter(StreamFilter):
 
     def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
         info = self.callbacks.stream_info
-        if head.method != "POST" or info.cluster is None:
-            return FilterStatus.CONTINUE
-        api = client_api(head.path)
-        cluster = self.config.clusters.get(info.cluster)
+        api = client_api(head.path) if head.method == "POST" else None
+        cluster = self.config.clusters.get(info.cluster) if info.cluster is not None else None
         if api is None or cluster is None or api in cluster.apis:
+            self.callbacks.pass_response_data()  # the answer passes byte for byte, at no cost
             return FilterStatus.CONTINUE
         path = head.path.split("?", 1)[0].rstrip("/")
         if api == MESSAGES and CHAT in cluster.apis:

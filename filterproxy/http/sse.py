@@ -29,9 +29,10 @@ _BOM = b"\xef\xbb\xbf"
 _LINE_END = re.compile(r"\r\n|\r|\n")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass
 class SSEEvent:
-    """One event: what its fields said, and its bytes as received.
+    """One event: what its fields said, and its bytes as received (read it; a filter
+    that changes an event encodes a new one, `encode_event`).
 
     An event made only of comment lines (a keep-alive such as ``: ping``) has ``data``
     None; the SSE rules would not dispatch it, a proxy still has to pass it on.
@@ -77,6 +78,17 @@ class SSEDecoder:
         """The events completed by *data*, the next piece of the stream."""
         if not data:
             return []
+        if (
+            not self._pending
+            and not self._raw
+            and data.endswith(b"\n\n")
+            and b"\r" not in data
+            and not (self._at_start and data.startswith(_BOM[:1]))
+        ):
+            whole = _whole_events(data)
+            if whole is not None:
+                self._at_start = False
+                return whole
         buffer = self._pending + data if self._pending else data
         if self._at_start:
             if len(buffer) < len(_BOM) and _BOM.startswith(buffer):
@@ -154,6 +166,33 @@ class SSEDecoder:
         self._retry = None
         self._comments = []
         return event
+
+
+def _whole_events(data: bytes) -> list[SSEEvent] | None:
+    """The events of a piece made only of whole events of the usual shape — a ``data``
+    line, after an ``event`` line or not, then a blank line; LF line ends — or None for
+    the line-by-line decoder. (Most pieces of a provider's stream are: this is the
+    per-chunk path of filters that decode events.)"""
+    events = []
+    for block in data[:-2].split(b"\n\n"):
+        if block.startswith(b"data: "):
+            if b"\n" in block:
+                return None
+            events.append(SSEEvent(block[6:].decode("utf-8", "replace"), raw=block + b"\n\n"))
+        elif block.startswith(b"event: "):
+            name, newline, rest = block.partition(b"\n")
+            if not newline or not rest.startswith(b"data: ") or b"\n" in rest:
+                return None
+            events.append(
+                SSEEvent(
+                    rest[6:].decode("utf-8", "replace"),
+                    event=name[7:].decode("utf-8", "replace"),
+                    raw=block + b"\n\n",
+                )
+            )
+        else:
+            return None
+    return events
 
 
 def _field(name: str, value: str) -> str:

@@ -19,8 +19,10 @@ from filterproxy.http.sse import SSEDecoder
 from filterproxy.translate.common import (
     Untranslatable,
     chat_usage,
+    dumps,
     error_fields,
     finish_from_stop,
+    loads,
     new_id,
     openai_error,
 )
@@ -367,7 +369,7 @@ class ChatFromMessagesStream:
                 out.append(_PING)
                 continue
             try:
-                document = json.loads(event.data)
+                document = loads(event.data)
             except ValueError:
                 self._error(
                     out, 502, f"the upstream sent an event that is not JSON: {event.data[:100]!r}"
@@ -399,18 +401,22 @@ class ChatFromMessagesStream:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _chunk(self, delta: str, finish: str | None = None) -> bytes:
-        """A chunk whose delta is the JSON text *delta*."""
+    def _chunk(self, delta: bytes, finish: str | None = None) -> bytes:
+        """A chunk whose delta is the JSON *delta*."""
         if not self.prefix:
             self.prefix = (
-                f'data: {{"id":{json.dumps(self.id)},"object":"chat.completion.chunk",'
-                f'"created":{self.created},"model":{json.dumps(self.model)},'
-                '"choices":[{"index":0,"delta":'
-            ).encode()
+                b'data: {"id":'
+                + dumps(self.id)
+                + b',"object":"chat.completion.chunk","created":'
+                + str(self.created).encode()
+                + b',"model":'
+                + dumps(self.model)
+                + b',"choices":[{"index":0,"delta":'
+            )
         if finish is None:
-            return self.prefix + delta.encode() + _TAIL
-        tail = f',"logprobs":null,"finish_reason":{json.dumps(finish)}}}]}}\n\n'
-        return self.prefix + delta.encode() + tail.encode()
+            return self.prefix + delta + _TAIL
+        tail = b',"logprobs":null,"finish_reason":' + dumps(finish) + b"}]}\n\n"
+        return self.prefix + delta + tail
 
     def _on_start(self, document: dict[str, Any], out: list[bytes]) -> None:
         message = document.get("message") or {}
@@ -422,7 +428,7 @@ class ChatFromMessagesStream:
             self.usage.update({k: v for k, v in message["usage"].items() if v is not None})
         if not self.started:
             self.started = True
-            out.append(self._chunk('{"role":"assistant","content":""}'))
+            out.append(self._chunk(b'{"role":"assistant","content":""}'))
 
     def _on_block_start(self, document: dict[str, Any], out: list[bytes]) -> None:
         block = document.get("content_block") or {}
@@ -439,11 +445,11 @@ class ChatFromMessagesStream:
                 "type": "function",
                 "function": {"name": block.get("name"), "arguments": arguments},
             }
-            out.append(self._chunk(json.dumps({"tool_calls": [call]})))
+            out.append(self._chunk(dumps({"tool_calls": [call]})))
         elif kind == "text" and block.get("text"):
-            out.append(self._chunk(json.dumps({"content": block["text"]})))
+            out.append(self._chunk(dumps({"content": block["text"]})))
         elif kind == "thinking" and block.get("thinking"):
-            out.append(self._chunk(json.dumps({"reasoning_content": block["thinking"]})))
+            out.append(self._chunk(dumps({"reasoning_content": block["thinking"]})))
 
     def _on_delta(self, document: dict[str, Any], out: list[bytes]) -> None:
         delta = document.get("delta") or {}
@@ -451,21 +457,24 @@ class ChatFromMessagesStream:
         if kind == "text_delta":
             text = delta.get("text")
             if text:
-                out.append(self._chunk('{"content":' + json.dumps(text) + "}"))
+                out.append(self._chunk(b'{"content":' + dumps(text) + b"}"))
         elif kind == "input_json_delta":
             fragment = delta.get("partial_json")
             k = self.tool_of_block.get(document.get("index", -1))
             if fragment and k is not None:
                 out.append(
                     self._chunk(
-                        f'{{"tool_calls":[{{"index":{k},"function":{{"arguments":'
-                        f"{json.dumps(fragment)}}}}}]}}"
+                        b'{"tool_calls":[{"index":'
+                        + str(k).encode()
+                        + b',"function":{"arguments":'
+                        + dumps(fragment)
+                        + b"}}]}"
                     )
                 )
         elif kind == "thinking_delta":
             text = delta.get("thinking")
             if text:
-                out.append(self._chunk('{"reasoning_content":' + json.dumps(text) + "}"))
+                out.append(self._chunk(b'{"reasoning_content":' + dumps(text) + b"}"))
 
     def _on_message_delta(self, document: dict[str, Any], out: list[bytes]) -> None:
         usage = document.get("usage")
@@ -474,16 +483,16 @@ class ChatFromMessagesStream:
         reason = (document.get("delta") or {}).get("stop_reason")
         if not self.finished:
             self.finished = True
-            out.append(self._chunk("{}", finish_from_stop(reason)))
+            out.append(self._chunk(b"{}", finish_from_stop(reason)))
 
     def _on_stop(self, document: dict[str, Any], out: list[bytes]) -> None:
         if not self.finished:
             self.finished = True
-            out.append(self._chunk("{}", "stop"))
+            out.append(self._chunk(b"{}", "stop"))
         if self.include_usage:
             out.append(
                 b"data: "
-                + json.dumps(
+                + dumps(
                     {
                         "id": self.id,
                         "object": "chat.completion.chunk",
@@ -491,9 +500,8 @@ class ChatFromMessagesStream:
                         "model": self.model,
                         "choices": [],
                         "usage": chat_usage(self.usage),
-                    },
-                    separators=(",", ":"),
-                ).encode()
+                    }
+                )
                 + b"\n\n"
             )
         out.append(_DONE)
@@ -521,8 +529,8 @@ class ChatFromMessagesStream:
     ) -> None:
         # The OpenAI SDK raises APIError on any event whose data has an "error" key.
         self.closed = True
-        body = json.dumps(openai_error(status, message, kind, code), separators=(",", ":"))
-        out.append(b"event: error\ndata: " + body.encode() + b"\n\n")
+        body = dumps(openai_error(status, message, kind, code))
+        out.append(b"event: error\ndata: " + body + b"\n\n")
 
 
 _HANDLERS: Final = {

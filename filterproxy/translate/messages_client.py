@@ -21,7 +21,9 @@ from filterproxy.translate.common import (
     Untranslatable,
     anthropic_error,
     anthropic_usage,
+    dumps,
     error_fields,
+    loads,
     new_id,
     stop_from_finish,
 )
@@ -363,19 +365,24 @@ _PING: Final = b'event: ping\ndata: {"type":"ping"}\n\n'
 
 
 def _event(name: str, document: dict[str, Any]) -> bytes:
-    return b"event: %s\ndata: %s\n\n" % (
-        name.encode(),
-        json.dumps(document, separators=(",", ":")).encode(),
-    )
+    return b"event: " + name.encode() + b"\ndata: " + dumps(document) + b"\n\n"
 
 
 def _text_delta(index: int, kind: str, key: str, text: str) -> bytes:
-    # The hot path: one string format, the text escaped by the C encoder.
-    document = (
-        f'{{"type":"content_block_delta","index":{index},"delta":{{"type":"{kind}",'
-        f'"{key}":{json.dumps(text)}}}}}'
+    # The per-chunk path: the fixed parts as bytes, only the text encoded.
+    return b"".join(
+        (
+            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":',
+            str(index).encode(),
+            b',"delta":{"type":"',
+            kind.encode(),
+            b'","',
+            key.encode(),
+            b'":',
+            dumps(text),
+            b"}}\n\n",
+        )
     )
-    return b"event: content_block_delta\ndata: " + document.encode() + b"\n\n"
 
 
 class MessagesFromChatStream:
@@ -436,7 +443,7 @@ class MessagesFromChatStream:
                     self._close(out)
                 continue
             try:
-                chunk = json.loads(text)
+                chunk = loads(text)
             except ValueError:
                 self._error(
                     out, 502, f"the upstream sent an event that is not JSON: {text[:100]!r}"

@@ -123,3 +123,31 @@ class NotAFilter:
 def test_the_harness_checks_the_filter_against_the_interface() -> None:
     with pytest.raises(Invalid):
         FilterHarness(NotAFilter)
+
+
+class _Selective(StreamFilter):
+    """Rewrites answers to requests for /rewrite; lets every other one pass untouched."""
+
+    calls = 0
+
+    def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
+        if head.path != "/rewrite":
+            self.callbacks.pass_response_data()
+        return FilterStatus.CONTINUE
+
+    def encode_data(self, data: bytes, end_stream: bool) -> DataResult:
+        _Selective.calls += 1
+        return data.upper()
+
+
+@pytest.mark.parametrize(
+    ("path", "expected", "calls"), [("/rewrite", b"ABC", 2), ("/other", b"abc", 0)]
+)
+def test_a_filter_may_pass_one_requests_response_data_untouched(
+    path: str, expected: bytes, calls: int
+) -> None:
+    _Selective.calls = 0
+    h = FilterHarness(_Selective)
+    h.request(b"{}", path=path)
+    response = h.respond(200, SSE, [b"a", b"bc"])
+    assert response.body == expected and _Selective.calls == calls
