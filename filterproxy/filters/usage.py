@@ -80,11 +80,16 @@ def _count(usage: Mapping[str, Any], name: str, other: str) -> int | None:
 
 
 def token_counts(usage: Mapping[str, Any]) -> tuple[int | None, int | None]:
-    """(prompt, completion) tokens of a usage object, OpenAI's or Anthropic's names."""
-    return (
-        _count(usage, "prompt_tokens", "input_tokens"),
-        _count(usage, "completion_tokens", "output_tokens"),
-    )
+    """(prompt, completion) tokens of a usage object, OpenAI's or Anthropic's names.
+    Anthropic counts cached input apart (``cache_read_input_tokens``,
+    ``cache_creation_input_tokens``): it is added, as OpenAI's prompt_tokens include it."""
+    prompt = _count(usage, "prompt_tokens", "input_tokens")
+    if prompt is not None and "prompt_tokens" not in usage:
+        for cached in ("cache_read_input_tokens", "cache_creation_input_tokens"):
+            value = usage.get(cached)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                prompt += value
+    return prompt, _count(usage, "completion_tokens", "output_tokens")
 
 
 class UsageScanner:

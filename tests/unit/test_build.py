@@ -20,6 +20,10 @@ COMPILED_MODULES = [
     "filterproxy.filters.usage",
     "filterproxy.metrics",
     "filterproxy.deadlines",
+    "filterproxy.http.sse",
+    "filterproxy.filters.translate",
+    "filterproxy.translate.messages_client",
+    "filterproxy.translate.chat_client",
 ]
 
 

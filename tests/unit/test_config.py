@@ -248,7 +248,11 @@ def test_demo_and_shipped_configs_are_valid() -> None:
     from filterproxy.config import load_config
 
     conf = Path(__file__).resolve().parents[2] / "conf"
-    assert load_config(conf / "demo.yaml", environ={}).mock_upstream
+    demo = load_config(conf / "demo.yaml", environ={})
+    assert demo.mock_upstream
+    # The mock speaks chat only: a Messages client is translated.
+    assert demo.clusters["demo"].apis == frozenset({"chat"})
+    assert "translate" in [f.type_name for f in demo.filters]
     assert load_config(
         conf / "openai.yaml", environ={"OPENAI_API_KEY": "a", "ANTHROPIC_API_KEY": "b"}
     ).clusters

@@ -95,6 +95,10 @@ def test_usage_in_a_plain_json_response_and_none_when_absent() -> None:
 def test_token_counts_accepts_only_counts() -> None:
     assert token_counts({"prompt_tokens": 1, "completion_tokens": 2}) == (1, 2)
     assert token_counts({"input_tokens": 5}) == (5, None)
+    # Anthropic's input_tokens leave the cache out; the prompt count includes it.
+    assert token_counts(
+        {"input_tokens": 5, "cache_read_input_tokens": 90, "cache_creation_input_tokens": 4}
+    ) == (99, None)
     assert token_counts({"prompt_tokens": "7", "completion_tokens": True}) == (None, None)
 
 
