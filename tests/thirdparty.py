@@ -24,6 +24,43 @@ ANTHROPIC_SDIST = (
 )
 
 
+#: Chat Completions streams recorded from OpenAI, Azure, xAI and DeepSeek by the Vercel AI
+#: SDK's tests (one chunk's JSON per line), at a pinned commit: (path, sha256).
+VERCEL_AI_COMMIT = "ed857f50f112e23930b0c2dd8d532cc8bebbc911"
+VERCEL_AI_CHAT_STREAMS = [
+    (
+        "packages/openai/src/chat/__fixtures__/openai-text.chunks.txt",
+        "335190c22fe076d24f7a5b8303f5b8648505da63878403bf242570a3cf71a2f8",
+    ),
+    (
+        "packages/openai/src/chat/__fixtures__/azure-model-router.1.chunks.txt",
+        "8749f1def5069fc268dcb44d2fd4edc828d57881ae9d708de5261eea69ee68e9",
+    ),
+    (
+        "packages/openai-compatible/src/chat/__fixtures__/xai-text.chunks.txt",
+        "d8aa31e70fe813b2596df9a6275819bf9eec822f0e54b06f4506dee1be6399a4",
+    ),
+    (
+        "packages/openai-compatible/src/chat/__fixtures__/xai-tool-call.chunks.txt",
+        "aa37181ad333e81ca2febe35eb7aabf0f06e9bf55f3cf5ad0054a4c0a6e463a8",
+    ),
+    (
+        "packages/deepseek/src/chat/__fixtures__/deepseek-reasoning.chunks.txt",
+        "0e0266c9d8b474f09d612d407d2ec8e592f83c463fff9f630add563c96348894",
+    ),
+    (
+        "packages/deepseek/src/chat/__fixtures__/deepseek-tool-call.chunks.txt",
+        "dbe406adfbc232e51aff760a77c06384580b60366d1e14cce3497223d05722cf",
+    ),
+]
+
+
+def vercel_ai_file(path: str, sha256: str) -> bytes:
+    """A file of the Vercel AI SDK's repository at `VERCEL_AI_COMMIT`."""
+    url = f"https://raw.githubusercontent.com/vercel/ai/{VERCEL_AI_COMMIT}/{path}"
+    return pinned(url, sha256).read_bytes()
+
+
 def pinned(url: str, sha256: str) -> Path:
     """The file at *url*, checked against *sha256* (downloaded once, then cached)."""
     target = CACHE / sha256 / url.rsplit("/", 1)[-1]

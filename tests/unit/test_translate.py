@@ -22,7 +22,12 @@ from filterproxy.translate import (
     messages_request,
     messages_response,
 )
-from tests.thirdparty import ANTHROPIC_SDIST, archive_members
+from tests.thirdparty import (
+    ANTHROPIC_SDIST,
+    VERCEL_AI_CHAT_STREAMS,
+    archive_members,
+    vercel_ai_file,
+)
 
 Stream = MessagesFromChatStream | ChatFromMessagesStream
 
@@ -324,6 +329,57 @@ def test_the_gateways_own_error_frame_becomes_an_anthropic_error_event() -> None
 def test_comments_become_pings() -> None:
     out = MessagesFromChatStream("m").feed(b": keep-alive\n\n")
     assert events_of(out) == [("ping", {"type": "ping"})]
+
+
+@pytest.mark.parametrize(
+    ("path", "sha256"),
+    VERCEL_AI_CHAT_STREAMS,
+    ids=[p.rsplit("/", 1)[-1] for p, _ in VERCEL_AI_CHAT_STREAMS],
+)
+def test_recorded_chat_streams_translate_the_same_at_every_split(path: str, sha256: str) -> None:
+    lines = [line for line in vercel_ai_file(path, sha256).splitlines() if line.strip()]
+    data = b"".join(b"data: " + line + b"\n\n" for line in lines) + b"data: [DONE]\n\n"
+    chunks = [json.loads(line) for line in lines]
+    text = reasoning = ""
+    arguments: dict[int, str] = {}
+    for chunk in chunks:
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            text += delta.get("content") or ""
+            reasoning += delta.get("reasoning_content") or ""
+            for call in delta.get("tool_calls") or []:
+                arguments[call.get("index", 0)] = arguments.get(call.get("index", 0), "") + (
+                    (call.get("function") or {}).get("arguments") or ""
+                )
+
+    def make() -> Stream:
+        return MessagesFromChatStream("recorded")
+
+    whole = run(make, [data])
+    said = check_messages_stream(events_of(whole))
+    blocks = said["blocks"]
+
+    def joined(kind: str, key: str) -> str:
+        return "".join(d[key] for b in blocks if b["type"] == kind for d in b["deltas"])
+
+    assert joined("text", "text") == text
+    assert joined("thinking", "thinking") == reasoning
+    tools = [b for b in blocks if b["type"] == "tool_use"]
+    assert ["".join(d["partial_json"] for d in b["deltas"]) for b in tools] == [
+        arguments[k] for k in sorted(arguments)
+    ]
+    usage = next((c["usage"] for c in reversed(chunks) if c.get("usage")), None)
+    if usage:
+        assert said["delta"]["usage"]["output_tokens"] == usage["completion_tokens"]
+    expected = normalized(whole)
+    for n in (1, 2, 3, 7, 64):
+        pieces = [data[i : i + n] for i in range(0, len(data), n)]
+        assert normalized(run(make, pieces)) == expected, n
+    rng = random.Random(len(data))
+    for _ in range(10):
+        points = sorted(rng.sample(range(1, len(data)), 40))
+        pieces = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+        assert normalized(run(make, pieces)) == expected
 
 
 # -- streams: Messages in, Chat Completions out --------------------------------------------
