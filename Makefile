@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck docs docs-build bench bench-env bench-translate soak dashboard wheel clean
+.PHONY: redis-server run test lint typecheck docs docs-build bench bench-env bench-translate soak dashboard wheel clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,14 @@ docs-build: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
-test: lint typecheck docs-build
+# The limits tests run against a real redis-server (each test module starts its own on a
+# free port): from Debian's package, installed here when missing.
+redis-server:
+	@command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || \
+	  { apt-get update -q && apt-get install -y -q redis-server; } || \
+	  { echo "the tests need redis-server: apt-get install redis-server (as root)"; exit 1; }
+
+test: lint typecheck docs-build redis-server
 	$(BIN)/pytest -q -p no:cacheprovider --ignore=tests/twisted_reactor; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 	$(BIN)/pytest -q -p no:cacheprovider -p no:twisted tests/twisted_reactor
 	rm -rf build/ctree && mkdir -p build/ctree

@@ -37,6 +37,7 @@ def access_record(head: RequestHead | None, info: StreamInfo, duration: float) -
         "method": head.method if head else "",
         "path": head.path.split("?", 1)[0] if head else "",
         "model": info.model,
+        "key": info.key_name,
         "route": info.route.name if info.route else None,
         "cluster": info.cluster,
         "endpoint": info.endpoint,

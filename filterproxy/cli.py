@@ -3,14 +3,16 @@
 
     filterproxy check-config FILE...   validate config files and print what they say;
                                        exit 1 with the problems
+    filterproxy keys new NAME          make a gateway key; print it and its config entry
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
-from filterproxy.config import Config, ConfigError, load_config
+from filterproxy.config import Config, ConfigError, hash_key, load_config, new_key
 from filterproxy.filters.registry import build_chain
 from filterproxy.tap import config_summary
 
@@ -24,7 +26,13 @@ def main(argv: list[str] | None = None) -> int:
         "check-config", help="validate config files and print what is wrong"
     )
     check.add_argument("files", nargs="+", metavar="FILE")
+    keys = commands.add_parser("keys", help="gateway keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    new = key_commands.add_parser("new", help="make a new key and print its config entry")
+    new.add_argument("name", metavar="NAME", help="the key's name (logs, metrics)")
     args = parser.parse_args(argv)
+    if args.command == "keys":
+        return new_key_entry(args.name)
     failed = 0
     for path in args.files:
         try:
@@ -37,6 +45,22 @@ def main(argv: list[str] | None = None) -> int:
         print(config_summary(path, config))
         print(describe(config))
     return 1 if failed else 0
+
+
+def new_key_entry(name: str) -> int:
+    """Print a new key (shown once; the gateway keeps only its hash) and its entry."""
+    if not re.match(r"^[A-Za-z0-9_.@-]{1,64}$", name):
+        print(
+            f"{name!r}: a key's name is 1 to 64 letters, digits, '_', '.', '@' or '-'",
+            file=sys.stderr,
+        )
+        return 2
+    key = new_key()
+    print(f"key (give it to {name}; it is not stored anywhere): {key}")
+    print("\nadd to 'keys:' in the config or the keys file:")
+    print(f"  - name: {name}\n    hash: sha256:{hash_key(key)}")
+    print("    # models: [\"gpt-4o*\"]\n    # limits: {requests_per_minute: 60, tokens_per_minute: 100000}")
+    return 0
 
 
 def describe(config: Config) -> str:
@@ -56,6 +80,8 @@ def describe(config: Config) -> str:
     if config.aliases:
         lines.append("  aliases:")
         lines.extend(f"    {alias} -> {target}" for alias, target in config.aliases.items())
+    if config.gateway_keys:
+        lines.append(f"  keys: {', '.join(k.name for k in config.gateway_keys)}")
     lines.extend(f"  warning: {w}" for w in config.warnings)
     return "\n".join(lines)
 

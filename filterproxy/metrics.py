@@ -125,6 +125,21 @@ class Metrics:
             "Requests answered, by route, cluster, model and status class.",
             ("route", "cluster", "model", "status_class"),
         )
+        self.key_requests = _CounterFamily(
+            "filterproxy_key_requests",
+            "Requests by the gateway key that made them, and status class.",
+            ("key", "status_class"),
+        )
+        self.key_tokens = _CounterFamily(
+            "filterproxy_key_tokens",
+            "Tokens used by each gateway key, from the providers' usage (input, output).",
+            ("key", "gen_ai_token_type"),
+        )
+        self.key_refusals = _CounterFamily(
+            "filterproxy_key_refusals",
+            "Requests refused by a gateway key's limit, by key and limit.",
+            ("key", "limit"),
+        )
         self.outcomes = _CounterFamily(
             "filterproxy_request_outcomes",
             "How requests ended: complete, client_gone, upstream_error, timeout, "
@@ -232,6 +247,9 @@ class Metrics:
         model = self.model_label(info.model)
         self.requests.inc((route, cluster, model, status_class(info.status)))
         self.outcomes.inc((route, info.outcome))
+        key = info.key_name
+        if key is not None:
+            self._count_key(info, key)
         if info.attempts:
             self.attempts.inc((cluster,), info.attempts)
         series = self._series.get((route, cluster, model))
@@ -251,9 +269,22 @@ class Metrics:
         if overhead is not None:
             self.overhead_series.observe(overhead)
 
+    def _count_key(self, info: StreamInfo, key: str) -> None:
+        self.key_requests.inc((key, status_class(info.status)))
+        if info.prompt_tokens:
+            self.key_tokens.inc((key, "input"), info.prompt_tokens)
+        if info.completion_tokens:
+            self.key_tokens.inc((key, "output"), info.completion_tokens)
+        refused = info.annotations.get("limit_refused")
+        if isinstance(refused, str):
+            self.key_refusals.inc((key, refused))
+
     def families(self) -> list[Any]:
         return [
             self.requests,
+            self.key_requests,
+            self.key_tokens,
+            self.key_refusals,
             self.outcomes,
             self.attempts,
             self.retries,

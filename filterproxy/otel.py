@@ -100,6 +100,7 @@ class SpanRecorder:
             "http.response.status_code": info.status,
             "filterproxy.route": info.route.name if info.route is not None else None,
             "filterproxy.cluster": info.cluster,
+            "filterproxy.key": info.key_name,
             "server.address": info.endpoint,
         }
         attributes.update({k: v for k, v in optional.items() if v is not None})

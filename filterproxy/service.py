@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gc
+import ipaddress
 import signal
 import time
 from typing import TYPE_CHECKING, Any
@@ -157,6 +158,14 @@ def _open_access_log(config: Config, reactor: Any) -> accesslog.AccessLogFile | 
         raise ConfigError("access_log", accesslog.cannot_open(config.access_log_path, e)) from None
 
 
+def _loopback(host: str) -> bool:
+    """Whether *host* (a listening address) is reachable from this machine only."""
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
 class GatewayService(Service):
     """Listens on the config's endpoints (or those given with --listen), serves the admin
     listener, reloads on SIGHUP, and tells systemd how it is doing."""
@@ -275,11 +284,20 @@ class GatewayService(Service):
 
     def _listening(self, port: IListeningPort, description: str) -> None:
         self.ports.append(port)
+        address = port.getHost()
         log.info(
             "filterproxy listening on {address} ({description})",
-            address=port.getHost(),
+            address=address,
             description=description,
         )
+        host = getattr(address, "host", None)
+        if host is not None and not self.config.gateway_keys and not _loopback(host):
+            log.warn(
+                "no gateway keys are configured and the gateway listens on {host}: anyone "
+                "who reaches it spends the provider keys it holds. Add keys (filterproxy "
+                "keys new NAME) or listen on 127.0.0.1 only",
+                host=host,
+            )
 
     def _admin_listening(self, port: IListeningPort) -> None:
         self.admin_port = port

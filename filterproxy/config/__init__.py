@@ -6,6 +6,7 @@ reference (docs/configuration.md) has every key and its default.
 """
 
 from filterproxy.config._headers import parse_header_policy, parse_header_rules
+from filterproxy.config._keys import hash_key, new_key
 from filterproxy.config._load import load_config, parse_config
 from filterproxy.config._reader import ConfigError, Node
 from filterproxy.config._types import (
@@ -16,10 +17,13 @@ from filterproxy.config._types import (
     Config,
     EndpointConfig,
     FilterEntry,
+    GatewayKey,
     HeaderPolicy,
     HeaderRules,
+    KeyLimits,
     Limits,
     OutlierDetection,
+    RedisConfig,
     RetryPolicy,
     RouteConfig,
     Timeouts,
@@ -36,17 +40,22 @@ __all__ = [
     "ConfigError",
     "EndpointConfig",
     "FilterEntry",
+    "GatewayKey",
     "HeaderPolicy",
     "HeaderRules",
+    "KeyLimits",
     "Limits",
     "Node",
     "OutlierDetection",
+    "RedisConfig",
     "RetryPolicy",
     "RouteConfig",
     "Timeouts",
     "TracingConfig",
     "UpstreamPlan",
+    "hash_key",
     "load_config",
+    "new_key",
     "parse_config",
     "parse_header_policy",
     "parse_header_rules",

@@ -12,6 +12,7 @@ import yaml
 
 from filterproxy.config._archgw import from_archgw, is_archgw
 from filterproxy.config._clusters import parse_clusters
+from filterproxy.config._keys import merge, parse_keys, parse_keys_file, parse_redis
 from filterproxy.config._reader import ConfigError, Node, default_environ
 from filterproxy.config._routes import parse_aliases, parse_routes
 from filterproxy.config._types import (
@@ -39,6 +40,9 @@ _TOP_KEYS = {
     "admin",
     "tracing",
     "preload_tls",
+    "keys",
+    "keys_file",
+    "redis",
 }
 _LIMIT_KEYS = {f.name for f in fields(Limits)}
 _DURATION_LIMITS = {"request_header_timeout", "request_body_timeout", "keepalive_timeout"}
@@ -80,6 +84,11 @@ def parse_config(
         return top.get(key) or Node(None, key, env)
 
     clusters = parse_clusters(section("clusters"))
+    gateway_keys = parse_keys(section("keys"))
+    keys_file = None
+    if "keys_file" in top:
+        keys_file, filed = parse_keys_file(top["keys_file"], env)
+        gateway_keys = merge(gateway_keys, filed, keys_file)
     access = _access_log(top["access_log"]) if "access_log" in top else True
     return Config(
         listeners=tuple(n.string() for n in section("listeners").sequence()),
@@ -94,16 +103,27 @@ def parse_config(
         admin_listener=_parse_admin(top["admin"]) if "admin" in top else DEFAULT_ADMIN_LISTENER,
         tracing=_parse_tracing(top["tracing"]) if "tracing" in top else None,
         preload_tls=top["preload_tls"].boolean() if "preload_tls" in top else False,
-        filters=_parse_filters(top.get("filters") or _default_filters(clusters, env)),
+        filters=_parse_filters(
+            top.get("filters") or _default_filters(clusters, bool(gateway_keys), env)
+        ),
         source=source,
         warnings=warnings,
+        gateway_keys=gateway_keys,
+        keys_file=keys_file,
+        redis=parse_redis(section("redis")),
     )
 
 
-def _default_filters(clusters: Mapping[str, ClusterConfig], env: Mapping[str, str]) -> Node:
+def _default_filters(
+    clusters: Mapping[str, ClusterConfig], with_keys: bool, env: Mapping[str, str]
+) -> Node:
     translating = any(c.apis != ALL_APIS for c in clusters.values())
     names = DEFAULT_TRANSLATING_FILTERS if translating else DEFAULT_FILTERS
-    return Node([{"type": t} for t in names], "filters", env)
+    entries: list[dict[str, Any]] = [{"type": t} for t in names]
+    if with_keys:
+        # Token limits charge the provider's usage: streams are asked for it.
+        entries = [{"type": "keys"}, *entries[:-1], {"type": "usage", "include_usage": True}]
+    return Node(entries, "filters", env)
 
 
 def _parse_filters(node: Node) -> tuple[FilterEntry, ...]:

@@ -247,6 +247,56 @@ class TracingConfig:
     service_name: str = "filterproxy"
 
 
+@dataclass(frozen=True)
+class KeyLimits:
+    """What one gateway key may use; 0 means no limit."""
+
+    requests_per_minute: int = 0
+    #: Input + output tokens per minute, from the provider's usage.
+    tokens_per_minute: int = 0
+    #: Requests of the key in progress at once.
+    concurrent_requests: int = 0
+    #: Token budgets: once spent, requests get 429 ``insufficient_quota`` until the
+    #: day (UTC) or month ends.
+    tokens_per_day: int = 0
+    tokens_per_month: int = 0
+
+    def __bool__(self) -> bool:
+        return any(
+            (
+                self.requests_per_minute,
+                self.tokens_per_minute,
+                self.concurrent_requests,
+                self.tokens_per_day,
+                self.tokens_per_month,
+            )
+        )
+
+
+@dataclass(frozen=True)
+class GatewayKey:
+    """A key clients present to the gateway; only its SHA-256 digest is kept."""
+
+    name: str
+    #: The SHA-256 hex digest of the key.
+    digest: str
+    #: Model names or glob patterns the key may ask for (empty: any).
+    models: tuple[str, ...] = ()
+    limits: KeyLimits = KeyLimits()
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """Where limits are counted when every worker and replica must count together."""
+
+    url: str
+    #: The longest a request waits for Redis; then `on_error` decides.
+    timeout: float = 0.1
+    #: When Redis is unreachable or slow: ``open`` (count in this process, as without
+    #: Redis) or ``closed`` (503).
+    on_error: str = "open"
+
+
 #: Where the admin listener (metrics, health, config, reload) listens by default.
 DEFAULT_ADMIN_LISTENER = "tcp:9901:interface=127.0.0.1"
 
@@ -292,6 +342,11 @@ class Config:
     #: Load pyOpenSSL at start-up even when the config uses no TLS (filterproxy.lazytls).
     preload_tls: bool = False
     source: str = "<string>"
+    #: The keys clients must present (none: the gateway is open to anyone who reaches it).
+    gateway_keys: tuple[GatewayKey, ...] = ()
+    #: The file more keys come from (re-read by a reload), if any.
+    keys_file: str | None = None
+    redis: RedisConfig | None = None
     #: What the config says that the gateway does not do (an imported ArchGW config's
     #: keys with no counterpart here): logged at start-up, printed by check-config.
     warnings: tuple[str, ...] = ()

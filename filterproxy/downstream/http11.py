@@ -129,6 +129,12 @@ class HTTP11ServerConnection(ExchangeConnection):
         self.deadlines: Deadlines = deadlines_for(gateway.reactor)
         self._url_parts: list[bytes] = []
         self._url_bytes = 0
+        #: The piece being parsed, and where the request target ended in it: what
+        #: follows must be the protocol, `` HTTP/`` (llhttp also takes RTSP and ICE).
+        self._chunk = b""
+        self._scan = 0
+        self._url_chunk: bytes | None = None
+        self._url_end = 0
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
         self.scheme = "http"
@@ -194,8 +200,11 @@ class HTTP11ServerConnection(ExchangeConnection):
         if self.upgrade_body is not None:
             self._upgrade_body_received(data)
             return
+        self._chunk = data
+        self._scan = 0
         try:
             parser.feed_data(data)
+            self._chunk = b""
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
             if isinstance(cause, _RequestRefused):
@@ -294,6 +303,10 @@ class HTTP11ServerConnection(ExchangeConnection):
                 "(limits.max_request_line_bytes)",
             )
         self._url_parts.append(url)
+        at = self._chunk.find(url, self._scan)
+        if at >= 0:
+            self._scan = self._url_end = at + len(url)
+            self._url_chunk = self._chunk
 
     def on_header(self, name: bytes, value: bytes) -> None:
         limits = self.limits
@@ -338,6 +351,16 @@ class HTTP11ServerConnection(ExchangeConnection):
             len(transfer_codings) > 1 or transfer_codings[0].strip().lower() != "chunked"
         ):
             raise _RequestRefused(400, "Transfer-Encoding must be exactly 'chunked'")
+        chunk = self._url_chunk
+        if chunk is not None:
+            self._url_chunk = None
+            protocol = chunk[self._url_end : self._url_end + 6]
+            if len(protocol) == 6 and protocol != b" HTTP/":
+                raise _RequestRefused(
+                    505,
+                    f"the request's protocol is {protocol[1:].decode('latin-1')!r}…, not "
+                    "HTTP; this gateway speaks HTTP/1.0, HTTP/1.1 and HTTP/2",
+                )
         version = parser.get_http_version()
         if version not in ("1.0", "1.1"):
             raise _RequestRefused(400, f"HTTP/{version} is not supported; use HTTP/1.1")

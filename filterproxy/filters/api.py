@@ -37,7 +37,7 @@ from zope.interface import Attribute, Interface, implementer
 from filterproxy.http.headers import Headers
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from filterproxy.config import Config, RouteConfig
 
@@ -111,6 +111,8 @@ class StreamInfo:
     cluster: str | None = None
     #: The model named in the body, after alias resolution.
     model: str | None = None
+    #: The name of the gateway key the client presented (the keys filter), if any.
+    key_name: str | None = None
     #: The client's API (`filterproxy.http.apis`: chat, messages, responses), set by a
     #: filter that rewrites the request into another API (the translate filter), so that
     #: the gateway's own errors keep the client's shape. None: taken from the path.
@@ -160,9 +162,14 @@ class IFilterCallbacks(Interface):
         """Resume response processing held by this filter."""
 
     def send_local_reply(
-        status: int, message: str, code: str | None = None, error_type: str | None = None
+        status: int,
+        message: str,
+        code: str | None = None,
+        error_type: str | None = None,
+        headers: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """Answer the request here with an OpenAI-shaped JSON error; nothing goes upstream.
+        """Answer the request here with a JSON error in the client's API shape (OpenAI's,
+        or Anthropic's for a Messages client), with *headers* added; nothing goes upstream.
 
         The reply goes through the ``encode_*`` hooks of the filters before this one in
         the chain (so a filter translating to another API reshapes it). Also usable on

@@ -98,10 +98,20 @@ class _Callbacks:
         return manager.shape.reply_start[self._decode_index]
 
     def send_local_reply(
-        self, status: int, message: str, code: str | None = None, error_type: str | None = None
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        error_type: str | None = None,
+        headers: Sequence[tuple[str, str]] = (),
     ) -> None:
         self._manager.send_local_reply(
-            status, message, code=code, error_type=error_type, start=self._reply_start()
+            status,
+            message,
+            code=code,
+            error_type=error_type,
+            extra_headers=headers,
+            start=self._reply_start(),
         )
 
     def send_local_response(self, status: int, body: bytes, content_type: str) -> None:

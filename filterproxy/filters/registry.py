@@ -20,6 +20,7 @@ from filterproxy.config import DEFAULT_MAX_REQUEST_BYTES, Config, ConfigError, N
 from filterproxy.filters.api import FilterContext, IStreamFilter, StreamFilter
 from filterproxy.filters.body_accumulate import BodyAccumulateConfig, BodyAccumulateFilter
 from filterproxy.filters.header_rewrite import HeaderRewriteFilter
+from filterproxy.filters.keys import KeysFilter
 from filterproxy.filters.route import RouteFilter
 from filterproxy.filters.translate import TranslateFilter
 from filterproxy.filters.usage import UsageFilter
@@ -33,6 +34,7 @@ __all__ = [
 ]
 
 BUILTIN_FILTERS: dict[str, type[StreamFilter]] = {
+    "keys": KeysFilter,
     "body-accumulate": BodyAccumulateFilter,
     "route": RouteFilter,
     "translate": TranslateFilter,

@@ -8,6 +8,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -407,3 +408,57 @@ def start_tls_gateway(
         listen=False,
     )
     return gateway, cert
+
+
+class RedisServer:
+    """A real redis-server on a free port, without persistence; it can be stopped and
+    started again on the same port (an outage)."""
+
+    def __init__(self, binary: str, port: int) -> None:
+        self.binary = binary
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}"
+        self.process: Process | None = None
+
+    def start(self) -> None:
+        self.process = Process(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]
+        )
+        wait_until(lambda: listening(self.port), timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+    def command(self, *args: str) -> str:
+        """One command through redis-cli; its reply as text."""
+        cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+        return subprocess.run(
+            [cli, "-p", str(self.port), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    binary = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
+    if binary is None:
+        pytest.fail("redis-server is not installed: `make test` installs it (apt-get)")
+    server = RedisServer(binary, closed_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from .conftest import Gateway, post_chat, raw_exchange, read_until_closed, still_serving
+from .conftest import Gateway, Upstream, post_chat, raw_exchange, read_until_closed, still_serving
 
 LIMIT = 1048576  # max_request_bytes in the test gateway's config
 
@@ -158,4 +158,24 @@ def test_a_client_still_uploading_past_the_limit_reads_the_413_not_a_reset(
     # The gateway read and dropped the rest of the upload before closing, so the
     # client's send was not cut off by a reset.
     assert errors == []
+    still_serving(gateway)
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [b"POST /v1/chat/completions RTSP/1.0", b"SOURCE /v1/chat/completions ICE/1.0"],
+)
+def test_a_request_in_another_protocol_is_505_and_never_forwarded(
+    gateway: Gateway, upstream: Upstream, request_line: bytes
+) -> None:
+    before = upstream.stats()["requests"]
+    body = b'{"model": "test-model", "messages": []}'
+    reply = raw_exchange(
+        gateway.port,
+        request_line + b"\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
+    )
+    assert reply.startswith(b"HTTP/1.1 505")
+    assert b"not HTTP" in reply
+    assert upstream.stats()["requests"] == before
     still_serving(gateway)

@@ -1,0 +1,258 @@
+"""A small Redis client on Twisted: one pipelined connection, replies parsed by hiredis.
+
+Every call has a deadline: a request never waits on Redis longer than the configured
+timeout. A call that passes it fails with `RedisUnavailable`, and the connection is
+dropped — a late reply would otherwise be taken for the next call's. While the
+connection is down, calls fail at once, and the client reconnects by itself with
+backoff (0.1 s doubling to 5 s). Scripts run by ``EVALSHA``, falling back to ``EVAL``
+when the server does not have them (after a restart or ``SCRIPT FLUSH``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import hiredis
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+__all__ = ["RedisClient", "RedisError", "RedisUnavailable", "encode_command"]
+
+log = Logger(namespace="filterproxy.redis")
+_MAX_BACKOFF = 5.0
+
+
+class RedisError(Exception):
+    """An error reply from Redis."""
+
+
+class RedisUnavailable(RedisError):
+    """Redis could not answer: not connected, or not within the deadline."""
+
+
+def encode_command(args: tuple[bytes | str | int, ...]) -> bytes:
+    """A command in RESP (an array of bulk strings)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+class _Pending:
+    __slots__ = ("deferred", "timer")
+
+    def __init__(self, deferred: defer.Deferred[Any], timer: Any) -> None:
+        self.deferred = deferred
+        self.timer = timer
+
+
+class _RedisProtocol(Protocol):
+    def __init__(self, client: RedisClient) -> None:
+        self.client = client
+        self.reader = hiredis.Reader(replyError=RedisError)
+        self.pending: deque[_Pending] = deque()
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.setTcpNoDelay(True) if hasattr(transport, "setTcpNoDelay") else None
+
+    def send(self, args: tuple[bytes | str | int, ...], timeout: float) -> defer.Deferred[Any]:
+        deferred: defer.Deferred[Any] = defer.Deferred()
+        timer = self.client.reactor.callLater(timeout, self._expired, deferred, timeout)
+        self.pending.append(_Pending(deferred, timer))
+        assert self.transport is not None
+        self.transport.write(encode_command(args))
+        return deferred
+
+    def _expired(self, deferred: defer.Deferred[Any], timeout: float) -> None:
+        for entry in self.pending:
+            entry.timer = None if entry.deferred is deferred else entry.timer
+        # Replies come in order: this one's is still owed, so no later reply can be
+        # trusted on this connection. Drop it (the pending calls fail) and reconnect.
+        log.warn("Redis did not answer within {ms:.0f} ms; reconnecting", ms=timeout * 1000)
+        self._fail_all(RedisUnavailable(f"Redis did not answer within {timeout * 1000:.0f} ms"))
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        reader = self.reader
+        reader.feed(data)
+        while True:
+            try:
+                reply = reader.gets()
+            except hiredis.ProtocolError as e:
+                self._fail_all(RedisUnavailable(f"Redis protocol error: {e}"))
+                if self.transport is not None:
+                    self.transport.abortConnection()  # type: ignore[attr-defined]
+                return
+            if reply is False:
+                return
+            if not self.pending:
+                continue
+            entry = self.pending.popleft()
+            if entry.timer is not None and entry.timer.active():
+                entry.timer.cancel()
+            if isinstance(reply, RedisError):
+                entry.deferred.errback(Failure(reply))
+            else:
+                entry.deferred.callback(reply)
+
+    def _fail_all(self, error: Exception) -> None:
+        pending, self.pending = self.pending, deque()
+        for entry in pending:
+            if entry.timer is not None and entry.timer.active():
+                entry.timer.cancel()
+            if not entry.deferred.called:
+                entry.deferred.errback(Failure(error))
+
+    def connectionLost(self, reason: Failure = defer.CancelledError) -> None:  # type: ignore[assignment]
+        self._fail_all(RedisUnavailable("the connection to Redis was lost"))
+        self.client._lost(self)
+
+
+class _Factory(Factory):
+    noisy = False
+
+    def __init__(self, client: RedisClient) -> None:
+        self.client = client
+
+    def buildProtocol(self, addr: Any) -> _RedisProtocol:
+        return _RedisProtocol(self.client)
+
+
+class RedisClient:
+    """One connection to the Redis at *url* (``redis://[:password@]host[:port][/db]`` or
+    ``unix:///path``), made on `start` and remade whenever it is lost."""
+
+    def __init__(self, reactor: Any, url: str, timeout: float) -> None:
+        self.reactor = reactor
+        self.url = url
+        self.timeout = timeout
+        parts = urlsplit(url)
+        self.password = unquote(parts.password) if parts.password else None
+        if parts.scheme == "unix":
+            self.endpoint: Any = UNIXClientEndpoint(reactor, parts.path, timeout=5)
+            self.db = 0
+        else:
+            self.endpoint = TCP4ClientEndpoint(
+                reactor, parts.hostname or "127.0.0.1", parts.port or 6379, timeout=5
+            )
+            self.db = int(parts.path.strip("/") or 0)
+        self.protocol: _RedisProtocol | None = None
+        self.connecting = False
+        self.stopped = False
+        self.backoff = 0.1
+        self.retry_call: Any = None
+        self.shas: dict[str, bytes] = {}
+
+    @property
+    def connected(self) -> bool:
+        return self.protocol is not None
+
+    def start(self) -> None:
+        """Connect (and keep reconnecting while it cannot)."""
+        self.stopped = False
+        if self.protocol is None and not self.connecting:
+            self._connect()
+
+    def stop(self) -> None:
+        """Disconnect for good."""
+        self.stopped = True
+        if self.retry_call is not None and self.retry_call.active():
+            self.retry_call.cancel()
+        if self.protocol is not None and self.protocol.transport is not None:
+            self.protocol.transport.loseConnection()
+
+    def _connect(self) -> None:
+        self.connecting = True
+        d = self.endpoint.connect(_Factory(self))
+        d.addCallback(self._handshake)
+        d.addErrback(self._failed)
+
+    def _handshake(self, protocol: _RedisProtocol) -> defer.Deferred[Any]:
+        calls = []
+        if self.password is not None:
+            calls.append(protocol.send(("AUTH", self.password), self.timeout * 10))
+        if self.db:
+            calls.append(protocol.send(("SELECT", self.db), self.timeout * 10))
+        calls.append(protocol.send(("PING",), self.timeout * 10))
+
+        def ready(_: Any) -> None:
+            self.connecting = False
+            self.backoff = 0.1
+            if self.stopped:
+                assert protocol.transport is not None
+                protocol.transport.loseConnection()
+                return
+            self.protocol = protocol
+            log.info("connected to Redis at {url}", url=self._safe_url())
+
+        return defer.gatherResults(calls, consumeErrors=True).addCallback(ready)
+
+    def _failed(self, failure: Failure) -> None:
+        self.connecting = False
+        error = failure.value
+        if isinstance(error, defer.FirstError):
+            error = error.subFailure.value
+        log.warn(
+            "cannot connect to Redis at {url}: {error}; retrying in {backoff:.1f}s",
+            url=self._safe_url(),
+            error=error,
+            backoff=self.backoff,
+        )
+        self._retry()
+
+    def _retry(self) -> None:
+        if self.stopped:
+            return
+        self.retry_call = self.reactor.callLater(self.backoff, self._connect)
+        self.backoff = min(self.backoff * 2, _MAX_BACKOFF)
+
+    def _lost(self, protocol: _RedisProtocol) -> None:
+        if self.protocol is protocol:
+            self.protocol = None
+            if not self.stopped:
+                log.warn(
+                    "lost the connection to Redis at {url}; reconnecting", url=self._safe_url()
+                )
+                self._retry()
+
+    def _safe_url(self) -> str:
+        parts = urlsplit(self.url)
+        return self.url.replace(f":{parts.password}@", ":***@") if parts.password else self.url
+
+    def call(self, *args: bytes | str | int) -> defer.Deferred[Any]:
+        """Run one command; its reply, or `RedisUnavailable` within the deadline."""
+        if self.protocol is None:
+            if (
+                not self.connecting
+                and not self.stopped
+                and (self.retry_call is None or not self.retry_call.active())
+            ):
+                self._connect()
+            return defer.fail(RedisUnavailable("not connected to Redis"))
+        return self.protocol.send(args, self.timeout)
+
+    def run_script(
+        self, script: str, keys: tuple[str, ...], args: tuple[bytes | str | int, ...]
+    ) -> defer.Deferred[Any]:
+        """``EVALSHA`` *script* (``EVAL`` when Redis does not know it yet)."""
+        sha = self.shas.get(script)
+        if sha is None:
+            sha = self.shas[script] = hashlib.sha1(script.encode()).hexdigest().encode()
+        d = self.call("EVALSHA", sha, len(keys), *keys, *args)
+
+        def unknown(failure: Failure) -> Any:
+            unknown_script = str(failure.value).startswith("NOSCRIPT")
+            if unknown_script and not failure.check(RedisUnavailable):
+                return self.call("EVAL", script, len(keys), *keys, *args)
+            return failure
+
+        return d.addErrback(unknown)
