@@ -347,3 +347,24 @@ def test_redis_stopped_mid_test_applies_the_policy_and_recovery_follows(
     finally:
         gateway.process.stop()
         own.stop()
+
+
+def test_an_open_gateway_on_a_public_address_says_so(mock_port: int, tmp_path: Path) -> None:
+    text = f"""
+listeners: ["tcp:0"]
+clusters:
+  mock: {{url: "http://127.0.0.1:{mock_port}"}}
+"""
+    gateway = start_gateway(text, tmp_path, listen=False, admin=False)
+    try:
+        gateway.process.wait_for(
+            r"no gateway keys are configured and the gateway listens on 0\.0\.0\.0"
+        )
+    finally:
+        gateway.process.stop()
+    quiet = start_gateway(
+        text.replace('"tcp:0"', '"tcp:0:interface=127.0.0.1"'), tmp_path, listen=False, admin=False
+    )
+    quiet.process.stop()  # all it logged is read
+    assert "filterproxy listening" in quiet.process.output()
+    assert "no gateway keys" not in quiet.process.output()
