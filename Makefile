@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: redis-server run test lint typecheck docs docs-build bench bench-env bench-translate soak dashboard wheel clean
+.PHONY: redis-server run test lint typecheck docs docs-build bench bench-env bench-translate bench-limits soak dashboard wheel clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +82,12 @@ bench: bench-env
 # Completions, next to pass-through and to LiteLLM's proxy (bench/translate.py).
 bench-translate: bench-env
 	$(BENCH_VENV)/bin/python -m bench.translate $(TRANSLATE_ARGS)
+
+# Keys and limits: the latency and CPU they add to a request, with and without Redis
+# (bench/limits.py; redis-server and wrk from Debian's packages).
+bench-limits: bench-env redis-server
+	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }
+	$(BENCH_VENV)/bin/python -m bench.limits $(LIMITS_ARGS)
 
 # The soak: connection churn for SOAK_ARGS (default 30 minutes) through filterproxy, nginx
 # and Envoy at once, sampling their memory and file descriptors (bench/soak.py).

@@ -59,7 +59,9 @@ def new_key_entry(name: str) -> int:
     print(f"key (give it to {name}; it is not stored anywhere): {key}")
     print("\nadd to 'keys:' in the config or the keys file:")
     print(f"  - name: {name}\n    hash: sha256:{hash_key(key)}")
-    print("    # models: [\"gpt-4o*\"]\n    # limits: {requests_per_minute: 60, tokens_per_minute: 100000}")
+    print(
+        '    # models: ["gpt-4o*"]\n    # limits: {requests_per_minute: 60, tokens_per_minute: 100000}'
+    )
     return 0
 
 

@@ -225,18 +225,23 @@ class LocalCounts:
             reset_ms=reset_ms,
         )
 
-    def settle(self, key: str, admission: Admission, used: int, now_ms: int) -> None:
-        """The request is over and used *used* tokens."""
+    def settle(
+        self, key: str, limits: KeyLimits, admission: Admission, used: int, now_ms: int
+    ) -> None:
+        """The request is over and used *used* tokens (charged to the budgets *limits*
+        has)."""
         window = (key, "t", admission.minute)
         if window in self.windows:
             self.windows[window] = max(self.windows[window] + used - admission.reserved, 0)
         if admission.slot:
             self.slots.get(key, {}).pop(admission.slot, None)
-        if used > 0:
-            day = now_ms // 86_400_000
+        if used > 0 and limits.tokens_per_day:
+            window = (key, "d", now_ms // 86_400_000)
+            self.windows[window] = self.windows.get(window, 0) + used
+        if used > 0 and limits.tokens_per_month:
             year, month = time.gmtime(now_ms // 1000)[:2]
-            for name, number in (("d", day), ("m", year * 12 + month)):
-                self.windows[(key, name, number)] = self.windows.get((key, name, number), 0) + used
+            window = (key, "m", year * 12 + month)
+            self.windows[window] = self.windows.get(window, 0) + used
 
     def _clean(self, minute: int, day: int) -> None:
         """Drop the windows that are over (once a minute)."""
@@ -273,16 +278,17 @@ _TIME_AND_MONTH: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local day = math.floor(now / 86400000)
--- the UTC month of a day number (days since 1970-01-01), and its first day next month
-local z = day + 719468
-local era = math.floor(z / 146097)
-local doe = z - era * 146097
-local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
-local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-local mp = math.floor((5 * doy + 2) / 153)
-local m = mp < 10 and mp + 3 or mp - 9
-local y = yoe + era * 400 + (m <= 2 and 1 or 0)
-local month = y * 12 + m
+-- the UTC month (year * 12 + month) of a day number (days since 1970-01-01)
+local function month_of(d)
+  local z = d + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  return (yoe + era * 400 + (m <= 2 and 1 or 0)) * 12 + m
+end
 """
 
 ADMIT_SCRIPT: Final = (
@@ -300,7 +306,7 @@ local reset = 60000 - now % 60000
 local function refuse(name, retry)
   return {0, name, retry, minute, rpm - requests, tpm - tokens, reset, ''}
 end
-if monthb > 0 and tonumber(redis.call('GET', p .. ':m:' .. month) or '0') >= monthb then
+if monthb > 0 and tonumber(redis.call('GET', p .. ':m:' .. month_of(day)) or '0') >= monthb then
   -- the client's idea of next month's start is only a fallback for the header
   local left = tonumber(next_month_ms) - now
   if left <= 0 then left = 86400000 end
@@ -334,15 +340,19 @@ SETTLE_SCRIPT: Final = (
     + """
 local p = KEYS[1]
 local minute, reserved, used, slot = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local per_day, per_month = ARGV[5] == '1', ARGV[6] == '1'
 local tk = p .. ':t:' .. minute
 if used ~= reserved and redis.call('EXISTS', tk) == 1 then
   if redis.call('INCRBY', tk, used - reserved) < 0 then redis.call('SET', tk, 0, 'KEEPTTL') end
 end
 if slot ~= '' then redis.call('ZREM', p .. ':c', slot) end
-if used > 0 then
-  local dk, mk = p .. ':d:' .. day, p .. ':m:' .. month
+if used > 0 and per_day then
+  local dk = p .. ':d:' .. day
   redis.call('INCRBY', dk, used)
   redis.call('PEXPIRE', dk, 172800000)
+end
+if used > 0 and per_month then
+  local mk = p .. ':m:' .. month_of(day)
   redis.call('INCRBY', mk, used)
   redis.call('PEXPIRE', mk, 2764800000)
 end

@@ -46,11 +46,11 @@ def encode_command(args: tuple[bytes | str | int, ...]) -> bytes:
 
 
 class _Pending:
-    __slots__ = ("deferred", "timer")
+    __slots__ = ("deadline", "deferred")
 
-    def __init__(self, deferred: defer.Deferred[Any], timer: Any) -> None:
+    def __init__(self, deferred: defer.Deferred[Any], deadline: float) -> None:
         self.deferred = deferred
-        self.timer = timer
+        self.deadline = deadline
 
 
 class _RedisProtocol(Protocol):
@@ -58,6 +58,8 @@ class _RedisProtocol(Protocol):
         self.client = client
         self.reader = hiredis.Reader(replyError=RedisError)
         self.pending: deque[_Pending] = deque()
+        #: One timer for the oldest call's deadline (not one per call).
+        self.timer: Any = None
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
@@ -65,15 +67,23 @@ class _RedisProtocol(Protocol):
 
     def send(self, args: tuple[bytes | str | int, ...], timeout: float) -> defer.Deferred[Any]:
         deferred: defer.Deferred[Any] = defer.Deferred()
-        timer = self.client.reactor.callLater(timeout, self._expired, deferred, timeout)
-        self.pending.append(_Pending(deferred, timer))
+        reactor = self.client.reactor
+        self.pending.append(_Pending(deferred, reactor.seconds() + timeout))
+        if self.timer is None:
+            self.timer = reactor.callLater(timeout, self._check, timeout)
         assert self.transport is not None
         self.transport.write(encode_command(args))
         return deferred
 
-    def _expired(self, deferred: defer.Deferred[Any], timeout: float) -> None:
-        for entry in self.pending:
-            entry.timer = None if entry.deferred is deferred else entry.timer
+    def _check(self, timeout: float) -> None:
+        """The oldest call's deadline may have passed."""
+        self.timer = None
+        if not self.pending:
+            return
+        left = self.pending[0].deadline - self.client.reactor.seconds()
+        if left > 0:
+            self.timer = self.client.reactor.callLater(left, self._check, timeout)
+            return
         # Replies come in order: this one's is still owed, so no later reply can be
         # trusted on this connection. Drop it (the pending calls fail) and reconnect.
         log.warn("Redis did not answer within {ms:.0f} ms; reconnecting", ms=timeout * 1000)
@@ -97,8 +107,6 @@ class _RedisProtocol(Protocol):
             if not self.pending:
                 continue
             entry = self.pending.popleft()
-            if entry.timer is not None and entry.timer.active():
-                entry.timer.cancel()
             if isinstance(reply, RedisError):
                 entry.deferred.errback(Failure(reply))
             else:
@@ -106,9 +114,10 @@ class _RedisProtocol(Protocol):
 
     def _fail_all(self, error: Exception) -> None:
         pending, self.pending = self.pending, deque()
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
         for entry in pending:
-            if entry.timer is not None and entry.timer.active():
-                entry.timer.cancel()
             if not entry.deferred.called:
                 entry.deferred.errback(Failure(error))
 

@@ -112,12 +112,19 @@ class LimitStore:
         """The request is over: replace its reservation by *used* tokens, free its slot,
         charge its budget (in the store that admitted it; no one waits for this)."""
         if self.client is None or admission.local:
-            self.local.settle(key.name, admission, used, _now_ms())
+            self.local.settle(key.name, key.limits, admission, used, _now_ms())
             return
         d = self.client.run_script(
             SETTLE_SCRIPT,
             (f"fp:{{{key.name}}}",),
-            (admission.minute, admission.reserved, used, admission.slot),
+            (
+                admission.minute,
+                admission.reserved,
+                used,
+                admission.slot,
+                int(bool(key.limits.tokens_per_day)),
+                int(bool(key.limits.tokens_per_month)),
+            ),
         )
         d.addErrback(
             lambda f: log.warn(

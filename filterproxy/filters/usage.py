@@ -21,6 +21,7 @@ event's end arrives, which no SSE client could have used earlier anyway.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -49,6 +50,8 @@ _MARKER = b'"usage"'
 #: Give up on a usage object that has not ended within this many bytes.
 _MAX_CAPTURE = 64 * 1024
 _decoder = json.JSONDecoder()
+#: What every usage-only chunk has (the other chunks of a stream never do).
+_EMPTY_CHOICES: Final = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _WHITESPACE = b" \t\r\n"
 
 
@@ -243,6 +246,14 @@ class UsageFilter(StreamFilter):
             info.completion_tokens = scanner.completion_tokens
         decoder = self.events
         if decoder is None:
+            return FilterStatus.CONTINUE
+        if (
+            decoder.between_events
+            and data.endswith(b"\n\n")
+            and _EMPTY_CHOICES.search(data) is None
+        ):
+            # Whole events, and none of them can be the usage chunk: on as they came,
+            # without decoding (most pieces of a stream).
             return FilterStatus.CONTINUE
         kept = b"".join(e.raw for e in decoder.feed(data) if not is_usage_only_event(e))
         if end_stream:

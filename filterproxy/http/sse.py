@@ -70,6 +70,11 @@ class SSEDecoder:
         self._at_start = True
 
     @property
+    def between_events(self) -> bool:
+        """Whether everything fed so far made whole events (nothing is pending)."""
+        return not self._pending and not self._raw
+
+    @property
     def pending(self) -> bytes:
         """What has been fed and belongs to no complete event yet."""
         return b"".join(self._raw) + self._pending

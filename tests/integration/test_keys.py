@@ -36,8 +36,8 @@ KEYS = {
 }
 LIMITS = {
     "limited": "{requests_per_minute: 10}",
-    "usage": "{tokens_per_minute: 1000000, tokens_per_day: 1000000}",
-    "hangup": "{tokens_per_minute: 1000000, concurrent_requests: 2}",
+    "usage": "{tokens_per_minute: 1000000, tokens_per_day: 1000000, tokens_per_month: 9000000}",
+    "hangup": "{tokens_per_minute: 1000000, concurrent_requests: 2, tokens_per_day: 1000000}",
     "budget": "{tokens_per_day: 1}",
     "single": "{concurrent_requests: 1}",
     "models": "{}",

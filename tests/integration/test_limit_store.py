@@ -70,7 +70,7 @@ def test_the_local_counts_follow_the_rules() -> None:
     now = 1_796_000_000_000
     answers = run_steps(
         lambda n: counts.admit("k", LIMITS, n, now),
-        lambda admission, used: counts.settle("k", admission, used, now),
+        lambda admission, used: counts.settle("k", LIMITS, admission, used, now),
     )
     assert answers == EXPECTED
     assert counts.slots["k"] == {}

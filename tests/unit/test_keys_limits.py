@@ -36,11 +36,11 @@ def test_keys_new_prints_a_key_and_an_entry_that_loads(
     (loaded,) = config.gateway_keys
     assert loaded.name == "team-a" and loaded.digest == hash_key(key)
     assert config.keys_file == str(keys_file)
-    assert [f.type_name for f in config.filters][0] == "keys"
-    assert {"type_name": "usage", "include_usage": True} == {
+    assert config.filters[0].type_name == "keys"
+    assert {
         "type_name": config.filters[-1].type_name,
         **config.filters[-1].options,
-    }
+    } == {"type_name": "usage", "include_usage": True}
     build_chain(config)
     assert main(["keys", "new", "bad name!"]) == 2
 

@@ -1,0 +1,256 @@
+"""What gateway keys and their limits add to a request: latency and CPU, next to the
+same gateway without keys, in one run.
+
+    make bench-limits
+    .venv-bench/bin/python -m bench.limits --seconds 15
+
+One client at a time (``wrk -t1 -c1``, non-streaming requests) through the gateway
+pinned to core 0; the mock upstream, redis-server (Debian's, without persistence) and
+wrk share core 1. Rows: no keys (conf/bench.yaml); a key with no limits (authentication
+only); a key with limits counted in this process; a key with limits counted in Redis
+(one EVALSHA per admission, one per settlement). The latency percentiles are wrk's; the
+CPU is the gateway's (and Redis's, for the last row) per request. The cases run in
+turn, round after round (``--rounds``, default 3), and each figure is the median of its
+rounds: a single client's latency follows the machine's slower minutes, which this
+spreads over every case. Results go to bench/results/<date>-<machine>-limits.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.peers import BIN, Peer, wait_for_port
+from bench.run import LOAD_CORE, PROXY_CORE
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PORT = 8820
+KEY = "fpk-bench-0123456789abcdef0123456789"
+LIMITS = (
+    "{requests_per_minute: 100000000, tokens_per_minute: 1000000000, concurrent_requests: 1000}"
+)
+WRK_SCRIPT = f"""
+wrk.method = "POST"
+wrk.body = '{{"model":"bench","messages":[{{"role":"user","content":"hi"}}]}}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {KEY}"
+"""
+
+
+def gateway_config(upstream: int, limits: str | None, redis: int | None) -> str:
+    from filterproxy.config import hash_key
+
+    text = f"""
+listeners: []
+access_log: false
+clusters:
+  upstream:
+    url: http://127.0.0.1:{upstream}
+    max_idle_connections: 1024
+    request_headers:
+      set:
+        authorization: Bearer sk-bench
+keys:
+  - name: bench
+    hash: sha256:{hash_key(KEY)}
+    limits: {limits or "{}"}
+"""
+    if redis is not None:
+        text += f"redis: {{url: 'redis://127.0.0.1:{redis}', timeout: 100ms}}\n"
+    return text
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _micros(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1, "ms": 1000, "s": 1_000_000}[unit]
+
+
+def measure(
+    peer: Peer, seconds: float, workdir: Path, redis: psutil.Process | None
+) -> dict[str, Any]:
+    script = workdir / "post.lua"
+    script.write_text(WRK_SCRIPT)
+    command = [
+        "taskset",
+        "-c",
+        str(LOAD_CORE),
+        "wrk",
+        "-t1",
+        "-c1",
+        "--latency",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{peer.port}/v1/chat/completions",
+    ]
+    subprocess.run([*command[:5], "-d2s", *command[5:]], capture_output=True, check=True)  # warm
+    cpu_before = peer.cpu_seconds()
+    redis_before = sum(redis.cpu_times()[:2]) if redis else 0.0
+    out = subprocess.run(
+        [*command[:5], f"-d{int(seconds)}s", *command[5:]],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    cpu = peer.cpu_seconds() - cpu_before
+    redis_cpu = sum(redis.cpu_times()[:2]) - redis_before if redis else 0.0
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    return {
+        "requests": requests,
+        "errors": int(errors.group(1)) if errors else 0,
+        "p50_us": _micros(percentiles["50"]),
+        "p99_us": _micros(percentiles["99"]),
+        "cpu_us_per_request": cpu / requests * 1e6,
+        "redis_cpu_us_per_request": redis_cpu / requests * 1e6 if redis else None,
+    }
+
+
+def median_row(label: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the rounds."""
+    merged: dict[str, Any] = {"case": label, "rounds": len(rows)}
+    for name in rows[0]:
+        if name != "case":
+            values = [r[name] for r in rows if r[name] is not None]
+            merged[name] = statistics.median(values) if values else None
+    merged["errors"] = sum(r["errors"] for r in rows)
+    return merged
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    base = rows[0] if rows else None
+    lines = [
+        "| gateway | p50 µs | p99 µs | added p50 / p99 µs | CPU µs per request | Redis CPU µs per request | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        added = (
+            f"{r['p50_us'] - base['p50_us']:+.0f} / {r['p99_us'] - base['p99_us']:+.0f}"
+            if base is not None and r is not base
+            else "—"
+        )
+        redis = f"{r['redis_cpu_us_per_request']:.1f}" if r["redis_cpu_us_per_request"] else "—"
+        lines.append(
+            f"| {r['case']} | {r['p50_us']:.0f} | {r['p99_us']:.0f} | {added} | "
+            f"{r['cpu_us_per_request']:.1f} | {redis} | {r['errors']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-save", action="store_true")
+    args = parser.parse_args(argv)
+    redis_binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    upstream = subprocess.Popen(
+        ["taskset", "-c", str(LOAD_CORE), sys.executable, str(HERE / "upstream.py"), "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert upstream.stdout is not None
+    upstream_port = int(upstream.stdout.readline().split()[1])
+    redis_port = free_port()
+    redis = subprocess.Popen(
+        [
+            "taskset",
+            "-c",
+            str(LOAD_CORE),
+            redis_binary,
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    wait_for_port(redis_port)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    cases = [
+        ("no keys (conf/bench.yaml)", None, None, None),
+        ("key, no limits (authentication only)", "", None, None),
+        ("key with limits, counted in this process", LIMITS, None, None),
+        ("key with limits, counted in Redis", LIMITS, redis_port, psutil.Process(redis.pid)),
+    ]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            for label, limits, redis_at, redis_process in [
+                c for _ in range(args.rounds) for c in cases
+            ]:
+                twistd = [
+                    str(BIN / "twistd"),
+                    "-n",
+                    "--pidfile=",
+                    "-l",
+                    str(workdir / "gw.log"),
+                    "filterproxy",
+                ]
+                listen = ["--listen", f"tcp:{PORT}:interface=127.0.0.1"]
+                if limits is None:
+                    command = [*twistd, "-c", str(ROOT / "conf" / "bench.yaml"), *listen]
+                    env = {"FILTERPROXY_UPSTREAM": f"http://127.0.0.1:{upstream_port}"}
+                else:
+                    conf = workdir / "limits.yaml"
+                    conf.write_text(gateway_config(upstream_port, limits or None, redis_at))
+                    command, env = [*twistd, "-c", str(conf), *listen], {}
+                peer = Peer(label, command, env=env, listen_port=PORT)
+                peer.start(str(PROXY_CORE))
+                try:
+                    time.sleep(0.5)
+                    row = {"case": label, **measure(peer, args.seconds, workdir, redis_process)}
+                    runs.setdefault(label, []).append(row)
+                    print(table([row]).splitlines()[-1], flush=True)
+                finally:
+                    peer.stop()
+    finally:
+        upstream.terminate()
+        redis.terminate()
+        upstream.wait()
+        redis.wait()
+    rows = [median_row(label, runs[label]) for label, *_ in cases]
+    text = table(rows)
+    print(text)
+    if not args.no_save:
+        stamp = datetime.date.today().isoformat()
+        base = HERE / "results" / f"{stamp}-{platform.node() or 'machine'}-limits"
+        header = (
+            f"# Keys and limits, {stamp}\n\nOne client at a time (wrk -t1 -c1, non-streaming), "
+            f"{args.seconds:.0f} s per case and round, medians of {args.rounds} rounds; gateway on "
+            f"core {PROXY_CORE}, upstream, redis-server and wrk on core {LOAD_CORE}. Added latency "
+            "is against the first row.\n\n"
+        )
+        base.with_suffix(".md").write_text(header + text + "\n")
+        base.with_suffix(".json").write_text(
+            json.dumps({"args": vars(args), "rows": rows}, indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()
