@@ -93,6 +93,9 @@ def redacted_config(config: Config) -> dict[str, Any]:
         for endpoint in cluster.get("endpoints", []):
             # A URL may carry credentials (user:password@host).
             endpoint["url"] = re.sub(r"//[^/@]*@", f"//{REDACTED}@", endpoint["url"])
+    redis = document.get("redis")
+    if isinstance(redis, dict) and isinstance(redis.get("url"), str):
+        redis["url"] = re.sub(r"//[^/@]*@", f"//{REDACTED}@", redis["url"])
     return document
 
 

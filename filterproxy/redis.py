@@ -26,6 +26,8 @@ __all__ = ["RedisClient", "RedisError", "RedisUnavailable", "encode_command"]
 
 log = Logger(namespace="filterproxy.redis")
 _MAX_BACKOFF = 5.0
+#: How long a command sent "soon" may wait for company.
+_HOLD = 0.005
 
 
 class RedisError(Exception):
@@ -60,20 +62,44 @@ class _RedisProtocol(Protocol):
         self.pending: deque[_Pending] = deque()
         #: One timer for the oldest call's deadline (not one per call).
         self.timer: Any = None
+        #: Commands that go with the next write (`send` with *soon*), and their timer.
+        self.held: list[bytes] = []
+        self.flush_call: Any = None
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
         transport.setTcpNoDelay(True) if hasattr(transport, "setTcpNoDelay") else None
 
-    def send(self, args: tuple[bytes | str | int, ...], timeout: float) -> defer.Deferred[Any]:
+    def send(
+        self, args: tuple[bytes | str | int, ...], timeout: float, *, soon: bool = False
+    ) -> defer.Deferred[Any]:
+        """Send a command; with *soon*, it may wait (a few ms at most) to go in one write
+        with the next command: its reply is not awaited by anyone in a hurry."""
         deferred: defer.Deferred[Any] = defer.Deferred()
         reactor = self.client.reactor
         self.pending.append(_Pending(deferred, reactor.seconds() + timeout))
         if self.timer is None:
             self.timer = reactor.callLater(timeout, self._check, timeout)
+        if soon:
+            self.held.append(encode_command(args))
+            if self.flush_call is None:
+                self.flush_call = reactor.callLater(_HOLD, self._flush)
+            return deferred
         assert self.transport is not None
-        self.transport.write(encode_command(args))
+        if self.held:
+            self.held.append(encode_command(args))
+            self._flush()
+        else:
+            self.transport.write(encode_command(args))
         return deferred
+
+    def _flush(self) -> None:
+        if self.flush_call is not None and self.flush_call.active():
+            self.flush_call.cancel()
+        self.flush_call = None
+        held, self.held = self.held, []
+        if held and self.transport is not None:
+            self.transport.write(b"".join(held))
 
     def _check(self, timeout: float) -> None:
         """The oldest call's deadline may have passed."""
@@ -117,6 +143,10 @@ class _RedisProtocol(Protocol):
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
+        if self.flush_call is not None and self.flush_call.active():
+            self.flush_call.cancel()
+        self.flush_call = None
+        self.held = []
         for entry in pending:
             if not entry.deferred.called:
                 entry.deferred.errback(Failure(error))
@@ -237,8 +267,10 @@ class RedisClient:
         parts = urlsplit(self.url)
         return self.url.replace(f":{parts.password}@", ":***@") if parts.password else self.url
 
-    def call(self, *args: bytes | str | int) -> defer.Deferred[Any]:
-        """Run one command; its reply, or `RedisUnavailable` within the deadline."""
+    def call(self, *args: bytes | str | int, soon: bool = False) -> defer.Deferred[Any]:
+        """Run one command; its reply, or `RedisUnavailable` within the deadline. With
+        *soon*, the command may wait up to 5 ms to share a write with the next one (for
+        commands whose reply nobody waits for)."""
         if self.protocol is None:
             if (
                 not self.connecting
@@ -247,16 +279,21 @@ class RedisClient:
             ):
                 self._connect()
             return defer.fail(RedisUnavailable("not connected to Redis"))
-        return self.protocol.send(args, self.timeout)
+        return self.protocol.send(args, self.timeout, soon=soon)
 
     def run_script(
-        self, script: str, keys: tuple[str, ...], args: tuple[bytes | str | int, ...]
+        self,
+        script: str,
+        keys: tuple[str, ...],
+        args: tuple[bytes | str | int, ...],
+        *,
+        soon: bool = False,
     ) -> defer.Deferred[Any]:
         """``EVALSHA`` *script* (``EVAL`` when Redis does not know it yet)."""
         sha = self.shas.get(script)
         if sha is None:
             sha = self.shas[script] = hashlib.sha1(script.encode()).hexdigest().encode()
-        d = self.call("EVALSHA", sha, len(keys), *keys, *args)
+        d = self.call("EVALSHA", sha, len(keys), *keys, *args, soon=soon)
 
         def unknown(failure: Failure) -> Any:
             unknown_script = str(failure.value).startswith("NOSCRIPT")

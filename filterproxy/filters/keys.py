@@ -125,6 +125,7 @@ class LimitStore:
                 int(bool(key.limits.tokens_per_day)),
                 int(bool(key.limits.tokens_per_month)),
             ),
+            soon=True,  # shares a write with the next admission, under load
         )
         d.addErrback(
             lambda f: log.warn(

@@ -24,6 +24,8 @@ COMPILED_MODULES = [
     "filterproxy.filters.translate",
     "filterproxy.translate.messages_client",
     "filterproxy.translate.chat_client",
+    "filterproxy.filters.keys",
+    "filterproxy.limits",
 ]
 
 
