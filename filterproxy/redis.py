@@ -17,7 +17,6 @@ from urllib.parse import unquote, urlsplit
 
 import hiredis
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -171,6 +170,10 @@ class RedisClient:
     ``unix:///path``), made on `start` and remade whenever it is lost."""
 
     def __init__(self, reactor: Any, url: str, timeout: float) -> None:
+        # Imported here: the endpoints module brings pyOpenSSL, which a gateway without
+        # TLS does not load (filterproxy.lazytls).
+        from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
+
         self.reactor = reactor
         self.url = url
         self.timeout = timeout

@@ -355,6 +355,10 @@ class HTTP11ServerConnection(ExchangeConnection):
         if chunk is not None:
             self._url_chunk = None
             protocol = chunk[self._url_end : self._url_end + 6]
+            if protocol[:1] in (b"\r", b"\n"):
+                raise _RequestRefused(
+                    400, "malformed HTTP request: the request line names no protocol (HTTP/1.1)"
+                )
             if len(protocol) == 6 and protocol != b" HTTP/":
                 raise _RequestRefused(
                     505,
