@@ -25,6 +25,7 @@ from filterproxy.translate.common import (
     loads,
     new_id,
     openai_error,
+    text_of,
 )
 
 __all__ = ["ChatFromMessagesStream", "chat_response", "messages_request"]
@@ -73,19 +74,9 @@ def _user_blocks(content: Any, path: str) -> list[dict[str, Any]]:
     return blocks
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
-        )
-    return ""
-
-
 def _assistant_blocks(message: Mapping[str, Any], path: str) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
-    text = _text(message.get("content"))
+    text = text_of(message.get("content"))
     if text:  # never an empty text block: Anthropic refuses it
         blocks.append({"type": "text", "text": text})
     calls = message.get("tool_calls")
@@ -122,7 +113,7 @@ def _messages(turns: list[Any]) -> tuple[list[dict[str, Any]], list[str]]:
             raise Untranslatable(path, "a message is an object with a role")
         role = message.get("role")
         if role in ("system", "developer"):
-            text = _text(message.get("content"))
+            text = text_of(message.get("content"))
             if text:
                 system.append(text)
             continue
@@ -130,7 +121,7 @@ def _messages(turns: list[Any]) -> tuple[list[dict[str, Any]], list[str]]:
             result = {
                 "type": "tool_result",
                 "tool_use_id": str(message.get("tool_call_id", "")),
-                "content": _text(message.get("content")),
+                "content": text_of(message.get("content")),
             }
             # Every result of one assistant turn goes in one user turn, before its text.
             if out and out[-1]["role"] == "user" and out[-1].get("_results"):

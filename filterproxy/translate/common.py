@@ -28,6 +28,7 @@ __all__ = [
     "new_id",
     "openai_error",
     "stop_from_finish",
+    "text_of",
 ]
 
 
@@ -60,6 +61,18 @@ def dumps(document: Any) -> bytes:
         return orjson.dumps(document)
     except TypeError:
         return json.dumps(document, separators=(",", ":")).encode()
+
+
+def text_of(content: Any, separator: str = "") -> str:
+    """The text of a string, or of a list of text parts (OpenAI) or blocks (Anthropic),
+    joined with *separator*."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return separator.join(
+            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return ""
 
 
 def new_id(prefix: str) -> str:

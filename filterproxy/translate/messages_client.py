@@ -26,6 +26,7 @@ from filterproxy.translate.common import (
     loads,
     new_id,
     stop_from_finish,
+    text_of,
 )
 
 __all__ = [
@@ -44,15 +45,9 @@ _REFUSED: Final = {
 }
 
 
-def _text_of(content: Any) -> str:
-    """The text of a string or of a list of text blocks."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text"
-        )
-    return ""
+def _text_lines(content: Any) -> str:
+    """The text of a string or of text blocks, one block a line."""
+    return text_of(content, "\n")
 
 
 def _image_part(block: Mapping[str, Any], path: str) -> dict[str, Any]:
@@ -101,7 +96,7 @@ def _user_parts(blocks: list[Any], path: str) -> tuple[list[dict[str, Any]], lis
         elif kind == "document":
             parts.append(_document_part(block, where))
         elif kind == "tool_result":
-            text = _text_of(block.get("content", ""))
+            text = _text_lines(block.get("content", ""))
             if block.get("is_error"):
                 text = f"Error: {text}"
             tools.append(
@@ -236,7 +231,7 @@ def chat_request(
         if document.get(key):
             raise Untranslatable(key, why)
     messages: list[dict[str, Any]] = []
-    system = _text_of(document.get("system"))
+    system = _text_lines(document.get("system"))
     if system:
         messages.append({"role": "system", "content": system})
     turns = document.get("messages")
@@ -250,7 +245,7 @@ def chat_request(
         if role == "assistant":
             messages.append(_assistant_message(content, path))
         elif role == "system":
-            messages.append({"role": "system", "content": _text_of(content)})
+            messages.append({"role": "system", "content": _text_lines(content)})
         elif isinstance(content, str):
             messages.append({"role": "user", "content": content})
         elif isinstance(content, list):
