@@ -188,7 +188,9 @@ class FilterHarness:
             context = FilterContext(config=config, path="filters[0]", environ=environ)
             configure = getattr(filter, "configure", None)
             filter_config = configure(dict(options or {}), context) if configure else None
-            instance: IStreamFilter = filter(filter_config)
+            variant = getattr(filter, "variant", None)  # as the gateway builds its chain
+            cls = variant(filter_config) if variant is not None else filter
+            instance: IStreamFilter = cls(filter_config)
         else:
             if options:
                 raise ValueError("options are for a filter class; this is an instance")

@@ -124,6 +124,9 @@ class TranslateFilter(StreamFilter):
         self.client = info.api = api
         head.path = _UPSTREAM_PATH[api]
         head.headers.remove_all(frozenset(_CLIENT_HEADERS[api]))
+        # The answer is rebuilt here: it must come uncompressed (the client's answer is
+        # a new body anyway).
+        head.headers.set("accept-encoding", "identity")
         return FilterStatus.CONTINUE
 
     def decode_data(self, data: bytes, end_stream: bool) -> DataResult:

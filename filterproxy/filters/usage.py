@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -168,6 +169,36 @@ class UsageScanner:
         return rest[i + len(_MARKER) :]
 
 
+#: The content codings whose responses the scanner can read (inflated on the side).
+_READABLE_CODINGS: Final = frozenset({"gzip", "x-gzip", "deflate", "identity"})
+
+
+def narrow_encodings(head: RequestHead) -> None:
+    """Keep only the content codings the usage scanner can read in the request's
+    ``Accept-Encoding`` (gzip and deflate; not br or zstd): the provider's usage stays
+    readable, and the client still gets a compressed answer where it asked for one."""
+    accepted = head.headers.get("accept-encoding")
+    if accepted is None:
+        return
+    kept = [
+        c.strip()
+        for c in accepted.split(",")
+        if c.split(";", 1)[0].strip().lower() in _READABLE_CODINGS
+    ]
+    if len(kept) != len(accepted.split(",")):
+        head.headers.set("accept-encoding", ", ".join(kept) if kept else "identity")
+
+
+def _inflater(encoding: str) -> Any:
+    """A decompressor for a response's ``Content-Encoding`` (None: nothing to inflate)."""
+    coding = encoding.strip().lower()
+    if coding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if coding == "deflate":
+        return zlib.decompressobj()
+    return None
+
+
 def is_usage_only_event(event: SSEEvent) -> bool:
     """Whether an SSE event is the chunk ``include_usage`` adds: a JSON object with
     ``"choices": []`` and a usage object."""
@@ -223,24 +254,39 @@ class UsageFilter(StreamFilter):
     def __init__(self, config: UsageConfig) -> None:
         super().__init__(config)
         self.scanner = UsageScanner()
+        #: Inflates a compressed response for the scanner (the bytes pass as they came).
+        self.inflater: Any = None
         self.path = ""
         #: True when this filter added include_usage and must remove the usage chunk.
         self.injected = False
         #: Decodes the response into events while usage chunks are removed.
         self.events: SSEDecoder | None = None
 
+    def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
+        narrow_encodings(head)
+        return FilterStatus.CONTINUE
+
     def encode_headers(self, head: ResponseHead, end_stream: bool) -> FilterStatus:
+        encoding = head.headers.get("content-encoding")
+        if encoding is not None:
+            self.inflater = _inflater(encoding)
         if (
             self.injected
             and head.status == 200
             and (head.headers.get("content-type") or "").startswith("text/event-stream")
         ):
             self.events = SSEDecoder()
+            if self.inflater is not None:
+                # Events are removed from this stream: it goes on inflated.
+                head.headers.remove("content-encoding")
+                head.headers.remove("content-length")
         return FilterStatus.CONTINUE
 
     def encode_data(self, data: bytes, end_stream: bool) -> DataResult:
         scanner = self.scanner
-        if scanner.feed(data):
+        inflater = self.inflater
+        plain = inflater.decompress(data) if inflater is not None else data
+        if scanner.feed(plain):
             info = self.callbacks.stream_info
             info.prompt_tokens = scanner.prompt_tokens
             info.completion_tokens = scanner.completion_tokens
@@ -248,14 +294,15 @@ class UsageFilter(StreamFilter):
         if decoder is None:
             return FilterStatus.CONTINUE
         if (
-            decoder.between_events
+            inflater is None
+            and decoder.between_events
             and data.endswith(b"\n\n")
             and _EMPTY_CHOICES.search(data) is None
         ):
             # Whole events, and none of them can be the usage chunk: on as they came,
             # without decoding (most pieces of a stream).
             return FilterStatus.CONTINUE
-        kept = b"".join(e.raw for e in decoder.feed(data) if not is_usage_only_event(e))
+        kept = b"".join(e.raw for e in decoder.feed(plain) if not is_usage_only_event(e))
         if end_stream:
             kept += decoder.close()  # an unfinished last event goes on as it came
         return kept
@@ -266,6 +313,7 @@ class _InjectingUsageFilter(UsageFilter):
 
     def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
         self.path = head.path
+        narrow_encodings(head)
         return FilterStatus.CONTINUE
 
     def decode_data(self, data: bytes, end_stream: bool) -> DataResult:

@@ -216,6 +216,8 @@ def test_openai_sdk_gets_a_completion_from_a_messages_upstream(
     assert seen["headers"]["x-api-key"] == "sk-ant-upstream-secret"
     assert seen["headers"]["anthropic-version"] == "2023-06-01"
     assert "authorization" not in seen["headers"]
+    # The answer is rebuilt: it must come uncompressed, whatever the SDK accepts.
+    assert seen["headers"]["accept-encoding"] == "identity"
     assert seen["body"]["system"] == "Be brief."
     assert seen["body"]["max_tokens"] == 4096  # the documented default
     assert seen["body"]["temperature"] == 1.0  # Anthropic's range ends at 1
