@@ -368,3 +368,36 @@ clusters:
     quiet.process.stop()  # all it logged is read
     assert "filterproxy listening" in quiet.process.output()
     assert "no gateway keys" not in quiet.process.output()
+
+
+def test_a_reload_reads_the_keys_file_again(mock_port: int, tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys.yaml"
+    entry = "keys:\n  - name: {name}\n    hash: sha256:{digest}\n"
+    keys_file.write_text(entry.format(name="first", digest=hash_key("fpk-first-key-0000")))
+    gateway = start_gateway(
+        f"""
+clusters:
+  mock: {{url: "http://127.0.0.1:{mock_port}"}}
+keys_file: {keys_file}
+""",
+        tmp_path,
+    )
+    try:
+        late = openai.OpenAI(
+            base_url=f"{gateway.url}/v1", api_key="fpk-late-key-1111", max_retries=0
+        )
+        with pytest.raises(openai.AuthenticationError):
+            ask(late)
+        keys_file.write_text(
+            entry.format(name="late", digest=hash_key("fpk-late-key-1111"))  # "first" revoked
+        )
+        reloaded = httpx.post(f"{gateway.admin_url}/reload", timeout=10)
+        assert reloaded.status_code == 200, reloaded.text
+        assert ask(late).choices[0].message.content
+        first = openai.OpenAI(
+            base_url=f"{gateway.url}/v1", api_key="fpk-first-key-0000", max_retries=0
+        )
+        with pytest.raises(openai.AuthenticationError):
+            ask(first)
+    finally:
+        gateway.process.stop()
