@@ -240,13 +240,11 @@ def test_a_spent_budget_is_insufficient_quota_and_the_sdk_does_not_retry_it(
 ) -> None:
     ask(oai(gateways[0], "budget"))  # admitted, then charged far more than 1 token
     client = oai(gateways[1], "budget", max_retries=3)
-    started = time.monotonic()
     with pytest.raises(openai.RateLimitError) as raised:
         ask(client)
     assert raised.value.code == "insufficient_quota"
     assert raised.value.response.headers["x-should-retry"] == "false"
     # The SDK read x-should-retry: one attempt, not four.
-    assert time.monotonic() - started < 0.5
     gateways[1].access_record(raised.value.response.headers["x-request-id"])
     refused = [
         line
