@@ -61,7 +61,7 @@ def config(mock_port: int, redis_url: str, on_error: str = "open") -> str:
     return f"""
 clusters:
   mock: {{url: "http://127.0.0.1:{mock_port}", apis: [chat]}}
-redis: {{url: "{redis_url}", timeout: 200ms, on_error: {on_error}}}
+redis: {{url: "{redis_url}", timeout: 2s, on_error: {on_error}}}
 {keys_block()}
 """
 
