@@ -193,6 +193,11 @@ class RedisClient:
         self.backoff = 0.1
         self.retry_call: Any = None
         self.shas: dict[str, bytes] = {}
+        #: Calls made while a connection is being made: sent when it is ready, failed
+        #: when it fails or their deadline passes.
+        self.waiting: list[
+            tuple[tuple[bytes | str | int, ...], bool, defer.Deferred[Any], Any]
+        ] = []
 
     @property
     def connected(self) -> bool:
@@ -235,11 +240,21 @@ class RedisClient:
                 return
             self.protocol = protocol
             log.info("connected to Redis at {url}", url=self._safe_url())
+            waiting, self.waiting = self.waiting, []
+            for args, soon, deferred, timer in waiting:
+                if timer.active():
+                    timer.cancel()
+                    protocol.send(args, self.timeout, soon=soon).chainDeferred(deferred)
 
         return defer.gatherResults(calls, consumeErrors=True).addCallback(ready)
 
     def _failed(self, failure: Failure) -> None:
         self.connecting = False
+        waiting, self.waiting = self.waiting, []
+        for _, _, deferred, timer in waiting:
+            if timer.active():
+                timer.cancel()
+                deferred.errback(RedisUnavailable("cannot connect to Redis"))
         error = failure.value
         if isinstance(error, defer.FirstError):
             error = error.subFailure.value
@@ -260,7 +275,7 @@ class RedisClient:
     def _lost(self, protocol: _RedisProtocol) -> None:
         if self.protocol is protocol:
             self.protocol = None
-            if not self.stopped:
+            if not self.stopped and self.reactor.running:
                 log.warn(
                     "lost the connection to Redis at {url}; reconnecting", url=self._safe_url()
                 )
@@ -281,8 +296,21 @@ class RedisClient:
                 and (self.retry_call is None or not self.retry_call.active())
             ):
                 self._connect()
-            return defer.fail(RedisUnavailable("not connected to Redis"))
+            if not self.connecting:
+                return defer.fail(RedisUnavailable("not connected to Redis"))
+            # A connection is being made (at start, or a reconnection): wait for it,
+            # within the call's deadline.
+            deferred: defer.Deferred[Any] = defer.Deferred()
+            timer = self.reactor.callLater(self.timeout, self._expire_waiting, deferred)
+            self.waiting.append((args, soon, deferred, timer))
+            return deferred
         return self.protocol.send(args, self.timeout, soon=soon)
+
+    def _expire_waiting(self, deferred: defer.Deferred[Any]) -> None:
+        self.waiting = [w for w in self.waiting if w[2] is not deferred]
+        deferred.errback(
+            RedisUnavailable(f"no connection to Redis within {self.timeout * 1000:.0f} ms")
+        )
 
     def run_script(
         self,

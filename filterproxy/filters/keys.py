@@ -70,20 +70,33 @@ class LimitStore:
     """Where a key's counts are kept: Redis when configured (with the local counts as
     the fallback of ``on_error: open``), else this process."""
 
-    def __init__(self, redis: RedisConfig | None, client: RedisClient | None) -> None:
+    def __init__(self, redis: RedisConfig | None, client: RedisClient | None = None) -> None:
         self.redis = redis
-        self.client = client
+        self._client = client
         self.local = LocalCounts()
+
+    @property
+    def client(self) -> RedisClient | None:
+        """The Redis client, made at the first request (when the gateway's reactor runs:
+        not while the config is read, before it is installed); None without Redis."""
+        if self._client is None and self.redis is not None:
+            from twisted.internet import reactor
+
+            client = self._client = RedisClient(reactor, self.redis.url, self.redis.timeout)
+            client.start()
+            reactor.addSystemEventTrigger("before", "shutdown", client.stop)
+        return self._client
 
     def admit(self, key: GatewayKey, reserve: int) -> Admission | defer.Deferred[Admission]:
         """The admission of a request of *key* reserving *reserve* tokens: decided now
         (local counts), or when Redis answers (a `defer.Deferred`, which fails with
         `StoreUnavailable` under ``on_error: closed``)."""
-        if self.client is None:
+        client = self.client
+        if client is None:
             return replace(self.local.admit(key.name, key.limits, reserve, _now_ms()), local=True)
         limits = key.limits
         now = _now_ms()
-        d = self.client.run_script(
+        d = client.run_script(
             ADMIT_SCRIPT,
             (f"fp:{{{key.name}}}",),
             (
@@ -102,19 +115,19 @@ class LimitStore:
         return d.addErrback(self._unavailable, key, reserve)
 
     def _unavailable(self, failure: Failure, key: GatewayKey, reserve: int) -> Admission:
-        assert self.redis is not None
         log.warn("rate-limit store unavailable: {error}", error=failure.getErrorMessage())
-        if self.redis.on_error == "closed":
+        if self.redis is not None and self.redis.on_error == "closed":
             raise StoreUnavailable(failure.getErrorMessage())
         return replace(self.local.admit(key.name, key.limits, reserve, _now_ms()), local=True)
 
     def settle(self, key: GatewayKey, admission: Admission, used: int) -> None:
         """The request is over: replace its reservation by *used* tokens, free its slot,
         charge its budget (in the store that admitted it; no one waits for this)."""
-        if self.client is None or admission.local:
+        client = self.client
+        if client is None or admission.local:
             self.local.settle(key.name, key.limits, admission, used, _now_ms())
             return
-        d = self.client.run_script(
+        d = client.run_script(
             SETTLE_SCRIPT,
             (f"fp:{{{key.name}}}",),
             (
@@ -149,13 +162,7 @@ def store_for(redis: RedisConfig | None) -> LimitStore:
     ident = (redis.url, redis.timeout, redis.on_error) if redis is not None else None
     store = _stores.get(ident)
     if store is None:
-        client = None
-        if redis is not None:
-            from twisted.internet import reactor
-
-            client = RedisClient(reactor, redis.url, redis.timeout)
-            client.start()
-        store = _stores[ident] = LimitStore(redis, client)
+        store = _stores[ident] = LimitStore(redis)
     return store
 
 

@@ -89,9 +89,9 @@ def mock_port() -> Iterator[int]:
 
 
 def gateway_with(text: str, tmp_path: Path) -> Gateway:
-    gateway = start_gateway(text, tmp_path)
-    gateway.process.wait_for(r"connected to Redis")
-    return gateway
+    """A gateway on *text*; it connects to Redis at its first request with a key (which
+    waits for the connection, within the timeout)."""
+    return start_gateway(text, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +170,9 @@ def test_the_key_never_reaches_the_provider_and_names_the_access_log(
     assert record["key"] == "plain"
     assert 'filterproxy_key_requests_total{key="plain",status_class="2xx"}' in gateways[0].metrics()
     assert "x-ratelimit-limit-requests" not in response.headers  # a key without limits
+    # Redis's client is made once the gateway's reactor runs (not while the config is
+    # read, which would install Twisted's default reactor first).
+    assert "reactor class: filterproxy._epoll.GatewayReactor" in gateways[0].process.output()
 
 
 # -- limits shared through Redis -----------------------------------------------------------
