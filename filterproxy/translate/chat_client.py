@@ -15,14 +15,14 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final
 
-from filterproxy.http.sse import SSEDecoder
+from filterproxy.http.sse import SSEEvent
 from filterproxy.translate.common import (
+    StreamTranslation,
     Untranslatable,
     chat_usage,
     dumps,
     error_fields,
     finish_from_stop,
-    loads,
     new_id,
     openai_error,
     text_of,
@@ -315,13 +315,11 @@ _TAIL: Final = b',"logprobs":null,"finish_reason":null}]}\n\n'
 _PING: Final = b": ping\n\n"
 
 
-class ChatFromMessagesStream:
+class ChatFromMessagesStream(StreamTranslation):
     """Messages events in, Chat Completions chunks out (see the module's description)."""
 
     __slots__ = (
-        "closed",
         "created",
-        "decoder",
         "finished",
         "id",
         "include_usage",
@@ -334,61 +332,36 @@ class ChatFromMessagesStream:
     )
 
     def __init__(self, model: str | None, include_usage: bool) -> None:
-        self.decoder = SSEDecoder()
+        super().__init__()
         self.model = model
         self.include_usage = include_usage
         self.id = new_id("chatcmpl-")
         self.created = int(time.time())
         self.started = False
         self.finished = False
-        self.closed = False
         self.tools = 0
         #: Anthropic block index → OpenAI tool-call index.
         self.tool_of_block: dict[int, int] = {}
         self.usage: dict[str, Any] = {}
         self.prefix = b""
 
-    def feed(self, data: bytes) -> bytes:
-        """The chat chunks completed by *data*, the next piece of the upstream body."""
-        if self.closed:
-            return b""
-        out: list[bytes] = []
-        for event in self.decoder.feed(data):
-            if self.closed:
-                break
-            if event.data is None:
-                out.append(_PING)
-                continue
-            try:
-                document = loads(event.data)
-            except ValueError:
-                self._error(
-                    out, 502, f"the upstream sent an event that is not JSON: {event.data[:100]!r}"
-                )
-                continue
-            if not isinstance(document, dict):
-                continue
-            kind = document.get("type") or event.event
-            handler = _HANDLERS.get(kind) if isinstance(kind, str) else None
-            if handler is not None:
-                handler(self, document, out)
-            elif "error" in document:
-                self._on_error(document, out)
-        return b"".join(out)
+    def _event(self, event: SSEEvent, out: list[bytes]) -> None:
+        if event.data is None:
+            out.append(_PING)
+            return
+        document = self._json(event.data, out)
+        if document is None:
+            return
+        kind = document.get("type") or event.event
+        handler = _HANDLERS.get(kind) if isinstance(kind, str) else None
+        if handler is not None:
+            handler(self, document, out)
+        elif "error" in document:
+            self._on_error(document, out)
 
-    def end(self) -> bytes:
-        """The upstream's body ended: an ``error`` chunk when the message never stopped."""
-        if self.closed:
-            return b""
-        out = [self._flush()]
-        if self.closed:
-            return out[0]
+    def _ended(self, out: list[bytes]) -> None:
+        # The message never stopped.
         self._error(out, 502, "the upstream's stream ended before the answer was complete")
-        return b"".join(out)
-
-    def _flush(self) -> bytes:
-        """The last event, when the stream ended without its blank line."""
-        return self.feed(b"\n\n") if self.decoder.pending.strip() else b""
 
     # -- internals ---------------------------------------------------------------------
 

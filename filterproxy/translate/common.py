@@ -12,11 +12,13 @@ import orjson
 
 from filterproxy.http.apis import CHAT, MESSAGES, RESPONSES
 from filterproxy.http.errors import anthropic_error_type
+from filterproxy.http.sse import SSEDecoder, SSEEvent
 
 __all__ = [
     "CHAT",
     "MESSAGES",
     "RESPONSES",
+    "StreamTranslation",
     "Untranslatable",
     "anthropic_error",
     "anthropic_usage",
@@ -61,6 +63,70 @@ def dumps(document: Any) -> bytes:
         return orjson.dumps(document)
     except TypeError:
         return json.dumps(document, separators=(",", ":")).encode()
+
+
+class StreamTranslation:
+    """What the stream translations share: the upstream's events in, the client API's
+    bytes out, and an end that comes once — the message's last events, or an error.
+
+    `feed` takes each piece of the upstream's body and returns what the events it
+    completes become; `end` is called when the body has ended (a last event that lost
+    its blank line still counts). A subclass says what one event becomes (`_event`),
+    what the end of the body becomes when the stream has not closed itself (`_ended`),
+    and how it reports an error (`_error`, which closes it).
+    """
+
+    __slots__ = ("closed", "decoder")
+
+    def __init__(self) -> None:
+        self.decoder = SSEDecoder()
+        self.closed = False
+
+    def feed(self, data: bytes) -> bytes:
+        """The client API's bytes for the events *data* completes."""
+        if self.closed:
+            return b""
+        out: list[bytes] = []
+        for event in self.decoder.feed(data):
+            if self.closed:
+                break
+            self._event(event, out)
+        return b"".join(out)
+
+    def end(self) -> bytes:
+        """The upstream's body ended: whatever must still be sent."""
+        if self.closed:
+            return b""
+        out = [self.feed(b"\n\n")] if self.decoder.pending.strip() else []
+        if not self.closed:
+            self._ended(out)
+        return b"".join(out)
+
+    def _json(self, text: str, out: list[bytes]) -> dict[str, Any] | None:
+        """An event's JSON object; None for another JSON value, and an error (closing
+        the stream) when it is not JSON."""
+        try:
+            document = loads(text)
+        except ValueError:
+            self._error(out, 502, f"the upstream sent an event that is not JSON: {text[:100]!r}")
+            return None
+        return document if isinstance(document, dict) else None
+
+    def _event(self, event: SSEEvent, out: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def _ended(self, out: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def _error(
+        self,
+        out: list[bytes],
+        status: int,
+        message: str,
+        kind: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        raise NotImplementedError
 
 
 def text_of(content: Any, separator: str = "") -> str:

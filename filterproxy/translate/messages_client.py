@@ -16,14 +16,14 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final
 
-from filterproxy.http.sse import SSEDecoder
+from filterproxy.http.sse import SSEEvent
 from filterproxy.translate.common import (
+    StreamTranslation,
     Untranslatable,
     anthropic_error,
     anthropic_usage,
     dumps,
     error_fields,
-    loads,
     new_id,
     stop_from_finish,
     text_of,
@@ -380,7 +380,7 @@ def _text_delta(index: int, kind: str, key: str, text: str) -> bytes:
     )
 
 
-class MessagesFromChatStream:
+class MessagesFromChatStream(StreamTranslation):
     """Chat Completions chunks in, Messages events out (see the module's description).
 
     `feed` takes each piece of the upstream's body and returns the events it completes;
@@ -391,8 +391,6 @@ class MessagesFromChatStream:
     __slots__ = (
         "block",
         "block_kind",
-        "closed",
-        "decoder",
         "finish_reason",
         "model",
         "next_index",
@@ -404,10 +402,9 @@ class MessagesFromChatStream:
     )
 
     def __init__(self, model: str | None) -> None:
-        self.decoder = SSEDecoder()
+        super().__init__()
         self.model = model
         self.started = False
-        self.closed = False
         #: The open block's index and kind (0: none open).
         self.block = -1
         self.block_kind = 0
@@ -419,58 +416,34 @@ class MessagesFromChatStream:
         self.finish_reason: Any = None
         self.usage: dict[str, Any] | None = None
 
-    def feed(self, data: bytes) -> bytes:
-        """The Messages events completed by *data*, the next piece of the upstream body."""
-        if self.closed:
-            return b""
-        out: list[bytes] = []
-        for event in self.decoder.feed(data):
-            if self.closed:
-                break
-            text = event.data
-            if text is None:
-                out.append(_PING)  # a comment (keep-alive): Anthropic's own keep-alive
-                continue
-            if text == "[DONE]":
-                if self.finish_reason is None and not self.started:
-                    self._error(out, 502, "the upstream's stream ended before any answer")
-                else:
-                    self._close(out)
-                continue
-            try:
-                chunk = loads(text)
-            except ValueError:
-                self._error(
-                    out, 502, f"the upstream sent an event that is not JSON: {text[:100]!r}"
-                )
-                continue
-            if not isinstance(chunk, dict):
-                continue
-            if "error" in chunk or event.event == "error":
-                fields = error_fields(chunk)
-                message = fields[0] if fields else text
-                self._error(out, 500, message, fields[1] if fields else None)
-                continue
-            self._chunk(chunk, out)
-        return b"".join(out)
+    def _event(self, event: SSEEvent, out: list[bytes]) -> None:
+        text = event.data
+        if text is None:
+            out.append(_PING)  # a comment (keep-alive): Anthropic's own keep-alive
+            return
+        if text == "[DONE]":
+            if self.finish_reason is None and not self.started:
+                self._error(out, 502, "the upstream's stream ended before any answer")
+            else:
+                self._close(out)
+            return
+        chunk = self._json(text, out)
+        if chunk is None:
+            return
+        if "error" in chunk or event.event == "error":
+            fields = error_fields(chunk)
+            message = fields[0] if fields else text
+            self._error(out, 500, message, fields[1] if fields else None)
+            return
+        self._chunk(chunk, out)
 
-    def end(self) -> bytes:
-        """The upstream's body ended: the message's last events — or, when the stream
-        stopped before its finish reason, an ``error`` event."""
-        if self.closed:
-            return b""
-        out = [self._flush()]
-        if self.closed:
-            return out[0]
+    def _ended(self, out: list[bytes]) -> None:
+        # The message's last events — or, when it stopped before its finish reason, an
+        # error (never a faked clean end).
         if self.finish_reason is None:
             self._error(out, 502, "the upstream's stream ended before the answer was complete")
         else:
             self._close(out)
-        return b"".join(out)
-
-    def _flush(self) -> bytes:
-        """The last event, when the stream ended without its blank line."""
-        return self.feed(b"\n\n") if self.decoder.pending.strip() else b""
 
     # -- internals ---------------------------------------------------------------------
 
@@ -622,6 +595,13 @@ class MessagesFromChatStream:
         )
         out.append(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
 
-    def _error(self, out: list[bytes], status: int, message: str, kind: str | None = None) -> None:
+    def _error(
+        self,
+        out: list[bytes],
+        status: int,
+        message: str,
+        kind: str | None = None,
+        code: str | None = None,
+    ) -> None:
         self.closed = True
         out.append(_event("error", anthropic_error(status, message, kind)))
