@@ -93,7 +93,6 @@ class TranslateFilter(StreamFilter):
         self.counting = False
         self.stream: MessagesFromChatStream | ChatFromMessagesStream | None = None
         self.include_usage = False
-        self.streaming = False
         self.status = 0
         self.head: ResponseHead | None = None
         #: A whole answer (JSON, or an error) collected to be rebuilt.
@@ -157,7 +156,6 @@ class TranslateFilter(StreamFilter):
                 code="unsupported_parameter",
             )
             return FilterStatus.STOP_ITERATION
-        self.streaming = translated.get("stream") is True
         options = document.get("stream_options")
         self.include_usage = isinstance(options, dict) and options.get("include_usage") is True
         self.callbacks.set_request_json(translated)
