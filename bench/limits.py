@@ -26,7 +26,6 @@ import shutil
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any
 import psutil
 
 from bench.peers import BIN, Peer, wait_for_port
-from bench.run import LOAD_CORE, PROXY_CORE
+from bench.run import LOAD_CORE, PROXY_CORE, Upstream
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -165,13 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
     redis_binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    upstream = subprocess.Popen(
-        ["taskset", "-c", str(LOAD_CORE), sys.executable, str(HERE / "upstream.py"), "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert upstream.stdout is not None
-    upstream_port = int(upstream.stdout.readline().split()[1])
+    upstream = Upstream()
+    upstream_port = upstream.port
     redis_port = free_port()
     redis = subprocess.Popen(
         [
@@ -230,9 +224,8 @@ def main(argv: list[str] | None = None) -> None:
                 finally:
                     peer.stop()
     finally:
-        upstream.terminate()
+        upstream.stop()
         redis.terminate()
-        upstream.wait()
         redis.wait()
     rows = [median_row(label, runs[label]) for label, *_ in cases]
     text = table(rows)

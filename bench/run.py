@@ -59,7 +59,9 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 class Upstream:
-    def __init__(self) -> None:
+    """bench/upstream.py on the load core (*options* are its own, e.g. ``--format chat``)."""
+
+    def __init__(self, *options: str) -> None:
         self.process = subprocess.Popen(
             [
                 "taskset",
@@ -69,6 +71,7 @@ class Upstream:
                 str(HERE / "upstream.py"),
                 "--port",
                 "0",
+                *options,
             ],
             stdout=subprocess.PIPE,
             text=True,

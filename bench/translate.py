@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from typing import Any
 import httpx
 
 from bench.peers import BIN, Peer
-from bench.run import LOAD_CORE, PROXY_CORE
+from bench.run import LOAD_CORE, PROXY_CORE, Upstream
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -282,29 +281,8 @@ def main(argv: list[str] | None = None) -> None:
     wanted = set(args.peers.split(","))
     if "filterproxy" in wanted:
         wanted.add("filterproxy-translate")
-    import subprocess
-
-    upstream = subprocess.Popen(
-        [
-            "taskset",
-            "-c",
-            str(LOAD_CORE),
-            sys.executable,
-            str(HERE / "upstream.py"),
-            "--port",
-            "0",
-            "--format",
-            "chat",
-            "--chunks",
-            str(args.chunks),
-            "--interval-ms",
-            "0",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert upstream.stdout is not None
-    upstream_port = int(upstream.stdout.readline().split()[1])
+    upstream = Upstream("--format", "chat", "--chunks", str(args.chunks), "--interval-ms", "0")
+    upstream_port = upstream.port
     os.sched_setaffinity(0, {LOAD_CORE})
     rows = []
     try:
@@ -320,8 +298,7 @@ def main(argv: list[str] | None = None) -> None:
                 finally:
                     peer.stop()
     finally:
-        upstream.terminate()
-        upstream.wait()
+        upstream.stop()
     text = table(rows)
     print(text)
     if not args.no_save:
