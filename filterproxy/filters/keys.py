@@ -54,7 +54,7 @@ from filterproxy.limits import (
     rate_limit_headers,
     refusal,
 )
-from filterproxy.redis import RedisClient
+from filterproxy.redis import RedisClient, shared_client
 
 __all__ = ["KeysConfig", "KeysFilter", "LimitStore"]
 
@@ -80,11 +80,7 @@ class LimitStore:
         """The Redis client, made at the first request (when the gateway's reactor runs:
         not while the config is read, before it is installed); None without Redis."""
         if self._client is None and self.redis is not None:
-            from twisted.internet import reactor
-
-            client = self._client = RedisClient(reactor, self.redis.url, self.redis.timeout)
-            client.start()
-            reactor.addSystemEventTrigger("before", "shutdown", client.stop)
+            self._client = shared_client(self.redis.url, self.redis.timeout)
         return self._client
 
     def admit(self, key: GatewayKey, reserve: int) -> Admission | defer.Deferred[Admission]:
