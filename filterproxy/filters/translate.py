@@ -8,7 +8,13 @@ through untouched — no parsing, no rebuilding, byte for byte. Otherwise:
   sent as a chat completion, and its answer — JSON or an event stream — comes back as a
   Messages answer; ``/v1/messages/count_tokens`` is answered here with an estimate;
 - a Chat Completions request to a cluster that speaks only Messages is sent as a
-  Messages request, and its answer comes back as a chat completion.
+  Messages request, and its answer comes back as a chat completion;
+- a Responses request (``/v1/responses``) to a cluster that speaks Chat Completions is
+  sent as a chat completion, and to one that speaks only Messages as a Messages request
+  (through the chat translation); its answer comes back in the Responses shape. A
+  ``previous_response_id`` must have been resolved before (the ``responses`` filter);
+  the whole response, when done, is left in the request's annotations
+  (`RESPONSE_ANNOTATION`) for that filter to keep.
 
 A request field that would change the answer and has no counterpart gets a 400 that
 names it. The upstream's errors come back in the client's error shape, before the
@@ -34,7 +40,7 @@ from filterproxy.filters.api import (
     ResponseHead,
     StreamFilter,
 )
-from filterproxy.http.apis import CHAT, MESSAGES, client_api
+from filterproxy.http.apis import CHAT, MESSAGES, RESPONSES, client_api
 from filterproxy.translate.chat_client import (
     ChatFromMessagesStream,
     chat_response,
@@ -52,16 +58,31 @@ from filterproxy.translate.messages_client import (
     count_tokens_estimate,
     messages_response,
 )
+from filterproxy.translate.responses_client import (
+    Piped,
+    ResponsesFromChatStream,
+    chat_request_for_responses,
+    response_shell,
+    responses_answer,
+)
 
-__all__ = ["TranslateConfig", "TranslateFilter"]
+__all__ = ["PREVIOUS_ANNOTATION", "RESPONSE_ANNOTATION", "TranslateConfig", "TranslateFilter"]
+
+#: The annotation (`StreamInfo.annotations`) that holds a translated Responses answer's
+#: whole response object once it is complete.
+RESPONSE_ANNOTATION: Final = "responses.response"
+#: The annotation that holds the ``previous_response_id`` a filter before this one
+#: resolved (and removed from the request), for the answer to repeat it.
+PREVIOUS_ANNOTATION: Final = "responses.previous_response_id"
 
 #: A whole (non-streaming) answer being translated may be this large.
 _MAX_BODY: Final = 32 * 1024 * 1024
 _CLIENT_HEADERS: Final = {
     MESSAGES: ("anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access"),
     CHAT: ("openai-organization", "openai-project", "openai-beta"),
+    RESPONSES: ("openai-organization", "openai-project", "openai-beta"),
 }
-_UPSTREAM_PATH: Final = {MESSAGES: "/v1/chat/completions", CHAT: "/v1/messages"}
+_UPSTREAM_PATH: Final = {CHAT: "/v1/chat/completions", MESSAGES: "/v1/messages"}
 
 
 @dataclass(frozen=True)
@@ -90,8 +111,14 @@ class TranslateFilter(StreamFilter):
         super().__init__(config)
         #: The client's API when this request is translated, else None (pass-through).
         self.client: str | None = None
+        #: The upstream's API when translating.
+        self.target = CHAT
         self.counting = False
-        self.stream: MessagesFromChatStream | ChatFromMessagesStream | None = None
+        self.stream: (
+            MessagesFromChatStream | ChatFromMessagesStream | ResponsesFromChatStream | Piped | None
+        ) = None
+        #: A Responses answer's response object without its output (`response_shell`).
+        self.shell: dict[str, Any] | None = None
         self.include_usage = False
         self.status = 0
         self.head: ResponseHead | None = None
@@ -111,7 +138,11 @@ class TranslateFilter(StreamFilter):
         path = head.path.split("?", 1)[0].rstrip("/")
         if api == MESSAGES and CHAT in cluster.apis:
             self.counting = path.endswith("/count_tokens")
-        elif not (api == CHAT and MESSAGES in cluster.apis):
+        elif api == RESPONSES and path.endswith("/responses") and cluster.apis & {CHAT, MESSAGES}:
+            self.target = CHAT if CHAT in cluster.apis else MESSAGES
+        elif api == CHAT and MESSAGES in cluster.apis:
+            self.target = MESSAGES
+        else:
             self.callbacks.send_local_reply(
                 404,
                 f"cluster {cluster.name!r} speaks {', '.join(sorted(cluster.apis))}, and "
@@ -121,7 +152,7 @@ class TranslateFilter(StreamFilter):
             )
             return FilterStatus.STOP_ITERATION
         self.client = info.api = api
-        head.path = _UPSTREAM_PATH[api]
+        head.path = _UPSTREAM_PATH[self.target]
         head.headers.remove_all(frozenset(_CLIENT_HEADERS[api]))
         # The answer is rebuilt here: it must come uncompressed (the client's answer is
         # a new body anyway).
@@ -141,13 +172,30 @@ class TranslateFilter(StreamFilter):
             body = json.dumps({"input_tokens": count_tokens_estimate(document)}).encode()
             self.callbacks.send_local_response(200, body, "application/json")
             return FilterStatus.STOP_ITERATION
-        cluster = self.config.clusters[self.callbacks.stream_info.cluster or ""]
+        info = self.callbacks.stream_info
+        cluster = self.config.clusters[info.cluster or ""]
+        if self.client == RESPONSES and document.get("previous_response_id"):
+            self.callbacks.send_local_reply(
+                404,
+                f"previous response {document['previous_response_id']!r} not found: the "
+                "gateway keeps the responses it answers (unless 'store' is false) for the "
+                "time its 'responses.ttl' says, for the same credentials only",
+                code="previous_response_not_found",
+            )
+            return FilterStatus.STOP_ITERATION
+        fields = "max_tokens" if self.target == MESSAGES else cluster.max_tokens_field
         try:
             if self.client == MESSAGES:
-                translated = chat_request(document, max_tokens_field=cluster.max_tokens_field)
+                translated = chat_request(document, max_tokens_field=fields)
+            elif self.client == RESPONSES:
+                translated = chat_request_for_responses(document, max_tokens_field=fields)
+                previous = info.annotations.get(PREVIOUS_ANNOTATION)
+                self.shell = response_shell(document, info.model, previous)
             else:
+                translated = document
+            if self.target == MESSAGES:
                 translated = messages_request(
-                    document, default_max_tokens=self.config.default_max_tokens
+                    translated, default_max_tokens=self.config.default_max_tokens
                 )
         except Untranslatable as e:
             self.callbacks.send_local_reply(
@@ -172,8 +220,16 @@ class TranslateFilter(StreamFilter):
         if 200 <= head.status < 300 and content_type.startswith("text/event-stream"):
             if self.client == MESSAGES:
                 self.stream = MessagesFromChatStream(model)
-            else:
+            elif self.client == CHAT:
                 self.stream = ChatFromMessagesStream(model, self.include_usage)
+            else:
+                assert self.shell is not None
+                responses = ResponsesFromChatStream(self.shell)
+                self.stream = (
+                    responses
+                    if self.target == CHAT
+                    else Piped(ChatFromMessagesStream(model, True), responses)
+                )
             head.headers.remove("content-length")
             return FilterStatus.CONTINUE
         if end_stream:
@@ -187,7 +243,11 @@ class TranslateFilter(StreamFilter):
         stream = self.stream
         if stream is not None:
             out = stream.feed(data)
-            return out + stream.end() if end_stream else out
+            if end_stream:
+                out += stream.end()
+            if stream.closed and self.shell is not None:
+                self._publish(stream)
+            return out
         if self.body is None:
             return FilterStatus.CONTINUE
         self.body.append(data)
@@ -208,16 +268,32 @@ class TranslateFilter(StreamFilter):
         head.headers.set("content-length", str(len(body)))
         return body
 
+    def _publish(self, stream: ResponsesFromChatStream | Piped | Any) -> None:
+        """A Responses stream has ended: its response, if it completed, for the filters
+        before this one (the ``responses`` filter keeps it)."""
+        self.shell = None
+        if stream.response is not None:
+            self.callbacks.stream_info.annotations[RESPONSE_ANNOTATION] = stream.response
+
     def _rebuilt(self, raw: bytes) -> bytes:
         try:
             document = json.loads(raw)
         except ValueError:
             document = None
-        model = self.callbacks.stream_info.model
+        info = self.callbacks.stream_info
+        model = info.model
         if 200 <= self.status < 300 and isinstance(document, dict) and "error" not in document:
             if self.client == MESSAGES:
                 return json.dumps(messages_response(document, model)).encode()
-            return json.dumps(chat_response(document, model)).encode()
+            if self.client == CHAT:
+                return json.dumps(chat_response(document, model)).encode()
+            assert self.shell is not None
+            if self.target == MESSAGES:
+                document = chat_response(document, model)
+            response = responses_answer(document, self.shell)
+            self.shell = None
+            info.annotations[RESPONSE_ANNOTATION] = response
+            return json.dumps(response).encode()
         fields = error_fields(document)
         if fields is None:
             text = raw.decode("utf-8", "replace").strip()[:2000]
@@ -226,4 +302,5 @@ class TranslateFilter(StreamFilter):
         status = self.status if self.status >= 400 else 502
         if self.client == MESSAGES:
             return json.dumps(anthropic_error(status, message, kind)).encode()
+        # Chat Completions and Responses share OpenAI's error shape.
         return json.dumps(openai_error(status, message, kind, code)).encode()

@@ -1,0 +1,827 @@
+"""A Responses client (``POST /v1/responses``) in front of an upstream that speaks only
+Chat Completions: the request becomes a chat completion request, the answer — a JSON
+document or an event stream — becomes a Responses answer (no I/O).
+
+The request must stand alone: a ``previous_response_id`` is resolved before this (the
+``responses`` filter puts the stored conversation into ``input``). What the answer
+repeats of the request — instructions, tools, temperature… — is `response_shell`,
+made once per request.
+
+`ResponsesFromChatStream` is the state machine for the stream: chat chunks in, the
+Responses event sequence out — ``response.created``, ``response.in_progress``, each
+output item added, its deltas and its ``done`` events, then ``response.completed`` (or
+``response.incomplete`` when the output was cut short) carrying the whole response and
+its usage — every event with the next ``sequence_number``. A failure of the upstream,
+or a stream that stops short, ends it with an ``error`` event and ``response.failed``,
+never a faked completion. Upstream for a Messages-only provider, the chat translation
+(`filterproxy.translate.chat_client`) runs in front of it (`Piped`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+from filterproxy.http.sse import SSEEvent
+from filterproxy.translate.common import (
+    StreamTranslation,
+    Untranslatable,
+    dumps,
+    error_fields,
+    new_id,
+    openai_error_type,
+)
+
+__all__ = [
+    "Piped",
+    "ResponsesFromChatStream",
+    "chat_request_for_responses",
+    "input_items",
+    "response_shell",
+    "response_usage",
+    "responses_answer",
+]
+
+#: Request fields refused: the answer could not be what they ask for.
+_REFUSED: Final = {
+    "background": "background responses run inside OpenAI's API; send the request without it",
+    "conversation": "conversations live inside OpenAI's API; use previous_response_id "
+    "(the gateway keeps those) or send the whole input",
+    "prompt": "prompt templates live inside OpenAI's API; send the prompt's text as input",
+}
+#: What a client says in ``finish_reason`` terms when the output was cut short.
+_INCOMPLETE: Final = {"length": "max_output_tokens", "content_filter": "content_filter"}
+_TEXT_PARTS: Final = frozenset({"input_text", "output_text", "text", "summary_text"})
+
+
+# -- the request ---------------------------------------------------------------------
+
+
+def input_items(value: Any) -> list[Any]:
+    """A request's ``input`` as a list of items (a string is one user message)."""
+    if isinstance(value, str):
+        return [{"type": "message", "role": "user", "content": value}]
+    return list(value) if isinstance(value, list) else []
+
+
+def _parts(content: Any, path: str) -> str | list[dict[str, Any]]:
+    """Chat content (a string when all text) of a message item's content."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise Untranslatable(path, "must be a string or a list of content parts")
+    parts: list[dict[str, Any]] = []
+    for i, part in enumerate(content):
+        where = f"{path}[{i}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in _TEXT_PARTS:
+            parts.append({"type": "text", "text": str(part.get("text", ""))})
+        elif kind == "refusal":
+            parts.append({"type": "text", "text": str(part.get("refusal", ""))})
+        elif kind == "input_image":
+            url = part.get("image_url")
+            if not isinstance(url, str):
+                raise Untranslatable(
+                    where, "an image is sent as image_url (a URL or a data: URL), not a file_id"
+                )
+            image: dict[str, Any] = {"url": url}
+            if isinstance(part.get("detail"), str) and part["detail"] != "auto":
+                image["detail"] = part["detail"]
+            parts.append({"type": "image_url", "image_url": image})
+        elif kind == "input_file":
+            file = {k: part[k] for k in ("file_data", "file_id", "filename") if k in part}
+            if not file.get("file_data") and not file.get("file_id"):
+                raise Untranslatable(where, "a file is sent as file_data (or file_id)")
+            parts.append({"type": "file", "file": file})
+        else:
+            raise Untranslatable(
+                f"{where}.type", f"content part {kind!r} has no Chat Completions counterpart"
+            )
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts)
+    return parts
+
+
+def _output_text(output: Any) -> str | list[dict[str, Any]]:
+    """A function call's output: a string, or content parts."""
+    if isinstance(output, str):
+        return output
+    return _parts(output, "output")
+
+
+def _chat_messages(items: list[Any]) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    reasoning: list[str] = []
+    for i, item in enumerate(items):
+        path = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise Untranslatable(path, "an input item is an object")
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = item.get("role")
+            if role not in ("user", "assistant", "system", "developer"):
+                raise Untranslatable(f"{path}.role", f"role {role!r} is not a message role")
+            content = _parts(item.get("content", ""), f"{path}.content")
+            if role == "assistant":
+                last = messages[-1] if messages else None
+                text = content if isinstance(content, str) else ""
+                if last is not None and last["role"] == "assistant" and "tool_calls" not in last:
+                    last["content"] = (last["content"] or "") + text
+                else:
+                    messages.append({"role": "assistant", "content": text})
+                if reasoning:
+                    messages[-1]["reasoning_content"] = "".join(reasoning)
+                    reasoning = []
+            else:
+                # "developer" is OpenAI's newer name for system: every server knows "system".
+                messages.append(
+                    {"role": "user" if role == "user" else "system", "content": content}
+                )
+        elif kind == "function_call":
+            call = {
+                "id": str(item.get("call_id", "")),
+                "type": "function",
+                "function": {
+                    "name": str(item.get("name", "")),
+                    "arguments": str(item.get("arguments") or "{}"),
+                },
+            }
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant":
+                last.setdefault("tool_calls", []).append(call)
+                if last["content"] == "":
+                    last["content"] = None
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            if reasoning:
+                messages[-1]["reasoning_content"] = "".join(reasoning)
+                reasoning = []
+        elif kind == "function_call_output":
+            messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": str(item.get("call_id", "")),
+                    "content": _output_text(item.get("output", "")),
+                }
+            )
+        elif kind == "reasoning":
+            # Kept for the assistant turn it belongs to (servers that think want it back).
+            for part in (item.get("content") or []) + (item.get("summary") or []):
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    reasoning.append(part["text"])
+        elif kind == "item_reference":
+            raise Untranslatable(
+                path, "item references need the items OpenAI stored; send the items themselves"
+            )
+        else:
+            raise Untranslatable(
+                f"{path}.type",
+                f"input item {kind!r} belongs to a tool that runs only inside OpenAI's API; "
+                "the upstream speaks Chat Completions",
+            )
+    return messages
+
+
+def _tools(tools: Any) -> list[dict[str, Any]]:
+    result = []
+    for i, tool in enumerate(tools if isinstance(tools, list) else []):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind != "function":
+            raise Untranslatable(
+                f"tools[{i}]",
+                f"the tool type {kind!r} runs only inside OpenAI's API; the upstream speaks "
+                "Chat Completions (define it as a function tool)",
+            )
+        function: dict[str, Any] = {
+            "name": tool.get("name"),
+            "parameters": tool.get("parameters") or {"type": "object", "properties": {}},
+        }
+        if tool.get("description"):
+            function["description"] = tool["description"]
+        if isinstance(tool.get("strict"), bool):
+            function["strict"] = tool["strict"]
+        result.append({"type": "function", "function": function})
+    return result
+
+
+def _tool_choice(choice: Any, request: dict[str, Any]) -> None:
+    if choice is None:
+        return
+    if choice in ("auto", "none", "required"):
+        request["tool_choice"] = choice
+        return
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind == "function":
+        request["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
+    elif kind == "allowed_tools":
+        allowed = {t.get("name") for t in choice.get("tools") or [] if isinstance(t, dict)}
+        request["tools"] = [t for t in request.get("tools", []) if t["function"]["name"] in allowed]
+        request["tool_choice"] = "required" if choice.get("mode") == "required" else "auto"
+    else:
+        raise Untranslatable(
+            "tool_choice", f"{kind or choice!r} names a tool that runs only inside OpenAI's API"
+        )
+
+
+def chat_request_for_responses(
+    document: Mapping[str, Any], *, max_tokens_field: str = "max_tokens"
+) -> dict[str, Any]:
+    """The chat completion request for a Responses request *document*.
+
+    *max_tokens_field* is what the upstream calls the output limit (``max_tokens`` for
+    most OpenAI-compatible servers, ``max_completion_tokens`` for OpenAI itself).
+
+    Raises:
+        Untranslatable: a field or item that would change the answer has no counterpart.
+    """
+    for key, why in _REFUSED.items():
+        if document.get(key):
+            raise Untranslatable(key, why)
+    if document.get("previous_response_id"):
+        raise Untranslatable(
+            "previous_response_id", "the conversation must be resolved before translating"
+        )
+    if document.get("top_logprobs"):
+        raise Untranslatable("top_logprobs", "log probabilities are not translated")
+    messages: list[dict[str, Any]] = []
+    instructions = document.get("instructions")
+    if isinstance(instructions, str) and instructions:
+        messages.append({"role": "system", "content": instructions})
+    elif isinstance(instructions, list):
+        messages.extend(_chat_messages(instructions))
+    if "input" not in document:
+        raise Untranslatable("input", "missing: a string or a list of input items")
+    messages.extend(_chat_messages(input_items(document["input"])))
+    request: dict[str, Any] = {"model": document.get("model"), "messages": messages}
+    if isinstance(document.get("max_output_tokens"), int):
+        request[max_tokens_field] = document["max_output_tokens"]
+    for key in ("temperature", "top_p", "parallel_tool_calls"):
+        if document.get(key) is not None:
+            request[key] = document[key]
+    user = document.get("safety_identifier") or document.get("user")
+    if isinstance(user, str):
+        request["user"] = user
+    if document.get("stream") is True:
+        request["stream"] = True
+        request["stream_options"] = {"include_usage": True}  # the completed event's usage
+    if document.get("tools"):
+        request["tools"] = _tools(document["tools"])
+    _tool_choice(document.get("tool_choice"), request)
+    text = document.get("text")
+    fmt = text.get("format") if isinstance(text, dict) else None
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = {"name": fmt.get("name") or "response", "schema": fmt.get("schema") or {}}
+        for key in ("description", "strict"):
+            if fmt.get(key) is not None:
+                schema[key] = fmt[key]
+        request["response_format"] = {"type": "json_schema", "json_schema": schema}
+    elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        request["response_format"] = {"type": "json_object"}
+    reasoning = document.get("reasoning")
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+    if isinstance(effort, str) and effort != "none":
+        request["reasoning_effort"] = effort
+    return request
+
+
+# -- the answer ----------------------------------------------------------------------
+
+
+def response_shell(
+    document: Mapping[str, Any], model: str | None, previous_response_id: str | None = None
+) -> dict[str, Any]:
+    """The response object without its output: a new id, and what it repeats of the
+    request *document* (as OpenAI's API does; the SDKs read these fields)."""
+    reasoning = document.get("reasoning")
+    text = document.get("text")
+    return {
+        "id": new_id("resp_"),
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "in_progress",
+        "background": False,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": document.get("instructions"),
+        "max_output_tokens": document.get("max_output_tokens"),
+        "metadata": document.get("metadata") or {},
+        "model": model or document.get("model"),
+        "output": [],
+        "parallel_tool_calls": document.get("parallel_tool_calls") is not False,
+        "previous_response_id": previous_response_id,
+        "reasoning": {
+            "effort": reasoning.get("effort") if isinstance(reasoning, dict) else None,
+            "summary": reasoning.get("summary") if isinstance(reasoning, dict) else None,
+        },
+        "store": document.get("store") is not False,
+        "temperature": document.get("temperature", 1.0),
+        "text": text if isinstance(text, dict) else {"format": {"type": "text"}},
+        "tool_choice": document.get("tool_choice") or "auto",
+        "tools": document.get("tools") or [],
+        "top_p": document.get("top_p", 1.0),
+        "truncation": document.get("truncation") or "disabled",
+        "usage": None,
+        "user": document.get("user"),
+    }
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def response_usage(usage: Mapping[str, Any]) -> dict[str, Any]:
+    """The Responses usage object for a chat completion's usage."""
+    prompt = _int(usage.get("prompt_tokens"))
+    completion = _int(usage.get("completion_tokens"))
+    prompt_details = usage.get("prompt_tokens_details")
+    completion_details = usage.get("completion_tokens_details")
+    written = _int(usage.get("cache_creation_input_tokens")) or _int(
+        usage.get("cache_creation_tokens")
+    )
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {
+            "cached_tokens": _int(prompt_details.get("cached_tokens"))
+            if isinstance(prompt_details, dict)
+            else 0,
+            "cache_write_tokens": written,
+        },
+        "output_tokens": completion,
+        "output_tokens_details": {
+            "reasoning_tokens": _int(completion_details.get("reasoning_tokens"))
+            if isinstance(completion_details, dict)
+            else 0
+        },
+        "total_tokens": prompt + completion,
+    }
+
+
+def _message_item(item_id: str, text: str, status: str, refusal: bool = False) -> dict[str, Any]:
+    part: dict[str, Any] = (
+        {"type": "refusal", "refusal": text}
+        if refusal
+        else {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
+    )
+    return {
+        "id": item_id,
+        "type": "message",
+        "status": status,
+        "role": "assistant",
+        "content": [part] if status != "in_progress" else [],
+    }
+
+
+def _reasoning_item(item_id: str, text: str | None) -> dict[str, Any]:
+    item: dict[str, Any] = {"id": item_id, "type": "reasoning", "summary": []}
+    if text is not None:
+        item["content"] = [{"type": "reasoning_text", "text": text}]
+    return item
+
+
+def _call_item(
+    item_id: str, call_id: str, name: str, arguments: str, status: str
+) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "status": status,
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+    }
+
+
+def _finished(response: dict[str, Any], finish_reason: Any) -> None:
+    """Status and details of a response whose output ended with *finish_reason*."""
+    reason = _INCOMPLETE.get(finish_reason) if isinstance(finish_reason, str) else None
+    response["status"] = "incomplete" if reason else "completed"
+    response["incomplete_details"] = {"reason": reason} if reason else None
+    response["completed_at"] = int(time.time()) if not reason else None
+
+
+def responses_answer(document: Mapping[str, Any], shell: Mapping[str, Any]) -> dict[str, Any]:
+    """The Responses answer for a chat completion *document* (its first choice), on
+    *shell* (`response_shell`)."""
+    choices = document.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else {}
+    message = choice.get("message") or {}
+    output: list[dict[str, Any]] = []
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if isinstance(reasoning, str) and reasoning:
+        output.append(_reasoning_item(new_id("rs_"), reasoning))
+    text = message.get("content")
+    if isinstance(text, list):
+        text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
+    if isinstance(text, str) and text:
+        output.append(_message_item(new_id("msg_"), text, "completed"))
+    refusal = message.get("refusal")
+    if isinstance(refusal, str) and refusal:
+        output.append(_message_item(new_id("msg_"), refusal, "completed", refusal=True))
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else []:
+        function = call.get("function") or {}
+        arguments = function.get("arguments")
+        output.append(
+            _call_item(
+                new_id("fc_"),
+                str(call.get("id") or new_id("call_")),
+                str(function.get("name", "")),
+                arguments if isinstance(arguments, str) else dumps(arguments or {}).decode(),
+                "completed",
+            )
+        )
+    response = dict(shell)
+    response["output"] = output
+    _finished(response, choice.get("finish_reason"))
+    response["usage"] = response_usage(document.get("usage") or {})
+    return response
+
+
+# -- the stream ------------------------------------------------------------------------
+
+_MESSAGE: Final = 1
+_REASONING: Final = 2
+
+
+class _Call:
+    """A function call item being streamed."""
+
+    __slots__ = ("arguments", "call_id", "item_id", "name", "output_index", "prefix")
+
+    def __init__(self, item_id: str, call_id: str, name: str, output_index: int) -> None:
+        self.item_id = item_id
+        self.call_id = call_id
+        self.name = name
+        self.output_index = output_index
+        self.arguments: list[str] = []
+        self.prefix = (
+            b'event: response.function_call_arguments.delta\ndata: {"type":'
+            b'"response.function_call_arguments.delta","item_id":"%s","output_index":%d,'
+            b'"sequence_number":' % (item_id.encode(), output_index)
+        )
+
+
+class ResponsesFromChatStream(StreamTranslation):
+    """Chat Completions chunks in, Responses events out (see the module's description).
+
+    When the stream has completed (or stopped incomplete), `response` is the whole
+    response object, as its last event carries it; until then, and after a failure,
+    it is None.
+    """
+
+    __slots__ = (
+        "all_calls",
+        "calls",
+        "finish_reason",
+        "item",
+        "item_id",
+        "item_kind",
+        "item_prefix",
+        "item_text",
+        "next_output",
+        "output",
+        "response",
+        "sequence",
+        "shell",
+        "started",
+        "usage",
+    )
+
+    def __init__(self, shell: dict[str, Any]) -> None:
+        super().__init__()
+        self.shell = shell
+        self.sequence = 0
+        self.started = False
+        #: The finished output items, by output index.
+        self.output: dict[int, dict[str, Any]] = {}
+        self.next_output = 0
+        #: The open message or reasoning item: kind (0: none), output index, id, text so far.
+        self.item_kind = 0
+        self.item = -1
+        self.item_id = ""
+        self.item_text: list[str] = []
+        self.item_prefix = b""
+        #: Function calls by the chat tool-call index, and all of them in order (open
+        #: until the end: an index may be reused by a later call, Gemini's way).
+        self.calls: dict[int, _Call] = {}
+        self.all_calls: list[_Call] = []
+        self.finish_reason: Any = None
+        self.usage: dict[str, Any] | None = None
+        self.response: dict[str, Any] | None = None
+
+    # -- events ---------------------------------------------------------------------
+
+    def _emit(self, name: str, document: dict[str, Any], out: list[bytes]) -> None:
+        document["sequence_number"] = self.sequence
+        self.sequence += 1
+        out.append(b"event: " + name.encode() + b"\ndata: " + dumps(document) + b"\n\n")
+
+    def _delta(self, prefix: bytes, text: str, out: list[bytes]) -> None:
+        # The per-chunk path: the fixed part made once per item, only the text encoded.
+        out.append(prefix + b'%d,"delta":' % self.sequence + dumps(text) + b"}\n\n")
+        self.sequence += 1
+
+    def _event(self, event: SSEEvent, out: list[bytes]) -> None:
+        text = event.data
+        if text is None:
+            return  # an upstream keep-alive comment: the gateway's own heartbeat does that
+        if text == "[DONE]":
+            if self.finish_reason is None:
+                self._error(out, 502, "the upstream's stream ended before the answer was complete")
+            else:
+                self._close(out)
+            return
+        chunk = self._json(text, out)
+        if chunk is None:
+            return
+        if "error" in chunk or event.event == "error":
+            fields = error_fields(chunk)
+            message = fields[0] if fields else text
+            self._error(
+                out, 500, message, fields[1] if fields else None, fields[2] if fields else None
+            )
+            return
+        self._chunk(chunk, out)
+
+    def _ended(self, out: list[bytes]) -> None:
+        if self.finish_reason is None:
+            self._error(out, 502, "the upstream's stream ended before the answer was complete")
+        else:
+            self._close(out)
+
+    # -- internals ------------------------------------------------------------------
+
+    def _start(self, out: list[bytes]) -> None:
+        self.started = True
+        self._emit("response.created", {"type": "response.created", "response": self.shell}, out)
+        self._emit(
+            "response.in_progress", {"type": "response.in_progress", "response": self.shell}, out
+        )
+
+    def _open(self, kind: int, out: list[bytes]) -> None:
+        self._close_item(out)
+        index = self.next_output
+        self.next_output += 1
+        self.item_kind = kind
+        self.item = index
+        self.item_text = []
+        if kind == _MESSAGE:
+            item_id = self.item_id = new_id("msg_")
+            self._emit(
+                "response.output_item.added",
+                {
+                    "type": "response.output_item.added",
+                    "output_index": index,
+                    "item": _message_item(item_id, "", "in_progress"),
+                },
+                out,
+            )
+            self._emit(
+                "response.content_part.added",
+                {
+                    "type": "response.content_part.added",
+                    "item_id": item_id,
+                    "output_index": index,
+                    "content_index": 0,
+                    "part": {"type": "output_text", "annotations": [], "logprobs": [], "text": ""},
+                },
+                out,
+            )
+            self.item_prefix = (
+                b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+                b'"item_id":"%s","output_index":%d,"content_index":0,"logprobs":[],'
+                b'"sequence_number":' % (item_id.encode(), index)
+            )
+        else:
+            item_id = self.item_id = new_id("rs_")
+            self._emit(
+                "response.output_item.added",
+                {
+                    "type": "response.output_item.added",
+                    "output_index": index,
+                    "item": _reasoning_item(item_id, None),
+                },
+                out,
+            )
+            self.item_prefix = (
+                b'event: response.reasoning_text.delta\ndata: {"type":'
+                b'"response.reasoning_text.delta","item_id":"%s","output_index":%d,'
+                b'"content_index":0,"sequence_number":' % (item_id.encode(), index)
+            )
+
+    def _close_item(self, out: list[bytes]) -> None:
+        kind = self.item_kind
+        if not kind:
+            return
+        self.item_kind = 0
+        text = "".join(self.item_text)
+        index, item_id = self.item, self.item_id
+        if kind == _MESSAGE:
+            part = {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
+            common = {"item_id": item_id, "output_index": index, "content_index": 0}
+            self._emit(
+                "response.output_text.done",
+                {"type": "response.output_text.done", **common, "text": text, "logprobs": []},
+                out,
+            )
+            self._emit(
+                "response.content_part.done",
+                {"type": "response.content_part.done", **common, "part": part},
+                out,
+            )
+            item = _message_item(item_id, text, "completed")
+        else:
+            self._emit(
+                "response.reasoning_text.done",
+                {
+                    "type": "response.reasoning_text.done",
+                    "item_id": item_id,
+                    "output_index": index,
+                    "content_index": 0,
+                    "text": text,
+                },
+                out,
+            )
+            item = _reasoning_item(item_id, text)
+        self.output[index] = item
+        self._emit(
+            "response.output_item.done",
+            {"type": "response.output_item.done", "output_index": index, "item": item},
+            out,
+        )
+
+    def _chunk(self, chunk: Mapping[str, Any], out: list[bytes]) -> None:
+        if not self.started:
+            self._start(out)
+        usage = chunk.get("usage")
+        if not isinstance(usage, dict):
+            extra = chunk.get("x_groq")
+            usage = extra.get("usage") if isinstance(extra, dict) else None
+        if isinstance(usage, dict):
+            self.usage = usage
+        choices = chunk.get("choices")
+        if not choices:
+            if isinstance(usage, dict) and self.finish_reason is not None:
+                self._close(out)  # the usage chunk after the finish reason: all is known
+            return
+        choice = choices[0]
+        if not isinstance(choice, dict):
+            return
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning:
+                if self.item_kind != _REASONING:
+                    self._open(_REASONING, out)
+                self.item_text.append(reasoning)
+                self._delta(self.item_prefix, reasoning, out)
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                if self.item_kind != _MESSAGE:
+                    self._open(_MESSAGE, out)
+                self.item_text.append(content)
+                self._delta(self.item_prefix, content, out)
+            calls = delta.get("tool_calls")
+            if isinstance(calls, list):
+                for position, call in enumerate(calls):
+                    if isinstance(call, dict):
+                        self._tool_call(call, position, out)
+        finish = choice.get("finish_reason")
+        if finish:
+            self.finish_reason = finish
+
+    def _tool_call(self, call: Mapping[str, Any], position: int, out: list[bytes]) -> None:
+        index = call.get("index")
+        if not isinstance(index, int):
+            index = position  # Gemini's compatibility layer leaves the index out
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        assert isinstance(function, dict)
+        call_id = call.get("id")
+        known = self.calls.get(index)
+        if known is None or (call_id and call_id != known.call_id):
+            self._close_item(out)
+            output_index = self.next_output
+            self.next_output += 1
+            known = self.calls[index] = _Call(
+                new_id("fc_"),
+                str(call_id) if call_id else new_id("call_"),
+                str(function.get("name") or ""),
+                output_index,
+            )
+            self.all_calls.append(known)
+            self._emit(
+                "response.output_item.added",
+                {
+                    "type": "response.output_item.added",
+                    "output_index": output_index,
+                    "item": _call_item(known.item_id, known.call_id, known.name, "", "in_progress"),
+                },
+                out,
+            )
+        elif function.get("name") and not known.name:
+            known.name = str(function["name"])
+        arguments = function.get("arguments")
+        if isinstance(arguments, str) and arguments:
+            known.arguments.append(arguments)
+            self._delta(known.prefix, arguments, out)
+
+    def _close(self, out: list[bytes]) -> None:
+        if self.closed:
+            return
+        if not self.started:
+            self._start(out)
+        self._close_item(out)
+        for call in self.all_calls:
+            arguments = "".join(call.arguments) or "{}"
+            self._emit(
+                "response.function_call_arguments.done",
+                {
+                    "type": "response.function_call_arguments.done",
+                    "item_id": call.item_id,
+                    "output_index": call.output_index,
+                    "name": call.name,
+                    "arguments": arguments,
+                },
+                out,
+            )
+            item = _call_item(call.item_id, call.call_id, call.name, arguments, "completed")
+            self.output[call.output_index] = item
+            self._emit(
+                "response.output_item.done",
+                {
+                    "type": "response.output_item.done",
+                    "output_index": call.output_index,
+                    "item": item,
+                },
+                out,
+            )
+        self.closed = True
+        response = dict(self.shell)
+        response["output"] = [self.output[i] for i in sorted(self.output)]
+        _finished(response, self.finish_reason)
+        response["usage"] = response_usage(self.usage or {})
+        name = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
+        self._emit(name, {"type": name, "response": response}, out)
+        self.response = response
+
+    def _error(
+        self,
+        out: list[bytes],
+        status: int,
+        message: str,
+        kind: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        if not self.started:
+            self._start(out)
+        self.closed = True
+        kind = kind if kind else openai_error_type(status)
+        code = code or ("server_error" if status >= 500 else kind)
+        # Both shapes at once: the SDKs raise on the nested ``error``; the event's own
+        # fields are what OpenAI's API reference describes.
+        self._emit(
+            "error",
+            {
+                "type": "error",
+                "code": code,
+                "message": message,
+                "param": None,
+                "error": {"type": kind, "code": code, "message": message, "param": None},
+            },
+            out,
+        )
+        response = dict(self.shell)
+        response["status"] = "failed"
+        response["error"] = {"code": code, "message": message}
+        response["output"] = [self.output[i] for i in sorted(self.output)]
+        self._emit("response.failed", {"type": "response.failed", "response": response}, out)
+
+
+class Piped:
+    """Two stream translations one after the other: what the first makes of the
+    upstream's bytes is fed to the second (a Responses client in front of a
+    Messages-only upstream: Messages → chat → Responses)."""
+
+    __slots__ = ("first", "second")
+
+    def __init__(self, first: StreamTranslation, second: ResponsesFromChatStream) -> None:
+        self.first = first
+        self.second = second
+
+    @property
+    def closed(self) -> bool:
+        return self.second.closed
+
+    @property
+    def response(self) -> dict[str, Any] | None:
+        return self.second.response
+
+    def feed(self, data: bytes) -> bytes:
+        middle = self.first.feed(data)
+        return self.second.feed(middle) if middle else b""
+
+    def end(self) -> bytes:
+        middle = self.first.end()
+        out = self.second.feed(middle) if middle else b""
+        return out + self.second.end()
