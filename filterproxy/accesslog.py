@@ -35,7 +35,7 @@ def access_record(head: RequestHead | None, info: StreamInfo, duration: float) -
         "request_id": info.request_id,
         "client": head.client_ip if head else "",
         "method": head.method if head else "",
-        "path": head.path.split("?", 1)[0] if head else "",
+        "path": (info.client_path or (head.path if head else "")).split("?", 1)[0],
         "model": info.model,
         "key": info.key_name,
         "route": info.route.name if info.route else None,

@@ -34,7 +34,7 @@ _SPAN = "otel.span"
 def operation_name(path: str) -> str:
     """The GenAI operation (``gen_ai.operation.name``) a request path stands for."""
     path = path.split("?", 1)[0]
-    if path.endswith("/chat/completions") or path.endswith("/messages"):
+    if path.endswith(("/chat/completions", "/messages", "/responses")):
         return "chat"
     if path.endswith("/completions"):
         return "text_completion"

@@ -105,6 +105,8 @@ class StreamInfo:
 
     request_id: str = ""
     started: float = field(default_factory=time.monotonic)
+    #: The path (and query) the client asked for, whatever filters rewrite it into.
+    client_path: str = ""
     #: The route chosen by the route filter, if any.
     route: RouteConfig | None = None
     #: The cluster the router will use (normally the route's).

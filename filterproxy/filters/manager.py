@@ -325,6 +325,7 @@ class FilterManager(ResponseSink):
         """The client's request head arrived."""
         self.head = head
         info = self.stream_info
+        info.client_path = head.path
         headers = head.headers
         client_id = headers.get("x-request-id")
         info.request_id = request_id = request_id_from(client_id)

@@ -307,6 +307,7 @@ def test_genai_operation_names() -> None:
 
     assert operation_name("/v1/chat/completions?x=1") == "chat"
     assert operation_name("/v1/messages") == "chat"
+    assert operation_name("/v1/responses") == "chat"
     assert operation_name("/v1/completions") == "text_completion"
     assert operation_name("/v1/embeddings") == "embeddings"
     assert operation_name("/v1/files") == "http"
