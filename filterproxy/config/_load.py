@@ -23,6 +23,8 @@ from filterproxy.config._types import (
     Config,
     FilterEntry,
     Limits,
+    RedisConfig,
+    ResponsesConfig,
     TracingConfig,
 )
 from filterproxy.http.apis import ALL_APIS
@@ -43,6 +45,7 @@ _TOP_KEYS = {
     "keys",
     "keys_file",
     "redis",
+    "responses",
 }
 _LIMIT_KEYS = {f.name for f in fields(Limits)}
 _DURATION_LIMITS = {"request_header_timeout", "request_body_timeout", "keepalive_timeout"}
@@ -90,6 +93,7 @@ def parse_config(
         keys_file, filed = parse_keys_file(top["keys_file"], env)
         gateway_keys = merge(gateway_keys, filed, keys_file)
     access = _access_log(top["access_log"]) if "access_log" in top else True
+    redis = parse_redis(section("redis"))
     return Config(
         listeners=tuple(n.string() for n in section("listeners").sequence()),
         clusters=MappingProxyType(clusters),
@@ -110,8 +114,29 @@ def parse_config(
         warnings=warnings,
         gateway_keys=gateway_keys,
         keys_file=keys_file,
-        redis=parse_redis(section("redis")),
+        redis=redis,
+        responses=_parse_responses(section("responses"), redis),
     )
+
+
+def _parse_responses(node: Node, redis: RedisConfig | None) -> ResponsesConfig:
+    """``responses``: ``{store, ttl, max_bytes}``."""
+    default = ResponsesConfig(store="redis" if redis is not None else "memory")
+    if node.value is None:
+        return default
+    keys = node.mapping({"store", "ttl", "max_bytes"})
+    store = keys["store"].string() if "store" in keys else default.store
+    if store not in ("memory", "redis"):
+        raise keys["store"].error("memory (this process) or redis (the top-level 'redis')")
+    if store == "redis" and redis is None:
+        raise keys["store"].error(
+            "redis needs the top-level 'redis' (e.g. redis: redis://127.0.0.1:6379/0)"
+        )
+    ttl = keys["ttl"].duration() if "ttl" in keys else default.ttl
+    if ttl <= 0:
+        raise keys["ttl"].error("must be positive, e.g. 24h")
+    max_bytes = keys["max_bytes"].integer(minimum=1) if "max_bytes" in keys else default.max_bytes
+    return ResponsesConfig(store, ttl, max_bytes)
 
 
 def _default_filters(

@@ -16,7 +16,14 @@ DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
 DEFAULT_FILTERS = ("body-accumulate", "route", "header-rewrite", "usage")
 #: The default chain when a cluster does not speak every client API: the translate
 #: filter goes after the route filter (a chain that needs none stays as it was).
-DEFAULT_TRANSLATING_FILTERS = ("body-accumulate", "route", "translate", "header-rewrite", "usage")
+DEFAULT_TRANSLATING_FILTERS = (
+    "body-accumulate",
+    "responses",
+    "route",
+    "translate",
+    "header-rewrite",
+    "usage",
+)
 
 #: The conditions ``retry.retry_on`` may name (Envoy's vocabulary).
 RETRY_CONDITIONS = frozenset({"connect-failure", "reset", "5xx", "retriable-status-codes"})
@@ -297,6 +304,19 @@ class RedisConfig:
     on_error: str = "open"
 
 
+@dataclass(frozen=True)
+class ResponsesConfig:
+    """Where the Responses API's conversations are kept (``previous_response_id``)."""
+
+    #: ``memory`` (this process) or ``redis`` (the top-level ``redis``: every worker and
+    #: replica). Default: ``redis`` when the config names one, else ``memory``.
+    store: str = "memory"
+    #: How long a stored response can be continued, read or deleted.
+    ttl: float = 24 * 3600.0
+    #: The most bytes the ``memory`` store holds (the least recently used go first).
+    max_bytes: int = 128 * 1024 * 1024
+
+
 #: Where the admin listener (metrics, health, config, reload) listens by default.
 DEFAULT_ADMIN_LISTENER = "tcp:9901:interface=127.0.0.1"
 
@@ -347,6 +367,7 @@ class Config:
     #: The file more keys come from (re-read by a reload), if any.
     keys_file: str | None = None
     redis: RedisConfig | None = None
+    responses: ResponsesConfig = ResponsesConfig()
     #: What the config says that the gateway does not do (an imported ArchGW config's
     #: keys with no counterpart here): logged at start-up, printed by check-config.
     warnings: tuple[str, ...] = ()

@@ -21,6 +21,7 @@ from filterproxy.filters.api import FilterContext, IStreamFilter, StreamFilter
 from filterproxy.filters.body_accumulate import BodyAccumulateConfig, BodyAccumulateFilter
 from filterproxy.filters.header_rewrite import HeaderRewriteFilter
 from filterproxy.filters.keys import KeysFilter
+from filterproxy.filters.responses import ResponsesFilter
 from filterproxy.filters.route import RouteFilter
 from filterproxy.filters.translate import TranslateFilter
 from filterproxy.filters.usage import UsageFilter
@@ -36,6 +37,7 @@ __all__ = [
 BUILTIN_FILTERS: dict[str, type[StreamFilter]] = {
     "keys": KeysFilter,
     "body-accumulate": BodyAccumulateFilter,
+    "responses": ResponsesFilter,
     "route": RouteFilter,
     "translate": TranslateFilter,
     "header-rewrite": HeaderRewriteFilter,

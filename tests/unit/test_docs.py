@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 
-from filterproxy.config import ClusterConfig, Limits, Node, OutlierDetection, RetryPolicy, Timeouts
+from filterproxy.config import (
+    ClusterConfig,
+    Limits,
+    Node,
+    OutlierDetection,
+    ResponsesConfig,
+    RetryPolicy,
+    Timeouts,
+)
 from filterproxy.config._clusters import _CLUSTER_KEYS, _ENDPOINT_KEYS
 from filterproxy.config._load import _TOP_KEYS
 from filterproxy.config._routes import _ROUTE_KEYS
@@ -58,6 +66,7 @@ def test_the_top_level_keys_are_the_parsers() -> None:
     top = tables()["Top level"]
     assert first_parts(top) == _TOP_KEYS
     assert sub_keys(top, "admin") == {"listen"}
+    assert sub_keys(top, "responses") == {f.name for f in fields(ResponsesConfig)}
     assert sub_keys(top, "tracing") == {"otlp_endpoint", "service_name"}
 
 
@@ -117,6 +126,14 @@ def _defaults_of(instance: Any, prefix: str = "") -> dict[str, Any]:
             },
         ),
         ("clusters.NAME", _defaults_of(OutlierDetection(), "outlier_detection.")),
+        (
+            "Top level",
+            {
+                k: v
+                for k, v in _defaults_of(ResponsesConfig(), "responses.").items()
+                if k != "responses.store"  # it depends on whether redis is configured
+            },
+        ),
         (
             "clusters.NAME",
             {

@@ -1,0 +1,284 @@
+"""responses: the Responses API's conversation state, for upstreams that do not keep it.
+
+OpenAI keeps every response (unless ``store: false``) so that the next request can
+continue it with ``previous_response_id``, read it (``GET /v1/responses/{id}``, its
+``/input_items``) or delete it (``DELETE``). When the gateway translates a Responses
+request to a provider that speaks Chat Completions or Messages, nobody upstream keeps
+anything: this filter does, in the store the top-level ``responses`` section names
+(`filterproxy.conversations`: this process's memory, or Redis for every worker and
+replica).
+
+- ``POST /v1/responses`` with a ``previous_response_id`` the gateway stored: the stored
+  conversation (its input and output) goes in front of the request's ``input``, and the
+  id leaves the request — it now stands alone, for the translation or for any upstream.
+  An id the gateway did not store is left in place: an upstream that speaks Responses
+  may know it; the translate filter answers 404 for one that does not.
+- The answer of a translated request (`RESPONSE_ANNOTATION`, left by the translate
+  filter) is stored before its last bytes go to the client, so a client that sends the
+  next turn as soon as it has read the last one finds it on any worker.
+- ``GET`` and ``DELETE`` of a stored response are answered here.
+
+Every record is bound to its owner: the gateway key's name when the request carried
+one (the keys filter, first in the chain), else the client's credential header
+(``Authorization`` / ``x-api-key``). A request with other credentials is told the
+response does not exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from filterproxy.config import Node, RouteConfig
+from filterproxy.conversations import Conversations, conversations_for
+from filterproxy.filters.api import (
+    DataResult,
+    FilterContext,
+    FilterStatus,
+    RequestHead,
+    ResponseHead,
+    StreamFilter,
+)
+from filterproxy.filters.translate import PREVIOUS_ANNOTATION, RESPONSE_ANNOTATION
+from filterproxy.http.apis import RESPONSES
+from filterproxy.translate.responses_client import input_items
+
+__all__ = ["ResponsesFilter", "ResponsesFilterConfig", "owner_of"]
+
+log = Logger(namespace="filterproxy.responses")
+#: ``…/responses``, ``…/responses/{id}`` and ``…/responses/{id}/input_items``.
+_PATH: Final = re.compile(r"^(?:/[^?]*)?/responses(?:/([^/?]+)(/input_items)?)?/?$")
+#: Fields of an output item that belong to the response that made it, not to the next
+#: request's input (an upstream that keeps items would look the ids up).
+_OUTPUT_ONLY: Final = ("id", "status")
+
+
+@dataclass(frozen=True)
+class ResponsesFilterConfig:
+    store: Conversations
+    ttl: float
+    #: The routes with a path prefix: a GET of a response the gateway did not store goes
+    #: to the route whose prefix it matches (a provider that keeps responses itself).
+    prefixed_routes: tuple[RouteConfig, ...]
+
+
+def owner_of(head: RequestHead, key_name: str | None) -> str:
+    """Whom a stored response belongs to: a digest of the gateway key's name, or of the
+    credential header the client sent (or of nothing, for a client with none)."""
+    if key_name is not None:
+        basis = "key:" + key_name
+    else:
+        credential = head.headers.get("authorization") or head.headers.get("x-api-key")
+        basis = "credential:" + credential.strip() if credential else "anonymous"
+    return hashlib.sha256(basis.encode()).hexdigest()
+
+
+def _continued(record: Mapping[str, Any]) -> list[Any]:
+    """The input items a stored response is continued from: its input, then its output
+    as input items."""
+    response = record.get("response") or {}
+    output = [
+        {k: v for k, v in item.items() if k not in _OUTPUT_ONLY}
+        if isinstance(item, dict) and item.get("type") != "reasoning"
+        else item
+        for item in response.get("output") or []
+    ]
+    return [*(record.get("input") or []), *output]
+
+
+class ResponsesFilter(StreamFilter):
+    """Keeps, continues, reads and deletes Responses conversations (see the module)."""
+
+    config: ResponsesFilterConfig
+
+    @classmethod
+    def configure(cls, options: Mapping[str, Any], context: FilterContext) -> ResponsesFilterConfig:
+        Node(dict(options), context.path, context.environ).mapping(set())
+        config = context.config
+        return ResponsesFilterConfig(
+            conversations_for(config.responses, config.redis),
+            config.responses.ttl,
+            tuple(r for r in config.routes if r.path_prefix is not None),
+        )
+
+    def __init__(self, config: ResponsesFilterConfig) -> None:
+        super().__init__(config)
+        self.owner = ""
+        self.path = ""
+        #: A GET or DELETE of a stored response, answered here.
+        self.answering = False
+        #: The request's whole input (after a stored conversation was put in front).
+        self.input: list[Any] | None = None
+        self.keep = False
+        #: The answer's response is being stored (its last pieces wait in the chain's
+        #: buffer), and whether this filter returned before that was done.
+        self.storing = False
+        self.waiting = False
+        self.stored = False
+        self.done = False
+
+    # -- the request ---------------------------------------------------------------------
+
+    def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
+        path = head.path.split("?", 1)[0]
+        match = _PATH.match(path)
+        if match is None:
+            self.callbacks.pass_response_data()
+            return FilterStatus.CONTINUE
+        self.owner = owner_of(head, self.callbacks.stream_info.key_name)
+        self.path = path
+        response_id, items = match.group(1), match.group(2) is not None
+        if response_id is None:
+            if head.method != "POST" or end_stream:
+                self.callbacks.pass_response_data()
+                return FilterStatus.CONTINUE
+            return FilterStatus.STOP_ITERATION  # the body tells what to do
+        self.callbacks.pass_response_data()
+        if head.method not in ("GET", "DELETE") or (items and head.method != "GET"):
+            return FilterStatus.CONTINUE
+        self.answering = True
+        d = self.config.store.get(response_id)
+        d.addCallback(self._read, head.method, response_id, items)
+        d.addErrback(self._unavailable)
+        return FilterStatus.STOP_ITERATION
+
+    def _read(
+        self, record: dict[str, Any] | None, method: str, response_id: str, items: bool
+    ) -> None:
+        if self.done:
+            return
+        if record is None or record.get("owner") != self.owner:
+            if any(self.path.startswith(r.path_prefix or "") for r in self.config.prefixed_routes):
+                self.answering = False
+                self.callbacks.continue_decoding()  # a provider that keeps it may know it
+                return
+            self.callbacks.send_local_reply(
+                404,
+                f"no response with id {response_id!r}: the gateway keeps the responses it "
+                "answers (unless 'store' is false) for the time 'responses.ttl' says, for "
+                "the same credentials only",
+                code="not_found",
+            )
+            return
+        if method == "DELETE":
+            self.config.store.delete(response_id).addErrback(self._unavailable)
+            body = {"id": response_id, "object": "response.deleted", "deleted": True}
+        elif items:
+            data = [
+                {"id": f"item_{response_id.removeprefix('resp_')}_{i}", **item}
+                if isinstance(item, dict) and "id" not in item
+                else item
+                for i, item in enumerate(record.get("input") or [])
+            ]
+            body = {
+                "object": "list",
+                "data": data,
+                "first_id": data[0].get("id") if data else None,
+                "last_id": data[-1].get("id") if data else None,
+                "has_more": False,
+            }
+        else:
+            body = record.get("response") or {}
+        self.callbacks.send_local_response(200, orjson.dumps(body), "application/json")
+
+    def _unavailable(self, failure: Failure) -> None:
+        if self.done:
+            return
+        log.warn("conversation store unavailable: {error}", error=failure.getErrorMessage())
+        self.callbacks.send_local_reply(
+            503,
+            "the gateway cannot reach its conversation store; try again shortly",
+            code="store_unavailable",
+            headers=[("retry-after", "1")],
+        )
+
+    def decode_data(self, data: bytes, end_stream: bool) -> DataResult:
+        if self.answering:
+            return FilterStatus.STOP_ITERATION_AND_BUFFER  # a GET or DELETE (of no body)
+        if not end_stream:
+            return FilterStatus.STOP_ITERATION_AND_BUFFER
+        document = self.callbacks.request_json()
+        if document is None:
+            return FilterStatus.CONTINUE  # the route filter answers it with a 400
+        self.keep = document.get("store") is not False
+        self.input = input_items(document.get("input"))
+        previous = document.get("previous_response_id")
+        if not isinstance(previous, str) or not previous:
+            return FilterStatus.CONTINUE
+        early: list[Any] = []
+        d = self.config.store.get(previous)
+        d.addCallbacks(self._continue, self._unavailable, callbackArgs=(document, previous, early))
+        if early:
+            return FilterStatus.CONTINUE  # answered at once (the memory store)
+        early.append(None)  # from now on, the answer is acted on when it comes
+        return FilterStatus.STOP_ITERATION_AND_BUFFER
+
+    def _continue(
+        self,
+        record: dict[str, Any] | None,
+        document: dict[str, Any],
+        previous: str,
+        early: list[Any],
+    ) -> None:
+        if self.done:
+            return
+        if record is not None and record.get("owner") == self.owner:
+            self.input = [*_continued(record), *(self.input or [])]
+            document["input"] = self.input
+            del document["previous_response_id"]
+            self.callbacks.stream_info.annotations[PREVIOUS_ANNOTATION] = previous
+            self.callbacks.set_request_json(document)
+        if early:
+            self.callbacks.continue_decoding()
+        else:
+            early.append(True)
+
+    # -- the answer ----------------------------------------------------------------------
+
+    def encode_headers(self, head: ResponseHead, end_stream: bool) -> FilterStatus:
+        # Only a translated answer is kept here (an upstream that speaks Responses
+        # keeps its own); the others pass at no cost.
+        if not self.keep or self.callbacks.stream_info.api != RESPONSES:
+            self.callbacks.pass_response_data()
+        return FilterStatus.CONTINUE
+
+    def encode_data(self, data: bytes, end_stream: bool) -> DataResult:
+        if self.storing:
+            return FilterStatus.STOP_ITERATION_AND_BUFFER
+        if self.stored or not self.keep:
+            return FilterStatus.CONTINUE
+        response = self.callbacks.stream_info.annotations.get(RESPONSE_ANNOTATION)
+        if response is None:
+            return FilterStatus.CONTINUE
+        # The response is complete: kept before its last bytes leave, so that the next
+        # turn finds it wherever it lands.
+        self.stored = self.storing = True
+        record = {"owner": self.owner, "input": self.input or [], "response": response}
+        d = self.config.store.put(str(response.get("id")), record)
+        d.addErrback(
+            lambda f: log.warn(
+                "could not keep response {id}: {error}",
+                id=response.get("id"),
+                error=f.getErrorMessage(),
+            )
+        )
+        d.addBoth(self._release)
+        if not self.storing:
+            return FilterStatus.CONTINUE  # kept at once (the memory store)
+        self.waiting = True
+        return FilterStatus.STOP_ITERATION_AND_BUFFER
+
+    def _release(self, _: Any) -> None:
+        self.storing = False
+        if self.waiting and not self.done:
+            self.callbacks.continue_encoding()
+
+    def on_destroy(self) -> None:
+        self.done = True

@@ -1,0 +1,207 @@
+"""An upstream that speaks Chat Completions (and, for pass-through tests, hands out a
+fixed Responses answer), for the integration tests, run as its own process. It prints
+``PORT <n>`` when listening.
+
+``POST /v1/chat/completions`` answers (streaming or not) "You said: <last user text>
+(<n> messages)" — so a test sees how much conversation arrived — or, given ``tools``
+and a last message that is not a tool result, a call of the first tool with
+``{"city": "Paris"}``; after a tool result, "Tool said: <result>". Model ``chat-bad``
+gets a 400 in OpenAI's error shape, ``chat-midfail`` an error chunk after the first
+words. ``POST /v1/responses`` answers with fixed Responses bytes (an event stream when
+asked). ``GET /control/last`` returns the last request's path, headers and JSON body,
+``/control/count`` how many requests came, ``/control/sent`` the exact bytes of the
+last answer.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.web import server
+from twisted.web.resource import Resource
+
+LAST: dict[str, Any] = {}
+COUNT = [0]
+SENT = [b""]
+USAGE = {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}
+
+#: What a provider that speaks Responses itself answers (pass-through must keep it).
+RESPONSES_JSON = (
+    b'{"id":"resp_upstream1","object":"response","created_at":1,"status":"completed",'
+    b'"model":"native","output":[{"type":"message","id":"msg_u1","status":"completed",'
+    b'"role":"assistant","content":[{"type":"output_text","text":"native  answer",'
+    b'"annotations":[]}]}],"parallel_tool_calls":true,"tool_choice":"auto","tools":[],'
+    b'"usage":{"input_tokens":3,"output_tokens":2,"total_tokens":5}}'
+)
+RESPONSES_SSE = (
+    b'event: response.created\ndata: {"type":"response.created","sequence_number":0,'
+    b'"response":{"id":"resp_upstream1","object":"response","status":"in_progress","output":[]}}\n\n'
+    b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+    b'"sequence_number":1,"item_id":"msg_u1","output_index":0,"content_index":0,"delta":"native"}\n\n'
+    b"event: response.completed\ndata: " + b'{"type":"response.completed","sequence_number":2,'
+    b'"response":' + RESPONSES_JSON + b"}\n\n"
+)
+
+
+def reply(body: dict[str, Any]) -> tuple[str, tuple[str, str] | None]:
+    """(text, tool call as (name, arguments) or None) for a chat request."""
+    messages = body.get("messages") or []
+    last = messages[-1] if messages else {}
+    if last.get("role") == "tool":
+        return f"Tool said: {last.get('content')}", None
+    tools = body.get("tools")
+    if tools:
+        return "", (tools[0]["function"]["name"], json.dumps({"city": "Paris"}))
+    said = next(
+        (m.get("content") for m in reversed(messages) if m.get("role") == "user"), "nothing"
+    )
+    return f"You said: {said} ({len(messages)} messages)", None
+
+
+def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+    document = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        **extra,
+    }
+    return b"data: " + json.dumps(document).encode() + b"\n\n"
+
+
+class Api(Resource):
+    isLeaf = True
+
+    def render_POST(self, request: server.Request) -> bytes | int:
+        body = json.loads(request.content.read())  # type: ignore[union-attr]
+        COUNT[0] += 1
+        LAST.clear()
+        LAST.update(
+            path=request.uri.decode(),
+            headers={
+                k.decode().lower(): v[0].decode()
+                for k, v in request.requestHeaders.getAllRawHeaders()
+            },
+            body=body,
+        )
+        if request.path == b"/v1/responses":
+            stream = body.get("stream") is True
+            request.setHeader(
+                b"content-type", b"text/event-stream" if stream else b"application/json"
+            )
+            SENT[0] = RESPONSES_SSE if stream else RESPONSES_JSON
+            return SENT[0]
+        if request.path != b"/v1/chat/completions":
+            request.setResponseCode(404)
+            return b'{"error":{"message":"no such path","type":"invalid_request_error"}}'
+        model = body.get("model")
+        if model == "chat-bad":
+            request.setResponseCode(400)
+            request.setHeader(b"content-type", b"application/json")
+            return (
+                b'{"error":{"message":"temperature is too high for chat-bad",'
+                b'"type":"invalid_request_error","param":"temperature","code":null}}'
+            )
+        text, call = reply(body)
+        if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": text or None}
+            if call:
+                message["tool_calls"] = [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": call[0], "arguments": call[1]},
+                    }
+                ]
+            request.setHeader(b"content-type", b"application/json")
+            SENT[0] = json.dumps(
+                {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "created": 1,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": message,
+                            "finish_reason": "tool_calls" if call else "stop",
+                        }
+                    ],
+                    "usage": USAGE,
+                }
+            ).encode()
+            return SENT[0]
+        out = [chunk({"role": "assistant", "content": ""})]
+        words = text.split(" ") if text else []
+        for i, word in enumerate(words):
+            out.append(chunk({"content": word if i == 0 else " " + word}))
+            if model == "chat-midfail":
+                out.append(
+                    b'data: {"error":{"message":"the model is overloaded","type":"server_error"}}\n\n'
+                )
+                break
+        else:
+            if call:
+                opening = {"index": 0, "id": "call_1", "type": "function"}
+                out.append(
+                    chunk(
+                        {
+                            "tool_calls": [
+                                {**opening, "function": {"name": call[0], "arguments": ""}}
+                            ]
+                        }
+                    )
+                )
+                for part in (call[1][:6], call[1][6:]):
+                    out.append(
+                        chunk({"tool_calls": [{"index": 0, "function": {"arguments": part}}]})
+                    )
+            out.append(chunk({}, "tool_calls" if call else "stop"))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                out.append(
+                    b"data: "
+                    + json.dumps(
+                        {
+                            "id": "chatcmpl-1",
+                            "object": "chat.completion.chunk",
+                            "choices": [],
+                            "usage": USAGE,
+                        }
+                    ).encode()
+                    + b"\n\n"
+                )
+            out.append(b"data: [DONE]\n\n")
+        request.setHeader(b"content-type", b"text/event-stream")
+        SENT[0] = b"".join(out)
+        for piece in out:
+            request.write(piece)
+        request.finish()
+        return server.NOT_DONE_YET
+
+
+class Control(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: server.Request) -> bytes:
+        if request.path == b"/control/sent":
+            return SENT[0]
+        request.setHeader(b"content-type", b"application/json")
+        if request.path == b"/control/count":
+            return json.dumps(COUNT[0]).encode()
+        return json.dumps(LAST).encode()
+
+
+class Root(Resource):
+    def getChild(self, path: bytes, request: server.Request) -> Resource:
+        return Control() if path == b"control" else Api()
+
+
+if __name__ == "__main__":
+    port = reactor.listenTCP(0, server.Site(Root()), interface="127.0.0.1")  # type: ignore[attr-defined]
+    print(f"PORT {port.getHost().port}", flush=True)
+    sys.stdout.flush()
+    reactor.run()  # type: ignore[attr-defined]
