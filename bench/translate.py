@@ -1,5 +1,6 @@
-"""The translated-stream scenario: CPU per chunk of a Messages stream translated from Chat
-Completions, next to pass-through, and next to LiteLLM translating the same stream.
+"""The translated-stream scenario: CPU per chunk of a Messages stream and of a Responses
+stream translated from Chat Completions, next to pass-through, and next to LiteLLM
+translating the same Messages stream.
 
     make bench-translate
     .venv-bench/bin/python -m bench.translate --seconds 20 --peers filterproxy,litellm
@@ -16,6 +17,8 @@ processes) divided by the content chunks it carried. Rows:
 - ``pass-through, translate in chain``: the same request with the translate filter in the
   chain (the cluster speaks chat, so it passes untouched);
 - ``translated``: a Messages client (``/v1/messages``) to the chat upstream;
+- ``translated``: a Responses client (``/v1/responses``) to the chat upstream, its
+  conversation kept by the ``responses`` filter (in memory) as by default;
 - LiteLLM's proxy (when installed: ``pip install 'litellm[proxy]'``) for the same two
   requests, with one worker.
 
@@ -54,6 +57,7 @@ MESSAGES_BODY = {
     "max_tokens": 1024,
     "messages": [{"role": "user", "content": "hi"}],
 }
+RESPONSES_BODY = {"model": "bench", "stream": True, "input": "hi"}
 GATEWAY_CONF = """
 listeners: []
 access_log: false
@@ -70,6 +74,7 @@ routes:
     cluster: upstream
 filters:
   - type: body-accumulate
+  - type: responses
   - type: route
   - type: translate
   - type: header-rewrite
@@ -113,6 +118,13 @@ CASES = [
         "/v1/messages",
         MESSAGES_BODY,
         b"message_stop",
+    ),
+    Case(
+        "filterproxy-translate",
+        "translated: Responses client, chat upstream",
+        "/v1/responses",
+        RESPONSES_BODY,
+        b"response.completed",
     ),
     Case("litellm", "pass-through", "/v1/chat/completions", CHAT_BODY, b"[DONE]"),
     Case(
@@ -201,7 +213,7 @@ async def load(port: int, case: Case, users: int, seconds: float) -> tuple[int, 
                     "POST", case.path, json=case.body, headers=headers
                 ) as response:
                     async for piece in response.aiter_raw():
-                        tail = (tail + piece)[-200:]
+                        tail = (tail + piece)[-8192:]
                 if response.status_code == 200 and case.end in tail:
                     done += 1
                 else:
