@@ -16,16 +16,12 @@ last answer.
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
-from twisted.internet import reactor
+from recording_server import SENT, record, serve  # type: ignore[import-not-found]
 from twisted.web import server
 from twisted.web.resource import Resource
 
-LAST: dict[str, Any] = {}
-COUNT = [0]
-SENT = [b""]
 USAGE = {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}
 
 #: What a provider that speaks Responses itself answers (pass-through must keep it).
@@ -77,17 +73,7 @@ class Api(Resource):
     isLeaf = True
 
     def render_POST(self, request: server.Request) -> bytes | int:
-        body = json.loads(request.content.read())  # type: ignore[union-attr]
-        COUNT[0] += 1
-        LAST.clear()
-        LAST.update(
-            path=request.uri.decode(),
-            headers={
-                k.decode().lower(): v[0].decode()
-                for k, v in request.requestHeaders.getAllRawHeaders()
-            },
-            body=body,
-        )
+        body = record(request)
         if request.path == b"/v1/responses":
             stream = body.get("stream") is True
             request.setHeader(
@@ -183,25 +169,5 @@ class Api(Resource):
         return server.NOT_DONE_YET
 
 
-class Control(Resource):
-    isLeaf = True
-
-    def render_GET(self, request: server.Request) -> bytes:
-        if request.path == b"/control/sent":
-            return SENT[0]
-        request.setHeader(b"content-type", b"application/json")
-        if request.path == b"/control/count":
-            return json.dumps(COUNT[0]).encode()
-        return json.dumps(LAST).encode()
-
-
-class Root(Resource):
-    def getChild(self, path: bytes, request: server.Request) -> Resource:
-        return Control() if path == b"control" else Api()
-
-
 if __name__ == "__main__":
-    port = reactor.listenTCP(0, server.Site(Root()), interface="127.0.0.1")  # type: ignore[attr-defined]
-    print(f"PORT {port.getHost().port}", flush=True)
-    sys.stdout.flush()
-    reactor.run()  # type: ignore[attr-defined]
+    serve(Api)

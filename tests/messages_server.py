@@ -13,15 +13,11 @@ answer. Any other path gets a 404.
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
-from twisted.internet import reactor
+from recording_server import SENT, record, serve  # type: ignore[import-not-found]
 from twisted.web import server
 from twisted.web.resource import Resource
-
-LAST: dict[str, Any] = {}
-SENT: list[bytes] = [b""]
 
 
 def event(name: str, document: dict[str, Any]) -> bytes:
@@ -55,17 +51,7 @@ class Messages(Resource):
     isLeaf = True
 
     def render_POST(self, request: server.Request) -> bytes | int:
-        raw = request.content.read()  # type: ignore[union-attr]
-        body = json.loads(raw)
-        LAST.clear()
-        LAST.update(
-            path=request.uri.decode(),
-            headers={
-                k.decode().lower(): v[0].decode()
-                for k, v in request.requestHeaders.getAllRawHeaders()
-            },
-            body=body,
-        )
+        body = record(request)
         if request.path != b"/v1/messages":
             request.setResponseCode(404)
             return b'{"type":"error","error":{"type":"not_found_error","message":"no such path"}}'
@@ -204,23 +190,5 @@ class Messages(Resource):
         return server.NOT_DONE_YET
 
 
-class Control(Resource):
-    isLeaf = True
-
-    def render_GET(self, request: server.Request) -> bytes:
-        if request.path == b"/control/sent":
-            return SENT[0]
-        request.setHeader(b"content-type", b"application/json")
-        return json.dumps(LAST).encode()
-
-
-class Root(Resource):
-    def getChild(self, path: bytes, request: server.Request) -> Resource:
-        return Control() if path == b"control" else Messages()
-
-
 if __name__ == "__main__":
-    port = reactor.listenTCP(0, server.Site(Root()), interface="127.0.0.1")  # type: ignore[attr-defined]
-    print(f"PORT {port.getHost().port}", flush=True)
-    sys.stdout.flush()
-    reactor.run()  # type: ignore[attr-defined]
+    serve(Messages)

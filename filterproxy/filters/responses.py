@@ -114,11 +114,14 @@ class ResponsesFilter(StreamFilter):
         self.path = ""
         #: A GET or DELETE of a stored response, answered here.
         self.answering = False
+        #: The store could not answer, and the client was told so.
+        self.replied = False
         #: The request's whole input (after a stored conversation was put in front).
         self.input: list[Any] | None = None
         self.keep = False
-        #: The answer's response is being stored (its last pieces wait in the chain's
-        #: buffer), and whether this filter returned before that was done.
+        #: Whether this filter returned before the store answered (a lookup or a write;
+        #: the request or the answer's last pieces wait in the chain meanwhile), and
+        #: whether the answer's response is being stored.
         self.storing = False
         self.waiting = False
         self.stored = False
@@ -191,6 +194,7 @@ class ResponsesFilter(StreamFilter):
     def _unavailable(self, failure: Failure) -> None:
         if self.done:
             return
+        self.replied = True
         log.warn("conversation store unavailable: {error}", error=failure.getErrorMessage())
         self.callbacks.send_local_reply(
             503,
@@ -212,20 +216,15 @@ class ResponsesFilter(StreamFilter):
         previous = document.get("previous_response_id")
         if not isinstance(previous, str) or not previous:
             return FilterStatus.CONTINUE
-        early: list[Any] = []
         d = self.config.store.get(previous)
-        d.addCallbacks(self._continue, self._unavailable, callbackArgs=(document, previous, early))
-        if early:
+        d.addCallbacks(self._continue, self._unavailable, callbackArgs=(document, previous))
+        if d.called and not self.replied:
             return FilterStatus.CONTINUE  # answered at once (the memory store)
-        early.append(None)  # from now on, the answer is acted on when it comes
+        self.waiting = True  # from now on, the answer is acted on when it comes
         return FilterStatus.STOP_ITERATION_AND_BUFFER
 
     def _continue(
-        self,
-        record: dict[str, Any] | None,
-        document: dict[str, Any],
-        previous: str,
-        early: list[Any],
+        self, record: dict[str, Any] | None, document: dict[str, Any], previous: str
     ) -> None:
         if self.done:
             return
@@ -235,10 +234,9 @@ class ResponsesFilter(StreamFilter):
             del document["previous_response_id"]
             self.callbacks.stream_info.annotations[PREVIOUS_ANNOTATION] = previous
             self.callbacks.set_request_json(document)
-        if early:
+        if self.waiting:
+            self.waiting = False
             self.callbacks.continue_decoding()
-        else:
-            early.append(True)
 
     # -- the answer ----------------------------------------------------------------------
 
@@ -278,6 +276,7 @@ class ResponsesFilter(StreamFilter):
     def _release(self, _: Any) -> None:
         self.storing = False
         if self.waiting and not self.done:
+            self.waiting = False
             self.callbacks.continue_encoding()
 
     def on_destroy(self) -> None:

@@ -18,6 +18,7 @@ __all__ = [
     "CHAT",
     "MESSAGES",
     "RESPONSES",
+    "FromChatStream",
     "StreamTranslation",
     "Untranslatable",
     "anthropic_error",
@@ -126,6 +127,123 @@ class StreamTranslation:
         kind: str | None = None,
         code: str | None = None,
     ) -> None:
+        raise NotImplementedError
+
+
+class FromChatStream(StreamTranslation):
+    """What the translations of a Chat Completions stream share: ``[DONE]``, error
+    chunks, usage (Groq's ``x_groq.usage`` too), and the first choice's reasoning
+    (``reasoning_content`` or ``reasoning``), content, tool calls and finish reason.
+
+    A subclass says what each becomes (`_start`, `_reasoning`, `_content`,
+    `_tool_call`) and how the answer ends (`_close`, `_error`). The answer closes once:
+    on the usage chunk after the finish reason, on ``[DONE]`` (the upstream says it is
+    complete) or at the end of the body; a body that ends before a finish reason, or a
+    ``[DONE]`` before anything, is an error.
+    """
+
+    __slots__ = ("finish_reason", "started", "usage")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = False
+        self.finish_reason: Any = None
+        self.usage: dict[str, Any] | None = None
+
+    def _event(self, event: SSEEvent, out: list[bytes]) -> None:
+        text = event.data
+        if text is None:
+            self._comment(out)
+            return
+        if text == "[DONE]":
+            if self.finish_reason is None and not self.started:
+                self._error(out, 502, "the upstream's stream ended before any answer")
+            else:
+                self._close(out)
+            return
+        chunk = self._json(text, out)
+        if chunk is None:
+            return
+        if "error" in chunk or event.event == "error":
+            fields = error_fields(chunk)
+            if fields is None:
+                self._error(out, 500, text)
+            else:
+                self._error(out, 500, fields[0], fields[1], fields[2])
+            return
+        self._chunk(chunk, out)
+
+    def _ended(self, out: list[bytes]) -> None:
+        # The answer's last events — or, when it stopped before its finish reason, an
+        # error (never a faked clean end).
+        if self.finish_reason is None:
+            self._error(out, 502, "the upstream's stream ended before the answer was complete")
+        else:
+            self._close(out)
+
+    def _chunk(self, chunk: Mapping[str, Any], out: list[bytes]) -> None:
+        if not self.started:
+            self.started = True
+            self._start(chunk, out)
+        usage = chunk.get("usage")
+        if not isinstance(usage, dict):
+            extra = chunk.get("x_groq")
+            usage = extra.get("usage") if isinstance(extra, dict) else None
+        if isinstance(usage, dict):
+            self.usage = usage
+        choices = chunk.get("choices")
+        if not choices:
+            if isinstance(usage, dict) and self.finish_reason is not None:
+                self._close(out)  # the usage chunk after the finish reason: all is known
+            return
+        choice = choices[0]
+        if not isinstance(choice, dict):
+            return
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning:
+                self._reasoning(reasoning, out)
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                self._content(content, out)
+            calls = delta.get("tool_calls")
+            if isinstance(calls, list):
+                for position, call in enumerate(calls):
+                    if isinstance(call, dict):
+                        index = call.get("index")
+                        # Gemini's compatibility layer leaves the index out.
+                        function = call.get("function")
+                        self._tool_call(
+                            index if isinstance(index, int) else position,
+                            call.get("id"),
+                            function if isinstance(function, dict) else {},
+                            out,
+                        )
+        finish = choice.get("finish_reason")
+        if finish:
+            self.finish_reason = finish
+
+    def _comment(self, out: list[bytes]) -> None:
+        """An upstream's keep-alive comment (nothing, unless the client API has one)."""
+
+    def _start(self, chunk: Mapping[str, Any], out: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def _reasoning(self, text: str, out: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def _content(self, text: str, out: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def _tool_call(
+        self, index: int, call_id: Any, function: dict[str, Any], out: list[bytes]
+    ) -> None:
+        """A tool call entry: *index* (its position when the upstream gave none), its
+        id when it opens a call, and its ``function`` (name, arguments fragment)."""
+        raise NotImplementedError
+
+    def _close(self, out: list[bytes]) -> None:
         raise NotImplementedError
 
 

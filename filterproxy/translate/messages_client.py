@@ -16,14 +16,12 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final
 
-from filterproxy.http.sse import SSEEvent
 from filterproxy.translate.common import (
-    StreamTranslation,
+    FromChatStream,
     Untranslatable,
     anthropic_error,
     anthropic_usage,
     dumps,
-    error_fields,
     new_id,
     stop_from_finish,
     text_of,
@@ -380,7 +378,7 @@ def _text_delta(index: int, kind: str, key: str, text: str) -> bytes:
     )
 
 
-class MessagesFromChatStream(StreamTranslation):
+class MessagesFromChatStream(FromChatStream):
     """Chat Completions chunks in, Messages events out (see the module's description).
 
     `feed` takes each piece of the upstream's body and returns the events it completes;
@@ -391,20 +389,16 @@ class MessagesFromChatStream(StreamTranslation):
     __slots__ = (
         "block",
         "block_kind",
-        "finish_reason",
         "model",
         "next_index",
         "saw_tool",
-        "started",
         "tool_ids",
         "tools",
-        "usage",
     )
 
     def __init__(self, model: str | None) -> None:
         super().__init__()
         self.model = model
-        self.started = False
         #: The open block's index and kind (0: none open).
         self.block = -1
         self.block_kind = 0
@@ -413,42 +407,13 @@ class MessagesFromChatStream(StreamTranslation):
         self.tools: dict[int, int] = {}
         self.tool_ids: dict[int, str] = {}
         self.saw_tool = False
-        self.finish_reason: Any = None
-        self.usage: dict[str, Any] | None = None
 
-    def _event(self, event: SSEEvent, out: list[bytes]) -> None:
-        text = event.data
-        if text is None:
-            out.append(_PING)  # a comment (keep-alive): Anthropic's own keep-alive
-            return
-        if text == "[DONE]":
-            if self.finish_reason is None and not self.started:
-                self._error(out, 502, "the upstream's stream ended before any answer")
-            else:
-                self._close(out)
-            return
-        chunk = self._json(text, out)
-        if chunk is None:
-            return
-        if "error" in chunk or event.event == "error":
-            fields = error_fields(chunk)
-            message = fields[0] if fields else text
-            self._error(out, 500, message, fields[1] if fields else None)
-            return
-        self._chunk(chunk, out)
-
-    def _ended(self, out: list[bytes]) -> None:
-        # The message's last events — or, when it stopped before its finish reason, an
-        # error (never a faked clean end).
-        if self.finish_reason is None:
-            self._error(out, 502, "the upstream's stream ended before the answer was complete")
-        else:
-            self._close(out)
+    def _comment(self, out: list[bytes]) -> None:
+        out.append(_PING)  # a comment (keep-alive): Anthropic's own keep-alive
 
     # -- internals ---------------------------------------------------------------------
 
     def _start(self, chunk: Mapping[str, Any], out: list[bytes]) -> None:
-        self.started = True
         chunk_id = chunk.get("id")
         message_id = (
             chunk_id
@@ -502,53 +467,19 @@ class MessagesFromChatStream(StreamTranslation):
             )
             self.block_kind = 0
 
-    def _chunk(self, chunk: Mapping[str, Any], out: list[bytes]) -> None:
-        if not self.started:
-            self._start(chunk, out)
-        usage = chunk.get("usage")
-        if not isinstance(usage, dict):
-            extra = chunk.get("x_groq")
-            usage = extra.get("usage") if isinstance(extra, dict) else None
-        if isinstance(usage, dict):
-            self.usage = usage
-        choices = chunk.get("choices")
-        if not choices:
-            if isinstance(usage, dict) and self.finish_reason is not None:
-                self._close(out)  # the usage chunk after the finish reason: all is known
-            return
-        choice = choices[0]
-        if not isinstance(choice, dict):
-            return
-        delta = choice.get("delta")
-        if isinstance(delta, dict):
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                if self.block_kind != _THINKING:
-                    self._open(
-                        _THINKING, {"type": "thinking", "thinking": "", "signature": ""}, out
-                    )
-                out.append(_text_delta(self.block, "thinking_delta", "thinking", reasoning))
-            content = delta.get("content")
-            if isinstance(content, str) and content:
-                if self.block_kind != _TEXT:
-                    self._open(_TEXT, {"type": "text", "text": ""}, out)
-                out.append(_text_delta(self.block, "text_delta", "text", content))
-            calls = delta.get("tool_calls")
-            if isinstance(calls, list):
-                for position, call in enumerate(calls):
-                    if isinstance(call, dict):
-                        self._tool_call(call, position, out)
-        finish = choice.get("finish_reason")
-        if finish:
-            self.finish_reason = finish
+    def _reasoning(self, text: str, out: list[bytes]) -> None:
+        if self.block_kind != _THINKING:
+            self._open(_THINKING, {"type": "thinking", "thinking": "", "signature": ""}, out)
+        out.append(_text_delta(self.block, "thinking_delta", "thinking", text))
 
-    def _tool_call(self, call: Mapping[str, Any], position: int, out: list[bytes]) -> None:
-        index = call.get("index")
-        if not isinstance(index, int):
-            index = position  # Gemini's compatibility layer leaves the index out
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
-        assert isinstance(function, dict)
-        call_id = call.get("id")
+    def _content(self, text: str, out: list[bytes]) -> None:
+        if self.block_kind != _TEXT:
+            self._open(_TEXT, {"type": "text", "text": ""}, out)
+        out.append(_text_delta(self.block, "text_delta", "text", text))
+
+    def _tool_call(
+        self, index: int, call_id: Any, function: dict[str, Any], out: list[bytes]
+    ) -> None:
         name = function.get("name")
         known = self.tools.get(index)
         if known is None or (call_id and call_id != self.tool_ids.get(index)):
@@ -576,6 +507,7 @@ class MessagesFromChatStream(StreamTranslation):
         if self.closed:
             return
         if not self.started:
+            self.started = True
             self._start({}, out)
         self._close_block(out)
         self.closed = True

@@ -23,12 +23,11 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final
 
-from filterproxy.http.sse import SSEEvent
 from filterproxy.translate.common import (
+    FromChatStream,
     StreamTranslation,
     Untranslatable,
     dumps,
-    error_fields,
     new_id,
     openai_error_type,
 )
@@ -462,7 +461,7 @@ class _Call:
         )
 
 
-class ResponsesFromChatStream(StreamTranslation):
+class ResponsesFromChatStream(FromChatStream):
     """Chat Completions chunks in, Responses events out (see the module's description).
 
     When the stream has completed (or stopped incomplete), `response` is the whole
@@ -473,7 +472,6 @@ class ResponsesFromChatStream(StreamTranslation):
     __slots__ = (
         "all_calls",
         "calls",
-        "finish_reason",
         "item",
         "item_id",
         "item_kind",
@@ -484,15 +482,12 @@ class ResponsesFromChatStream(StreamTranslation):
         "response",
         "sequence",
         "shell",
-        "started",
-        "usage",
     )
 
     def __init__(self, shell: dict[str, Any]) -> None:
         super().__init__()
         self.shell = shell
         self.sequence = 0
-        self.started = False
         #: The finished output items, by output index.
         self.output: dict[int, dict[str, Any]] = {}
         self.next_output = 0
@@ -506,8 +501,6 @@ class ResponsesFromChatStream(StreamTranslation):
         #: until the end: an index may be reused by a later call, Gemini's way).
         self.calls: dict[int, _Call] = {}
         self.all_calls: list[_Call] = []
-        self.finish_reason: Any = None
-        self.usage: dict[str, Any] | None = None
         self.response: dict[str, Any] | None = None
 
     # -- events ---------------------------------------------------------------------
@@ -522,38 +515,9 @@ class ResponsesFromChatStream(StreamTranslation):
         out.append(prefix + b'%d,"delta":' % self.sequence + dumps(text) + b"}\n\n")
         self.sequence += 1
 
-    def _event(self, event: SSEEvent, out: list[bytes]) -> None:
-        text = event.data
-        if text is None:
-            return  # an upstream keep-alive comment: the gateway's own heartbeat does that
-        if text == "[DONE]":
-            if self.finish_reason is None:
-                self._error(out, 502, "the upstream's stream ended before the answer was complete")
-            else:
-                self._close(out)
-            return
-        chunk = self._json(text, out)
-        if chunk is None:
-            return
-        if "error" in chunk or event.event == "error":
-            fields = error_fields(chunk)
-            message = fields[0] if fields else text
-            self._error(
-                out, 500, message, fields[1] if fields else None, fields[2] if fields else None
-            )
-            return
-        self._chunk(chunk, out)
-
-    def _ended(self, out: list[bytes]) -> None:
-        if self.finish_reason is None:
-            self._error(out, 502, "the upstream's stream ended before the answer was complete")
-        else:
-            self._close(out)
-
     # -- internals ------------------------------------------------------------------
 
-    def _start(self, out: list[bytes]) -> None:
-        self.started = True
+    def _start(self, chunk: Mapping[str, Any], out: list[bytes]) -> None:
         self._emit("response.created", {"type": "response.created", "response": self.shell}, out)
         self._emit(
             "response.in_progress", {"type": "response.in_progress", "response": self.shell}, out
@@ -651,53 +615,21 @@ class ResponsesFromChatStream(StreamTranslation):
             out,
         )
 
-    def _chunk(self, chunk: Mapping[str, Any], out: list[bytes]) -> None:
-        if not self.started:
-            self._start(out)
-        usage = chunk.get("usage")
-        if not isinstance(usage, dict):
-            extra = chunk.get("x_groq")
-            usage = extra.get("usage") if isinstance(extra, dict) else None
-        if isinstance(usage, dict):
-            self.usage = usage
-        choices = chunk.get("choices")
-        if not choices:
-            if isinstance(usage, dict) and self.finish_reason is not None:
-                self._close(out)  # the usage chunk after the finish reason: all is known
-            return
-        choice = choices[0]
-        if not isinstance(choice, dict):
-            return
-        delta = choice.get("delta")
-        if isinstance(delta, dict):
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                if self.item_kind != _REASONING:
-                    self._open(_REASONING, out)
-                self.item_text.append(reasoning)
-                self._delta(self.item_prefix, reasoning, out)
-            content = delta.get("content")
-            if isinstance(content, str) and content:
-                if self.item_kind != _MESSAGE:
-                    self._open(_MESSAGE, out)
-                self.item_text.append(content)
-                self._delta(self.item_prefix, content, out)
-            calls = delta.get("tool_calls")
-            if isinstance(calls, list):
-                for position, call in enumerate(calls):
-                    if isinstance(call, dict):
-                        self._tool_call(call, position, out)
-        finish = choice.get("finish_reason")
-        if finish:
-            self.finish_reason = finish
+    def _reasoning(self, text: str, out: list[bytes]) -> None:
+        if self.item_kind != _REASONING:
+            self._open(_REASONING, out)
+        self.item_text.append(text)
+        self._delta(self.item_prefix, text, out)
 
-    def _tool_call(self, call: Mapping[str, Any], position: int, out: list[bytes]) -> None:
-        index = call.get("index")
-        if not isinstance(index, int):
-            index = position  # Gemini's compatibility layer leaves the index out
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
-        assert isinstance(function, dict)
-        call_id = call.get("id")
+    def _content(self, text: str, out: list[bytes]) -> None:
+        if self.item_kind != _MESSAGE:
+            self._open(_MESSAGE, out)
+        self.item_text.append(text)
+        self._delta(self.item_prefix, text, out)
+
+    def _tool_call(
+        self, index: int, call_id: Any, function: dict[str, Any], out: list[bytes]
+    ) -> None:
         known = self.calls.get(index)
         if known is None or (call_id and call_id != known.call_id):
             self._close_item(out)
@@ -730,7 +662,8 @@ class ResponsesFromChatStream(StreamTranslation):
         if self.closed:
             return
         if not self.started:
-            self._start(out)
+            self.started = True
+            self._start({}, out)
         self._close_item(out)
         for call in self.all_calls:
             arguments = "".join(call.arguments) or "{}"
@@ -774,7 +707,8 @@ class ResponsesFromChatStream(StreamTranslation):
         code: str | None = None,
     ) -> None:
         if not self.started:
-            self._start(out)
+            self.started = True
+            self._start({}, out)
         self.closed = True
         kind = kind if kind else openai_error_type(status)
         code = code or ("server_error" if status >= 500 else kind)

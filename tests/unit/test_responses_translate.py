@@ -415,17 +415,19 @@ def test_the_response_ends_once_with_the_usage_or_done() -> None:
     out = stream.feed(data) + stream.end()
     assert out.count(b"event: response.completed") == 1
     assert stream.response is not None and stream.response["status"] == "completed"
-    # Without a usage chunk, [DONE] (or the end of the body) closes it.
-    stream = responses_stream()
-    out = stream.feed(sse([chat_chunk({"content": "x"}, "stop")]))
-    assert out.count(b"event: response.completed") == 1
+    # Without a usage chunk, [DONE] (or the end of the body) closes it; [DONE] says the
+    # answer is complete even when a server left the finish reason out.
+    for data in (sse([chat_chunk({"content": "x"}, "stop")]), sse([chat_chunk({"content": "x"})])):
+        stream = responses_stream()
+        out = stream.feed(data)
+        assert out.count(b"event: response.completed") == 1, data
 
 
 @pytest.mark.parametrize(
     "body",
     [
         sse([chat_chunk({"content": "Hel"})], done=False),  # cut before its finish
-        sse([chat_chunk({"content": "Hel"})]),  # [DONE] without a finish reason
+        sse([]),  # [DONE] before anything
         sse(
             [
                 chat_chunk({"content": "Hel"}),
