@@ -383,3 +383,38 @@ def test_the_memory_store_continues_conversations_without_redis(
         assert second.output_text == "You said: two (3 messages)"
     finally:
         gw.process.stop()
+
+
+def test_without_redis_a_continuation_gets_503_and_answers_still_arrive(
+    chat_upstream: LocalServer,
+    messages_upstream: LocalServer,
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    own = RedisServer(redis_server.binary, closed_port())
+    own.start()
+    gw = start_gateway(
+        f"redis: {{url: {own.url}, timeout: 200ms}}\n"
+        + textwrap.dedent(clusters(chat_upstream, messages_upstream)),
+        tmp_path,
+    )
+    try:
+        client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="sk-x", max_retries=0)
+        first = client.responses.create(model="chat-mini", input="one")
+        assert own.command("EXISTS", f"fp:resp:{first.id}") == "1"
+        ttl = int(own.command("PTTL", f"fp:resp:{first.id}"))
+        assert 23 * 3600 * 1000 < ttl <= 24 * 3600 * 1000  # the default ttl, as the key's expiry
+        own.stop()
+        with pytest.raises(openai.InternalServerError) as raised:
+            client.responses.create(model="chat-mini", input="two", previous_response_id=first.id)
+        assert raised.value.status_code == 503 and raised.value.code == "store_unavailable"
+        assert raised.value.response.headers["retry-after"] == "1"
+        # An answer that cannot be kept is still delivered, whole.
+        with client.responses.stream(model="chat-mini", input="three") as stream:
+            for _ in stream:
+                pass
+            assert stream.get_final_response().output_text == "You said: three (1 messages)"
+        wait_until(lambda: "could not keep response" in gw.process.output(), timeout=10)
+    finally:
+        gw.process.stop()
+        own.stop()
