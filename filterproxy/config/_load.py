@@ -46,6 +46,7 @@ _TOP_KEYS = {
     "keys_file",
     "redis",
     "responses",
+    "resume_buffers",
 }
 _LIMIT_KEYS = {f.name for f in fields(Limits)}
 _DURATION_LIMITS = {"request_header_timeout", "request_body_timeout", "keepalive_timeout"}
@@ -94,10 +95,11 @@ def parse_config(
         gateway_keys = merge(gateway_keys, filed, keys_file)
     access = _access_log(top["access_log"]) if "access_log" in top else True
     redis = parse_redis(section("redis"))
+    routes = parse_routes(section("routes"), clusters)
     return Config(
         listeners=tuple(n.string() for n in section("listeners").sequence()),
         clusters=MappingProxyType(clusters),
-        routes=parse_routes(section("routes"), clusters),
+        routes=routes,
         aliases=MappingProxyType(parse_aliases(section("aliases"))),
         limits=_parse_limits(section("limits")),
         shutdown_grace=top["shutdown_grace"].duration() if "shutdown_grace" in top else 30.0,
@@ -108,7 +110,8 @@ def parse_config(
         tracing=_parse_tracing(top["tracing"]) if "tracing" in top else None,
         preload_tls=top["preload_tls"].boolean() if "preload_tls" in top else False,
         filters=_parse_filters(
-            top.get("filters") or _default_filters(clusters, bool(gateway_keys), env)
+            top.get("filters")
+            or _default_filters(clusters, bool(gateway_keys), any(r.resume for r in routes), env)
         ),
         source=source,
         warnings=warnings,
@@ -116,6 +119,9 @@ def parse_config(
         keys_file=keys_file,
         redis=redis,
         responses=_parse_responses(section("responses"), redis),
+        resume_buffers=top["resume_buffers"].integer(minimum=1024)
+        if "resume_buffers" in top
+        else Config.resume_buffers,
     )
 
 
@@ -140,11 +146,15 @@ def _parse_responses(node: Node, redis: RedisConfig | None) -> ResponsesConfig:
 
 
 def _default_filters(
-    clusters: Mapping[str, ClusterConfig], with_keys: bool, env: Mapping[str, str]
+    clusters: Mapping[str, ClusterConfig], with_keys: bool, resuming: bool, env: Mapping[str, str]
 ) -> Node:
     translating = any(c.apis != ALL_APIS for c in clusters.values())
     names = DEFAULT_TRANSLATING_FILTERS if translating else DEFAULT_FILTERS
     entries: list[dict[str, Any]] = [{"type": t} for t in names]
+    if resuming:
+        # After body-accumulate (it hashes the whole body), before every filter that
+        # rewrites the answer (it numbers the events the client gets).
+        entries.insert(1, {"type": "resume"})
     if with_keys:
         # Token limits charge the provider's usage: streams are asked for it.
         entries = [{"type": "keys"}, *entries[:-1], {"type": "usage", "include_usage": True}]

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from filterproxy.config._clusters import with_retry, with_timeouts
 from filterproxy.config._headers import header_name, parse_header_policy
 from filterproxy.config._reader import ConfigError, Node
-from filterproxy.config._types import ClusterConfig, RouteConfig, UpstreamPlan
+from filterproxy.config._types import ClusterConfig, ResumeConfig, RouteConfig, UpstreamPlan
 
 _ROUTE_KEYS = {
     "name",
@@ -22,6 +22,7 @@ _ROUTE_KEYS = {
     "timeouts",
     "retry",
     "heartbeat",
+    "resume",
     "upstream_model",
     "strip_model_prefix",
 }
@@ -122,4 +123,23 @@ def _parse_route(index: int, node: Node, clusters: Mapping[str, ClusterConfig]) 
         strip_model_prefix=keys["strip_model_prefix"].string()
         if "strip_model_prefix" in keys
         else None,
+        resume=_resume(keys["resume"]) if "resume" in keys else None,
     )
+
+
+def _resume(node: Node) -> ResumeConfig | None:
+    """``resume``: true, false, or ``{grace, buffer, keep}``."""
+    if _is_off(node.value):
+        return None
+    if node.value is True:
+        return ResumeConfig()
+    keys = node.mapping({"grace", "buffer", "keep"})
+    default = ResumeConfig()
+    grace = keys["grace"].duration() if "grace" in keys else default.grace
+    if not 0 < grace <= 3600:
+        raise keys["grace"].error("between 1ms and 1h: how long a dropped stream goes on")
+    buffer = keys["buffer"].integer(minimum=1024) if "buffer" in keys else default.buffer
+    keep = keys["keep"].duration() if "keep" in keys else default.keep
+    if not 0 <= keep <= 86400:
+        raise keys["keep"].error("between 0s and 24h: how long a finished stream stays resumable")
+    return ResumeConfig(grace, buffer, keep)

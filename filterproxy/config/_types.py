@@ -191,6 +191,19 @@ class UpstreamPlan:
 
 
 @dataclass(frozen=True)
+class ResumeConfig:
+    """A route's resumable streams: a client that drops may come back for the rest."""
+
+    #: How long the upstream keeps generating for a client that left without finishing.
+    grace: float = 30.0
+    #: The most bytes of one stream kept for resuming; a stream past it stops being
+    #: resumable (it goes on for its client).
+    buffer: int = 4 * 1024 * 1024
+    #: How long a finished stream can still be resumed.
+    keep: float = 120.0
+
+
+@dataclass(frozen=True)
 class RouteConfig:
     """One entry of the route table; the first route that matches wins.
 
@@ -217,6 +230,8 @@ class RouteConfig:
     #: Removed from the start of the requested model before it goes upstream
     #: (``openai/`` for a route matching ``openai/*``), or None.
     strip_model_prefix: str | None = None
+    #: Resumable event streams (`ResumeConfig`), or None.
+    resume: ResumeConfig | None = None
 
     def upstream_model_for(self, model: str) -> str:
         """The model name the upstream gets for a request naming *model*."""
@@ -368,6 +383,8 @@ class Config:
     keys_file: str | None = None
     redis: RedisConfig | None = None
     responses: ResponsesConfig = ResponsesConfig()
+    #: The most bytes all resumable streams' buffers of a process hold together.
+    resume_buffers: int = 256 * 1024 * 1024
     #: What the config says that the gateway does not do (an imported ArchGW config's
     #: keys with no counterpart here): logged at start-up, printed by check-config.
     warnings: tuple[str, ...] = ()

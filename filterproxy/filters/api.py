@@ -37,7 +37,7 @@ from zope.interface import Attribute, Interface, implementer
 from filterproxy.http.headers import Headers
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from filterproxy.config import Config, RouteConfig
 
@@ -220,6 +220,26 @@ class IFilterCallbacks(Interface):
         is not called for it (its `encode_headers` still is). A filter that rewrites only
         some responses calls it for the others, so that they pass at no cost — which
         they then do entirely when no other filter looks at response data."""
+
+    def keep_going_without_client(on_client_gone: Callable[[], None]) -> None:
+        """When the client leaves (or `drop_client`), do not stop the upstream: the
+        response goes on through the encoders — to nobody — and *on_client_gone* is
+        called. The filter ends it when it wants (`abandon`); it ends by itself when the
+        upstream's response does. Call it once the response has started (in
+        `encode_headers`)."""
+
+    def drop_client() -> None:
+        """Close the client's connection now; with `keep_going_without_client`, the
+        response goes on without it (a new reader took over a stale connection)."""
+
+    def abandon() -> None:
+        """End the request now, as when its client left: the upstream is stopped."""
+
+    def send_local_stream(status: int, headers: Sequence[tuple[str, str]]) -> None:
+        """Answer the request here with a response whose body this filter then sends
+        piece by piece with `inject_encoded_data` (an event stream of the gateway's
+        own); nothing goes upstream. The head passes the encoders as `send_local_reply`
+        does."""
 
 
 class IStreamFilter(Interface):

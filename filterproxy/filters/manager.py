@@ -140,6 +140,18 @@ class _Callbacks:
         if encoder is not None and self._encode_index is not None:
             encoder.skip_data(self._encode_index)
 
+    def keep_going_without_client(self, on_client_gone: Callable[[], None]) -> None:
+        self._manager.keep_going_without_client(on_client_gone)
+
+    def drop_client(self) -> None:
+        self._manager.drop_client()
+
+    def abandon(self) -> None:
+        self._manager.abandon()
+
+    def send_local_stream(self, status: int, headers: Sequence[tuple[str, str]]) -> None:
+        self._manager.send_local_stream(status, headers, start=self._reply_start())
+
 
 class _Finished:
     """Stands in for the router and the client's stream of a request that is over.
@@ -187,6 +199,26 @@ class _Finished:
 
 classImplements(_Finished, IDownstream)
 _FINISHED = _Finished()
+
+
+class _KeepProducing:
+    """The upstream's producer as registered on the client's stream of a response that
+    goes on without its client: when the client's connection ends, the upstream is
+    resumed (its reading may have been paused by the client), not stopped."""
+
+    __slots__ = ("producer",)
+
+    def __init__(self, producer: Any) -> None:
+        self.producer = producer
+
+    def pauseProducing(self) -> None:
+        self.producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.producer.resumeProducing()
 
 
 def _overrides(cls: type, name: str) -> bool:
@@ -287,6 +319,13 @@ class FilterManager(ResponseSink):
         self.trace: TraceContext | None = None
         #: When the whole request had been read (time.monotonic()), 0.0 until then.
         self.request_read_at = 0.0
+        #: The upstream's producer, registered on the client's stream (backpressure).
+        self.producer: Any = None
+        #: Called when the client leaves a response that goes on without it
+        #: (`keep_going_without_client`); None: the upstream stops with the client.
+        self.on_client_gone: Callable[[], None] | None = None
+        #: The client has left (or was dropped) and the response goes on without it.
+        self.detached = False
         self.router = router_factory(self)
 
         if shape is None:
@@ -492,12 +531,80 @@ class FilterManager(ResponseSink):
             self._finish(self.reply_outcome or "complete")
 
     def send_heartbeat(self) -> None:
-        """Silence in an event stream: an SSE comment, through the encoders, so that
-        proxies in front keep the connection open. The caller (the router) makes sure
-        the upstream's stream is between events."""
+        """Silence in an event stream: an SSE comment line, through the encoders, so
+        that proxies in front keep the connection open. The caller (the router) makes
+        sure the upstream's stream is between events. No blank line follows it: once a
+        stream's events carry ids, a bare blank line makes some clients (openai-python)
+        parse an empty event and fail."""
         if self.done or not self.response_started:
             return
-        self.encode_data(b": keep-alive\n\n", False)
+        self.encode_data(b": keep-alive\n", False)
+
+    def register_producer(self, producer: Any) -> None:
+        """The upstream's *producer* is paused while the client cannot keep up."""
+        self.producer = producer
+        if self.on_client_gone is not None:
+            producer = _KeepProducing(producer)
+        self.downstream.register_producer(producer)
+
+    def keep_going_without_client(self, on_client_gone: Callable[[], None]) -> None:
+        """See `IFilterCallbacks.keep_going_without_client`."""
+        if self.done or self.on_client_gone is not None:
+            return
+        self.on_client_gone = on_client_gone
+        if self.producer is not None and not self.detached:
+            self.downstream.unregister_producer()
+            self.downstream.register_producer(_KeepProducing(self.producer))
+
+    def drop_client(self) -> None:
+        """See `IFilterCallbacks.drop_client`."""
+        if self.done or self.detached:
+            return
+        downstream = self.downstream
+        if self.on_client_gone is None:
+            self.router.cancel()
+            downstream.abort()
+            self._finish("client_gone")
+            return
+        downstream.unregister_producer()
+        downstream.abort()
+        self._detach()
+
+    def _detach(self) -> None:
+        self.detached = True
+        self.downstream = _FINISHED
+        if self.producer is not None:
+            self.producer.resumeProducing()
+        callback = self.on_client_gone
+        if callback is not None:
+            callback()
+
+    def abandon(self) -> None:
+        """See `IFilterCallbacks.abandon`."""
+        if self.done:
+            return
+        self.router.cancel()
+        if not self.detached:
+            self.downstream.abort()
+        self._finish("client_gone")
+
+    def send_local_stream(
+        self, status: int, headers: Sequence[tuple[str, str]], *, start: int = 0
+    ) -> None:
+        """See `IFilterCallbacks.send_local_stream`."""
+        if self.done or self.response_started:
+            return
+        self._stop_request()
+        head = ResponseHead(status, Headers(list(headers)))
+        self.reply_outcome = "complete"
+        encoder = self.encoder
+        if encoder is None or start >= len(encoder.filters):
+            self.send_response_head(head, False)
+            return
+        try:
+            encoder.restart_headers(start, head, False)
+        except Exception:
+            self._internal_error()
 
     def _response_too_large(self) -> None:
         log.error("a response filter buffered more than {limit} bytes", limit=self.buffer_limit)
@@ -641,8 +748,13 @@ class FilterManager(ResponseSink):
         self._finish(outcome)
 
     def client_gone(self) -> None:
-        """The client hung up: stop the upstream at once."""
+        """The client hung up: stop the upstream at once (or, for a response that goes
+        on without it, tell the filter that asked)."""
         if self.done:
+            return
+        if self.on_client_gone is not None:
+            if not self.detached:
+                self._detach()
             return
         self.router.cancel()
         self._finish("client_gone")

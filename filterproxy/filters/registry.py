@@ -22,6 +22,7 @@ from filterproxy.filters.body_accumulate import BodyAccumulateConfig, BodyAccumu
 from filterproxy.filters.header_rewrite import HeaderRewriteFilter
 from filterproxy.filters.keys import KeysFilter
 from filterproxy.filters.responses import ResponsesFilter
+from filterproxy.filters.resume import ResumeFilter
 from filterproxy.filters.route import RouteFilter
 from filterproxy.filters.translate import TranslateFilter
 from filterproxy.filters.usage import UsageFilter
@@ -37,6 +38,7 @@ __all__ = [
 BUILTIN_FILTERS: dict[str, type[StreamFilter]] = {
     "keys": KeysFilter,
     "body-accumulate": BodyAccumulateFilter,
+    "resume": ResumeFilter,
     "responses": ResponsesFilter,
     "route": RouteFilter,
     "translate": TranslateFilter,

@@ -26,7 +26,6 @@ response does not exist.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,11 +45,12 @@ from filterproxy.filters.api import (
     ResponseHead,
     StreamFilter,
 )
+from filterproxy.filters.owner import owner_of
 from filterproxy.filters.translate import PREVIOUS_ANNOTATION, RESPONSE_ANNOTATION
 from filterproxy.http.apis import RESPONSES
 from filterproxy.translate.responses_client import input_items
 
-__all__ = ["ResponsesFilter", "ResponsesFilterConfig", "owner_of"]
+__all__ = ["ResponsesFilter", "ResponsesFilterConfig"]
 
 log = Logger(namespace="filterproxy.responses")
 #: ``…/responses``, ``…/responses/{id}`` and ``…/responses/{id}/input_items``.
@@ -67,17 +67,6 @@ class ResponsesFilterConfig:
     #: The routes with a path prefix: a GET of a response the gateway did not store goes
     #: to the route whose prefix it matches (a provider that keeps responses itself).
     prefixed_routes: tuple[RouteConfig, ...]
-
-
-def owner_of(head: RequestHead, key_name: str | None) -> str:
-    """Whom a stored response belongs to: a digest of the gateway key's name, or of the
-    credential header the client sent (or of nothing, for a client with none)."""
-    if key_name is not None:
-        basis = "key:" + key_name
-    else:
-        credential = head.headers.get("authorization") or head.headers.get("x-api-key")
-        basis = "credential:" + credential.strip() if credential else "anonymous"
-    return hashlib.sha256(basis.encode()).hexdigest()
 
 
 def _continued(record: Mapping[str, Any]) -> list[Any]:

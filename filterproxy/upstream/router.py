@@ -326,7 +326,7 @@ class Router(ResponseHandler):
         head_received = time.monotonic()
         manager.stream_info.time_to_first_byte = head_received - manager.stream_info.started
         if self.connection is not None:
-            manager.downstream.register_producer(self.connection)
+            manager.register_producer(self.connection)
         self.watching = True
         self.deadlines.set(self, step.timeouts.idle, self._idle_timeout)
         manager.encode_headers(status, headers, False)

@@ -10,7 +10,7 @@ import pytest
 from filterproxy.config import ConfigError, parse_config
 from filterproxy.conversations import MemoryConversations
 from filterproxy.filters.api import RequestHead
-from filterproxy.filters.responses import owner_of
+from filterproxy.filters.owner import owner_of
 from filterproxy.http.headers import Headers
 
 BASE = """

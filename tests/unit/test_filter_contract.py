@@ -199,7 +199,7 @@ def test_a_mid_stream_error_frame_and_a_heartbeat_pass_the_encoders() -> None:
     manager.send_heartbeat()
     manager.fail_response(504, "upstream went quiet", "upstream_idle_timeout", "timeout")
     data = [d for status, d in reshape.seen]
-    assert data[1] == b": keep-alive\n\n"
+    assert data[1] == b": keep-alive\n"
     assert b"event: error\ndata: {" in data[2]
     assert downstream.body().endswith(b"]")  # the frame the client got is the reshaped one
     assert downstream.events[-1] == ("abort",)

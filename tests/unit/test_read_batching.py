@@ -63,7 +63,7 @@ def test_writes_between_reads_are_not_held() -> None:
     writes = len(client.writes)
     h.reactor.advance(2.1)  # the route's heartbeat, from a timer: written at once
     assert len(client.writes) == writes + 1
-    assert client.writes[-1] == chunk(b": keep-alive\n\n")
+    assert client.writes[-1] == chunk(b": keep-alive\n")
 
 
 def test_an_upstream_failure_in_the_middle_of_a_read_flushes_what_came_before() -> None:

@@ -113,7 +113,7 @@ def test_heartbeat_comments_fill_silence_at_event_boundaries() -> None:
     h.client.dataReceived(post())
     h.upstream.dataReceived(SSE_HEAD + chunk(b"data: a\n\n"))
     h.reactor.advance(2.1)
-    assert h.received().endswith(chunk(b": keep-alive\n\n"))
+    assert h.received().endswith(chunk(b": keep-alive\n"))
     h.upstream.dataReceived(chunk(b"data: b\n\n"))
     h.reactor.advance(1.5)
     assert h.received().endswith(chunk(b"data: b\n\n"))  # data resets the heartbeat
@@ -127,7 +127,7 @@ def test_no_heartbeat_inside_an_event_the_upstream_has_not_finished() -> None:
     assert b"keep-alive" not in h.received()
     h.upstream.dataReceived(chunk(b"\n\n"))
     h.reactor.advance(2.1)
-    assert h.received().endswith(chunk(b": keep-alive\n\n"))
+    assert h.received().endswith(chunk(b": keep-alive\n"))
 
 
 def test_a_stale_pooled_connection_is_retried_once_on_a_fresh_one() -> None:

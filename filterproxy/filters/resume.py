@@ -1,0 +1,507 @@
+"""resume: event streams that survive a dropped client (routes with ``resume``).
+
+An event stream answered on a resumable route gets a stream id (the ``x-stream-id``
+response header) and numbered events (an ``id: <stream id>.<n>`` line ends each event;
+the ``data:`` bytes are not touched; `filterproxy.resume.EventFramer`). Its events are
+kept (`filterproxy.resume.ResumeBuffer`) while it runs and for ``resume.keep`` after.
+
+- When its client goes away before the end, the upstream keeps generating into the
+  buffer for ``resume.grace``; then it is stopped, as for any other request.
+- A client resumes with ``GET /v1/streams/{id}`` and the last event it saw — the
+  ``Last-Event-ID`` header (what a browser's EventSource sends), or ``?starting_after=N``
+  (OpenAI's convention) — or by sending the same ``POST`` again with ``Last-Event-ID``
+  (what fetch-based SSE clients do), which never starts a second generation. It gets
+  every event after that one, exactly once — runs of text deltas folded into fewer
+  events (`filterproxy.resume.merge_deltas`) — then the live tail.
+- A new reader takes over from the one before: the old connection (maybe a half-open
+  socket after a network change) is closed.
+- ``DELETE /v1/streams/{id}`` stops it at once, for a client that means to stop.
+- A stream that finished is resumable for ``resume.keep``; an unknown or evicted one,
+  or a position no longer held, gets 410 with a JSON error. A stream belongs to the
+  gateway key or the credentials that started it: anyone else is told it does not exist.
+
+Memory is bounded: each stream's buffer by ``resume.buffer``, all of a process's by
+``resume_buffers``; a stream past either stops being resumable (its client is told in
+an SSE comment) and goes on as a plain stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import parse_qs
+
+import orjson
+from twisted.logger import Logger
+
+from filterproxy.config import Node, ResumeConfig
+from filterproxy.filters.api import (
+    DataResult,
+    FilterContext,
+    FilterStatus,
+    RequestHead,
+    ResponseHead,
+    StreamFilter,
+)
+from filterproxy.filters.owner import owner_of
+from filterproxy.resume import BUDGET, EventFramer, ResumeBuffer, merge_deltas, parse_event_id
+
+__all__ = ["ResumableStream", "ResumeFilter", "StreamRegistry", "registry"]
+
+log = Logger(namespace="filterproxy.resume")
+_STREAM_PATH: Final = re.compile(r"^(?:/v1)?/streams/([A-Za-z0-9_-]{8,80})/?$")
+_NO_LONGER: Final = b": this stream is no longer resumable: its buffer is full\n"
+#: The annotation of a request that resumed (or tried to resume) a stream.
+RESUME_ANNOTATION: Final = "resume"
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+class ResumableStream:
+    """One resumable event stream: its events, its reader, its timers."""
+
+    __slots__ = (
+        "body_hash",
+        "buffer",
+        "complete",
+        "config",
+        "content_type",
+        "done",
+        "framer",
+        "id",
+        "origin",
+        "origin_attached",
+        "owner",
+        "reader",
+        "registry",
+        "route",
+        "started",
+        "timer",
+    )
+
+    def __init__(
+        self,
+        registry: StreamRegistry,
+        stream_id: str,
+        owner: str,
+        body_hash: bytes,
+        config: ResumeConfig,
+        route: str,
+        content_type: str,
+    ) -> None:
+        self.registry = registry
+        self.id = stream_id
+        self.owner = owner
+        self.body_hash = body_hash
+        self.config = config
+        self.route = route
+        self.content_type = content_type
+        self.framer = EventFramer(stream_id.encode() + b".")
+        self.buffer = ResumeBuffer(config.buffer)
+        #: The origin request's filter while it runs.
+        self.origin: ResumeFilter | None = None
+        #: The origin's client is connected (it is the reader then).
+        self.origin_attached = True
+        #: A resumed reader (another request's filter), if any.
+        self.reader: ResumeFilter | None = None
+        #: The upstream's response has ended: completely, or not.
+        self.done = False
+        self.complete = False
+        self.timer: Any = None
+        self.started = time.monotonic()
+
+    @property
+    def resumable(self) -> bool:
+        return not self.buffer.overflowed
+
+    def keep(self, events: list[bytes]) -> None:
+        """The events the origin just passed on (the framer's)."""
+        buffer = self.buffer
+        if buffer.overflowed:
+            return
+        size = sum(len(e) for e in events)
+        if not BUDGET.take(size):
+            self.give_up()
+            return
+        for event in events:
+            if not buffer.append(event):
+                BUDGET.give(size)
+                self.give_up(counted=buffer.size)
+                return
+
+    def give_up(self, counted: int | None = None) -> None:
+        """Past a cap: free the events; the stream goes on, not resumable any more."""
+        BUDGET.give(self.buffer.size if counted is None else counted)
+        self.buffer.drop()
+        log.info(
+            "stream {id} is no longer resumable: its buffer passed a cap (resume.buffer "
+            "or resume_buffers)",
+            id=self.id,
+        )
+        if self.reader is not None:
+            self.reader.push(_NO_LONGER)
+
+    # -- the origin's side -----------------------------------------------------------
+
+    def client_gone(self) -> None:
+        """The origin's client left (or was taken over): the grace period starts,
+        unless a reader is already there."""
+        self.origin_attached = False
+        if self.reader is None:
+            self._start_grace()
+
+    def _start_grace(self) -> None:
+        if self.done or not self.resumable:
+            if not self.resumable and not self.done and self.origin is not None:
+                self.origin.callbacks.abandon()  # nobody can ever read the rest
+            return
+        self._cancel_timer()
+        self.timer = _reactor().callLater(self.config.grace, self._grace_expired)
+
+    def _grace_expired(self) -> None:
+        self.timer = None
+        origin = self.origin
+        if origin is not None and not self.done:
+            log.info(
+                "stream {id}: no client came back within {grace:g}s (resume.grace); "
+                "the upstream is stopped",
+                id=self.id,
+                grace=self.config.grace,
+            )
+            origin.callbacks.stream_info.annotations["resume_expired"] = True
+            origin.callbacks.abandon()
+        self.registry.evict(self.id)
+
+    def ended(self, complete: bool) -> None:
+        """The origin request is over."""
+        self.origin = None
+        if self.done:
+            return
+        self.done = True
+        self.complete = complete
+        reader = self.reader
+        if reader is not None:
+            reader.finish(complete)
+        self._cancel_timer()
+        if self.id in self.registry.streams:
+            self.timer = _reactor().callLater(self.config.keep, self.registry.evict, self.id)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+    # -- readers ---------------------------------------------------------------------
+
+    def attach(self, reader: ResumeFilter) -> None:
+        """*reader* takes over: the reader before it, or the origin's own client, is
+        closed."""
+        old, self.reader = self.reader, reader
+        self._cancel_timer()
+        if old is not None and old is not reader:
+            old.taken_over()
+        origin = self.origin
+        if self.origin_attached and origin is not None:
+            self.origin_attached = False
+            origin.detached = True
+            origin.callbacks.drop_client()
+
+    def detach(self, reader: ResumeFilter) -> None:
+        """*reader*'s client left."""
+        if self.reader is not reader:
+            return
+        self.reader = None
+        if not self.done:
+            self._start_grace()
+
+    def cancel(self) -> None:
+        """Stop it now (``DELETE``)."""
+        origin, reader = self.origin, self.reader
+        self.reader = None
+        if reader is not None:
+            reader.taken_over()
+        if origin is not None:
+            origin.callbacks.abandon()
+        self.registry.evict(self.id)
+
+
+class StreamRegistry:
+    """The process's resumable streams, by id."""
+
+    def __init__(self) -> None:
+        self.streams: dict[str, ResumableStream] = {}
+
+    def new_id(self) -> str:
+        return "fps_" + secrets.token_hex(12)
+
+    def add(self, stream: ResumableStream) -> None:
+        self.streams[stream.id] = stream
+
+    def get(self, stream_id: str) -> ResumableStream | None:
+        return self.streams.get(stream_id)
+
+    def evict(self, stream_id: str) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is None:
+            return
+        stream._cancel_timer()
+        if not stream.buffer.overflowed:
+            BUDGET.give(stream.buffer.size)
+            stream.buffer.drop()
+
+
+#: The process's streams (one registry, whatever the reloads).
+registry = StreamRegistry()
+
+
+@dataclass(frozen=True)
+class ResumeFilterConfig:
+    registry: StreamRegistry
+
+
+def _gone(stream_id: str) -> str:
+    return (
+        f"stream {stream_id!r} cannot be resumed: it finished longer ago than its route's "
+        "resume.keep, no client came back within resume.grace, it passed its buffer's "
+        "cap, or it never existed; send the request again"
+    )
+
+
+class ResumeFilter(StreamFilter):
+    """Resumable event streams (see the module's description)."""
+
+    config: ResumeFilterConfig
+
+    @classmethod
+    def configure(cls, options: Mapping[str, Any], context: FilterContext) -> ResumeFilterConfig:
+        Node(dict(options), context.path, context.environ).mapping(set())
+        BUDGET.cap = context.config.resume_buffers
+        return ResumeFilterConfig(registry)
+
+    def __init__(self, config: ResumeFilterConfig) -> None:
+        super().__init__(config)
+        self.head: RequestHead | None = None
+        self.owner = ""
+        self.body = b""
+        #: The stream this request started (the origin), or reads (a reader).
+        self.stream: ResumableStream | None = None
+        self.reading = False
+        #: The origin's client is gone (or was taken over).
+        self.detached = False
+        #: A re-sent POST's Last-Event-ID: (stream id, event number).
+        self.resend: tuple[str, int] | None = None
+        self.done = False
+
+    # -- the request -------------------------------------------------------------------
+
+    def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
+        self.head = head
+        # Now: the filters after this one take the credentials out of the request.
+        self.owner = owner_of(head, self.callbacks.stream_info.key_name)
+        path, _, query = head.path.partition("?")
+        match = _STREAM_PATH.match(path) if "/streams/" in path else None
+        if match is not None:
+            return self._stream_request(head, match.group(1), query)
+        if head.method == "POST":
+            last = head.headers.get("last-event-id")
+            if last is not None and "." in last:
+                stream_id, _, number = last.strip().rpartition(".")
+                if number.isdigit() and stream_id.startswith("fps_"):
+                    self.resend = (stream_id, int(number))
+        return FilterStatus.CONTINUE
+
+    def _stream_request(self, head: RequestHead, stream_id: str, query: str) -> FilterStatus:
+        self.callbacks.pass_response_data()
+        stream = self.config.registry.get(stream_id)
+        if stream is not None and stream.owner != self.owner:
+            stream = None  # nobody reads another's stream: it does not exist for them
+        if head.method == "DELETE":
+            if stream is None:
+                self._not_found(stream_id)
+                return FilterStatus.STOP_ITERATION
+            stream.cancel()
+            body = {"id": stream_id, "object": "stream.deleted", "deleted": True}
+            self.callbacks.send_local_response(200, orjson.dumps(body), "application/json")
+            return FilterStatus.STOP_ITERATION
+        if head.method != "GET":
+            self.callbacks.send_local_reply(
+                405, "a stream is read with GET and stopped with DELETE", code="method_not_allowed"
+            )
+            return FilterStatus.STOP_ITERATION
+        params = parse_qs(query)
+        after = parse_event_id(head.headers.get("last-event-id"))
+        for name in ("starting_after", "last_event_id"):
+            if after is None and name in params:
+                after = parse_event_id(params[name][0])
+        if stream is None:
+            self._gone(stream_id)
+            return FilterStatus.STOP_ITERATION
+        self._read(stream, after or 0)
+        return FilterStatus.STOP_ITERATION
+
+    def decode_data(self, data: bytes, end_stream: bool) -> DataResult:
+        if not end_stream:
+            return FilterStatus.STOP_ITERATION_AND_BUFFER
+        buffered = self.callbacks.buffered_request_body()
+        self.body = buffered + data if buffered else data
+        resend = self.resend
+        if resend is None:
+            return FilterStatus.CONTINUE
+        stream_id, after = resend
+        head = self.head
+        assert head is not None
+        stream = self.config.registry.get(stream_id)
+        if stream is None or stream.owner != self.owner:
+            self._gone(stream_id)
+            return FilterStatus.STOP_ITERATION
+        if stream.body_hash != hashlib.sha256(self.body).digest():
+            self.callbacks.send_local_reply(
+                409,
+                f"Last-Event-ID names stream {stream_id!r}, which another request started; "
+                "resume it with the same request, or leave Last-Event-ID out",
+                code="stream_mismatch",
+            )
+            return FilterStatus.STOP_ITERATION
+        self._read(stream, after)
+        return FilterStatus.STOP_ITERATION
+
+    def _not_found(self, stream_id: str) -> None:
+        self.callbacks.send_local_reply(404, f"no stream {stream_id!r}", code="not_found")
+
+    def _gone(self, stream_id: str) -> None:
+        self._annotate(stream_id, "gone")
+        self.callbacks.send_local_reply(410, _gone(stream_id), code="stream_gone")
+
+    def _annotate(self, stream_id: str, outcome: str, **more: Any) -> None:
+        stream = self.config.registry.get(stream_id)
+        self.callbacks.stream_info.annotations[RESUME_ANNOTATION] = {
+            "stream": stream_id,
+            "outcome": outcome,
+            "route": stream.route if stream is not None else "none",
+            **more,
+        }
+
+    def _read(self, stream: ResumableStream, after: int) -> None:
+        """Send the events after event *after*, then the live tail."""
+        events = stream.buffer.since(after)
+        if events is None:
+            self._gone(stream.id)
+            return
+        self._annotate(stream.id, "resumed", after=after, replayed=len(events))
+        if stream.done and not events:
+            self.callbacks.send_local_response(204, b"", "text/event-stream")
+            return
+        self.stream = stream
+        self.reading = True
+        self.callbacks.send_local_stream(
+            200,
+            [
+                ("content-type", stream.content_type),
+                ("cache-control", "no-cache"),
+                ("x-stream-id", stream.id),
+            ],
+        )
+        replay = b"".join(merge_deltas(events))
+        if stream.done:
+            self.callbacks.inject_encoded_data(replay, True)
+            return
+        stream.attach(self)
+        if replay:
+            self.callbacks.inject_encoded_data(replay, False)
+
+    # -- a reader's side ---------------------------------------------------------------
+
+    def push(self, data: bytes) -> None:
+        if not self.done:
+            self.callbacks.inject_encoded_data(data, False)
+
+    def finish(self, complete: bool) -> None:
+        """The stream this request reads has ended."""
+        if self.done:
+            return
+        if complete:
+            self.callbacks.inject_encoded_data(b"", True)
+        else:
+            self.callbacks.abandon()  # it failed: never a clean end
+
+    def taken_over(self) -> None:
+        """Another reader took over: this connection is closed."""
+        if not self.done:
+            self.callbacks.drop_client()
+
+    # -- the origin's side -------------------------------------------------------------
+
+    def encode_headers(self, head: ResponseHead, end_stream: bool) -> FilterStatus:
+        info = self.callbacks.stream_info
+        route = info.route
+        if (
+            self.reading
+            or end_stream
+            or route is None
+            or route.resume is None
+            or head.status != 200
+            or not (head.headers.get("content-type") or "").startswith("text/event-stream")
+            or self.head is None
+        ):
+            self.callbacks.pass_response_data()
+            return FilterStatus.CONTINUE
+        registry = self.config.registry
+        stream = ResumableStream(
+            registry,
+            registry.new_id(),
+            self.owner,
+            hashlib.sha256(self.body).digest(),
+            route.resume,
+            route.name,
+            head.headers.get("content-type") or "text/event-stream",
+        )
+        stream.origin = self
+        registry.add(stream)
+        self.stream = stream
+        self.body = b""
+        head.headers.set("x-stream-id", stream.id)
+        head.headers.remove("content-length")
+        self.callbacks.keep_going_without_client(self._client_gone)
+        return FilterStatus.CONTINUE
+
+    def encode_data(self, data: bytes, end_stream: bool) -> DataResult:
+        stream = self.stream
+        if stream is None or self.reading:
+            return FilterStatus.CONTINUE
+        framer = stream.framer
+        out = framer.feed(data) if data else b""
+        if end_stream and framer.pending:
+            out += framer.feed(b"\n\n")  # a last event that lost its blank line
+        if framer.events:
+            stream.keep(framer.take())
+        if stream.reader is not None and out:
+            stream.reader.push(out)
+        if self.detached:
+            return b""
+        return out
+
+    def _client_gone(self) -> None:
+        self.detached = True
+        stream = self.stream
+        if stream is not None:
+            stream.client_gone()
+
+    def on_destroy(self) -> None:
+        self.done = True
+        stream = self.stream
+        if stream is None:
+            return
+        self.stream = None
+        if self.reading:
+            stream.detach(self)
+        else:
+            stream.ended(self.callbacks.stream_info.outcome == "complete")

@@ -1,0 +1,312 @@
+"""Resumable event streams: the decisions, with no I/O.
+
+A resumable stream numbers its events: `EventFramer` adds an ``id:`` line to each event
+of the upstream's stream as it passes (the last field before the blank line, so that it
+is the id a client keeps even when the upstream sent ids of its own; the ``data:`` bytes
+are not touched), and turns comment-only blocks (``: ping`` and the like) into comment
+lines without a blank line — once an ``id:`` has been seen, a bare blank line makes the
+openai-python SDK parse an empty event and fail. `ResumeBuffer` keeps the numbered
+events, up to a cap, so that a client can be sent everything after the last event it
+saw. `merge_deltas` folds runs of text deltas into fewer events for a client that is
+catching up: the text it sees is the same, and each event keeps the id of the last one
+it stands for, so a later resume stays exact.
+"""
+
+from __future__ import annotations
+
+import re
+from array import array
+from typing import Any, Final
+
+import orjson
+
+__all__ = [
+    "BUDGET",
+    "BufferBudget",
+    "EventFramer",
+    "ResumeBuffer",
+    "merge_deltas",
+    "parse_event_id",
+]
+
+_BLANK_LINE: Final = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_TEXT_DELTA: Final = b'"type":"text_delta"'
+
+
+def _is_comment_block(block: bytes) -> bool:
+    return all(line.startswith(b":") for line in block.splitlines() if line)
+
+
+def _comment_lines(text: bytes, out: list[bytes]) -> bytes:
+    """Pass on the comment lines at the start of *text* (an event's start) at once, and
+    the blank line that may end them; what follows them."""
+    while text and text[0] == 0x3A:  # ":"
+        end = text.find(b"\n")
+        if end < 0:
+            break
+        out.append(text[: end + 1])
+        text = text[end + 1 :]
+        if text.startswith(b"\n"):
+            text = text[1:]
+        elif text.startswith(b"\r\n"):
+            text = text[2:]
+    return text
+
+
+class EventFramer:
+    """Numbers the events of an event stream fed in pieces split anywhere (no I/O).
+
+    `feed` returns the bytes to pass on for what the piece completes: numbered events
+    (an event that has not ended yet is held until it has) and comment lines (at once,
+    without a blank line). Each numbered event is also kept in `events` until the caller
+    takes them (`take`). An event's id is ``<prefix><n>``, n counting from 1.
+    """
+
+    __slots__ = ("events", "pending", "prefix", "seq")
+
+    def __init__(self, prefix: bytes = b"") -> None:
+        self.prefix = prefix
+        #: The number of the last event numbered.
+        self.seq = 0
+        self.pending = b""
+        #: The numbered events since the last `take`, each as passed on.
+        self.events: list[bytes] = []
+
+    def feed(self, data: bytes) -> bytes:
+        """The bytes to pass on for what *data* completes."""
+        out: list[bytes] = []
+        if self.pending:
+            text = self.pending + data
+        else:
+            text = _comment_lines(data, out) if data[:1] == b":" else data
+        if b"\r" in text:
+            self._feed_any(text, out)
+            return b"".join(out)
+        end = text.rfind(b"\n\n")
+        if end < 0:
+            self.pending = text
+            return b"".join(out)
+        rest = text[end + 2 :]
+        for block in text[:end].split(b"\n\n"):
+            self._frame(block, b"\n", out)
+        self.pending = _comment_lines(rest, out) if rest[:1] == b":" else rest
+        return b"".join(out)
+
+    def _feed_any(self, text: bytes, out: list[bytes]) -> None:
+        # CR or CRLF line ends (rare): split on any blank line, keep each event's own.
+        start = 0
+        for match in _BLANK_LINE.finditer(text):
+            block = text[start : match.start()]
+            start = match.end()
+            self._frame(block, match.group()[: len(match.group()) // 2], out)
+        rest = text[start:]
+        self.pending = _comment_lines(rest, out) if rest[:1] == b":" else rest
+
+    def _frame(self, block: bytes, newline: bytes, out: list[bytes]) -> None:
+        block = block.strip(b"\r\n")  # extra blank lines: nothing to dispatch
+        if not block:
+            return
+        if block[0] == 0x3A and _is_comment_block(block):  # ":" comments only
+            out.append(block + newline)
+            return
+        self.seq += 1
+        event = b"%s%sid: %s%d%s%s" % (block, newline, self.prefix, self.seq, newline, newline)
+        self.events.append(event)
+        out.append(event)
+
+    def take(self) -> list[bytes]:
+        """The events numbered since the last call."""
+        events, self.events = self.events, []
+        return events
+
+
+class ResumeBuffer:
+    """The numbered events of one stream, in one byte array, up to *cap* bytes.
+
+    Past the cap the buffer gives up (`overflowed`) and frees what it held: the stream
+    is no longer resumable. Memory: the events' bytes, 8 bytes an event for its offset,
+    and the objects themselves (about 200 bytes).
+    """
+
+    __slots__ = ("cap", "data", "offsets", "overflowed")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.data = bytearray()
+        #: Where each event starts in `data`: event n (from 1) at offsets[n - 1].
+        self.offsets = array("Q")
+        self.overflowed = False
+
+    @property
+    def count(self) -> int:
+        """The number of the last event kept."""
+        return len(self.offsets)
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def append(self, event: bytes) -> bool:
+        """Keep the next event; False (and nothing kept from now on) past the cap."""
+        if self.overflowed:
+            return False
+        if len(self.data) + len(event) > self.cap:
+            self.drop()
+            return False
+        self.offsets.append(len(self.data))
+        self.data += event
+        return True
+
+    def drop(self) -> None:
+        """Give up: free the events; the stream is no longer resumable."""
+        self.overflowed = True
+        self.data = bytearray()
+        self.offsets = array("Q")
+
+    def since(self, seq: int) -> list[bytes] | None:
+        """The events after event *seq*, or None when they are not all here (the buffer
+        gave up, or *seq* is not a number it handed out)."""
+        if self.overflowed or seq < 0 or seq > len(self.offsets):
+            return None
+        offsets, data = self.offsets, self.data
+        return [
+            bytes(data[offsets[i] : offsets[i + 1] if i + 1 < len(offsets) else len(data)])
+            for i in range(seq, len(offsets))
+        ]
+
+
+def parse_event_id(value: str | None) -> int | None:
+    """The event number in a ``Last-Event-ID`` (or ``starting_after``) value: digits, or
+    ``<stream id>.<digits>``; None when it is neither."""
+    if value is None:
+        return None
+    text = value.strip().rsplit(".", 1)[-1]
+    return int(text) if text.isdigit() and len(text) < 16 else None
+
+
+# -- catching up -------------------------------------------------------------------------
+
+
+def _data_and_id(event: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """(event-name line or b"", data, id) of an event with one data line, else None."""
+    lines = event.split(b"\n")
+    name = b""
+    data = ident = None
+    for line in lines:
+        if line.startswith(b"data: "):
+            if data is not None:
+                return None
+            data = line[6:]
+        elif line.startswith(b"id: "):
+            ident = line[4:]
+        elif line.startswith(b"event:"):
+            name = line
+        elif line:
+            return None
+    if data is None or ident is None:
+        return None
+    return name, data, ident
+
+
+def _text_of(data: bytes) -> tuple[str, Any, str] | None:
+    """(kind, the event's document, its text) of a mergeable text delta: a chat chunk
+    whose only news is content, or a Messages ``text_delta``; else None."""
+    if b'"content"' not in data and _TEXT_DELTA not in data:
+        return None
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    if document.get("type") == "content_block_delta":
+        delta = document.get("delta")
+        if isinstance(delta, dict) and delta.get("type") == "text_delta" and len(delta) == 2:
+            text = delta.get("text")
+            if isinstance(text, str):
+                return f"messages:{document.get('index')}", document, text
+        return None
+    choices = document.get("choices")
+    if document.get("usage") or not isinstance(choices, list) or len(choices) != 1:
+        return None
+    choice = choices[0]
+    if not isinstance(choice, dict) or choice.get("finish_reason") or choice.get("logprobs"):
+        return None
+    delta = choice.get("delta")
+    if not isinstance(delta, dict) or set(delta) - {"content"}:
+        return None
+    text = delta.get("content")
+    if not isinstance(text, str):
+        return None
+    return f"chat:{choice.get('index')}:{document.get('id')}", document, text
+
+
+def _with_text(kind: str, document: Any, text: str) -> bytes:
+    if kind.startswith("messages:"):
+        document["delta"]["text"] = text
+    else:
+        document["choices"][0]["delta"]["content"] = text
+    return orjson.dumps(document)
+
+
+def merge_deltas(events: list[bytes]) -> list[bytes]:
+    """*events* (numbered, as `EventFramer` made them) with each run of text deltas of
+    one choice or block folded into one event — the text joined, the id of the run's
+    last event. Anything else is passed as it is, in order."""
+    out: list[bytes] = []
+    run: list[tuple[bytes, str, Any, str, bytes]] = []  # (name, kind, document, text, id)
+
+    def flush() -> None:
+        if len(run) == 1:
+            name, kind, document, text, ident = run[0]
+            out.append(run_events[0])
+        elif run:
+            name, kind, document, _, ident = run[0]
+            text = "".join(r[3] for r in run)
+            merged = _with_text(kind, document, text)
+            ident = run[-1][4]
+            head = name + b"\n" if name else b""
+            out.append(head + b"data: " + merged + b"\nid: " + ident + b"\n\n")
+        run.clear()
+        run_events.clear()
+
+    run_events: list[bytes] = []
+    for event in events:
+        parts = _data_and_id(event) if not event.endswith(b"\r\n\r\n") else None
+        found = _text_of(parts[1]) if parts is not None else None
+        if parts is None or found is None:
+            flush()
+            out.append(event)
+            continue
+        kind, document, text = found
+        if run and (run[0][1] != kind or run[0][0] != parts[0]):
+            flush()
+        run.append((parts[0], kind, document, text, parts[2]))
+        run_events.append(event)
+    flush()
+    return out
+
+
+class BufferBudget:
+    """What the resumable streams of a process hold together, against one cap (the
+    config's ``resume_buffers``): a stream that would pass it stops being resumable."""
+
+    __slots__ = ("cap", "held")
+
+    def __init__(self, cap: int = 256 * 1024 * 1024) -> None:
+        self.cap = cap
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        """Count *size* more bytes held; False (nothing counted) past the cap."""
+        if self.held + size > self.cap:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
+#: The process's budget (the gauge ``filterproxy_resume_buffer_bytes`` reads it).
+BUDGET = BufferBudget()
