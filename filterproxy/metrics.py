@@ -27,6 +27,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from filterproxy.resume import BUDGET
+
 if TYPE_CHECKING:
     from filterproxy.filters.api import StreamInfo
 
@@ -135,6 +137,17 @@ class Metrics:
             "Tokens used by each gateway key, from the providers' usage (input, output).",
             ("key", "gen_ai_token_type"),
         )
+        self.resumes = _CounterFamily(
+            "filterproxy_stream_resumes",
+            "Requests to resume a stream, by the stream's route and outcome (resumed, gone: 410).",
+            ("route", "outcome"),
+        )
+        self.grace_expiries = _CounterFamily(
+            "filterproxy_stream_grace_expiries",
+            "Resumable streams whose client did not come back within resume.grace (the "
+            "upstream was stopped).",
+            ("route",),
+        )
         self.key_refusals = _CounterFamily(
             "filterproxy_key_refusals",
             "Requests refused by a gateway key's limit, by key and limit.",
@@ -224,6 +237,10 @@ class Metrics:
                 "Event-stream responses being sent to clients.",
                 lambda: float(self.open_streams),
             ),
+            "filterproxy_resume_buffer_bytes": (
+                "Bytes the resumable streams' buffers hold (limit: resume_buffers).",
+                lambda: float(BUDGET.held),
+            ),
         }
 
     def model_label(self, model: str | None) -> str:
@@ -250,6 +267,8 @@ class Metrics:
         key = info.key_name
         if key is not None:
             self._count_key(info, key)
+        if info.annotations:
+            self._count_resume(info, route)
         if info.attempts:
             self.attempts.inc((cluster,), info.attempts)
         series = self._series.get((route, cluster, model))
@@ -269,6 +288,13 @@ class Metrics:
         if overhead is not None:
             self.overhead_series.observe(overhead)
 
+    def _count_resume(self, info: StreamInfo, route: str) -> None:
+        resumed = info.annotations.get("resume")
+        if isinstance(resumed, dict):
+            self.resumes.inc((str(resumed.get("route")), str(resumed.get("outcome"))))
+        if info.annotations.get("resume_expired"):
+            self.grace_expiries.inc((route,))
+
     def _count_key(self, info: StreamInfo, key: str) -> None:
         self.key_requests.inc((key, status_class(info.status)))
         if info.prompt_tokens:
@@ -285,6 +311,8 @@ class Metrics:
             self.key_requests,
             self.key_tokens,
             self.key_refusals,
+            self.resumes,
+            self.grace_expiries,
             self.outcomes,
             self.attempts,
             self.retries,

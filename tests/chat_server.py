@@ -11,6 +11,13 @@ words. ``POST /v1/responses`` answers with fixed Responses bytes (an event strea
 asked). ``GET /control/last`` returns the last request's path, headers and JSON body,
 ``/control/count`` how many requests came, ``/control/sent`` the exact bytes of the
 last answer.
+
+Slow streams, for resuming: model ``chat-slow`` streams ``tok01`` … ``tok40`` (one
+chunk each 30 ms), then the finish and usage chunks and ``[DONE]``; ``chat-pause``
+streams ``tok01`` … ``tok06`` with a 2 s silence after the third (a ``: ping`` comment
+block each 0.5 s meanwhile). It lists each slow stream as
+``{"finished": bool, "cancelled": bool}`` (cancelled: its connection closed first)
+for a ``GET`` of any path but ``/control/…``.
 """
 
 from __future__ import annotations
@@ -69,8 +76,57 @@ def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> byt
     return b"data: " + json.dumps(document).encode() + b"\n\n"
 
 
+STREAMS: list[dict[str, bool]] = []
+SLOW_TOKENS = [f" tok{n:02d}" for n in range(1, 41)]
+
+
+def slow(request: server.Request, model: str) -> int:
+    """A stream written over time (see the module's description)."""
+    from twisted.internet import reactor
+
+    state = {"finished": False, "cancelled": False}
+    STREAMS.append(state)
+    tokens = SLOW_TOKENS if model == "chat-slow" else SLOW_TOKENS[:6]
+    plan: list[tuple[float, bytes]] = [(0.0, chunk({"role": "assistant", "content": ""}))]
+    for i, token in enumerate(tokens):
+        plan.append((0.03, chunk({"content": token})))
+        if model == "chat-pause" and i == 2:
+            plan += [(0.5, b": ping - upstream\n\n")] * 4
+    usage = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [], "usage": USAGE}
+    plan += [
+        (0.03, chunk({}, "stop")),
+        (0.0, b"data: " + json.dumps(usage).encode() + b"\n\n"),
+        (0.0, b"data: [DONE]\n\n"),
+    ]
+
+    def lost(_: object) -> None:
+        if not state["finished"]:
+            state["cancelled"] = True
+
+    request.notifyFinish().addErrback(lost)
+
+    def send(i: int) -> None:
+        if state["cancelled"]:
+            return
+        if i == len(plan):
+            state["finished"] = True
+            request.finish()
+            return
+        request.write(plan[i][1])
+        delay = plan[i + 1][0] if i + 1 < len(plan) else 0.0
+        reactor.callLater(delay, send, i + 1)  # type: ignore[attr-defined]
+
+    request.setHeader(b"content-type", b"text/event-stream")
+    send(0)
+    return server.NOT_DONE_YET
+
+
 class Api(Resource):
     isLeaf = True
+
+    def render_GET(self, request: server.Request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(STREAMS).encode()
 
     def render_POST(self, request: server.Request) -> bytes | int:
         body = record(request)
@@ -85,6 +141,8 @@ class Api(Resource):
             request.setResponseCode(404)
             return b'{"error":{"message":"no such path","type":"invalid_request_error"}}'
         model = body.get("model")
+        if model in ("chat-slow", "chat-pause") and body.get("stream"):
+            return slow(request, model)
         if model == "chat-bad":
             request.setResponseCode(400)
             request.setHeader(b"content-type", b"application/json")

@@ -1,0 +1,391 @@
+"""Resumable streams on real sockets: the official ``openai`` SDK's stream cut in the
+middle — a clean close, a reset, a connection that just goes silent — and resumed; a
+raw reader that follows the WHATWG reconnection rules; a re-sent POST; the grace period
+running out; other credentials; heartbeats read by the ``openai`` and ``anthropic``
+SDKs on a stream whose events carry ids. The upstream is tests/chat_server.py (its
+``chat-slow`` stream takes about 1.3 s)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+from openai.types.chat import ChatCompletionChunk
+
+from filterproxy.http.sse import SSEDecoder
+from tests.integration.conftest import (
+    Gateway,
+    LocalServer,
+    Process,
+    start_gateway,
+    wait_until,
+)
+
+TESTS = Path(__file__).resolve().parent.parent
+TOKENS = "".join(f" tok{n:02d}" for n in range(1, 41))
+CHAT = [{"role": "user", "content": "count"}]
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[LocalServer]:
+    process = Process([sys.executable, str(TESTS / "chat_server.py")])
+    try:
+        yield LocalServer(process, int(process.wait_for(r"PORT (\d+)").group(1)))
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(upstream: LocalServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    config = f"""
+        clusters:
+          chat: {{url: "{upstream.url}", apis: [chat]}}
+        routes:
+          - models: ["chat-*"]
+            cluster: chat
+            heartbeat: 0.2s
+            resume: {{grace: 1.5s, keep: 30s}}
+    """
+    gw = start_gateway(config, tmp_path_factory.mktemp("resume"))
+    try:
+        yield gw
+    finally:
+        gw.process.stop()
+
+
+def client(url: str, key: str = "sk-a", timeout: float = 20.0) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=url + "/v1",
+        api_key=key,
+        max_retries=0,
+        http_client=httpx.Client(timeout=httpx.Timeout(timeout)),
+    )
+
+
+def streams(upstream: LocalServer) -> list[dict[str, bool]]:
+    return httpx.get(f"{upstream.url}/streams").json()  # type: ignore[no-any-return]
+
+
+def requests_seen(upstream: LocalServer) -> int:
+    return int(httpx.get(f"{upstream.url}/control/count").json())
+
+
+def resume(
+    gateway: Gateway, stream_id: str, seen: int, key: str = "sk-a"
+) -> list[ChatCompletionChunk]:
+    rest = client(gateway.url, key).get(
+        f"/streams/{stream_id}",
+        cast_to=ChatCompletionChunk,
+        stream=True,
+        stream_cls=openai.Stream[ChatCompletionChunk],
+        options={"params": {"starting_after": seen}},
+    )
+    return list(rest)
+
+
+def check_whole(chunks: list[ChatCompletionChunk]) -> None:
+    """One answer, as if it had never been cut."""
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == TOKENS
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.role) == 1
+    assert sum(1 for c in chunks if c.choices and c.choices[0].finish_reason) == 1
+    assert sum(1 for c in chunks if c.usage is not None) == 1
+
+
+def start(
+    url: str, key: str = "sk-a", timeout: float = 20.0, model: str = "chat-slow"
+) -> tuple[str, Any]:
+    raw = client(url, key, timeout).chat.completions.with_raw_response.create(
+        model=model,
+        messages=CHAT,
+        stream=True,
+        stream_options={"include_usage": True},  # type: ignore[arg-type]
+    )
+    return raw.headers["x-stream-id"], raw.parse()
+
+
+class Relay:
+    """A TCP relay between a client and the gateway that can reset both connections
+    or go silent (forward nothing, close nothing), as a network can."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        self.silent = False
+        #: The gateway closed its side of a relayed connection.
+        self.gateway_closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                near, _ = self.server.accept()
+            except OSError:
+                return
+            far = socket.create_connection(("127.0.0.1", self.target))
+            self.pairs.append((near, far))
+            threading.Thread(target=self._pump, args=(near, far, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(far, near, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, from_gateway: bool) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                if from_gateway:
+                    self.gateway_closed.set()
+                if not self.silent:
+                    for s in (source, sink):
+                        with contextlib.suppress(OSError):
+                            s.shutdown(socket.SHUT_WR)
+                return
+            if self.silent:
+                continue  # swallowed: nothing goes either way, nothing is closed
+            try:
+                sink.sendall(data)
+            except OSError:
+                return
+
+    def reset(self) -> None:
+        """Both connections end with an RST, as when a network path breaks."""
+        for near, far in self.pairs:
+            for s in (near, far):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.close()
+
+    def close(self) -> None:
+        self.server.close()
+        for near, far in self.pairs:
+            for s in (near, far):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+
+def read(stream: Any, count: int) -> list[ChatCompletionChunk]:
+    chunks = []
+    for chunk in stream:
+        chunks.append(chunk)
+        if len(chunks) == count:
+            break
+    return chunks
+
+
+# -- cut and resumed -------------------------------------------------------------------------
+
+
+def test_a_clean_close_mid_answer_is_resumed_whole(gateway: Gateway, upstream: LocalServer) -> None:
+    before = requests_seen(upstream)
+    stream_id, stream = start(gateway.url)
+    first = read(stream, 10)
+    stream.close()  # the client hangs up (FIN)
+    time.sleep(0.2)
+    rest = resume(gateway, stream_id, len(first))
+    check_whole(first + rest)
+    assert requests_seen(upstream) == before + 1
+    wait_until(lambda: streams(upstream)[-1]["finished"], timeout=10)
+    assert not streams(upstream)[-1]["cancelled"]
+
+
+def test_a_reset_mid_answer_is_resumed_whole(gateway: Gateway, upstream: LocalServer) -> None:
+    relay = Relay(gateway.port)
+    try:
+        before = requests_seen(upstream)
+        stream_id, stream = start(relay.url)
+        first = read(stream, 8)
+        relay.reset()
+        with pytest.raises((httpx.TransportError, openai.APIConnectionError)):
+            first += read(stream, 100)  # the SDK sees the connection break
+        rest = resume(gateway, stream_id, len(first))
+        check_whole(first + rest)
+        assert requests_seen(upstream) == before + 1
+    finally:
+        relay.close()
+
+
+def test_a_silent_connection_is_taken_over_by_the_resume(
+    gateway: Gateway, upstream: LocalServer
+) -> None:
+    relay = Relay(gateway.port)
+    try:
+        stream_id, stream = start(relay.url, timeout=1.0)
+        first = read(stream, 5)
+        relay.silent = True  # a NAT change: nothing arrives, nothing is closed
+        with pytest.raises((httpx.ReadTimeout, openai.APITimeoutError)):
+            first += read(stream, 100)
+        assert not relay.gateway_closed.is_set()  # the gateway cannot tell yet
+        rest = resume(gateway, stream_id, len(first))
+        check_whole(first + rest)
+        # The new reader took over: the gateway closed the stale connection.
+        assert relay.gateway_closed.wait(5)
+    finally:
+        relay.close()
+
+
+def test_a_re_sent_post_with_last_event_id_never_starts_a_second_generation(
+    gateway: Gateway, upstream: LocalServer
+) -> None:
+    body = {"model": "chat-slow", "messages": CHAT, "stream": True}
+    headers = {"authorization": "Bearer sk-a"}
+    last = ""
+    with httpx.stream(
+        "POST", f"{gateway.url}/v1/chat/completions", json=body, headers=headers
+    ) as r:
+        text = ""
+        for event in SSEDecoder().feed(b"".join(_take(r, 6))):
+            last = event.id or last
+            text += _content(event.data)
+    before = requests_seen(upstream)
+    again = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json=body,
+        headers={**headers, "last-event-id": last},
+        timeout=20,
+    )
+    assert again.status_code == 200 and again.headers["x-stream-id"] == last.rsplit(".", 1)[0]
+    text += "".join(_content(e.data) for e in SSEDecoder().feed(again.content))
+    assert text == TOKENS and requests_seen(upstream) == before
+    other = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={**body, "messages": [{"role": "user", "content": "another question"}]},
+        headers={**headers, "last-event-id": last},
+    )
+    assert other.status_code == 409 and other.json()["error"]["code"] == "stream_mismatch"
+
+
+def _take(response: httpx.Response, events: int) -> list[bytes]:
+    pieces: list[bytes] = []
+    for piece in response.iter_raw():
+        pieces.append(piece)
+        if b"".join(pieces).count(b"\nid: ") >= events:
+            break
+    return pieces
+
+
+def _content(data: str | None) -> str:
+    if not data or not data.startswith("{"):
+        return ""
+    choices = json.loads(data).get("choices") or []
+    return str(choices[0]["delta"].get("content") or "") if choices else ""
+
+
+def test_a_whatwg_reader_reconnects_with_last_event_id_until_204(gateway: Gateway) -> None:
+    """What a browser's EventSource does: on every end of the connection, wait, then GET
+    again with Last-Event-ID; a 204 (or any non-200) ends it."""
+    body = {"model": "chat-slow", "messages": CHAT, "stream": True}
+    headers = {"authorization": "Bearer sk-a"}
+    text, last = "", ""
+    with httpx.stream(
+        "POST", f"{gateway.url}/v1/chat/completions", json=body, headers=headers
+    ) as r:
+        stream_id = r.headers["x-stream-id"]
+        for event in SSEDecoder().feed(b"".join(_take(r, 4))):
+            last, text = event.id or last, text + _content(event.data)
+    connections = 0
+    reconnection_time = 0.05
+    while True:
+        time.sleep(reconnection_time)
+        connections += 1
+        with httpx.stream(
+            "GET",
+            f"{gateway.url}/v1/streams/{stream_id}",
+            headers={**headers, "last-event-id": last, "accept": "text/event-stream"},
+            timeout=20,
+        ) as r:
+            if r.status_code == 204:
+                break
+            assert r.status_code == 200 and r.headers["content-type"].startswith(
+                "text/event-stream"
+            )
+            decoder = SSEDecoder()
+            for piece in r.iter_raw():
+                for event in decoder.feed(piece):
+                    if event.retry is not None:
+                        reconnection_time = event.retry / 1000
+                    last = event.id or last  # the last-event-ID buffer persists
+                    text += _content(event.data)
+                if connections == 1 and "tok20" in text:
+                    break  # the connection drops again, mid-stream
+    assert text == TOKENS and connections >= 3
+
+
+# -- when nobody comes back, and who may ------------------------------------------------------
+
+
+def test_the_grace_period_ends_the_upstream_and_a_late_resume_gets_410(
+    gateway: Gateway, upstream: LocalServer
+) -> None:
+    # chat-pause goes silent for 2 s after its third token: longer than the grace period.
+    stream_id, stream = start(gateway.url, model="chat-pause")
+    read(stream, 3)
+    stream.close()
+    started = time.monotonic()
+    wait_until(lambda: streams(upstream)[-1]["cancelled"], timeout=10)
+    waited = time.monotonic() - started
+    assert waited > 1.0  # the upstream went on through the grace period (1.5 s)
+    late = httpx.get(
+        f"{gateway.url}/v1/streams/{stream_id}", headers={"authorization": "Bearer sk-a"}
+    )
+    assert late.status_code == 410 and late.json()["error"]["code"] == "stream_gone"
+    metrics = httpx.get(f"{gateway.admin_url}/metrics").text
+    assert 'filterproxy_stream_grace_expiries_total{route="routes[0]"}' in metrics
+
+
+def test_other_credentials_cannot_read_or_stop_a_stream(
+    gateway: Gateway, upstream: LocalServer
+) -> None:
+    stream_id, stream = start(gateway.url)
+    first = read(stream, 3)
+    stranger = {"authorization": "Bearer sk-stranger"}
+    assert httpx.get(f"{gateway.url}/v1/streams/{stream_id}", headers=stranger).status_code == 410
+    assert (
+        httpx.delete(f"{gateway.url}/v1/streams/{stream_id}", headers=stranger).status_code == 404
+    )
+    rest = list(stream)  # the owner's stream went on untouched
+    check_whole(first + rest)
+    # The owner stops a stream at once with DELETE.
+    stream_id, stream = start(gateway.url)
+    read(stream, 2)
+    stopped = httpx.delete(
+        f"{gateway.url}/v1/streams/{stream_id}", headers={"authorization": "Bearer sk-a"}
+    )
+    assert stopped.status_code == 200 and stopped.json()["deleted"] is True
+    wait_until(lambda: streams(upstream)[-1]["cancelled"], timeout=5)
+
+
+# -- heartbeats on a stream with ids ----------------------------------------------------------
+
+
+def test_heartbeats_and_upstream_pings_do_not_break_the_sdks(gateway: Gateway) -> None:
+    raw = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={"model": "chat-pause", "messages": CHAT, "stream": True},
+        headers={"authorization": "Bearer sk-a"},
+        timeout=20,
+    ).content
+    assert b": keep-alive\n" in raw and b": ping - upstream\n" in raw and b"\nid: " in raw
+    assert b": keep-alive\n\n" not in raw and b": ping - upstream\n\n" not in raw
+    chunks = list(
+        client(gateway.url).chat.completions.create(model="chat-pause", messages=CHAT, stream=True)  # type: ignore[arg-type]
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == TOKENS[:36]
+    claude = anthropic.Anthropic(base_url=gateway.url, api_key="sk-a", max_retries=0)
+    with claude.messages.stream(
+        model="chat-pause", max_tokens=100, messages=[{"role": "user", "content": "count"}]
+    ) as stream:
+        assert stream.get_final_text() == TOKENS[:36]
