@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import ipaddress
+import os
 import signal
 import time
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ from filterproxy.metrics import Metrics
 from filterproxy.upstream.cluster import Cluster
 from filterproxy.upstream.router import Router
 from filterproxy.workers import (
+    WORKER_SECRET_ENV,
     ReloadableServerTLS,
     ReusePortTLSEndpoint,
     reuse_port_endpoint,
@@ -217,6 +219,7 @@ class GatewayService(Service):
         self.reuse_port = reuse_port
         #: Workers do not talk to systemd; their supervisor does.
         self.notify_systemd = worker_index is None
+        self.worker_index = worker_index
         self.listen_failed = False
 
     def startService(self) -> None:
@@ -231,6 +234,13 @@ class GatewayService(Service):
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
+        secret = os.environ.get(WORKER_SECRET_ENV)
+        if self.worker_index is not None and secret and any(r.resume for r in self.config.routes):
+            # A resume may reach another worker than the one holding the stream.
+            from filterproxy.filters.resume import registry
+            from filterproxy.relay import start_relay
+
+            start_relay(self.reactor, registry, secret)
         listening = []
         for description in self.listener_descriptions:
             try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import sys
 from pathlib import Path
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 # is loaded at all (see filterproxy.lazytls).
 
 __all__ = [
+    "WORKER_SECRET_ENV",
     "ParentWatch",
     "ReusePortEndpoint",
     "ReusePortTLSEndpoint",
@@ -52,6 +54,8 @@ __all__ = [
 ]
 
 log = Logger(namespace=__name__)
+#: The environment variable that gives the workers their supervisor's secret.
+WORKER_SECRET_ENV = "FILTERPROXY_WORKER_SECRET"
 
 _UNESCAPED_COLON = re.compile(r"(?<!\\):")
 
@@ -284,6 +288,7 @@ class WorkerSupervisor(Service):
             reactor = default_reactor
         self.count = count
         self.worker_argv = worker_argv
+        self.secret = secrets.token_hex(32)
         self.reactor = reactor
         self.workers: dict[int, _Worker] = {}
         self.transports: dict[int, Any] = {}
@@ -316,6 +321,8 @@ class WorkerSupervisor(Service):
         self.workers[index] = worker
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)  # the supervisor speaks to systemd, not the workers
+        # What the workers sign the addresses in their stream ids with (filterproxy.relay).
+        env[WORKER_SECRET_ENV] = self.secret
         self.transports[index] = self.reactor.spawnProcess(
             worker,
             sys.executable,

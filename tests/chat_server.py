@@ -92,7 +92,14 @@ def slow(request: server.Request, model: str) -> int:
         plan.append((0.03, chunk({"content": token})))
         if model == "chat-pause" and i == 2:
             plan += [(0.5, b": ping - upstream\n\n")] * 4
-    usage = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [], "usage": USAGE}
+    usage = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [],
+        "usage": USAGE,
+    }
     plan += [
         (0.03, chunk({}, "stop")),
         (0.0, b"data: " + json.dumps(usage).encode() + b"\n\n"),

@@ -28,15 +28,17 @@ an SSE comment) and goes on as a plain stream.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import parse_qs
 
 import orjson
+from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 
 from filterproxy.config import Node, ResumeConfig
@@ -51,13 +53,30 @@ from filterproxy.filters.api import (
 from filterproxy.filters.owner import owner_of
 from filterproxy.resume import BUDGET, EventFramer, ResumeBuffer, merge_deltas, parse_event_id
 
-__all__ = ["ResumableStream", "ResumeFilter", "StreamRegistry", "registry"]
+__all__ = ["Reader", "ResumableStream", "ResumeFilter", "StreamRegistry", "registry", "replay"]
 
 log = Logger(namespace="filterproxy.resume")
 _STREAM_PATH: Final = re.compile(r"^(?:/v1)?/streams/([A-Za-z0-9_-]{8,80})/?$")
 _NO_LONGER: Final = b": this stream is no longer resumable: its buffer is full\n"
 #: The annotation of a request that resumed (or tried to resume) a stream.
 RESUME_ANNOTATION: Final = "resume"
+
+
+class Reader(Protocol):
+    """Who a resumed stream's live tail goes to."""
+
+    def push(self, data: bytes) -> None: ...
+
+    def finish(self, complete: bool) -> None: ...
+
+    def taken_over(self) -> None: ...
+
+
+def replay(stream: ResumableStream, after: int) -> list[bytes] | None:
+    """What a reader that saw event *after* is sent first — the events it missed, text
+    deltas folded — or None when they are not all held any more (410)."""
+    events = stream.buffer.since(after)
+    return None if events is None else merge_deltas(events)
 
 
 def _reactor() -> Any:
@@ -111,8 +130,8 @@ class ResumableStream:
         self.origin: ResumeFilter | None = None
         #: The origin's client is connected (it is the reader then).
         self.origin_attached = True
-        #: A resumed reader (another request's filter), if any.
-        self.reader: ResumeFilter | None = None
+        #: A resumed reader (another request's filter, or another worker's relay), if any.
+        self.reader: Reader | None = None
         #: The upstream's response has ended: completely, or not.
         self.done = False
         self.complete = False
@@ -202,7 +221,7 @@ class ResumableStream:
 
     # -- readers ---------------------------------------------------------------------
 
-    def attach(self, reader: ResumeFilter) -> None:
+    def attach(self, reader: Reader) -> None:
         """*reader* takes over: the reader before it, or the origin's own client, is
         closed."""
         old, self.reader = self.reader, reader
@@ -215,7 +234,7 @@ class ResumableStream:
             origin.detached = True
             origin.callbacks.drop_client()
 
-    def detach(self, reader: ResumeFilter) -> None:
+    def detach(self, reader: Reader) -> None:
         """*reader*'s client left."""
         if self.reader is not reader:
             return
@@ -235,13 +254,53 @@ class ResumableStream:
 
 
 class StreamRegistry:
-    """The process's resumable streams, by id."""
+    """The process's resumable streams, by id.
+
+    A worker of several (``--workers``) puts the port of its relay listener
+    (`filterproxy.relay`) in its streams' ids, signed with the supervisor's secret, so
+    that a resume that reaches another worker is passed to this one.
+    """
 
     def __init__(self) -> None:
         self.streams: dict[str, ResumableStream] = {}
+        #: This worker's relay port, and the secret its ids are signed with (workers).
+        self.relay_port = 0
+        self.secret = b""
+
+    def serve_relay(self, port: int, secret: bytes) -> None:
+        self.relay_port = port
+        self.secret = secret
+
+    def _mac(self, text: str) -> str:
+        return hmac.new(self.secret, text.encode(), hashlib.sha256).hexdigest()[:16]
 
     def new_id(self) -> str:
-        return "fps_" + secrets.token_hex(12)
+        nonce = secrets.token_hex(12)
+        if not self.relay_port:
+            return "fps_" + nonce
+        place = f"{self.relay_port:x}_{nonce}"
+        return f"fps_{place}_{self._mac(place)}"
+
+    def elsewhere(self, stream_id: str) -> int | None:
+        """The relay port of the worker whose stream *stream_id* is, when it is another
+        worker's (and the id is signed by this gateway's supervisor); else None."""
+        if not self.relay_port:
+            return None
+        parts = stream_id.split("_")
+        if len(parts) != 4 or parts[0] != "fps":
+            return None
+        place = f"{parts[1]}_{parts[2]}"
+        if not hmac.compare_digest(parts[3], self._mac(place)):
+            return None
+        try:
+            port = int(parts[1], 16)
+        except ValueError:
+            return None
+        return port if port != self.relay_port and 0 < port < 65536 else None
+
+    def sign(self, *parts: str) -> str:
+        """A signature of *parts* (a relayed request's), with the supervisor's secret."""
+        return self._mac("|".join(parts))
 
     def add(self, stream: ResumableStream) -> None:
         self.streams[stream.id] = stream
@@ -261,6 +320,27 @@ class StreamRegistry:
 
 #: The process's streams (one registry, whatever the reloads).
 registry = StreamRegistry()
+
+
+class _Pipe(TwistedProtocol):
+    """Another worker's answer, passed on to this request's client as it comes."""
+
+    def __init__(self, reader: ResumeFilter) -> None:
+        self.reader = reader
+
+    def dataReceived(self, data: bytes) -> None:
+        self.reader.push(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        from twisted.web.client import ResponseDone
+
+        self.reader.pipe = None
+        self.reader.finish(reason is not None and reason.check(ResponseDone) is not None)
+
+
+class _Discard(TwistedProtocol):
+    def dataReceived(self, data: bytes) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -299,6 +379,8 @@ class ResumeFilter(StreamFilter):
         self.detached = False
         #: A re-sent POST's Last-Event-ID: (stream id, event number).
         self.resend: tuple[str, int] | None = None
+        #: The body of another worker's answer, while it is passed on.
+        self.pipe: _Pipe | None = None
         self.done = False
 
     # -- the request -------------------------------------------------------------------
@@ -321,9 +403,19 @@ class ResumeFilter(StreamFilter):
 
     def _stream_request(self, head: RequestHead, stream_id: str, query: str) -> FilterStatus:
         self.callbacks.pass_response_data()
-        stream = self.config.registry.get(stream_id)
+        registry = self.config.registry
+        stream = registry.get(stream_id)
         if stream is not None and stream.owner != self.owner:
             stream = None  # nobody reads another's stream: it does not exist for them
+        params = parse_qs(query)
+        after = parse_event_id(head.headers.get("last-event-id"))
+        for name in ("starting_after", "last_event_id"):
+            if after is None and name in params:
+                after = parse_event_id(params[name][0])
+        port = registry.elsewhere(stream_id) if stream is None else None
+        if port is not None and head.method in ("GET", "DELETE"):
+            self._relay(port, head.method, stream_id, after or 0, "")
+            return FilterStatus.STOP_ITERATION
         if head.method == "DELETE":
             if stream is None:
                 self._not_found(stream_id)
@@ -337,11 +429,6 @@ class ResumeFilter(StreamFilter):
                 405, "a stream is read with GET and stopped with DELETE", code="method_not_allowed"
             )
             return FilterStatus.STOP_ITERATION
-        params = parse_qs(query)
-        after = parse_event_id(head.headers.get("last-event-id"))
-        for name in ("starting_after", "last_event_id"):
-            if after is None and name in params:
-                after = parse_event_id(params[name][0])
         if stream is None:
             self._gone(stream_id)
             return FilterStatus.STOP_ITERATION
@@ -359,20 +446,98 @@ class ResumeFilter(StreamFilter):
         stream_id, after = resend
         head = self.head
         assert head is not None
-        stream = self.config.registry.get(stream_id)
+        registry = self.config.registry
+        stream = registry.get(stream_id)
+        port = registry.elsewhere(stream_id) if stream is None else None
+        if port is not None:
+            self._relay(port, "GET", stream_id, after, hashlib.sha256(self.body).hexdigest())
+            return FilterStatus.STOP_ITERATION
         if stream is None or stream.owner != self.owner:
             self._gone(stream_id)
             return FilterStatus.STOP_ITERATION
         if stream.body_hash != hashlib.sha256(self.body).digest():
-            self.callbacks.send_local_reply(
-                409,
-                f"Last-Event-ID names stream {stream_id!r}, which another request started; "
-                "resume it with the same request, or leave Last-Event-ID out",
-                code="stream_mismatch",
-            )
+            self._mismatch(stream_id)
             return FilterStatus.STOP_ITERATION
         self._read(stream, after)
         return FilterStatus.STOP_ITERATION
+
+    def _mismatch(self, stream_id: str) -> None:
+        self.callbacks.send_local_reply(
+            409,
+            f"Last-Event-ID names stream {stream_id!r}, which another request started; "
+            "resume it with the same request, or leave Last-Event-ID out",
+            code="stream_mismatch",
+        )
+
+    # -- another worker's stream ------------------------------------------------------
+
+    def _relay(self, port: int, method: str, stream_id: str, after: int, body: str) -> None:
+        """Ask the worker that holds *stream_id* (over its relay, `filterproxy.relay`)."""
+        from urllib.parse import urlencode
+
+        from twisted.web.client import Agent
+
+        registry = self.config.registry
+        query = urlencode(
+            {
+                "after": str(after),
+                "owner": self.owner,
+                "body": body,
+                "sig": registry.sign(method, stream_id, str(after), self.owner, body),
+            }
+        )
+        url = f"http://127.0.0.1:{port}/relay/streams/{stream_id}?{query}"
+        self.reading = True
+        d = Agent(_reactor()).request(method.encode(), url.encode())
+        d.addCallbacks(self._relayed, self._relay_failed, callbackArgs=(method, stream_id, after))
+
+    def _relayed(self, response: Any, method: str, stream_id: str, after: int) -> None:
+        if self.done:
+            response.deliverBody(_Discard())
+            return
+        code = response.code
+        if code == 200 and method == "GET":
+            replayed = response.headers.getRawHeaders(b"x-replayed") or [b"0"]
+            self._annotate(stream_id, "resumed", after=after, replayed=int(replayed[0]))
+            kind = (response.headers.getRawHeaders(b"content-type") or [b"text/event-stream"])[0]
+            self.callbacks.send_local_stream(
+                200,
+                [
+                    ("content-type", kind.decode()),
+                    ("cache-control", "no-cache"),
+                    ("x-stream-id", stream_id),
+                ],
+            )
+            self.pipe = _Pipe(self)
+            response.deliverBody(self.pipe)
+            return
+        response.deliverBody(_Discard())
+        if code == 200:
+            body = {"id": stream_id, "object": "stream.deleted", "deleted": True}
+            self.callbacks.send_local_response(200, orjson.dumps(body), "application/json")
+        elif code == 204:
+            self.callbacks.send_local_response(204, b"", "text/event-stream")
+        elif code == 404:
+            self._not_found(stream_id)
+        elif code == 409:
+            self._mismatch(stream_id)
+        elif code == 410:
+            self._gone(stream_id)
+        else:
+            self._relay_failed(None)
+
+    def _relay_failed(self, failure: Any) -> None:
+        if self.done:
+            return
+        log.warn(
+            "the worker holding a stream did not answer: {error}",
+            error=failure.getErrorMessage() if failure is not None else "refused",
+        )
+        self.callbacks.send_local_reply(
+            502,
+            "the gateway process that holds this stream did not answer; try again",
+            code="stream_unavailable",
+        )
 
     def _not_found(self, stream_id: str) -> None:
         self.callbacks.send_local_reply(404, f"no stream {stream_id!r}", code="not_found")
@@ -392,7 +557,7 @@ class ResumeFilter(StreamFilter):
 
     def _read(self, stream: ResumableStream, after: int) -> None:
         """Send the events after event *after*, then the live tail."""
-        events = stream.buffer.since(after)
+        events = replay(stream, after)
         if events is None:
             self._gone(stream.id)
             return
@@ -410,13 +575,13 @@ class ResumeFilter(StreamFilter):
                 ("x-stream-id", stream.id),
             ],
         )
-        replay = b"".join(merge_deltas(events))
+        missed = b"".join(events)
         if stream.done:
-            self.callbacks.inject_encoded_data(replay, True)
+            self.callbacks.inject_encoded_data(missed, True)
             return
         stream.attach(self)
-        if replay:
-            self.callbacks.inject_encoded_data(replay, False)
+        if missed:
+            self.callbacks.inject_encoded_data(missed, False)
 
     # -- a reader's side ---------------------------------------------------------------
 
@@ -497,6 +662,10 @@ class ResumeFilter(StreamFilter):
 
     def on_destroy(self) -> None:
         self.done = True
+        pipe = self.pipe
+        if pipe is not None and pipe.transport is not None:
+            transport: Any = pipe.transport
+            transport.stopProducing()  # the other worker sees its reader go
         stream = self.stream
         if stream is None:
             return

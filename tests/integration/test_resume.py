@@ -12,6 +12,7 @@ import json
 import socket
 import struct
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +30,9 @@ from tests.integration.conftest import (
     Gateway,
     LocalServer,
     Process,
+    closed_port,
     start_gateway,
+    twistd_command,
     wait_until,
 )
 
@@ -389,3 +392,68 @@ def test_heartbeats_and_upstream_pings_do_not_break_the_sdks(gateway: Gateway) -
         model="chat-pause", max_tokens=100, messages=[{"role": "user", "content": "count"}]
     ) as stream:
         assert stream.get_final_text() == TOKENS[:36]
+
+
+# -- with --workers ---------------------------------------------------------------------------
+
+
+def test_a_resume_that_reaches_the_other_worker_is_served(
+    upstream: LocalServer, tmp_path: Path
+) -> None:
+    port = closed_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        textwrap.dedent(f"""
+        listeners: ["tcp:{port}:interface=127.0.0.1"]
+        admin: false
+        clusters:
+          chat: {{url: "{upstream.url}", apis: [chat]}}
+        routes:
+          - models: ["chat-*"]
+            cluster: chat
+            resume: {{grace: 5s, keep: 30s}}
+    """)
+    )
+    supervisor = Process(twistd_command(config, "--workers", "2"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: supervisor.output().count("resume relay for the other workers") == 2, timeout=30
+        )
+        wait_until(lambda: supervisor.output().count("filterproxy listening on") == 2, timeout=30)
+        raw = client(url).chat.completions.with_raw_response.create(
+            model="chat-slow",
+            messages=CHAT,
+            stream=True,
+            stream_options={"include_usage": True},  # type: ignore[arg-type]
+        )
+        origin_worker = raw.headers["x-request-id"][:16]
+        stream_id = raw.headers["x-stream-id"]
+        stream = raw.parse()
+        first = read(stream, 5)
+        stream.close()
+        rest: list[ChatCompletionChunk] = []
+        for _ in range(40):  # new connections until one lands on the other worker
+            with httpx.Client(timeout=20) as fresh:
+                answer = fresh.get(
+                    f"{url}/v1/streams/{stream_id}",
+                    params={"starting_after": len(first)},
+                    headers={"authorization": "Bearer sk-a"},
+                )
+            if answer.headers["x-request-id"][:16] == origin_worker:
+                continue
+            assert answer.status_code == 200, answer.text
+            rest = [
+                ChatCompletionChunk.model_validate(json.loads(e.data))
+                for e in SSEDecoder().feed(answer.content)
+                if e.data and e.data.startswith("{")
+            ]
+            break
+        assert rest, "no connection reached the other worker"
+        check_whole(first + rest)
+        # A stream id that names a worker without the supervisor's signature is not relayed.
+        forged = stream_id.rsplit("_", 1)[0] + "_0000000000000000"
+        gone = httpx.get(f"{url}/v1/streams/{forged}", headers={"authorization": "Bearer sk-a"})
+        assert gone.status_code == 410
+    finally:
+        supervisor.stop()
