@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: redis-server run test lint typecheck docs docs-build bench bench-env bench-translate bench-limits soak dashboard wheel clean
+.PHONY: redis-server run test lint typecheck docs docs-build bench bench-env bench-translate bench-resume bench-limits soak dashboard wheel clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +82,11 @@ bench: bench-env
 # Completions, next to pass-through and to LiteLLM's proxy (bench/translate.py).
 bench-translate: bench-env
 	$(BENCH_VENV)/bin/python -m bench.translate $(TRANSLATE_ARGS)
+
+# Resumable streams: CPU per chunk and memory per open stream of a resumable route next
+# to a plain one (bench/resume.py).
+bench-resume: bench-env
+	$(BENCH_VENV)/bin/python -m bench.resume $(RESUME_ARGS)
 
 # Keys and limits: the latency and CPU they add to a request, with and without Redis
 # (bench/limits.py; redis-server and wrk from Debian's packages).

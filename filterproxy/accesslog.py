@@ -54,6 +54,7 @@ def access_record(head: RequestHead | None, info: StreamInfo, duration: float) -
         "error": info.error,
         "trace_id": info.trace_id,
         "upstream_request_id": info.upstream_request_id,
+        "stream": info.annotations.get("stream"),
     }
 
 

@@ -289,10 +289,12 @@ class Metrics:
             self.overhead_series.observe(overhead)
 
     def _count_resume(self, info: StreamInfo, route: str) -> None:
-        resumed = info.annotations.get("resume")
-        if isinstance(resumed, dict):
-            self.resumes.inc((str(resumed.get("route")), str(resumed.get("outcome"))))
-        if info.annotations.get("resume_expired"):
+        stream = info.annotations.get("stream")  # filterproxy.filters.resume
+        if not isinstance(stream, dict):
+            return
+        if stream.get("role") == "resume":
+            self.resumes.inc((str(stream.get("route")), str(stream.get("outcome"))))
+        elif stream.get("expired"):
             self.grace_expiries.inc((route,))
 
     def _count_key(self, info: StreamInfo, key: str) -> None:

@@ -97,6 +97,8 @@ def _resource(registry: StreamRegistry) -> Any:
                 return b""
             request.setHeader(b"content-type", stream.content_type.encode())
             request.setHeader(b"x-replayed", str(len(events)).encode())
+            if stream.config.gzip:
+                request.setHeader(b"x-gzip", b"1")  # the route offers gzip to its clients
             request.write(b"".join(events))
             if stream.done:
                 request.finish()

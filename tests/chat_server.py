@@ -15,7 +15,9 @@ last answer.
 Slow streams, for resuming: model ``chat-slow`` streams ``tok01`` … ``tok40`` (one
 chunk each 30 ms), then the finish and usage chunks and ``[DONE]``; ``chat-pause``
 streams ``tok01`` … ``tok06`` with a 2 s silence after the third (a ``: ping`` comment
-block each 0.5 s meanwhile). It lists each slow stream as
+block each 0.5 s meanwhile); ``chat-flood`` writes ``t00001`` … ``t50000`` at once (10 MB: more than the
+kernel's send buffer takes for a client that does not read). It
+lists each slow stream as
 ``{"finished": bool, "cancelled": bool}`` (cancelled: its connection closed first)
 for a ``GET`` of any path but ``/control/…``.
 """
@@ -150,6 +152,14 @@ class Api(Resource):
         model = body.get("model")
         if model in ("chat-slow", "chat-pause") and body.get("stream"):
             return slow(request, model)
+        if model == "chat-flood":
+            request.setHeader(b"content-type", b"text/event-stream")
+            request.write(chunk({"role": "assistant", "content": ""}))
+            for n in range(1, 50001):
+                request.write(chunk({"content": f" t{n:05d}"}))
+            request.write(chunk({}, "stop") + b"data: [DONE]\n\n")
+            request.finish()
+            return server.NOT_DONE_YET
         if model == "chat-bad":
             request.setResponseCode(400)
             request.setHeader(b"content-type", b"application/json")

@@ -128,12 +128,12 @@ def _parse_route(index: int, node: Node, clusters: Mapping[str, ClusterConfig]) 
 
 
 def _resume(node: Node) -> ResumeConfig | None:
-    """``resume``: true, false, or ``{grace, buffer, keep}``."""
+    """``resume``: true, false, or ``{grace, buffer, keep, gzip}``."""
     if _is_off(node.value):
         return None
     if node.value is True:
         return ResumeConfig()
-    keys = node.mapping({"grace", "buffer", "keep"})
+    keys = node.mapping({"grace", "buffer", "keep", "gzip"})
     default = ResumeConfig()
     grace = keys["grace"].duration() if "grace" in keys else default.grace
     if not 0 < grace <= 3600:
@@ -142,4 +142,5 @@ def _resume(node: Node) -> ResumeConfig | None:
     keep = keys["keep"].duration() if "keep" in keys else default.keep
     if not 0 <= keep <= 86400:
         raise keys["keep"].error("between 0s and 24h: how long a finished stream stays resumable")
-    return ResumeConfig(grace, buffer, keep)
+    gzip = keys["gzip"].boolean() if "gzip" in keys else default.gzip
+    return ResumeConfig(grace, buffer, keep, gzip)

@@ -201,6 +201,8 @@ class ResumeConfig:
     buffer: int = 4 * 1024 * 1024
     #: How long a finished stream can still be resumed.
     keep: float = 120.0
+    #: Compress the stream (gzip, flushed after every event) for clients that accept it.
+    gzip: bool = False
 
 
 @dataclass(frozen=True)

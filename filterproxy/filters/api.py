@@ -228,6 +228,19 @@ class IFilterCallbacks(Interface):
         upstream's response does. Call it once the response has started (in
         `encode_headers`)."""
 
+    def take_flow_control(on_pause: Callable[[], None], on_resume: Callable[[], None]) -> None:
+        """From now on, when the client cannot keep up, *on_pause* is called instead of
+        the upstream being paused, and *on_resume* when it can take more again: the
+        filter holds what comes meanwhile (returning less from `encode_data`, sending it
+        later with `inject_encoded_data`), and pauses the upstream itself
+        (`pause_upstream`) when it holds too much. Call it in `encode_headers`."""
+
+    def pause_upstream() -> None:
+        """Stop reading the upstream's response until `resume_upstream`."""
+
+    def resume_upstream() -> None:
+        """Read the upstream's response again."""
+
     def drop_client() -> None:
         """Close the client's connection now; with `keep_going_without_client`, the
         response goes on without it (a new reader took over a stale connection)."""

@@ -146,6 +146,21 @@ class _Callbacks:
     def drop_client(self) -> None:
         self._manager.drop_client()
 
+    def take_flow_control(
+        self, on_pause: Callable[[], None], on_resume: Callable[[], None]
+    ) -> None:
+        self._manager.take_flow_control(on_pause, on_resume)
+
+    def pause_upstream(self) -> None:
+        producer = self._manager.producer
+        if producer is not None:
+            producer.pauseProducing()
+
+    def resume_upstream(self) -> None:
+        producer = self._manager.producer
+        if producer is not None:
+            producer.resumeProducing()
+
     def abandon(self) -> None:
         self._manager.abandon()
 
@@ -201,24 +216,41 @@ classImplements(_Finished, IDownstream)
 _FINISHED = _Finished()
 
 
-class _KeepProducing:
-    """The upstream's producer as registered on the client's stream of a response that
-    goes on without its client: when the client's connection ends, the upstream is
-    resumed (its reading may have been paused by the client), not stopped."""
+class _ClientFlow:
+    """What the client's stream pauses and resumes, when a filter has a say in it: the
+    upstream's producer, or the filter's own callbacks (`take_flow_control`). For a
+    response that goes on without its client (`keep_going_without_client`), the end of
+    the client's connection resumes the upstream instead of stopping it."""
 
-    __slots__ = ("producer",)
+    __slots__ = ("flow", "keep_going", "producer")
 
-    def __init__(self, producer: Any) -> None:
+    def __init__(
+        self,
+        producer: Any,
+        flow: tuple[Callable[[], None], Callable[[], None]] | None,
+        keep_going: bool,
+    ) -> None:
         self.producer = producer
+        self.flow = flow
+        self.keep_going = keep_going
 
     def pauseProducing(self) -> None:
-        self.producer.pauseProducing()
+        if self.flow is not None:
+            self.flow[0]()
+        else:
+            self.producer.pauseProducing()
 
     def resumeProducing(self) -> None:
-        self.producer.resumeProducing()
+        if self.flow is not None:
+            self.flow[1]()
+        else:
+            self.producer.resumeProducing()
 
     def stopProducing(self) -> None:
-        self.producer.resumeProducing()
+        if self.keep_going:
+            self.producer.resumeProducing()
+        else:
+            self.producer.stopProducing()
 
 
 def _overrides(cls: type, name: str) -> bool:
@@ -326,6 +358,8 @@ class FilterManager(ResponseSink):
         self.on_client_gone: Callable[[], None] | None = None
         #: The client has left (or was dropped) and the response goes on without it.
         self.detached = False
+        #: A filter's (on_pause, on_resume), when it controls the client's flow.
+        self.flow: tuple[Callable[[], None], Callable[[], None]] | None = None
         self.router = router_factory(self)
 
         if shape is None:
@@ -543,18 +577,30 @@ class FilterManager(ResponseSink):
     def register_producer(self, producer: Any) -> None:
         """The upstream's *producer* is paused while the client cannot keep up."""
         self.producer = producer
-        if self.on_client_gone is not None:
-            producer = _KeepProducing(producer)
+        if self.on_client_gone is not None or self.flow is not None:
+            producer = _ClientFlow(producer, self.flow, self.on_client_gone is not None)
         self.downstream.register_producer(producer)
+
+    def _reregister(self) -> None:
+        if self.producer is not None and not self.detached and not self.done:
+            self.downstream.unregister_producer()
+            self.register_producer(self.producer)
 
     def keep_going_without_client(self, on_client_gone: Callable[[], None]) -> None:
         """See `IFilterCallbacks.keep_going_without_client`."""
         if self.done or self.on_client_gone is not None:
             return
         self.on_client_gone = on_client_gone
-        if self.producer is not None and not self.detached:
-            self.downstream.unregister_producer()
-            self.downstream.register_producer(_KeepProducing(self.producer))
+        self._reregister()
+
+    def take_flow_control(
+        self, on_pause: Callable[[], None], on_resume: Callable[[], None]
+    ) -> None:
+        """See `IFilterCallbacks.take_flow_control`."""
+        if self.done or self.flow is not None:
+            return
+        self.flow = (on_pause, on_resume)
+        self._reregister()
 
     def drop_client(self) -> None:
         """See `IFilterCallbacks.drop_client`."""

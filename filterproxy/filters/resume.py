@@ -32,6 +32,7 @@ import hmac
 import re
 import secrets
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -58,8 +59,11 @@ __all__ = ["Reader", "ResumableStream", "ResumeFilter", "StreamRegistry", "regis
 log = Logger(namespace="filterproxy.resume")
 _STREAM_PATH: Final = re.compile(r"^(?:/v1)?/streams/([A-Za-z0-9_-]{8,80})/?$")
 _NO_LONGER: Final = b": this stream is no longer resumable: its buffer is full\n"
-#: The annotation of a request that resumed (or tried to resume) a stream.
-RESUME_ANNOTATION: Final = "resume"
+#: The annotation (`StreamInfo.annotations`) of a request that started a resumable
+#: stream (``{"id", "role": "origin"}``, with ``"expired": true`` when nobody came
+#: back in time) or resumed one (``{"id", "role": "resume", "route", "outcome", …}``):
+#: the access log's ``stream`` field, and the resume metrics.
+STREAM_ANNOTATION: Final = "stream"
 
 
 class Reader(Protocol):
@@ -77,6 +81,20 @@ def replay(stream: ResumableStream, after: int) -> list[bytes] | None:
     deltas folded — or None when they are not all held any more (410)."""
     events = stream.buffer.since(after)
     return None if events is None else merge_deltas(events)
+
+
+def _accepts_gzip(value: str | None) -> bool:
+    """Whether an ``Accept-Encoding`` value takes gzip (not with ``q=0``)."""
+    for part in (value or "").lower().split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip() in ("gzip", "x-gzip", "*"):
+            q = params.strip().removeprefix("q=").strip()
+            return q not in ("0", "0.0", "0.00", "0.000")
+    return False
+
+
+#: What the origin holds for a slow client before it pauses the upstream.
+_HOLD_LIMIT: Final = 1024 * 1024
 
 
 def _reactor() -> Any:
@@ -196,7 +214,9 @@ class ResumableStream:
                 id=self.id,
                 grace=self.config.grace,
             )
-            origin.callbacks.stream_info.annotations["resume_expired"] = True
+            annotation = origin.callbacks.stream_info.annotations.get(STREAM_ANNOTATION)
+            if isinstance(annotation, dict):
+                annotation["expired"] = True
             origin.callbacks.abandon()
         self.registry.evict(self.id)
 
@@ -382,13 +402,23 @@ class ResumeFilter(StreamFilter):
         #: The body of another worker's answer, while it is passed on.
         self.pipe: _Pipe | None = None
         self.done = False
+        self.accepts_gzip = False
+        #: The client's gzip stream, when the route offers it and the client takes it.
+        self.gzip: Any = None  # zlib's compressor (its type is not importable)
+        #: The origin's client cannot keep up: its events are held (folded when sent).
+        self.slow = False
+        self.held: list[bytes] = []
+        self.held_bytes = 0
+        self.upstream_paused = False
 
     # -- the request -------------------------------------------------------------------
 
     def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
         self.head = head
-        # Now: the filters after this one take the credentials out of the request.
+        # Now: the filters after this one take the credentials out of the request, and
+        # the route filter asks a resumable route's upstream for uncompressed answers.
         self.owner = owner_of(head, self.callbacks.stream_info.key_name)
+        self.accepts_gzip = _accepts_gzip(head.headers.get("accept-encoding"))
         path, _, query = head.path.partition("?")
         match = _STREAM_PATH.match(path) if "/streams/" in path else None
         if match is not None:
@@ -500,14 +530,8 @@ class ResumeFilter(StreamFilter):
             replayed = response.headers.getRawHeaders(b"x-replayed") or [b"0"]
             self._annotate(stream_id, "resumed", after=after, replayed=int(replayed[0]))
             kind = (response.headers.getRawHeaders(b"content-type") or [b"text/event-stream"])[0]
-            self.callbacks.send_local_stream(
-                200,
-                [
-                    ("content-type", kind.decode()),
-                    ("cache-control", "no-cache"),
-                    ("x-stream-id", stream_id),
-                ],
-            )
+            gzip = response.headers.getRawHeaders(b"x-gzip") is not None
+            self._start_reading(stream_id, kind.decode(), gzip)
             self.pipe = _Pipe(self)
             response.deliverBody(self.pipe)
             return
@@ -548,8 +572,9 @@ class ResumeFilter(StreamFilter):
 
     def _annotate(self, stream_id: str, outcome: str, **more: Any) -> None:
         stream = self.config.registry.get(stream_id)
-        self.callbacks.stream_info.annotations[RESUME_ANNOTATION] = {
-            "stream": stream_id,
+        self.callbacks.stream_info.annotations[STREAM_ANNOTATION] = {
+            "id": stream_id,
+            "role": "resume",
             "outcome": outcome,
             "route": stream.route if stream is not None else "none",
             **more,
@@ -567,34 +592,51 @@ class ResumeFilter(StreamFilter):
             return
         self.stream = stream
         self.reading = True
-        self.callbacks.send_local_stream(
-            200,
-            [
-                ("content-type", stream.content_type),
-                ("cache-control", "no-cache"),
-                ("x-stream-id", stream.id),
-            ],
-        )
+        self._start_reading(stream.id, stream.content_type, stream.config.gzip)
         missed = b"".join(events)
         if stream.done:
-            self.callbacks.inject_encoded_data(missed, True)
+            self._send(missed, True)
             return
         stream.attach(self)
         if missed:
-            self.callbacks.inject_encoded_data(missed, False)
+            self._send(missed, False)
+
+    def _start_reading(self, stream_id: str, content_type: str, gzip: bool) -> None:
+        headers = [
+            ("content-type", content_type),
+            ("cache-control", "no-cache"),
+            ("x-stream-id", stream_id),
+        ]
+        if gzip and self.accepts_gzip:
+            self.gzip = zlib.compressobj(6, zlib.DEFLATED, 31)
+            headers += [("content-encoding", "gzip"), ("vary", "accept-encoding")]
+        self.callbacks.send_local_stream(200, headers)
+
+    def _send(self, data: bytes, end_stream: bool) -> None:
+        if not self.done:
+            self.callbacks.inject_encoded_data(self._compressed(data, end_stream), end_stream)
+
+    def _compressed(self, data: bytes, end_stream: bool) -> bytes:
+        """*data* as the client gets it: gzipped (flushed, so that it can read every
+        event at once) when it asked for that on a route that offers it."""
+        gzip = self.gzip
+        if gzip is None:
+            return data
+        out: bytes = gzip.compress(data) if data else b""
+        tail: bytes = gzip.flush(zlib.Z_FINISH if end_stream else zlib.Z_SYNC_FLUSH)
+        return out + tail
 
     # -- a reader's side ---------------------------------------------------------------
 
     def push(self, data: bytes) -> None:
-        if not self.done:
-            self.callbacks.inject_encoded_data(data, False)
+        self._send(data, False)
 
     def finish(self, complete: bool) -> None:
         """The stream this request reads has ended."""
         if self.done:
             return
         if complete:
-            self.callbacks.inject_encoded_data(b"", True)
+            self._send(b"", True)
         else:
             self.callbacks.abandon()  # it failed: never a clean end
 
@@ -615,6 +657,7 @@ class ResumeFilter(StreamFilter):
             or route.resume is None
             or head.status != 200
             or not (head.headers.get("content-type") or "").startswith("text/event-stream")
+            or head.headers.get("content-encoding") not in (None, "identity")
             or self.head is None
         ):
             self.callbacks.pass_response_data()
@@ -635,7 +678,13 @@ class ResumeFilter(StreamFilter):
         self.body = b""
         head.headers.set("x-stream-id", stream.id)
         head.headers.remove("content-length")
+        info.annotations[STREAM_ANNOTATION] = {"id": stream.id, "role": "origin"}
+        if route.resume.gzip and self.accepts_gzip and head.headers.get("content-encoding") is None:
+            self.gzip = zlib.compressobj(6, zlib.DEFLATED, 31)
+            head.headers.set("content-encoding", "gzip")
+            head.headers.add("vary", "accept-encoding")
         self.callbacks.keep_going_without_client(self._client_gone)
+        self.callbacks.take_flow_control(self._client_slow, self._client_ready)
         return FilterStatus.CONTINUE
 
     def encode_data(self, data: bytes, end_stream: bool) -> DataResult:
@@ -646,13 +695,40 @@ class ResumeFilter(StreamFilter):
         out = framer.feed(data) if data else b""
         if end_stream and framer.pending:
             out += framer.feed(b"\n\n")  # a last event that lost its blank line
-        if framer.events:
-            stream.keep(framer.take())
+        events = framer.take() if framer.events else None
+        if events is not None:
+            stream.keep(events)
         if stream.reader is not None and out:
             stream.reader.push(out)
         if self.detached:
             return b""
-        return out
+        if self.slow:
+            # The client cannot keep up: hold its events (the comments can go), to be
+            # sent folded when it can take them — or now, at the end.
+            if events is not None:
+                self.held.extend(events)
+                self.held_bytes += len(out)
+                if self.held_bytes > _HOLD_LIMIT and not self.upstream_paused:
+                    self.upstream_paused = True
+                    self.callbacks.pause_upstream()
+            if not end_stream:
+                return b""
+            out, self.held, self.held_bytes = b"".join(merge_deltas(self.held)), [], 0
+        return self._compressed(out, end_stream) if self.gzip is not None else out
+
+    def _client_slow(self) -> None:
+        self.slow = True
+
+    def _client_ready(self) -> None:
+        self.slow = False
+        if self.held and not self.done:
+            held, self.held, self.held_bytes = self.held, [], 0
+            self.callbacks.inject_encoded_data(
+                self._compressed(b"".join(merge_deltas(held)), False), False
+            )
+        if self.upstream_paused and not self.done:
+            self.upstream_paused = False
+            self.callbacks.resume_upstream()
 
     def _client_gone(self) -> None:
         self.detached = True

@@ -157,4 +157,7 @@ class RouteFilter(StreamFilter):
         info.model = model
         info.route = route
         info.cluster = route.cluster
+        if route.resume is not None:
+            # The resume filter numbers the stream's events: it must get them as text.
+            head.headers.set("accept-encoding", "identity")
         return FilterStatus.CONTINUE

@@ -60,6 +60,10 @@ def gateway(upstream: LocalServer, tmp_path_factory: pytest.TempPathFactory) -> 
             cluster: chat
             heartbeat: 0.2s
             resume: {{grace: 1.5s, keep: 30s}}
+          - models: [gzip-slow]
+            cluster: chat
+            upstream_model: chat-slow
+            resume: {{grace: 1.5s, gzip: true}}
     """
     gw = start_gateway(config, tmp_path_factory.mktemp("resume"))
     try:
@@ -392,6 +396,69 @@ def test_heartbeats_and_upstream_pings_do_not_break_the_sdks(gateway: Gateway) -
         model="chat-pause", max_tokens=100, messages=[{"role": "user", "content": "count"}]
     ) as stream:
         assert stream.get_final_text() == TOKENS[:36]
+
+
+# -- weak networks ----------------------------------------------------------------------------
+
+
+def test_a_client_that_cannot_keep_up_gets_the_same_text_in_fewer_events(gateway: Gateway) -> None:
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
+    connection.connect()
+    body = json.dumps({"model": "chat-flood", "messages": CHAT, "stream": True})
+    connection.request(
+        "POST",
+        "/v1/chat/completions",
+        body,
+        {"content-type": "application/json", "authorization": "Bearer sk-a"},
+    )
+    response = connection.getresponse()
+    time.sleep(1.5)  # a phone on a weak network: it reads nothing for a while
+    events = [e for e in SSEDecoder().feed(response.read()) if e.data is not None]
+    connection.close()
+    text = "".join(_content(e.data) for e in events)
+    assert text == "".join(f" t{n:05d}" for n in range(1, 50001))
+    numbers = [int((e.id or "").rsplit(".", 1)[1]) for e in events]
+    assert numbers == sorted(numbers) and numbers[-1] == 50003  # role, tokens, stop, [DONE]
+    # What it could not take in time came folded (how much depends on how much the
+    # kernel's buffers took first: up to 4 MB of these 10 here).
+    assert len(events) < 50003
+
+
+def test_gzip_when_the_route_offers_it_and_the_client_asks(gateway: Gateway) -> None:
+    plain = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={"model": "gzip-slow", "messages": CHAT, "stream": True},
+        headers={"authorization": "Bearer sk-a", "accept-encoding": "identity"},
+        timeout=20,
+    )
+    assert "content-encoding" not in plain.headers
+    with httpx.stream(
+        "POST",
+        f"{gateway.url}/v1/chat/completions",
+        json={"model": "gzip-slow", "messages": CHAT, "stream": True},
+        headers={"authorization": "Bearer sk-a", "accept-encoding": "gzip"},
+        timeout=20,
+    ) as zipped:
+        assert zipped.headers["content-encoding"] == "gzip"
+        wire = b"".join(zipped.iter_raw())
+    assert len(wire) < len(plain.content) / 3
+    import zlib
+
+    assert zlib.decompress(wire, 31).count(b"\nid: ") == plain.content.count(b"\nid: ")
+    # The SDKs ask for gzip and read it as it comes; a resume is gzipped too.
+    raw = client(gateway.url).chat.completions.with_raw_response.create(
+        model="gzip-slow",
+        messages=CHAT,
+        stream=True,
+        stream_options={"include_usage": True},  # type: ignore[arg-type]
+    )
+    assert raw.headers["content-encoding"] == "gzip"
+    stream = raw.parse()
+    first = read(stream, 7)
+    stream.close()
+    check_whole(first + resume(gateway, raw.headers["x-stream-id"], len(first)))
 
 
 # -- with --workers ---------------------------------------------------------------------------

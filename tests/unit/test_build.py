@@ -26,6 +26,10 @@ COMPILED_MODULES = [
     "filterproxy.translate.chat_client",
     "filterproxy.filters.keys",
     "filterproxy.limits",
+    "filterproxy.translate.responses_client",
+    "filterproxy.filters.responses",
+    "filterproxy.resume",
+    "filterproxy.filters.resume",
 ]
 
 
