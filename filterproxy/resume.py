@@ -120,21 +120,29 @@ class EventFramer:
         return events
 
 
+#: The events of a stream are kept in pages of about this many bytes: one exact-size
+#: object each once full, so that a growing stream does not leave the holes of a
+#: reallocated array behind it (a stream's memory stays its bytes plus a few KB).
+_PAGE: Final = 2048
+
+
 class ResumeBuffer:
-    """The numbered events of one stream, in one byte array, up to *cap* bytes.
+    """The numbered events of one stream, up to *cap* bytes.
 
     Past the cap the buffer gives up (`overflowed`) and frees what it held: the stream
-    is no longer resumable. Memory: the events' bytes, 8 bytes an event for its offset,
-    and the objects themselves (about 200 bytes).
+    is no longer resumable. Memory: the events' bytes, in full pages plus one being
+    filled (under 2 KiB), 4 bytes an event for its offset, and the objects themselves.
     """
 
-    __slots__ = ("cap", "data", "offsets", "overflowed")
+    __slots__ = ("cap", "current", "offsets", "overflowed", "pages", "size")
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
-        self.data = bytearray()
-        #: Where each event starts in `data`: event n (from 1) at offsets[n - 1].
-        self.offsets = array("Q")
+        self.pages: list[bytes] = []
+        self.current = bytearray()
+        #: Where each event starts: event n (from 1) at offsets[n - 1].
+        self.offsets = array("I")
+        self.size = 0
         self.overflowed = False
 
     @property
@@ -142,37 +150,41 @@ class ResumeBuffer:
         """The number of the last event kept."""
         return len(self.offsets)
 
-    @property
-    def size(self) -> int:
-        return len(self.data)
-
     def append(self, event: bytes) -> bool:
         """Keep the next event; False (and nothing kept from now on) past the cap."""
         if self.overflowed:
             return False
-        if len(self.data) + len(event) > self.cap:
+        if self.size + len(event) > self.cap:
             self.drop()
             return False
-        self.offsets.append(len(self.data))
-        self.data += event
+        self.offsets.append(self.size)
+        self.size += len(event)
+        current = self.current
+        current += event
+        if len(current) >= _PAGE:
+            self.pages.append(bytes(current))
+            self.current = bytearray()
         return True
 
     def drop(self) -> None:
         """Give up: free the events; the stream is no longer resumable."""
         self.overflowed = True
-        self.data = bytearray()
-        self.offsets = array("Q")
+        self.pages = []
+        self.current = bytearray()
+        self.offsets = array("I")
+        self.size = 0
 
     def since(self, seq: int) -> list[bytes] | None:
         """The events after event *seq*, or None when they are not all here (the buffer
         gave up, or *seq* is not a number it handed out)."""
-        if self.overflowed or seq < 0 or seq > len(self.offsets):
+        offsets = self.offsets
+        if self.overflowed or seq < 0 or seq > len(offsets):
             return None
-        offsets, data = self.offsets, self.data
-        return [
-            bytes(data[offsets[i] : offsets[i + 1] if i + 1 < len(offsets) else len(data)])
-            for i in range(seq, len(offsets))
-        ]
+        if seq == len(offsets):
+            return []
+        data = b"".join(self.pages) + bytes(self.current)
+        ends = [*offsets[seq + 1 :], self.size]
+        return [data[start:end] for start, end in zip(offsets[seq:], ends, strict=True)]
 
 
 def parse_event_id(value: str | None) -> int | None:

@@ -166,18 +166,15 @@ class ResumableStream:
         if buffer.overflowed:
             return
         size = sum(len(e) for e in events)
-        if not BUDGET.take(size):
+        if buffer.size + size > buffer.cap or not BUDGET.take(size):
             self.give_up()
             return
         for event in events:
-            if not buffer.append(event):
-                BUDGET.give(size)
-                self.give_up(counted=buffer.size)
-                return
+            buffer.append(event)
 
-    def give_up(self, counted: int | None = None) -> None:
+    def give_up(self) -> None:
         """Past a cap: free the events; the stream goes on, not resumable any more."""
-        BUDGET.give(self.buffer.size if counted is None else counted)
+        BUDGET.give(self.buffer.size)
         self.buffer.drop()
         log.info(
             "stream {id} is no longer resumable: its buffer passed a cap (resume.buffer "
@@ -748,5 +745,13 @@ class ResumeFilter(StreamFilter):
         self.stream = None
         if self.reading:
             stream.detach(self)
-        else:
-            stream.ended(self.callbacks.stream_info.outcome == "complete")
+            return
+        info = self.callbacks.stream_info
+        annotation = info.annotations.get(STREAM_ANNOTATION)
+        if isinstance(annotation, dict):
+            # For the access log: what the stream held when its upstream ended.
+            annotation["held"] = stream.buffer.size
+            annotation["events"] = stream.framer.seq
+            if not stream.resumable:
+                annotation["resumable"] = False
+        stream.ended(info.outcome == "complete")

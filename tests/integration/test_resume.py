@@ -351,6 +351,13 @@ def test_the_grace_period_ends_the_upstream_and_a_late_resume_gets_410(
     assert late.status_code == 410 and late.json()["error"]["code"] == "stream_gone"
     metrics = httpx.get(f"{gateway.admin_url}/metrics").text
     assert 'filterproxy_stream_grace_expiries_total{route="routes[0]"}' in metrics
+    assert 'filterproxy_stream_resumes_total{outcome="gone",route="none"}' in metrics
+    # The access log says which request started it, and that nobody came back in time.
+    wait_until(lambda: f'"id":"{stream_id}","role":"origin"' in gateway.process.output(), timeout=5)
+    line = next(x for x in gateway.process.lines if f'"id":"{stream_id}","role":"origin"' in x)
+    record = json.loads(line.split("[filterproxy.access#info] ", 1)[1])
+    assert record["outcome"] == "client_gone" and record["stream"]["expired"] is True
+    assert record["stream"]["events"] >= 3 and record["stream"]["held"] > 0
 
 
 def test_other_credentials_cannot_read_or_stop_a_stream(
