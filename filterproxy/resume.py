@@ -15,7 +15,6 @@ it stands for, so a later resume stays exact.
 from __future__ import annotations
 
 import re
-from array import array
 from typing import Any, Final
 
 import orjson
@@ -127,28 +126,26 @@ _PAGE: Final = 2048
 
 
 class ResumeBuffer:
-    """The numbered events of one stream, up to *cap* bytes.
+    """The numbered events of one stream (as `EventFramer` made them, with *prefix*),
+    up to *cap* bytes.
 
     Past the cap the buffer gives up (`overflowed`) and frees what it held: the stream
     is no longer resumable. Memory: the events' bytes, in full pages plus one being
-    filled (under 2 KiB), 4 bytes an event for its offset, and the objects themselves.
+    filled (under 2 KiB), and the objects themselves; where an event starts is found
+    from its id when a client resumes, not kept per event.
     """
 
-    __slots__ = ("cap", "current", "offsets", "overflowed", "pages", "size")
+    __slots__ = ("cap", "count", "current", "overflowed", "pages", "prefix", "size")
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, prefix: bytes = b"") -> None:
         self.cap = cap
+        self.prefix = prefix
         self.pages: list[bytes] = []
         self.current = bytearray()
-        #: Where each event starts: event n (from 1) at offsets[n - 1].
-        self.offsets = array("I")
+        #: The number of the last event kept, and the bytes of all of them.
+        self.count = 0
         self.size = 0
         self.overflowed = False
-
-    @property
-    def count(self) -> int:
-        """The number of the last event kept."""
-        return len(self.offsets)
 
     def append(self, event: bytes) -> bool:
         """Keep the next event; False (and nothing kept from now on) past the cap."""
@@ -157,7 +154,7 @@ class ResumeBuffer:
         if self.size + len(event) > self.cap:
             self.drop()
             return False
-        self.offsets.append(self.size)
+        self.count += 1
         self.size += len(event)
         current = self.current
         current += event
@@ -171,20 +168,40 @@ class ResumeBuffer:
         self.overflowed = True
         self.pages = []
         self.current = bytearray()
-        self.offsets = array("I")
         self.size = 0
 
     def since(self, seq: int) -> list[bytes] | None:
         """The events after event *seq*, or None when they are not all here (the buffer
         gave up, or *seq* is not a number it handed out)."""
-        offsets = self.offsets
-        if self.overflowed or seq < 0 or seq > len(offsets):
+        if self.overflowed or seq < 0 or seq > self.count:
             return None
-        if seq == len(offsets):
+        if seq == self.count:
             return []
         data = b"".join(self.pages) + bytes(self.current)
-        ends = [*offsets[seq + 1 :], self.size]
-        return [data[start:end] for start, end in zip(offsets[seq:], ends, strict=True)]
+        events: list[bytes] = []
+        start = self._end_of(data, seq, 0) if seq else 0
+        for n in range(seq + 1, self.count + 1):
+            end = self._end_of(data, n, start)
+            events.append(data[start:end])
+            start = end
+        return events
+
+    def _end_of(self, data: bytes, seq: int, start: int) -> int:
+        """Where event *seq* (found after *start*) ends: after its id line and the blank
+        line that follows it."""
+        marker = b"id: %s%d" % (self.prefix, seq)
+        at = start
+        while True:
+            found = data.index(marker, at)
+            at = found + len(marker)
+            if found and data[found - 1] not in b"\r\n":
+                continue  # not at the start of a line
+            newline = data[at : at + 2]  # the id line's end, then the blank line
+            if newline == b"\r\n":
+                return at + 4 if data[at + 2 : at + 4] == b"\r\n" else at + 3
+            if newline[:1] in (b"\n", b"\r"):
+                return at + 2
+            # a longer number (12 in 123): the next one
 
 
 def parse_event_id(value: str | None) -> int | None:

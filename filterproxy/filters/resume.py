@@ -143,7 +143,7 @@ class ResumableStream:
         self.route = route
         self.content_type = content_type
         self.framer = EventFramer(stream_id.encode() + b".")
-        self.buffer = ResumeBuffer(config.buffer)
+        self.buffer = ResumeBuffer(config.buffer, self.framer.prefix)
         #: The origin request's filter while it runs.
         self.origin: ResumeFilter | None = None
         #: The origin's client is connected (it is the reader then).

@@ -230,6 +230,7 @@ def test_a_silent_connection_is_taken_over_by_the_resume(
 ) -> None:
     relay = Relay(gateway.port)
     try:
+        before = requests_seen(upstream)
         stream_id, stream = start(relay.url, timeout=1.0)
         first = read(stream, 5)
         relay.silent = True  # a NAT change: nothing arrives, nothing is closed
@@ -238,6 +239,7 @@ def test_a_silent_connection_is_taken_over_by_the_resume(
         assert not relay.gateway_closed.is_set()  # the gateway cannot tell yet
         rest = resume(gateway, stream_id, len(first))
         check_whole(first + rest)
+        assert requests_seen(upstream) == before + 1
         # The new reader took over: the gateway closed the stale connection.
         assert relay.gateway_closed.wait(5)
     finally:

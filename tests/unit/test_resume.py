@@ -154,7 +154,7 @@ def test_the_anthropic_sdk_reads_a_numbered_messages_stream_with_comments() -> N
 
 def test_the_buffer_hands_out_what_came_after_a_position() -> None:
     _, events = framed([STREAM])
-    buffer = ResumeBuffer(10_000)
+    buffer = ResumeBuffer(10_000, b"s.")
     for event in events:
         assert buffer.append(event)
     assert buffer.count == 7 and buffer.size == sum(map(len, events))
@@ -166,7 +166,7 @@ def test_the_buffer_hands_out_what_came_after_a_position() -> None:
 
 def test_past_its_cap_the_buffer_gives_up() -> None:
     _, events = framed([STREAM])
-    buffer = ResumeBuffer(sum(map(len, events[:3])))
+    buffer = ResumeBuffer(sum(map(len, events[:3])), b"s.")
     assert all(buffer.append(e) for e in events[:3])
     assert not buffer.append(events[3])
     assert buffer.overflowed and buffer.size == 0 and buffer.since(0) is None
@@ -208,3 +208,14 @@ def test_event_ids_are_read_with_or_without_the_stream_id() -> None:
     assert parse_event_id("fps_abc.12") == 12
     assert parse_event_id(" 7 ") == 7
     assert parse_event_id("fps_abc.x") is None and parse_event_id(None) is None
+
+
+def test_events_across_pages_come_back_whole() -> None:
+    events = [b"data: %s\nid: s.%d\n\n" % (b"x" * (n * 37 % 900), n) for n in range(1, 120)]
+    events[5] = events[5].replace(b"\n", b"\r\n")  # CRLF events find their end too
+    buffer = ResumeBuffer(1_000_000, b"s.")
+    for event in events:
+        buffer.append(event)
+    assert len(buffer.pages) > 10 and buffer.size == sum(map(len, events))
+    for seq in (0, 1, 17, 64, 118, 119):
+        assert buffer.since(seq) == events[seq:]
