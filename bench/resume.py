@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--chunks", type=int, default=200)
     parser.add_argument("--open", type=int, default=200)
+    parser.add_argument("--memory-only", action="store_true")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
     upstream = Upstream("--format", "chat", "--chunks", str(args.chunks), "--interval-ms", "0")
@@ -167,6 +168,8 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             available = peers(Path(tmp), upstream.port)
             for name, peer in available.items():
+                if args.memory_only:
+                    break
                 peer.start(str(PROXY_CORE))
                 try:
                     for case in (c for c in CASES if c.peer == name):
@@ -185,7 +188,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(memory_rows[-1], flush=True)
     finally:
         upstream.stop()
-    base = next(r["cpu_us_per_chunk"] for r in rows if r["case"] == "no resume in the gateway")
+    base = next(
+        (r["cpu_us_per_chunk"] for r in rows if r["case"] == "no resume in the gateway"), 1.0
+    )
     lines = [
         "| route | streams | CPU µs per chunk | vs no resume |",
         "|---|---:|---:|---:|",

@@ -211,9 +211,7 @@ class ResumableStream:
                 id=self.id,
                 grace=self.config.grace,
             )
-            annotation = origin.callbacks.stream_info.annotations.get(STREAM_ANNOTATION)
-            if isinstance(annotation, dict):
-                annotation["expired"] = True
+            origin.expired = True
             origin.callbacks.abandon()
         self.registry.evict(self.id)
 
@@ -407,6 +405,8 @@ class ResumeFilter(StreamFilter):
         self.held: list[bytes] = []
         self.held_bytes = 0
         self.upstream_paused = False
+        #: Nobody came back within the grace period (the origin was abandoned).
+        self.expired = False
 
     # -- the request -------------------------------------------------------------------
 
@@ -675,7 +675,6 @@ class ResumeFilter(StreamFilter):
         self.body = b""
         head.headers.set("x-stream-id", stream.id)
         head.headers.remove("content-length")
-        info.annotations[STREAM_ANNOTATION] = {"id": stream.id, "role": "origin"}
         if route.resume.gzip and self.accepts_gzip and head.headers.get("content-encoding") is None:
             self.gzip = zlib.compressobj(6, zlib.DEFLATED, 31)
             head.headers.set("content-encoding", "gzip")
@@ -747,11 +746,16 @@ class ResumeFilter(StreamFilter):
             stream.detach(self)
             return
         info = self.callbacks.stream_info
-        annotation = info.annotations.get(STREAM_ANNOTATION)
-        if isinstance(annotation, dict):
-            # For the access log: what the stream held when its upstream ended.
-            annotation["held"] = stream.buffer.size
-            annotation["events"] = stream.framer.seq
-            if not stream.resumable:
-                annotation["resumable"] = False
+        # For the access log and the metrics (made now: nothing kept per open stream).
+        annotation: dict[str, Any] = {
+            "id": stream.id,
+            "role": "origin",
+            "events": stream.framer.seq,
+            "held": stream.buffer.size,
+        }
+        if self.expired:
+            annotation["expired"] = True
+        if not stream.resumable:
+            annotation["resumable"] = False
+        info.annotations[STREAM_ANNOTATION] = annotation
         stream.ended(info.outcome == "complete")
