@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import platform
 import re
 import shutil
 import socket
@@ -33,7 +31,7 @@ from typing import Any
 
 import psutil
 
-from bench.peers import BIN, Peer, wait_for_port
+from bench.peers import BIN, Peer, save_results, wait_for_port
 from bench.run import LOAD_CORE, PROXY_CORE, Upstream
 
 HERE = Path(__file__).resolve().parent
@@ -231,18 +229,13 @@ def main(argv: list[str] | None = None) -> None:
     text = table(rows)
     print(text)
     if not args.no_save:
-        stamp = datetime.date.today().isoformat()
-        base = HERE / "results" / f"{stamp}-{platform.node() or 'machine'}-limits"
         header = (
-            f"# Keys and limits, {stamp}\n\nOne client at a time (wrk -t1 -c1, non-streaming), "
-            f"{args.seconds:.0f} s per case and round, medians of {args.rounds} rounds; gateway on "
-            f"core {PROXY_CORE}, upstream, redis-server and wrk on core {LOAD_CORE}. Added latency "
-            "is against the first row.\n\n"
+            f"# Keys and limits, {datetime.date.today().isoformat()}\n\nOne client at a time "
+            f"(wrk -t1 -c1, non-streaming), {args.seconds:.0f} s per case and round, medians of "
+            f"{args.rounds} rounds; gateway on core {PROXY_CORE}, upstream, redis-server and wrk "
+            f"on core {LOAD_CORE}. Added latency is against the first row.\n\n"
         )
-        base.with_suffix(".md").write_text(header + text + "\n")
-        base.with_suffix(".json").write_text(
-            json.dumps({"args": vars(args), "rows": rows}, indent=2)
-        )
+        save_results("limits", header, text, {"args": vars(args), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ keep-alive connections, does not buffer responses, and runs on one pinned core.
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -15,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -94,6 +98,20 @@ static_resources:
       - lb_endpoints:
         - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}
 """
+
+
+def save_results(kind: str, header: str, text: str, data: dict[str, Any]) -> Path:
+    """Write a run's table (*header* then *text*) and its *data* to
+    bench/results/<date>-<machine>-<kind>.{md,json}; the .md's path."""
+    stamp = datetime.date.today().isoformat()
+    base = (
+        Path(__file__).resolve().parent
+        / "results"
+        / f"{stamp}-{platform.node() or 'machine'}-{kind}"
+    )
+    base.with_suffix(".md").write_text(header + text + "\n")
+    base.with_suffix(".json").write_text(json.dumps(data, indent=2))
+    return base.with_suffix(".md")
 
 
 def wait_for_port(port: int, timeout: float = 20.0) -> None:

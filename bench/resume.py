@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import os
-import platform
 import re
 import tempfile
 from pathlib import Path
@@ -35,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from bench.peers import BIN, Peer
+from bench.peers import BIN, Peer, save_results
 from bench.run import LOAD_CORE, PROXY_CORE, Upstream
 from bench.translate import CLIENT_KEY, Case, measure, warm_up
 
@@ -220,16 +218,14 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_save:
-        stamp = datetime.date.today().isoformat()
-        out = HERE / "results" / f"{stamp}-{platform.node() or 'machine'}-resume"
         header = (
-            f"# Resumable streams, {stamp}\n\n{args.users} streams at once, {args.chunks} "
-            f"chunks each, {args.seconds:.0f} s per row; gateway on core {PROXY_CORE}, "
-            f"upstream and clients on core {LOAD_CORE}. Memory: {args.open} streams open.\n\n"
+            f"# Resumable streams, {datetime.date.today().isoformat()}\n\n{args.users} streams "
+            f"at once, {args.chunks} chunks each, {args.seconds:.0f} s per row; gateway on core "
+            f"{PROXY_CORE}, upstream and clients on core {LOAD_CORE}. Memory: {args.open} "
+            "streams open.\n\n"
         )
-        out.with_suffix(".md").write_text(header + text + "\n")
-        out.with_suffix(".json").write_text(
-            json.dumps({"args": vars(args), "rows": rows, "memory": memory_rows}, indent=2)
+        save_results(
+            "resume", header, text, {"args": vars(args), "rows": rows, "memory": memory_rows}
         )
 
 

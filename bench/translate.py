@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -42,7 +40,7 @@ from typing import Any
 
 import httpx
 
-from bench.peers import BIN, Peer
+from bench.peers import BIN, Peer, save_results
 from bench.run import LOAD_CORE, PROXY_CORE, Upstream
 
 HERE = Path(__file__).resolve().parent
@@ -314,17 +312,12 @@ def main(argv: list[str] | None = None) -> None:
     text = table(rows)
     print(text)
     if not args.no_save:
-        stamp = datetime.date.today().isoformat()
-        base = HERE / "results" / f"{stamp}-{platform.node() or 'machine'}-translate"
         header = (
-            f"# Translated streams, {stamp}\n\n{args.users} streams at once, {args.chunks} "
-            f"content chunks each, {args.seconds:.0f} s per row; gateway on core {PROXY_CORE}, "
-            f"upstream and clients on core {LOAD_CORE}.\n\n"
+            f"# Translated streams, {datetime.date.today().isoformat()}\n\n{args.users} streams "
+            f"at once, {args.chunks} content chunks each, {args.seconds:.0f} s per row; gateway "
+            f"on core {PROXY_CORE}, upstream and clients on core {LOAD_CORE}.\n\n"
         )
-        base.with_suffix(".md").write_text(header + text + "\n")
-        base.with_suffix(".json").write_text(
-            json.dumps({"args": vars(args), "rows": rows}, indent=2)
-        )
+        save_results("translate", header, text, {"args": vars(args), "rows": rows})
 
 
 if __name__ == "__main__":
