@@ -23,6 +23,7 @@ __all__ = [
     "Untranslatable",
     "anthropic_error",
     "anthropic_usage",
+    "chat_tool",
     "chat_usage",
     "dumps",
     "error_fields",
@@ -245,6 +246,21 @@ class FromChatStream(StreamTranslation):
 
     def _close(self, out: list[bytes]) -> None:
         raise NotImplementedError
+
+
+def chat_tool(
+    name: Any, parameters: Any, description: Any = None, strict: Any = None
+) -> dict[str, Any]:
+    """A Chat Completions function tool (a schema-less tool takes an empty object)."""
+    function: dict[str, Any] = {
+        "name": name,
+        "parameters": parameters or {"type": "object", "properties": {}},
+    }
+    if description:
+        function["description"] = description
+    if isinstance(strict, bool):
+        function["strict"] = strict
+    return {"type": "function", "function": function}
 
 
 def text_of(content: Any, separator: str = "") -> str:

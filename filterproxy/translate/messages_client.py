@@ -21,6 +21,7 @@ from filterproxy.translate.common import (
     Untranslatable,
     anthropic_error,
     anthropic_usage,
+    chat_tool,
     dumps,
     new_id,
     stop_from_finish,
@@ -169,13 +170,9 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
                 f"server tool {kind or tool.get('name')!r} runs only inside Anthropic's API; "
                 "the upstream speaks Chat Completions (define it as a client tool with an input_schema)",
             )
-        function: dict[str, Any] = {
-            "name": tool.get("name"),
-            "parameters": tool.get("input_schema") or {"type": "object", "properties": {}},
-        }
-        if tool.get("description"):
-            function["description"] = tool["description"]
-        result.append({"type": "function", "function": function})
+        result.append(
+            chat_tool(tool.get("name"), tool.get("input_schema"), tool.get("description"))
+        )
     return result
 
 

@@ -27,6 +27,7 @@ from filterproxy.translate.common import (
     FromChatStream,
     StreamTranslation,
     Untranslatable,
+    chat_tool,
     dumps,
     new_id,
     openai_error_type,
@@ -192,15 +193,14 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
                 f"the tool type {kind!r} runs only inside OpenAI's API; the upstream speaks "
                 "Chat Completions (define it as a function tool)",
             )
-        function: dict[str, Any] = {
-            "name": tool.get("name"),
-            "parameters": tool.get("parameters") or {"type": "object", "properties": {}},
-        }
-        if tool.get("description"):
-            function["description"] = tool["description"]
-        if isinstance(tool.get("strict"), bool):
-            function["strict"] = tool["strict"]
-        result.append({"type": "function", "function": function})
+        result.append(
+            chat_tool(
+                tool.get("name"),
+                tool.get("parameters"),
+                tool.get("description"),
+                tool.get("strict"),
+            )
+        )
     return result
 
 
