@@ -15,7 +15,7 @@ last answer.
 Slow streams, for resuming: model ``chat-slow`` streams ``tok01`` … ``tok40`` (one
 chunk each 30 ms), then the finish and usage chunks and ``[DONE]``; ``chat-pause``
 streams ``tok01`` … ``tok06`` with a 2 s silence after the third (a ``: ping`` comment
-block each 0.5 s meanwhile); ``chat-flood`` writes ``t00001`` … ``t50000`` at once (10 MB: more than the
+block each 0.5 s meanwhile); ``chat-flood`` writes ``t00001`` … ``t30000`` at once (6 MB: more than the
 kernel's send buffer takes for a client that does not read). It
 lists each slow stream as
 ``{"finished": bool, "cancelled": bool}`` (cancelled: its connection closed first)
@@ -155,7 +155,7 @@ class Api(Resource):
         if model == "chat-flood":
             request.setHeader(b"content-type", b"text/event-stream")
             request.write(chunk({"role": "assistant", "content": ""}))
-            for n in range(1, 50001):
+            for n in range(1, 30001):
                 request.write(chunk({"content": f" t{n:05d}"}))
             request.write(chunk({}, "stop") + b"data: [DONE]\n\n")
             request.finish()

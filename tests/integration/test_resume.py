@@ -133,6 +133,7 @@ class Relay:
         self.url = f"http://127.0.0.1:{self.port}"
         self.pairs: list[tuple[socket.socket, socket.socket]] = []
         self.silent = False
+        self.resetting = False
         #: The gateway closed its side of a relayed connection.
         self.gateway_closed = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -155,6 +156,8 @@ class Relay:
             except OSError:
                 data = b""
             if not data:
+                if self.resetting:
+                    return
                 if from_gateway:
                     self.gateway_closed.set()
                 if not self.silent:
@@ -171,10 +174,16 @@ class Relay:
 
     def reset(self) -> None:
         """Both connections end with an RST, as when a network path breaks."""
-        for near, far in self.pairs:
-            for s in (near, far):
+        self.resetting = True
+        for pair in self.pairs:
+            for s in pair:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                s.close()
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RD)  # wakes the pump in recv; sends nothing
+        time.sleep(0.05)
+        for pair in self.pairs:
+            for s in pair:
+                s.close()  # the last reference, with linger 0: an RST
 
     def close(self) -> None:
         self.server.close()
@@ -216,8 +225,9 @@ def test_a_reset_mid_answer_is_resumed_whole(gateway: Gateway, upstream: LocalSe
         stream_id, stream = start(relay.url)
         first = read(stream, 8)
         relay.reset()
-        with pytest.raises((httpx.TransportError, openai.APIConnectionError)):
+        with pytest.raises((httpx.TransportError, openai.APIConnectionError)) as broke:
             first += read(stream, 100)  # the SDK sees the connection break
+        assert not isinstance(broke.value, httpx.TimeoutException)  # at once: a reset
         rest = resume(gateway, stream_id, len(first))
         check_whole(first + rest)
         assert requests_seen(upstream) == before + 1
@@ -423,16 +433,16 @@ def test_a_client_that_cannot_keep_up_gets_the_same_text_in_fewer_events(gateway
         {"content-type": "application/json", "authorization": "Bearer sk-a"},
     )
     response = connection.getresponse()
-    time.sleep(1.5)  # a phone on a weak network: it reads nothing for a while
+    time.sleep(1.0)  # a phone on a weak network: it reads nothing for a while
     events = [e for e in SSEDecoder().feed(response.read()) if e.data is not None]
     connection.close()
     text = "".join(_content(e.data) for e in events)
-    assert text == "".join(f" t{n:05d}" for n in range(1, 50001))
+    assert text == "".join(f" t{n:05d}" for n in range(1, 30001))
     numbers = [int((e.id or "").rsplit(".", 1)[1]) for e in events]
-    assert numbers == sorted(numbers) and numbers[-1] == 50003  # role, tokens, stop, [DONE]
+    assert numbers == sorted(numbers) and numbers[-1] == 30003  # role, tokens, stop, [DONE]
     # What it could not take in time came folded (how much depends on how much the
-    # kernel's buffers took first: up to 4 MB of these 10 here).
-    assert len(events) < 50003
+    # kernel's buffers took first: up to 4 MB of these 6 here).
+    assert len(events) < 30003
 
 
 def test_gzip_when_the_route_offers_it_and_the_client_asks(gateway: Gateway) -> None:
