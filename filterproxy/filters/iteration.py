@@ -243,6 +243,9 @@ class FilterIteration(Generic[HeadT]):
                 self._headers_from(index + 1)
                 if self.generation != generation:
                     return
+                # A filter after this one may have said in its headers hook that it does
+                # not look at this response's data (`skip_data`).
+                takes_data = self.takes_data
             if self.tracks_body:  # the request direction only: no call per response chunk
                 data = self._passed_on(index, data, end_stream)
             index += 1

@@ -239,7 +239,7 @@ class ResponsesFilter(StreamFilter):
     def encode_data(self, data: bytes, end_stream: bool) -> DataResult:
         if self.storing:
             return FilterStatus.STOP_ITERATION_AND_BUFFER
-        if self.stored or not self.keep:
+        if self.stored:
             return FilterStatus.CONTINUE
         response = self.callbacks.stream_info.annotations.get(RESPONSE_ANNOTATION)
         if response is None:

@@ -148,6 +148,39 @@ def test_response_data_skips_filters_that_do_not_touch_data() -> None:
     assert downstream.body() == b"ab"
 
 
+def test_a_filter_that_passes_data_in_its_headers_hook_skips_a_body_held_with_them() -> None:
+    """A filter that held the response head and lets it go with the whole body (the
+    translate filter with a JSON answer): a filter after it that says, in its headers
+    hook, that it does not look at this response's data is not given the body."""
+    seen: list[bytes] = []
+
+    class NotMine(StreamFilter):  # runs after Holding in the encode order
+        def encode_headers(self, head: object, end_stream: bool) -> FilterStatus:
+            self.callbacks.pass_response_data()
+            return FilterStatus.CONTINUE
+
+        def encode_data(self, data: bytes, end_stream: bool) -> FilterStatus:
+            seen.append(data)
+            return FilterStatus.CONTINUE
+
+    class Holding(StreamFilter):
+        body = b""
+
+        def encode_headers(self, head: object, end_stream: bool) -> FilterStatus:
+            return STOP
+
+        def encode_data(self, data: bytes, end_stream: bool) -> FilterStatus | bytes:
+            self.body += data
+            return self.body.upper() if end_stream else STOP
+
+    manager, downstream, _ = build([NotMine(), Holding()])
+    manager.decode_headers(request_head(), True)
+    manager.encode_headers(200, Headers(), False)
+    manager.encode_data(b"a", False)
+    manager.encode_data(b"bc", True)
+    assert downstream.body() == b"ABC" and seen == []
+
+
 def test_no_encoders_means_no_encode_iteration_at_all() -> None:
     manager, downstream, _ = build([StreamFilter()])
     assert manager.encoder is None
