@@ -8,16 +8,24 @@ import hashlib
 
 from filterproxy.filters.api import RequestHead
 
-__all__ = ["owner_of"]
+__all__ = ["credential_of", "owner_digest", "owner_of"]
 
 
-def owner_of(head: RequestHead, key_name: str | None) -> str:
-    """The owner of what this request makes: a digest of the gateway key's name (the
-    keys filter), else of the ``Authorization`` or ``x-api-key`` header it carried (or of
-    nothing, for a client with neither). Never the credential itself."""
+def credential_of(head: RequestHead) -> str | None:
+    """The credential header a request carries (``Authorization``, else ``x-api-key``)."""
+    return head.headers.get("authorization") or head.headers.get("x-api-key")
+
+
+def owner_digest(key_name: str | None, credential: str | None) -> str:
+    """A digest of the gateway key's name (the keys filter), else of the credential (or
+    of nothing, for a client with none). Never the credential itself."""
     if key_name is not None:
         basis = "key:" + key_name
     else:
-        credential = head.headers.get("authorization") or head.headers.get("x-api-key")
         basis = "credential:" + credential.strip() if credential else "anonymous"
     return hashlib.sha256(basis.encode()).hexdigest()
+
+
+def owner_of(head: RequestHead, key_name: str | None) -> str:
+    """The owner of what this request makes (`owner_digest` of its credential)."""
+    return owner_digest(key_name, credential_of(head))

@@ -31,7 +31,6 @@ import hashlib
 import hmac
 import re
 import secrets
-import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ from filterproxy.filters.api import (
     ResponseHead,
     StreamFilter,
 )
-from filterproxy.filters.owner import owner_of
+from filterproxy.filters.owner import credential_of, owner_digest
 from filterproxy.resume import BUDGET, EventFramer, ResumeBuffer, merge_deltas, parse_event_id
 
 __all__ = ["Reader", "ResumableStream", "ResumeFilter", "StreamRegistry", "registry", "replay"]
@@ -109,7 +108,6 @@ class ResumableStream:
     __slots__ = (
         "body_hash",
         "buffer",
-        "complete",
         "config",
         "content_type",
         "done",
@@ -121,7 +119,6 @@ class ResumableStream:
         "reader",
         "registry",
         "route",
-        "started",
         "timer",
     )
 
@@ -150,11 +147,9 @@ class ResumableStream:
         self.origin_attached = True
         #: A resumed reader (another request's filter, or another worker's relay), if any.
         self.reader: Reader | None = None
-        #: The upstream's response has ended: completely, or not.
+        #: The upstream's response has ended (completely, or not).
         self.done = False
-        self.complete = False
         self.timer: Any = None
-        self.started = time.monotonic()
 
     @property
     def resumable(self) -> bool:
@@ -221,7 +216,6 @@ class ResumableStream:
         if self.done:
             return
         self.done = True
-        self.complete = complete
         reader = self.reader
         if reader is not None:
             reader.finish(complete)
@@ -384,8 +378,11 @@ class ResumeFilter(StreamFilter):
 
     def __init__(self, config: ResumeFilterConfig) -> None:
         super().__init__(config)
-        self.head: RequestHead | None = None
-        self.owner = ""
+        #: The request's credential header and Accept-Encoding, as they came (the
+        #: filters after this one change them); what they mean is worked out only for
+        #: the requests that need it.
+        self.credential: str | None = None
+        self.accept_encoding: str | None = None
         self.body = b""
         #: The stream this request started (the origin), or reads (a reader).
         self.stream: ResumableStream | None = None
@@ -397,7 +394,6 @@ class ResumeFilter(StreamFilter):
         #: The body of another worker's answer, while it is passed on.
         self.pipe: _Pipe | None = None
         self.done = False
-        self.accepts_gzip = False
         #: The client's gzip stream, when the route offers it and the client takes it.
         self.gzip: Any = None  # zlib's compressor (its type is not importable)
         #: The origin's client cannot keep up: its events are held (folded when sent).
@@ -411,11 +407,10 @@ class ResumeFilter(StreamFilter):
     # -- the request -------------------------------------------------------------------
 
     def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
-        self.head = head
         # Now: the filters after this one take the credentials out of the request, and
         # the route filter asks a resumable route's upstream for uncompressed answers.
-        self.owner = owner_of(head, self.callbacks.stream_info.key_name)
-        self.accepts_gzip = _accepts_gzip(head.headers.get("accept-encoding"))
+        self.credential = credential_of(head)
+        self.accept_encoding = head.headers.get("accept-encoding")
         path, _, query = head.path.partition("?")
         match = _STREAM_PATH.match(path) if "/streams/" in path else None
         if match is not None:
@@ -471,8 +466,6 @@ class ResumeFilter(StreamFilter):
         if resend is None:
             return FilterStatus.CONTINUE
         stream_id, after = resend
-        head = self.head
-        assert head is not None
         registry = self.config.registry
         stream = registry.get(stream_id)
         port = registry.elsewhere(stream_id) if stream is None else None
@@ -487,6 +480,11 @@ class ResumeFilter(StreamFilter):
             return FilterStatus.STOP_ITERATION
         self._read(stream, after)
         return FilterStatus.STOP_ITERATION
+
+    @property
+    def owner(self) -> str:
+        """Whom this request's streams belong to (`owner_digest`)."""
+        return owner_digest(self.callbacks.stream_info.key_name, self.credential)
 
     def _mismatch(self, stream_id: str) -> None:
         self.callbacks.send_local_reply(
@@ -604,7 +602,7 @@ class ResumeFilter(StreamFilter):
             ("cache-control", "no-cache"),
             ("x-stream-id", stream_id),
         ]
-        if gzip and self.accepts_gzip:
+        if gzip and _accepts_gzip(self.accept_encoding):
             self.gzip = zlib.compressobj(6, zlib.DEFLATED, 31)
             headers += [("content-encoding", "gzip"), ("vary", "accept-encoding")]
         self.callbacks.send_local_stream(200, headers)
@@ -655,7 +653,6 @@ class ResumeFilter(StreamFilter):
             or head.status != 200
             or not (head.headers.get("content-type") or "").startswith("text/event-stream")
             or head.headers.get("content-encoding") not in (None, "identity")
-            or self.head is None
         ):
             self.callbacks.pass_response_data()
             return FilterStatus.CONTINUE
@@ -675,7 +672,11 @@ class ResumeFilter(StreamFilter):
         self.body = b""
         head.headers.set("x-stream-id", stream.id)
         head.headers.remove("content-length")
-        if route.resume.gzip and self.accepts_gzip and head.headers.get("content-encoding") is None:
+        if (
+            route.resume.gzip
+            and _accepts_gzip(self.accept_encoding)
+            and head.headers.get("content-encoding") is None
+        ):
             self.gzip = zlib.compressobj(6, zlib.DEFLATED, 31)
             head.headers.set("content-encoding", "gzip")
             head.headers.add("vary", "accept-encoding")

@@ -245,7 +245,11 @@ class TranslateFilter(StreamFilter):
             out = stream.feed(data)
             if end_stream:
                 out += stream.end()
-            if stream.closed and self.shell is not None:
+            if (
+                stream.closed
+                and self.shell is not None
+                and isinstance(stream, ResponsesFromChatStream | Piped)
+            ):
                 self._publish(stream)
             return out
         if self.body is None:
@@ -268,7 +272,7 @@ class TranslateFilter(StreamFilter):
         head.headers.set("content-length", str(len(body)))
         return body
 
-    def _publish(self, stream: ResponsesFromChatStream | Piped | Any) -> None:
+    def _publish(self, stream: ResponsesFromChatStream | Piped) -> None:
         """A Responses stream has ended: its response, if it completed, for the filters
         before this one (the ``responses`` filter keeps it)."""
         self.shell = None

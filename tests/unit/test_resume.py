@@ -4,12 +4,11 @@ deltas for a client that catches up."""
 
 from __future__ import annotations
 
+import importlib
 import json
 from typing import Any
 
 import anthropic
-import httpx
-import httpx2
 import openai
 import pytest
 
@@ -85,44 +84,38 @@ def test_a_comment_line_passes_at_once_and_a_partial_event_waits() -> None:
     assert framer.feed(b":1}\n\n: keep-alive\n") == b'data: {"a":1}\nid: x.1\n\n: keep-alive\n'
 
 
+def serving(sdk: Any, body: bytes) -> Any:
+    """An HTTP client for *sdk* that answers every request with the event stream *body*
+    — of the HTTP library the SDK is built on (httpx, or httpx2 in newer releases)."""
+    http = importlib.import_module(sdk.DefaultHttpxClient.__mro__[1].__module__.split(".")[0])
+
+    def handler(request: Any) -> Any:
+        return http.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    return http.Client(transport=http.MockTransport(handler))
+
+
+def chat_text(body: bytes) -> str:
+    client = openai.OpenAI(
+        api_key="x", base_url="http://test/v1", http_client=serving(openai, body)
+    )
+    chunks = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "x"}], stream=True
+    )
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
 def test_the_openai_sdk_reads_a_numbered_stream_with_comments() -> None:
     """openai-python parses an empty event on a bare blank line once an id was seen
     (openai-python #2722): the framed stream has none, so it reads to the end."""
     out, _ = framed([STREAM + b": keep-alive\n"])
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=out)
-
-    client = openai.OpenAI(
-        api_key="x",
-        base_url="http://test/v1",
-        http_client=httpx.Client(transport=httpx.MockTransport(handler)),
-    )
-    chunks = list(
-        client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "x"}], stream=True
-        )
-    )
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Héllo 世界 👋"
+    assert chat_text(out) == "Héllo 世界 👋"
     # The same stream unframed, with ids added and the blank lines kept, is what breaks it.
     broken = STREAM.replace(b"data: [DONE]", b"id: 9\ndata: [DONE]").replace(
         chunk("", role="assistant"), chunk("", role="assistant")[:-1] + b"id: 1\n\n"
     )
-
-    def broken_handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=broken)
-
-    client = openai.OpenAI(
-        api_key="x",
-        base_url="http://test/v1",
-        http_client=httpx.Client(transport=httpx.MockTransport(broken_handler)),
-    )
     with pytest.raises(json.JSONDecodeError):
-        list(
-            client.chat.completions.create(
-                model="m", messages=[{"role": "user", "content": "x"}], stream=True
-            )
-        )
+        chat_text(broken)
 
 
 def test_the_anthropic_sdk_reads_a_numbered_messages_stream_with_comments() -> None:
@@ -137,14 +130,8 @@ def test_the_anthropic_sdk_reads_a_numbered_messages_stream_with_comments() -> N
         b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
     )
     out, _ = framed([events + b": keep-alive\n"])
-
-    def handler(request: httpx2.Request) -> httpx2.Response:
-        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=out)
-
-    client = anthropic.Anthropic(  # the anthropic SDK is on httpx2
-        api_key="x",
-        base_url="http://test",
-        http_client=httpx2.Client(transport=httpx2.MockTransport(handler)),
+    client = anthropic.Anthropic(
+        api_key="x", base_url="http://test", http_client=serving(anthropic, out)
     )
     with client.messages.stream(
         model="m", max_tokens=10, messages=[{"role": "user", "content": "x"}]
