@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: redis-server run test lint typecheck docs docs-build bench bench-env bench-translate bench-resume bench-limits soak dashboard wheel clean
+.PHONY: redis-server node run test lint typecheck docs docs-build bench bench-env bench-translate bench-resume bench-limits soak dashboard wheel clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,7 +44,15 @@ redis-server:
 	  { apt-get update -q && apt-get install -y -q redis-server; } || \
 	  { echo "the tests need redis-server: apt-get install redis-server (as root)"; exit 1; }
 
-test: lint typecheck docs-build redis-server
+# The tests that run real Node clients (Codex CLI, Claude Code, the Vercel AI SDK; installed
+# from npm at test time by tests/npm_clients.py) need node and npm: from Debian's packages,
+# installed here when missing.
+node:
+	@command -v node >/dev/null && command -v npm >/dev/null || \
+	  { apt-get update -q && apt-get install -y -q nodejs npm; } || \
+	  { echo "the tests need node and npm: apt-get install nodejs npm (as root)"; exit 1; }
+
+test: lint typecheck docs-build redis-server node
 	$(BIN)/pytest -q -p no:cacheprovider --ignore=tests/twisted_reactor; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 	$(BIN)/pytest -q -p no:cacheprovider -p no:twisted tests/twisted_reactor
 	rm -rf build/ctree && mkdir -p build/ctree
