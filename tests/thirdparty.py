@@ -54,6 +54,61 @@ VERCEL_AI_CHAT_STREAMS = [
     ),
 ]
 
+#: Chat Completions streams of providers whose shapes differ most, recorded by the same
+#: tests at the same commit: Mistral's reasoning model (content as a list of thinking and
+#: text parts) and its tool calls (no index; a GLM model's incremental ones), Groq
+#: (``reasoning``, usage in ``x_groq``), Qwen on DashScope (``reasoning_content``, empty
+#: ids on continuations).
+VERCEL_AI_PROVIDER_STREAMS = [
+    (
+        "packages/mistral/src/__fixtures__/mistral-reasoning.chunks.txt",
+        "9fa029be047fe9456dac707840ac8299a1c38354a294cba25b9d4c945fb9ced0",
+    ),
+    (
+        "packages/mistral/src/__fixtures__/mistral-tool-call.chunks.txt",
+        "1957bc7610a5217d72d03aae847372855c47215b55660c8c4eb56f2319cfc020",
+    ),
+    (
+        "packages/mistral/src/__fixtures__/mistral-incremental-tool-call.chunks.txt",
+        "ea71ca18884d9f0c58b18a9abc2e9ef3e23b9f698ca2897680a754c8ad0de59b",
+    ),
+    (
+        "packages/groq/src/__fixtures__/groq-reasoning.chunks.txt",
+        "2aa32938d8b32c7b96739114a415c8facf069eb7ba756256c8f28f6291d5af19",
+    ),
+    (
+        "packages/groq/src/__fixtures__/groq-tool-call.chunks.txt",
+        "bea929e37f93515e155ee151ea2a334d2965ebc9ef2f2cf98f1836030766f5da",
+    ),
+    (
+        "packages/alibaba/src/__fixtures__/alibaba-reasoning.chunks.txt",
+        "1a209f18df9e350c05c1bf02b23eef92e85e83ef0940fb0f28b126f87531f41d",
+    ),
+    (
+        "packages/alibaba/src/__fixtures__/alibaba-tool-call.chunks.txt",
+        "b77850ed2797ab097a6247eb8cb38f36d18ac0d5e1b076a3c3e26209314734ae",
+    ),
+]
+#: Whole (non-streamed) answers of the same providers: (path, sha256).
+VERCEL_AI_PROVIDER_ANSWERS = [
+    (
+        "packages/mistral/src/__fixtures__/mistral-reasoning.json",
+        "d215a19302b4a82bb007143a9d18ac3b2748aff3a85ec9b971c3f3e1bfa529f4",
+    ),
+    (
+        "packages/mistral/src/__fixtures__/mistral-tool-call.json",
+        "33f690f7d3c99abd3c2f68538363a13e74a2ad90ed076c836f690f95185fe5bb",
+    ),
+    (
+        "packages/groq/src/__fixtures__/groq-reasoning.json",
+        "b68c4dd8c5a8bcbd5505badd15237ae0e87e608844d303a340f3a7f3d4fc9c7e",
+    ),
+    (
+        "packages/alibaba/src/__fixtures__/alibaba-reasoning.json",
+        "150378a5284232cad091e70f9cedf3fa2d3444dbcb2673d8ce95102d2459c8bb",
+    ),
+]
+
 
 def vercel_ai_file(path: str, sha256: str) -> bytes:
     """A file of the Vercel AI SDK's repository at `VERCEL_AI_COMMIT`."""

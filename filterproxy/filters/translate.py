@@ -47,6 +47,7 @@ from filterproxy.translate.chat_client import (
     messages_request,
 )
 from filterproxy.translate.common import (
+    UnmappableAnswer,
     Untranslatable,
     anthropic_error,
     error_fields,
@@ -284,20 +285,15 @@ class TranslateFilter(StreamFilter):
             document = json.loads(raw)
         except ValueError:
             document = None
-        info = self.callbacks.stream_info
-        model = info.model
         if 200 <= self.status < 300 and isinstance(document, dict) and "error" not in document:
-            if self.client == MESSAGES:
-                return json.dumps(messages_response(document, model)).encode()
-            if self.client == CHAT:
-                return json.dumps(chat_response(document, model)).encode()
-            assert self.shell is not None
-            if self.target == MESSAGES:
-                document = chat_response(document, model)
-            response = responses_answer(document, self.shell)
-            self.shell = None
-            info.annotations[RESPONSE_ANNOTATION] = response
-            return json.dumps(response).encode()
+            try:
+                return self._answer(document)
+            except UnmappableAnswer as e:
+                # Part of the answer has no form in the client's API: the client is
+                # told, rather than given an answer with a hole in it.
+                document, self.status = {"error": {"message": str(e)}}, 502
+                if self.head is not None:
+                    self.head.status = 502
         fields = error_fields(document)
         if fields is None:
             text = raw.decode("utf-8", "replace").strip()[:2000]
@@ -308,3 +304,23 @@ class TranslateFilter(StreamFilter):
             return json.dumps(anthropic_error(status, message, kind)).encode()
         # Chat Completions and Responses share OpenAI's error shape.
         return json.dumps(openai_error(status, message, kind, code)).encode()
+
+    def _answer(self, document: dict[str, Any]) -> bytes:
+        """The client's answer for the upstream's whole answer *document*.
+
+        Raises:
+            UnmappableAnswer: part of it has no form in the client's API.
+        """
+        info = self.callbacks.stream_info
+        model = info.model
+        if self.client == MESSAGES:
+            return json.dumps(messages_response(document, model)).encode()
+        if self.client == CHAT:
+            return json.dumps(chat_response(document, model)).encode()
+        assert self.shell is not None
+        if self.target == MESSAGES:
+            document = chat_response(document, model)
+        response = responses_answer(document, self.shell)
+        self.shell = None
+        info.annotations[RESPONSE_ANNOTATION] = response
+        return json.dumps(response).encode()

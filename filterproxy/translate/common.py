@@ -20,6 +20,7 @@ __all__ = [
     "RESPONSES",
     "FromChatStream",
     "StreamTranslation",
+    "UnmappableAnswer",
     "Untranslatable",
     "anthropic_error",
     "anthropic_usage",
@@ -31,6 +32,8 @@ __all__ = [
     "loads",
     "new_id",
     "openai_error",
+    "part_text",
+    "split_content",
     "stop_from_finish",
     "text_of",
 ]
@@ -43,6 +46,12 @@ class Untranslatable(ValueError):
     def __init__(self, field: str, problem: str) -> None:
         self.field = field
         super().__init__(f"{field}: {problem}")
+
+
+class UnmappableAnswer(ValueError):
+    """Something in the upstream's answer that the client's API has no form for (a
+    content part of a kind no translation knows): the client is told — a 502, or the
+    stream's error event — rather than given an answer with a hole in it."""
 
 
 def loads(data: str | bytes) -> Any:
@@ -206,8 +215,11 @@ class FromChatStream(StreamTranslation):
             if isinstance(reasoning, str) and reasoning:
                 self._reasoning(reasoning, out)
             content = delta.get("content")
-            if isinstance(content, str) and content:
-                self._content(content, out)
+            if isinstance(content, str):
+                if content:
+                    self._content(content, out)
+            elif isinstance(content, list) and not self._parts(content, out):
+                return
             calls = delta.get("tool_calls")
             if isinstance(calls, list):
                 for position, call in enumerate(calls):
@@ -224,6 +236,23 @@ class FromChatStream(StreamTranslation):
         finish = choice.get("finish_reason")
         if finish:
             self.finish_reason = finish
+
+    def _parts(self, parts: list[Any], out: list[bytes]) -> bool:
+        """Content given as a list of parts (Mistral's reasoning models: thinking, then
+        text), in order; False when a part has no form in the client's API (the stream
+        has ended in an error)."""
+        for part in parts:
+            try:
+                found = part_text(part)
+            except UnmappableAnswer as e:
+                self._error(out, 502, str(e))
+                return False
+            if found is not None and found[1]:
+                if found[0]:
+                    self._reasoning(found[1], out)
+                else:
+                    self._content(found[1], out)
+        return True
 
     def _comment(self, out: list[bytes]) -> None:
         """An upstream's keep-alive comment (nothing, unless the client API has one)."""
@@ -273,6 +302,66 @@ def text_of(content: Any, separator: str = "") -> str:
             p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
         )
     return ""
+
+
+#: Content parts that are answer text, and the key that holds it.
+_TEXT_KEYS: Final = {"text": "text", "output_text": "text", "refusal": "refusal"}
+#: Content parts that are the model's reasoning, and the key that holds it.
+_REASONING_KEYS: Final = {
+    "thinking": "thinking",
+    "reasoning": "reasoning",
+    "reasoning_text": "text",
+}
+
+
+def part_text(part: Any) -> tuple[bool, str] | None:
+    """(is reasoning, text) of one content part of an answer: text (``text``,
+    ``output_text``, ``refusal``) or reasoning (``thinking`` — Mistral's holds a list
+    of text parts, others a string — ``reasoning``, ``reasoning_text``); None for a
+    part that carries no text of either kind (a thinking part's signature alone).
+
+    Raises:
+        UnmappableAnswer: a part of another kind (an image, a citation, audio…).
+    """
+    if isinstance(part, str):
+        return False, part
+    kind = part.get("type") if isinstance(part, dict) else None
+    key = _TEXT_KEYS.get(kind) if isinstance(kind, str) else None
+    if key is not None:
+        text = part.get(key)
+        return (False, text) if isinstance(text, str) else None
+    key = _REASONING_KEYS.get(kind) if isinstance(kind, str) else None
+    if key is not None:
+        value = part.get(key)
+        if isinstance(value, list):
+            value = "".join(p.get("text", "") for p in value if isinstance(p, dict))
+        if not isinstance(value, str):
+            value = part.get("text")
+        return (True, value) if isinstance(value, str) else None
+    raise UnmappableAnswer(
+        f"the upstream answered with a content part of type {kind!r}, which the "
+        "translation cannot carry (it carries text and thinking parts)"
+    )
+
+
+def split_content(content: Any) -> tuple[str, str]:
+    """(reasoning, text) of a whole answer's ``content``: a string, or a list of parts
+    (`part_text`).
+
+    Raises:
+        UnmappableAnswer: a part that is neither text nor reasoning.
+    """
+    if isinstance(content, str):
+        return "", content
+    if not isinstance(content, list):
+        return "", ""
+    reasoning: list[str] = []
+    text: list[str] = []
+    for part in content:
+        found = part_text(part)
+        if found is not None:
+            (reasoning if found[0] else text).append(found[1])
+    return "".join(reasoning), "".join(text)
 
 
 def new_id(prefix: str) -> str:

@@ -24,6 +24,7 @@ from filterproxy.translate.common import (
     chat_tool,
     dumps,
     new_id,
+    split_content,
     stop_from_finish,
     text_of,
 )
@@ -293,12 +294,12 @@ def count_tokens_estimate(document: Mapping[str, Any]) -> int:
 def _content_blocks(message: Mapping[str, Any]) -> tuple[list[dict[str, Any]], bool]:
     blocks: list[dict[str, Any]] = []
     reasoning = message.get("reasoning_content") or message.get("reasoning")
-    if isinstance(reasoning, str) and reasoning:
+    thought, text = split_content(message.get("content"))
+    if not isinstance(reasoning, str) or not reasoning:
+        reasoning = thought  # Mistral's thinking parts
+    if reasoning:
         blocks.append({"type": "thinking", "thinking": reasoning, "signature": ""})
-    text = message.get("content")
-    if isinstance(text, list):
-        text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
-    if isinstance(text, str) and text:
+    if text:
         blocks.append({"type": "text", "text": text})
     refusal = message.get("refusal")
     if isinstance(refusal, str) and refusal:
@@ -323,7 +324,11 @@ def _content_blocks(message: Mapping[str, Any]) -> tuple[list[dict[str, Any]], b
 
 
 def messages_response(document: Mapping[str, Any], model: str | None) -> dict[str, Any]:
-    """The Messages answer for a chat completion *document* (its first choice)."""
+    """The Messages answer for a chat completion *document* (its first choice).
+
+    Raises:
+        UnmappableAnswer: a content part that is neither text nor thinking.
+    """
     choices = document.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices else {}
     message = choice.get("message") or {}
@@ -400,9 +405,9 @@ class MessagesFromChatStream(FromChatStream):
         self.block = -1
         self.block_kind = 0
         self.next_index = 0
-        #: OpenAI tool-call index → Anthropic block index, and the call's id.
+        #: OpenAI tool-call index → Anthropic block index, and call id → block index.
         self.tools: dict[int, int] = {}
-        self.tool_ids: dict[int, str] = {}
+        self.tool_ids: dict[Any, int] = {}
         self.saw_tool = False
 
     def _comment(self, out: list[bytes]) -> None:
@@ -477,21 +482,21 @@ class MessagesFromChatStream(FromChatStream):
     def _tool_call(
         self, index: int, call_id: Any, function: dict[str, Any], out: list[bytes]
     ) -> None:
-        name = function.get("name")
-        known = self.tools.get(index)
-        if known is None or (call_id and call_id != self.tool_ids.get(index)):
-            if not call_id and not name and known is not None:
-                pass  # arguments for the known call
-            else:
-                self.saw_tool = True
-                block_id = str(call_id) if call_id else new_id("toolu_")
-                known = self._open(
-                    _TOOL,
-                    {"type": "tool_use", "id": block_id, "name": name or "", "input": {}},
-                    out,
-                )
-                self.tools[index] = known
-                self.tool_ids[index] = block_id if call_id else ""
+        # A call's id names it over its index: Gemini repeats the id on every chunk
+        # of a call, with an index that changes between them.
+        known = self.tool_ids.get(call_id) if call_id else self.tools.get(index)
+        if known is None:
+            self.saw_tool = True
+            block_id = str(call_id) if call_id else new_id("toolu_")
+            name = function.get("name")
+            known = self._open(
+                _TOOL,
+                {"type": "tool_use", "id": block_id, "name": name or "", "input": {}},
+                out,
+            )
+            if call_id:
+                self.tool_ids[call_id] = known
+        self.tools[index] = known
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments:
             if known != self.block or self.block_kind != _TOOL:

@@ -31,6 +31,7 @@ from filterproxy.translate.common import (
     dumps,
     new_id,
     openai_error_type,
+    split_content,
 )
 
 __all__ = [
@@ -401,18 +402,22 @@ def _finished(response: dict[str, Any], finish_reason: Any) -> None:
 
 def responses_answer(document: Mapping[str, Any], shell: Mapping[str, Any]) -> dict[str, Any]:
     """The Responses answer for a chat completion *document* (its first choice), on
-    *shell* (`response_shell`)."""
+    *shell* (`response_shell`).
+
+    Raises:
+        UnmappableAnswer: a content part that is neither text nor reasoning.
+    """
     choices = document.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices else {}
     message = choice.get("message") or {}
     output: list[dict[str, Any]] = []
     reasoning = message.get("reasoning_content") or message.get("reasoning")
-    if isinstance(reasoning, str) and reasoning:
+    thought, text = split_content(message.get("content"))
+    if not isinstance(reasoning, str) or not reasoning:
+        reasoning = thought  # Mistral's thinking parts
+    if reasoning:
         output.append(_reasoning_item(new_id("rs_"), reasoning))
-    text = message.get("content")
-    if isinstance(text, list):
-        text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
-    if isinstance(text, str) and text:
+    if text:
         output.append(_message_item(new_id("msg_"), text, "completed"))
     refusal = message.get("refusal")
     if isinstance(refusal, str) and refusal:
@@ -631,7 +636,12 @@ class ResponsesFromChatStream(FromChatStream):
         self, index: int, call_id: Any, function: dict[str, Any], out: list[bytes]
     ) -> None:
         known = self.calls.get(index)
-        if known is None or (call_id and call_id != known.call_id):
+        if call_id and (known is None or call_id != known.call_id):
+            # A call's id names it over its index: Gemini changes the index mid-call.
+            known = next((c for c in self.all_calls if c.call_id == call_id), None)
+            if known is not None:
+                self.calls[index] = known
+        if known is None:
             self._close_item(out)
             output_index = self.next_output
             self.next_output += 1
