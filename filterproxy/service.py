@@ -77,6 +77,9 @@ class Gateway:
         self.shape: ChainShape | None = None
         #: What logs call each filter of the chain: its type and key path.
         self.labels = self.chain.labels
+        #: Each filter's constructor (a fallback cluster gets the filters after the
+        #: route filter anew).
+        self.factories = tuple(spec.create for spec in self.chain.specs)
         #: Requests started on this gateway and not finished.
         self.in_flight = 0
         self.retired = False
@@ -95,6 +98,7 @@ class Gateway:
             self.shape,
             self,
             self.labels,
+            self.factories,
         )
 
     def _router(self, manager: FilterManager) -> Router:

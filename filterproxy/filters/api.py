@@ -302,6 +302,12 @@ class StreamFilter:
     callbacks: IFilterCallbacks
     #: True when a subclass overrides encode_data (computed by the chain, cached per class).
     _encodes_data: ClassVar[bool | None] = None
+    #: True for the filter that chooses the request's cluster (the route filter). The
+    #: filters after it shape the request for that cluster: when the router fails over
+    #: to a fallback cluster, they are made anew and see the request again, as it left
+    #: this filter, with `StreamInfo.cluster` naming the fallback — so nothing shaped
+    #: for one cluster (its credentials, path, API) reaches another.
+    chooses_cluster: ClassVar[bool] = False
 
     @classmethod
     def configure(cls, options: Mapping[str, Any], context: FilterContext) -> Any:

@@ -345,9 +345,99 @@ class DecodeIteration(FilterIteration[RequestHead]):
     coherent with its bytes for the manager (`FilterManager.request_json`): a document a
     filter sets replaces the body that leaves it, and replacement bytes from a data hook
     make the document stale.
+
+    When the chain has a filter that chooses the cluster and the request's route may
+    fail over to another cluster, it also keeps the request as it leaves that filter
+    (`kept_head`, `kept_body`), so that the filters after it can shape it anew for the
+    fallback (`rerun`).
     """
 
-    __slots__ = ()
+    __slots__ = ("fallback_from", "kept_body", "kept_end", "kept_head")
+
+    def __init__(
+        self,
+        filters: list[IStreamFilter],
+        takes_data: tuple[bool, ...],
+        sink_headers: Callable[[RequestHead, bool], None],
+        sink_data: Callable[[bytes, bool], None],
+        buffer_limit: int,
+        on_buffer_overflow: Callable[[], None],
+        data_passthrough: bool,
+        on_end_swallowed: Callable[[int], None] = _ignore_index,
+        stream_info: StreamInfo | None = None,
+        fallback_from: int = -1,
+    ) -> None:
+        super().__init__(
+            filters,
+            takes_data,
+            sink_headers,
+            sink_data,
+            buffer_limit,
+            on_buffer_overflow,
+            data_passthrough,
+            on_end_swallowed,
+            stream_info,
+        )
+        #: The first filter after the one that chooses the cluster (-1: none).
+        self.fallback_from = fallback_from
+        #: A copy of the request head as it left that filter, when the route has a
+        #: fallback cluster; the body that left it, in pieces; whether the head ended
+        #: the request.
+        self.kept_head: RequestHead | None = None
+        self.kept_body: list[bytes] = []
+        self.kept_end = False
+
+    def _headers_from(self, index: int) -> bool:
+        if index == self.fallback_from and self.kept_head is None:
+            self._keep_head()
+        return super()._headers_from(index)
+
+    def _keep_head(self) -> None:
+        info = self.stream_info
+        head = self.head
+        route = info.route if info is not None else None
+        if route is None or head is None:
+            return
+        first = route.plan[0].cluster if route.plan else None
+        if all(step.cluster == first for step in route.plan):
+            return  # no other cluster to fail over to: nothing to keep
+        self.kept_head = RequestHead(
+            head.method, head.path, head.headers.copy(), head.scheme, head.client_ip
+        )
+        self.kept_end = self.head_end_stream
+
+    def data(self, data: bytes, end_stream: bool) -> None:
+        if self.data_passthrough and self.headers_passed and self.kept_head is not None:
+            self.kept_body.append(data)  # no filter looks at the body: it leaves as it came
+        super().data(data, end_stream)
+
+    def _passed_on(self, index: int, data: bytes, end_stream: bool) -> bytes:
+        data = super()._passed_on(index, data, end_stream)
+        if index + 1 == self.fallback_from and self.kept_head is not None and data:
+            self.kept_body.append(data)
+        return data
+
+    def rerun(self) -> bool:
+        """Run the request again through the filters from `fallback_from`, as it left
+        the filter before them (the caller has made those filters anew). False when
+        nothing was kept (no fallback cluster, or the chain has no such filter)."""
+        kept = self.kept_head
+        at = self.fallback_from
+        if kept is None or at < 0 or self.stopped:
+            return False
+        head = RequestHead(kept.method, kept.path, kept.headers.copy(), kept.scheme, kept.client_ip)
+        below = (1 << at) - 1
+        self.seen_data &= below
+        self.passed_data &= below
+        self.new_body = None
+        if self.stream_info is not None:
+            self.stream_info.body_json = None  # parsed again from the kept body
+        generation = self.generation + 1
+        self.restart_headers(at, head, self.kept_end)
+        if not self.kept_end and self.generation == generation:
+            body = self.kept_body
+            self._data_from(at, body[0] if len(body) == 1 else b"".join(body), True)
+        return True
 
     def _call_headers(self, index: int, head: RequestHead, end_stream: bool) -> FilterStatus:
         return self.filters[index].decode_headers(head, end_stream)

@@ -281,6 +281,9 @@ class ChainShape:
     #: Per filter (config order): the encode position where a local reply it makes
     #: starts — the first encoder of a filter before it.
     reply_start: tuple[int, ...] = ()
+    #: The first filter after the one that chooses the cluster (``chooses_cluster``):
+    #: from there the chain runs again for a fallback cluster. -1: no such filter.
+    fallback_from: int = -1
 
     @classmethod
     def of(cls, classes: tuple[type, ...]) -> ChainShape:
@@ -299,6 +302,10 @@ class ChainShape:
             encodes_data=tuple(_overrides(c, "encode_data") for c in classes),
             encoder_takes_data=tuple(_overrides(classes[i], "encode_data") for i in encoders),
             reply_start=tuple(sum(1 for j in encoders if j >= i) for i in range(len(classes))),
+            fallback_from=max(
+                (i + 1 for i, c in enumerate(classes) if getattr(c, "chooses_cluster", False)),
+                default=-1,
+            ),
         )
 
 
@@ -326,6 +333,7 @@ class FilterManager(ResponseSink):
         shape: ChainShape | None = None,
         observer: RequestObserver | None = None,
         labels: Sequence[str] = (),
+        factories: Sequence[Callable[[], IStreamFilter]] = (),
     ) -> None:
         #: Typed with `ClientStream` first so that the compiled calls of the response path
         #: (per chunk: `send_data`, and `hold`/`flush` per upstream read) go straight to
@@ -335,6 +343,9 @@ class FilterManager(ResponseSink):
         self.filters = filters
         #: What to call each filter in log lines and errors (``usage (filters[3])``).
         self.labels = labels
+        #: What makes each filter (config order): the filters after the route filter are
+        #: made anew for a fallback cluster (`redecode`). Empty: they are not.
+        self.factories = factories
         self.stream_info = StreamInfo()
         self.head: RequestHead | None = None
         self.response_started = False
@@ -378,19 +389,25 @@ class FilterManager(ResponseSink):
             data_passthrough=shape.decode_passthrough,
             on_end_swallowed=self._request_end_swallowed,
             stream_info=self.stream_info,
+            fallback_from=shape.fallback_from if factories else -1,
         )
         self.encoder: FilterIteration[ResponseHead] | None = None
+        self.buffer_limit = buffer_limit
+        self._make_encoder()
+
+    def _make_encoder(self) -> None:
+        shape = self.shape
         if shape.encoders:
+            filters = self.filters
             self.encoder = EncodeIteration(
                 [filters[i] for i in shape.encoders],
                 shape.encoder_takes_data,
                 self,
-                buffer_limit,
+                self.buffer_limit,
                 self._response_too_large,
                 data_passthrough=shape.encode_passthrough,
                 on_end_swallowed=self._response_end_swallowed,
             )
-        self.buffer_limit = buffer_limit
 
     # -- request path ------------------------------------------------------------------
 
@@ -428,6 +445,35 @@ class FilterManager(ResponseSink):
             self.decoder.data(data, end_stream)
         except Exception:
             self._internal_error()
+
+    def redecode(self, cluster: str) -> bool:
+        """The router fails over to *cluster*: the filters after the route filter are
+        made anew and given the request again, as it left the route filter, for that
+        cluster — its own header rules, credentials, path, API and translation, nothing
+        of the previous attempt's. The request reaches the router again when they pass
+        it on. False when there is nothing to run again (no fallback cluster, or the
+        chain has no route filter): the router sends the request it has."""
+        decoder = self.decoder
+        start = decoder.fallback_from
+        if self.done or self.response_started or decoder.kept_head is None or start < 0:
+            return False
+        self.stream_info.cluster = cluster
+        filters = self.filters
+        shape = self.shape
+        for i in range(start, len(filters)):
+            try:
+                filters[i].on_destroy()
+            except Exception:
+                log.failure("filter {filter!r} failed in on_destroy", filter=filters[i])
+            fresh = self.factories[i]()
+            fresh.callbacks = _Callbacks(self, i, shape.encode_position[i])
+            filters[i] = fresh
+        self._make_encoder()
+        try:
+            return decoder.rerun()
+        except Exception:
+            self._internal_error()
+            return True
 
     def request_json(self) -> dict[str, Any] | None:
         """The request body as a JSON object (see `IFilterCallbacks.request_json`)."""

@@ -77,6 +77,7 @@ class RouteFilter(StreamFilter):
     """Chooses the route and cluster for each request (see `select_route`)."""
 
     config: RouteTable
+    chooses_cluster = True
 
     @classmethod
     def configure(cls, options: Mapping[str, Any], context: FilterContext) -> RouteTable:

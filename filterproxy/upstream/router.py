@@ -165,6 +165,12 @@ class Router(ResponseHandler):
     def _send(self, body: bytes) -> None:
         manager, head = self.manager, self.head
         assert head is not None
+        if self.plan:
+            # The request again, shaped by the filters for a fallback cluster
+            # (`_fail_over`): its attempt.
+            self.body = body
+            self._attempt()
+            return
         if manager.request_read_at:
             self.chain_time = time.monotonic() - manager.request_read_at
         route: RouteConfig | None = manager.stream_info.route
@@ -211,6 +217,17 @@ class Router(ResponseHandler):
         self.connect_wait = -time.monotonic()  # made positive when the connection comes
         self.pending = endpoint.pool.acquire(step.timeouts.connect, fresh=fresh)
         self.pending.addCallbacks(self._connected, self._connect_failed)
+
+    def _fail_over(self) -> None:
+        """The next attempt goes to another cluster: a fresh request for it. The filters
+        after the route filter shape the request again for that cluster (its header
+        rules, credentials, path, API and translation) and pass it back here (`_send`);
+        a chain that kept nothing to shape again sends the request it has."""
+        self.timer = None
+        self.phase = _CONNECTING
+        self.body_parts = []
+        if not self.manager.redecode(self.plan[self.plan_index].cluster):
+            self._attempt()
 
     def _connected(self, connection: UpstreamExchange) -> None:
         self.pending = None
@@ -276,9 +293,19 @@ class Router(ResponseHandler):
             self.manager.fail_response(reply_status, message, code, outcome)
             return
         if decision.fallback:
+            previous = self.plan[self.plan_index].cluster
             self.plan_index = decision.plan_index
             self.attempts_on_cluster = 0
             self.failed_endpoints = set()
+            if self.plan[self.plan_index].cluster != previous:
+                self.timer = self.reactor.callLater(0, self._fail_over)
+                log.info(
+                    "request {request_id}: {message}; failing over to cluster {cluster}",
+                    request_id=info.request_id,
+                    message=message,
+                    cluster=self.plan[self.plan_index].cluster,
+                )
+                return
             delay = 0.0
         else:
             if endpoint is not None:

@@ -293,3 +293,103 @@ def test_the_providers_own_request_id_is_returned_as_it_is() -> None:
     manager.encode_headers(200, Headers([("x-request-id", "req_provider")]), True)
     assert downstream.events[0][2].get_all("x-request-id") == ["req_provider"]
     assert manager.stream_info.upstream_request_id == "req_provider"
+
+
+def _routed_chain(log: list[str], plan: tuple[str, ...]) -> tuple[FilterManager, RecordingRouter]:
+    """before → a route-choosing filter (plan: the clusters it may use) → after, where
+    `after` is made by a factory (it records the cluster it shaped the request for)."""
+    from filterproxy.config import RouteConfig, UpstreamPlan
+    from filterproxy.config._types import RetryPolicy, Timeouts
+
+    made: list[int] = []
+
+    class Routing(Recorder):
+        chooses_cluster = True
+
+        def decode_data(self, data: bytes, end_stream: bool) -> FilterStatus:
+            super().decode_data(data, end_stream)
+            info = self.callbacks.stream_info
+            info.route = RouteConfig(
+                name="r",
+                cluster=plan[0],
+                plan=tuple(UpstreamPlan(c, Timeouts(), RetryPolicy()) for c in plan),
+            )
+            info.cluster = plan[0]
+            self.callbacks.set_request_json({"model": "m", "routed": True})
+            return FilterStatus.CONTINUE
+
+    class Shaping(Recorder):
+        def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
+            cluster = self.callbacks.stream_info.cluster
+            seen = head.headers.get("authorization")
+            log.append(f"after#{made.index(id(self))}.headers for {cluster} ({seen})")
+            head.headers.set("authorization", f"key of {cluster}")
+            head.path = f"/{cluster}"
+            return FilterStatus.CONTINUE
+
+        def decode_data(self, data: bytes, end_stream: bool) -> FilterStatus:
+            document = self.callbacks.request_json()
+            assert document is not None
+            document["shaped_for"] = self.callbacks.stream_info.cluster
+            self.callbacks.set_request_json(document)
+            return FilterStatus.CONTINUE
+
+        def on_destroy(self) -> None:
+            log.append(f"after#{made.index(id(self))}.on_destroy")
+
+    def make_after() -> Shaping:
+        instance = Shaping("after", [])
+        made.append(id(instance))
+        return instance
+
+    before, routing = Recorder("before", log), Routing("route", [], decode_headers=STOP)
+    filters: list[StreamFilter] = [before, routing, make_after()]
+    downstream = RecordingDownstream()
+    routers: list[RecordingRouter] = []
+
+    def router_factory(manager: FilterManager) -> RecordingRouter:
+        routers.append(RecordingRouter(manager))
+        return routers[0]
+
+    manager = FilterManager(
+        downstream,  # type: ignore[arg-type]
+        filters,  # type: ignore[arg-type]
+        router_factory,  # type: ignore[arg-type]
+        1000,
+        factories=(lambda: Recorder("before", log), lambda: routing, make_after),
+    )
+    return manager, routers[0]
+
+
+def test_a_fallback_cluster_gets_the_filters_after_the_route_anew() -> None:
+    log: list[str] = []
+    manager, router = _routed_chain(log, ("primary", "backup"))
+    manager.decode_headers(request_head(authorization="client key"), False)
+    manager.decode_data(b'{"model": "m"}', True)
+    assert router.events[-2][1] == "/primary"
+    assert json.loads(router.events[-1][1]) == {
+        "model": "m",
+        "routed": True,
+        "shaped_for": "primary",
+    }
+    log.clear()
+    assert manager.redecode("backup") is True
+    # The head as it left the route filter: not what the first shaping set.
+    assert log == ["after#0.on_destroy", "after#1.headers for backup (client key)"]
+    assert router.events[-2][1] == "/backup"
+    # The request as it left the route filter, shaped for the backup alone.
+    assert json.loads(router.events[-1][1]) == {
+        "model": "m",
+        "routed": True,
+        "shaped_for": "backup",
+    }
+    assert manager.stream_info.cluster == "backup"
+
+
+def test_a_route_with_one_cluster_keeps_nothing_to_shape_again() -> None:
+    log: list[str] = []
+    manager, _ = _routed_chain(log, ("primary",))
+    manager.decode_headers(request_head(), False)
+    manager.decode_data(b'{"model": "m"}', True)
+    assert manager.decoder.kept_head is None
+    assert manager.redecode("primary") is False
