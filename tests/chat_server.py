@@ -146,7 +146,7 @@ class Api(Resource):
             )
             SENT[0] = RESPONSES_SSE if stream else RESPONSES_JSON
             return SENT[0]
-        if request.path != b"/v1/chat/completions":
+        if not request.path.endswith(b"/v1/chat/completions"):  # under any base path
             request.setResponseCode(404)
             return b'{"error":{"message":"no such path","type":"invalid_request_error"}}'
         model = body.get("model")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from filterproxy.config._headers import parse_header_policy, parse_header_rules
@@ -131,6 +132,8 @@ def parse_cluster(name: str, node: Node) -> ClusterConfig:
             "api_key and api_version need a provider (provider: openai, …); without one, "
             "set the key with request_headers"
         )
+    else:
+        endpoints = tuple(_under_base_path(e) for e in endpoints)
     if "apis" in keys:
         apis = frozenset(keys["apis"].string_list())
         unknown = apis - ALL_APIS
@@ -223,6 +226,36 @@ def _apply_preset(
             )
         )
     return tuple(shaped)
+
+
+#: A base path that ends in an API version (``/v1``, ``/v4``, ``/v1beta``): the URL an
+#: official SDK takes as its base URL (``http://host/compatible-mode/v1``).
+_VERSIONED: Final = re.compile(r"/v[0-9]+[a-z0-9]*$")
+
+
+def _under_base_path(endpoint: EndpointConfig) -> EndpointConfig:
+    """An endpoint without a provider whose base path names the API version takes the
+    client's ``/v1/…`` under it once, as the SDKs do with a base URL — never
+    ``/v1/v1/…``; another base path is put in front of the client's path as it is
+    (``http://host/anthropic`` + ``/v1/messages``)."""
+    if _VERSIONED.search(endpoint.base_path):
+        return replace(endpoint, api_prefix=endpoint.base_path)
+    return endpoint
+
+
+def base_path_warnings(clusters: Mapping[str, ClusterConfig]) -> tuple[str, ...]:
+    """What start-up says of the clusters whose requests go where they did not before
+    the base path rule (a base path ending in an API version took a second ``/v1``)."""
+    return tuple(
+        f"clusters.{cluster.name}: url {endpoint.url!r} ends in an API version, so a "
+        f"client's /v1/chat/completions goes to {endpoint.api_prefix}/chat/completions "
+        f"(as the official SDKs send it); earlier releases sent "
+        f"{endpoint.base_path}/v1/chat/completions"
+        for cluster in clusters.values()
+        if cluster.provider is None
+        for endpoint in cluster.endpoints
+        if endpoint.api_prefix is not None
+    )
 
 
 def parse_endpoint_url(

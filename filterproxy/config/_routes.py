@@ -25,6 +25,7 @@ _ROUTE_KEYS = {
     "resume",
     "upstream_model",
     "strip_model_prefix",
+    "auto_cache",
 }
 
 
@@ -124,6 +125,7 @@ def _parse_route(index: int, node: Node, clusters: Mapping[str, ClusterConfig]) 
         if "strip_model_prefix" in keys
         else None,
         resume=_resume(keys["resume"]) if "resume" in keys else None,
+        auto_cache=keys["auto_cache"].boolean() if "auto_cache" in keys else False,
     )
 
 

@@ -234,6 +234,9 @@ class RouteConfig:
     strip_model_prefix: str | None = None
     #: Resumable event streams (`ResumeConfig`), or None.
     resume: ResumeConfig | None = None
+    #: Prompt-caching breakpoints added to a request for a Messages upstream where the
+    #: client set none (the last tool, the system prompt, the last user turn).
+    auto_cache: bool = False
 
     def upstream_model_for(self, model: str) -> str:
         """The model name the upstream gets for a request naming *model*."""

@@ -43,6 +43,7 @@ from filterproxy.filters.api import (
 from filterproxy.http.apis import CHAT, MESSAGES, RESPONSES, client_api
 from filterproxy.translate.chat_client import (
     ChatFromMessagesStream,
+    add_cache_breakpoints,
     chat_response,
     messages_request,
 )
@@ -54,6 +55,7 @@ from filterproxy.translate.common import (
     openai_error,
 )
 from filterproxy.translate.messages_client import (
+    CACHE_CONTROL_PROVIDERS,
     MessagesFromChatStream,
     chat_request,
     count_tokens_estimate,
@@ -115,6 +117,8 @@ class TranslateFilter(StreamFilter):
         #: The upstream's API when translating.
         self.target = CHAT
         self.counting = False
+        #: The route's ``auto_cache`` applies to this request (its upstream speaks Messages).
+        self.caching = False
         self.stream: (
             MessagesFromChatStream | ChatFromMessagesStream | ResponsesFromChatStream | Piped | None
         ) = None
@@ -135,6 +139,8 @@ class TranslateFilter(StreamFilter):
         cluster = self.config.clusters.get(info.cluster) if info.cluster is not None else None
         if api is None or cluster is None or api in cluster.apis:
             self.callbacks.pass_response_data()  # the answer passes byte for byte, at no cost
+            route = info.route
+            self.caching = api == MESSAGES and route is not None and route.auto_cache
             return FilterStatus.CONTINUE
         path = head.path.split("?", 1)[0].rstrip("/")
         if api == MESSAGES and CHAT in cluster.apis:
@@ -162,6 +168,8 @@ class TranslateFilter(StreamFilter):
 
     def decode_data(self, data: bytes, end_stream: bool) -> DataResult:
         if self.client is None or not end_stream:
+            if self.caching and end_stream:
+                self._auto_cache(self.callbacks.request_json())
             return FilterStatus.CONTINUE
         document = self.callbacks.request_json()
         if document is None:
@@ -187,7 +195,11 @@ class TranslateFilter(StreamFilter):
         fields = "max_tokens" if self.target == MESSAGES else cluster.max_tokens_field
         try:
             if self.client == MESSAGES:
-                translated = chat_request(document, max_tokens_field=fields)
+                translated = chat_request(
+                    document,
+                    max_tokens_field=fields,
+                    cache_control=cluster.provider in CACHE_CONTROL_PROVIDERS,
+                )
             elif self.client == RESPONSES:
                 translated = chat_request_for_responses(document, max_tokens_field=fields)
                 previous = info.annotations.get(PREVIOUS_ANNOTATION)
@@ -198,6 +210,7 @@ class TranslateFilter(StreamFilter):
                 translated = messages_request(
                     translated, default_max_tokens=self.config.default_max_tokens
                 )
+                self.caching = info.route is not None and info.route.auto_cache
         except Untranslatable as e:
             self.callbacks.send_local_reply(
                 400,
@@ -207,8 +220,17 @@ class TranslateFilter(StreamFilter):
             return FilterStatus.STOP_ITERATION
         options = document.get("stream_options")
         self.include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        self.callbacks.set_request_json(translated)
+        if self.caching:
+            self._auto_cache(translated)
+        else:
+            self.callbacks.set_request_json(translated)
         return FilterStatus.CONTINUE
+
+    def _auto_cache(self, document: dict[str, Any] | None) -> None:
+        """The route's ``auto_cache``: breakpoints for a Messages upstream where the
+        client set too few (`add_cache_breakpoints`); the body is rewritten only then."""
+        if document is not None and (add_cache_breakpoints(document) or self.client):
+            self.callbacks.set_request_json(document)
 
     # -- the answer ----------------------------------------------------------------------
 

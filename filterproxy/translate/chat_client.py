@@ -28,10 +28,30 @@ from filterproxy.translate.common import (
     text_of,
 )
 
-__all__ = ["ChatFromMessagesStream", "chat_response", "messages_request"]
+__all__ = [
+    "MAX_CACHE_BREAKPOINTS",
+    "ChatFromMessagesStream",
+    "add_cache_breakpoints",
+    "cache_breakpoints",
+    "chat_response",
+    "messages_request",
+]
 
 #: Anthropic's thinking budget for each reasoning_effort.
 _BUDGETS: Final = {"minimal": 1024, "low": 1024, "medium": 2048, "high": 4096, "xhigh": 8192}
+#: How many ``cache_control`` breakpoints Anthropic takes in one request (more is a 400).
+MAX_CACHE_BREAKPOINTS: Final = 4
+_EPHEMERAL: Final = {"type": "ephemeral"}
+
+
+def _cached(target: dict[str, Any], source: Any) -> dict[str, Any]:
+    """*target* with the ``cache_control`` of *source* (a content part, message or tool),
+    if it has one: a prompt-caching breakpoint the client set is kept."""
+    if isinstance(source, dict):
+        marker = source.get("cache_control")
+        if isinstance(marker, dict):
+            target["cache_control"] = marker
+    return target
 
 
 def _data_url(url: str, path: str) -> dict[str, Any]:
@@ -53,11 +73,12 @@ def _user_blocks(content: Any, path: str) -> list[dict[str, Any]]:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text":
             if part.get("text"):
-                blocks.append({"type": "text", "text": part["text"]})
+                blocks.append(_cached({"type": "text", "text": part["text"]}, part))
         elif kind == "image_url":
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
-            blocks.append({"type": "image", "source": _data_url(str(url or ""), where)})
+            source = _data_url(str(url or ""), where)
+            blocks.append(_cached({"type": "image", "source": source}, part))
         elif kind == "file":
             file = part.get("file") or {}
             data = file.get("file_data")
@@ -66,7 +87,7 @@ def _user_blocks(content: Any, path: str) -> list[dict[str, Any]]:
                     f"{where}.file", "only inline files (file_data as a data: URL) can be sent"
                 )
             source = _data_url(data, where)
-            blocks.append({"type": "document", "source": source})
+            blocks.append(_cached({"type": "document", "source": source}, part))
         else:
             raise Untranslatable(
                 f"{where}.type", f"content part {kind!r} has no Messages API counterpart"
@@ -76,9 +97,13 @@ def _user_blocks(content: Any, path: str) -> list[dict[str, Any]]:
 
 def _assistant_blocks(message: Mapping[str, Any], path: str) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
-    text = text_of(message.get("content"))
+    content = message.get("content")
+    text = text_of(content)
     if text:  # never an empty text block: Anthropic refuses it
-        blocks.append({"type": "text", "text": text})
+        block: dict[str, Any] = {"type": "text", "text": text}
+        for part in content if isinstance(content, list) else []:
+            _cached(block, part)
+        blocks.append(block)
     calls = message.get("tool_calls")
     for j, call in enumerate(calls if isinstance(calls, list) else []):
         function = call.get("function") or {}
@@ -103,9 +128,37 @@ def _assistant_blocks(message: Mapping[str, Any], path: str) -> list[dict[str, A
     return blocks
 
 
-def _messages(turns: list[Any]) -> tuple[list[dict[str, Any]], list[str]]:
-    """(Anthropic turns, system texts) of an OpenAI ``messages`` list."""
-    system: list[str] = []
+def _result_content(content: Any, path: str) -> str | list[dict[str, Any]]:
+    """A tool message's content as a tool result's: its text, or blocks when it holds
+    images or breakpoints (a tool result takes both)."""
+    if not isinstance(content, list):
+        return text_of(content)
+    blocks = _user_blocks(content, path)
+    if all(b["type"] == "text" and "cache_control" not in b for b in blocks):
+        return "".join(b["text"] for b in blocks)
+    return blocks
+
+
+def _system_blocks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A system message's text blocks, each with the breakpoint its part (or, for the
+    last, the message) carries."""
+    content = message.get("content")
+    if isinstance(content, str):
+        blocks = [{"type": "text", "text": content}] if content else []
+    else:
+        blocks = [
+            _cached({"type": "text", "text": p["text"]}, p)
+            for p in (content if isinstance(content, list) else [])
+            if isinstance(p, dict) and p.get("type") == "text" and p.get("text")
+        ]
+    if blocks:
+        _cached(blocks[-1], message)
+    return blocks
+
+
+def _messages(turns: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(Anthropic turns, system text blocks) of an OpenAI ``messages`` list."""
+    system: list[dict[str, Any]] = []
     out: list[dict[str, Any]] = []
     for i, message in enumerate(turns):
         path = f"messages[{i}]"
@@ -113,16 +166,18 @@ def _messages(turns: list[Any]) -> tuple[list[dict[str, Any]], list[str]]:
             raise Untranslatable(path, "a message is an object with a role")
         role = message.get("role")
         if role in ("system", "developer"):
-            text = text_of(message.get("content"))
-            if text:
-                system.append(text)
+            system.extend(_system_blocks(message))
             continue
         if role == "tool":
-            result = {
-                "type": "tool_result",
-                "tool_use_id": str(message.get("tool_call_id", "")),
-                "content": text_of(message.get("content")),
-            }
+            content = message.get("content")
+            result = _cached(
+                {
+                    "type": "tool_result",
+                    "tool_use_id": str(message.get("tool_call_id", "")),
+                    "content": _result_content(content, f"{path}.content"),
+                },
+                message,
+            )
             # Every result of one assistant turn goes in one user turn, before its text.
             if out and out[-1]["role"] == "user" and out[-1].get("_results"):
                 out[-1]["content"].append(result)
@@ -131,6 +186,8 @@ def _messages(turns: list[Any]) -> tuple[list[dict[str, Any]], list[str]]:
             continue
         if role == "user":
             blocks = _user_blocks(message.get("content"), f"{path}.content")
+            if blocks:
+                _cached(blocks[-1], message)
             if out and out[-1]["role"] == "user" and out[-1].get("_results"):
                 out[-1]["content"].extend(blocks)
                 out[-1].pop("_results")
@@ -140,6 +197,7 @@ def _messages(turns: list[Any]) -> tuple[list[dict[str, Any]], list[str]]:
         if role == "assistant":
             blocks = _assistant_blocks(message, path)
             if blocks:
+                _cached(blocks[-1], message)
                 out.append({"role": "assistant", "content": blocks})
             continue
         if role == "function":
@@ -167,7 +225,8 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
         }
         if function.get("description"):
             entry["description"] = function["description"]
-        result.append(entry)
+        # LiteLLM and Anthropic-compatible clients put the breakpoint on the tool.
+        result.append(_cached(_cached(entry, function), tool))
     return result
 
 
@@ -218,8 +277,10 @@ def messages_request(
         raise Untranslatable("messages", "must be a list of messages")
     messages, system = _messages(turns)
     request: dict[str, Any] = {"model": document.get("model"), "messages": messages}
-    if system:
-        request["system"] = "\n".join(system)
+    if any("cache_control" in block for block in system):
+        request["system"] = system  # blocks, to keep the client's breakpoints
+    elif system:
+        request["system"] = "\n".join(block["text"] for block in system)
     limit = document.get("max_completion_tokens") or document.get("max_tokens")
     request["max_tokens"] = limit if isinstance(limit, int) and limit > 0 else default_max_tokens
     if document.get("temperature") is not None:
@@ -261,6 +322,71 @@ def messages_request(
                 "json_object has no Messages API counterpart; use json_schema with a schema",
             )
     return request
+
+
+def _marked(blocks: Any) -> int:
+    return (
+        sum(1 for b in blocks if isinstance(b, dict) and "cache_control" in b)
+        if isinstance(blocks, list)
+        else 0
+    )
+
+
+def cache_breakpoints(request: Mapping[str, Any]) -> int:
+    """How many ``cache_control`` breakpoints a Messages request sets (tools, system
+    blocks, content blocks, and the blocks inside tool results)."""
+    count = _marked(request.get("tools")) + _marked(request.get("system"))
+    for turn in request.get("messages") or []:
+        content = turn.get("content") if isinstance(turn, dict) else None
+        if isinstance(content, list):
+            count += _marked(content)
+            for block in content:
+                if isinstance(block, dict) and block.get("type") == "tool_result":
+                    count += _marked(block.get("content"))
+    return count
+
+
+def add_cache_breakpoints(request: dict[str, Any]) -> int:
+    """Prompt-caching breakpoints for a Messages request *request* (changed in place),
+    in the order of the prompt's prefix: the last tool, the system prompt, the last user
+    turn — each unless it has one already, and never past Anthropic's limit of four in
+    all, the client's own counted. Returns how many were added.
+
+    A breakpoint caches everything before it: an agent's next turn then reads the tools,
+    system prompt and the conversation so far from the cache (a tenth of the input
+    price) instead of paying for them again.
+    """
+    room = MAX_CACHE_BREAKPOINTS - cache_breakpoints(request)
+    added = 0
+    if room > added and _mark_last(request.get("tools")):
+        added += 1
+    system = request.get("system")
+    if room > added and isinstance(system, str) and system:
+        request["system"] = system = [{"type": "text", "text": system}]
+    if room > added and _mark_last(system):
+        added += 1
+    turns = request.get("messages")
+    for turn in reversed(turns if isinstance(turns, list) else []):
+        if isinstance(turn, dict) and turn.get("role") == "user":
+            content = turn.get("content")
+            if room > added and isinstance(content, str) and content:
+                turn["content"] = content = [{"type": "text", "text": content}]
+            if room > added and _mark_last(content):
+                added += 1
+            break
+    return added
+
+
+def _mark_last(blocks: Any) -> bool:
+    """Set a breakpoint on the last of *blocks* (tools or content blocks) unless it has
+    one or cannot take one (thinking); True when set."""
+    if not isinstance(blocks, list) or not blocks or not isinstance(blocks[-1], dict):
+        return False
+    last = blocks[-1]
+    if "cache_control" in last or last.get("type") in ("thinking", "redacted_thinking"):
+        return False
+    last["cache_control"] = dict(_EPHEMERAL)
+    return True
 
 
 def chat_response(document: Mapping[str, Any], model: str | None) -> dict[str, Any]:

@@ -30,12 +30,16 @@ from filterproxy.translate.common import (
 )
 
 __all__ = [
+    "CACHE_CONTROL_PROVIDERS",
     "MessagesFromChatStream",
     "chat_request",
     "count_tokens_estimate",
     "messages_response",
 ]
 
+#: Providers whose Chat Completions API takes Anthropic's ``cache_control`` on content
+#: parts (OpenRouter passes it to the models that cache); others ignore it or refuse it.
+CACHE_CONTROL_PROVIDERS: Final = frozenset({"openrouter"})
 #: reasoning_effort for Anthropic's thinking budgets (budget_tokens ≤ the bound).
 _EFFORT_BY_BUDGET: Final = ((2048, "low"), (8192, "medium"))
 #: Request fields refused: the answer would not be what the client asked for.
@@ -82,26 +86,75 @@ def _document_part(block: Mapping[str, Any], path: str) -> dict[str, Any]:
     )
 
 
-def _user_parts(blocks: list[Any], path: str) -> tuple[list[dict[str, Any]], list[Any]]:
-    """(tool messages, content parts) of a user turn's blocks."""
+def _kept(part: dict[str, Any], block: Any, keep: bool) -> dict[str, Any]:
+    """*part* with *block*'s ``cache_control`` when the upstream takes it (*keep*)."""
+    if keep and isinstance(block, dict) and isinstance(block.get("cache_control"), dict):
+        part["cache_control"] = block["cache_control"]
+    return part
+
+
+def _tool_result(
+    block: Mapping[str, Any], path: str, keep: bool
+) -> tuple[str | list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the tool message's content, parts for the user message after it) of a
+    ``tool_result``: its text; its images and documents go to the user message, as
+    most Chat Completions servers take only text from a tool."""
+    content = block.get("content") or ""
+    texts: list[str] = []
+    moved: list[dict[str, Any]] = []
+    for j, item in enumerate(content if isinstance(content, list) else [content]):
+        where = f"{path}.content[{j}]"
+        kind = (
+            "text"
+            if isinstance(item, str)
+            else item.get("type")
+            if isinstance(item, dict)
+            else None
+        )
+        if kind == "text":
+            texts.append(item if isinstance(item, str) else str(item.get("text", "")))
+        elif kind == "image":
+            moved.append(_image_part(item, where))
+        elif kind == "document":
+            moved.append(_document_part(item, where))
+        else:
+            raise Untranslatable(
+                f"{where}.type", f"tool result content {kind!r} has no Chat Completions counterpart"
+            )
+    text = "\n".join(texts)
+    if block.get("is_error"):
+        text = f"Error: {text}"
+    if keep and isinstance(block.get("cache_control"), dict):
+        return [_kept({"type": "text", "text": text}, block, keep)], moved
+    return text, moved
+
+
+def _user_parts(
+    blocks: list[Any], path: str, keep: bool = False
+) -> tuple[list[dict[str, Any]], list[Any]]:
+    """(tool messages, content parts) of a user turn's blocks (with their breakpoints
+    when the upstream takes them: *keep*)."""
     tools: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
     for i, block in enumerate(blocks):
         where = f"{path}[{i}]"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            parts.append({"type": "text", "text": block.get("text", "")})
+            parts.append(_kept({"type": "text", "text": block.get("text", "")}, block, keep))
         elif kind == "image":
             parts.append(_image_part(block, where))
         elif kind == "document":
             parts.append(_document_part(block, where))
         elif kind == "tool_result":
-            text = _text_lines(block.get("content", ""))
-            if block.get("is_error"):
-                text = f"Error: {text}"
+            result, moved = _tool_result(block, where, keep)
             tools.append(
-                {"role": "tool", "tool_call_id": str(block.get("tool_use_id", "")), "content": text}
+                {
+                    "role": "tool",
+                    "tool_call_id": str(block.get("tool_use_id", "")),
+                    "content": result,
+                }
             )
+            parts.extend(moved)
         elif kind in ("thinking", "redacted_thinking"):
             continue
         else:
@@ -113,8 +166,8 @@ def _user_parts(blocks: list[Any], path: str) -> tuple[list[dict[str, Any]], lis
 
 def _joined(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
     """Content parts as a plain string when they are all text (what every OpenAI-
-    compatible server takes), else the list."""
-    if all(p["type"] == "text" for p in parts):
+    compatible server takes), else the list (and when a part holds a breakpoint)."""
+    if all(p["type"] == "text" and "cache_control" not in p for p in parts):
         return "\n".join(p["text"] for p in parts)
     return parts
 
@@ -213,12 +266,18 @@ def _reasoning_effort(thinking: Any, output_config: Any) -> str | None:
 
 
 def chat_request(
-    document: Mapping[str, Any], *, max_tokens_field: str = "max_tokens"
+    document: Mapping[str, Any],
+    *,
+    max_tokens_field: str = "max_tokens",
+    cache_control: bool = False,
 ) -> dict[str, Any]:
     """The chat completion request for a Messages request *document*.
 
     *max_tokens_field* is what the upstream calls the output limit (``max_tokens`` for
-    most OpenAI-compatible servers, ``max_completion_tokens`` for OpenAI itself).
+    most OpenAI-compatible servers, ``max_completion_tokens`` for OpenAI itself). With
+    *cache_control* (an upstream that takes Anthropic's breakpoints on content parts:
+    OpenRouter), the client's ``cache_control`` on system and user text blocks and tool
+    results is kept; other upstreams get none (most ignore it, some refuse the request).
 
     Raises:
         Untranslatable: a field that would change the answer has no counterpart.
@@ -227,9 +286,16 @@ def chat_request(
         if document.get(key):
             raise Untranslatable(key, why)
     messages: list[dict[str, Any]] = []
-    system = _text_lines(document.get("system"))
-    if system:
-        messages.append({"role": "system", "content": system})
+    system = document.get("system")
+    if (
+        cache_control
+        and isinstance(system, list)
+        and any(isinstance(b, dict) and "cache_control" in b for b in system)
+    ):
+        parts = [_kept({"type": "text", "text": b.get("text", "")}, b, True) for b in system]
+        messages.append({"role": "system", "content": parts})
+    elif text := _text_lines(system):
+        messages.append({"role": "system", "content": text})
     turns = document.get("messages")
     if not isinstance(turns, list):
         raise Untranslatable("messages", "must be a list of turns")
@@ -245,7 +311,7 @@ def chat_request(
         elif isinstance(content, str):
             messages.append({"role": "user", "content": content})
         elif isinstance(content, list):
-            tools, parts = _user_parts(content, path)
+            tools, parts = _user_parts(content, path, cache_control)
             messages.extend(tools)  # results first, right after the assistant's calls
             if parts:
                 messages.append({"role": "user", "content": _joined(parts)})
