@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
 from filterproxy.http.apis import ALL_APIS, client_api
@@ -205,6 +205,12 @@ class ResumeConfig:
     gzip: bool = False
 
 
+#: What the gateway does with a Responses request's hosted tools (web_search, …) when it
+#: translates the request for an upstream that cannot run them: leave them out and say
+#: so, or answer 400.
+HOSTED_TOOLS_POLICIES: Final = ("drop", "refuse")
+
+
 @dataclass(frozen=True)
 class RouteConfig:
     """One entry of the route table; the first route that matches wins.
@@ -234,6 +240,9 @@ class RouteConfig:
     strip_model_prefix: str | None = None
     #: Resumable event streams (`ResumeConfig`), or None.
     resume: ResumeConfig | None = None
+    #: What a translated Responses request's hosted tools get (`HOSTED_TOOLS_POLICIES`),
+    #: or None for the translate filter's own setting.
+    hosted_tools: str | None = None
     #: Prompt-caching breakpoints added to a request for a Messages upstream where the
     #: client set none (the last tool, the system prompt, the last user turn).
     auto_cache: bool = False
