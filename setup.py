@@ -46,6 +46,7 @@ COMPILED = [
     "filterproxy/translate/common.py",
     "filterproxy/translate/messages_client.py",
     "filterproxy/translate/responses_client.py",
+    "filterproxy/translate/responses_tools.py",
     "filterproxy/upstream/connection.py",
     "filterproxy/upstream/errors.py",
     "filterproxy/upstream/request.py",

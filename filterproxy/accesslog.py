@@ -55,6 +55,8 @@ def access_record(head: RequestHead | None, info: StreamInfo, duration: float) -
         "trace_id": info.trace_id,
         "upstream_request_id": info.upstream_request_id,
         "stream": info.annotations.get("stream"),
+        # Hosted tools a translated Responses request left out (hosted_tools: drop).
+        "dropped_tools": info.annotations.get("dropped_tools"),
     }
 
 

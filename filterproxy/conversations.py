@@ -11,26 +11,100 @@ recently used go first) and for a time to live. `RedisConversations` keeps them 
 Redis (``fp:resp:<id>``, with the time to live as the key's expiry), so that every
 worker and replica can continue a conversation. Both answer with Deferreds; the
 memory store's have fired already.
+
+An ``item_reference`` in a request's input names an item by id. The output items of a
+translated response carry their response's id (`filterproxy.translate.responses_tools.item_id`),
+and the items listed by ``GET /v1/responses/{id}/input_items`` are ``item_<id>_<n>``:
+`referenced_responses` finds the records to read, `expand_references` puts the items in
+place of the references.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections import OrderedDict
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any, Final, Protocol
 
 import orjson
 from twisted.internet import defer
 
 from filterproxy.config import RedisConfig, ResponsesConfig
 from filterproxy.redis import RedisClient, shared_client
+from filterproxy.translate.responses_tools import response_of_item
 
 __all__ = [
     "Conversations",
     "MemoryConversations",
     "RedisConversations",
     "conversations_for",
+    "expand_references",
+    "referenced_responses",
 ]
+
+#: Fields of an output item that belong to the response that made it, not to a later
+#: request's input (an upstream that keeps items would look the ids up).
+OUTPUT_ONLY: Final = ("id", "status")
+#: The id ``GET …/input_items`` gives an input item that has none of its own.
+_INPUT_ITEM: Final = re.compile(r"^item_([0-9a-f]{24})_(\d+)$")
+
+
+def _target(identifier: Any) -> tuple[str, int] | None:
+    """(response id, index in its input, or -1 for its output) an item id points into."""
+    if not isinstance(identifier, str):
+        return None
+    response_id = response_of_item(identifier)
+    if response_id is not None:
+        return response_id, -1
+    match = _INPUT_ITEM.match(identifier)
+    return ("resp_" + match.group(1), int(match.group(2))) if match else None
+
+
+def referenced_responses(items: list[Any]) -> list[str]:
+    """The ids of the responses whose records the ``item_reference`` items among *items*
+    point into, each once, in order."""
+    found: list[str] = []
+    for item in items:
+        if isinstance(item, dict) and item.get("type") == "item_reference":
+            target = _target(item.get("id"))
+            if target is not None and target[0] not in found:
+                found.append(target[0])
+    return found
+
+
+def expand_references(
+    items: list[Any], records: Mapping[str, dict[str, Any] | None], owner: str
+) -> list[Any]:
+    """*items* with each ``item_reference`` to an item of one of *records* (by response
+    id) that *owner* owns replaced by the item, as input (an output item without its
+    id and status). A reference to anything else stays: the translation answers 400
+    naming it, an upstream that keeps items may know it."""
+    expanded: list[Any] = []
+    for item in items:
+        target = (
+            _target(item.get("id"))
+            if isinstance(item, dict) and item.get("type") == "item_reference"
+            else None
+        )
+        record = records.get(target[0]) if target is not None else None
+        found = None
+        if target is not None and record is not None and record.get("owner") == owner:
+            if target[1] >= 0:
+                stored = record.get("input") or []
+                found = stored[target[1]] if target[1] < len(stored) else None
+            else:
+                response = record.get("response") or {}
+                found = next(
+                    (
+                        {k: v for k, v in out.items() if k not in OUTPUT_ONLY}
+                        for out in response.get("output") or []
+                        if isinstance(out, dict) and out.get("id") == item["id"]
+                    ),
+                    None,
+                )
+        expanded.append(found if found is not None else item)
+    return expanded
 
 
 class Conversations(Protocol):

@@ -153,6 +153,12 @@ class Metrics:
             "Requests refused by a gateway key's limit, by key and limit.",
             ("key", "limit"),
         )
+        self.dropped_tools = _CounterFamily(
+            "filterproxy_translate_dropped_tools",
+            "Hosted tools (web_search, …) left out of translated Responses requests "
+            "(hosted_tools: drop), by route and tool type.",
+            ("route", "tool"),
+        )
         self.outcomes = _CounterFamily(
             "filterproxy_request_outcomes",
             "How requests ended: complete, client_gone, upstream_error, timeout, "
@@ -269,6 +275,10 @@ class Metrics:
             self._count_key(info, key)
         if info.annotations:
             self._count_resume(info, route)
+            dropped = info.annotations.get("dropped_tools")
+            if isinstance(dropped, list):
+                for tool in dropped:
+                    self.dropped_tools.inc((route, str(tool)))
         if info.attempts:
             self.attempts.inc((cluster,), info.attempts)
         series = self._series.get((route, cluster, model))
@@ -315,6 +325,7 @@ class Metrics:
             self.key_refusals,
             self.resumes,
             self.grace_expiries,
+            self.dropped_tools,
             self.outcomes,
             self.attempts,
             self.retries,

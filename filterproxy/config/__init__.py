@@ -9,10 +9,12 @@ from filterproxy.config._headers import parse_header_policy, parse_header_rules
 from filterproxy.config._keys import hash_key, new_key
 from filterproxy.config._load import load_config, parse_config
 from filterproxy.config._reader import ConfigError, Node
+from filterproxy.config._routes import parse_hosted_tools
 from filterproxy.config._types import (
     DEFAULT_ADMIN_LISTENER,
     DEFAULT_FILTERS,
     DEFAULT_MAX_REQUEST_BYTES,
+    HOSTED_TOOLS_POLICIES,
     ClusterConfig,
     Config,
     EndpointConfig,
@@ -37,6 +39,7 @@ __all__ = [
     "DEFAULT_ADMIN_LISTENER",
     "DEFAULT_FILTERS",
     "DEFAULT_MAX_REQUEST_BYTES",
+    "HOSTED_TOOLS_POLICIES",
     "ClusterConfig",
     "Config",
     "ConfigError",
@@ -63,4 +66,5 @@ __all__ = [
     "parse_config",
     "parse_header_policy",
     "parse_header_rules",
+    "parse_hosted_tools",
 ]

@@ -7,7 +7,13 @@ from collections.abc import Mapping
 from filterproxy.config._clusters import with_retry, with_timeouts
 from filterproxy.config._headers import header_name, parse_header_policy
 from filterproxy.config._reader import ConfigError, Node
-from filterproxy.config._types import ClusterConfig, ResumeConfig, RouteConfig, UpstreamPlan
+from filterproxy.config._types import (
+    HOSTED_TOOLS_POLICIES,
+    ClusterConfig,
+    ResumeConfig,
+    RouteConfig,
+    UpstreamPlan,
+)
 
 _ROUTE_KEYS = {
     "name",
@@ -25,6 +31,7 @@ _ROUTE_KEYS = {
     "resume",
     "upstream_model",
     "strip_model_prefix",
+    "hosted_tools",
     "auto_cache",
 }
 
@@ -126,7 +133,19 @@ def _parse_route(index: int, node: Node, clusters: Mapping[str, ClusterConfig]) 
         else None,
         resume=_resume(keys["resume"]) if "resume" in keys else None,
         auto_cache=keys["auto_cache"].boolean() if "auto_cache" in keys else False,
+        hosted_tools=parse_hosted_tools(keys["hosted_tools"]) if "hosted_tools" in keys else None,
     )
+
+
+def parse_hosted_tools(node: Node) -> str:
+    """``hosted_tools``: ``drop`` or ``refuse`` (`HOSTED_TOOLS_POLICIES`)."""
+    value = node.string()
+    if value not in HOSTED_TOOLS_POLICIES:
+        raise node.error(
+            f"must be drop (leave hosted tools out of a translated request, and say so) or "
+            f"refuse (answer 400), got {value!r}"
+        )
+    return value
 
 
 def _resume(node: Node) -> ResumeConfig | None:

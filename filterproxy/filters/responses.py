@@ -13,6 +13,12 @@ replica).
   id leaves the request — it now stands alone, for the translation or for any upstream.
   An id the gateway did not store is left in place: an upstream that speaks Responses
   may know it; the translate filter answers 404 for one that does not.
+- ``item_reference`` items in a request's input that name items of responses the
+  gateway stored (`referenced_responses`; for the same owner) are replaced by the
+  items themselves, with or without a ``previous_response_id``: clients such as the
+  Vercel AI SDK send earlier assistant turns that way. A reference to an item the
+  gateway did not store stays, for an upstream that keeps items (the translation
+  answers 400 naming its id).
 - The answer of a translated request (`RESPONSE_ANNOTATION`, left by the translate
   filter) is stored before its last bytes go to the client, so a client that sends the
   next turn as soon as it has read the last one finds it on any worker.
@@ -32,11 +38,18 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from filterproxy.config import Node, RouteConfig
-from filterproxy.conversations import Conversations, conversations_for
+from filterproxy.conversations import (
+    OUTPUT_ONLY,
+    Conversations,
+    conversations_for,
+    expand_references,
+    referenced_responses,
+)
 from filterproxy.filters.api import (
     DataResult,
     FilterContext,
@@ -55,9 +68,8 @@ __all__ = ["ResponsesFilter", "ResponsesFilterConfig"]
 log = Logger(namespace="filterproxy.responses")
 #: ``…/responses``, ``…/responses/{id}`` and ``…/responses/{id}/input_items``.
 _PATH: Final = re.compile(r"^(?:/[^?]*)?/responses(?:/([^/?]+)(/input_items)?)?/?$")
-#: Fields of an output item that belong to the response that made it, not to the next
-#: request's input (an upstream that keeps items would look the ids up).
-_OUTPUT_ONLY: Final = ("id", "status")
+#: Stored responses one request's item references may point into (a read each).
+MAX_REFERENCED: Final = 256
 
 
 @dataclass(frozen=True)
@@ -74,7 +86,7 @@ def _continued(record: Mapping[str, Any]) -> list[Any]:
     as input items."""
     response = record.get("response") or {}
     output = [
-        {k: v for k, v in item.items() if k not in _OUTPUT_ONLY}
+        {k: v for k, v in item.items() if k not in OUTPUT_ONLY}
         if isinstance(item, dict) and item.get("type") != "reasoning"
         else item
         for item in response.get("output") or []
@@ -203,25 +215,56 @@ class ResponsesFilter(StreamFilter):
         self.keep = document.get("store") is not False
         self.input = input_items(document.get("input"))
         previous = document.get("previous_response_id")
-        if not isinstance(previous, str) or not previous:
+        if not isinstance(previous, str):
+            previous = ""
+        referenced = referenced_responses(self.input)
+        if len(referenced) > MAX_REFERENCED:
+            self.callbacks.send_local_reply(
+                400,
+                f"the input's item references point into {len(referenced)} responses; at "
+                f"most {MAX_REFERENCED} are looked up: send earlier items themselves, or "
+                "continue with previous_response_id",
+                code="too_many_item_references",
+            )
+            return FilterStatus.STOP_ITERATION
+        ids = [previous, *referenced] if previous else referenced
+        if not ids:
             return FilterStatus.CONTINUE
-        d = self.config.store.get(previous)
-        d.addCallbacks(self._continue, self._unavailable, callbackArgs=(document, previous))
+        store = self.config.store
+        d = defer.gatherResults([store.get(i) for i in ids], consumeErrors=True)
+        d.addCallbacks(
+            self._continue,
+            lambda f: self._unavailable(
+                f.value.subFailure if isinstance(f.value, defer.FirstError) else f
+            ),
+            callbackArgs=(document, previous, ids),
+        )
         if d.called and not self.replied:
             return FilterStatus.CONTINUE  # answered at once (the memory store)
         self.waiting = True  # from now on, the answer is acted on when it comes
         return FilterStatus.STOP_ITERATION_AND_BUFFER
 
     def _continue(
-        self, record: dict[str, Any] | None, document: dict[str, Any], previous: str
+        self,
+        records: list[dict[str, Any] | None],
+        document: dict[str, Any],
+        previous: str,
+        ids: list[str],
     ) -> None:
         if self.done:
             return
+        found = dict(zip(ids, records, strict=True))
+        items = self.input or []
+        if len(ids) > (1 if previous else 0):
+            items = expand_references(items, found, self.owner)
+        record = found.get(previous) if previous else None
         if record is not None and record.get("owner") == self.owner:
-            self.input = [*_continued(record), *(self.input or [])]
-            document["input"] = self.input
+            items = [*_continued(record), *items]
             del document["previous_response_id"]
             self.callbacks.stream_info.annotations[PREVIOUS_ANNOTATION] = previous
+        if items is not self.input:
+            self.input = items
+            document["input"] = items
             self.callbacks.set_request_json(document)
         if self.waiting:
             self.waiting = False

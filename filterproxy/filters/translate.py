@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from filterproxy.config import ClusterConfig, Node
+from filterproxy.config import ClusterConfig, Node, parse_hosted_tools
 from filterproxy.filters.api import (
     DataResult,
     FilterContext,
@@ -64,16 +64,29 @@ from filterproxy.translate.messages_client import (
 from filterproxy.translate.responses_client import (
     Piped,
     ResponsesFromChatStream,
-    chat_request_for_responses,
     response_shell,
     responses_answer,
+    responses_request,
 )
+from filterproxy.translate.responses_tools import UpstreamTool
 
-__all__ = ["PREVIOUS_ANNOTATION", "RESPONSE_ANNOTATION", "TranslateConfig", "TranslateFilter"]
+__all__ = [
+    "DROPPED_ANNOTATION",
+    "DROPPED_HEADER",
+    "PREVIOUS_ANNOTATION",
+    "RESPONSE_ANNOTATION",
+    "TranslateConfig",
+    "TranslateFilter",
+]
 
 #: The annotation (`StreamInfo.annotations`) that holds a translated Responses answer's
 #: whole response object once it is complete.
 RESPONSE_ANNOTATION: Final = "responses.response"
+#: The annotation that holds the hosted tool types a translated Responses request left
+#: out (``hosted_tools: drop``), for the access log and the metrics.
+DROPPED_ANNOTATION: Final = "dropped_tools"
+#: The response header that names them.
+DROPPED_HEADER: Final = "x-filterproxy-dropped-tools"
 #: The annotation that holds the ``previous_response_id`` a filter before this one
 #: resolved (and removed from the request), for the answer to repeat it.
 PREVIOUS_ANNOTATION: Final = "responses.previous_response_id"
@@ -94,6 +107,8 @@ class TranslateConfig:
     #: ``max_tokens`` sent to a Messages upstream when a chat request has none (the
     #: Messages API requires it).
     default_max_tokens: int = 4096
+    #: What a Responses request's hosted tools get when no route says (``hosted_tools``).
+    hosted_tools: str = "drop"
 
 
 class TranslateFilter(StreamFilter):
@@ -103,12 +118,17 @@ class TranslateFilter(StreamFilter):
 
     @classmethod
     def configure(cls, options: Mapping[str, Any], context: FilterContext) -> TranslateConfig:
-        keys = Node(dict(options), context.path, context.environ).mapping({"default_max_tokens"})
+        keys = Node(dict(options), context.path, context.environ).mapping(
+            {"default_max_tokens", "hosted_tools"}
+        )
+        config = TranslateConfig(context.config.clusters)
         if "default_max_tokens" in keys:
-            return TranslateConfig(
-                context.config.clusters, keys["default_max_tokens"].integer(minimum=1)
+            config = replace(
+                config, default_max_tokens=keys["default_max_tokens"].integer(minimum=1)
             )
-        return TranslateConfig(context.config.clusters)
+        if "hosted_tools" in keys:
+            config = replace(config, hosted_tools=parse_hosted_tools(keys["hosted_tools"]))
+        return config
 
     def __init__(self, config: TranslateConfig) -> None:
         super().__init__(config)
@@ -122,8 +142,10 @@ class TranslateFilter(StreamFilter):
         self.stream: (
             MessagesFromChatStream | ChatFromMessagesStream | ResponsesFromChatStream | Piped | None
         ) = None
-        #: A Responses answer's response object without its output (`response_shell`).
+        #: A Responses answer's response object without its output (`response_shell`),
+        #: and what the upstream's function names stand for (`ToolSet.by_upstream`).
         self.shell: dict[str, Any] | None = None
+        self.tools: Mapping[str, UpstreamTool] | None = None
         self.include_usage = False
         self.status = 0
         self.head: ResponseHead | None = None
@@ -201,7 +223,16 @@ class TranslateFilter(StreamFilter):
                     cache_control=cluster.provider in CACHE_CONTROL_PROVIDERS,
                 )
             elif self.client == RESPONSES:
-                translated = chat_request_for_responses(document, max_tokens_field=fields)
+                route = info.route
+                policy = route.hosted_tools if route is not None else None
+                request = responses_request(
+                    document,
+                    max_tokens_field=fields,
+                    hosted_tools=policy or self.config.hosted_tools,
+                )
+                translated, self.tools = request.chat, request.tools.by_upstream
+                if request.tools.dropped:
+                    info.annotations[DROPPED_ANNOTATION] = request.tools.dropped
                 previous = info.annotations.get(PREVIOUS_ANNOTATION)
                 self.shell = response_shell(document, info.model, previous)
             else:
@@ -238,6 +269,9 @@ class TranslateFilter(StreamFilter):
         if self.client is None:
             return FilterStatus.CONTINUE
         self.status = head.status
+        dropped = self.callbacks.stream_info.annotations.get(DROPPED_ANNOTATION)
+        if dropped:
+            head.headers.set(DROPPED_HEADER, ", ".join(dropped))
         content_type = head.headers.get("content-type") or ""
         model = self.callbacks.stream_info.model
         if 200 <= head.status < 300 and content_type.startswith("text/event-stream"):
@@ -247,7 +281,7 @@ class TranslateFilter(StreamFilter):
                 self.stream = ChatFromMessagesStream(model, self.include_usage)
             else:
                 assert self.shell is not None
-                responses = ResponsesFromChatStream(self.shell)
+                responses = ResponsesFromChatStream(self.shell, self.tools)
                 self.stream = (
                     responses
                     if self.target == CHAT
@@ -342,7 +376,7 @@ class TranslateFilter(StreamFilter):
         assert self.shell is not None
         if self.target == MESSAGES:
             document = chat_response(document, model)
-        response = responses_answer(document, self.shell)
+        response = responses_answer(document, self.shell, self.tools)
         self.shell = None
         info.annotations[RESPONSE_ANNOTATION] = response
         return json.dumps(response).encode()

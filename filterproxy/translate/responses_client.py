@@ -27,21 +27,32 @@ from filterproxy.translate.common import (
     FromChatStream,
     StreamTranslation,
     Untranslatable,
-    chat_tool,
     dumps,
     new_id,
     openai_error_type,
     split_content,
 )
+from filterproxy.translate.responses_tools import (
+    HOSTED_ITEMS,
+    CustomInput,
+    ToolSet,
+    UpstreamTool,
+    custom_arguments,
+    custom_input,
+    tool_set,
+)
+from filterproxy.translate.responses_tools import item_id as new_item_id
 
 __all__ = [
     "Piped",
     "ResponsesFromChatStream",
+    "ResponsesRequest",
     "chat_request_for_responses",
     "input_items",
     "response_shell",
     "response_usage",
     "responses_answer",
+    "responses_request",
 ]
 
 #: Request fields refused: the answer could not be what they ask for.
@@ -54,6 +65,13 @@ _REFUSED: Final = {
 #: What a client says in ``finish_reason`` terms when the output was cut short.
 _INCOMPLETE: Final = {"length": "max_output_tokens", "content_filter": "content_filter"}
 _TEXT_PARTS: Final = frozenset({"input_text", "output_text", "text", "summary_text"})
+#: How the ids of output items start, by type (as OpenAI's do).
+_ITEM_PREFIX: Final = {
+    "message": "msg_",
+    "reasoning": "rs_",
+    "function_call": "fc_",
+    "custom_tool_call": "ctc_",
+}
 
 
 # -- the request ---------------------------------------------------------------------
@@ -111,7 +129,7 @@ def _output_text(output: Any) -> str | list[dict[str, Any]]:
     return _parts(output, "output")
 
 
-def _chat_messages(items: list[Any]) -> list[dict[str, Any]]:
+def _chat_messages(items: list[Any], tools: ToolSet, hosted_tools: str) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     reasoning: list[str] = []
     for i, item in enumerate(items):
@@ -139,14 +157,20 @@ def _chat_messages(items: list[Any]) -> list[dict[str, Any]]:
                 messages.append(
                     {"role": "user" if role == "user" else "system", "content": content}
                 )
-        elif kind == "function_call":
+        elif kind in ("function_call", "custom_tool_call"):
+            namespace = item.get("namespace")
+            name = tools.name_for(
+                namespace if isinstance(namespace, str) else None, str(item.get("name", ""))
+            )
+            arguments = (
+                str(item.get("arguments") or "{}")
+                if kind == "function_call"
+                else custom_arguments(str(item.get("input", "")))
+            )
             call = {
                 "id": str(item.get("call_id", "")),
                 "type": "function",
-                "function": {
-                    "name": str(item.get("name", "")),
-                    "arguments": str(item.get("arguments") or "{}"),
-                },
+                "function": {"name": name, "arguments": arguments},
             }
             last = messages[-1] if messages else None
             if last is not None and last["role"] == "assistant":
@@ -158,7 +182,7 @@ def _chat_messages(items: list[Any]) -> list[dict[str, Any]]:
             if reasoning:
                 messages[-1]["reasoning_content"] = "".join(reasoning)
                 reasoning = []
-        elif kind == "function_call_output":
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             messages.append(
                 {
                     "role": "tool",
@@ -173,8 +197,13 @@ def _chat_messages(items: list[Any]) -> list[dict[str, Any]]:
                     reasoning.append(part["text"])
         elif kind == "item_reference":
             raise Untranslatable(
-                path, "item references need the items OpenAI stored; send the items themselves"
+                path,
+                f"item {item.get('id')!r} is not one the gateway keeps (the items of its "
+                "stored responses, for the same credentials, while the response is kept); "
+                "send the item itself",
             )
+        elif kind in HOSTED_ITEMS and hosted_tools == "drop":
+            tools.drop(HOSTED_ITEMS[kind])  # an earlier turn of a tool left out
         else:
             raise Untranslatable(
                 f"{path}.type",
@@ -184,53 +213,99 @@ def _chat_messages(items: list[Any]) -> list[dict[str, Any]]:
     return messages
 
 
-def _tools(tools: Any) -> list[dict[str, Any]]:
-    result = []
-    for i, tool in enumerate(tools if isinstance(tools, list) else []):
-        kind = tool.get("type") if isinstance(tool, dict) else None
-        if kind != "function":
-            raise Untranslatable(
-                f"tools[{i}]",
-                f"the tool type {kind!r} runs only inside OpenAI's API; the upstream speaks "
-                "Chat Completions (define it as a function tool)",
-            )
-        result.append(
-            chat_tool(
-                tool.get("name"),
-                tool.get("parameters"),
-                tool.get("description"),
-                tool.get("strict"),
-            )
-        )
-    return result
+def _chosen(choice: Mapping[str, Any], tools: ToolSet) -> str | None:
+    """The upstream name of the function or custom tool *choice* names, or None."""
+    name = choice.get("name")
+    if not isinstance(name, str):
+        return None
+    namespace = choice.get("namespace")
+    if isinstance(namespace, str):
+        return tools.name_for(namespace, name)
+    if (None, name) in tools.upstream:
+        return tools.upstream[(None, name)]
+    # A name alone may still be a namespace's tool, when no other tool has it.
+    inside = [up for (ns, n), up in tools.upstream.items() if n == name]
+    return inside[0] if len(inside) == 1 else name
 
 
-def _tool_choice(choice: Any, request: dict[str, Any]) -> None:
+def _tool_choice(choice: Any, request: dict[str, Any], tools: ToolSet, hosted_tools: str) -> None:
     if choice is None:
         return
     if choice in ("auto", "none", "required"):
         request["tool_choice"] = choice
         return
     kind = choice.get("type") if isinstance(choice, dict) else None
-    if kind == "function":
-        request["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
-    elif kind == "allowed_tools":
-        allowed = {t.get("name") for t in choice.get("tools") or [] if isinstance(t, dict)}
+    if isinstance(choice, dict) and kind in ("function", "custom"):
+        request["tool_choice"] = {"type": "function", "function": {"name": _chosen(choice, tools)}}
+    elif isinstance(choice, dict) and kind == "allowed_tools":
+        allowed: set[str | None] = set()
+        for tool in choice.get("tools") or []:
+            what = tool.get("type") if isinstance(tool, dict) else None
+            if not isinstance(tool, dict) or what is None:
+                continue
+            if what in ("function", "custom"):
+                allowed.add(_chosen(tool, tools))
+            elif what == "namespace":
+                allowed.update(
+                    up for (ns, _), up in tools.upstream.items() if ns == tool.get("name")
+                )
+            elif hosted_tools == "drop":
+                tools.drop(str(what))
+            else:
+                raise Untranslatable(
+                    "tool_choice", f"{what!r} names a tool that runs only inside OpenAI's API"
+                )
         request["tools"] = [t for t in request.get("tools", []) if t["function"]["name"] in allowed]
         request["tool_choice"] = "required" if choice.get("mode") == "required" else "auto"
+    elif hosted_tools == "drop" and isinstance(kind, str):
+        tools.drop(kind)  # the model chooses among the tools that are left
     else:
         raise Untranslatable(
             "tool_choice", f"{kind or choice!r} names a tool that runs only inside OpenAI's API"
         )
 
 
+class ResponsesRequest:
+    """A Responses request translated: the chat completion request, what its tools
+    stand for on the way back (`ToolSet.by_upstream`, for `responses_answer` and
+    `ResponsesFromChatStream`) and the hosted tool types left out (`ToolSet.dropped`)."""
+
+    __slots__ = ("chat", "tools")
+
+    def __init__(self, chat: dict[str, Any], tools: ToolSet) -> None:
+        self.chat = chat
+        self.tools = tools
+
+
 def chat_request_for_responses(
-    document: Mapping[str, Any], *, max_tokens_field: str = "max_tokens"
+    document: Mapping[str, Any],
+    *,
+    max_tokens_field: str = "max_tokens",
+    hosted_tools: str = "drop",
 ) -> dict[str, Any]:
+    """The chat completion request for a Responses request *document* (see
+    `responses_request`).
+
+    Raises:
+        Untranslatable: a field or item that would change the answer has no counterpart.
+    """
+    return responses_request(
+        document, max_tokens_field=max_tokens_field, hosted_tools=hosted_tools
+    ).chat
+
+
+def responses_request(
+    document: Mapping[str, Any],
+    *,
+    max_tokens_field: str = "max_tokens",
+    hosted_tools: str = "drop",
+) -> ResponsesRequest:
     """The chat completion request for a Responses request *document*.
 
     *max_tokens_field* is what the upstream calls the output limit (``max_tokens`` for
     most OpenAI-compatible servers, ``max_completion_tokens`` for OpenAI itself).
+    *hosted_tools* is the policy for tools that run only inside OpenAI's API (and their
+    items and ``tool_choice``): ``drop`` leaves them out, ``refuse`` raises.
 
     Raises:
         Untranslatable: a field or item that would change the answer has no counterpart.
@@ -244,15 +319,16 @@ def chat_request_for_responses(
         )
     if document.get("top_logprobs"):
         raise Untranslatable("top_logprobs", "log probabilities are not translated")
+    tools = tool_set(document.get("tools"), hosted_tools)
     messages: list[dict[str, Any]] = []
     instructions = document.get("instructions")
     if isinstance(instructions, str) and instructions:
         messages.append({"role": "system", "content": instructions})
     elif isinstance(instructions, list):
-        messages.extend(_chat_messages(instructions))
+        messages.extend(_chat_messages(instructions, tools, hosted_tools))
     if "input" not in document:
         raise Untranslatable("input", "missing: a string or a list of input items")
-    messages.extend(_chat_messages(input_items(document["input"])))
+    messages.extend(_chat_messages(input_items(document["input"]), tools, hosted_tools))
     request: dict[str, Any] = {"model": document.get("model"), "messages": messages}
     if isinstance(document.get("max_output_tokens"), int):
         request[max_tokens_field] = document["max_output_tokens"]
@@ -265,9 +341,13 @@ def chat_request_for_responses(
     if document.get("stream") is True:
         request["stream"] = True
         request["stream_options"] = {"include_usage": True}  # the completed event's usage
-    if document.get("tools"):
-        request["tools"] = _tools(document["tools"])
-    _tool_choice(document.get("tool_choice"), request)
+    if tools.chat:
+        request["tools"] = tools.chat
+    _tool_choice(document.get("tool_choice"), request, tools, hosted_tools)
+    if not request.get("tools"):
+        # No tool left (all hosted, and dropped): chat servers refuse a choice among none.
+        for key in ("tools", "tool_choice", "parallel_tool_calls"):
+            request.pop(key, None)
     text = document.get("text")
     fmt = text.get("format") if isinstance(text, dict) else None
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
@@ -282,7 +362,7 @@ def chat_request_for_responses(
     effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
     if isinstance(effort, str) and effort != "none":
         request["reasoning_effort"] = effort
-    return request
+    return ResponsesRequest(request, tools)
 
 
 # -- the answer ----------------------------------------------------------------------
@@ -380,16 +460,36 @@ def _reasoning_item(item_id: str, text: str | None) -> dict[str, Any]:
 
 
 def _call_item(
-    item_id: str, call_id: str, name: str, arguments: str, status: str
+    item_id: str,
+    call_id: str,
+    name: str,
+    arguments: str,
+    status: str,
+    tool: UpstreamTool | None = None,
 ) -> dict[str, Any]:
-    return {
-        "id": item_id,
-        "type": "function_call",
-        "status": status,
-        "call_id": call_id,
-        "name": name,
-        "arguments": arguments,
-    }
+    """The output item of a call of the upstream function *name*: a ``function_call``
+    (with its ``namespace`` when *tool* has one), or the ``custom_tool_call`` of a
+    custom *tool* (its input taken from the *arguments*)."""
+    if tool is not None and tool.custom:
+        item: dict[str, Any] = {
+            "id": item_id,
+            "type": "custom_tool_call",
+            "call_id": call_id,
+            "name": tool.name,
+            "input": custom_input(arguments) if arguments else "",
+        }
+    else:
+        item = {
+            "id": item_id,
+            "type": "function_call",
+            "status": status,
+            "call_id": call_id,
+            "name": tool.name if tool is not None else name,
+            "arguments": arguments,
+        }
+    if tool is not None and tool.namespace is not None:
+        item["namespace"] = tool.namespace
+    return item
 
 
 def _finished(response: dict[str, Any], finish_reason: Any) -> None:
@@ -400,9 +500,14 @@ def _finished(response: dict[str, Any], finish_reason: Any) -> None:
     response["completed_at"] = int(time.time()) if not reason else None
 
 
-def responses_answer(document: Mapping[str, Any], shell: Mapping[str, Any]) -> dict[str, Any]:
+def responses_answer(
+    document: Mapping[str, Any],
+    shell: Mapping[str, Any],
+    tools: Mapping[str, UpstreamTool] | None = None,
+) -> dict[str, Any]:
     """The Responses answer for a chat completion *document* (its first choice), on
-    *shell* (`response_shell`).
+    *shell* (`response_shell`); *tools* says what the upstream's function names stand
+    for (`ToolSet.by_upstream`).
 
     Raises:
         UnmappableAnswer: a content part that is neither text nor reasoning.
@@ -426,15 +531,22 @@ def responses_answer(document: Mapping[str, Any], shell: Mapping[str, Any]) -> d
     for call in calls if isinstance(calls, list) else []:
         function = call.get("function") or {}
         arguments = function.get("arguments")
+        name = str(function.get("name", ""))
+        tool = tools.get(name) if tools else None
         output.append(
             _call_item(
-                new_id("fc_"),
+                "",
                 str(call.get("id") or new_id("call_")),
-                str(function.get("name", "")),
+                name,
                 arguments if isinstance(arguments, str) else dumps(arguments or {}).decode(),
                 "completed",
+                tool,
             )
         )
+    response_id = str(shell.get("id", ""))
+    for item in output:
+        # Ids that lead back to this response (an item_reference to one is expanded).
+        item["id"] = new_item_id(_ITEM_PREFIX.get(item["type"], "item_"), response_id)
     response = dict(shell)
     response["output"] = output
     _finished(response, choice.get("finish_reason"))
@@ -449,21 +561,49 @@ _REASONING: Final = 2
 
 
 class _Call:
-    """A function call item being streamed."""
+    """A function call item being streamed (or a custom tool call: a *tool* that is
+    custom, whose input is decoded from the arguments as they come)."""
 
-    __slots__ = ("arguments", "call_id", "item_id", "name", "output_index", "prefix")
+    __slots__ = (
+        "arguments",
+        "call_id",
+        "custom",
+        "item_id",
+        "name",
+        "output_index",
+        "prefix",
+        "sent",
+        "tool",
+    )
 
-    def __init__(self, item_id: str, call_id: str, name: str, output_index: int) -> None:
+    def __init__(
+        self,
+        item_id: str,
+        call_id: str,
+        name: str,
+        output_index: int,
+        tool: UpstreamTool | None = None,
+    ) -> None:
         self.item_id = item_id
         self.call_id = call_id
         self.name = name
         self.output_index = output_index
+        self.tool = tool
         self.arguments: list[str] = []
-        self.prefix = (
-            b'event: response.function_call_arguments.delta\ndata: {"type":'
-            b'"response.function_call_arguments.delta","item_id":"%s","output_index":%d,'
-            b'"sequence_number":' % (item_id.encode(), output_index)
+        self.custom = CustomInput() if tool is not None and tool.custom else None
+        #: The input text streamed so far (custom tool calls).
+        self.sent: list[str] = []
+        event = (
+            b"response.function_call_arguments.delta"
+            if self.custom is None
+            else b"response.custom_tool_call_input.delta"
         )
+        self.prefix = b'event: %s\ndata: {"type":"%s","item_id":"%s","output_index":%d,' % (
+            event,
+            event,
+            item_id.encode(),
+            output_index,
+        ) + (b'"sequence_number":')
 
 
 class ResponsesFromChatStream(FromChatStream):
@@ -487,11 +627,16 @@ class ResponsesFromChatStream(FromChatStream):
         "response",
         "sequence",
         "shell",
+        "tools",
     )
 
-    def __init__(self, shell: dict[str, Any]) -> None:
+    def __init__(
+        self, shell: dict[str, Any], tools: Mapping[str, UpstreamTool] | None = None
+    ) -> None:
         super().__init__()
         self.shell = shell
+        #: What the upstream's function names stand for (`ToolSet.by_upstream`).
+        self.tools = tools
         self.sequence = 0
         #: The finished output items, by output index.
         self.output: dict[int, dict[str, Any]] = {}
@@ -536,7 +681,7 @@ class ResponsesFromChatStream(FromChatStream):
         self.item = index
         self.item_text = []
         if kind == _MESSAGE:
-            item_id = self.item_id = new_id("msg_")
+            item_id = self.item_id = new_item_id("msg_", self.shell["id"])
             self._emit(
                 "response.output_item.added",
                 {
@@ -563,7 +708,7 @@ class ResponsesFromChatStream(FromChatStream):
                 b'"sequence_number":' % (item_id.encode(), index)
             )
         else:
-            item_id = self.item_id = new_id("rs_")
+            item_id = self.item_id = new_item_id("rs_", self.shell["id"])
             self._emit(
                 "response.output_item.added",
                 {
@@ -645,11 +790,16 @@ class ResponsesFromChatStream(FromChatStream):
             self._close_item(out)
             output_index = self.next_output
             self.next_output += 1
+            name = str(function.get("name") or "")
+            tool = self.tools.get(name) if self.tools else None
             known = self.calls[index] = _Call(
-                new_id("fc_"),
+                new_item_id(
+                    "ctc_" if tool is not None and tool.custom else "fc_", self.shell["id"]
+                ),
                 str(call_id) if call_id else new_id("call_"),
-                str(function.get("name") or ""),
+                name,
                 output_index,
+                tool,
             )
             self.all_calls.append(known)
             self._emit(
@@ -657,7 +807,9 @@ class ResponsesFromChatStream(FromChatStream):
                 {
                     "type": "response.output_item.added",
                     "output_index": output_index,
-                    "item": _call_item(known.item_id, known.call_id, known.name, "", "in_progress"),
+                    "item": _call_item(
+                        known.item_id, known.call_id, known.name, "", "in_progress", tool
+                    ),
                 },
                 out,
             )
@@ -666,7 +818,35 @@ class ResponsesFromChatStream(FromChatStream):
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments:
             known.arguments.append(arguments)
-            self._delta(known.prefix, arguments, out)
+            custom = known.custom
+            if custom is None:
+                self._delta(known.prefix, arguments, out)
+            else:
+                text = custom.feed(arguments)
+                if text:
+                    known.sent.append(text)
+                    self._delta(known.prefix, text, out)
+
+    def _custom_done(self, call: _Call, out: list[bytes]) -> dict[str, Any]:
+        """The last events of a custom tool call: what of its input was not streamed
+        (all of it, for arguments of another shape than ``{"input": …}``), then done."""
+        arguments = "".join(call.arguments)
+        item = _call_item(call.item_id, call.call_id, call.name, arguments, "completed", call.tool)
+        text = item["input"]
+        streamed = "".join(call.sent)
+        if len(text) > len(streamed) and text.startswith(streamed):
+            self._delta(call.prefix, text[len(streamed) :], out)
+        self._emit(
+            "response.custom_tool_call_input.done",
+            {
+                "type": "response.custom_tool_call_input.done",
+                "item_id": call.item_id,
+                "output_index": call.output_index,
+                "input": text,
+            },
+            out,
+        )
+        return item
 
     def _close(self, out: list[bytes]) -> None:
         if self.closed:
@@ -676,19 +856,24 @@ class ResponsesFromChatStream(FromChatStream):
             self._start({}, out)
         self._close_item(out)
         for call in self.all_calls:
-            arguments = "".join(call.arguments) or "{}"
-            self._emit(
-                "response.function_call_arguments.done",
-                {
-                    "type": "response.function_call_arguments.done",
-                    "item_id": call.item_id,
-                    "output_index": call.output_index,
-                    "name": call.name,
-                    "arguments": arguments,
-                },
-                out,
-            )
-            item = _call_item(call.item_id, call.call_id, call.name, arguments, "completed")
+            if call.custom is not None:
+                item = self._custom_done(call, out)
+            else:
+                arguments = "".join(call.arguments) or "{}"
+                self._emit(
+                    "response.function_call_arguments.done",
+                    {
+                        "type": "response.function_call_arguments.done",
+                        "item_id": call.item_id,
+                        "output_index": call.output_index,
+                        "name": call.tool.name if call.tool is not None else call.name,
+                        "arguments": arguments,
+                    },
+                    out,
+                )
+                item = _call_item(
+                    call.item_id, call.call_id, call.name, arguments, "completed", call.tool
+                )
             self.output[call.output_index] = item
             self._emit(
                 "response.output_item.done",

@@ -27,6 +27,7 @@ COMPILED_MODULES = [
     "filterproxy.filters.keys",
     "filterproxy.limits",
     "filterproxy.translate.responses_client",
+    "filterproxy.translate.responses_tools",
     "filterproxy.filters.responses",
     "filterproxy.resume",
     "filterproxy.filters.resume",

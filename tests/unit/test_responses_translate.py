@@ -15,6 +15,7 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from filterproxy.conversations import expand_references, referenced_responses
 from filterproxy.translate import Untranslatable
 from filterproxy.translate.chat_client import ChatFromMessagesStream
 from filterproxy.translate.responses_client import (
@@ -23,7 +24,9 @@ from filterproxy.translate.responses_client import (
     chat_request_for_responses,
     response_shell,
     responses_answer,
+    responses_request,
 )
+from filterproxy.translate.responses_tools import response_of_item
 from tests.thirdparty import VERCEL_AI_CHAT_STREAMS, vercel_ai_file
 from tests.unit.test_translate import (
     CHAT_STREAM,
@@ -37,7 +40,7 @@ from tests.unit.test_translate import (
 
 EVENT = TypeAdapter(ResponseStreamEvent)
 REQUEST: dict[str, Any] = {"model": "m", "input": "hi", "stream": True, "tools": []}
-_FRESH = re.compile(rb"\b(resp|msg|fc|rs|call)_[0-9a-f]{24}\b")
+_FRESH = re.compile(rb"\b(resp|msg|fc|ctc|rs|call)_[0-9a-f]{24}(?:[0-9a-f]{16})?\b")
 _TIMES = re.compile(rb'"(created_at|completed_at)":\d+')
 
 
@@ -107,6 +110,8 @@ def check_responses_stream(raw: bytes, *, json_arguments: bool = True) -> dict[s
     for index, item in done.items():
         if item["type"] == "message":
             assert item["content"][0]["text"] == text.get(index, "")
+        elif item["type"] == "custom_tool_call":
+            assert item["input"] == text.get(index, "")
         elif item["type"] == "function_call":
             assert item["arguments"] == (text.get(index) or "{}")
             if json_arguments and response["status"] == "completed":
@@ -306,7 +311,7 @@ def test_a_string_input_is_one_user_message_and_allowed_tools_narrow_the_tools()
 )
 def test_what_only_openai_can_do_is_refused_by_name(document: dict[str, Any], field: str) -> None:
     with pytest.raises(Untranslatable) as raised:
-        chat_request_for_responses({"model": "m", "input": "x", **document})
+        chat_request_for_responses({"model": "m", "input": "x", **document}, hosted_tools="refuse")
     assert raised.value.field == field
 
 
@@ -542,3 +547,492 @@ def test_recorded_anthropic_streams_become_responses_through_chat() -> None:
         for n in (1, 2, 3, 7):
             pieces = [data[i : i + n] for i in range(0, len(data), n)]
             assert normalized(run(make, pieces)) == expected, (name, n)
+
+
+# -- namespace, custom and hosted tools ------------------------------------------------------
+
+#: What the Codex CLI sends (its tools of this month, shortened): a function, a namespace of
+#: functions, a freeform (custom) tool with a grammar, and a hosted tool.
+CODEX_TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "name": "exec_command",
+        "description": "Runs a command.",
+        "strict": False,
+        "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}},
+    },
+    {
+        "type": "namespace",
+        "name": "multi_agent_v1",
+        "description": "Tools for spawning and managing sub-agents.",
+        "tools": [
+            {
+                "type": "function",
+                "name": "spawn_agent",
+                "description": "Spawn an agent.",
+                "parameters": {"type": "object", "properties": {"task": {"type": "string"}}},
+            },
+            {
+                "type": "function",
+                "name": "close_agent",
+                "description": "Close an agent.",
+                "parameters": {"type": "object", "properties": {"target": {"type": "string"}}},
+            },
+        ],
+    },
+    {
+        "type": "custom",
+        "name": "apply_patch",
+        "description": "Edit files. This is a FREEFORM tool.",
+        "format": {"type": "grammar", "syntax": "lark", "definition": "start: begin_patch hunk+"},
+    },
+    {"type": "web_search", "external_web_access": False},
+]
+#: A patch with what a JSON string escapes: quotes, a backslash, characters beyond ASCII
+#: (surrogate pairs once escaped), a line separator.
+PATCH = '*** Begin Patch\n*** Add File: é.txt\n+say "héllo" 👋\\ \u2028 😀\n*** End Patch\n'
+_FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+def upstream_names(request: dict[str, Any]) -> list[str]:
+    return [t["function"]["name"] for t in request.get("tools", [])]
+
+
+def test_namespace_and_custom_tools_become_function_tools_the_upstream_takes() -> None:
+    translated = responses_request(
+        {"model": "m", "input": "hi", "tools": CODEX_TOOLS, "parallel_tool_calls": True}
+    )
+    request = translated.chat
+    assert upstream_names(request) == [
+        "exec_command",
+        "multi_agent_v1__spawn_agent",
+        "multi_agent_v1__close_agent",
+        "apply_patch",
+    ]
+    assert all(_FUNCTION_NAME.match(n) for n in upstream_names(request))
+    spawn = request["tools"][1]["function"]
+    assert spawn["description"].startswith("Tools for spawning and managing sub-agents.")
+    assert "Spawn an agent." in spawn["description"]
+    patch = request["tools"][3]["function"]
+    assert patch["parameters"]["required"] == ["input"]
+    assert patch["parameters"]["properties"]["input"]["type"] == "string"
+    assert "start: begin_patch hunk+" in patch["parameters"]["properties"]["input"]["description"]
+    assert translated.tools.dropped == ["web_search"]
+    assert request["parallel_tool_calls"] is True
+    assert dict(translated.tools.by_upstream) == {
+        "multi_agent_v1__spawn_agent": ("spawn_agent", "multi_agent_v1", False),
+        "multi_agent_v1__close_agent": ("close_agent", "multi_agent_v1", False),
+        "apply_patch": ("apply_patch", None, True),
+    }
+
+
+@pytest.mark.parametrize(
+    ("namespace", "name"),
+    [("crm", "find"), ("mcp.server/x", "tool"), ("n" * 40, "t" * 40), ("a", "b c")],
+)
+def test_a_namespaced_tool_has_one_valid_upstream_name_in_every_turn(
+    namespace: str, name: str
+) -> None:
+    tools = [
+        {
+            "type": "namespace",
+            "name": namespace,
+            "description": "",
+            "tools": [
+                {"type": "function", "name": name, "parameters": {"type": "object"}},
+            ],
+        }
+    ]
+    first = responses_request({"model": "m", "input": "x", "tools": tools})
+    [upstream] = upstream_names(first.chat)
+    assert _FUNCTION_NAME.match(upstream)
+    # The model calls it; the call comes back named as the client knows it.
+    answer = responses_answer(
+        {
+            "choices": [
+                {
+                    "message": {
+                        "tool_calls": [
+                            {"id": "c1", "function": {"name": upstream, "arguments": "{}"}}
+                        ]
+                    },
+                    "finish_reason": "tool_calls",
+                }
+            ]
+        },
+        response_shell({"model": "m", "input": "x"}, "m"),
+        first.tools.by_upstream,
+    )
+    [call] = answer["output"]
+    assert (call["type"], call["name"], call["namespace"]) == ("function_call", name, namespace)
+    Response.model_validate(answer)
+    # The next turn sends the call back: it reaches the upstream under the same name.
+    second = responses_request(
+        {
+            "model": "m",
+            "tools": tools,
+            "input": [
+                {"role": "user", "content": "x"},
+                {k: v for k, v in call.items() if k not in ("id", "status")},
+                {"type": "function_call_output", "call_id": "c1", "output": "done"},
+            ],
+        }
+    )
+    assert second.chat["messages"][1]["tool_calls"][0]["function"]["name"] == upstream
+    assert upstream_names(second.chat) == [upstream]
+
+
+def test_a_namespaced_tool_whose_joined_name_is_taken_gets_another() -> None:
+    tools = [
+        {"type": "function", "name": "ns__t", "parameters": {"type": "object"}},
+        {
+            "type": "namespace",
+            "name": "ns",
+            "description": "",
+            "tools": [
+                {"type": "function", "name": "t", "parameters": {"type": "object"}},
+            ],
+        },
+    ]
+    translated = responses_request({"model": "m", "input": "x", "tools": tools})
+    plain, namespaced = upstream_names(translated.chat)
+    assert plain == "ns__t" and namespaced != plain and _FUNCTION_NAME.match(namespaced)
+    assert translated.tools.by_upstream[namespaced] == ("t", "ns", False)
+    assert "ns__t" not in translated.tools.by_upstream  # a plain call of its own name
+
+
+def test_earlier_calls_of_namespaced_and_custom_tools_reach_the_upstream_as_calls() -> None:
+    request = chat_request_for_responses(
+        {
+            "model": "m",
+            "tools": CODEX_TOOLS,
+            "input": [
+                {"role": "user", "content": "go"},
+                {
+                    "type": "function_call",
+                    "call_id": "c1",
+                    "name": "spawn_agent",
+                    "namespace": "multi_agent_v1",
+                    "arguments": '{"task":"t"}',
+                },
+                {"type": "function_call_output", "call_id": "c1", "output": "spawned"},
+                {"type": "web_search_call", "id": "ws_1", "status": "completed"},
+                {
+                    "type": "custom_tool_call",
+                    "call_id": "c2",
+                    "name": "apply_patch",
+                    "input": PATCH,
+                },
+                {"type": "custom_tool_call_output", "call_id": "c2", "output": "Done!"},
+            ],
+        }
+    )
+    assert request["messages"] == [
+        {"role": "user", "content": "go"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {
+                        "name": "multi_agent_v1__spawn_agent",
+                        "arguments": '{"task":"t"}',
+                    },
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "spawned"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c2",
+                    "type": "function",
+                    "function": {"name": "apply_patch", "arguments": ANY_JSON_OF_PATCH},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c2", "content": "Done!"},
+    ]
+
+
+class _JsonOf:
+    """Equal to a JSON text that decodes to *value*."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and json.loads(other) == self.value
+
+    def __repr__(self) -> str:
+        return f"JSON of {self.value!r}"
+
+
+ANY_JSON_OF_PATCH = _JsonOf({"input": PATCH})
+
+
+def codex_answer_calls() -> list[dict[str, Any]]:
+    return [
+        {
+            "id": "call_ns",
+            "type": "function",
+            "function": {"name": "multi_agent_v1__spawn_agent", "arguments": '{"task":"t"}'},
+        },
+        {
+            "id": "call_patch",
+            "type": "function",
+            "function": {"name": "apply_patch", "arguments": json.dumps({"input": PATCH})},
+        },
+    ]
+
+
+def test_calls_of_namespaced_and_custom_tools_come_back_as_responses_items() -> None:
+    translated = responses_request({"model": "m", "input": "x", "tools": CODEX_TOOLS})
+    shell = response_shell({"model": "m", "input": "x", "tools": CODEX_TOOLS}, "m")
+    response = responses_answer(
+        {
+            "choices": [
+                {
+                    "message": {"content": "On it.", "tool_calls": codex_answer_calls()},
+                    "finish_reason": "tool_calls",
+                }
+            ]
+        },
+        shell,
+        translated.tools.by_upstream,
+    )
+    parsed = Response.model_validate(response)
+    assert [o.type for o in parsed.output] == ["message", "function_call", "custom_tool_call"]
+    call, custom = response["output"][1], response["output"][2]
+    assert (call["name"], call["namespace"], call["call_id"]) == (
+        "spawn_agent",
+        "multi_agent_v1",
+        "call_ns",
+    )
+    assert (custom["name"], custom["input"], custom["call_id"]) == (
+        "apply_patch",
+        PATCH,
+        "call_patch",
+    )
+    assert "namespace" not in custom and custom["id"].startswith("ctc_")
+    # Every item's id leads back to this response (for item references).
+    assert {response_of_item(o["id"]) for o in response["output"]} == {response["id"]}
+
+
+def codex_stream(pieces_of_patch: int = 9) -> bytes:
+    """A chat stream calling a namespaced tool and the custom tool, the custom tool's
+    arguments cut into small pieces (escapes and characters cut across chunks)."""
+    arguments = json.dumps({"input": PATCH})
+    size = -(-len(arguments) // pieces_of_patch)
+    chunks = [
+        chat_chunk({"role": "assistant", "content": ""}),
+        chat_chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "call_ns",
+                        "type": "function",
+                        "function": {"name": "multi_agent_v1__spawn_agent", "arguments": ""},
+                    }
+                ]
+            }
+        ),
+        chat_chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"task":'}}]}),
+        chat_chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"t"}'}}]}),
+        chat_chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": 1,
+                        "id": "call_patch",
+                        "type": "function",
+                        "function": {"name": "apply_patch", "arguments": ""},
+                    }
+                ]
+            }
+        ),
+        *(
+            chat_chunk(
+                {"tool_calls": [{"index": 1, "function": {"arguments": arguments[i : i + size]}}]}
+            )
+            for i in range(0, len(arguments), size)
+        ),
+        chat_chunk({}, "tool_calls"),
+    ]
+    return sse(chunks)
+
+
+def codex_stream_translation() -> ResponsesFromChatStream:
+    translated = responses_request({"model": "m", "input": "x", "tools": CODEX_TOOLS})
+    shell = response_shell({"model": "m", "input": "x", "tools": CODEX_TOOLS, "stream": True}, "m")
+    return ResponsesFromChatStream(shell, translated.tools.by_upstream)
+
+
+def test_streamed_calls_of_namespaced_and_custom_tools_at_every_split() -> None:
+    data = codex_stream()
+    whole = run(codex_stream_translation, [data])
+    said = check_responses_stream(whole)  # the SDK's own event and item models
+    output = said["response"]["output"]
+    assert [(o["type"], o["name"], o.get("namespace")) for o in output] == [
+        ("function_call", "spawn_agent", "multi_agent_v1"),
+        ("custom_tool_call", "apply_patch", None),
+    ]
+    assert output[1]["input"] == PATCH
+    assert json.loads(output[0]["arguments"]) == {"task": "t"}
+    assert said["added"][1]["type"] == "custom_tool_call"
+    assert said["added"][0]["namespace"] == "multi_agent_v1"
+    names = said["names"]
+    # The input is streamed as it comes (one delta per piece of the arguments), then done.
+    assert names.count("response.custom_tool_call_input.delta") >= 8
+    assert names.count("response.custom_tool_call_input.done") == 1
+    done = [d for n, d in events_of(whole) if n == "response.function_call_arguments.done"]
+    assert [d["name"] for d in done] == ["spawn_agent"]
+    assert {response_of_item(o["id"]) for o in output} == {said["response"]["id"]}
+    expected = normalized(whole)
+    for pieces in splits(data):
+        assert normalized(run(codex_stream_translation, pieces)) == expected, [
+            len(p) for p in pieces
+        ][:4]
+
+
+@pytest.mark.parametrize("arguments", ["*** Begin Patch\nraw text", '{"patch": "x", "n": 1}'])
+def test_a_custom_call_that_is_not_an_input_object_comes_whole_at_its_end(arguments: str) -> None:
+    data = sse(
+        [
+            chat_chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "c",
+                            "type": "function",
+                            "function": {"name": "apply_patch", "arguments": arguments[:5]},
+                        }
+                    ]
+                }
+            ),
+            chat_chunk({"tool_calls": [{"index": 0, "function": {"arguments": arguments[5:]}}]}),
+            chat_chunk({}, "tool_calls"),
+        ]
+    )
+    said = check_responses_stream(run(codex_stream_translation, [data]))
+    assert said["response"]["output"][0]["input"] == arguments
+    assert said["names"].count("response.custom_tool_call_input.delta") == 1
+
+
+def test_hosted_tools_are_dropped_with_their_items_and_choice() -> None:
+    document: dict[str, Any] = {
+        "model": "m",
+        "tools": [
+            {"type": "web_search"},
+            {"type": "function", "name": "f", "parameters": {"type": "object"}},
+            {"type": "file_search", "vector_store_ids": ["v"]},
+            {"type": "web_search"},
+        ],
+        "tool_choice": {"type": "file_search"},
+        "input": [
+            {"role": "user", "content": "find it"},
+            {"type": "web_search_call", "id": "ws_1", "status": "completed", "action": {}},
+            {"type": "mcp_list_tools", "id": "ml_1", "server_label": "s", "tools": []},
+            {"role": "assistant", "content": "Found."},
+        ],
+    }
+    translated = responses_request(document)
+    assert translated.tools.dropped == ["web_search", "file_search", "mcp"]
+    assert upstream_names(translated.chat) == ["f"]
+    assert "tool_choice" not in translated.chat  # the model chooses among what is left
+    assert translated.chat["messages"] == [
+        {"role": "user", "content": "find it"},
+        {"role": "assistant", "content": "Found."},
+    ]
+    # allowed_tools naming a hosted tool keeps the others.
+    narrowed = responses_request(
+        {
+            **document,
+            "tool_choice": {
+                "type": "allowed_tools",
+                "mode": "required",
+                "tools": [{"type": "web_search"}, {"type": "function", "name": "f"}],
+            },
+        }
+    ).chat
+    assert upstream_names(narrowed) == ["f"] and narrowed["tool_choice"] == "required"
+    # Nothing left to choose from: no tools, no choice, no parallel calls.
+    alone = responses_request(
+        {
+            "model": "m",
+            "input": "x",
+            "tools": [{"type": "web_search"}],
+            "tool_choice": "required",
+            "parallel_tool_calls": True,
+        }
+    ).chat
+    assert not {"tools", "tool_choice", "parallel_tool_calls"} & set(alone)
+    # refuse: today's 400, naming each field.
+    for field, changed in [
+        ("tools[0]", {}),
+        ("tool_choice", {"tools": [], "input": "x"}),
+        ("input[1].type", {"tools": []}),
+    ]:
+        with pytest.raises(Untranslatable) as raised:
+            responses_request({**document, **changed}, hosted_tools="refuse")
+        assert raised.value.field == field
+
+
+def test_an_unknown_item_is_refused_even_when_hosted_tools_are_dropped() -> None:
+    with pytest.raises(Untranslatable) as raised:
+        responses_request(
+            {"model": "m", "input": [{"type": "compaction", "encrypted_content": "x"}]}
+        )
+    assert raised.value.field == "input[0].type"
+
+
+def test_item_references_to_stored_items_are_expanded_for_their_owner() -> None:
+    shell = response_shell({"model": "m", "input": "hi"}, "m")
+    response = responses_answer(
+        {
+            "choices": [
+                {
+                    "message": {
+                        "content": "Let me check.",
+                        "tool_calls": [
+                            {"id": "c1", "function": {"name": "f", "arguments": '{"a":1}'}}
+                        ],
+                    },
+                    "finish_reason": "tool_calls",
+                }
+            ]
+        },
+        shell,
+    )
+    message, call = response["output"]
+    record = {"owner": "o", "input": [{"role": "user", "content": "hi"}], "response": response}
+    items = [
+        {"role": "user", "content": "hi"},
+        {"type": "item_reference", "id": message["id"]},
+        {"type": "item_reference", "id": call["id"]},
+        {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+        {"type": "item_reference", "id": f"item_{response['id'][5:]}_0"},
+    ]
+    assert referenced_responses(items) == [response["id"]]
+    expanded = expand_references(items, {response["id"]: record}, "o")
+    assert expanded[1] == {k: v for k, v in message.items() if k not in ("id", "status")}
+    assert expanded[2] == {k: v for k, v in call.items() if k not in ("id", "status")}
+    assert expanded[4] == {"role": "user", "content": "hi"}
+    request = chat_request_for_responses({"model": "m", "input": expanded})
+    assert [m["role"] for m in request["messages"]] == ["user", "assistant", "tool", "user"]
+    assert request["messages"][1]["content"] == "Let me check."
+    assert request["messages"][1]["tool_calls"][0]["function"]["name"] == "f"
+    # Another owner's items, and items the gateway never stored, stay references: the
+    # translation refuses them by id.
+    assert expand_references(items, {response["id"]: record}, "someone else") == items
+    unknown = {"type": "item_reference", "id": "msg_" + "0" * 40}
+    assert expand_references([unknown], {response["id"]: record}, "o") == [unknown]
+    with pytest.raises(Untranslatable) as raised:
+        chat_request_for_responses({"model": "m", "input": [unknown]})
+    assert raised.value.field == "input[0]" and "msg_" + "0" * 40 in str(raised.value)
