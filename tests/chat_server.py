@@ -5,7 +5,8 @@ fixed Responses answer), for the integration tests, run as its own process. It p
 ``POST /v1/chat/completions`` answers (streaming or not) "You said: <last user text>
 (<n> messages)" — so a test sees how much conversation arrived — or, given ``tools``
 and a last message that is not a tool result, a call of the first tool with
-``{"city": "Paris"}``; after a tool result, "Tool said: <result>". Model ``chat-bad``
+``{"city": "Paris"}`` (model ``chat-text`` answers in text, tools or not); after a tool
+result, "Tool said: <result>". Model ``chat-bad``
 gets a 400 in OpenAI's error shape, ``chat-midfail`` an error chunk after the first
 words. ``POST /v1/responses`` answers with fixed Responses bytes (an event stream when
 asked). ``GET /control/last`` returns the last request's path, headers and JSON body,
@@ -58,7 +59,7 @@ def reply(body: dict[str, Any]) -> tuple[str, tuple[str, str] | None]:
     if last.get("role") == "tool":
         return f"Tool said: {last.get('content')}", None
     tools = body.get("tools")
-    if tools:
+    if tools and body.get("model") != "chat-text":  # chat-text answers in text only
         return "", (tools[0]["function"]["name"], json.dumps({"city": "Paris"}))
     said = next(
         (m.get("content") for m in reversed(messages) if m.get("role") == "user"), "nothing"
