@@ -3,11 +3,14 @@ the first argument — and answers as a test scripts it, for agents (Codex CLI, 
 the Vercel AI SDK) that call tools and send the results back. Run as its own process; it
 prints ``PORT <n>`` when listening.
 
-``POST /control/script`` sets the script: ``{"calls": [{"name", "arguments"}, …], "text":
-"…"}``. A request whose conversation holds *k* tool results gets the call ``calls[k]``
-(the tool ``name`` as the upstream knows it, ``arguments`` a JSON text) while there is
-one, then the ``text``: the answer follows the conversation's state, not the order of
-requests, so a client's retries or side requests do not shift it. A request without
+``POST /control/script`` sets the script: ``{"calls": [{"name", "arguments", "text"?}, …],
+"text": "…", "chain": bool}``. A request whose conversation holds *k* tool results gets
+the call ``calls[k]`` (the tool ``name`` as the upstream knows it, ``arguments`` a JSON
+text, and the call's ``text`` said before it, if any) while there is one, then the
+``text``. Without ``chain``, a request whose last message is a tool result gets the text
+(one call per user turn, as a chat with a person goes); with it, the calls follow one
+another (an agent's task). The answer follows the conversation's state, not the order
+of requests, so a client's retries or side requests do not shift it. A request without
 tools gets the text. Streams (``stream: true``) come in small pieces: the text word by
 word, a call's arguments cut in ten.
 
@@ -34,26 +37,30 @@ USAGE_CHAT = {"prompt_tokens": 20, "completion_tokens": 8, "total_tokens": 28}
 USAGE_MESSAGES = {"input_tokens": 20, "output_tokens": 8}
 
 
-def tool_results(body: dict[str, Any]) -> int:
-    """How many tool results the conversation holds."""
-    count = 0
-    for message in body.get("messages") or []:
-        if API == "chat" and message.get("role") == "tool":
-            count += 1
-        content = message.get("content")
-        if API == "messages" and isinstance(content, list):
-            count += sum(
-                1 for b in content if isinstance(b, dict) and b.get("type") == "tool_result"
-            )
-    return count
+def tool_results(message: dict[str, Any]) -> int:
+    """How many tool results a message holds."""
+    if API == "chat":
+        return 1 if message.get("role") == "tool" else 0
+    content = message.get("content")
+    if not isinstance(content, list):
+        return 0
+    return sum(1 for b in content if isinstance(b, dict) and b.get("type") == "tool_result")
 
 
 def next_answer(body: dict[str, Any]) -> tuple[str, dict[str, str] | None]:
     """(text, call) for a request: the scripted call for its state, or the text."""
     calls = SCRIPT.get("calls") or []
-    done = tool_results(body)
-    if body.get("tools") and done < len(calls):
-        return "", {"id": f"call_{done + 1}", **calls[done]}
+    messages = body.get("messages") or [{}]
+    done = sum(tool_results(m) for m in messages)
+    after_tool = tool_results(messages[-1]) > 0
+    if body.get("tools") and done < len(calls) and (SCRIPT.get("chain") or not after_tool):
+        call = calls[done]
+        said = str(call.get("text") or "")
+        return said, {
+            "id": f"call_{done + 1}",
+            "name": call["name"],
+            "arguments": call["arguments"],
+        }
     return str(SCRIPT.get("text") or ""), None
 
 

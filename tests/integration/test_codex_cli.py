@@ -50,6 +50,7 @@ class Scripted(LocalServer):
                 {"name": name, "arguments": json.dumps(arguments)} for name, arguments in calls
             ],
             "text": text,
+            "chain": True,
         }
         httpx.post(f"{self.url}/control/script", json=body).raise_for_status()
 
