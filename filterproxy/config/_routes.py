@@ -139,8 +139,8 @@ def _parse_route(index: int, node: Node, clusters: Mapping[str, ClusterConfig]) 
 
 def parse_hosted_tools(node: Node) -> str:
     """``hosted_tools``: ``drop`` or ``refuse`` (`HOSTED_TOOLS_POLICIES`)."""
-    value = node.string()
-    if value not in HOSTED_TOOLS_POLICIES:
+    value = node.value
+    if not isinstance(value, str) or value not in HOSTED_TOOLS_POLICIES:
         raise node.error(
             f"must be drop (leave hosted tools out of a translated request, and say so) or "
             f"refuse (answer 400), got {value!r}"

@@ -72,6 +72,7 @@ def clusters(chat: LocalServer, messages: LocalServer) -> str:
             url: {messages.url}/v1
             api_key: sk-ant-upstream-secret
         routes:
+          - {{name: strict, models: ["strict-*"], cluster: chat-only, hosted_tools: refuse}}
           - {{models: ["chat-*"], cluster: chat-only}}
           - {{models: [native], cluster: native}}
           - {{models: ["claude-*"], cluster: claude}}
@@ -277,17 +278,142 @@ def test_stored_responses_can_be_read_and_deleted_by_their_owner_only(
         owner.responses.retrieve(unstored.id)
 
 
-def test_what_only_openai_can_do_is_refused_before_the_upstream(
+def test_hosted_tools_are_refused_before_the_upstream_where_the_route_says(
     gateway: Workers, chat_upstream: LocalServer
 ) -> None:
     before = upstream_count(chat_upstream)
     with pytest.raises(openai.BadRequestError) as raised:
         gateway.client().responses.create(
-            model="chat-mini",
+            model="strict-mini",
             input="x",
-            tools=[{"type": "file_search", "vector_store_ids": ["vs_1"]}],
+            tools=[WEATHER, {"type": "file_search", "vector_store_ids": ["vs_1"]}],  # type: ignore[list-item]
         )
-    assert "tools[0]" in raised.value.message and "file_search" in raised.value.message
+    assert raised.value.code == "unsupported_parameter"
+    assert "tools[1]" in raised.value.message and "file_search" in raised.value.message
+    assert upstream_count(chat_upstream) == before
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_hosted_tools_are_dropped_and_the_answer_says_which(
+    gateway: Workers, chat_upstream: LocalServer, streaming: bool
+) -> None:
+    tools: Any = [
+        {"type": "web_search"},
+        WEATHER,
+        {"type": "code_interpreter", "container": {"type": "auto"}},
+    ]
+    raw = gateway.client().responses.with_raw_response.create(
+        model="chat-mini", input="Weather in Paris?", tools=tools, stream=streaming
+    )
+    assert raw.headers["x-filterproxy-dropped-tools"] == "web_search, code_interpreter"
+    sent = last_request(chat_upstream)["body"]
+    assert [t["function"]["name"] for t in sent["tools"]] == ["get_weather"]
+    request_id = raw.headers["x-request-id"]
+    wait_until(lambda: request_id in gateway.process.output(), timeout=10)
+    record = next(
+        json.loads(line.split("[filterproxy.access#info] ", 1)[1])
+        for line in gateway.process.lines
+        if request_id in line and "filterproxy.access" in line
+    )
+    assert record["dropped_tools"] == ["web_search", "code_interpreter"]
+
+
+#: A namespace of functions, as the Codex CLI sends its multi-agent tools.
+CRM = {
+    "type": "namespace",
+    "name": "crm",
+    "description": "The customer database.",
+    "tools": [{**WEATHER, "name": "lookup"}],
+}
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_namespaced_call_comes_back_with_its_namespace_and_goes_on_from_the_store(
+    gateway: Workers, chat_upstream: LocalServer, streaming: bool
+) -> None:
+    client = gateway.client()
+    if streaming:
+        with client.responses.stream(model="chat-mini", input="Find it", tools=[CRM]) as stream:  # type: ignore[list-item]
+            for _ in stream:
+                pass
+            first = stream.get_final_response()
+    else:
+        first = client.responses.create(model="chat-mini", input="Find it", tools=[CRM])  # type: ignore[list-item]
+    assert [t["function"]["name"] for t in last_request(chat_upstream)["body"]["tools"]] == [
+        "crm__lookup"
+    ]
+    call = first.output[-1]
+    assert call.type == "function_call"
+    assert (call.name, call.namespace) == ("lookup", "crm")
+    second = client.responses.create(
+        model="chat-mini",
+        previous_response_id=first.id,
+        tools=[CRM],  # type: ignore[list-item]
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "found"}],
+    )
+    assert second.output_text == "Tool said: found"
+    messages = last_request(chat_upstream)["body"]["messages"]
+    # The call from the stored conversation reaches the upstream under the tool's name.
+    assert messages[1]["tool_calls"][0]["function"]["name"] == "crm__lookup"
+
+
+def test_a_custom_tool_call_streams_through_the_openai_sdk(gateway: Workers) -> None:
+    patch = {"type": "custom", "name": "apply_patch", "description": "Edit files."}
+    deltas = ""
+    with gateway.client().responses.stream(
+        model="chat-mini",
+        input="Patch it",
+        tools=[patch],  # type: ignore[list-item]
+    ) as stream:
+        for event in stream:
+            if event.type == "response.custom_tool_call_input.delta":
+                deltas += event.delta
+        final = stream.get_final_response()
+    call = final.output[-1]
+    assert call.type == "custom_tool_call" and call.name == "apply_patch"
+    # The test upstream calls the tool with {"city": "Paris"}: an object with one string,
+    # whose string is the input.
+    assert call.input == deltas == "Paris"
+
+
+def test_item_references_to_stored_items_are_expanded_for_their_owner_only(
+    gateway: Workers, chat_upstream: LocalServer
+) -> None:
+    owner = gateway.client("sk-owner-refs")
+    first = owner.responses.create(model="chat-mini", input="one")
+    [message] = first.output
+    assert message.id is not None
+    items: Any = [
+        {"role": "user", "content": "one"},
+        {"type": "item_reference", "id": message.id},
+        {"role": "user", "content": "two"},
+    ]
+    # No previous_response_id: the reference alone brings the item, on either worker.
+    for _ in range(4):
+        second = gateway.client("sk-owner-refs").responses.create(model="chat-mini", input=items)
+        assert second.output_text == "You said: two (3 messages)"
+    sent = last_request(chat_upstream)["body"]["messages"]
+    assert sent[1] == {"role": "assistant", "content": "You said: one (1 messages)"}
+    # With previous_response_id as well (the reference, here, to an earlier response's item).
+    third = owner.responses.create(
+        model="chat-mini",
+        previous_response_id=second.id,
+        input=[{"role": "user", "content": "3"}, {"type": "item_reference", "id": message.id}],
+    )
+    assert third.output_text == "You said: 3 (6 messages)"
+    sent = last_request(chat_upstream)["body"]["messages"]
+    assert sent[-1] == {"role": "assistant", "content": "You said: one (1 messages)"}
+    before = upstream_count(chat_upstream)
+    for client, reference in [
+        (gateway.client("sk-stranger-refs"), message.id),
+        (owner, "msg_" + "0" * 40),
+        (owner, "msg_theirs"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.responses.create(
+                model="chat-mini", input=[{"type": "item_reference", "id": reference}]
+            )
+        assert reference in raised.value.message
     assert upstream_count(chat_upstream) == before
 
 

@@ -195,6 +195,15 @@ def test_a_minimal_config_gets_the_default_chain_and_defaults() -> None:
             "routes[0].heartbeat: must be more than 0, or off",
         ),
         (
+            "clusters: {a: {url: 'http://x'}}\nroutes: [{cluster: a, hosted_tools: ignore}]",
+            "routes[0].hosted_tools: must be drop (leave hosted tools out of a translated "
+            "request, and say so) or refuse (answer 400), got 'ignore'",
+        ),
+        (
+            "clusters: {a: {url: 'http://x'}}\nfilters: [{type: translate, hosted_tools: no}]",
+            "filters[0].hosted_tools: must be drop",
+        ),
+        (
             "clusters: {a: {url: 'http://x'}}\nlimits: {max_header_count: 0}",
             "limits.max_header_count: must be at least 1",
         ),
