@@ -191,14 +191,22 @@ class ToolSet:
         if kind not in self.dropped:
             self.dropped.append(kind)
 
-    def _add(self, path: str, tool: Mapping[str, Any], namespace: Mapping[str, Any] | None) -> None:
+    def _add(
+        self,
+        path: str,
+        tool: Mapping[str, Any],
+        namespace: Mapping[str, Any] | None,
+        plain: set[str],
+    ) -> None:
+        """Adds a function or custom *tool* (of *namespace*); a namespaced one keeps off
+        the *plain* names (the tools outside namespaces, which keep their own)."""
         kind = tool.get("type")
         name = tool.get("name")
         if not isinstance(name, str) or not name:
             raise Untranslatable(f"{path}.name", "a function or custom tool needs a name")
         ns = str(namespace.get("name")) if namespace is not None else None
         upstream = upstream_name(ns, name)
-        if ns is not None and upstream in self.upstream.values():
+        if ns is not None and (upstream in plain or upstream in self.upstream.values()):
             upstream = _digested(f"{ns}__{name}", ns, name)
         if upstream in self.upstream.values():
             raise Untranslatable(
@@ -226,13 +234,19 @@ def tool_set(tools: Any, hosted_tools: str) -> ToolSet:
         Untranslatable: a tool that cannot be sent (a hosted one, when refused).
     """
     found = ToolSet()
-    for i, tool in enumerate(tools if isinstance(tools, list) else []):
+    listed = tools if isinstance(tools, list) else []
+    plain = {
+        str(t.get("name"))
+        for t in listed
+        if isinstance(t, dict) and t.get("type") in ("function", "custom")
+    }
+    for i, tool in enumerate(listed):
         path = f"tools[{i}]"
         kind = tool.get("type") if isinstance(tool, dict) else None
         if not isinstance(tool, dict) or not isinstance(kind, str):
             raise Untranslatable(path, "a tool is an object with a type")
         if kind in ("function", "custom"):
-            found._add(path, tool, None)
+            found._add(path, tool, None, plain)
         elif kind == "namespace":
             inner = tool.get("tools")
             if not isinstance(tool.get("name"), str) or not isinstance(inner, list):
@@ -244,7 +258,7 @@ def tool_set(tools: Any, hosted_tools: str) -> ToolSet:
                     raise Untranslatable(
                         f"{where}.type", "a namespace holds function and custom tools"
                     )
-                found._add(where, member, tool)
+                found._add(where, member, tool, plain)
         elif hosted_tools == "drop":
             found.drop(kind)
         else:

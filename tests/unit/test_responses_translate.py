@@ -682,20 +682,19 @@ def test_a_namespaced_tool_has_one_valid_upstream_name_in_every_turn(
     assert upstream_names(second.chat) == [upstream]
 
 
-def test_a_namespaced_tool_whose_joined_name_is_taken_gets_another() -> None:
-    tools = [
-        {"type": "function", "name": "ns__t", "parameters": {"type": "object"}},
-        {
-            "type": "namespace",
-            "name": "ns",
-            "description": "",
-            "tools": [
-                {"type": "function", "name": "t", "parameters": {"type": "object"}},
-            ],
-        },
-    ]
+@pytest.mark.parametrize("plain_first", [True, False])
+def test_a_namespaced_tool_whose_joined_name_is_taken_gets_another(plain_first: bool) -> None:
+    function = {"type": "function", "name": "ns__t", "parameters": {"type": "object"}}
+    namespace = {
+        "type": "namespace",
+        "name": "ns",
+        "description": "",
+        "tools": [{"type": "function", "name": "t", "parameters": {"type": "object"}}],
+    }
+    tools = [function, namespace] if plain_first else [namespace, function]
     translated = responses_request({"model": "m", "input": "x", "tools": tools})
-    plain, namespaced = upstream_names(translated.chat)
+    names = upstream_names(translated.chat)
+    plain, namespaced = names if plain_first else names[::-1]
     assert plain == "ns__t" and namespaced != plain and _FUNCTION_NAME.match(namespaced)
     assert translated.tools.by_upstream[namespaced] == ("t", "ns", False)
     assert "ns__t" not in translated.tools.by_upstream  # a plain call of its own name
