@@ -414,6 +414,11 @@ def test_item_references_to_stored_items_are_expanded_for_their_owner_only(
                 model="chat-mini", input=[{"type": "item_reference", "id": reference}]
             )
         assert reference in raised.value.message
+    # References into more stored responses than the gateway looks up for one request.
+    many: Any = [{"type": "item_reference", "id": f"msg_{n:024x}{0:016x}"} for n in range(257)]
+    with pytest.raises(openai.BadRequestError) as raised:
+        owner.responses.create(model="chat-mini", input=many)
+    assert raised.value.code == "too_many_item_references" and "257" in raised.value.message
     assert upstream_count(chat_upstream) == before
 
 
