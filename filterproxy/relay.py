@@ -6,8 +6,9 @@ resumable routes therefore also listens on a loopback port of its own, and puts 
 port in its streams' ids, signed with a secret its supervisor gave every worker
 (`filterproxy.filters.resume.StreamRegistry`). The worker a resume reaches checks the
 signature, asks the holder over this relay — the client's owner digest, the event it
-saw, its body's digest, all signed — and passes the answer on as it comes. The relay
-speaks plain HTTP/1.1 on 127.0.0.1 and answers only signed requests.
+saw (or the chunks it counted), its body's digest, all signed — and passes the answer on
+as it comes. The relay speaks plain HTTP/1.1 on 127.0.0.1 and answers only signed
+requests.
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ def _resource(registry: StreamRegistry) -> Any:
 
             method = request.method.decode()
             stream_id = request.postpath[-1].decode() if request.postpath else ""
-            after, owner, body = arg(b"after"), arg(b"owner"), arg(b"body")
-            if arg(b"sig") != registry.sign(method, stream_id, after, owner, body):
+            after, by, owner, body = arg(b"after"), arg(b"by"), arg(b"owner"), arg(b"body")
+            if arg(b"sig") != registry.sign(method, stream_id, after, by, owner, body):
                 request.setResponseCode(403)
                 return b"unsigned"
             request.setHeader(b"content-type", b"application/json")
@@ -88,7 +89,7 @@ def _resource(registry: StreamRegistry) -> Any:
             if body and stream.body_hash.hex() != body:
                 request.setResponseCode(409)
                 return b""
-            events = replay(stream, int(after or 0))
+            events = replay(stream, int(after or 0), counted=by == "count")
             if events is None:
                 request.setResponseCode(410)
                 return b""

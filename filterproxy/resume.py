@@ -9,12 +9,16 @@ openai-python SDK parse an empty event and fail. `ResumeBuffer` keeps the number
 events, up to a cap, so that a client can be sent everything after the last event it
 saw. `merge_deltas` folds runs of text deltas into fewer events for a client that is
 catching up: the text it sees is the same, and each event keeps the id of the last one
-it stands for, so a later resume stays exact.
+it stands for, so a later resume stays exact. A client that cannot see ids (an SDK
+yields chunks, not events) resumes with the number of chunks it got; `Folds` keeps
+where folding made that count fall behind the events' numbers, so that the count still
+names the event it stopped at.
 """
 
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from typing import Any, Final
 
 import orjson
@@ -23,6 +27,7 @@ __all__ = [
     "BUDGET",
     "BufferBudget",
     "EventFramer",
+    "Folds",
     "ResumeBuffer",
     "merge_deltas",
     "parse_event_id",
@@ -278,10 +283,50 @@ def _with_text(kind: str, document: Any, text: str) -> bytes:
     return orjson.dumps(document)
 
 
-def merge_deltas(events: list[bytes]) -> list[bytes]:
+class Folds:
+    """Which event the n-th chunk a client was sent ends with, where folding made the
+    two differ (no I/O).
+
+    A client that counts chunks (``starting_after=N``: an SDK yields chunks, not ids)
+    is behind the events' numbers by what folding saved it. The gateway made every
+    chunk it sent, so it keeps, for each folded chunk only, its place in the count and
+    what folding had saved up to it: between two folds chunks and events go one for
+    one. A resume by count starts a new run of chunks after the N-th: what was sent
+    after it never arrived (or was not counted), so it is forgotten.
+    """
+
+    __slots__ = ("chunks", "saved")
+
+    def __init__(self) -> None:
+        #: The place in the count of each folded chunk, ascending.
+        self.chunks: list[int] = []
+        #: How many chunks fewer than events had been sent up to that chunk.
+        self.saved: list[int] = []
+
+    def event_of(self, count: int) -> int:
+        """The number of the event the *count*-th chunk ended with."""
+        at = bisect_right(self.chunks, count)
+        return count + self.saved[at - 1] if at else count
+
+    def resumed_at(self, count: int) -> None:
+        """A client resumes after its *count*-th chunk: the chunks after it are over."""
+        at = bisect_right(self.chunks, count)
+        del self.chunks[at:]
+        del self.saved[at:]
+
+    def folded(self, last: int, covers: int) -> None:
+        """A chunk that stands for *covers* events, the last of them event *last*, is
+        sent next."""
+        saved = (self.saved[-1] if self.saved else 0) + covers - 1
+        self.chunks.append(last - saved)
+        self.saved.append(saved)
+
+
+def merge_deltas(events: list[bytes], folds: Folds | None = None) -> list[bytes]:
     """*events* (numbered, as `EventFramer` made them) with each run of text deltas of
     one choice or block folded into one event — the text joined, the id of the run's
-    last event. Anything else is passed as it is, in order."""
+    last event. Anything else is passed as it is, in order. *folds*, when given, is told
+    of every event that stands for several (the result is what a client is sent next)."""
     out: list[bytes] = []
     run: list[tuple[bytes, str, Any, str, bytes]] = []  # (name, kind, document, text, id)
 
@@ -294,6 +339,8 @@ def merge_deltas(events: list[bytes]) -> list[bytes]:
             text = "".join(r[3] for r in run)
             merged = _with_text(kind, document, text)
             ident = run[-1][4]
+            if folds is not None:
+                folds.folded(int(ident.rpartition(b".")[2]), len(run))
             head = name + b"\n" if name else b""
             out.append(head + b"data: " + merged + b"\nid: " + ident + b"\n\n")
         run.clear()

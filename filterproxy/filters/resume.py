@@ -12,7 +12,9 @@ kept (`filterproxy.resume.ResumeBuffer`) while it runs and for ``resume.keep`` a
   (OpenAI's convention) — or by sending the same ``POST`` again with ``Last-Event-ID``
   (what fetch-based SSE clients do), which never starts a second generation. It gets
   every event after that one, exactly once — runs of text deltas folded into fewer
-  events (`filterproxy.resume.merge_deltas`) — then the live tail.
+  events (`filterproxy.resume.merge_deltas`) — then the live tail. A count
+  (``starting_after``) names the chunk it stopped at whatever was folded before it
+  (`filterproxy.resume.Folds`): the chunks are what an SDK lets its user count.
 - A new reader takes over from the one before: the old connection (maybe a half-open
   socket after a network change) is closed.
 - ``DELETE /v1/streams/{id}`` stops it at once, for a client that means to stop.
@@ -51,7 +53,14 @@ from filterproxy.filters.api import (
     StreamFilter,
 )
 from filterproxy.filters.owner import credential_of, owner_digest
-from filterproxy.resume import BUDGET, EventFramer, ResumeBuffer, merge_deltas, parse_event_id
+from filterproxy.resume import (
+    BUDGET,
+    EventFramer,
+    Folds,
+    ResumeBuffer,
+    merge_deltas,
+    parse_event_id,
+)
 
 __all__ = ["Reader", "ResumableStream", "ResumeFilter", "StreamRegistry", "registry", "replay"]
 
@@ -75,11 +84,27 @@ class Reader(Protocol):
     def taken_over(self) -> None: ...
 
 
-def replay(stream: ResumableStream, after: int) -> list[bytes] | None:
+def replay(stream: ResumableStream, after: int, counted: bool = False) -> list[bytes] | None:
     """What a reader that saw event *after* is sent first — the events it missed, text
-    deltas folded — or None when they are not all held any more (410)."""
-    events = stream.buffer.since(after)
-    return None if events is None else merge_deltas(events)
+    deltas folded — or None when they are not all held any more (410).
+
+    With *counted*, *after* is the number of chunks the reader was given (what
+    ``starting_after`` says: an SDK yields chunks, not ids), which folding made fewer
+    than the events they stood for: it is taken to the event the *after*-th chunk ended
+    with (`Folds`), and this replay's folds are kept for the reader's next count. A
+    ``Last-Event-ID`` names its event itself.
+    """
+    if not counted:
+        events = stream.buffer.since(after)
+        return None if events is None else merge_deltas(events)
+    folds = stream.folds
+    events = stream.buffer.since(folds.event_of(after) if folds is not None else after)
+    if events is None:
+        return None
+    if folds is None:
+        folds = stream.folds = Folds()
+    folds.resumed_at(after)
+    return merge_deltas(events, folds)
 
 
 def _accepts_gzip(value: str | None) -> bool:
@@ -111,6 +136,7 @@ class ResumableStream:
         "config",
         "content_type",
         "done",
+        "folds",
         "framer",
         "id",
         "origin",
@@ -141,6 +167,9 @@ class ResumableStream:
         self.content_type = content_type
         self.framer = EventFramer(stream_id.encode() + b".")
         self.buffer = ResumeBuffer(config.buffer, self.framer.prefix)
+        #: Where the chunks a client counts fell behind the events' numbers (made at
+        #: the first fold: most streams never fold).
+        self.folds: Folds | None = None
         #: The origin request's filter while it runs.
         self.origin: ResumeFilter | None = None
         #: The origin's client is connected (it is the reader then).
@@ -154,6 +183,13 @@ class ResumableStream:
     @property
     def resumable(self) -> bool:
         return not self.buffer.overflowed
+
+    def fold(self, events: list[bytes]) -> list[bytes]:
+        """*events* folded for the origin's client (which may resume by counting)."""
+        folds = self.folds
+        if folds is None:
+            folds = self.folds = Folds()
+        return merge_deltas(events, folds)
 
     def keep(self, events: list[bytes]) -> None:
         """The events the origin just passed on (the framer's)."""
@@ -430,13 +466,18 @@ class ResumeFilter(StreamFilter):
         if stream is not None and stream.owner != self.owner:
             stream = None  # nobody reads another's stream: it does not exist for them
         params = parse_qs(query)
+        # An event's id (Last-Event-ID), or a count of chunks (starting_after; no
+        # position at all is a count of none).
         after = parse_event_id(head.headers.get("last-event-id"))
-        for name in ("starting_after", "last_event_id"):
-            if after is None and name in params:
-                after = parse_event_id(params[name][0])
+        by_id = after is not None
+        if after is None and "starting_after" in params:
+            after = parse_event_id(params["starting_after"][0])
+        if after is None and "last_event_id" in params:
+            after = parse_event_id(params["last_event_id"][0])
+            by_id = after is not None
         port = registry.elsewhere(stream_id) if stream is None else None
         if port is not None and head.method in ("GET", "DELETE"):
-            self._relay(port, head.method, stream_id, after or 0, "")
+            self._relay(port, head.method, stream_id, after or 0, "", not by_id)
             return FilterStatus.STOP_ITERATION
         if head.method == "DELETE":
             if stream is None:
@@ -454,7 +495,7 @@ class ResumeFilter(StreamFilter):
         if stream is None:
             self._gone(stream_id)
             return FilterStatus.STOP_ITERATION
-        self._read(stream, after or 0)
+        self._read(stream, after or 0, not by_id)
         return FilterStatus.STOP_ITERATION
 
     def decode_data(self, data: bytes, end_stream: bool) -> DataResult:
@@ -470,7 +511,7 @@ class ResumeFilter(StreamFilter):
         stream = registry.get(stream_id)
         port = registry.elsewhere(stream_id) if stream is None else None
         if port is not None:
-            self._relay(port, "GET", stream_id, after, hashlib.sha256(self.body).hexdigest())
+            self._relay(port, "GET", stream_id, after, hashlib.sha256(self.body).hexdigest(), False)
             return FilterStatus.STOP_ITERATION
         if stream is None or stream.owner != self.owner:
             self._gone(stream_id)
@@ -478,7 +519,7 @@ class ResumeFilter(StreamFilter):
         if stream.body_hash != hashlib.sha256(self.body).digest():
             self._mismatch(stream_id)
             return FilterStatus.STOP_ITERATION
-        self._read(stream, after)
+        self._read(stream, after, False)
         return FilterStatus.STOP_ITERATION
 
     @property
@@ -496,19 +537,24 @@ class ResumeFilter(StreamFilter):
 
     # -- another worker's stream ------------------------------------------------------
 
-    def _relay(self, port: int, method: str, stream_id: str, after: int, body: str) -> None:
-        """Ask the worker that holds *stream_id* (over its relay, `filterproxy.relay`)."""
+    def _relay(
+        self, port: int, method: str, stream_id: str, after: int, body: str, counted: bool
+    ) -> None:
+        """Ask the worker that holds *stream_id* (over its relay, `filterproxy.relay`);
+        *after* counts chunks when *counted* (`replay`)."""
         from urllib.parse import urlencode
 
         from twisted.web.client import Agent
 
         registry = self.config.registry
+        by = "count" if counted else "id"
         query = urlencode(
             {
                 "after": str(after),
+                "by": by,
                 "owner": self.owner,
                 "body": body,
-                "sig": registry.sign(method, stream_id, str(after), self.owner, body),
+                "sig": registry.sign(method, stream_id, str(after), by, self.owner, body),
             }
         )
         url = f"http://127.0.0.1:{port}/relay/streams/{stream_id}?{query}"
@@ -575,9 +621,10 @@ class ResumeFilter(StreamFilter):
             **more,
         }
 
-    def _read(self, stream: ResumableStream, after: int) -> None:
-        """Send the events after event *after*, then the live tail."""
-        events = replay(stream, after)
+    def _read(self, stream: ResumableStream, after: int, counted: bool) -> None:
+        """Send the events after event *after* (after that many chunks when *counted*:
+        `replay`), then the live tail."""
+        events = replay(stream, after, counted)
         if events is None:
             self._gone(stream.id)
             return
@@ -710,7 +757,7 @@ class ResumeFilter(StreamFilter):
                     self.callbacks.pause_upstream()
             if not end_stream:
                 return b""
-            out, self.held, self.held_bytes = b"".join(merge_deltas(self.held)), [], 0
+            out, self.held, self.held_bytes = b"".join(stream.fold(self.held)), [], 0
         return self._compressed(out, end_stream) if self.gzip is not None else out
 
     def _client_slow(self) -> None:
@@ -718,10 +765,12 @@ class ResumeFilter(StreamFilter):
 
     def _client_ready(self) -> None:
         self.slow = False
-        if self.held and not self.done:
+        stream = self.stream
+        # (Not once its connection is over: a new reader may be counting chunks.)
+        if self.held and not self.done and not self.detached and stream is not None:
             held, self.held, self.held_bytes = self.held, [], 0
             self.callbacks.inject_encoded_data(
-                self._compressed(b"".join(merge_deltas(held)), False), False
+                self._compressed(b"".join(stream.fold(held)), False), False
             )
         if self.upstream_paused and not self.done:
             self.upstream_paused = False
@@ -729,6 +778,7 @@ class ResumeFilter(StreamFilter):
 
     def _client_gone(self) -> None:
         self.detached = True
+        self.held, self.held_bytes = [], 0  # it will never be sent
         stream = self.stream
         if stream is not None:
             stream.client_gone()

@@ -64,6 +64,10 @@ def gateway(upstream: LocalServer, tmp_path_factory: pytest.TempPathFactory) -> 
             cluster: chat
             upstream_model: chat-slow
             resume: {{grace: 1.5s, gzip: true}}
+          - models: [flood-kept]
+            cluster: chat
+            upstream_model: chat-flood
+            resume: {{grace: 5s, buffer: 16777216}}
     """
     gw = start_gateway(config, tmp_path_factory.mktemp("resume"))
     try:
@@ -124,10 +128,13 @@ def start(
 
 class Relay:
     """A TCP relay between a client and the gateway that can reset both connections
-    or go silent (forward nothing, close nothing), as a network can."""
+    or go silent (forward nothing, close nothing), as a network can. With *small*, its
+    own sockets buffer little (a slow link: what the client does not read stays in the
+    gateway)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, small: bool = False) -> None:
         self.target = port
+        self.small = small
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -144,15 +151,20 @@ class Relay:
                 near, _ = self.server.accept()
             except OSError:
                 return
-            far = socket.create_connection(("127.0.0.1", self.target))
+            far = socket.socket()
+            if self.small:
+                far.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+                near.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+            far.connect(("127.0.0.1", self.target))
             self.pairs.append((near, far))
             threading.Thread(target=self._pump, args=(near, far, False), daemon=True).start()
             threading.Thread(target=self._pump, args=(far, near, True), daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket, from_gateway: bool) -> None:
+        size = 16384 if self.small else 65536
         while True:
             try:
-                data = source.recv(65536)
+                data = source.recv(size)
             except OSError:
                 data = b""
             if not data:
@@ -341,6 +353,160 @@ def test_a_whatwg_reader_reconnects_with_last_event_id_until_204(gateway: Gatewa
                 if connections == 1 and "tok20" in text:
                     break  # the connection drops again, mid-stream
     assert text == TOKENS and connections >= 3
+
+
+# -- drops after folded replays: what a client can count stays exact ------------------------
+
+
+class IdStream(openai.Stream[ChatCompletionChunk]):
+    """The openai SDK's stream, noting the id of the last event its SSE decoder parsed
+    (the chunks it yields do not carry it): for a resume by Last-Event-ID."""
+
+    last_id = ""
+
+    def _iter_events(self) -> Iterator[Any]:
+        for event in super()._iter_events():
+            self.last_id = event.id or self.last_id
+            yield event
+
+
+def read_until_broken(stream: Any, chunks: list[ChatCompletionChunk], count: int = 0) -> None:
+    """Add *stream*'s chunks to *chunks* — *count* of them, or, with 0, until the
+    connection breaks (every chunk the SDK yielded before that is counted)."""
+    if not count:
+        with pytest.raises((httpx.TransportError, openai.APIConnectionError)) as broke:
+            for chunk in stream:
+                chunks.append(chunk)
+        assert not isinstance(broke.value, httpx.TimeoutException)  # at once: a reset
+        return
+    for chunk in stream:
+        chunks.append(chunk)
+        count -= 1
+        if not count:
+            return
+
+
+def tokens_in(chunk: ChatCompletionChunk) -> int:
+    return (chunk.choices[0].delta.content or "").count(" t") if chunk.choices else 0
+
+
+@pytest.mark.parametrize("drops", [2, 3])
+@pytest.mark.parametrize("by", ["starting_after", "Last-Event-ID"])
+def test_successive_resets_each_resumed_give_the_text_exactly_once(
+    gateway: Gateway, upstream: LocalServer, drops: int, by: str
+) -> None:
+    """After each reset the upstream goes on for a moment (as a phone takes to
+    reconnect), so every resume gets a run of missed deltas folded into one chunk: the
+    SDK then has fewer chunks than the events they stand for, and its count must still
+    name the chunk where the next resume starts."""
+    before = requests_seen(upstream)
+    relays = [Relay(gateway.port)]
+    try:
+        stream = client(relays[-1].url).post(
+            "/chat/completions",
+            body={
+                "model": "chat-slow",
+                "messages": CHAT,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+            cast_to=ChatCompletionChunk,
+            stream=True,
+            stream_cls=IdStream,
+        )
+        stream_id = stream.response.headers["x-stream-id"]
+        chunks: list[ChatCompletionChunk] = []
+        read_until_broken(stream, chunks, 5)
+        for drop in range(drops):
+            relays[-1].reset()
+            read_until_broken(stream, chunks)
+            last_id = stream.last_id
+            time.sleep(0.3)  # the upstream goes on: about ten tokens are missed
+            relays.append(Relay(gateway.port))
+            where = (
+                {"params": {"starting_after": len(chunks)}}
+                if by == "starting_after"
+                else {"headers": {"Last-Event-ID": last_id}}
+            )
+            stream = client(relays[-1].url).get(
+                f"/streams/{stream_id}",
+                cast_to=ChatCompletionChunk,
+                stream=True,
+                stream_cls=IdStream,
+                options=where,  # type: ignore[arg-type]
+            )
+            stream.last_id = last_id
+            if drop < drops - 1:
+                read_until_broken(stream, chunks, 3)  # the folded replay, then live ones
+        chunks += list(stream)
+        check_whole(chunks)
+        # What this is about happened: every resume got missed deltas folded.
+        assert sum(1 for c in chunks if tokens_in(c) > 1) >= drops
+        assert requests_seen(upstream) == before + 1
+    finally:
+        for relay in relays:
+            relay.close()
+
+
+def test_a_slow_first_connection_that_drops_is_resumed_by_count_exactly(
+    gateway: Gateway,
+) -> None:
+    """A client that stops reading for a while gets what was held meanwhile folded, on
+    its first connection; it then drops, and resumes with the number of chunks the SDK
+    gave it."""
+    relay = Relay(gateway.port, small=True)
+    try:
+        raw = client(relay.url, timeout=30).chat.completions.with_raw_response.create(
+            model="flood-kept",
+            messages=CHAT,
+            stream=True,  # 6 MB, all of it kept
+        )
+        stream_id, stream = raw.headers["x-stream-id"], raw.parse()
+        chunks = read(stream, 3)
+        time.sleep(1.0)  # a phone on a weak network: it reads nothing for a while
+        for chunk in stream:
+            chunks.append(chunk)
+            if tokens_in(chunk) > 1:
+                break  # what was held came folded: from here the count is behind the ids
+        assert tokens_in(chunks[-1]) > 1, "nothing came folded"
+        relay.reset()
+        with contextlib.suppress(httpx.TransportError, openai.APIConnectionError):
+            chunks += list(stream)  # what had reached the client before the reset
+        rest = resume(gateway, stream_id, len(chunks))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks + rest if c.choices)
+        assert text == "".join(f" t{n:05d}" for n in range(1, 30001))
+        assert sum(1 for c in chunks + rest if c.choices and c.choices[0].finish_reason) == 1
+    finally:
+        relay.close()
+
+
+def test_a_stalled_connection_taken_over_by_count_then_dropped_resumes_exactly(
+    gateway: Gateway,
+) -> None:
+    """A connection that stalls (the gateway holds what it cannot write), then a resume
+    by count on a new one, which takes over; that one drops too, and the next count
+    still lands exactly — what the stalled connection held went to nobody, and counts
+    for nothing."""
+    raw = client(gateway.url, timeout=30).chat.completions.with_raw_response.create(
+        model="flood-kept", messages=CHAT, stream=True
+    )
+    stream_id, stalled = raw.headers["x-stream-id"], raw.parse()
+    chunks = read(stalled, 3)
+    time.sleep(1.0)  # it reads nothing more: the gateway's writes back up, it holds
+    again = client(gateway.url, timeout=30).get(
+        f"/streams/{stream_id}",
+        cast_to=ChatCompletionChunk,
+        stream=True,
+        stream_cls=openai.Stream[ChatCompletionChunk],
+        options={"params": {"starting_after": len(chunks)}},
+    )
+    chunks += read(again, 4)
+    assert tokens_in(chunks[3]) > 1  # the replay, folded
+    again.close()
+    stalled.close()
+    chunks += resume(gateway, stream_id, len(chunks))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "".join(f" t{n:05d}" for n in range(1, 30001))
 
 
 # -- when nobody comes back, and who may ------------------------------------------------------
@@ -537,6 +703,38 @@ def test_a_resume_that_reaches_the_other_worker_is_served(
             break
         assert rest, "no connection reached the other worker"
         check_whole(first + rest)
+        # Counting chunks through the other worker: its replay came folded (the stream
+        # went on meanwhile), and the count the SDK gives after it still lands exactly.
+        raw = client(url).chat.completions.with_raw_response.create(
+            model="chat-slow",
+            messages=CHAT,
+            stream=True,
+            stream_options={"include_usage": True},  # type: ignore[arg-type]
+        )
+        origin_worker, stream_id = raw.headers["x-request-id"][:16], raw.headers["x-stream-id"]
+        stream = raw.parse()
+        chunks = read(stream, 5)
+        stream.close()
+        time.sleep(0.3)
+        for _ in range(40):
+            again = client(url).get(
+                f"/streams/{stream_id}",
+                cast_to=ChatCompletionChunk,
+                stream=True,
+                stream_cls=openai.Stream[ChatCompletionChunk],
+                options={"params": {"starting_after": len(chunks)}},
+            )
+            if again.response.headers["x-request-id"][:16] != origin_worker:
+                break
+            again.close()
+        else:
+            pytest.fail("no connection reached the other worker")
+        chunks += read(again, 3)
+        assert tokens_in(chunks[5]) > 1  # the replay, folded
+        again.close()
+        time.sleep(0.3)
+        chunks += resume(Gateway(supervisor, port), stream_id, len(chunks))
+        check_whole(chunks)
         # A stream id that names a worker without the supervisor's signature is not relayed.
         forged = stream_id.rsplit("_", 1)[0] + "_0000000000000000"
         gone = httpx.get(f"{url}/v1/streams/{forged}", headers={"authorization": "Bearer sk-a"})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import random
 from typing import Any
 
 import anthropic
@@ -16,6 +17,7 @@ from filterproxy.http.sse import SSEDecoder
 from filterproxy.resume import (
     BufferBudget,
     EventFramer,
+    Folds,
     ResumeBuffer,
     merge_deltas,
     parse_event_id,
@@ -206,3 +208,64 @@ def test_events_across_pages_come_back_whole() -> None:
     assert len(buffer.pages) > 10 and buffer.size == sum(map(len, events))
     for seq in (0, 1, 17, 64, 118, 119):
         assert buffer.since(seq) == events[seq:]
+
+
+def _last_id(chunk: bytes) -> int:
+    return int((SSEDecoder().feed(chunk)[0].id or "").rsplit(".", 1)[1])
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_count_of_chunks_stays_exact_through_folded_replays_and_drops(seed: int) -> None:
+    """A client that counts the chunks it was given (it cannot see ids) drops at random
+    places, each time after a first connection or a replay that came folded, and
+    resumes by its count: it gets every event's text exactly once, and its count always
+    names the event its last chunk ended with."""
+    rng = random.Random(seed)
+    words = [f" w{n}" for n in range(1, 200)]
+    body = chunk("", role="assistant") + b"".join(chunk(w) for w in words[:120])
+    body += b'data: {"id":"chatcmpl-1","choices":[{"index":0,"delta":{"tool_calls":[]}}]}\n\n'
+    body += b"".join(chunk(w) for w in words[120:]) + chunk(None, "stop") + b"data: [DONE]\n\n"
+    _, events = framed([body])
+    buffer = ResumeBuffer(10_000_000, b"s.")
+    for event in events:
+        buffer.append(event)
+    folds = Folds()
+    # The first connection: some events one for one, some held and sent folded.
+    sent: list[bytes] = []
+    at = 0
+    while at < len(events):
+        run = events[at : at + rng.randint(1, 30)]
+        at += len(run)
+        sent += merge_deltas(run, folds) if rng.random() < 0.5 else run
+    got: list[bytes] = []
+    for _ in range(6):
+        got += sent[: rng.randint(0, len(sent))]  # the rest is lost with the connection
+        count = len(got)
+        seq = folds.event_of(count)
+        assert seq == (_last_id(got[-1]) if got else 0)
+        missed = buffer.since(seq)
+        assert missed is not None
+        folds.resumed_at(count)
+        sent = merge_deltas(missed, folds)
+    got += sent
+    text = "".join(_content_of(c) for c in got)
+    assert text == "".join(words)
+    assert [_last_id(c) for c in got] == sorted({_last_id(c) for c in got})
+    assert _last_id(got[-1]) == len(events)
+
+
+def _content_of(event: bytes) -> str:
+    data = SSEDecoder().feed(event)[0].data or ""
+    if not data.startswith("{"):
+        return ""
+    choices = json.loads(data)["choices"]
+    return str(choices[0]["delta"].get("content") or "") if choices else ""
+
+
+def test_a_count_before_any_fold_is_the_event_number() -> None:
+    folds = Folds()
+    assert [folds.event_of(n) for n in (0, 1, 7)] == [0, 1, 7]
+    folds.folded(9, 5)  # chunk 5 stood for events 5 to 9
+    assert [folds.event_of(n) for n in (4, 5, 6)] == [4, 9, 10]
+    folds.resumed_at(4)  # chunk 5 never arrived
+    assert folds.event_of(5) == 5
