@@ -17,7 +17,8 @@ Slow streams, for resuming: model ``chat-slow`` streams ``tok01`` … ``tok40`` 
 chunk each 30 ms), then the finish and usage chunks and ``[DONE]``; ``chat-pause``
 streams ``tok01`` … ``tok06`` with a 2 s silence after the third (a ``: ping`` comment
 block each 0.5 s meanwhile); ``chat-flood`` writes ``t00001`` … ``t30000`` at once (6 MB: more than the
-kernel's send buffer takes for a client that does not read). It
+kernel's send buffer takes for a client that does not read); ``chat-huge`` streams one
+content delta of 5 MB. It
 lists each slow stream as
 ``{"finished": bool, "cancelled": bool}`` (cancelled: its connection closed first)
 for a ``GET`` of any path but ``/control/…``.
@@ -80,6 +81,8 @@ def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> byt
 
 
 STREAMS: list[dict[str, bool]] = []
+#: The size of the one content delta of model ``chat-huge``.
+HUGE_DELTA = 5 * 1024 * 1024
 SLOW_TOKENS = [f" tok{n:02d}" for n in range(1, 41)]
 
 
@@ -158,6 +161,15 @@ class Api(Resource):
             request.write(chunk({"role": "assistant", "content": ""}))
             for n in range(1, 30001):
                 request.write(chunk({"content": f" t{n:05d}"}))
+            request.write(chunk({}, "stop") + b"data: [DONE]\n\n")
+            request.finish()
+            return server.NOT_DONE_YET
+        if model == "chat-huge":
+            # One content delta of 5 MB: more than the socket buffers between the gateway
+            # and a client that reads late take, so the gateway pauses this upstream.
+            request.setHeader(b"content-type", b"text/event-stream")
+            request.write(chunk({"role": "assistant", "content": ""}))
+            request.write(chunk({"content": "x" * HUGE_DELTA}))
             request.write(chunk({}, "stop") + b"data: [DONE]\n\n")
             request.finish()
             return server.NOT_DONE_YET

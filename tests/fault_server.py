@@ -9,6 +9,8 @@ Each request's ``x-fault`` header says what to do:
 - ``stall``: send a 200 event-stream head and one event, then nothing;
 - ``reset``: send a 200 event-stream head and one event, then reset the connection;
 - ``garbage``: answer bytes that are not HTTP;
+- ``extra``: a normal 200 JSON completion followed, in the same write, by the first line
+  of a second response that nobody asked for;
 - ``status:CODE[:RETRY_AFTER]``: answer CODE with a JSON error (and Retry-After);
 - ``fail:KEY:N:CODE``: the first N requests carrying KEY get CODE, later ones a 200.
 
@@ -103,6 +105,8 @@ class FaultProtocol(Protocol):
             )
             if kind == "reset":
                 reactor.callLater(0.05, transport.abortConnection)
+        elif kind == "extra":
+            transport.write(response(200, OK_BODY) + b"HTTP/1.1 200 OK\r\n")
         elif kind == "garbage":
             transport.write(b"THIS IS NOT HTTP\r\n\r\n")
             transport.loseConnection()

@@ -3,7 +3,8 @@
     python tests/h2c_server.py      # prints "PORT <n>"
 
 POST /v1/chat/completions streams `chunks` SSE events (body field `test.chunks`,
-default 5); with `test.hold`, it waits for GET /release first. GET /stats says how many
+default 5); with `test.hold`, it waits for GET /release first; with `test.size`, it
+answers one SSE comment of that many bytes instead, written at once. GET /stats says how many
 requests came over HTTP/2, on which client ports, and how many were open at most.
 """
 
@@ -79,6 +80,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     try:
         if options.get("hold"):
             await RELEASE.wait()
+        size = int(options.get("size", 0))
+        if size:
+            await send({"type": "http.response.body", "body": b":" + b"x" * (size - 2) + b"\n"})
+            return
         for i in range(chunks):
             event = {"choices": [{"index": 0, "delta": {"content": f"tok{i} "}}]}
             await send(

@@ -577,6 +577,8 @@ class FilterManager(ResponseSink):
 
     def encode_data(self, data: bytes, end_stream: bool) -> None:
         """A piece of the upstream's response body, passed on as it is."""
+        if end_stream and self.producer is not None:
+            self._upstream_ended()
         try:
             if self.encoder is None:
                 self.send_response_data(data, end_stream)
@@ -626,6 +628,17 @@ class FilterManager(ResponseSink):
         if self.on_client_gone is not None or self.flow is not None:
             producer = _ClientFlow(producer, self.flow, self.on_client_gone is not None)
         self.downstream.register_producer(producer)
+
+    def _upstream_ended(self) -> None:
+        """The upstream's response is over: its connection may serve another request
+        from now on (HTTP/1.1 connections go back to their pool), so nothing of this
+        request may pause or resume it any more — neither the client's stream, when the
+        last of the response fills its buffer or waits for its window, nor a filter
+        (`pause_upstream`). Done before the end passes the filters, which may write
+        much then (a translation's last events)."""
+        self.producer = None
+        if not self.detached:
+            self.downstream.unregister_producer()
 
     def _reregister(self) -> None:
         if self.producer is not None and not self.detached and not self.done:

@@ -10,6 +10,12 @@ A connection is in one of these states:
 
 The connection is also the `IPushProducer` the router registers on the client's
 stream: pausing it stops reading the upstream socket, so TCP pushes back on the provider.
+That pause belongs to the response: it is lifted when the response ends, and pausing a
+connection that is not reading a response does nothing.
+
+A connection goes back to its pool only idle, reading and at a message boundary: once
+the whole response has been passed on (the end of the read it ended in included), and
+only if the upstream sent nothing after it. Otherwise it is closed.
 """
 
 from __future__ import annotations
@@ -185,6 +191,10 @@ class HTTP11ClientConnection(NativeProtocol):
         self._keep_alive = False
         self._until_close = False
         self._head_request = False
+        #: The client's side paused the reading of the socket (`pauseProducing`).
+        self.paused = False
+        #: The upstream began another message after the response: not reusable.
+        self._trailing = False
 
     def connectionMade(self) -> None:
         transport = self.transport
@@ -212,6 +222,7 @@ class HTTP11ClientConnection(NativeProtocol):
         self._response_started = False
         self._message_complete = False
         self._until_close = False
+        self._trailing = False
         self._head_request = is_head
         write_now(self.transport, head + body if body else head)
 
@@ -225,30 +236,50 @@ class HTTP11ClientConnection(NativeProtocol):
             return
         handler.on_read_start()
         try:
-            self._parse(data)
+            ended = self._parse(data)
         finally:
             # Also when the response ended in this read: what it sent leaves now.
             handler.on_read_done()
+        if ended:
+            self._give_back()
 
-    def _parse(self, data: bytes) -> None:
+    def _parse(self, data: bytes) -> bool:
+        """Feed *data* to the parser; whether the response ended with the connection
+        reusable."""
         assert self.parser is not None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as e:
             if not self._message_complete:
                 self._fail(UpstreamFailure.PROTOCOL_ERROR, f"upstream sent invalid HTTP: {e}")
-                return
+                return False
             # Bytes after a complete response: the connection is not reusable.
             self._complete(reusable=False)
-            return
+            return False
         if self._message_complete and self.state is State.BUSY:
-            self._complete(reusable=self._keep_alive)
+            reusable = self._keep_alive and not self._trailing
+            self._complete(reusable=reusable)
+            return reusable
+        return False
+
+    def _give_back(self) -> None:
+        """The response ended in this read and all of it has been passed on: only now
+        may the connection take another request (if nothing closed it meanwhile)."""
+        if self.state is State.IDLE:
+            self.pool.release(self)
+
+    def on_message_begin(self) -> None:
+        if self._message_complete:
+            # Bytes of another response after this one's end, unasked: none of it goes
+            # to the client, and this connection's stream of responses can no longer be
+            # trusted.
+            self._trailing = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        if self.parser is None or self.handler is None:
+        if self.parser is None or self.handler is None or self._trailing:
             return
         status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:
@@ -271,7 +302,7 @@ class HTTP11ClientConnection(NativeProtocol):
             self._keep_alive = self.parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
-        if self.handler is not None:
+        if self.handler is not None and not self._trailing:
             self.handler.on_response_data(body, False)
 
     def on_message_complete(self) -> None:
@@ -281,12 +312,18 @@ class HTTP11ClientConnection(NativeProtocol):
             self._keep_alive = self.parser.should_keep_alive()
 
     def _complete(self, *, reusable: bool) -> None:
+        """The response ended. The end goes to the handler before the connection goes
+        back to the pool (`dataReceived` gives it back once the read is over): a client
+        that pauses the connection while the end is written pauses nothing, and the
+        handler cannot be handed a connection that has begun another request."""
         handler, self.handler = self.handler, None
         self.parser = None
         self.requests_served += 1
         if reusable:
             self.state = State.IDLE
-            self.pool.release(self)
+            if self.paused:  # the pause of the response that ended
+                self.paused = False
+                self.transport.resumeProducing()
         else:
             self.abort()
         if handler is not None:
@@ -353,11 +390,15 @@ class HTTP11ClientConnection(NativeProtocol):
     # IPushProducer: registered on the client's stream while the response flows.
 
     def pauseProducing(self) -> None:
-        if self.state is not State.CLOSED:
+        # Only while a response is read: a pause that comes later (its client's buffer
+        # filling with the end of it) would leave an idle connection deaf in the pool.
+        if self.state is State.BUSY and not self.paused:
+            self.paused = True
             self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
-        if self.state is not State.CLOSED:
+        if self.paused and self.state is not State.CLOSED:
+            self.paused = False
             self.transport.resumeProducing()
 
     def stopProducing(self) -> None:

@@ -10,7 +10,9 @@ an `H2ClientStream` that the router uses as it uses an HTTP/1.1 connection.
 - Flow control: received data is acknowledged (WINDOW_UPDATE) as it is passed on, except
   while the client's side has paused the stream: then it is acknowledged when the client
   catches up, so a slow client stalls its own stream at the upstream and no other. The
-  connection's window is large enough for every stream's window at once.
+  connection's window is large enough for every stream's window at once. A stream that
+  ends (or is cancelled) while paused gives what it held back to the connection's window:
+  otherwise each would shrink the window all streams share, until the connection stalls.
 - Request bodies are sent as the upstream's windows allow.
 """
 
@@ -180,6 +182,12 @@ class H2ClientStream:
     def _finish(self) -> None:
         if not self.done:
             self.done = True
+            if self.unacked:
+                # Received while paused and never acknowledged: the stream's window goes
+                # with the stream, the connection's must get it back.
+                unacked, self.unacked = self.unacked, 0
+                self.connection.acknowledge(self.stream_id, unacked)
+                self.connection.write_pending()
             self.connection.stream_finished(self)
 
     # -- UpstreamExchange -------------------------------------------------------------------

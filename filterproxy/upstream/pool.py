@@ -281,11 +281,12 @@ class ConnectionPool:
             self._wake_waiter()
 
     def release(self, conn: HTTP11ClientConnection) -> None:
-        """*conn* finished a response and can take another request."""
-        if conn.state is not State.IDLE or self.closed:
+        """*conn* finished a response and can take another request. Only a connection
+        that is idle (at a message boundary) and reading is kept: one whose socket is
+        paused would leave the next request's answer unread in it."""
+        if conn.state is not State.IDLE or conn.paused or self.closed:
             conn.abort()
             return
-        conn.resumeProducing()  # it may have been paused by a slow client at the end
         if self.waiters:
             self.waiters.popleft().callback(conn)
             return
