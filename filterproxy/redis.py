@@ -1,8 +1,10 @@
 """A small Redis client on Twisted: one pipelined connection, replies parsed by hiredis.
 
-Every call has a deadline: a request never waits on Redis longer than the configured
-timeout. A call that passes it fails with `RedisUnavailable`, and the connection is
-dropped — a late reply would otherwise be taken for the next call's. While the
+Every call has its own deadline: a request never waits on Redis longer than the
+configured timeout, from the moment it made the call — also when the call waited for a
+connection, and right after a (re)connection, whose handshake has a longer one. A call
+that passes it fails with `RedisUnavailable`, and the connection is dropped — a late
+reply would otherwise be taken for the next call's. While the
 connection is down, calls fail at once, and the client reconnects by itself with
 backoff (0.1 s doubling to 5 s). Scripts run by ``EVALSHA``, falling back to ``EVAL``
 when the server does not have them (after a restart or ``SCRIPT FLUSH``).
@@ -46,12 +48,19 @@ def encode_command(args: tuple[bytes | str | int, ...]) -> bytes:
     return b"".join(parts)
 
 
-class _Pending:
-    __slots__ = ("deadline", "deferred")
+#: The handshake of a new connection (AUTH, SELECT, PING) may take this many times the
+#: timeout: connecting is slower than a call, and no request waits on it (calls made
+#: meanwhile keep their own deadline).
+_HANDSHAKE_TIMEOUTS = 10
 
-    def __init__(self, deferred: defer.Deferred[Any], deadline: float) -> None:
+
+class _Pending:
+    __slots__ = ("deadline", "deferred", "handshake")
+
+    def __init__(self, deferred: defer.Deferred[Any], deadline: float, handshake: bool) -> None:
         self.deferred = deferred
         self.deadline = deadline
+        self.handshake = handshake
 
 
 class _RedisProtocol(Protocol):
@@ -59,8 +68,10 @@ class _RedisProtocol(Protocol):
         self.client = client
         self.reader = hiredis.Reader(replyError=RedisError)
         self.pending: deque[_Pending] = deque()
-        #: One timer for the oldest call's deadline (not one per call).
+        #: One timer for the earliest deadline of the calls waiting for a reply (not one
+        #: per call), and when that is.
         self.timer: Any = None
+        self.timer_at = 0.0
         #: Commands that go with the next write (`send` with *soon*), and their timer.
         self.held: list[bytes] = []
         self.flush_call: Any = None
@@ -70,15 +81,22 @@ class _RedisProtocol(Protocol):
         transport.setTcpNoDelay(True) if hasattr(transport, "setTcpNoDelay") else None
 
     def send(
-        self, args: tuple[bytes | str | int, ...], timeout: float, *, soon: bool = False
+        self,
+        args: tuple[bytes | str | int, ...],
+        timeout: float,
+        *,
+        soon: bool = False,
+        handshake: bool = False,
     ) -> defer.Deferred[Any]:
-        """Send a command; with *soon*, it may wait (a few ms at most) to go in one write
-        with the next command: its reply is not awaited by anyone in a hurry."""
+        """Send a command whose reply is due within *timeout* seconds; with *soon*, it may
+        wait (a few ms at most) to go in one write with the next command: its reply is
+        not awaited by anyone in a hurry."""
         deferred: defer.Deferred[Any] = defer.Deferred()
         reactor = self.client.reactor
-        self.pending.append(_Pending(deferred, reactor.seconds() + timeout))
-        if self.timer is None:
-            self.timer = reactor.callLater(timeout, self._check, timeout)
+        deadline = reactor.seconds() + timeout
+        self.pending.append(_Pending(deferred, deadline, handshake))
+        if self.timer is None or deadline < self.timer_at:
+            self._arm(deadline)
         if soon:
             self.held.append(encode_command(args))
             if self.flush_call is None:
@@ -100,19 +118,42 @@ class _RedisProtocol(Protocol):
         if held and self.transport is not None:
             self.transport.write(b"".join(held))
 
-    def _check(self, timeout: float) -> None:
-        """The oldest call's deadline may have passed."""
+    def _arm(self, deadline: float) -> None:
+        """Check the calls' deadlines at *deadline*, and not later."""
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        reactor = self.client.reactor
+        self.timer_at = deadline
+        self.timer = reactor.callLater(max(0.0, deadline - reactor.seconds()), self._check)
+
+    def _check(self) -> None:
+        """A call's deadline may have passed."""
         self.timer = None
         if not self.pending:
             return
-        left = self.pending[0].deadline - self.client.reactor.seconds()
-        if left > 0:
-            self.timer = self.client.reactor.callLater(left, self._check, timeout)
+        now = self.client.reactor.seconds()
+        earliest = None
+        for entry in self.pending:
+            if entry.deadline <= now:
+                break
+            if earliest is None or entry.deadline < earliest.deadline:
+                earliest = entry
+        else:
+            assert earliest is not None
+            self._arm(earliest.deadline)
             return
         # Replies come in order: this one's is still owed, so no later reply can be
         # trusted on this connection. Drop it (the pending calls fail) and reconnect.
-        log.warn("Redis did not answer within {ms:.0f} ms; reconnecting", ms=timeout * 1000)
-        self._fail_all(RedisUnavailable(f"Redis did not answer within {timeout * 1000:.0f} ms"))
+        ms = self.client.timeout * 1000
+        if entry.handshake:
+            message = (
+                f"Redis did not answer the handshake of a new connection within "
+                f"{ms * _HANDSHAKE_TIMEOUTS:.0f} ms ({_HANDSHAKE_TIMEOUTS} x redis.timeout)"
+            )
+        else:
+            message = f"Redis did not answer within {ms:.0f} ms (redis.timeout)"
+        log.warn("{message}; reconnecting", message=message)
+        self._fail_all(RedisUnavailable(message))
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
@@ -225,11 +266,12 @@ class RedisClient:
 
     def _handshake(self, protocol: _RedisProtocol) -> defer.Deferred[Any]:
         calls = []
+        timeout = self.timeout * _HANDSHAKE_TIMEOUTS
         if self.password is not None:
-            calls.append(protocol.send(("AUTH", self.password), self.timeout * 10))
+            calls.append(protocol.send(("AUTH", self.password), timeout, handshake=True))
         if self.db:
-            calls.append(protocol.send(("SELECT", self.db), self.timeout * 10))
-        calls.append(protocol.send(("PING",), self.timeout * 10))
+            calls.append(protocol.send(("SELECT", self.db), timeout, handshake=True))
+        calls.append(protocol.send(("PING",), timeout, handshake=True))
 
         def ready(_: Any) -> None:
             self.connecting = False
@@ -241,10 +283,13 @@ class RedisClient:
             self.protocol = protocol
             log.info("connected to Redis at {url}", url=self._safe_url())
             waiting, self.waiting = self.waiting, []
+            now = self.reactor.seconds()
             for args, soon, deferred, timer in waiting:
                 if timer.active():
+                    # What is left of the call's own deadline, not a new one.
+                    left = max(0.0, timer.getTime() - now)
                     timer.cancel()
-                    protocol.send(args, self.timeout, soon=soon).chainDeferred(deferred)
+                    protocol.send(args, left, soon=soon).chainDeferred(deferred)
 
         return defer.gatherResults(calls, consumeErrors=True).addCallback(ready)
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import math
+import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -348,6 +350,43 @@ def test_redis_stopped_mid_test_applies_the_policy_and_recovery_follows(
     finally:
         gateway.process.stop()
         own.stop()
+
+
+def test_redis_that_stops_answering_right_after_connecting_fails_a_call_within_its_timeout(
+    mock_port: int, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # The handshake of a connection (PING) may take ten times redis.timeout (here 2 s):
+    # a call made after it must still fail within its own 2 s, not at the handshake's
+    # 20 s — the client's 10 s bound is the correctness bound, not a timing claim.
+    own = RedisServer(redis_server.binary, closed_port())
+    own.start()
+    assert own.process is not None
+    gateway = gateway_with(config(mock_port, own.url, "closed"), tmp_path)
+    try:
+        client = oai(gateway, "outage", timeout=10.0)
+        ask(client)  # connected: the handshake was answered
+        os.kill(own.process.pid, signal.SIGSTOP)  # Redis hangs, its connection open
+        try:
+            with pytest.raises(openai.InternalServerError) as raised:
+                ask(client)
+        finally:
+            os.kill(own.process.pid, signal.SIGCONT)
+        assert raised.value.status_code == 503
+        assert raised.value.code == "limits_unavailable"
+        # The log says the limit that was applied: redis.timeout.
+        gateway.process.wait_for(r"Redis did not answer within 2000 ms \(redis\.timeout\)")
+        wait_until(lambda: _answered(client), timeout=15)  # reconnected by itself
+    finally:
+        gateway.process.stop()
+        own.stop()
+
+
+def _answered(client: openai.OpenAI) -> bool:
+    try:
+        ask(client)
+    except openai.APIStatusError:
+        return False
+    return True
 
 
 def test_an_open_gateway_on_a_public_address_says_so(mock_port: int, tmp_path: Path) -> None:
