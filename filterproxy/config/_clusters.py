@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Mapping
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from filterproxy.config._headers import parse_header_policy, parse_header_rules
 from filterproxy.config._providers import PRESETS, ProviderPreset, auth_headers, preset_named
@@ -83,10 +84,15 @@ def parse_cluster(name: str, node: Node) -> ClusterConfig:
         raise node.error(
             "give either 'url' (one upstream) or 'endpoints' (a list of {url, weight}), not both"
         )
+    headers = parse_header_policy(keys)
+    # The cluster's own rules for authorization win over credentials in a URL.
+    taken = _touches_authorization(headers.request)
     if "url" in keys:
-        endpoints: tuple[EndpointConfig, ...] = (parse_endpoint_url(keys["url"]),)
+        endpoints: tuple[EndpointConfig, ...] = (
+            parse_endpoint_url(keys["url"], authorization_taken=taken),
+        )
     elif "endpoints" in keys:
-        endpoints = tuple(_parse_endpoint(n) for n in keys["endpoints"].sequence())
+        endpoints = tuple(_parse_endpoint(n, taken) for n in keys["endpoints"].sequence())
         if not endpoints:
             raise keys["endpoints"].error("needs at least one endpoint")
     elif preset is not None and preset.base_url is not None:
@@ -120,7 +126,6 @@ def parse_cluster(name: str, node: Node) -> ClusterConfig:
             f"unknown protocol {protocol!r}; use one of: {', '.join(PROTOCOLS)}"
         )
 
-    headers = parse_header_policy(keys)
     apis = ALL_APIS
     max_tokens_field = ClusterConfig.max_tokens_field
     if preset is not None:
@@ -206,6 +211,7 @@ def _apply_preset(
     preset_rules = tuple(
         (n, v) for n, v in auth_headers(preset, key) + preset.headers if n not in own
     )
+    provider_authorizes = any(n == "authorization" for n, _ in preset_rules)
     shaped = []
     for endpoint in endpoints:
         prefix = endpoint.base_path or default_path
@@ -213,6 +219,10 @@ def _apply_preset(
         if preset.deployments and version == "v1" and not prefix.endswith("/v1"):
             prefix += "/v1"
         rules = endpoint.request_headers
+        if endpoint.url_credentials == "basic" and provider_authorizes:
+            # The provider's key wins over the URL's credentials (their rule comes first).
+            rules = HeaderRules(set=rules.set[1:], append=rules.append, remove=rules.remove)
+            endpoint = replace(endpoint, url_credentials="unused")
         shaped.append(
             replace(
                 endpoint,
@@ -258,37 +268,85 @@ def base_path_warnings(clusters: Mapping[str, ClusterConfig]) -> tuple[str, ...]
     )
 
 
+def redact_url(url: str) -> str:
+    """*url* as it may be shown: the password of its user information replaced by
+    ``***`` (``http://user:***@host``), and a user name given without a password — the
+    way some APIs take a key — as well (``http://***@host``)."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at:
+        return url
+    user, colon, password = userinfo.partition(":")
+    shown = f"{user}:***" if colon and password and user else "***"
+    return urlunsplit(parts._replace(netloc=f"{shown}@{hostport}"))
+
+
+def basic_authorization(user: str, password: str) -> str:
+    """An ``Authorization: Basic`` value (RFC 7617; UTF-8) for a URL's *user* and
+    *password*, percent-decoded as curl and the HTTP libraries do."""
+    pair = f"{unquote(user)}:{unquote(password)}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+def _touches_authorization(rules: HeaderRules) -> bool:
+    return any(n == "authorization" for n, _ in rules.set + rules.append) or (
+        "authorization" in rules.remove
+    )
+
+
 def parse_endpoint_url(
-    node: Node, *, weight: int = 1, request_headers: Any = None
+    node: Node,
+    *,
+    weight: int = 1,
+    request_headers: HeaderRules | None = None,
+    authorization_taken: bool = False,
 ) -> EndpointConfig:
+    """An endpoint for the URL at *node*. Credentials in it (``user:password@``) are sent
+    as HTTP basic auth, as curl and the SDKs do with a URL's user information — unless
+    the cluster's header rules (*authorization_taken*) or the endpoint's own set
+    ``authorization``; either way they are never shown (`redact_url`)."""
     url = node.string()
+    shown = redact_url(url)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise node.error(f"not a URL: {url!r}; write it as http://host:port or https://host")
+        raise node.error(f"not a URL: {shown!r}; write it as http://host:port or https://host")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        raise node.error(f"not a URL: {url!r}; the port must be a number") from None
+        raise node.error(f"not a URL: {shown!r}; the port must be a number") from None
     if parts.query or parts.fragment:
-        raise node.error(f"{url!r}: a cluster URL cannot have a query or fragment")
+        raise node.error(f"{shown!r}: a cluster URL cannot have a query or fragment")
     default_port = 443 if parts.scheme == "https" else 80
     host = parts.hostname
     bracketed = f"[{host}]" if ":" in host else host
-    endpoint = EndpointConfig(
-        url=url,
+    rules = request_headers or HeaderRules()
+    credentials = ""
+    if shown != url:
+        if authorization_taken or _touches_authorization(rules):
+            credentials = "unused"
+        else:
+            credentials = "basic"
+            basic = (
+                "authorization",
+                basic_authorization(parts.username or "", parts.password or ""),
+            )
+            rules = HeaderRules(set=(basic, *rules.set), append=rules.append, remove=rules.remove)
+    return EndpointConfig(
+        url=shown,
         scheme=parts.scheme,
         host=host,
         port=port,
         base_path=parts.path.rstrip("/"),
         host_header=bracketed if port == default_port else f"{bracketed}:{port}",
         weight=weight,
+        request_headers=rules,
+        url_credentials=credentials,
     )
-    return replace(endpoint, request_headers=request_headers) if request_headers else endpoint
 
 
-def _parse_endpoint(node: Node) -> EndpointConfig:
+def _parse_endpoint(node: Node, authorization_taken: bool) -> EndpointConfig:
     if isinstance(node.value, str):
-        return parse_endpoint_url(node)
+        return parse_endpoint_url(node, authorization_taken=authorization_taken)
     keys = node.mapping(_ENDPOINT_KEYS)
     if "url" not in keys:
         raise node.error("missing 'url'")
@@ -298,6 +356,20 @@ def _parse_endpoint(node: Node) -> EndpointConfig:
         request_headers=parse_header_rules(keys["request_headers"])
         if "request_headers" in keys
         else None,
+        authorization_taken=authorization_taken,
+    )
+
+
+def url_credential_warnings(clusters: Mapping[str, ClusterConfig]) -> tuple[str, ...]:
+    """What start-up says of URLs whose credentials are not sent (something else in the
+    config sets ``authorization``): never silently ignored."""
+    return tuple(
+        f"clusters.{cluster.name}: url {endpoint.url!r} carries credentials, but a header "
+        "rule (or the provider's api_key) sets authorization, which wins: the URL's "
+        "credentials are not sent; remove one of them"
+        for cluster in clusters.values()
+        for endpoint in cluster.endpoints
+        if endpoint.url_credentials == "unused"
     )
 
 

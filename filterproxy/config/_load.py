@@ -11,7 +11,11 @@ from typing import Any
 import yaml
 
 from filterproxy.config._archgw import from_archgw, is_archgw
-from filterproxy.config._clusters import base_path_warnings, parse_clusters
+from filterproxy.config._clusters import (
+    base_path_warnings,
+    parse_clusters,
+    url_credential_warnings,
+)
 from filterproxy.config._keys import merge, parse_keys, parse_keys_file, parse_redis
 from filterproxy.config._reader import ConfigError, Node, default_environ
 from filterproxy.config._routes import parse_aliases, parse_routes
@@ -96,7 +100,7 @@ def parse_config(
     access = _access_log(top["access_log"]) if "access_log" in top else True
     redis = parse_redis(section("redis"))
     routes = parse_routes(section("routes"), clusters)
-    warnings += base_path_warnings(clusters)
+    warnings += base_path_warnings(clusters) + url_credential_warnings(clusters)
     return Config(
         listeners=tuple(n.string() for n in section("listeners").sequence()),
         clusters=MappingProxyType(clusters),

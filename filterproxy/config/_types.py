@@ -109,6 +109,8 @@ class OutlierDetection:
 class EndpointConfig:
     """One address of a cluster (a deployment, or the same API with another key)."""
 
+    #: The URL as given, with the password of its user information (``user:secret@``)
+    #: replaced by ``***``: what logs, the access log, metrics and ``/memory`` show.
     url: str
     scheme: str
     host: str
@@ -126,6 +128,10 @@ class EndpointConfig:
     deployments: bool = False
     #: Added to every request's query string (Azure's ``api-version``).
     query: str = ""
+    #: What became of credentials in the URL (``user:password@host``): "" (none),
+    #: "basic" (sent as HTTP basic auth, a rule of `request_headers`), "unused" (a header
+    #: rule or the provider's key sets ``authorization``).
+    url_credentials: str = ""
 
     def target(self, path: str, model: str | None) -> str:
         """The request target for a client's *path* (asking for *model*)."""

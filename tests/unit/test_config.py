@@ -376,3 +376,49 @@ def test_cluster_protocol_and_tls_files(tmp_path: Any) -> None:
     assert "clusters.a.tls.client_key: a client_key needs its client_cert" in error_for(
         f'clusters: {{a: {{url: "https://h", tls: {{client_key: "{cert}"}}}}}}'
     )
+
+
+def _endpoints(text: str) -> list[tuple[str, str, dict[str, str]]]:
+    config = parse_config(text, environ={})
+    return [
+        (e.url, e.url_credentials, dict(e.request_headers.set))
+        for cluster in config.clusters.values()
+        for e in cluster.endpoints
+    ]
+
+
+def test_credentials_in_a_cluster_url_are_basic_auth_unless_something_else_authorizes() -> None:
+    # Percent-encoded as in any URL (the user "us@er", the password "p:w").
+    assert _endpoints('clusters: {a: {url: "http://us%40er:p%3Aw@h:81/base"}}') == [
+        ("http://us%40er:***@h:81/base", "basic", {"authorization": "Basic dXNAZXI6cDp3"})
+    ]
+    # A user name alone (how some APIs take a key) is not shown either.
+    assert _endpoints('clusters: {a: {url: "https://sk_live_123@h"}}') == [
+        ("https://***@h", "basic", {"authorization": "Basic c2tfbGl2ZV8xMjM6"})
+    ]
+    # The cluster's rule, the endpoint's own rule and the provider's key each win.
+    ruled = 'clusters: {a: {url: "http://u:p@h", request_headers: {remove: [authorization]}}}'
+    assert _endpoints(ruled) == [("http://u:***@h", "unused", {})]
+    own = """
+        clusters:
+          a:
+            endpoints:
+              - {url: "http://u:p@h1", request_headers: {set: {authorization: Bearer e}}}
+              - "http://u:p@h2"
+    """
+    assert _endpoints(own) == [
+        ("http://u:***@h1", "unused", {"authorization": "Bearer e"}),
+        ("http://u:***@h2", "basic", {"authorization": "Basic dTpw"}),
+    ]
+    provider = 'clusters: {a: {provider: openai, api_key: sk-k, url: "https://u:p@h/v1"}}'
+    assert _endpoints(provider) == [
+        ("https://u:***@h/v1", "unused", {"authorization": "Bearer sk-k"})
+    ]
+    assert parse_config(ruled, environ={}).warnings == (
+        "clusters.a: url 'http://u:***@h' carries credentials, but a header rule (or the "
+        "provider's api_key) sets authorization, which wins: the URL's credentials are not "
+        "sent; remove one of them",
+    )
+    # An error about the URL does not show the password either.
+    message = error_for('clusters: {a: {url: "http://u:hunter2@h:port"}}')
+    assert "clusters.a.url" in message and "u:***@h" in message and "hunter2" not in message
