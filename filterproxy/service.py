@@ -26,9 +26,11 @@ from filterproxy.metrics import Metrics
 from filterproxy.upstream.cluster import Cluster
 from filterproxy.upstream.router import Router
 from filterproxy.workers import (
+    CANNOT_START,
     WORKER_SECRET_ENV,
     ReloadableServerTLS,
     ReusePortTLSEndpoint,
+    exit_after_shutdown,
     reuse_port_endpoint,
     with_default_backlog,
 )
@@ -331,12 +333,23 @@ class GatewayService(Service):
         log.error(
             "cannot listen on {description}: {problem}", description=description, problem=problem
         )
-        self.listen_failed = True
-        self.reactor.callLater(0, self.reactor.stop)
+        self._start_failed()
 
     def _listen_failed(self, failure: Any, description: str) -> None:
+        log.error(
+            "cannot listen on {description}: {problem}",
+            description=description,
+            problem=failure.getErrorMessage(),
+        )
+        self._start_failed()
+
+    def _start_failed(self) -> None:
+        """A listener could not be bound: stop, with `CANNOT_START` as the exit status
+        (under --workers, the supervisor then stops rather than restart the worker)."""
+        if self.listen_failed:
+            return
         self.listen_failed = True
-        log.failure("cannot listen on {description}", failure, description=description)
+        exit_after_shutdown(CANNOT_START)
         self.reactor.callLater(0, self.reactor.stop)
 
     def _ready(self, _: object) -> None:

@@ -4,8 +4,11 @@
 It starts N workers — the same command with ``--worker`` — each of which binds every
 ``tcp:``, ``tcp6:`` and ``ssl:`` listener with ``SO_REUSEPORT``, so the kernel spreads new connections
 over them. A worker that dies is restarted (after a short pause that grows when it keeps
-dying). SIGTERM to the supervisor is passed to every worker; each stops accepting, lets
-its in-flight streams finish for up to ``shutdown_grace``, and exits.
+dying). A worker that cannot start — a listener it cannot bind, such as a port another
+process holds — exits with `CANNOT_START`: then start-up has failed, and the supervisor
+stops the other workers and exits with that status too, rather than restart workers
+that would fail again. SIGTERM to the supervisor is passed to every worker; each stops
+accepting, lets its in-flight streams finish for up to ``shutdown_grace``, and exits.
 
 Workers share nothing: each has its own pools and passive health state, exactly as
 separate gateway instances behind an L4 load balancer would.
@@ -13,6 +16,8 @@ separate gateway instances behind an L4 load balancer would.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import re
 import secrets
@@ -43,11 +48,13 @@ if TYPE_CHECKING:
 # is loaded at all (see filterproxy.lazytls).
 
 __all__ = [
+    "CANNOT_START",
     "WORKER_SECRET_ENV",
     "ParentWatch",
     "ReusePortEndpoint",
     "ReusePortTLSEndpoint",
     "WorkerSupervisor",
+    "exit_after_shutdown",
     "reuse_port_endpoint",
     "with_default_backlog",
     "worker_count",
@@ -56,6 +63,29 @@ __all__ = [
 log = Logger(namespace=__name__)
 #: The environment variable that gives the workers their supervisor's secret.
 WORKER_SECRET_ENV = "FILTERPROXY_WORKER_SECRET"
+#: The exit status of a gateway, a worker or a supervisor that could not start (a
+#: listener could not be bound): EX_CONFIG of sysexits.h. Restarting does not help.
+CANNOT_START = 78
+
+_exit_status: list[int] = []
+
+
+def exit_after_shutdown(status: int) -> None:
+    """Make the process exit with *status* once twistd has shut it down (twistd ends
+    with status 0 whatever stopped its reactor)."""
+    if not _exit_status:
+        atexit.register(_exit)
+    _exit_status[:] = [status]
+
+
+def _exit() -> None:
+    # The last thing the process does: twistd has stopped the reactor, removed its
+    # pidfile and its logger; only the status is left to give.
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed
+            stream.flush()
+    os._exit(_exit_status[0])
+
 
 _UNESCAPED_COLON = re.compile(r"(?<!\\):")
 
@@ -334,6 +364,18 @@ class WorkerSupervisor(Service):
 
     def worker_ended(self, worker: _Worker, reason: Any) -> None:
         if self.stopping or self.workers.get(worker.index) is not worker:
+            return
+        status = getattr(reason.value, "exitCode", None)
+        if status == CANNOT_START and worker.index not in self.restarts:
+            # Its first start failed (it logged why): the next would fail the same way.
+            log.error(
+                "worker {index} could not start (exit status {status}; its reason is above): "
+                "start-up failed, stopping the other workers",
+                index=worker.index,
+                status=status,
+            )
+            exit_after_shutdown(CANNOT_START)
+            self.reactor.stop()
             return
         failures = self.restarts.get(worker.index, 0) + 1
         self.restarts[worker.index] = failures

@@ -23,6 +23,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from filterproxy.workers import CANNOT_START
+
 from .conftest import (
     TWISTD,
     Gateway,
@@ -481,6 +483,7 @@ def test_an_admin_port_in_use_stops_start_up_and_says_which(
         )
     finally:
         taken.close()
+    assert result.returncode == CANNOT_START
     assert f"cannot listen on tcp:{port}:interface=127.0.0.1" in result.stdout
     assert "Address already in use" in result.stdout
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from filterproxy.workers import CANNOT_START
+
 from .conftest import (
     TWISTD,
     Process,
@@ -166,3 +168,33 @@ def test_workers_refuse_listeners_they_cannot_share(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "--workers shares tcp:, tcp6: and ssl: listeners only" in result.stdout + result.stderr
+
+
+def test_workers_on_a_port_already_taken_fail_start_up_once_with_the_reason(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    # Held by another process's listener without SO_REUSEPORT: no worker can bind it.
+    taken = socket.create_server(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f'clusters: {{test: {{url: "{upstream.url}"}}}}\n')
+    try:
+        result = subprocess.run(
+            twistd_command(config, "--workers", "2", "--listen", f"tcp:{port}:interface=127.0.0.1"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        taken.close()
+    output = result.stdout + result.stderr
+    assert result.returncode == CANNOT_START, output
+    assert f"cannot listen on tcp:{port}:interface=127.0.0.1" in output
+    assert "Address already in use" in output
+    assert "start-up failed" in output
+    # Each worker started once; none was restarted.
+    assert output.count("started (pid") == 2
+    assert "restarting in" not in output
+    assert not any(
+        "--worker" in " ".join(child.cmdline()) for child in psutil.Process().children(True)
+    )
