@@ -285,11 +285,15 @@ class RedisClient:
             waiting, self.waiting = self.waiting, []
             now = self.reactor.seconds()
             for args, soon, deferred, timer in waiting:
-                if timer.active():
-                    # What is left of the call's own deadline, not a new one.
-                    left = max(0.0, timer.getTime() - now)
-                    timer.cancel()
+                if not timer.active():
+                    continue
+                timer.cancel()
+                # What is left of the call's own deadline, not a new one.
+                left = timer.getTime() - now
+                if left > 0:
                     protocol.send(args, left, soon=soon).chainDeferred(deferred)
+                else:  # due now: not worth the new connection's life
+                    self._expire_waiting(deferred)
 
         return defer.gatherResults(calls, consumeErrors=True).addCallback(ready)
 
