@@ -314,8 +314,8 @@ class HTTP11ClientConnection(NativeProtocol):
     def _complete(self, *, reusable: bool) -> None:
         """The response ended. The end goes to the handler before the connection goes
         back to the pool (`dataReceived` gives it back once the read is over): a client
-        that pauses the connection while the end is written pauses nothing, and the
-        handler cannot be handed a connection that has begun another request."""
+        that pauses the connection while the end is written pauses nothing, and no other
+        request gets the connection while this one's end is still being passed on."""
         handler, self.handler = self.handler, None
         self.parser = None
         self.requests_served += 1
