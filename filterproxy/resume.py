@@ -23,6 +23,8 @@ from typing import Any, Final
 
 import orjson
 
+from filterproxy.http.sse import DEFAULT_MAX_EVENT_BYTES
+
 __all__ = [
     "BUDGET",
     "BufferBudget",
@@ -64,22 +66,53 @@ class EventFramer:
     (an event that has not ended yet is held until it has) and comment lines (at once,
     without a blank line). Each numbered event is also kept in `events` until the caller
     takes them (`take`). An event's id is ``<prefix><n>``, n counting from 1.
+
+    An event held past *max_event* bytes stops it: `too_large` is set, what it held is
+    dropped, and it frames nothing more (the caller fails the stream).
     """
 
-    __slots__ = ("events", "pending", "prefix", "seq")
+    __slots__ = (
+        "events",
+        "max_event",
+        "more",
+        "more_size",
+        "pending",
+        "prefix",
+        "seq",
+        "too_large",
+    )
 
-    def __init__(self, prefix: bytes = b"") -> None:
+    def __init__(self, prefix: bytes = b"", max_event: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self.prefix = prefix
+        self.max_event = max_event
         #: The number of the last event numbered.
         self.seq = 0
         self.pending = b""
+        #: Later pieces of the pending event that hold no line end (joined once, when
+        #: one comes), and their size.
+        self.more: list[bytes] = []
+        self.more_size = 0
+        #: An event passed `max_event` before it ended.
+        self.too_large = False
         #: The numbered events since the last `take`, each as passed on.
         self.events: list[bytes] = []
 
     def feed(self, data: bytes) -> bytes:
         """The bytes to pass on for what *data* completes."""
+        if self.too_large:
+            return b""
         out: list[bytes] = []
         if self.pending:
+            if b"\n" not in data and b"\r" not in data:
+                # The event goes on (no blank line can end in this piece).
+                self.more.append(data)
+                self.more_size += len(data)
+                self._check(len(self.pending) + self.more_size)
+                return b""
+            if self.more:
+                self.pending = b"".join([self.pending, *self.more])
+                self.more = []
+                self.more_size = 0
             text = self.pending + data
         else:
             text = _comment_lines(data, out) if data[:1] == b":" else data
@@ -89,12 +122,26 @@ class EventFramer:
         end = text.rfind(b"\n\n")
         if end < 0:
             self.pending = text
+            self._check(len(text))
             return b"".join(out)
         rest = text[end + 2 :]
         for block in text[:end].split(b"\n\n"):
             self._frame(block, b"\n", out)
         self.pending = _comment_lines(rest, out) if rest[:1] == b":" else rest
+        self._check(len(self.pending))
         return b"".join(out)
+
+    def drop(self) -> None:
+        """The upstream's stream broke off: its unfinished event is dropped (what the
+        gateway sends next is an event of its own)."""
+        self.pending = b""
+        self.more = []
+        self.more_size = 0
+
+    def _check(self, held: int) -> None:
+        if held > self.max_event:
+            self.too_large = True
+            self.drop()
 
     def _feed_any(self, text: bytes, out: list[bytes]) -> None:
         # CR or CRLF line ends (rare): split on any blank line, keep each event's own.
@@ -105,6 +152,7 @@ class EventFramer:
             self._frame(block, match.group()[: len(match.group()) // 2], out)
         rest = text[start:]
         self.pending = _comment_lines(rest, out) if rest[:1] == b":" else rest
+        self._check(len(self.pending))
 
     def _frame(self, block: bytes, newline: bytes, out: list[bytes]) -> None:
         block = block.strip(b"\r\n")  # extra blank lines: nothing to dispatch

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 
 from filterproxy.filters.api import DataResult, FilterStatus, ResponseHead, StreamFilter
-from filterproxy.http.sse import SSEDecoder, SSEEvent, encode_event
+from filterproxy.http.sse import EventTooLarge, SSEDecoder, SSEEvent, encode_event
 
 
 class RequestedModel(StreamFilter):
@@ -49,7 +49,14 @@ class RequestedModel(StreamFilter):
             return FilterStatus.CONTINUE
         if self.events is not None:
             # Each event as soon as it is complete; a piece may end inside one.
-            out = [self._event(event) for event in self.events.feed(data)]
+            try:
+                events = self.events.feed(data)
+            except EventTooLarge as e:
+                # One event grew past the decoder's limit: the answer cannot be read on.
+                self.callbacks.inject_encoded_data(b"".join(map(self._event, e.events)), False)
+                self.callbacks.fail_response(502, str(e))
+                return FilterStatus.STOP_ITERATION
+            out = [self._event(event) for event in events]
             if end_stream:
                 out.append(self.events.close())
             return b"".join(out)

@@ -51,6 +51,7 @@ _TOP_KEYS = {
     "redis",
     "responses",
     "resume_buffers",
+    "max_event_bytes",
 }
 _LIMIT_KEYS = {f.name for f in fields(Limits)}
 _DURATION_LIMITS = {"request_header_timeout", "request_body_timeout", "keepalive_timeout"}
@@ -127,6 +128,9 @@ def parse_config(
         resume_buffers=top["resume_buffers"].integer(minimum=1024)
         if "resume_buffers" in top
         else Config.resume_buffers,
+        max_event_bytes=top["max_event_bytes"].integer(minimum=1024)
+        if "max_event_bytes" in top
+        else Config.max_event_bytes,
     )
 
 

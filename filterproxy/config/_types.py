@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
 from filterproxy.http.apis import ALL_APIS, client_api
+from filterproxy.http.sse import DEFAULT_MAX_EVENT_BYTES
 
 if TYPE_CHECKING:
     from filterproxy.http.headers import Headers
@@ -405,6 +406,9 @@ class Config:
     responses: ResponsesConfig = ResponsesConfig()
     #: The most bytes all resumable streams' buffers of a process hold together.
     resume_buffers: int = 256 * 1024 * 1024
+    #: The largest event of an upstream's event stream a filter that reads the stream
+    #: (translation, usage, resume) holds; past it the answer fails with an error event.
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     #: What the config says that the gateway does not do (an imported ArchGW config's
     #: keys with no counterpart here): logged at start-up, printed by check-config.
     warnings: tuple[str, ...] = ()

@@ -146,7 +146,9 @@ class StreamInfo:
     bytes_in: int = 0
     bytes_out: int = 0
     #: How the request ended: complete, local_reply, upstream_error, timeout,
-    #: internal_error or client_gone.
+    #: internal_error or client_gone. A response that fails after its head went is
+    #: marked before its error passes the encoders: a filter that holds an unfinished
+    #: event of the upstream's then drops it (the error is an event of its own).
     outcome: str = ""
     #: What went wrong, when something did (never contains secrets).
     error: str | None = None
@@ -182,6 +184,20 @@ class IFilterCallbacks(Interface):
     def send_local_response(status: int, body: bytes, content_type: str) -> None:
         """Answer the request here with *body* (not an error); nothing goes upstream.
         It passes the encoders as `send_local_reply` does."""
+
+    def fail_response(
+        status: int, message: str, code: str = "upstream_error", frame: bytes | None = None
+    ) -> None:
+        """The upstream's answer cannot be passed on (it broke a limit, or is not what it
+        says it is): the upstream is stopped and the request fails (outcome
+        ``upstream_error``, *message* in the access log). Before the response head went
+        to the client, it gets a JSON error with *status* in its API's shape (through the
+        encoders after this filter). After it, *frame* — this filter's error event in the
+        client's API (``b""``: none, say for a compressed body no event can be put in;
+        None: the gateway's ``event: error`` in the OpenAI or Anthropic shape, for an
+        event stream) — goes through the encoders after this filter, then the response
+        ends without its final framing, so no client takes it for complete. Call it from
+        an ``encode_*`` hook, and return STOP_ITERATION."""
 
     def buffered_request_body() -> bytes:
         """The request body this filter has buffered so far (STOP_ITERATION_AND_BUFFER).

@@ -117,6 +117,15 @@ class _Callbacks:
     def send_local_response(self, status: int, body: bytes, content_type: str) -> None:
         self._manager.send_local_response(status, body, content_type, start=self._reply_start())
 
+    def fail_response(
+        self,
+        status: int,
+        message: str,
+        code: str = "upstream_error",
+        frame: bytes | None = None,
+    ) -> None:
+        self._manager.fail_response(status, message, code, start=self._reply_start(), frame=frame)
+
     def buffered_request_body(self) -> bytes:
         return b"".join(self._manager.decoder.buffers.get(self._decode_index, ()))
 
@@ -811,17 +820,23 @@ class FilterManager(ResponseSink):
         outcome: str = "upstream_error",
         *,
         through_filters: bool = True,
+        start: int = 0,
+        frame: bytes | None = None,
     ) -> None:
         """The upstream exchange failed. Before the response head: a JSON error with
         *status*. After it: an event stream gets an ``event: error`` frame in the OpenAI
         error shape (through the encoders, unless a filter is what failed); then the
-        response ends without its final framing, so no client can take it for complete."""
+        response ends without its final framing, so no client can take it for complete.
+
+        A filter that fails the response (`IFilterCallbacks.fail_response`) has its
+        error enter the encoders at *start* (those after it), and may give the *frame*
+        itself: its client API's error event, or none (``b""``)."""
         if self.done:
             return
         self.stream_info.error = message
         if not self.response_started:
             if through_filters:
-                self.send_local_reply(status, message, code=code, outcome=outcome)
+                self.send_local_reply(status, message, code=code, outcome=outcome, start=start)
             else:
                 self._stop_request()
                 body = error_body(status, message, code=code, api=self._client_api())
@@ -833,15 +848,22 @@ class FilterManager(ResponseSink):
             message=message,
         )
         self._stop_request()
+        # Said before the error passes the filters: one that holds an unfinished event of
+        # the upstream's drops it, so that the error is read as an event of its own.
+        self.stream_info.outcome = outcome
         encoder = self.encoder
-        if self.event_stream:
+        if frame is None and self.event_stream:
             body = error_body(status, message, code=code, api=self._client_api())
             frame = b"event: error\ndata: " + body + b"\n\n"
             if self.last_chunk and not self.last_chunk.endswith(b"\n\n"):
                 frame = b"\n\n" + frame  # end the event the upstream left unfinished
+        if frame:
             if encoder is not None and through_filters and not encoder.stopped:
                 try:
-                    encoder.data(frame, False)
+                    if start:
+                        encoder.data_from(start, frame, False)
+                    else:
+                        encoder.data(frame, False)
                 except Exception:
                     log.failure("a filter failed on the mid-stream error frame")
             elif not self.done:

@@ -53,6 +53,9 @@ from filterproxy.filters.api import (
     StreamFilter,
 )
 from filterproxy.filters.owner import credential_of, owner_digest
+from filterproxy.http.apis import client_api
+from filterproxy.http.errors import error_body
+from filterproxy.http.sse import DEFAULT_MAX_EVENT_BYTES, EventTooLarge
 from filterproxy.resume import (
     BUDGET,
     EventFramer,
@@ -391,6 +394,8 @@ class _Discard(TwistedProtocol):
 @dataclass(frozen=True)
 class ResumeFilterConfig:
     registry: StreamRegistry
+    #: The largest upstream event a resumable stream holds (``max_event_bytes``).
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
 
 
 def _gone(stream_id: str) -> str:
@@ -410,7 +415,7 @@ class ResumeFilter(StreamFilter):
     def configure(cls, options: Mapping[str, Any], context: FilterContext) -> ResumeFilterConfig:
         Node(dict(options), context.path, context.environ).mapping(set())
         BUDGET.cap = context.config.resume_buffers
-        return ResumeFilterConfig(registry)
+        return ResumeFilterConfig(registry, context.config.max_event_bytes)
 
     def __init__(self, config: ResumeFilterConfig) -> None:
         super().__init__(config)
@@ -714,6 +719,7 @@ class ResumeFilter(StreamFilter):
             head.headers.get("content-type") or "text/event-stream",
         )
         stream.origin = self
+        stream.framer.max_event = self.config.max_event_bytes
         registry.add(stream)
         self.stream = stream
         self.body = b""
@@ -736,12 +742,16 @@ class ResumeFilter(StreamFilter):
         if stream is None or self.reading:
             return FilterStatus.CONTINUE
         framer = stream.framer
+        if framer.pending and self.callbacks.stream_info.outcome:
+            framer.drop()  # the upstream broke off mid-event: the gateway's error follows
         out = framer.feed(data) if data else b""
         if end_stream and framer.pending:
             out += framer.feed(b"\n\n")  # a last event that lost its blank line
         events = framer.take() if framer.events else None
         if events is not None:
             stream.keep(events)
+        if framer.too_large:
+            return self._refuse(stream, out)
         if stream.reader is not None and out:
             stream.reader.push(out)
         if self.detached:
@@ -759,6 +769,26 @@ class ResumeFilter(StreamFilter):
                 return b""
             out, self.held, self.held_bytes = b"".join(stream.fold(self.held)), [], 0
         return self._compressed(out, end_stream) if self.gzip is not None else out
+
+    def _refuse(self, stream: ResumableStream, out: bytes) -> DataResult:
+        """The upstream sent an event past ``max_event_bytes``: the stream fails. Its
+        client and its reader get what came before it, then the client API's error
+        event; the answer ends as a failure (and is not resumed as complete)."""
+        message = str(EventTooLarge(stream.framer.max_event, []))
+        info = self.callbacks.stream_info
+        api = info.api or client_api(info.client_path)
+        body = error_body(502, message, code="upstream_error", api=api)
+        error = b"event: error\ndata: " + body + b"\n\n"
+        if stream.reader is not None:
+            stream.reader.push(out + error)
+        frame = b""
+        if not self.detached:
+            held, self.held, self.held_bytes = self.held, [], 0
+            frame = b"".join([*held, out, error])
+            if self.gzip is not None:
+                frame = self._compressed(frame, True)
+        self.callbacks.fail_response(502, message, frame=frame)
+        return FilterStatus.STOP_ITERATION
 
     def _client_slow(self) -> None:
         self.slow = True

@@ -41,6 +41,8 @@ from filterproxy.filters.api import (
     StreamFilter,
 )
 from filterproxy.http.apis import CHAT, MESSAGES, RESPONSES, client_api
+from filterproxy.http.inflate import InflateError, Inflater, inflater_for
+from filterproxy.http.sse import DEFAULT_MAX_EVENT_BYTES
 from filterproxy.translate.chat_client import (
     ChatFromMessagesStream,
     add_cache_breakpoints,
@@ -93,6 +95,8 @@ PREVIOUS_ANNOTATION: Final = "responses.previous_response_id"
 
 #: A whole (non-streaming) answer being translated may be this large.
 _MAX_BODY: Final = 32 * 1024 * 1024
+#: How much of a whole answer is seen before it is refused for not starting like JSON.
+_SNIFF_BYTES: Final = 2048
 _CLIENT_HEADERS: Final = {
     MESSAGES: ("anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access"),
     CHAT: ("openai-organization", "openai-project", "openai-beta"),
@@ -109,6 +113,8 @@ class TranslateConfig:
     default_max_tokens: int = 4096
     #: What a Responses request's hosted tools get when no route says (``hosted_tools``).
     hosted_tools: str = "drop"
+    #: The largest upstream event a stream translation holds (``max_event_bytes``).
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
 
 
 class TranslateFilter(StreamFilter):
@@ -121,7 +127,9 @@ class TranslateFilter(StreamFilter):
         keys = Node(dict(options), context.path, context.environ).mapping(
             {"default_max_tokens", "hosted_tools"}
         )
-        config = TranslateConfig(context.config.clusters)
+        config = TranslateConfig(
+            context.config.clusters, max_event_bytes=context.config.max_event_bytes
+        )
         if "default_max_tokens" in keys:
             config = replace(
                 config, default_max_tokens=keys["default_max_tokens"].integer(minimum=1)
@@ -152,6 +160,12 @@ class TranslateFilter(StreamFilter):
         #: A whole answer (JSON, or an error) collected to be rebuilt.
         self.body: list[bytes] | None = None
         self.body_size = 0
+        #: The answer's content type, and whether its start was seen to be able to be
+        #: a JSON object (a whole answer that cannot is refused before its end).
+        self.content_type = ""
+        self.sniffed = False
+        #: Inflates an answer the upstream compressed though it was asked not to.
+        self.inflater: Inflater | None = None
 
     # -- the request ---------------------------------------------------------------------
 
@@ -272,8 +286,17 @@ class TranslateFilter(StreamFilter):
         dropped = self.callbacks.stream_info.annotations.get(DROPPED_ANNOTATION)
         if dropped:
             head.headers.set(DROPPED_HEADER, ", ".join(dropped))
-        content_type = head.headers.get("content-type") or ""
+        content_type = self.content_type = head.headers.get("content-type") or ""
         model = self.callbacks.stream_info.model
+        try:
+            # Asked for identity, and compressed all the same: read within bounds. The
+            # client's answer is a new body (uncompressed).
+            self.inflater = inflater_for(head.headers.get("content-encoding"))
+        except InflateError as e:
+            self.callbacks.fail_response(502, str(e))
+            return FilterStatus.STOP_ITERATION
+        if self.inflater is not None:
+            head.headers.remove("content-encoding")
         if 200 <= head.status < 300 and content_type.startswith("text/event-stream"):
             if self.client == MESSAGES:
                 self.stream = MessagesFromChatStream(model)
@@ -287,9 +310,15 @@ class TranslateFilter(StreamFilter):
                     if self.target == CHAT
                     else Piped(ChatFromMessagesStream(model, True), responses)
                 )
+            self._limit_events(self.stream)
             head.headers.remove("content-length")
             return FilterStatus.CONTINUE
         if end_stream:
+            if head.status < 400:  # an error status with no body is the upstream's answer
+                self.callbacks.fail_response(
+                    502, f"the upstream answered {head.status} with no body: not an answer"
+                )
+                return FilterStatus.STOP_ITERATION
             return FilterStatus.CONTINUE
         # A whole answer or an error: rebuilt when it has all arrived.
         self.head = head
@@ -299,18 +328,48 @@ class TranslateFilter(StreamFilter):
     def encode_data(self, data: bytes, end_stream: bool) -> DataResult:
         stream = self.stream
         if stream is not None:
-            out = stream.feed(data)
-            if end_stream:
-                out += stream.end()
+            inflater = self.inflater
+            failure: str | None = None
+            if inflater is not None and not self.callbacks.stream_info.outcome:
+                try:
+                    data = inflater.feed(data)
+                except InflateError as e:
+                    failure = str(e)
+            if failure is not None:
+                out = (stream.second if isinstance(stream, Piped) else stream).fail(failure)
+            else:
+                decoder = (stream.first if isinstance(stream, Piped) else stream).decoder
+                if not decoder.between_events and self.callbacks.stream_info.outcome:
+                    decoder.close()  # broke off mid-event: the gateway's error follows
+                out = stream.feed(data)
+                if end_stream:
+                    out += stream.end()
+                failure = (
+                    stream.first.failure or stream.second.failure
+                    if isinstance(stream, Piped)
+                    else stream.failure
+                )
             if (
                 stream.closed
                 and self.shell is not None
                 and isinstance(stream, ResponsesFromChatStream | Piped)
             ):
                 self._publish(stream)
+            if failure is not None:
+                # The upstream's stream cannot be read on: the client has its error
+                # event, and the answer ends as a failure (never a clean end).
+                self.callbacks.fail_response(502, failure, frame=out)
+                return FilterStatus.STOP_ITERATION
             return out
         if self.body is None:
             return FilterStatus.CONTINUE
+        if self.inflater is not None:
+            try:
+                data = self.inflater.feed(data)
+            except InflateError as e:
+                self.body = None
+                self.callbacks.fail_response(502, str(e))
+                return FilterStatus.STOP_ITERATION
         self.body.append(data)
         self.body_size += len(data)
         if self.body_size > _MAX_BODY:
@@ -320,6 +379,15 @@ class TranslateFilter(StreamFilter):
             )
             return FilterStatus.STOP_ITERATION
         if not end_stream:
+            if not self.sniffed and self.body_size >= _SNIFF_BYTES:
+                # Enough to tell: an answer that cannot be a JSON object is refused
+                # now, not after all of it (a page, a stream sent as text/plain). (An
+                # error status keeps its head: its body is read to its end.)
+                self.sniffed = True
+                start = b"".join(self.body)[:_SNIFF_BYTES]
+                if self.status < 400 and start.lstrip()[:1] != b"{":
+                    self.body = None
+                    self.callbacks.fail_response(502, self._not_an_answer(start))
             return FilterStatus.STOP_ITERATION
         body = self._rebuilt(b"".join(self.body))
         self.body = None
@@ -352,14 +420,39 @@ class TranslateFilter(StreamFilter):
                     self.head.status = 502
         fields = error_fields(document)
         if fields is None:
-            text = raw.decode("utf-8", "replace").strip()[:2000]
-            fields = (text or f"the upstream answered {self.status} with no body", None, None)
+            fields = (self._not_an_answer(raw), None, None)
         message, kind, code = fields
         status = self.status if self.status >= 400 else 502
+        if self.head is not None:
+            self.head.status = status  # never a 2xx for an answer that is not one
         if self.client == MESSAGES:
             return json.dumps(anthropic_error(status, message, kind)).encode()
         # Chat Completions and Responses share OpenAI's error shape.
         return json.dumps(openai_error(status, message, kind, code)).encode()
+
+    def _not_an_answer(self, raw: bytes) -> str:
+        """What the client is told of an answer that is neither its API's answer nor an
+        error document: the start of what the upstream sent."""
+        text = raw.decode("utf-8", "replace").strip()[:2000]
+        if self.status >= 400:
+            return text or f"the upstream answered {self.status} with no body"
+        kind = self.content_type or "no content-type"
+        shown = text or "an empty body"
+        return f"the upstream answered {self.status} with {kind} that is not a JSON answer: {shown}"
+
+    def _limit_events(
+        self,
+        stream: MessagesFromChatStream | ChatFromMessagesStream | ResponsesFromChatStream | Piped,
+    ) -> None:
+        """The config's limit on one upstream event for *stream*'s decoder."""
+        limit = self.config.max_event_bytes
+        if isinstance(stream, Piped):
+            stream.first.decoder.max_event_bytes = limit
+            # What the first made of events within the limit, with room for what the
+            # translation adds (escapes, fields).
+            stream.second.decoder.max_event_bytes = 2 * limit
+        else:
+            stream.decoder.max_event_bytes = limit
 
     def _answer(self, document: dict[str, Any]) -> bytes:
         """The client's answer for the upstream's whole answer *document*.

@@ -15,7 +15,18 @@ response, so the client sees the stream it asked for. (OpenAI also puts ``"usage
 in the other chunks of such a stream; those are left as they are — clients ignore it.)
 In that mode the response is decoded as events (`filterproxy.http.sse`) and passed on
 whole, each as the bytes it came in: a piece that ends inside an event is held until the
-event's end arrives, which no SSE client could have used earlier anyway.
+event's end arrives, which no SSE client could have used earlier anyway — up to
+``max_event_bytes``: an event still unfinished past it fails the answer with the client
+API's error event.
+
+A compressed answer (gzip, deflate) is inflated on the side within bounds
+(`filterproxy.http.inflate`), never whole. The client gets it in the upstream's coding:
+as it came when only read, compressed again when the usage chunk is taken out of it (so
+about as many bytes as the upstream sent, never the inflated ones). Past the bounds the
+answer fails: with the error event in a stream this filter rewrites, cut off in one it
+only reads (nothing can be put into the upstream's compressed bytes). An answer that the
+translate filter rebuilds after this one is left to it: it inflates it within the same
+bounds and tells the client in its API.
 """
 
 from __future__ import annotations
@@ -36,7 +47,10 @@ from filterproxy.filters.api import (
     ResponseHead,
     StreamFilter,
 )
-from filterproxy.http.sse import SSEDecoder, SSEEvent
+from filterproxy.http.apis import client_api
+from filterproxy.http.errors import error_body
+from filterproxy.http.inflate import InflateError, Inflater, inflater_for
+from filterproxy.http.sse import DEFAULT_MAX_EVENT_BYTES, EventTooLarge, SSEDecoder, SSEEvent
 
 __all__ = [
     "UsageConfig",
@@ -189,16 +203,6 @@ def narrow_encodings(head: RequestHead) -> None:
         head.headers.set("accept-encoding", ", ".join(kept) if kept else "identity")
 
 
-def _inflater(encoding: str) -> Any:
-    """A decompressor for a response's ``Content-Encoding`` (None: nothing to inflate)."""
-    coding = encoding.strip().lower()
-    if coding in ("gzip", "x-gzip"):
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
-    if coding == "deflate":
-        return zlib.decompressobj()
-    return None
-
-
 def is_usage_only_event(event: SSEEvent) -> bool:
     """Whether an SSE event is the chunk ``include_usage`` adds: a JSON object with
     ``"choices": []`` and a usage object."""
@@ -214,6 +218,10 @@ def is_usage_only_event(event: SSEEvent) -> bool:
         and document.get("choices") == []
         and isinstance(document.get("usage"), dict)
     )
+
+
+def _without_usage(events: list[SSEEvent]) -> list[bytes]:
+    return [e.raw for e in events if not is_usage_only_event(e)]
 
 
 def wants_usage_injection(path: str, body: Mapping[str, Any] | None) -> bool:
@@ -232,6 +240,8 @@ def wants_usage_injection(path: str, body: Mapping[str, Any] | None) -> bool:
 @dataclass(frozen=True)
 class UsageConfig:
     include_usage: bool = False
+    #: The largest upstream event held while the usage chunk is taken out of a stream.
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
 
 
 class UsageFilter(StreamFilter):
@@ -247,15 +257,17 @@ class UsageFilter(StreamFilter):
     @classmethod
     def configure(cls, options: Mapping[str, Any], context: FilterContext) -> UsageConfig:
         keys = Node(dict(options), context.path, context.environ).mapping({"include_usage"})
-        if "include_usage" in keys:
-            return UsageConfig(keys["include_usage"].boolean())
-        return UsageConfig()
+        include = keys["include_usage"].boolean() if "include_usage" in keys else False
+        return UsageConfig(include, context.config.max_event_bytes)
 
     def __init__(self, config: UsageConfig) -> None:
         super().__init__(config)
         self.scanner = UsageScanner()
         #: Inflates a compressed response for the scanner (the bytes pass as they came).
-        self.inflater: Any = None
+        self.inflater: Inflater | None = None
+        #: Compresses a stream again after the usage chunk is taken out (zlib's
+        #: compressor: its type is not importable).
+        self.deflater: Any = None
         self.path = ""
         #: True when this filter added include_usage and must remove the usage chunk.
         self.injected = False
@@ -269,23 +281,41 @@ class UsageFilter(StreamFilter):
     def encode_headers(self, head: ResponseHead, end_stream: bool) -> FilterStatus:
         encoding = head.headers.get("content-encoding")
         if encoding is not None:
-            self.inflater = _inflater(encoding)
+            try:
+                self.inflater = inflater_for(encoding)
+            except InflateError:
+                self.inflater = None
+                self.callbacks.pass_response_data()  # a coding it cannot read: as it came
+                return FilterStatus.CONTINUE
+            if self.inflater is not None and self.callbacks.stream_info.api is not None:
+                # Translated after this filter: the translate filter inflates it.
+                self.inflater = None
+                self.callbacks.pass_response_data()
+                return FilterStatus.CONTINUE
         if (
             self.injected
             and head.status == 200
             and (head.headers.get("content-type") or "").startswith("text/event-stream")
         ):
-            self.events = SSEDecoder()
+            self.events = SSEDecoder(self.config.max_event_bytes)
+            # An event may be removed from this stream: its length is no longer the
+            # upstream's (a client would wait for the bytes that never come).
+            head.headers.remove("content-length")
             if self.inflater is not None:
-                # Events are removed from this stream: it goes on inflated.
-                head.headers.remove("content-encoding")
-                head.headers.remove("content-length")
+                # Events are removed from this stream: compressed again, as it came.
+                wbits = 31 if self.inflater.coding == "gzip" else 15
+                self.deflater = zlib.compressobj(6, zlib.DEFLATED, wbits)
         return FilterStatus.CONTINUE
 
     def encode_data(self, data: bytes, end_stream: bool) -> DataResult:
         scanner = self.scanner
         inflater = self.inflater
-        plain = inflater.decompress(data) if inflater is not None else data
+        plain = data
+        if inflater is not None and not self.callbacks.stream_info.outcome:
+            try:
+                plain = inflater.feed(data)
+            except InflateError as e:
+                return self._refuse(str(e), b"")
         if scanner.feed(plain):
             info = self.callbacks.stream_info
             info.prompt_tokens = scanner.prompt_tokens
@@ -302,10 +332,44 @@ class UsageFilter(StreamFilter):
             # Whole events, and none of them can be the usage chunk: on as they came,
             # without decoding (most pieces of a stream).
             return FilterStatus.CONTINUE
-        kept = b"".join(e.raw for e in decoder.feed(plain) if not is_usage_only_event(e))
+        if not decoder.between_events and self.callbacks.stream_info.outcome:
+            decoder.close()  # the upstream broke off mid-event: the gateway's error follows
+        try:
+            events = decoder.feed(plain)
+        except EventTooLarge as e:
+            return self._refuse(str(e), b"".join(_without_usage(e.events)))
+        kept = b"".join(_without_usage(events))
         if end_stream:
             kept += decoder.close()  # an unfinished last event goes on as it came
+        if self.deflater is not None:
+            return self._compressed(kept, end_stream)
         return kept
+
+    def _compressed(self, data: bytes, end_stream: bool) -> bytes:
+        """*data* in the upstream's coding again, flushed so that the client can read
+        each event as it comes."""
+        if not data and not end_stream:
+            return b""
+        deflater = self.deflater
+        out: bytes = deflater.compress(data) if data else b""
+        tail: bytes = deflater.flush(zlib.Z_FINISH if end_stream else zlib.Z_SYNC_FLUSH)
+        return out + tail
+
+    def _refuse(self, message: str, kept: bytes) -> DataResult:
+        """The answer broke a bound where this filter reads it: it fails. A stream this
+        filter rewrites gets the client API's error event after *kept* (the events that
+        came before it); one it only reads is cut off."""
+        frame = b""
+        if self.events is not None:
+            info = self.callbacks.stream_info
+            body = error_body(
+                502, message, code="upstream_error", api=info.api or client_api(info.client_path)
+            )
+            frame = kept + b"event: error\ndata: " + body + b"\n\n"
+            if self.deflater is not None:
+                frame = self._compressed(frame, True)
+        self.callbacks.fail_response(502, message, frame=frame)
+        return FilterStatus.STOP_ITERATION
 
 
 class _InjectingUsageFilter(UsageFilter):

@@ -9,6 +9,12 @@ byte-order mark at the very start is skipped. Each event also keeps the exact by
 came in (`SSEEvent.raw`), so a filter can pass on the events it does not change byte for
 byte and rewrite only the others.
 
+The decoder holds an event until its blank line arrives, so one event may not grow past
+*max_event_bytes* (8 MiB by default; the config's ``max_event_bytes``): past it `feed`
+raises `EventTooLarge` — an upstream that never ends a line would otherwise have it
+hold everything it sends. An event arriving in many pieces is kept as the pieces, not
+copied again with each one.
+
 Example, a filter that upper-cases every event's data::
 
     decoder = SSEDecoder()
@@ -22,8 +28,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Final
 
-__all__ = ["SSEDecoder", "SSEEvent", "encode_comment", "encode_event"]
+__all__ = [
+    "DEFAULT_MAX_EVENT_BYTES",
+    "EventTooLarge",
+    "SSEDecoder",
+    "SSEEvent",
+    "encode_comment",
+    "encode_event",
+]
+
+#: The largest event a decoder holds, unless told otherwise (``max_event_bytes``).
+DEFAULT_MAX_EVENT_BYTES: Final = 8 * 1024 * 1024
 
 _BOM = b"\xef\xbb\xbf"
 _LINE_END = re.compile(r"\r\n|\r|\n")
@@ -52,16 +69,52 @@ class SSEEvent:
     raw: bytes = b""
 
 
+class EventTooLarge(ValueError):
+    """An event of the stream passed the decoder's limit before it ended.
+
+    The stream cannot be read on (its next event starts who knows where): a reader
+    fails the answer. `events` are the ones the same piece completed before it.
+    """
+
+    def __init__(self, limit: int, events: list[SSEEvent]) -> None:
+        self.limit = limit
+        self.events = events
+        super().__init__(
+            f"the upstream sent an event larger than {limit} bytes (max_event_bytes); "
+            "it was not read to its end"
+        )
+
+
 class SSEDecoder:
     """Decodes an event stream fed piece by piece (see the module's description)."""
 
-    __slots__ = ("_at_start", "_comments", "_data", "_event", "_id", "_pending", "_raw", "_retry")
+    __slots__ = (
+        "_at_start",
+        "_comments",
+        "_data",
+        "_event",
+        "_id",
+        "_more",
+        "_more_size",
+        "_pending",
+        "_raw",
+        "_retry",
+        "_size",
+        "max_event_bytes",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        #: The most bytes one event may have (its lines and line ends).
+        self.max_event_bytes = max_event_bytes
         #: Bytes of a line not yet ended.
         self._pending = b""
-        #: Bytes of the current event's complete lines.
+        #: Later pieces of that line, none of them holding a line end (kept as they
+        #: came: joined once, when the line ends).
+        self._more: list[bytes] = []
+        self._more_size = 0
+        #: Bytes of the current event's complete lines, and how many.
         self._raw: list[bytes] = []
+        self._size = 0
         self._data: list[str] = []
         self._event: str | None = None
         self._id: str | None = None
@@ -77,24 +130,47 @@ class SSEDecoder:
     @property
     def pending(self) -> bytes:
         """What has been fed and belongs to no complete event yet."""
-        return b"".join(self._raw) + self._pending
+        return b"".join([*self._raw, self._pending, *self._more])
 
     def feed(self, data: bytes) -> list[SSEEvent]:
-        """The events completed by *data*, the next piece of the stream."""
+        """The events completed by *data*, the next piece of the stream.
+
+        Raises:
+            EventTooLarge: an event passed `max_event_bytes` (the events completed
+                before it are in the exception).
+        """
         if not data:
             return []
+        pending = self._pending
         if (
-            not self._pending
+            pending
+            and pending[-1] != 0x0D  # a CR: the LF that may follow is not in a new line
+            and b"\n" not in data
+            and b"\r" not in data
+        ):
+            # The line goes on: keep the piece, and count what the event holds now.
+            self._more.append(data)
+            self._more_size += len(data)
+            if self._size + len(pending) + self._more_size > self.max_event_bytes:
+                raise EventTooLarge(self.max_event_bytes, [])
+            return []
+        if (
+            not pending
             and not self._raw
             and data.endswith(b"\n\n")
             and b"\r" not in data
             and not (self._at_start and data.startswith(_BOM[:1]))
+            and len(data) <= self.max_event_bytes
         ):
             whole = _whole_events(data)
             if whole is not None:
                 self._at_start = False
                 return whole
-        buffer = self._pending + data if self._pending else data
+        if self._more:
+            pending = b"".join([pending, *self._more])
+            self._more = []
+            self._more_size = 0
+        buffer = pending + data if pending else data
         if self._at_start:
             if len(buffer) < len(_BOM) and _BOM.startswith(buffer):
                 self._pending = buffer
@@ -102,10 +178,12 @@ class SSEDecoder:
             self._at_start = False
             if buffer.startswith(_BOM):
                 self._raw.append(_BOM)
+                self._size += len(_BOM)
                 buffer = buffer[len(_BOM) :]
         events: list[SSEEvent] = []
         start = 0
         size = len(buffer)
+        limit = self.max_event_bytes
         while start < size:
             cr = buffer.find(b"\r", start)
             lf = buffer.find(b"\n", start)
@@ -117,9 +195,13 @@ class SSEDecoder:
                 end, after = cr, cr + 2 if buffer[cr + 1] == 0x0A else cr + 1
             else:
                 break  # a CR at the end of the piece: its LF may come next
+            if self._size + after - start > limit:
+                raise EventTooLarge(limit, events)
             self._line(buffer[start:end], buffer[start:after], events)
             start = after
         self._pending = buffer[start:]
+        if self._size + size - start > limit:
+            raise EventTooLarge(limit, events)
         return events
 
     def close(self) -> bytes:
@@ -127,7 +209,10 @@ class SSEDecoder:
         drop it; a proxy may want to pass it on)."""
         rest = self.pending
         self._pending = b""
+        self._more = []
+        self._more_size = 0
         self._raw = []
+        self._size = 0
         self._data = []
         self._event = self._id = None
         self._retry = None
@@ -137,6 +222,7 @@ class SSEDecoder:
 
     def _line(self, line: bytes, raw: bytes, events: list[SSEEvent]) -> None:
         self._raw.append(raw)
+        self._size += len(raw)
         if not line:
             events.append(self._dispatch())
             return
@@ -166,6 +252,7 @@ class SSEDecoder:
             raw=b"".join(self._raw),
         )
         self._raw = []
+        self._size = 0
         self._data = []
         self._event = self._id = None
         self._retry = None

@@ -12,7 +12,7 @@ import orjson
 
 from filterproxy.http.apis import CHAT, MESSAGES, RESPONSES
 from filterproxy.http.errors import anthropic_error_type
-from filterproxy.http.sse import SSEDecoder, SSEEvent
+from filterproxy.http.sse import EventTooLarge, SSEDecoder, SSEEvent
 
 __all__ = [
     "CHAT",
@@ -87,21 +87,46 @@ class StreamTranslation:
     and how it reports an error (`_error`, which closes it).
     """
 
-    __slots__ = ("closed", "decoder")
+    __slots__ = ("closed", "decoder", "failure")
 
     def __init__(self) -> None:
+        #: Its limit on one event is the config's ``max_event_bytes`` (set by the filter).
         self.decoder = SSEDecoder()
         self.closed = False
+        #: Why the upstream's stream could not be read on — an event past the decoder's
+        #: limit, an event that is not JSON — once it could not: the error is in the
+        #: output, and whoever passes it on must end the answer as a failure (the
+        #: upstream is not worth reading further). None while it reads well.
+        self.failure: str | None = None
 
     def feed(self, data: bytes) -> bytes:
         """The client API's bytes for the events *data* completes."""
         if self.closed:
             return b""
         out: list[bytes] = []
-        for event in self.decoder.feed(data):
+        too_large: EventTooLarge | None = None
+        try:
+            events = self.decoder.feed(data)
+        except EventTooLarge as e:
+            events, too_large = e.events, e
+        for event in events:
             if self.closed:
                 break
             self._event(event, out)
+        if too_large is not None and not self.closed:
+            self.failure = str(too_large)
+            self._error(out, 502, self.failure)
+        return b"".join(out)
+
+    def fail(self, message: str) -> bytes:
+        """The upstream's stream cannot be read on (its compressed bytes broke a bound,
+        say): the client API's error event, which closes the stream; `failure` is
+        *message*."""
+        if self.closed:
+            return b""
+        out: list[bytes] = []
+        self.failure = message
+        self._error(out, 502, message)
         return b"".join(out)
 
     def end(self) -> bytes:
@@ -119,7 +144,8 @@ class StreamTranslation:
         try:
             document = loads(text)
         except ValueError:
-            self._error(out, 502, f"the upstream sent an event that is not JSON: {text[:100]!r}")
+            self.failure = f"the upstream sent an event that is not JSON: {text[:100]!r}"
+            self._error(out, 502, self.failure)
             return None
         return document if isinstance(document, dict) else None
 

@@ -208,6 +208,14 @@ def test_a_minimal_config_gets_the_default_chain_and_defaults() -> None:
             "limits.max_header_count: must be at least 1",
         ),
         (
+            "clusters: {a: {url: 'http://x'}}\nmax_event_bytes: 100",
+            "max_event_bytes: must be at least 1024, got 100",
+        ),
+        (
+            "clusters: {a: {url: 'http://x'}}\nmax_event_bytes: 8MiB",
+            "max_event_bytes: expected a whole number, got '8MiB'",
+        ),
+        (
             "clusters: {a: {url: 'http://x'}}\nlimits: {request_header_timeout: never}",
             "limits.request_header_timeout: expected a duration",
         ),
@@ -215,6 +223,23 @@ def test_a_minimal_config_gets_the_default_chain_and_defaults() -> None:
 )
 def test_each_bad_input_names_its_key_and_the_fix(text: str, expected: str) -> None:
     assert expected in error_for(text)
+
+
+def test_max_event_bytes_reaches_every_filter_that_reads_a_stream() -> None:
+    assert parse_config(BASE).max_event_bytes == 8 * 1024 * 1024
+    text = BASE.replace("    cluster: openai\n", "    cluster: openai\n    resume: true\n")
+    chat_only = "\n  chat: {url: 'http://chat', apis: [chat]}\n"
+    text = text.replace("url: https://api.openai.com\n", "url: https://api.openai.com" + chat_only)
+    config = parse_config(
+        text + "max_event_bytes: 65536\nkeys: [{name: k, hash: 'sha256:" + "0" * 64 + "'}]"
+    )
+    readers = {"translate", "usage", "resume"}
+    limits = {
+        spec.type_name: spec.create().config.max_event_bytes  # type: ignore[attr-defined]
+        for spec in build_chain(config).specs
+        if spec.type_name in readers
+    }
+    assert limits == dict.fromkeys(readers, 65536)
 
 
 def test_environment_substitution_with_defaults() -> None:

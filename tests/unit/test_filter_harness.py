@@ -13,6 +13,7 @@ import pytest
 from zope.interface.exceptions import Invalid
 
 from filterproxy.filters.api import DataResult, FilterStatus, RequestHead, StreamFilter
+from filterproxy.http.sse import SSEDecoder
 from filterproxy.testing import FilterHarness
 
 from .sample_filters import TagFilter
@@ -64,6 +65,17 @@ def test_the_example_gives_the_client_the_model_it_asked_for() -> None:
 def test_the_example_gives_the_same_stream_whatever_the_pieces(cut: int) -> None:
     whole = b"".join(STREAM)
     assert run_example([whole[:cut], whole[cut:]]).body == run_example(STREAM).body
+
+
+def test_the_example_fails_an_answer_whose_event_never_ends() -> None:
+    h = FilterHarness(load_example())
+    h.request(b'{"model": "fast", "stream": true}')
+    h.respond(200, SSE, [STREAM[1], b"data: " + b"x" * (4 << 20)], end=False)
+    h.more([b"x" * (5 << 20)], end=False)  # past the decoder's 8 MiB
+    events = SSEDecoder().feed(h.client.body)
+    assert json.loads(events[0].data or "")["model"] == "fast"
+    assert events[-1].event == "error" and "max_event_bytes" in (events[-1].data or "")
+    assert h.client.aborted and h.upstream.cancelled
 
 
 def test_the_example_rewrites_a_plain_answer_once_it_is_all_there() -> None:

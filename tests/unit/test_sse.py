@@ -7,7 +7,13 @@ import itertools
 
 import pytest
 
-from filterproxy.http.sse import SSEDecoder, SSEEvent, encode_comment, encode_event
+from filterproxy.http.sse import (
+    EventTooLarge,
+    SSEDecoder,
+    SSEEvent,
+    encode_comment,
+    encode_event,
+)
 
 STREAM = (
     "\ufeff"
@@ -86,3 +92,64 @@ def test_encoded_events_decode_to_what_was_encoded() -> None:
 def test_a_field_with_a_line_break_is_refused() -> None:
     with pytest.raises(ValueError, match="line break"):
         encode_event("x", event="a\nb")
+
+
+# -- the limit on one event ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("piece", [1, 7, 4096])
+def test_a_line_that_never_ends_is_refused_at_the_limit(piece: int) -> None:
+    decoder = SSEDecoder(max_event_bytes=10_000)
+    stream = b"data: first\n\ndata: " + b"x" * 20_000
+    fed = 0
+    with pytest.raises(EventTooLarge) as raised:
+        for start in range(0, len(stream), piece):
+            decoder.feed(stream[start : start + piece])
+            fed = start + piece
+    # Raised as soon as the event passed the limit, not at the end of what came.
+    assert 10_000 < fed + piece - len(b"data: first\n\n") <= 10_000 + piece
+    assert "max_event_bytes" in str(raised.value) and raised.value.limit == 10_000
+
+
+def test_an_event_of_many_lines_counts_them_all() -> None:
+    decoder = SSEDecoder(max_event_bytes=1000)
+    line = b"data: " + b"y" * 93 + b"\n"  # 100 bytes
+    assert decoder.feed(line * 9 + b"\n")[0].data == "\n".join(["y" * 93] * 9)
+    with pytest.raises(EventTooLarge) as raised:
+        decoder.feed(b"data: z\n\n" + line * 11)
+    assert [e.data for e in raised.value.events] == ["z"]  # what came before it, whole
+
+
+def test_one_piece_holding_an_event_past_the_limit_is_refused_too() -> None:
+    decoder = SSEDecoder(max_event_bytes=100)
+    with pytest.raises(EventTooLarge):
+        decoder.feed(b"data: " + b"x" * 200 + b"\n\n")
+
+
+def test_events_up_to_the_limit_pass_in_any_split() -> None:
+    event = b"data: " + b"x" * 94 + b"\n\n"  # 102 bytes
+    stream = event * 3
+    for cut in range(1, len(stream)):
+        decoder = SSEDecoder(max_event_bytes=102)
+        events = decoder.feed(stream[:cut]) + decoder.feed(stream[cut:])
+        assert [e.raw for e in events] == [event] * 3
+
+
+def test_a_long_line_in_many_pieces_decodes_the_same() -> None:
+    """The pieces of a line that has not ended are kept as they came (joined once)."""
+    decoder = SSEDecoder()
+    pieces = [b"data: "] + [b"z" * 1024] * 4096 + [b"\r", b"\n\n"]
+    events = []
+    fed = 0
+    for piece in pieces:
+        events += decoder.feed(piece)
+        fed += len(piece)
+        if not events:
+            assert len(decoder.pending) == fed
+    assert len(events) == 1 and events[0].data == "z" * 4 * 1024 * 1024
+    assert decoder.between_events
+    # A CR that ended the last piece is a line end even when no line end follows it.
+    assert decoder.feed(b"data: a\r") == []
+    assert decoder.feed(b"\r") == []
+    assert [e.data for e in decoder.feed(b"data: b")] == ["a"]
+    assert decoder.pending == b"data: b"
