@@ -288,10 +288,12 @@ class ResponsesFilter(StreamFilter):
         if response is None:
             return FilterStatus.CONTINUE
         # The response is complete: kept before its last bytes leave, so that the next
-        # turn finds it wherever it lands.
+        # turn finds it wherever it lands. A store that fails to keep it — unreachable, or
+        # refusing the record at once — costs the next turn its context, never this
+        # answer: the failure is logged and the answer goes on.
         self.stored = self.storing = True
         record = {"owner": self.owner, "input": self.input or [], "response": response}
-        d = self.config.store.put(str(response.get("id")), record)
+        d = defer.maybeDeferred(self.config.store.put, str(response.get("id")), record)
         d.addErrback(
             lambda f: log.warn(
                 "could not keep response {id}: {error}",

@@ -194,6 +194,14 @@ class TranslateFilter(StreamFilter):
                 code="api_not_supported",
             )
             return FilterStatus.STOP_ITERATION
+        if end_stream:
+            # No body: nothing to translate, and nothing that may go upstream as it is.
+            self.callbacks.send_local_reply(
+                400,
+                f"the request has no body; POST {path} takes a JSON object",
+                code="invalid_request_body",
+            )
+            return FilterStatus.STOP_ITERATION
         self.client = info.api = api
         head.path = _UPSTREAM_PATH[self.target]
         head.headers.remove_all(frozenset(_CLIENT_HEADERS[api]))

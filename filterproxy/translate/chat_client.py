@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final
 
+from filterproxy.http.body import BadBody, strict_loads
 from filterproxy.http.sse import SSEEvent
 from filterproxy.translate.common import (
     StreamTranslation,
@@ -24,7 +25,10 @@ from filterproxy.translate.common import (
     error_fields,
     finish_from_stop,
     new_id,
+    number_at,
+    object_at,
     openai_error,
+    string_at,
     text_of,
 )
 
@@ -67,20 +71,25 @@ def _data_url(url: str, path: str) -> dict[str, Any]:
 def _user_blocks(content: Any, path: str) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
+    if content is not None and not isinstance(content, list):
+        raise Untranslatable(path, "must be a string or a list of content parts")
     blocks: list[dict[str, Any]] = []
     for i, part in enumerate(content if isinstance(content, list) else []):
         where = f"{path}[{i}]"
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text":
-            if part.get("text"):
-                blocks.append(_cached({"type": "text", "text": part["text"]}, part))
+            if text := string_at(part.get("text"), f"{where}.text"):
+                blocks.append(_cached({"type": "text", "text": text}, part))
         elif kind == "image_url":
             image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            source = _data_url(str(url or ""), where)
+            if isinstance(image, dict):
+                url = string_at(image.get("url"), f"{where}.image_url.url")
+            else:
+                url = string_at(image, f"{where}.image_url")
+            source = _data_url(url, where)
             blocks.append(_cached({"type": "image", "source": source}, part))
         elif kind == "file":
-            file = part.get("file") or {}
+            file = object_at(part.get("file"), f"{where}.file")
             data = file.get("file_data")
             if not isinstance(data, str) or not data.startswith("data:"):
                 raise Untranslatable(
@@ -98,7 +107,7 @@ def _user_blocks(content: Any, path: str) -> list[dict[str, Any]]:
 def _assistant_blocks(message: Mapping[str, Any], path: str) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     content = message.get("content")
-    text = text_of(content)
+    text = text_of(content, path=f"{path}.content")
     if text:  # never an empty text block: Anthropic refuses it
         block: dict[str, Any] = {"type": "text", "text": text}
         for part in content if isinstance(content, list) else []:
@@ -106,22 +115,25 @@ def _assistant_blocks(message: Mapping[str, Any], path: str) -> list[dict[str, A
         blocks.append(block)
     calls = message.get("tool_calls")
     for j, call in enumerate(calls if isinstance(calls, list) else []):
-        function = call.get("function") or {}
+        where = f"{path}.tool_calls[{j}]"
+        if not isinstance(call, dict):
+            raise Untranslatable(where, "a tool call is an object with a function")
+        function = object_at(call.get("function"), f"{where}.function")
         arguments = function.get("arguments") or "{}"
         try:
-            parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
-        except ValueError:
-            parsed = None
+            parsed = strict_loads(arguments) if isinstance(arguments, str) else arguments
+        except BadBody as e:
+            raise Untranslatable(f"{where}.function.arguments", f"not a JSON object: {e}") from None
         if not isinstance(parsed, dict):
             raise Untranslatable(
-                f"{path}.tool_calls[{j}].function.arguments",
+                f"{where}.function.arguments",
                 "must be a JSON object (the Messages API stores tool input as an object)",
             )
         blocks.append(
             {
                 "type": "tool_use",
                 "id": str(call.get("id", "")),
-                "name": str(function.get("name", "")),
+                "name": string_at(function.get("name"), f"{where}.function.name"),
                 "input": parsed,
             }
         )
@@ -132,14 +144,14 @@ def _result_content(content: Any, path: str) -> str | list[dict[str, Any]]:
     """A tool message's content as a tool result's: its text, or blocks when it holds
     images or breakpoints (a tool result takes both)."""
     if not isinstance(content, list):
-        return text_of(content)
+        return string_at(content, path)
     blocks = _user_blocks(content, path)
     if all(b["type"] == "text" and "cache_control" not in b for b in blocks):
         return "".join(b["text"] for b in blocks)
     return blocks
 
 
-def _system_blocks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _system_blocks(message: Mapping[str, Any], path: str) -> list[dict[str, Any]]:
     """A system message's text blocks, each with the breakpoint its part (or, for the
     last, the message) carries."""
     content = message.get("content")
@@ -151,6 +163,8 @@ def _system_blocks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
             for p in (content if isinstance(content, list) else [])
             if isinstance(p, dict) and p.get("type") == "text" and p.get("text")
         ]
+        if any(not isinstance(b["text"], str) for b in blocks):
+            text_of(content, path=path)  # names the part whose text is not a string
     if blocks:
         _cached(blocks[-1], message)
     return blocks
@@ -166,7 +180,7 @@ def _messages(turns: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, An
             raise Untranslatable(path, "a message is an object with a role")
         role = message.get("role")
         if role in ("system", "developer"):
-            system.extend(_system_blocks(message))
+            system.extend(_system_blocks(message, f"{path}.content"))
             continue
         if role == "tool":
             content = message.get("content")
@@ -218,10 +232,11 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
             raise Untranslatable(
                 f"tools[{i}].type", f"tool type {kind!r} has no Messages API counterpart"
             )
-        function = tool.get("function") or {}
+        function = object_at(tool.get("function"), f"tools[{i}].function")
         entry: dict[str, Any] = {
-            "name": function.get("name"),
-            "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
+            "name": string_at(function.get("name"), f"tools[{i}].function.name"),
+            "input_schema": object_at(function.get("parameters"), f"tools[{i}].function.parameters")
+            or {"type": "object", "properties": {}},
         }
         if function.get("description"):
             entry["description"] = function["description"]
@@ -240,7 +255,7 @@ def _tool_choice(document: Mapping[str, Any]) -> dict[str, Any] | None:
     elif choice == "none":
         result = {"type": "none"}
     elif isinstance(choice, dict):
-        function = choice.get("function") or {}
+        function = object_at(choice.get("function"), "tool_choice.function")
         result = {"type": "tool", "name": function.get("name")}
     else:
         result = None
@@ -285,7 +300,7 @@ def messages_request(
     request["max_tokens"] = limit if isinstance(limit, int) and limit > 0 else default_max_tokens
     if document.get("temperature") is not None:
         # Anthropic's range is 0..1 (OpenAI's 0..2); newer models refuse top_p with it.
-        request["temperature"] = min(float(document["temperature"]), 1.0)
+        request["temperature"] = min(number_at(document["temperature"], "temperature"), 1.0)
     elif document.get("top_p") is not None:
         request["top_p"] = document["top_p"]
     stop = document.get("stop")
@@ -314,7 +329,8 @@ def messages_request(
     fmt = document.get("response_format")
     if isinstance(fmt, dict):
         if fmt.get("type") == "json_schema":
-            schema = (fmt.get("json_schema") or {}).get("schema") or {}
+            schema = object_at(fmt.get("json_schema"), "response_format.json_schema")
+            schema = schema.get("schema") or {}
             request["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
         elif fmt.get("type") == "json_object":
             raise Untranslatable(
@@ -336,7 +352,8 @@ def cache_breakpoints(request: Mapping[str, Any]) -> int:
     """How many ``cache_control`` breakpoints a Messages request sets (tools, system
     blocks, content blocks, and the blocks inside tool results)."""
     count = _marked(request.get("tools")) + _marked(request.get("system"))
-    for turn in request.get("messages") or []:
+    turns = request.get("messages")
+    for turn in turns if isinstance(turns, list) else []:
         content = turn.get("content") if isinstance(turn, dict) else None
         if isinstance(content, list):
             count += _marked(content)

@@ -31,10 +31,13 @@ __all__ = [
     "finish_from_stop",
     "loads",
     "new_id",
+    "number_at",
+    "object_at",
     "openai_error",
     "part_text",
     "split_content",
     "stop_from_finish",
+    "string_at",
     "text_of",
 ]
 
@@ -46,6 +49,53 @@ class Untranslatable(ValueError):
     def __init__(self, field: str, problem: str) -> None:
         self.field = field
         super().__init__(f"{field}: {problem}")
+
+
+def _json_kind(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def object_at(value: Any, field: str) -> Mapping[str, Any]:
+    """A request's *field* that must be an object, when absent (null) an empty one.
+
+    Raises:
+        Untranslatable: it is of another type (a 400 naming it, not a failure later).
+    """
+    if isinstance(value, dict):
+        return value
+    if value is None:
+        return {}
+    raise Untranslatable(field, f"must be an object, not {_json_kind(value)}")
+
+
+def string_at(value: Any, field: str) -> str:
+    """A request's *field* that must be a string, when absent (null) an empty one.
+
+    Raises:
+        Untranslatable: it is of another type.
+    """
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    raise Untranslatable(field, f"must be a string, not {_json_kind(value)}")
+
+
+def number_at(value: Any, field: str) -> float:
+    """A request's *field* that must be a number.
+
+    Raises:
+        Untranslatable: it is of another type.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    raise Untranslatable(field, f"must be a number, not {_json_kind(value)}")
 
 
 class UnmappableAnswer(ValueError):
@@ -318,16 +368,25 @@ def chat_tool(
     return {"type": "function", "function": function}
 
 
-def text_of(content: Any, separator: str = "") -> str:
+def text_of(content: Any, separator: str = "", path: str | None = None) -> str:
     """The text of a string, or of a list of text parts (OpenAI) or blocks (Anthropic),
-    joined with *separator*."""
+    joined with *separator*. A text part whose text is not a string has none; in a
+    request (its field's *path* given) it is refused.
+
+    Raises:
+        Untranslatable: with *path*, a text part's text is not a string.
+    """
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        return separator.join(
-            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
-        )
-    return ""
+    texts: list[str] = []
+    for i, part in enumerate(content if isinstance(content, list) else []):
+        if isinstance(part, dict) and part.get("type") == "text":
+            text = part.get("text", "")
+            if isinstance(text, str):
+                texts.append(text)
+            elif path is not None:
+                string_at(text, f"{path}[{i}].text")
+    return separator.join(texts)
 
 
 #: Content parts that are answer text, and the key that holds it.

@@ -24,8 +24,10 @@ from filterproxy.translate.common import (
     chat_tool,
     dumps,
     new_id,
+    object_at,
     split_content,
     stop_from_finish,
+    string_at,
     text_of,
 )
 
@@ -49,9 +51,13 @@ _REFUSED: Final = {
 }
 
 
-def _text_lines(content: Any) -> str:
-    """The text of a string or of text blocks, one block a line."""
-    return text_of(content, "\n")
+def _text_lines(content: Any, path: str) -> str:
+    """The text of a string or of text blocks, one block a line.
+
+    Raises:
+        Untranslatable: a text block's text is not a string.
+    """
+    return text_of(content, "\n", path)
 
 
 def _image_part(block: Mapping[str, Any], path: str) -> dict[str, Any]:
@@ -140,7 +146,8 @@ def _user_parts(
         where = f"{path}[{i}]"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            parts.append(_kept({"type": "text", "text": block.get("text", "")}, block, keep))
+            text = string_at(block.get("text"), f"{where}.text")
+            parts.append(_kept({"type": "text", "text": text}, block, keep))
         elif kind == "image":
             parts.append(_image_part(block, where))
         elif kind == "document":
@@ -181,9 +188,9 @@ def _assistant_message(blocks: Any, path: str) -> dict[str, Any]:
     for i, block in enumerate(blocks if isinstance(blocks, list) else []):
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            texts.append(block.get("text", ""))
+            texts.append(string_at(block.get("text"), f"{path}[{i}].text"))
         elif kind == "thinking":
-            thinking.append(block.get("thinking", ""))
+            thinking.append(string_at(block.get("thinking"), f"{path}[{i}].thinking"))
         elif kind in ("tool_use", "server_tool_use"):
             calls.append(
                 {
@@ -292,9 +299,12 @@ def chat_request(
         and isinstance(system, list)
         and any(isinstance(b, dict) and "cache_control" in b for b in system)
     ):
-        parts = [_kept({"type": "text", "text": b.get("text", "")}, b, True) for b in system]
+        parts = []
+        for i, block in enumerate(system):
+            text = string_at(object_at(block, f"system[{i}]").get("text"), f"system[{i}].text")
+            parts.append(_kept({"type": "text", "text": text}, block, True))
         messages.append({"role": "system", "content": parts})
-    elif text := _text_lines(system):
+    elif text := _text_lines(system, "system"):
         messages.append({"role": "system", "content": text})
     turns = document.get("messages")
     if not isinstance(turns, list):
@@ -307,7 +317,7 @@ def chat_request(
         if role == "assistant":
             messages.append(_assistant_message(content, path))
         elif role == "system":
-            messages.append({"role": "system", "content": _text_lines(content)})
+            messages.append({"role": "system", "content": _text_lines(content, path)})
         elif isinstance(content, str):
             messages.append({"role": "user", "content": content})
         elif isinstance(content, list):

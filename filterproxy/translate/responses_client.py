@@ -31,6 +31,7 @@ from filterproxy.translate.common import (
     new_id,
     openai_error_type,
     split_content,
+    string_at,
 )
 from filterproxy.translate.responses_tools import (
     HOSTED_ITEMS,
@@ -93,7 +94,7 @@ def _parts(content: Any, path: str) -> str | list[dict[str, Any]]:
     parts: list[dict[str, Any]] = []
     for i, part in enumerate(content):
         where = f"{path}[{i}]"
-        kind = part.get("type") if isinstance(part, dict) else None
+        kind = string_at(part.get("type"), f"{where}.type") if isinstance(part, dict) else None
         if kind in _TEXT_PARTS:
             parts.append({"type": "text", "text": str(part.get("text", ""))})
         elif kind == "refusal":
@@ -136,7 +137,7 @@ def _chat_messages(items: list[Any], tools: ToolSet, hosted_tools: str) -> list[
         path = f"input[{i}]"
         if not isinstance(item, dict):
             raise Untranslatable(path, "an input item is an object")
-        kind = item.get("type", "message")
+        kind = string_at(item.get("type", "message"), f"{path}.type")
         if kind == "message":
             role = item.get("role")
             if role not in ("user", "assistant", "system", "developer"):
@@ -192,7 +193,8 @@ def _chat_messages(items: list[Any], tools: ToolSet, hosted_tools: str) -> list[
             )
         elif kind == "reasoning":
             # Kept for the assistant turn it belongs to (servers that think want it back).
-            for part in (item.get("content") or []) + (item.get("summary") or []):
+            parts = [item.get("content"), item.get("summary")]
+            for part in (p for one in parts if isinstance(one, list) for p in one):
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
                     reasoning.append(part["text"])
         elif kind == "item_reference":
@@ -239,7 +241,8 @@ def _tool_choice(choice: Any, request: dict[str, Any], tools: ToolSet, hosted_to
         request["tool_choice"] = {"type": "function", "function": {"name": _chosen(choice, tools)}}
     elif isinstance(choice, dict) and kind == "allowed_tools":
         allowed: set[str | None] = set()
-        for tool in choice.get("tools") or []:
+        listed = choice.get("tools")
+        for tool in listed if isinstance(listed, list) else []:
             what = tool.get("type") if isinstance(tool, dict) else None
             if not isinstance(tool, dict) or what is None:
                 continue
