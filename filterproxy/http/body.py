@@ -148,7 +148,7 @@ def _odd(document: Any) -> str | None:
         value, path = stack.pop()
         if isinstance(value, _Odd):
             return f"{_where(path)}: {value.problem}"
-        for key, child in reversed(_children(value)):
+        for key, child in _children(value)[::-1]:
             if isinstance(child, dict | list | _Odd):
                 stack.append((child, [*path, key]))
     return None
