@@ -4,6 +4,7 @@ identifiers, and the error shapes of the two APIs (no I/O)."""
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from collections.abc import Mapping
 from typing import Any, Final
@@ -104,9 +105,26 @@ class UnmappableAnswer(ValueError):
     stream's error event — rather than given an answer with a hole in it."""
 
 
+def _not_json(text: str) -> Any:
+    raise ValueError(f"{text} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large for a 64-bit float")
+    return value
+
+
+#: The json module held to what orjson takes, but for unpaired surrogates (an upstream
+#: that escapes a character outside the BMP may split the pair across two events).
+_FALLBACK: Final = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
+
+
 def loads(data: str | bytes) -> Any:
     """JSON, decoded by orjson (five times Python's speed on a stream chunk); what it
-    refuses and Python accepts — an unpaired surrogate escape — by the json module.
+    refuses and Python accepts — an unpaired surrogate escape — by the json module, which
+    refuses the rest as orjson does (NaN, Infinity, nesting past its limit).
 
     Raises:
         ValueError: not JSON.
@@ -114,7 +132,10 @@ def loads(data: str | bytes) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return json.loads(data)
+        try:
+            return _FALLBACK.decode(data.decode("utf-8") if isinstance(data, bytes) else data)
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
 
 
 def dumps(document: Any) -> bytes:

@@ -2,7 +2,8 @@
 returns a request that is valid JSON — what the gateway sends upstream — or refuses with
 `Untranslatable` (a 400 naming the field), never another exception (a 500). The requests
 are what the gateway's parser passes (`parse_body`): it has already refused ``NaN``,
-numbers past 64 bits, unpaired surrogates and nesting past its limit."""
+numbers past 64 bits, unpaired surrogates and nesting past its limit. And the other way,
+an upstream event that is not JSON ends a translated stream with its error event."""
 
 from __future__ import annotations
 
@@ -16,8 +17,12 @@ from hypothesis import strategies as st
 
 from filterproxy.http.body import BadBody, parse_body
 from filterproxy.translate.chat_client import add_cache_breakpoints, messages_request
-from filterproxy.translate.common import Untranslatable
-from filterproxy.translate.messages_client import chat_request, count_tokens_estimate
+from filterproxy.translate.common import Untranslatable, loads
+from filterproxy.translate.messages_client import (
+    MessagesFromChatStream,
+    chat_request,
+    count_tokens_estimate,
+)
 from filterproxy.translate.responses_client import response_shell, responses_request
 from tests.fuzz_requests import CHAT, MESSAGES, RESPONSES
 
@@ -109,3 +114,31 @@ def test_responses_requests_translate_to_chat_and_messages_or_are_refused(
 def test_the_parser_keeps_what_the_translations_cannot_write_from_them(body: bytes) -> None:
     with pytest.raises(BadBody):
         parse_body(body, "application/json")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"[" * 3000 + b"]" * 3000,  # past orjson's limit and Python's recursion
+        b'{"choices": [{"index": 0, "delta": {"content": "a"}}], "x": NaN}',
+        b'{"choices": [{"index": 0, "delta": {"content": "a"}}], "x": 1e999}',
+    ],
+)
+def test_an_upstream_event_that_is_not_json_ends_the_stream_with_an_error_event(
+    data: bytes,
+) -> None:
+    stream = MessagesFromChatStream("m")
+    out = stream.feed(b"data: " + data + b"\n\n")
+    assert b"event: error" in out and b"not JSON" in out
+    assert stream.closed
+
+
+def test_an_upstream_event_with_half_a_surrogate_pair_is_still_read() -> None:
+    # A provider that escapes a character outside the BMP may split the pair.
+    assert loads(b'{"content": "\\ud83d"}') == {"content": "\ud83d"}
+    stream = MessagesFromChatStream("m")
+    out = stream.feed(
+        b'data: {"choices": [{"index": 0, "delta": {"content": "\\ud83d"}}]}\n\n'
+        b'data: {"choices": [{"index": 0, "delta": {"content": "\\ude00"}}]}\n\n'
+    )
+    assert b"event: error" not in out and not stream.closed
