@@ -46,8 +46,9 @@ __all__ = [
 #: Fields of an output item that belong to the response that made it, not to a later
 #: request's input (an upstream that keeps items would look the ids up).
 OUTPUT_ONLY: Final = ("id", "status")
-#: The id ``GET …/input_items`` gives an input item that has none of its own.
-_INPUT_ITEM: Final = re.compile(r"^item_([0-9a-f]{24})_(\d+)$")
+#: The id ``GET …/input_items`` gives an input item that has none of its own (its index:
+#: ASCII digits, few enough to be an index — ``\d`` would take 5,000 of any script's).
+_INPUT_ITEM: Final = re.compile(r"^item_([0-9a-f]{24})_([0-9]{1,9})$")
 
 
 def _target(identifier: Any) -> tuple[str, int] | None:

@@ -246,6 +246,21 @@ MESSAGES = obj(
 
 # -- Responses -------------------------------------------------------------------------------
 
+#: Item ids in the shapes the gateway gives its stored items (an output item's, an input
+#: item's with its index), with odd indexes and digits.
+ITEM_ID = st.one_of(
+    ODD_TEXT,
+    st.sampled_from(
+        [
+            "msg_" + "0" * 24 + "1" * 16,
+            "fc_" + "a" * 24 + "b" * 16,
+            "item_" + "0" * 24 + "_0",
+            "item_" + "0" * 24 + "_" + "9" * 5000,
+            "item_" + "0" * 24 + "_\u0663",
+            "item_" + "0" * 24 + "_-1",
+        ]
+    ),
+)
 RESPONSE_PART = one_of_kinds(
     obj({"type": st.sampled_from(["input_text", "output_text", "refusal"]), "text": ODD_TEXT}, {}),
     obj({"type": st.just("input_image")}, {"image_url": ODD_TEXT, "detail": ODD_TEXT}),
@@ -269,7 +284,7 @@ ITEM = one_of_kinds(
         {"type": st.just("reasoning")},
         {"summary": listed(obj({"text": ODD_TEXT}, {})), "content": ANY},
     ),
-    obj({"type": st.sampled_from(["item_reference", "web_search_call"])}, {"id": ODD_TEXT}),
+    obj({"type": st.sampled_from(["item_reference", "web_search_call"])}, {"id": ITEM_ID}),
     obj({"role": st.just("user")}, {"content": ODD_TEXT}),
 )
 RESPONSE_TOOL = one_of_kinds(

@@ -484,3 +484,17 @@ def test_a_limited_keys_rate_limit_headers_are_on_what_was_counted_and_as_docume
     docs = (Path(__file__).parents[2] / "docs" / "keys.md").read_text(encoding="utf-8")
     promise = " ".join(docs.split("Every response to a request that a key's")[1].split())
     assert "403 `model_not_allowed`" in promise.split("carry none")[0]
+
+
+@pytest.mark.parametrize("index", ["9" * 5000, "\u0663"])
+def test_a_reference_to_an_input_item_with_an_odd_index_is_a_400(
+    translating: dict[bool, Gateway], strict: StrictUpstreams, index: str
+) -> None:
+    # The shape of the ids the gateway gives stored input items, with an index past
+    # Python's digit limit, or in another script's digits.
+    before = strict.requests
+    item = {"type": "item_reference", "id": f"item_{'0' * 24}_{index}"}
+    body = json.dumps({"model": "chat-a", "input": [item]}).encode()
+    message = refusal(send(translating[False], RESPONSES_PATH, body), RESPONSES_PATH)
+    assert message.startswith("input[0]: item 'item_000") and "send the item itself" in message
+    assert strict.requests == before
