@@ -48,6 +48,7 @@ __all__ = [
     "IFilterCallbacks",
     "IStreamFilter",
     "RequestHead",
+    "RequestTooLarge",
     "ResponseHead",
     "StreamFilter",
     "StreamInfo",
@@ -75,6 +76,20 @@ class FilterStatus(enum.Enum):
 #: the end of the stream, without passing the end on itself (`inject_encoded_data`),
 #: has swallowed it: the gateway ends the exchange with an error naming the filter.
 DataResult: TypeAlias = "FilterStatus | bytes | list[bytes]"
+
+
+class RequestTooLarge(ValueError):
+    """A request body a filter made (`IFilterCallbacks.set_request_json`) is larger than
+    the chain's limit on a request (body-accumulate's ``max_request_bytes``): the
+    upstream would get more than the gateway lets a client send."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"the request would go upstream as {size} bytes, over the gateway's limit of "
+            f"{limit} bytes (max_request_bytes)"
+        )
 
 
 @dataclass
@@ -222,6 +237,8 @@ class IFilterCallbacks(Interface):
 
         Raises:
             ValueError: part of the body has already gone past this filter.
+            RequestTooLarge: the document is larger than ``max_request_bytes``; uncaught,
+                the client gets a 413 ``request_too_large``.
         """
 
     def inject_decoded_data(data: bytes, end_stream: bool) -> None:

@@ -32,6 +32,7 @@ from filterproxy.filters.api import (
     IFilterCallbacks,
     IStreamFilter,
     RequestHead,
+    RequestTooLarge,
     ResponseHead,
     StreamFilter,
     StreamInfo,
@@ -440,6 +441,8 @@ class FilterManager(ResponseSink):
         headers.set("traceparent", trace.traceparent())
         try:
             self.decoder.headers(head, end_stream)
+        except RequestTooLarge as e:
+            self._grown_too_large(e)
         except Exception:
             self._internal_error()
 
@@ -452,6 +455,8 @@ class FilterManager(ResponseSink):
             self.request_read_at = time.monotonic()
         try:
             self.decoder.data(data, end_stream)
+        except RequestTooLarge as e:
+            self._grown_too_large(e)
         except Exception:
             self._internal_error()
 
@@ -480,9 +485,11 @@ class FilterManager(ResponseSink):
         self._make_encoder()
         try:
             return decoder.rerun()
+        except RequestTooLarge as e:
+            self._grown_too_large(e)
         except Exception:
             self._internal_error()
-            return True
+        return True
 
     def request_json(self) -> dict[str, Any] | None:
         """The request body as a JSON object (see `IFilterCallbacks.request_json`)."""
@@ -508,9 +515,10 @@ class FilterManager(ResponseSink):
                     f"{label} changed the request body before it had all of it; "
                     "put it after body-accumulate"
                 )
-            decoder.new_body = json.dumps(
-                document, ensure_ascii=False, separators=(",", ":")
-            ).encode()
+            body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+            if len(body) > self.buffer_limit:
+                raise RequestTooLarge(len(body), self.buffer_limit)
+            decoder.new_body = body
         self.stream_info.body_json = document
 
     def _internal_error(self) -> None:
@@ -523,6 +531,14 @@ class FilterManager(ResponseSink):
             "internal_error",
             "internal_error",
             through_filters=False,
+        )
+
+    def _grown_too_large(self, error: RequestTooLarge) -> None:
+        """A filter made the request larger than the limit on a request."""
+        self.send_local_reply(
+            413,
+            f"{error}; send a smaller request or raise max_request_bytes",
+            code="request_too_large",
         )
 
     def _request_too_large(self) -> None:

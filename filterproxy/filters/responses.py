@@ -55,6 +55,7 @@ from filterproxy.filters.api import (
     FilterContext,
     FilterStatus,
     RequestHead,
+    RequestTooLarge,
     ResponseHead,
     StreamFilter,
 )
@@ -265,7 +266,20 @@ class ResponsesFilter(StreamFilter):
         if items is not self.input:
             self.input = items
             document["input"] = items
-            self.callbacks.set_request_json(document)
+            try:
+                self.callbacks.set_request_json(document)
+            except RequestTooLarge as e:
+                self.replied = True
+                what = f"continuing response {previous!r}" if previous else "its item references"
+                self.callbacks.send_local_reply(
+                    413,
+                    f"the stored conversation does not fit: {what} makes the request "
+                    f"{e.size} bytes, over the gateway's limit of {e.limit} bytes "
+                    "(max_request_bytes); start a new conversation with the turns that "
+                    "matter, or raise max_request_bytes",
+                    code="conversation_too_large",
+                )
+                return
         if self.waiting:
             self.waiting = False
             self.callbacks.continue_decoding()

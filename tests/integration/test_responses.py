@@ -549,3 +549,44 @@ def test_without_redis_a_continuation_gets_503_and_answers_still_arrive(
     finally:
         gw.process.stop()
         own.stop()
+
+
+def test_a_stored_conversation_past_the_request_limit_is_refused_not_sent(
+    chat_upstream: LocalServer,
+    messages_upstream: LocalServer,
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    """Each turn fits ``max_request_bytes``, but the conversation kept in Redis grows
+    past it: the turn that would send it upstream gets a 413 naming the limit, and the
+    upstream never receives more than the limit."""
+    gw = start_gateway(
+        f"redis: {redis_server.url}\n"
+        + textwrap.dedent(clusters(chat_upstream, messages_upstream))
+        + textwrap.dedent("""
+        filters:
+          - {type: body-accumulate, max_request_bytes: 6000}
+          - type: responses
+          - type: route
+          - type: translate
+          - type: header-rewrite
+        """),
+        tmp_path,
+    )
+    try:
+        client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="sk-x", max_retries=0)
+        previous = client.responses.create(model="chat-mini", input="a" * 1000)
+        before = upstream_count(chat_upstream)
+        with pytest.raises(openai.APIStatusError) as raised:
+            for _ in range(4):
+                previous = client.responses.create(
+                    model="chat-mini", input="b" * 1000, previous_response_id=previous.id
+                )
+        assert raised.value.status_code == 413
+        assert raised.value.code == "conversation_too_large"
+        assert "6000 bytes (max_request_bytes)" in raised.value.message
+        sent = upstream_count(chat_upstream) - before
+        assert sent >= 1  # the turns that fitted went on
+        assert len(json.dumps(last_request(chat_upstream)["body"])) < 6000
+    finally:
+        gw.process.stop()

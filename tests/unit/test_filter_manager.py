@@ -393,3 +393,20 @@ def test_a_route_with_one_cluster_keeps_nothing_to_shape_again() -> None:
     manager.decode_data(b'{"model": "m"}', True)
     assert manager.decoder.kept_head is None
     assert manager.redecode("primary") is False
+
+
+def test_a_body_a_filter_grows_past_the_request_limit_is_a_413_not_sent() -> None:
+    class Growing(StreamFilter):
+        def decode_data(self, data: bytes, end_stream: bool) -> FilterStatus:
+            self.callbacks.set_request_json({"model": "m", "padding": "x" * 2000})
+            return FilterStatus.CONTINUE
+
+    manager, downstream, router = build([Growing()], limit=1000)
+    manager.decode_headers(request_head(), False)
+    manager.decode_data(b'{"model": "m"}', True)
+    assert not any(e[0] == "data" for e in router.events)
+    status, body = downstream.events[0][1], downstream.body()
+    assert status == 413
+    error = json.loads(body)["error"]
+    assert error["code"] == "request_too_large"
+    assert "over the gateway's limit of 1000 bytes (max_request_bytes)" in error["message"]
