@@ -24,6 +24,8 @@ one, it misbehaves as the header says:
 - ``reset-mid-event``: the head and half an event, then a reset;
 - ``reset-mid-chunk-length``: the head and the first digit of a chunk's length line,
   then a reset;
+- ``gzip-reset``: a gzip event stream in the path's API whose first events are sent
+  (flushed), then a reset mid-stream;
 - ``big-stream``: an ordinary event stream of 24 MiB in small events (for clients
   that read late).
 
@@ -326,6 +328,14 @@ class HostileProtocol(Protocol):
             reactor.callLater(0.05, transport.abortConnection)
         elif case == "reset-mid-chunk-length":
             transport.write(event_head + chunked(stream_of(["fi"])[0]) + b"1")
+            reactor.callLater(0.05, transport.abortConnection)
+        elif case == "gzip-reset":
+            compressor = zlib.compressobj(wbits=31)
+            first = compressor.compress(b"".join(stream_of(["fi"])[:2]))
+            first += compressor.flush(zlib.Z_SYNC_FLUSH)
+            transport.write(
+                head(200, "text/event-stream", "content-encoding: gzip") + chunked(first)
+            )
             reactor.callLater(0.05, transport.abortConnection)
         elif case == "big-stream":
             texts = ["x" * 200] * (24 * MiB // 300)

@@ -361,6 +361,9 @@ class FilterManager(ResponseSink):
         self.response_started = False
         #: The response is an event stream (failures after the head become SSE frames).
         self.event_stream = False
+        #: The upstream's body is compressed: nothing of the gateway's own (an error
+        #: frame, a heartbeat) can be put between its bytes.
+        self.upstream_coded = False
         #: The last piece of body written to the client (SSE frames need line boundaries).
         self.last_chunk = b""
         self.done = False
@@ -591,6 +594,8 @@ class FilterManager(ResponseSink):
 
     def encode_headers(self, status: int, headers: Headers, end_stream: bool) -> None:
         """The upstream's response head (headers as received; hygiene applied here)."""
+        coding = headers.get("content-encoding")
+        self.upstream_coded = coding is not None and coding.strip().lower() != "identity"
         head = ResponseHead(status, forward_response_headers(headers))
         try:
             if self.encoder is None:
@@ -868,7 +873,7 @@ class FilterManager(ResponseSink):
         # the upstream's drops it, so that the error is read as an event of its own.
         self.stream_info.outcome = outcome
         encoder = self.encoder
-        if frame is None and self.event_stream:
+        if frame is None and self.event_stream and not self.upstream_coded:
             body = error_body(status, message, code=code, api=self._client_api())
             frame = b"event: error\ndata: " + body + b"\n\n"
             if self.last_chunk and not self.last_chunk.endswith(b"\n\n"):

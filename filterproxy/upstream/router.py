@@ -367,7 +367,12 @@ class Router(ResponseHandler):
             self.gap_histogram = self.gateway.metrics.chunk_gap.get(
                 (route.name if route is not None else "none",)
             )
-        if self.heartbeat is not None and manager.event_stream and not manager.done:
+        if (
+            self.heartbeat is not None
+            and manager.event_stream
+            and not manager.upstream_coded
+            and not manager.done
+        ):
             self.heartbeat_timer = self.reactor.callLater(self.heartbeat, self._heartbeat)
 
     def on_response_data(self, data: bytes, end_stream: bool) -> None:

@@ -412,6 +412,22 @@ def test_pass_through_keeps_a_line_without_end_flowing(gateways: dict[bool, Gate
     assert peak - before < 16 * MiB
 
 
+def test_a_compressed_stream_that_breaks_gets_nothing_of_the_gateways_in_it(
+    gateways: dict[bool, Gateway],
+) -> None:
+    """A gzip event stream passed as it came, reset mid-stream: the gateway cannot put an
+    error event into the upstream's gzip, so the client gets the upstream's bytes alone
+    — they inflate to its events, nothing else — and a body cut off, never a clean end."""
+    outcome = exchange(gateways[False], KINDS["plain"], "gzip-reset")
+    assert outcome.status == 200 and not outcome.clean, outcome
+    assert outcome.headers["content-encoding"] == "gzip"
+    cut = outcome.end.rfind(b"\n[cut: ")
+    raw = outcome.start if cut < 0 else outcome.end[:cut]
+    inflated = zlib.decompressobj(31).decompress(raw)  # raises on bytes not of the gzip
+    assert inflated.startswith(b"data: ") and b"fi" in inflated, inflated
+    assert b"error" not in inflated, inflated
+
+
 # -- what the official SDKs make of it ------------------------------------------------------
 
 
