@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 from typing import Any, Final
 
 import orjson
@@ -33,6 +34,9 @@ _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
 _INT_CHARS: Final = 20
 _SURROGATE: Final = re.compile(r"[\ud800-\udfff]")
+#: Bodies up to this size are looked over for signs of deep nesting or a surrogate
+#: before they are written to be sure (`_suspect`).
+_LOOK_FOR_SIGNS: Final = 2048
 _TOO_DEEP: Final = f"the request body is nested too deeply (more than {MAX_DEPTH} levels)"
 
 
@@ -126,10 +130,9 @@ def _where(path: list[str | int]) -> str:
             parts.append(f"[{key}]")
         else:  # a key as text that can be sent (its own surrogates escaped), not too long
             parts.append("." + key[:60].encode("utf-8", "backslashreplace").decode("utf-8"))
-    text = "".join(parts).lstrip(".")
-    if len(text) > 200:
-        text = f"{text[:120]}…{text[-60:]}"
-    return text or "request body"
+    if len(parts) > 40:  # a place deep in a document: its start and its end
+        parts = [*parts[:24], "…", *parts[-12:]]
+    return "".join(parts).lstrip(".") or "request body"
 
 
 def _children(value: Any) -> list[tuple[str | int, Any]]:
@@ -192,10 +195,17 @@ def _surrogate_problem(char: str) -> str:
     )
 
 
-def _suspect(text: str) -> bool:
-    """Whether *text* may hold what `_writable` looks for: a document nests only as deep
-    as it has brackets, and a string holds a surrogate only where the text escapes one."""
-    return text.count("[") + text.count("{") > MAX_DEPTH or "\\ud" in text or "\\uD" in text
+def _suspect(data: str | bytes) -> bool:
+    """Whether *data* may hold what `_writable` looks for: a document nests only as deep
+    as it has brackets, and a string holds a surrogate only where the text escapes one.
+    Past a few KiB, writing the document (`_writable`) costs less than looking for signs."""
+    if len(data) > _LOOK_FOR_SIGNS:
+        return True
+    if isinstance(data, bytes):
+        brackets = data.count(b"[") + data.count(b"{")
+        return brackets > MAX_DEPTH or b"\\ud" in data or b"\\uD" in data
+    brackets = data.count("[") + data.count("{")
+    return brackets > MAX_DEPTH or "\\ud" in data or "\\uD" in data
 
 
 def _orjson_depth() -> int:
@@ -211,9 +221,22 @@ def _orjson_depth() -> int:
     return 0
 
 
-#: How many levels `_writable` wraps a document in, so that orjson's own limit on
+def _wrapper(levels: int) -> tuple[list[Any], list[Any]]:
+    """(outermost, innermost) of *levels* lists nested in one another; a document put in
+    the innermost one is written *levels* deeper."""
+    innermost: list[Any] = [None]
+    outermost = innermost
+    for _ in range(levels - 1):
+        outermost = [outermost]
+    return outermost, innermost
+
+
+#: How many levels `_writable` puts around a document, so that orjson's own limit on
 #: nesting is `MAX_DEPTH` for the document (0: orjson cannot tell; walked in Python).
 _WRAP: Final = max(_orjson_depth() - MAX_DEPTH, 0)
+#: Those levels, made once (a document is put in for one call, under the lock).
+_OUTERMOST, _INNERMOST = _wrapper(max(_WRAP, 1))
+_WRAPPER_LOCK: Final = threading.Lock()
 
 
 def _writable(document: Any) -> bool:
@@ -224,13 +247,14 @@ def _writable(document: Any) -> bool:
     if not _WRAP:
         deep = isinstance(document, dict | list) and _too_deep(document, MAX_DEPTH) is not None
         return not deep and _surrogate(document) is None
-    wrapped: Any = document
-    for _ in range(_WRAP):
-        wrapped = [wrapped]
-    try:
-        orjson.dumps(wrapped)
-    except orjson.JSONEncodeError:
-        return False
+    with _WRAPPER_LOCK:
+        _INNERMOST[0] = document
+        try:
+            orjson.dumps(_OUTERMOST)
+        except orjson.JSONEncodeError:
+            return False
+        finally:
+            _INNERMOST[0] = None
     return True
 
 
@@ -255,7 +279,7 @@ def strict_loads(data: str | bytes) -> Any:
         raise BadBody(f"request body is not valid JSON: {e}") from None
     except RecursionError:
         raise BadBody("request body is nested too deeply") from None
-    if _suspect(text) and not _writable(document):
+    if _suspect(data) and not _writable(document):
         # Rare: found again, with its place.
         path = _too_deep(document, MAX_DEPTH) if isinstance(document, dict | list) else None
         if path is not None:
