@@ -270,11 +270,15 @@ def strict_loads(data: str | bytes) -> Any:
     except UnicodeDecodeError:
         raise BadBody("request body is not valid UTF-8") from None
     try:
-        document = _STRICT.decode(text)
-    except _Refused:
-        # Rare: parsed again, keeping what was refused in its place, to say where it is.
-        problem = _odd(_LENIENT.decode(text))
-        raise BadBody(problem or "request body holds a number the gateway does not take") from None
+        try:
+            document = _STRICT.decode(text)
+        except _Refused:
+            # Rare: parsed again, keeping what was refused in its place, to say where it
+            # is (the rest of the text may be worse: not JSON, or nested past the stack).
+            problem = _odd(_LENIENT.decode(text))
+            raise BadBody(
+                problem or "request body holds a number the gateway does not take"
+            ) from None
     except json.JSONDecodeError as e:
         raise BadBody(f"request body is not valid JSON: {e}") from None
     except RecursionError:

@@ -75,3 +75,15 @@ def test_strict_loads_takes_any_json_value() -> None:
     assert strict_loads(b"[1, 2.5, null]") == [1, 2.5, None]
     with pytest.raises(BadBody, match="request body: holds an unpaired"):
         strict_loads('"\\ud800"')
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"a": NaN, "b": {', "request body is not valid JSON"),
+        (b"[NaN, " + b"[" * 100000 + b"]" * 100000 + b"]", "request body is nested too deeply"),
+    ],
+)
+def test_a_refused_number_before_worse_is_still_a_bad_body(body: bytes, message: str) -> None:
+    with pytest.raises(BadBody, match=message):
+        parse_body(body, None)
