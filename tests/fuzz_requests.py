@@ -378,7 +378,8 @@ RAW_BODIES = [
 @st.composite
 def raw_body(draw: st.DrawFn, document: st.SearchStrategy[Any]) -> bytes:
     """The bytes of a near-valid *document*, as an encoder writes them or with one value
-    replaced by something no encoder writes, or a body that is not a request at all."""
+    replaced by something no encoder writes (sometimes cut off after it), or a body
+    that is not a request at all."""
     how = draw(st.sampled_from(["json", "json", "mutated", "mutated", "whole"]))
     if how == "whole":
         return draw(st.sampled_from(RAW_BODIES))
@@ -389,9 +390,12 @@ def raw_body(draw: st.DrawFn, document: st.SearchStrategy[Any]) -> bytes:
     marker = "\u2063MARK\u2063"
     _place(draw, value, marker)
     text = json.dumps(value, ensure_ascii=False).encode()
-    return text.replace(
+    raw = text.replace(
         json.dumps(marker, ensure_ascii=False).encode(), draw(st.sampled_from(RAW_VALUES))
     )
+    if draw(st.booleans()) and len(raw) > 1:  # and what follows it cut off
+        raw = raw[: draw(st.integers(1, len(raw) - 1))]
+    return raw
 
 
 def _place(draw: st.DrawFn, value: Any, marker: str) -> None:
