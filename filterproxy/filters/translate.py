@@ -50,10 +50,12 @@ from filterproxy.translate.chat_client import (
     messages_request,
 )
 from filterproxy.translate.common import (
+    SHAPE_ERRORS,
     UnmappableAnswer,
     Untranslatable,
     anthropic_error,
     error_fields,
+    loads,
     openai_error,
 )
 from filterproxy.translate.messages_client import (
@@ -414,16 +416,23 @@ class TranslateFilter(StreamFilter):
 
     def _rebuilt(self, raw: bytes) -> bytes:
         try:
-            document = json.loads(raw)
+            document = loads(raw)
         except ValueError:
             document = None
         if 200 <= self.status < 300 and isinstance(document, dict) and "error" not in document:
             try:
                 return self._answer(document)
-            except UnmappableAnswer as e:
-                # Part of the answer has no form in the client's API: the client is
-                # told, rather than given an answer with a hole in it.
-                document, self.status = {"error": {"message": str(e)}}, 502
+            except (UnmappableAnswer, *SHAPE_ERRORS) as e:
+                # Part of the answer has no form in the client's API, or is not of the
+                # shape its API gives it: the client is told, rather than given an
+                # answer with a hole in it.
+                message = (
+                    str(e)
+                    if isinstance(e, UnmappableAnswer)
+                    else "the upstream's answer has a shape the gateway cannot read "
+                    f"({type(e).__name__}: {e})"
+                )
+                document, self.status = {"error": {"message": message}}, 502
                 if self.head is not None:
                     self.head.status = 502
         fields = error_fields(document)

@@ -19,6 +19,7 @@ from filterproxy.http.body import BadBody, strict_loads
 from filterproxy.http.sse import SSEEvent
 from filterproxy.translate.common import (
     StreamTranslation,
+    UnmappableAnswer,
     Untranslatable,
     chat_usage,
     dumps,
@@ -407,11 +408,20 @@ def _mark_last(blocks: Any) -> bool:
 
 
 def chat_response(document: Mapping[str, Any], model: str | None) -> dict[str, Any]:
-    """The chat completion for a Messages answer *document*."""
+    """The chat completion for a Messages answer *document*.
+
+    Raises:
+        UnmappableAnswer: it has no list of content blocks (not an answer to translate).
+    """
+    content = document.get("content")
+    if not isinstance(content, list):
+        raise UnmappableAnswer(
+            f"the upstream's answer has no list of content blocks: {str(content)[:200]!r}"
+        )
     texts: list[str] = []
     thinking: list[str] = []
     calls: list[dict[str, Any]] = []
-    for block in document.get("content") or []:
+    for block in content:
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
             texts.append(block.get("text", ""))

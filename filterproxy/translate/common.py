@@ -19,6 +19,7 @@ __all__ = [
     "CHAT",
     "MESSAGES",
     "RESPONSES",
+    "SHAPE_ERRORS",
     "FromChatStream",
     "StreamTranslation",
     "UnmappableAnswer",
@@ -30,6 +31,7 @@ __all__ = [
     "dumps",
     "error_fields",
     "finish_from_stop",
+    "first_message",
     "loads",
     "new_id",
     "number_at",
@@ -99,10 +101,35 @@ def number_at(value: Any, field: str) -> float:
     raise Untranslatable(field, f"must be a number, not {_json_kind(value)}")
 
 
+#: What reading an upstream's answer of an unexpected shape raises in a translation — a
+#: field of another type than its API gives it (a number where an object goes, a list
+#: where a string goes). The upstream is to blame, not the gateway: the client is told
+#: so (a 502, or the stream's error event), as for an answer that is not JSON.
+SHAPE_ERRORS: Final = (AttributeError, TypeError, KeyError, IndexError)
+
+
 class UnmappableAnswer(ValueError):
     """Something in the upstream's answer that the client's API has no form for (a
     content part of a kind no translation knows): the client is told — a 502, or the
     stream's error event — rather than given an answer with a hole in it."""
+
+
+def first_message(document: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The first choice of a whole chat completion *document*, and its message.
+
+    Raises:
+        UnmappableAnswer: it has no choice with a message — not an answer to translate
+            (an empty one would pass for the model's).
+    """
+    choices = document.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(choice, dict) or not isinstance(message, dict):
+        raise UnmappableAnswer(
+            "the upstream's answer has no choice with a message: "
+            f"{str(document.get('choices'))[:200]!r}"
+        )
+    return choice, message
 
 
 def _not_json(text: str) -> Any:
@@ -183,7 +210,10 @@ class StreamTranslation:
         for event in events:
             if self.closed:
                 break
-            self._event(event, out)
+            try:
+                self._event(event, out)
+            except SHAPE_ERRORS as e:
+                self._unreadable(e, event.data, out)
         if too_large is not None and not self.closed:
             self.failure = str(too_large)
             self._error(out, 502, self.failure)
@@ -206,8 +236,22 @@ class StreamTranslation:
             return b""
         out = [self.feed(b"\n\n")] if self.decoder.pending.strip() else []
         if not self.closed:
-            self._ended(out)
+            try:
+                self._ended(out)
+            except SHAPE_ERRORS as e:
+                self._unreadable(e, None, out)
         return b"".join(out)
+
+    def _unreadable(self, error: Exception, data: str | None, out: list[bytes]) -> None:
+        """An event (or, with no *data*, what the events added up to) had a shape the
+        translation could not read: the client API's error event, which closes the
+        stream — also when the stream had begun to close (its last events not out)."""
+        shown = f": {data[:100]!r}" if data else ""
+        self.failure = (
+            "the upstream sent an event of a shape the gateway cannot read "
+            f"({type(error).__name__}: {error}){shown}"
+        )
+        self._error(out, 502, self.failure)
 
     def _json(self, text: str, out: list[bytes]) -> dict[str, Any] | None:
         """An event's JSON object; None for another JSON value, and an error (closing

@@ -23,6 +23,7 @@ from filterproxy.translate.common import (
     anthropic_usage,
     chat_tool,
     dumps,
+    first_message,
     new_id,
     object_at,
     split_content,
@@ -405,9 +406,7 @@ def messages_response(document: Mapping[str, Any], model: str | None) -> dict[st
     Raises:
         UnmappableAnswer: a content part that is neither text nor thinking.
     """
-    choices = document.get("choices")
-    choice = choices[0] if isinstance(choices, list) and choices else {}
-    message = choice.get("message") or {}
+    choice, message = first_message(document)
     blocks, called = _content_blocks(message)
     stop = stop_from_finish(choice.get("finish_reason"), called)
     if isinstance(message.get("refusal"), str) and message["refusal"]:

@@ -28,6 +28,7 @@ from filterproxy.translate.common import (
     StreamTranslation,
     Untranslatable,
     dumps,
+    first_message,
     new_id,
     openai_error_type,
     split_content,
@@ -515,9 +516,7 @@ def responses_answer(
     Raises:
         UnmappableAnswer: a content part that is neither text nor reasoning.
     """
-    choices = document.get("choices")
-    choice = choices[0] if isinstance(choices, list) and choices else {}
-    message = choice.get("message") or {}
+    choice, message = first_message(document)
     output: list[dict[str, Any]] = []
     reasoning = message.get("reasoning_content") or message.get("reasoning")
     thought, text = split_content(message.get("content"))

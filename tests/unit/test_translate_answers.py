@@ -159,6 +159,54 @@ def test_an_event_that_is_not_json_fails_the_stream(client: str) -> None:
     assert h.client.aborted and h.upstream.cancelled
 
 
+#: A whole answer of the upstream's API whose fields are not of their types, per client,
+#: and what the client's error says of it.
+WRONG_SHAPE = {
+    "messages": (
+        b'{"id": "c", "choices": {"first": {"message": {"content": "hi"}}}}',
+        "no choice with a message",
+    ),
+    "chat": (
+        b'{"id": "m", "type": "message", "content": "hi", "stop_reason": ["end"]}',
+        "no list of content blocks",
+    ),
+    "responses": (
+        b'{"id": "c", "choices": [{"message": {"tool_calls": [{"function": 42}]}}]}',
+        "shape the gateway cannot read",
+    ),
+}
+#: The same of an event stream: one event whose field has another type.
+WRONG_SHAPE_EVENT = {
+    "messages": b'data: {"id": "c", "choices": {"first": {"delta": {}}}}\n\n',
+    "chat": b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0,'
+    b' "delta": "hi"}\n\n',
+    "responses": b'data: {"id": "c", "choices": {"first": {"delta": {}}}}\n\n',
+}
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_an_answer_whose_fields_have_other_types_is_a_502_not_a_500(client: str) -> None:
+    h = translated(client, stream=False)
+    body, says = WRONG_SHAPE[client]
+    h.respond(200, {"content-type": "application/json"}, [body])
+    assert h.client.status == 502
+    assert says in error_message(client, h.client)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_an_event_whose_fields_have_other_types_fails_the_stream(client: str) -> None:
+    h = translated(client)
+    h.respond(
+        200,
+        {"content-type": "text/event-stream"},
+        [FIRST[client], WRONG_SHAPE_EVENT[client]],
+        end=False,
+    )
+    errors = error_events(client, SSEDecoder().feed(h.client.body))
+    assert errors and "shape the gateway cannot read" in json.dumps(errors)
+    assert h.client.aborted and h.upstream.cancelled
+
+
 def test_a_whole_answer_past_the_translation_limit_is_still_refused() -> None:
     h = translated("messages", stream=False)
     h.respond(200, {"content-type": "application/json"}, [b"{" + b" " * (1 << 20)] * 33, end=False)

@@ -16,14 +16,27 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from filterproxy.http.body import BadBody, parse_body
-from filterproxy.translate.chat_client import add_cache_breakpoints, messages_request
-from filterproxy.translate.common import Untranslatable, loads
+from filterproxy.http.sse import SSEDecoder
+from filterproxy.translate.chat_client import (
+    ChatFromMessagesStream,
+    add_cache_breakpoints,
+    chat_response,
+    messages_request,
+)
+from filterproxy.translate.common import SHAPE_ERRORS, UnmappableAnswer, Untranslatable, loads
 from filterproxy.translate.messages_client import (
     MessagesFromChatStream,
     chat_request,
     count_tokens_estimate,
+    messages_response,
 )
-from filterproxy.translate.responses_client import response_shell, responses_request
+from filterproxy.translate.responses_client import (
+    Piped,
+    ResponsesFromChatStream,
+    response_shell,
+    responses_answer,
+    responses_request,
+)
 from tests.fuzz_requests import CHAT, MESSAGES, RESPONSES
 
 FUZZ = settings(
@@ -142,3 +155,153 @@ def test_an_upstream_event_with_half_a_surrogate_pair_is_still_read() -> None:
         b'data: {"choices": [{"index": 0, "delta": {"content": "\\ude00"}}]}\n\n'
     )
     assert b"event: error" not in out and not stream.closed
+
+
+# -- the other way: answers of any shape from the upstream ------------------------------------
+
+ANSWERS = settings(FUZZ, max_examples=150)
+
+_SCALAR = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 2**40),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=5),
+)
+_ANY = st.recursive(
+    _SCALAR,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def _fields(names: list[str], values: Any) -> Any:
+    """Objects with some of *names* (an API's field names), each any value of *values*
+    or of any JSON: near the answer an API gives, wrong where it may be."""
+    return st.dictionaries(st.sampled_from(names), st.one_of(_ANY, values), max_size=len(names))
+
+
+_USAGE = _fields(
+    ["prompt_tokens", "completion_tokens", "prompt_tokens_details", "input_tokens",
+     "output_tokens", "cache_read_input_tokens", "completion_tokens_details"],
+    st.integers(-3, 100),
+)  # fmt: skip
+_CALL = _fields(
+    ["id", "type", "index", "function"],
+    _fields(["name", "arguments"], st.text(max_size=5)),
+)
+_PART = _fields(
+    ["type", "text", "thinking"], st.sampled_from(["text", "thinking", "image", "reasoning"])
+)
+_MESSAGE = _fields(
+    ["role", "content", "tool_calls", "reasoning_content", "reasoning", "refusal"],
+    st.one_of(st.lists(_CALL, max_size=2), st.lists(_PART, max_size=2)),
+)
+_CHOICE = _fields(
+    ["index", "message", "delta", "finish_reason"],
+    st.one_of(_MESSAGE, st.sampled_from(["stop", "length", "tool_calls"])),
+)
+CHAT_ANSWER = _fields(
+    ["id", "model", "choices", "usage", "x_groq", "error"],
+    st.one_of(st.lists(_CHOICE, max_size=2), _USAGE),
+)
+_BLOCK = _fields(
+    ["type", "text", "id", "name", "input", "thinking", "signature"],
+    st.sampled_from(["text", "tool_use", "thinking", "redacted_thinking", "server_tool_use"]),
+)
+MESSAGES_ANSWER = _fields(
+    ["id", "type", "role", "model", "content", "stop_reason", "usage", "error"],
+    st.one_of(st.lists(_BLOCK, max_size=3), _USAGE),
+)
+_DELTA = _fields(
+    ["type", "text", "partial_json", "thinking", "stop_reason"],
+    st.sampled_from(["text_delta", "input_json_delta", "thinking_delta", "signature_delta"]),
+)
+MESSAGES_EVENT = _fields(
+    ["type", "index", "message", "content_block", "delta", "usage", "error"],
+    st.one_of(
+        st.sampled_from(
+            ["message_start", "content_block_start", "content_block_delta",
+             "content_block_stop", "message_delta", "message_stop", "ping", "error"]
+        ),
+        _BLOCK,
+        _DELTA,
+        _USAGE,
+        MESSAGES_ANSWER,
+    ),
+)  # fmt: skip
+
+
+def _events(documents: list[Any], named: bool) -> bytes:
+    out = b""
+    for document in documents:
+        kind = document.get("type") if isinstance(document, dict) else None
+        if named and isinstance(kind, str) and kind.isprintable():
+            out += b"event: " + kind.encode() + b"\n"
+        out += b"data: " + json.dumps(document).encode() + b"\n\n"
+    return out
+
+
+def _readable(stream: Any, data: bytes) -> bytes:
+    """What *stream* makes of *data* and its end; it must never raise, and what it sends
+    is whole events of JSON."""
+    out = stream.feed(data) + stream.end()
+    for event in SSEDecoder().feed(out):
+        if event.data is not None and event.data != "[DONE]":
+            json.loads(event.data)
+    return out
+
+
+@ANSWERS
+@given(CHAT_ANSWER)
+def test_a_chat_answer_of_any_shape_is_translated_or_refused(document: Any) -> None:
+    shell = response_shell({"model": "m"}, "m")
+    for translate in (lambda: messages_response(document, "m"),
+                      lambda: responses_answer(document, shell)):  # fmt: skip
+        try:
+            sendable(translate())
+        except (UnmappableAnswer, *SHAPE_ERRORS):
+            pass  # the translate filter answers 502 for these
+
+
+@ANSWERS
+@given(MESSAGES_ANSWER)
+def test_a_messages_answer_of_any_shape_is_translated_or_refused(document: Any) -> None:
+    try:
+        sendable(chat_response(document, "m"))
+    except (UnmappableAnswer, *SHAPE_ERRORS):
+        pass
+
+
+@ANSWERS
+@given(st.lists(CHAT_ANSWER, max_size=5), st.booleans())
+def test_a_chat_stream_of_any_shape_never_breaks_the_translation(
+    chunks: list[Any], done: bool
+) -> None:
+    data = _events(chunks, named=False) + (b"data: [DONE]\n\n" if done else b"")
+    _readable(MessagesFromChatStream("m"), data)
+    _readable(ResponsesFromChatStream(response_shell({"model": "m"}, "m")), data)
+
+
+@ANSWERS
+@given(st.lists(MESSAGES_EVENT, max_size=6))
+def test_a_messages_stream_of_any_shape_never_breaks_the_translation(events: list[Any]) -> None:
+    data = _events(events, named=True)
+    _readable(ChatFromMessagesStream("m", True), data)
+    _readable(
+        Piped(
+            ChatFromMessagesStream("m", True),
+            ResponsesFromChatStream(response_shell({"model": "m"}, "m")),
+        ),
+        data,
+    )
+
+
+def test_a_field_of_another_type_ends_the_stream_with_an_error_event() -> None:
+    stream = MessagesFromChatStream("m")
+    out = stream.feed(b'data: {"choices": {"first": {"delta": {}}}}\n\n') + stream.end()
+    assert stream.closed
+    assert b"event: error" in out
+    assert stream.failure is not None and "shape" in stream.failure
