@@ -163,7 +163,7 @@ def npm_packages(packages: Mapping[str, str]) -> Path:
                     f"npm install {' '.join(specs)}", done.stdout + done.stderr
                 )
             (staging / ".installed").write_text(json.dumps(exact) + "\n")
-            if target.exists():  # a partial directory from an interrupted older helper
+            if target.exists():  # a partial directory from an interrupted install
                 shutil.rmtree(target)
             staging.rename(target)
         finally:

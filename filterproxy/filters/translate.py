@@ -55,7 +55,7 @@ from filterproxy.translate.common import (
     Untranslatable,
     anthropic_error,
     error_fields,
-    loads,
+    loads_exact,
     openai_error,
 )
 from filterproxy.translate.messages_client import (
@@ -416,7 +416,7 @@ class TranslateFilter(StreamFilter):
 
     def _rebuilt(self, raw: bytes) -> bytes:
         try:
-            document = loads(raw)
+            document = loads_exact(raw)
         except ValueError:
             document = None
         if 200 <= self.status < 300 and isinstance(document, dict) and "error" not in document:
