@@ -226,8 +226,9 @@ class StreamTranslation:
                 break
             try:
                 self._event(event, out)
-            except SHAPE_ERRORS as e:
-                self._unreadable(e, event.data, out)
+            except SHAPE_ERRORS as unreadable:
+                # (a name of its own: mypyc gives `e` above EventTooLarge's type)
+                self._unreadable(unreadable, event.data, out)
         if too_large is not None and not self.closed:
             self.failure = str(too_large)
             self._error(out, 502, self.failure)
@@ -252,8 +253,8 @@ class StreamTranslation:
         if not self.closed:
             try:
                 self._ended(out)
-            except SHAPE_ERRORS as e:
-                self._unreadable(e, None, out)
+            except SHAPE_ERRORS as unreadable:
+                self._unreadable(unreadable, None, out)
         return b"".join(out)
 
     def _unreadable(self, error: Exception, data: str | None, out: list[bytes]) -> None:
