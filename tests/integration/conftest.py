@@ -157,6 +157,28 @@ def upstream() -> Iterator[Upstream]:
         process.stop()
 
 
+def script_server(script: str) -> Iterator[LocalServer]:
+    """The test server *script* (a file of ``tests/``) as a process on a free port, for
+    the time of a fixture; it prints ``PORT <n>`` when listening."""
+    process = Process([sys.executable, str(HERE.parent / script)])
+    try:
+        yield LocalServer(process, int(process.wait_for(r"PORT (\d+)").group(1)))
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def chat_upstream() -> Iterator[LocalServer]:
+    """tests/chat_server.py: a provider that speaks only Chat Completions."""
+    yield from script_server("chat_server.py")
+
+
+@pytest.fixture(scope="module")
+def messages_upstream() -> Iterator[LocalServer]:
+    """tests/messages_server.py: a provider that speaks only Anthropic's Messages."""
+    yield from script_server("messages_server.py")
+
+
 class FaultServer(LocalServer):
     """tests/fault_server.py: an upstream that misbehaves as each request's x-fault says."""
 

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.conftest import Gateway, LocalServer, Process, start_gateway
+from tests.integration.conftest import Gateway, LocalServer, start_gateway
 from tests.npm_clients import installed_versions, npm_bin, npm_package
-
-CHAT_SCRIPT = Path(__file__).parent.parent / "chat_server.py"
 
 
 @pytest.fixture(scope="module")
@@ -26,15 +23,6 @@ def claude() -> Path:
     directory = npm_package("@anthropic-ai/claude-code")
     assert installed_versions(directory)["@anthropic-ai/claude-code"]
     return npm_bin(directory, "claude")
-
-
-@pytest.fixture(scope="module")
-def chat_upstream() -> Iterator[LocalServer]:
-    process = Process([sys.executable, str(CHAT_SCRIPT)])
-    try:
-        yield LocalServer(process, int(process.wait_for(r"PORT (\d+)").group(1)))
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,7 @@ on the first cluster. Real sockets, the official SDKs, recording upstreams."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -18,30 +16,9 @@ import pytest
 from tests.integration.conftest import (
     Gateway,
     LocalServer,
-    Process,
     closed_port,
     start_gateway,
 )
-
-HERE = Path(__file__).parent.parent
-
-
-def _server(script: str) -> Iterator[LocalServer]:
-    process = Process([sys.executable, str(HERE / script)])
-    try:
-        yield LocalServer(process, int(process.wait_for(r"PORT (\d+)").group(1)))
-    finally:
-        process.stop()
-
-
-@pytest.fixture(scope="module")
-def chat_upstream() -> Iterator[LocalServer]:
-    yield from _server("chat_server.py")
-
-
-@pytest.fixture(scope="module")
-def messages_upstream() -> Iterator[LocalServer]:
-    yield from _server("messages_server.py")
 
 
 @pytest.fixture(scope="module")

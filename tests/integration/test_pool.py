@@ -34,21 +34,11 @@ from .conftest import (
     wait_until,
 )
 
-CHAT_SCRIPT = Path(__file__).parent.parent / "chat_server.py"
 KEY = "fpk-test-pool-0123456789"
 HUGE = 5 * 1024 * 1024  # chat_server.HUGE_DELTA
 #: Far below the clusters' timeouts.first_byte (30 s): a request that waited for that
 #: limit fails here.
 CLIENT_TIMEOUT = 10.0
-
-
-@pytest.fixture(scope="module")
-def chat_upstream() -> Iterator[LocalServer]:
-    process = Process([sys.executable, str(CHAT_SCRIPT)])
-    try:
-        yield LocalServer(process, int(process.wait_for(r"PORT (\d+)").group(1)))
-    finally:
-        process.stop()
 
 
 def _cluster(url: str) -> str:

@@ -5,9 +5,7 @@ and a cluster URL whose base path names the API version gets the client's path o
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -15,9 +13,8 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import Gateway, LocalServer, Process, start_gateway
+from tests.integration.conftest import Gateway, LocalServer, start_gateway
 
-TESTS = Path(__file__).parent.parent
 TOOLS: list[Any] = [
     {
         "type": "function",
@@ -30,24 +27,6 @@ TOOLS: list[Any] = [
     for name in ("weather", "time")
 ]
 SYSTEM = "You are a travel agent. " * 40
-
-
-def upstream(script: str) -> Iterator[LocalServer]:
-    process = Process([sys.executable, str(TESTS / script)])
-    try:
-        yield LocalServer(process, int(process.wait_for(r"PORT (\d+)").group(1)))
-    finally:
-        process.stop()
-
-
-@pytest.fixture(scope="module")
-def messages_upstream() -> Iterator[LocalServer]:
-    yield from upstream("messages_server.py")
-
-
-@pytest.fixture(scope="module")
-def chat_upstream() -> Iterator[LocalServer]:
-    yield from upstream("chat_server.py")
 
 
 @pytest.fixture(scope="module")

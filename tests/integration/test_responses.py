@@ -7,7 +7,6 @@ only Chat Completions (tests/chat_server.py) and to one that speaks only Message
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,6 @@ from tests.integration.conftest import (
     wait_until,
 )
 
-TESTS = Path(__file__).resolve().parent.parent
 WEATHER = {
     "type": "function",
     "name": "get_weather",
@@ -38,24 +36,6 @@ WEATHER = {
         "required": ["city"],
     },
 }
-
-
-def server(script: str) -> Iterator[LocalServer]:
-    process = Process([sys.executable, str(TESTS / script)])
-    try:
-        yield LocalServer(process, int(process.wait_for(r"PORT (\d+)").group(1)))
-    finally:
-        process.stop()
-
-
-@pytest.fixture(scope="module")
-def chat_upstream() -> Iterator[LocalServer]:
-    yield from server("chat_server.py")
-
-
-@pytest.fixture(scope="module")
-def messages_upstream() -> Iterator[LocalServer]:
-    yield from server("messages_server.py")
 
 
 def clusters(chat: LocalServer, messages: LocalServer) -> str:

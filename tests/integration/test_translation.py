@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -26,7 +25,6 @@ from tests.integration.conftest import (
     wait_until,
 )
 
-MESSAGES_SCRIPT = Path(__file__).parent.parent / "messages_server.py"
 WEATHER = {
     "name": "get_weather",
     "description": "The weather in a city",
@@ -36,15 +34,6 @@ WEATHER = {
         "required": ["city"],
     },
 }
-
-
-@pytest.fixture(scope="module")
-def messages_upstream() -> Iterator[LocalServer]:
-    process = Process([sys.executable, str(MESSAGES_SCRIPT)])
-    try:
-        yield LocalServer(process, int(process.wait_for(r"PORT (\d+)").group(1)))
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="module")
