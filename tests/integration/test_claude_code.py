@@ -15,14 +15,15 @@ import httpx
 import pytest
 
 from tests.integration.conftest import Gateway, LocalServer, start_gateway
-from tests.npm_clients import installed_versions, npm_bin, npm_package
+from tests.npm_clients import client_env, installed_versions, npm_bin, npm_package
 
 
 @pytest.fixture(scope="module")
-def claude() -> Path:
+def claude() -> tuple[Path, Path]:
+    """The ``claude`` CLI at its current release, and its install directory."""
     directory = npm_package("@anthropic-ai/claude-code")
     assert installed_versions(directory)["@anthropic-ai/claude-code"]
-    return npm_bin(directory, "claude")
+    return npm_bin(directory, "claude"), directory
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +50,14 @@ def gateway(
 
 @pytest.mark.parametrize("credential", ["ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"])
 def test_claude_code_prints_what_a_chat_only_upstream_said(
-    claude: Path,
+    claude: tuple[Path, Path],
     gateway: Gateway,
     chat_upstream: LocalServer,
     tmp_path: Path,
     credential: str,
 ) -> None:
     before = httpx.get(f"{chat_upstream.url}/control/count").json()
+    binary, directory = claude
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(tmp_path),  # no settings, login or history of the machine's user
@@ -68,8 +70,8 @@ def test_claude_code_prints_what_a_chat_only_upstream_said(
         "DISABLE_ERROR_REPORTING": "1",
     }
     done = subprocess.run(
-        [str(claude), "-p", "Say the word pineapple", "--output-format", "text"],
-        env=env,
+        [str(binary), "-p", "Say the word pineapple", "--output-format", "text"],
+        env=client_env(directory, env),
         cwd=tmp_path,
         stdin=subprocess.DEVNULL,
         capture_output=True,

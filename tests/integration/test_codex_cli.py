@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import Gateway, LocalServer, Process, start_gateway
-from tests.npm_clients import installed_versions, npm_bin, npm_package
+from tests.npm_clients import client_env, installed_versions, npm_bin, npm_package
 
 TESTS = Path(__file__).resolve().parent.parent
 FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -35,10 +35,14 @@ PATCH = "*** Begin Patch\n*** Add File: hello.txt\n+hello from the patch 👋\n*
 
 
 @pytest.fixture(scope="module")
-def codex() -> tuple[Path, str]:
-    """The ``codex`` CLI at its current release, and that release."""
+def codex() -> tuple[Path, str, Path]:
+    """The ``codex`` CLI at its current release, that release, and its install directory."""
     directory = npm_package("@openai/codex")
-    return npm_bin(directory, "codex"), installed_versions(directory)["@openai/codex"]
+    return (
+        npm_bin(directory, "codex"),
+        installed_versions(directory)["@openai/codex"],
+        directory,
+    )
 
 
 class Scripted(LocalServer):
@@ -137,7 +141,7 @@ def model_catalog(path: Path, *slugs: str) -> Path:
 
 
 def run_codex(
-    codex: tuple[Path, str],
+    codex: tuple[Path, str, Path],
     gateway: Gateway,
     model: str,
     tmp_path: Path,
@@ -146,7 +150,7 @@ def run_codex(
 ) -> tuple[list[dict[str, Any]], Path]:
     """``codex exec --json`` in a fresh HOME against the gateway: its events, and its
     working directory."""
-    binary, version = codex
+    binary, version, directory = codex
     home = tmp_path / "home"
     (home / ".codex").mkdir(parents=True)
     work = tmp_path / "work"
@@ -180,12 +184,15 @@ def run_codex(
             model,
             "Run what you need, then report.",
         ],
-        env={
-            **os.environ,
-            "HOME": str(home),
-            "CODEX_HOME": str(home / ".codex"),
-            "GATEWAY_KEY": "sk-gateway-client",
-        },
+        env=client_env(
+            directory,
+            {
+                **os.environ,
+                "HOME": str(home),
+                "CODEX_HOME": str(home / ".codex"),
+                "GATEWAY_KEY": "sk-gateway-client",
+            },
+        ),
         capture_output=True,
         text=True,
         timeout=180,
@@ -234,7 +241,7 @@ def dropped_tools_logged(gateway: Gateway, model: str) -> list[Any]:
 @pytest.mark.parametrize("api", ["chat", "messages"])
 def test_codex_runs_its_tools_through_an_upstream_of_another_api(
     api: str,
-    codex: tuple[Path, str],
+    codex: tuple[Path, str, Path],
     gateway: Gateway,
     chat_upstream: Scripted,
     messages_upstream: Scripted,
@@ -283,7 +290,7 @@ def test_codex_runs_its_tools_through_an_upstream_of_another_api(
 @pytest.mark.parametrize("api", ["chat", "messages"])
 def test_codex_applies_a_patch_through_its_freeform_tool(
     api: str,
-    codex: tuple[Path, str],
+    codex: tuple[Path, str, Path],
     gateway: Gateway,
     chat_upstream: Scripted,
     messages_upstream: Scripted,

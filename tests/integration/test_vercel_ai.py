@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import Gateway, LocalServer, Process, start_gateway
-from tests.npm_clients import installed_versions, node_tools, npm_packages
+from tests.npm_clients import installed_versions, node_for, npm_packages
 
 TESTS = Path(__file__).resolve().parent.parent
 PROGRAM = TESTS / "vercel_ai_conversation.mjs"
@@ -97,14 +97,14 @@ def said(message: dict[str, Any]) -> tuple[str, str, list[str]]:
 def test_a_two_turn_conversation_with_tools_through_a_chat_only_upstream(
     client: str, sdk: Path, upstream: LocalServer, gateway: Gateway, tmp_path: Path
 ) -> None:
-    node, _ = node_tools()
+    node = node_for(sdk)
     httpx.post(f"{upstream.url}/control/script", json=SCRIPT).raise_for_status()
     # The program imports the SDK from the node_modules beside it.
     (tmp_path / "node_modules").symlink_to(sdk / "node_modules")
     program = tmp_path / PROGRAM.name
     shutil.copy(PROGRAM, program)
     done = subprocess.run(
-        [node, str(program), client, f"{gateway.url}/v1", "chat-model"],
+        [str(node), str(program), client, f"{gateway.url}/v1", "chat-model"],
         capture_output=True,
         text=True,
         timeout=120,
