@@ -65,13 +65,13 @@ def _target(identifier: Any) -> tuple[str, int] | None:
 def referenced_responses(items: list[Any]) -> list[str]:
     """The ids of the responses whose records the ``item_reference`` items among *items*
     point into, each once, in order."""
-    found: list[str] = []
+    found: dict[str, None] = {}  # in order, each once, in constant time per item
     for item in items:
         if isinstance(item, dict) and item.get("type") == "item_reference":
             target = _target(item.get("id"))
-            if target is not None and target[0] not in found:
-                found.append(target[0])
-    return found
+            if target is not None:
+                found[target[0]] = None
+    return list(found)
 
 
 def expand_references(
