@@ -255,8 +255,9 @@ class TranslateFilter(StreamFilter):
                     hosted_tools=policy or self.config.hosted_tools,
                 )
                 translated, self.tools = request.chat, request.tools.by_upstream
-                if request.tools.dropped:
-                    info.annotations[DROPPED_ANNOTATION] = request.tools.dropped
+                dropped = request.tools.dropped
+                if dropped:
+                    info.annotations[DROPPED_ANNOTATION] = dropped
                 previous = info.annotations.get(PREVIOUS_ANNOTATION)
                 self.shell = response_shell(document, info.model, previous)
             else:

@@ -41,11 +41,13 @@ from filterproxy.translate.common import Untranslatable, chat_tool, loads
 
 __all__ = [
     "HOSTED_ITEMS",
+    "HOSTED_TYPES",
     "CustomInput",
     "ToolSet",
     "UpstreamTool",
     "custom_arguments",
     "custom_input",
+    "hosted_name",
     "item_id",
     "response_of_item",
     "tool_set",
@@ -77,6 +79,28 @@ HOSTED_ITEMS: Final = {
     "program": "programmatic_tool_calling",
     "program_output": "programmatic_tool_calling",
 }
+#: The hosted tool types of OpenAI's API (see docs/responses.md). A dropped one is
+#: reported by this name — a dated one (``web_search_preview_2025_03_11``) by its base —
+#: and any other type as ``other``: what a client names is neither written into a
+#: response header nor made into a metric series of its own.
+HOSTED_TYPES: Final = frozenset(
+    {
+        "web_search",
+        "web_search_preview",
+        "file_search",
+        "code_interpreter",
+        "image_generation",
+        "computer",
+        "computer_use_preview",
+        "mcp",
+        "local_shell",
+        "shell",
+        "apply_patch",
+        "tool_search",
+        "programmatic_tool_calling",
+    }
+)
+_DATED: Final = re.compile(r"^([a-z_]+?)_\d{4}_\d{2}_\d{2}$")
 _NAME: Final = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _NOT_NAME: Final = re.compile(r"[^a-zA-Z0-9_-]")
 #: Item ids made by `item_id`: a prefix, the response's 24 hex digits, 16 more.
@@ -164,11 +188,19 @@ def _custom_parameters(tool: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def hosted_name(kind: str) -> str:
+    """How a dropped hosted tool of type *kind* is reported (see `HOSTED_TYPES`)."""
+    if kind in HOSTED_TYPES:
+        return kind
+    dated = _DATED.match(kind)
+    return dated.group(1) if dated is not None and dated.group(1) in HOSTED_TYPES else "other"
+
+
 class ToolSet:
     """The function tools a Responses request's tools become upstream, and what each
     stands for on the way back."""
 
-    __slots__ = ("by_upstream", "chat", "dropped", "upstream")
+    __slots__ = ("_dropped", "_taken", "by_upstream", "chat", "upstream")
 
     def __init__(self) -> None:
         #: The Chat Completions tools, in the request's order.
@@ -176,10 +208,16 @@ class ToolSet:
         #: Upstream name to tool, for the tools whose calls come back other than as a
         #: plain function call of the same name (namespaced and custom tools).
         self.by_upstream: dict[str, UpstreamTool] = {}
-        #: (namespace, name) to upstream name, for every tool.
+        #: (namespace, name) to upstream name, for every tool; the upstream names taken.
         self.upstream: dict[tuple[str | None, str], str] = {}
-        #: The hosted tool types left out, each once, in the order met.
-        self.dropped: list[str] = []
+        self._taken: set[str] = set()
+        #: The hosted tools left out (`hosted_name`), each once, in the order met.
+        self._dropped: dict[str, None] = {}
+
+    @property
+    def dropped(self) -> list[str]:
+        """The hosted tools left out, as reported (`hosted_name`), each once, in order."""
+        return list(self._dropped)
 
     def name_for(self, namespace: str | None, name: str) -> str:
         """The upstream name of a call to *name* in *namespace* (from an earlier turn's
@@ -188,8 +226,7 @@ class ToolSet:
         return found if found is not None else upstream_name(namespace, name)
 
     def drop(self, kind: str) -> None:
-        if kind not in self.dropped:
-            self.dropped.append(kind)
+        self._dropped[hosted_name(kind)] = None
 
     def _add(
         self,
@@ -206,9 +243,9 @@ class ToolSet:
             raise Untranslatable(f"{path}.name", "a function or custom tool needs a name")
         ns = str(namespace.get("name")) if namespace is not None else None
         upstream = upstream_name(ns, name)
-        if ns is not None and (upstream in plain or upstream in self.upstream.values()):
+        if ns is not None and (upstream in plain or upstream in self._taken):
             upstream = _digested(f"{ns}__{name}", ns, name)
-        if upstream in self.upstream.values():
+        if upstream in self._taken:
             raise Untranslatable(
                 path, f"two tools would reach the upstream as {upstream!r}; rename one"
             )
@@ -222,6 +259,7 @@ class ToolSet:
                 chat_tool(upstream, tool.get("parameters"), description, tool.get("strict"))
             )
         self.upstream[(ns, name)] = upstream
+        self._taken.add(upstream)
         if ns is not None or kind == "custom":
             self.by_upstream[upstream] = UpstreamTool(name, ns, kind == "custom")
 

@@ -298,6 +298,27 @@ def test_hosted_tools_are_dropped_and_the_answer_says_which(
     assert record["dropped_tools"] == ["web_search", "code_interpreter"]
 
 
+def test_a_hosted_tool_type_the_client_made_up_is_reported_as_other(
+    gateway: Workers, chat_upstream: LocalServer
+) -> None:
+    """Tool types are the client's words: one with a line break would break the header
+    it was written into, and each new one would be a metric series of its own."""
+    tools: Any = [
+        {"type": "web_search_preview_2025_03_11"},
+        {"type": "made-up\r\nx-injected: yes"},
+        *({"type": f"made_up_{i}"} for i in range(50)),
+        WEATHER,
+    ]
+    raw = gateway.client().responses.with_raw_response.create(
+        model="chat-mini", input="Weather in Paris?", tools=tools
+    )
+    assert raw.headers["x-filterproxy-dropped-tools"] == "web_search_preview, other"
+    assert "x-injected" not in raw.headers
+    assert raw.parse().output
+    sent = last_request(chat_upstream)["body"]
+    assert [t["function"]["name"] for t in sent["tools"]] == ["get_weather"]
+
+
 #: A namespace of functions, as the Codex CLI sends its multi-agent tools.
 CRM = {
     "type": "namespace",

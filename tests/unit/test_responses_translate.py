@@ -26,7 +26,7 @@ from filterproxy.translate.responses_client import (
     responses_answer,
     responses_request,
 )
-from filterproxy.translate.responses_tools import response_of_item
+from filterproxy.translate.responses_tools import response_of_item, tool_set
 from tests.thirdparty import VERCEL_AI_CHAT_STREAMS, vercel_ai_file
 from tests.unit.test_translate import (
     CHAT_STREAM,
@@ -1035,3 +1035,24 @@ def test_item_references_to_stored_items_are_expanded_for_their_owner() -> None:
     with pytest.raises(Untranslatable) as raised:
         chat_request_for_responses({"model": "m", "input": [unknown]})
     assert raised.value.field == "input[0]" and "msg_" + "0" * 40 in str(raised.value)
+
+
+def test_dropped_hosted_tools_are_reported_by_known_names_only() -> None:
+    tools = [
+        {"type": "web_search"},
+        {"type": "web_search"},
+        {"type": "computer_use_preview_2025_03_11"},
+        {"type": "x\r\ny"},
+        {"type": "never_heard_of_it"},
+    ]
+    assert tool_set(tools, "drop").dropped == ["web_search", "computer_use_preview", "other"]
+
+
+def test_two_tools_that_would_reach_the_upstream_by_one_name_are_refused() -> None:
+    tools = [
+        {"type": "function", "name": "crm__lookup", "parameters": {}},
+        {"type": "function", "name": "f", "parameters": {}},
+        {"type": "function", "name": "f", "parameters": {}},
+    ]
+    with pytest.raises(Untranslatable, match="'f'"):
+        tool_set(tools, "drop")
