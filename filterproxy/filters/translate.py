@@ -50,6 +50,7 @@ from filterproxy.translate.chat_client import (
     messages_request,
 )
 from filterproxy.translate.common import (
+    MAX_ANSWER_BYTES,
     SHAPE_ERRORS,
     UnmappableAnswer,
     Untranslatable,
@@ -95,8 +96,6 @@ DROPPED_HEADER: Final = "x-filterproxy-dropped-tools"
 #: resolved (and removed from the request), for the answer to repeat it.
 PREVIOUS_ANNOTATION: Final = "responses.previous_response_id"
 
-#: A whole (non-streaming) answer being translated may be this large.
-_MAX_BODY: Final = 32 * 1024 * 1024
 #: How much of a whole answer is seen before it is refused for not starting like JSON.
 _SNIFF_BYTES: Final = 2048
 _CLIENT_HEADERS: Final = {
@@ -383,7 +382,7 @@ class TranslateFilter(StreamFilter):
                 return FilterStatus.STOP_ITERATION
         self.body.append(data)
         self.body_size += len(data)
-        if self.body_size > _MAX_BODY:
+        if self.body_size > MAX_ANSWER_BYTES:
             self.body = None
             self.callbacks.send_local_reply(
                 502, "the upstream's answer is too large to translate", code="upstream_error"

@@ -17,6 +17,7 @@ from filterproxy.http.sse import EventTooLarge, SSEDecoder, SSEEvent
 
 __all__ = [
     "CHAT",
+    "MAX_ANSWER_BYTES",
     "MESSAGES",
     "RESPONSES",
     "SHAPE_ERRORS",
@@ -101,6 +102,11 @@ def number_at(value: Any, field: str) -> float:
         return value
     raise Untranslatable(field, f"must be a number, not {_json_kind(value)}")
 
+
+#: The most of an upstream's answer a translation holds: a whole answer read before it
+#: is rebuilt, or what a Responses stream keeps of its output for its ``done`` events and
+#: the whole response its last event carries.
+MAX_ANSWER_BYTES: Final = 32 * 1024 * 1024
 
 #: What reading an upstream's answer of an unexpected shape raises in a translation — a
 #: field of another type than its API gives it (a number where an object goes, a list

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from filterproxy.translate.common import (
+    MAX_ANSWER_BYTES,
     FromChatStream,
     StreamTranslation,
     Untranslatable,
@@ -558,6 +559,8 @@ def responses_answer(
 
 # -- the stream ------------------------------------------------------------------------
 
+#: What one call counts toward `MAX_ANSWER_BYTES` besides its arguments (its item).
+_CALL_SHARE: Final = 512
 _MESSAGE: Final = 1
 _REASONING: Final = 2
 
@@ -619,6 +622,8 @@ class ResponsesFromChatStream(FromChatStream):
     __slots__ = (
         "all_calls",
         "calls",
+        "calls_by_id",
+        "held",
         "item",
         "item_id",
         "item_kind",
@@ -653,6 +658,10 @@ class ResponsesFromChatStream(FromChatStream):
         #: until the end: an index may be reused by a later call, Gemini's way).
         self.calls: dict[int, _Call] = {}
         self.all_calls: list[_Call] = []
+        self.calls_by_id: dict[str, _Call] = {}
+        #: What the output kept so far amounts to (its text, and a share per call): at
+        #: most `MAX_ANSWER_BYTES`, past which the stream fails.
+        self.held = 0
         self.response: dict[str, Any] | None = None
 
     # -- events ---------------------------------------------------------------------
@@ -767,13 +776,30 @@ class ResponsesFromChatStream(FromChatStream):
             out,
         )
 
+    def _too_much(self, out: list[bytes]) -> None:
+        """The output kept (`held`: for the ``done`` events and the last event's whole
+        response) passed `MAX_ANSWER_BYTES`: the stream fails with its error event."""
+        self.failure = (
+            f"the upstream's answer is larger than {MAX_ANSWER_BYTES} bytes, the most the "
+            "gateway keeps of a Responses answer (its last event carries all of it)"
+        )
+        self._error(out, 502, self.failure)
+
     def _reasoning(self, text: str, out: list[bytes]) -> None:
+        self.held += len(text)
+        if self.held > MAX_ANSWER_BYTES:
+            self._too_much(out)
+            return
         if self.item_kind != _REASONING:
             self._open(_REASONING, out)
         self.item_text.append(text)
         self._delta(self.item_prefix, text, out)
 
     def _content(self, text: str, out: list[bytes]) -> None:
+        self.held += len(text)
+        if self.held > MAX_ANSWER_BYTES:
+            self._too_much(out)
+            return
         if self.item_kind != _MESSAGE:
             self._open(_MESSAGE, out)
         self.item_text.append(text)
@@ -785,10 +811,14 @@ class ResponsesFromChatStream(FromChatStream):
         known = self.calls.get(index)
         if call_id and (known is None or call_id != known.call_id):
             # A call's id names it over its index: Gemini changes the index mid-call.
-            known = next((c for c in self.all_calls if c.call_id == call_id), None)
+            known = self.calls_by_id.get(call_id) if isinstance(call_id, str) else None
             if known is not None:
                 self.calls[index] = known
         if known is None:
+            self.held += _CALL_SHARE
+            if self.held > MAX_ANSWER_BYTES:
+                self._too_much(out)
+                return
             self._close_item(out)
             output_index = self.next_output
             self.next_output += 1
@@ -804,6 +834,7 @@ class ResponsesFromChatStream(FromChatStream):
                 tool,
             )
             self.all_calls.append(known)
+            self.calls_by_id[known.call_id] = known
             self._emit(
                 "response.output_item.added",
                 {
@@ -819,6 +850,10 @@ class ResponsesFromChatStream(FromChatStream):
             known.name = str(function["name"])
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments:
+            self.held += len(arguments)
+            if self.held > MAX_ANSWER_BYTES:
+                self._too_much(out)
+                return
             known.arguments.append(arguments)
             custom = known.custom
             if custom is None:

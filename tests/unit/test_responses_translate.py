@@ -16,8 +16,10 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from filterproxy.conversations import expand_references, referenced_responses
+from filterproxy.http.sse import SSEDecoder
 from filterproxy.translate import Untranslatable
 from filterproxy.translate.chat_client import ChatFromMessagesStream
+from filterproxy.translate.common import MAX_ANSWER_BYTES
 from filterproxy.translate.responses_client import (
     Piped,
     ResponsesFromChatStream,
@@ -1056,3 +1058,41 @@ def test_two_tools_that_would_reach_the_upstream_by_one_name_are_refused() -> No
     ]
     with pytest.raises(Untranslatable, match="'f'"):
         tool_set(tools, "drop")
+
+
+def test_calls_are_known_by_their_ids_however_many_there_are() -> None:
+    """Gemini repeats a call's id with another index: among many calls, the one the id
+    names is found and not opened twice."""
+    stream = ResponsesFromChatStream(response_shell({"model": "m"}, "m"))
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": i % 3, "id": f"call_{i}", "function": {"name": "f", "arguments": "{}"}}
+        ]}}]}
+        for i in range(2000)
+    ]  # fmt: skip
+    again = {"choices": [{"index": 0, "delta": {"tool_calls": [
+        {"index": 7, "id": "call_5", "function": {"arguments": " "}}
+    ]}}]}  # fmt: skip
+    data = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in [*chunks, again])
+    out = stream.feed(
+        data
+        + b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}\n\ndata: [DONE]\n\n'
+    )
+    assert stream.response is not None, out[-500:]
+    calls = stream.response["output"]
+    assert len(calls) == 2000
+    assert calls[5]["call_id"] == "call_5" and calls[5]["arguments"] == "{} "
+
+
+def test_an_answer_past_what_the_gateway_keeps_fails_the_stream() -> None:
+    """A Responses stream keeps its output for the ``done`` events and the whole response
+    of its last event: an upstream that never stops writing is cut at MAX_ANSWER_BYTES
+    with the error event and ``response.failed``, not held without end."""
+    stream = ResponsesFromChatStream(response_shell({"model": "m"}, "m"))
+    delta = b'data: {"choices":[{"index":0,"delta":{"content":"%s"}}]}\n\n' % (b"x" * 65536)
+    out = [stream.feed(delta * 64) for _ in range(9)]  # 36 MiB of text
+    events = SSEDecoder().feed(b"".join(out))
+    passed = [e for e in events if e.event == "response.output_text.delta"]
+    assert len(passed) == MAX_ANSWER_BYTES // 65536
+    assert [e.event for e in events[-2:]] == ["error", "response.failed"]
+    assert stream.closed and stream.failure is not None and "the most" in stream.failure
