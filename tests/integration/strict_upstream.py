@@ -14,10 +14,16 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pytest
+
 from filterproxy.config._keys import hash_key
+
+from .conftest import Gateway, start_gateway
 
 #: The gateway key of `config` with keys, allowed every model the routes name.
 KEY = "fpk-fuzz-limited-0123456789abcdef"
@@ -284,3 +290,22 @@ def config(upstreams: StrictUpstreams, keys: bool) -> str:
             limits: {{requests_per_minute: 1000000, tokens_per_minute: 1000000000}}
         """
     return text
+
+
+@contextmanager
+def strict_gateways(
+    tmp_path_factory: pytest.TempPathFactory, name: str
+) -> Iterator[tuple[StrictUpstreams, dict[bool, Gateway]]]:
+    """The strict providers, and a gateway in front of them without keys (False) and one
+    with them (True), for the time of a module."""
+    servers = StrictUpstreams()
+    started: dict[bool, Gateway] = {}
+    try:
+        for keys in (False, True):
+            directory = tmp_path_factory.mktemp(f"{name}-keys" if keys else name)
+            started[keys] = start_gateway(config(servers, keys), directory)
+        yield servers, started
+    finally:
+        for gateway in started.values():
+            gateway.process.stop()
+        servers.close()

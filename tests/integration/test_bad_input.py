@@ -20,11 +20,10 @@ from .conftest import (
     post_chat,
     raw_exchange,
     read_until_closed,
-    start_gateway,
     still_serving,
     wait_until,
 )
-from .strict_upstream import KEY, StrictUpstreams, config
+from .strict_upstream import KEY, StrictUpstreams, strict_gateways
 
 LIMIT = 1048576  # max_request_bytes in the test gateway's config
 
@@ -208,28 +207,22 @@ HUGE = b"1" * 5000  # past Python's 4,300-digit limit on converting an integer
 
 
 @pytest.fixture(scope="module")
-def strict() -> Iterator[StrictUpstreams]:
-    servers = StrictUpstreams()
-    try:
-        yield servers
-    finally:
-        servers.close()
+def _strict(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[StrictUpstreams, dict[bool, Gateway]]]:
+    with strict_gateways(tmp_path_factory, "translating") as both:
+        yield both
 
 
 @pytest.fixture(scope="module")
-def translating(
-    strict: StrictUpstreams, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[bool, Gateway]]:
+def strict(_strict: tuple[StrictUpstreams, dict[bool, Gateway]]) -> StrictUpstreams:
+    return _strict[0]
+
+
+@pytest.fixture(scope="module")
+def translating(_strict: tuple[StrictUpstreams, dict[bool, Gateway]]) -> dict[bool, Gateway]:
     """A gateway without keys (False) and one with them (True)."""
-    started: dict[bool, Gateway] = {}
-    try:
-        for keys in (False, True):
-            directory = tmp_path_factory.mktemp("keys" if keys else "translating")
-            started[keys] = start_gateway(config(strict, keys), directory)
-        yield started
-    finally:
-        for gateway in started.values():
-            gateway.process.stop()
+    return _strict[1]
 
 
 def send(gateway: Gateway, path: str, body: bytes | None, keys: bool = False) -> httpx.Response:

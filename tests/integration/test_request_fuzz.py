@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from tests.fuzz_requests import ANY, CHAT, MESSAGES, RESPONSES, raw_body
 
-from .conftest import Gateway, start_gateway
-from .strict_upstream import KEY, StrictUpstreams, config
+from .conftest import Gateway
+from .strict_upstream import KEY, StrictUpstreams, strict_gateways
 
 #: How the client's document strategy and the path go together.
 APIS: dict[str, tuple[str, st.SearchStrategy[Any]]] = {
@@ -35,28 +35,22 @@ MODELS = ["chat-fuzz", "claude-fuzz", "native-fuzz", "nobody-serves-this", None]
 
 
 @pytest.fixture(scope="module")
-def upstreams() -> Iterator[StrictUpstreams]:
-    servers = StrictUpstreams()
-    try:
-        yield servers
-    finally:
-        servers.close()
+def _strict(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[StrictUpstreams, dict[bool, Gateway]]]:
+    with strict_gateways(tmp_path_factory, "fuzz") as both:
+        yield both
 
 
 @pytest.fixture(scope="module")
-def gateways(
-    upstreams: StrictUpstreams, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[bool, Gateway]]:
-    """The gateway without keys (False) and with them (True)."""
-    started: dict[bool, Gateway] = {}
-    try:
-        for keys in (False, True):
-            directory = tmp_path_factory.mktemp("fuzz-keys" if keys else "fuzz")
-            started[keys] = start_gateway(config(upstreams, keys), directory)
-        yield started
-    finally:
-        for gateway in started.values():
-            gateway.process.stop()
+def upstreams(_strict: tuple[StrictUpstreams, dict[bool, Gateway]]) -> StrictUpstreams:
+    return _strict[0]
+
+
+@pytest.fixture(scope="module")
+def gateways(_strict: tuple[StrictUpstreams, dict[bool, Gateway]]) -> dict[bool, Gateway]:
+    """A gateway without keys (False) and one with them (True)."""
+    return _strict[1]
 
 
 @pytest.fixture(scope="module")
