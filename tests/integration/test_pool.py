@@ -7,7 +7,6 @@ paused the upstream socket for it), and after an upstream that sent more than it
 from __future__ import annotations
 
 import socket
-import sys
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -24,12 +23,9 @@ import pytest
 from filterproxy.config import hash_key
 
 from .conftest import (
-    H2C_SCRIPT,
     FaultServer,
     Gateway,
     LocalServer,
-    Process,
-    listening,
     start_gateway,
     wait_until,
 )
@@ -174,17 +170,6 @@ def test_a_connection_whose_upstream_sent_more_than_its_answer_is_closed(
 
 
 # -- HTTP/2 upstreams ----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def h2c_upstream() -> Iterator[LocalServer]:
-    process = Process([sys.executable, str(H2C_SCRIPT)])
-    try:
-        port = int(process.wait_for(r"PORT (\d+)").group(1))
-        wait_until(lambda: listening(port), timeout=10)
-        yield LocalServer(process, port)
-    finally:
-        process.stop()
 
 
 class _LateH2Client:
