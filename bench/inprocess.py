@@ -24,7 +24,7 @@ from twisted.internet.testing import StringTransport
 
 from filterproxy.config import load_config
 from filterproxy.downstream.server import GatewayServerFactory
-from filterproxy.service import Gateway
+from filterproxy.server.service import Gateway
 from filterproxy.upstream.connection import HTTP11ClientConnection, State
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 
 One JSON object per line on standard output: ``time`` (ISO 8601, UTC), ``level``,
 ``namespace``, ``message`` (the formatted text) and, on access-log lines, ``access``
-(the record as an object, see `filterproxy.accesslog`). journald stores each line as
+(the record as an object, see `filterproxy.observability.accesslog`). journald stores each line as
 the entry's MESSAGE, and tools such as Loki, Vector or ``journalctl -o cat | jq`` read
 the fields.
 """

@@ -1,7 +1,7 @@
 """Test a filter on its own: `FilterHarness` runs one filter in the real filter chain,
 between a recording client and a recording upstream — no sockets, no reactor.
 
-The chain is the gateway's own (`filterproxy.filters.manager.FilterManager`), so the
+The chain is the gateway's own (`filterproxy.chain.manager.FilterManager`), so the
 filter meets exactly the rules it meets in production: statuses, buffering, replacement
 data, local replies through the encoders, a swallowed end of stream reported. The filter
 and its callbacks are checked against `IStreamFilter` and `IFilterCallbacks`.
@@ -33,6 +33,8 @@ from typing import Any
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from filterproxy.chain.interfaces import IDownstream
+from filterproxy.chain.manager import FilterManager
 from filterproxy.config import DEFAULT_MAX_REQUEST_BYTES, Config, parse_config
 from filterproxy.filters.api import (
     FilterContext,
@@ -41,8 +43,6 @@ from filterproxy.filters.api import (
     RequestHead,
     StreamInfo,
 )
-from filterproxy.filters.manager import FilterManager
-from filterproxy.filters.stream import IDownstream
 from filterproxy.http.headers import Headers
 from filterproxy.http.sse import SSEDecoder, SSEEvent
 

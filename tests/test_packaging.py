@@ -39,7 +39,7 @@ def test_wheel_contains_the_plugin_and_the_demo_config(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "twisted/plugins/filterproxy_plugin.py" in names
     assert "twisted/plugins/__init__.py" not in names
-    assert "filterproxy/demo.yaml" in names
+    assert "filterproxy/demo/demo.yaml" in names
     assert "filterproxy/py.typed" in names
 
 

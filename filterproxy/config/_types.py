@@ -362,7 +362,7 @@ class FilterEntry:
     """One entry of the ``filters`` list as written: the filter's type and its options.
 
     The options are checked by the filter class itself when the chain is built
-    (`filterproxy.filters.registry.build_chain`), one layer up: the config knows no
+    (`filterproxy.chain.registry.build_chain`), one layer up: the config knows no
     filter classes.
     """
 
@@ -395,7 +395,7 @@ class Config:
     #: The admin listener's endpoint, or None (``admin: false``).
     admin_listener: str | None = DEFAULT_ADMIN_LISTENER
     tracing: TracingConfig | None = None
-    #: Load pyOpenSSL at start-up even when the config uses no TLS (filterproxy.lazytls).
+    #: Load pyOpenSSL at start-up even when the config uses no TLS (filterproxy.runtime.lazytls).
     preload_tls: bool = False
     source: str = "<string>"
     #: The keys clients must present (none: the gateway is open to anyone who reaches it).

@@ -12,14 +12,14 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, Final
 
-from filterproxy._transport import NativeProtocol
+from filterproxy.chain.client_stream import ClientStream
 from filterproxy.filters.api import RequestHead
-from filterproxy.filters.client import ClientStream
 from filterproxy.http.errors import reason_phrase
 from filterproxy.http.headers import Headers, encode_header_block
+from filterproxy.runtime._transport import NativeProtocol
 
 if TYPE_CHECKING:
-    from filterproxy.filters.manager import FilterManager
+    from filterproxy.chain.manager import FilterManager
 
 __all__ = ["ConnectionState", "Exchange", "ExchangeConnection"]
 

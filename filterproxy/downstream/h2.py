@@ -36,18 +36,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from filterproxy.deadlines import deadlines_for
+from filterproxy.chain.interfaces import IDownstream
 from filterproxy.filters.api import RequestHead
-from filterproxy.filters.stream import IDownstream
 from filterproxy.http.errors import error_body
 from filterproxy.http.headers import Headers
-from filterproxy.teardown import forget_traceback, release_h2
+from filterproxy.runtime.deadlines import deadlines_for
+from filterproxy.runtime.teardown import forget_traceback, release_h2
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
+    from filterproxy.chain.manager import FilterManager
     from filterproxy.downstream.stream import Listener
-    from filterproxy.filters.manager import FilterManager
 
 __all__ = ["H2ServerConnection", "H2Stream"]
 

@@ -36,13 +36,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import classImplements
 
-from filterproxy._transport import send_now
-from filterproxy.deadlines import Deadlines, deadlines_for
 from filterproxy.downstream.exchange import ConnectionState, Exchange, ExchangeConnection
 from filterproxy.filters.api import RequestHead
 from filterproxy.http.errors import error_body, reason_phrase
 from filterproxy.http.headers import Headers
-from filterproxy.teardown import forget_traceback
+from filterproxy.runtime._transport import send_now
+from filterproxy.runtime.deadlines import Deadlines, deadlines_for
+from filterproxy.runtime.teardown import forget_traceback
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -157,7 +157,7 @@ class HTTP11ServerConnection(ExchangeConnection):
     def send(self, data: bytes) -> None:
         """Write response bytes, at once when the transport has nothing queued.
 
-        What `filterproxy._transport.write_now` does, with what it reads of the transport
+        What `filterproxy.runtime._transport.write_now` does, with what it reads of the transport
         on every write kept here instead: on plain TCP, while the connection is not
         closing, bytes go to the socket directly unless bytes given to the transport
         earlier are still queued there; what the kernel does not take goes to the
@@ -252,7 +252,7 @@ class HTTP11ServerConnection(ExchangeConnection):
 
     def _arm(self, seconds: float, action: Callable[[], None]) -> None:
         """The connection's limit for what it waits for now (headers, a body, the next
-        request): a coarse deadline, see `filterproxy.deadlines`."""
+        request): a coarse deadline, see `filterproxy.runtime.deadlines`."""
         self._disarm()
         self.deadlines.set(self, seconds, action)
 
@@ -530,7 +530,7 @@ class HTTP11ServerConnection(ExchangeConnection):
         self.queued.clear()
         # Nothing of this connection may refer back to it once the socket is gone, so
         # that reference counting frees it now: the gateway runs Python's cycle
-        # collector rarely (filterproxy.service), and a connection kept for it holds a
+        # collector rarely (filterproxy.server.service), and a connection kept for it holds a
         # socket object, the parser's state and its last request's headers.
         self.parser = None
         self.parsing = self.upgrade_body = None

@@ -1,9 +1,9 @@
 """What client connections share, and what they need of the gateway in force.
 
-The exchange with one client is an `filterproxy.filters.stream.IDownstream`; this module
+The exchange with one client is an `filterproxy.chain.interfaces.IDownstream`; this module
 holds what lies around it on the client side: the listener's counts and connections,
 and `ServingGateway`, what a connection asks of the running gateway (declared here, so
-that the client side depends on this small interface, not on `filterproxy.service`).
+that the client side depends on this small interface, not on `filterproxy.server.service`).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from filterproxy.chain.interfaces import IDownstream
+    from filterproxy.chain.manager import FilterManager
     from filterproxy.config import Config
-    from filterproxy.filters.manager import FilterManager
-    from filterproxy.filters.stream import IDownstream
 
 __all__ = ["ClientConnection", "Listener", "ServingGateway"]
 

@@ -31,9 +31,9 @@ from twisted.internet.interfaces import ILoggingContext, IProtocol, IPushProduce
 from twisted.python.failure import Failure
 from zope.interface import classImplements
 
-from filterproxy._transport import PLAIN_TCP, NativeProtocol, write_now
 from filterproxy.http.headers import Headers
-from filterproxy.teardown import forget_traceback, release_connector
+from filterproxy.runtime._transport import PLAIN_TCP, NativeProtocol, write_now
+from filterproxy.runtime.teardown import forget_traceback, release_connector
 
 if TYPE_CHECKING:
     from filterproxy.upstream.request import UpstreamRequest
@@ -54,7 +54,7 @@ def tls_error(reason: Failure | None) -> str | None:
     certificate that does not name the host), else None."""
     if reason is None or reason.value is None:
         return None
-    # Only a process that has made TLS connections has loaded these (filterproxy.lazytls).
+    # Only a process that has made TLS connections has loaded these (filterproxy.runtime.lazytls).
     ssl = sys.modules.get("OpenSSL.SSL")
     if ssl is None:
         return None

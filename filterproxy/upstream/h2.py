@@ -45,7 +45,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from filterproxy.http.headers import Headers
-from filterproxy.teardown import forget_traceback, release_connector, release_h2
+from filterproxy.runtime.teardown import forget_traceback, release_connector, release_h2
 from filterproxy.upstream.connection import IUpstreamHandler, UpstreamFailure, tls_error
 
 if TYPE_CHECKING:

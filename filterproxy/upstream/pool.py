@@ -27,8 +27,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from filterproxy.deadlines import deadlines_for
-from filterproxy.teardown import forget_traceback, release_connector, tls_factory
+from filterproxy.runtime.deadlines import deadlines_for
+from filterproxy.runtime.teardown import forget_traceback, release_connector, tls_factory
 from filterproxy.upstream.connection import (
     HTTP11ClientConnection,
     State,
@@ -351,7 +351,7 @@ class _TLSClientEndpoint:
 
     Ours rather than ``wrapClientTLS`` because Twisted's endpoints module decides at
     import whether it can do TLS, and a gateway started without TLS in its config
-    imports it without pyOpenSSL (filterproxy.lazytls); the TLS layer is imported here,
+    imports it without pyOpenSSL (filterproxy.runtime.lazytls); the TLS layer is imported here,
     on a cluster's first https connection."""
 
     def __init__(self, options: Any, endpoint: Any) -> None:

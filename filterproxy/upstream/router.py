@@ -37,9 +37,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from filterproxy.config import RouteConfig, UpstreamPlan
-from filterproxy.deadlines import RESOLUTION
 from filterproxy.filters.api import RequestHead
 from filterproxy.http.headers import Headers
+from filterproxy.runtime.deadlines import RESOLUTION
 from filterproxy.upstream.connection import ResponseHandler, UpstreamExchange, UpstreamFailure
 from filterproxy.upstream.request import UpstreamRequest, build_request, connect_failure_reply
 from filterproxy.upstream.retry import (
@@ -54,9 +54,9 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IDelayedCall
 
-    from filterproxy.deadlines import Deadlines
-    from filterproxy.filters.manager import FilterManager
-    from filterproxy.metrics import Histogram, Metrics
+    from filterproxy.chain.manager import FilterManager
+    from filterproxy.observability.metrics import Histogram, Metrics
+    from filterproxy.runtime.deadlines import Deadlines
     from filterproxy.upstream.cluster import Cluster, Endpoint
 
 __all__ = ["Phase", "Router", "RoutingGateway"]
@@ -86,7 +86,7 @@ _DONE: Final = Phase.DONE
 
 
 class RoutingGateway(Protocol):
-    """What a router needs of the gateway in force (`filterproxy.service.Gateway`)."""
+    """What a router needs of the gateway in force (`filterproxy.server.service.Gateway`)."""
 
     @property
     def reactor(self) -> Any: ...

@@ -12,10 +12,10 @@ import pytest_twisted
 from twisted.internet import defer, task
 from twisted.internet import reactor as global_reactor
 
+from filterproxy.clients.redis import RedisClient
 from filterproxy.config import GatewayKey, KeyLimits
-from filterproxy.filters.keys import LimitStore
-from filterproxy.limits import Admission, LocalCounts
-from filterproxy.redis import RedisClient
+from filterproxy.extensions.keys.filter import LimitStore
+from filterproxy.extensions.keys.limits import Admission, LocalCounts
 
 from .conftest import RedisServer
 

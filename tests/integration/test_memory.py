@@ -3,7 +3,7 @@ and go, what the gateway holds — its live objects by class and the structures 
 should account for them — is what it held before, and nothing waits for Python's cycle
 collector.
 
-The gateway runs Python's cycle collector rarely (see `filterproxy.service`), so an
+The gateway runs Python's cycle collector rarely (see `filterproxy.server.service`), so an
 object caught in a reference cycle when its connection closes stays in memory for hours
 of traffic: about 1.5 KB per client connection, a plain-TCP one (the parser, the socket
 object, the last request's headers), several times that with TLS. Counting the objects

@@ -23,7 +23,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from filterproxy.workers import CANNOT_START
+from filterproxy.server.workers import CANNOT_START
 
 from .conftest import (
     TWISTD,

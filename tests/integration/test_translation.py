@@ -383,7 +383,7 @@ def test_an_archgw_config_runs_unchanged(
         [
             sys.executable,
             "-c",
-            "import sys; from filterproxy.mock_upstream import main; main(sys.argv[1:])",
+            "import sys; from filterproxy.demo.mock_upstream import main; main(sys.argv[1:])",
             "--listen",
             f"tcp:{mock_port}:interface=127.0.0.1",
             "--interval",

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from filterproxy.workers import CANNOT_START
+from filterproxy.server.workers import CANNOT_START
 
 from .conftest import (
     TWISTD,

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 
-from filterproxy.reactor import install_if_unset
+from filterproxy.runtime.reactor import install_if_unset
 
 installed = install_if_unset()
 assert installed.__name__ == "GatewayReactor", f"the global reactor is a {installed.__name__}"
 if os.environ.get("FILTERPROXY_EXPECT_COMPILED") == "1":
-    import filterproxy._epoll
+    import filterproxy.runtime._epoll
 
-    assert str(filterproxy._epoll.__file__).endswith(".so"), filterproxy._epoll.__file__
+    assert str(filterproxy.runtime._epoll.__file__).endswith(".so"), filterproxy.runtime._epoll.__file__

@@ -1,7 +1,7 @@
 """Twisted's own reactor tests — its reactor-builder test cases for TCP, time and the
 reactor core — run against `GatewayReactor`.
 
-`filterproxy._epoll` replaces the epoll reactor's main loop and its TCP read path, and
+`filterproxy.runtime._epoll` replaces the epoll reactor's main loop and its TCP read path, and
 leans on attributes Twisted keeps private (`filterproxy._twisted_private` lists them). A
 Twisted release that changes what those rely on fails these tests, not a user's gateway.
 """
@@ -14,13 +14,13 @@ from typing import Any
 
 from twisted.internet.test import test_core, test_tcp, test_time
 
-REACTOR = "filterproxy._epoll.GatewayReactor"
+REACTOR = "filterproxy.runtime._epoll.GatewayReactor"
 
 #: Tests of behaviour GatewayReactor leaves out on purpose, and why.
 DIFFERENCES = {
     "test_logPrefix": (
         "GatewayReactor dispatches reads without Twisted's legacy logging context "
-        "(filterproxy.reactor: about 1 µs per event), so a line logged through "
+        "(filterproxy.runtime.reactor: about 1 µs per event), so a line logged through "
         "twisted.python.log inside dataReceived carries no logPrefix; the gateway logs "
         "through twisted.logger namespaces instead"
     ),

@@ -6,9 +6,9 @@ from typing import Any
 
 from zope.interface import implementer
 
+from filterproxy.chain.interfaces import IDownstream
+from filterproxy.chain.manager import FilterManager
 from filterproxy.filters.api import FilterStatus, RequestHead, ResponseHead, StreamFilter
-from filterproxy.filters.manager import FilterManager
-from filterproxy.filters.stream import IDownstream
 from filterproxy.http.headers import Headers
 
 

@@ -11,7 +11,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from filterproxy.config import parse_config
 from filterproxy.downstream.http11 import HTTP11ServerConnection
 from filterproxy.downstream.server import GatewayServerFactory
-from filterproxy.service import Gateway
+from filterproxy.server.service import Gateway
 from filterproxy.upstream.connection import HTTP11ClientConnection
 
 SSE_HEAD = (

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from twisted.internet.testing import MemoryReactorClock
 
-from filterproxy.accesslog import AccessLogFile
 from filterproxy.filters.api import StreamInfo
+from filterproxy.observability.accesslog import AccessLogFile
 
 
 def info(n: int) -> StreamInfo:

@@ -9,7 +9,7 @@ import json
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from filterproxy.admin import (
+from filterproxy.server.admin import (
     IDLE_TIMEOUT,
     MAX_BODY_BYTES,
     MAX_HEAD_BYTES,

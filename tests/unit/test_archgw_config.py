@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from filterproxy.cli import describe
+from filterproxy.chain.registry import build_chain
 from filterproxy.config import ConfigError, load_config, parse_config
-from filterproxy.filters.registry import build_chain
+from filterproxy.server.cli import describe
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 KEYS = {"OPENAI_API_KEY": "sk-o", "ANTHROPIC_API_KEY": "sk-a", "GROQ_API_KEY": "gsk"}

@@ -13,7 +13,7 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from filterproxy.config import parse_config
-from filterproxy.service import Gateway
+from filterproxy.server.service import Gateway
 from filterproxy.upstream.connection import HTTP11ClientConnection, State
 
 from .harness import ClientSide

@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
+from filterproxy.chain.registry import build_chain
 from filterproxy.config import ConfigError, Timeouts, parse_config
-from filterproxy.filters.body_accumulate import BodyAccumulateFilter
-from filterproxy.filters.header_rewrite import HeaderRewriteFilter
-from filterproxy.filters.registry import build_chain
-from filterproxy.filters.route import RouteFilter
+from filterproxy.extensions.body_accumulate.filter import BodyAccumulateFilter
+from filterproxy.extensions.header_rewrite.filter import HeaderRewriteFilter
+from filterproxy.extensions.route.filter import RouteFilter
 
 from .sample_filters import TagFilter
 

@@ -9,7 +9,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from filterproxy.config import parse_config
-from filterproxy.service import Gateway
+from filterproxy.server.service import Gateway
 from filterproxy.upstream.request import connect_failure_reply
 
 from .harness import ClientSide

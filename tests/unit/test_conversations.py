@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from filterproxy.config import ConfigError, parse_config
-from filterproxy.conversations import MemoryConversations
+from filterproxy.extensions.responses.conversations import MemoryConversations
 from filterproxy.filters.api import RequestHead
 from filterproxy.filters.owner import owner_of
 from filterproxy.http.headers import Headers

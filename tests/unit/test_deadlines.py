@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from filterproxy.deadlines import RESOLUTION, Deadlines, deadlines_for
+from filterproxy.runtime.deadlines import RESOLUTION, Deadlines, deadlines_for
 
 
 def test_a_deadline_fires_once_within_one_check_after_it_passes() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from filterproxy.chain.registry import BUILTIN_FILTERS
 from filterproxy.config import (
     ClusterConfig,
     Limits,
@@ -23,7 +24,6 @@ from filterproxy.config import (
 from filterproxy.config._clusters import _CLUSTER_KEYS, _ENDPOINT_KEYS
 from filterproxy.config._load import _TOP_KEYS
 from filterproxy.config._routes import _ROUTE_KEYS
-from filterproxy.filters.registry import BUILTIN_FILTERS
 
 REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 

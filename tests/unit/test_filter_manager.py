@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from filterproxy.chain.manager import FilterManager
 from filterproxy.filters.api import FilterStatus, RequestHead, StreamFilter
-from filterproxy.filters.manager import FilterManager
 from filterproxy.http.headers import Headers
 
 from .fakes import Recorder, RecordingDownstream, RecordingRouter, build_manager, request_head

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from filterproxy.cli import main
+from filterproxy.chain.registry import build_chain
 from filterproxy.config import ConfigError, KeyLimits, hash_key, parse_config
-from filterproxy.filters.registry import build_chain
-from filterproxy.limits import (
+from filterproxy.extensions.keys.limits import (
     Admission,
     estimate_tokens,
     month_end_ms,
     rate_limit_headers,
     refusal,
 )
+from filterproxy.server.cli import main
 
 BASE = "clusters: {c: {url: 'http://127.0.0.1:9'}}\n"
 HASH = "sha256:" + hash_key("fpk-secret")

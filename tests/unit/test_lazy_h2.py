@@ -11,11 +11,11 @@ GATEWAY = """
     import sys
     from twisted.internet.task import Clock
     from twisted.internet.testing import StringTransport
-    from filterproxy.admin import admin_factory
+    from filterproxy.server.admin import admin_factory
     from filterproxy.config import parse_config
     from filterproxy.downstream.server import GatewayServerFactory
-    from filterproxy.metrics import Metrics
-    from filterproxy.service import Gateway
+    from filterproxy.observability.metrics import Metrics
+    from filterproxy.server.service import Gateway
 
     def gateway(cluster):
         text = "clusters: {local: %s}\\nroutes: [{cluster: local}]" % cluster

@@ -1,4 +1,4 @@
-"""When the gateway loads pyOpenSSL: the decision (filterproxy.lazytls.uses_tls), the
+"""When the gateway loads pyOpenSSL: the decision (filterproxy.runtime.lazytls.uses_tls), the
 config key, and hiding it while Twisted's networking is imported (in a fresh
 interpreter: this one has imported it long ago)."""
 
@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from filterproxy.config import ConfigError, parse_config
-from filterproxy.lazytls import uses_tls
+from filterproxy.runtime.lazytls import uses_tls
 
 from .fresh_interpreter import run_python
 
@@ -64,16 +64,16 @@ def test_twisted_networking_imported_with_openssl_hidden_works_and_tls_loads_lat
     the gateway uses (twisted.protocols.tls) works."""
     code = """
         import sys
-        from filterproxy.lazytls import openssl_hidden
+        from filterproxy.runtime.lazytls import openssl_hidden
         with openssl_hidden():
             try:
                 import OpenSSL
             except ModuleNotFoundError as e:
                 print("hidden:", e.name)
-            from filterproxy.reactor import install_if_unset
+            from filterproxy.runtime.reactor import install_if_unset
             install_if_unset()
             import twisted.internet.endpoints
-            import filterproxy.service
+            import filterproxy.server.service
         print("loaded inside:", "OpenSSL" in sys.modules)
         from twisted.internet.ssl import CertificateOptions
         from twisted.protocols.tls import TLSMemoryBIOFactory

@@ -8,10 +8,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from filterproxy.deadlines import Deadlines
-from filterproxy.memory import collect_cycles, live_objects, memory_report, process_memory
+from filterproxy.observability.memory import (
+    collect_cycles,
+    live_objects,
+    memory_report,
+    process_memory,
+)
+from filterproxy.runtime.deadlines import Deadlines
 
-NAME = "filterproxy.deadlines.Deadlines"
+NAME = "filterproxy.runtime.deadlines.Deadlines"
 
 
 class _Clock:

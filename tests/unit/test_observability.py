@@ -11,22 +11,22 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from filterproxy.admin import REDACTED, redacted_config
 from filterproxy.config import parse_config
-from filterproxy.filters.api import StreamInfo
-from filterproxy.filters.route import RouteTable
-from filterproxy.filters.usage import (
+from filterproxy.extensions.route.filter import RouteTable
+from filterproxy.extensions.usage.filter import (
     UsageScanner,
     is_usage_only_event,
     marker_start_at_end,
     token_counts,
     wants_usage_injection,
 )
+from filterproxy.filters.api import StreamInfo
 from filterproxy.http.sse import SSEDecoder
-from filterproxy.metrics import MAX_MODEL_LABELS, Metrics
-from filterproxy.sdnotify import notify, reloading_message
-from filterproxy.service import _shift_port
-from filterproxy.tracing import child_context, parse_traceparent, request_id_from
+from filterproxy.http.tracing import child_context, parse_traceparent, request_id_from
+from filterproxy.observability.metrics import MAX_MODEL_LABELS, Metrics
+from filterproxy.server.admin import REDACTED, redacted_config
+from filterproxy.server.sdnotify import notify, reloading_message
+from filterproxy.server.service import _shift_port
 
 OPENAI_LAST = (
     b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":34,'
@@ -303,7 +303,7 @@ def test_json_log_lines_carry_the_access_record_and_tracebacks() -> None:
 
 def test_genai_operation_names() -> None:
     pytest.importorskip("opentelemetry.sdk")
-    from filterproxy.otel import operation_name
+    from filterproxy.observability.otel import operation_name
 
     assert operation_name("/v1/chat/completions?x=1") == "chat"
     assert operation_name("/v1/messages") == "chat"

@@ -1,5 +1,5 @@
 """Every private attribute of Twisted, pyOpenSSL and h2 listed in
-`filterproxy._private_apis` exists, as the kind of thing listed, in the installed
+`filterproxy.runtime._private_apis` exists, as the kind of thing listed, in the installed
 versions: a release that drops one fails here, by name."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.python.reflect import namedAny
 
-from filterproxy._epoll import GatewayReactor
-from filterproxy._private_apis import PRIVATE_APIS, PrivateAPI
+from filterproxy.runtime._epoll import GatewayReactor
+from filterproxy.runtime._private_apis import PRIVATE_APIS, PrivateAPI
 
 
 def _tcp_server(reactor: Any) -> Any:

@@ -12,7 +12,7 @@ import pytest
 
 from filterproxy.config import ConfigError, parse_config
 from filterproxy.translate import Untranslatable, chat_request, messages_request
-from filterproxy.translate.chat_client import (
+from filterproxy.translate.chat_over_messages import (
     MAX_CACHE_BREAKPOINTS,
     add_cache_breakpoints,
     cache_breakpoints,

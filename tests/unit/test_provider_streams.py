@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from filterproxy.filters.usage import UsageScanner
+from filterproxy.extensions.usage.filter import UsageScanner
 from filterproxy.translate import MessagesFromChatStream, messages_response
 from filterproxy.translate.common import UnmappableAnswer
-from filterproxy.translate.responses_client import (
+from filterproxy.translate.responses_over_chat import (
     ResponsesFromChatStream,
     response_shell,
     responses_answer,

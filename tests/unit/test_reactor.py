@@ -1,4 +1,4 @@
-"""The gateway's reactor (filterproxy.reactor), each case in a fresh interpreter: a
+"""The gateway's reactor (filterproxy.runtime.reactor), each case in a fresh interpreter: a
 process has one global reactor, and the test run's is installed already."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from .fresh_interpreter import run_python
 def test_installed_when_no_reactor_was_chosen() -> None:
     out = run_python(
         """
-        from filterproxy.reactor import install_if_unset
+        from filterproxy.runtime.reactor import install_if_unset
         print(install_if_unset().__name__)
         from twisted.internet import reactor
         print(type(reactor).__name__)
@@ -23,7 +23,7 @@ def test_a_reactor_chosen_before_is_kept() -> None:
         """
         from twisted.internet import selectreactor
         selectreactor.install()
-        from filterproxy.reactor import install_if_unset
+        from filterproxy.runtime.reactor import install_if_unset
         print(install_if_unset().__name__)
         """
     )
@@ -37,7 +37,7 @@ def test_reads_writes_and_a_failing_protocol_over_real_sockets() -> None:
     out = run_python(
         """
         import sys
-        from filterproxy.reactor import install_if_unset
+        from filterproxy.runtime.reactor import install_if_unset
         install_if_unset()
         from twisted.internet import reactor, protocol
         from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
@@ -93,7 +93,7 @@ def test_peer_close_half_close_and_reset_reach_the_protocol() -> None:
     out = run_python(
         """
         import socket, struct
-        from filterproxy.reactor import install_if_unset
+        from filterproxy.runtime.reactor import install_if_unset
         print(install_if_unset().__name__)
         from twisted.internet import reactor, protocol, interfaces
         from twisted.internet.endpoints import TCP4ServerEndpoint
@@ -154,12 +154,12 @@ def test_an_upstream_socket_delivers_to_the_pooled_connection_itself() -> None:
     connection takes its place, and still gets the socket's reads and its close."""
     out = run_python(
         """
-        from filterproxy.reactor import install_if_unset
+        from filterproxy.runtime.reactor import install_if_unset
         install_if_unset()
         from twisted.internet import reactor, protocol
         from twisted.internet.endpoints import TCP4ServerEndpoint
         from filterproxy.config import parse_config
-        from filterproxy.service import Gateway
+        from filterproxy.server.service import Gateway
 
         class Chatty(protocol.Protocol):  # sends what no request asked for
             def connectionMade(self):
@@ -210,7 +210,7 @@ def test_the_main_loop_runs_timed_calls_thread_calls_and_survives_an_error() -> 
     out = run_python(
         """
         import sys, threading, time
-        from filterproxy.reactor import install_if_unset
+        from filterproxy.runtime.reactor import install_if_unset
         install_if_unset()
         from twisted.internet import reactor
         from twisted.logger import globalLogBeginner, textFileLogObserver

@@ -1,4 +1,4 @@
-"""The Responses translation (filterproxy.translate.responses_client) without sockets:
+"""The Responses translation (filterproxy.translate.responses_over_chat) without sockets:
 requests, whole answers and streams — at every split of the upstream's bytes, on our
 own streams with what breaks translators and on recorded provider streams — checked
 against the Responses API's rules and the openai SDK's own event types."""
@@ -15,12 +15,12 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from filterproxy.conversations import expand_references, referenced_responses
+from filterproxy.extensions.responses.conversations import expand_references, referenced_responses
 from filterproxy.http.sse import SSEDecoder
 from filterproxy.translate import Untranslatable
-from filterproxy.translate.chat_client import ChatFromMessagesStream
+from filterproxy.translate.chat_over_messages import ChatFromMessagesStream
 from filterproxy.translate.common import MAX_ANSWER_BYTES
-from filterproxy.translate.responses_client import (
+from filterproxy.translate.responses_over_chat import (
     Piped,
     ResponsesFromChatStream,
     chat_request_for_responses,

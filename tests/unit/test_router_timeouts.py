@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from filterproxy.deadlines import RESOLUTION
+from filterproxy.runtime.deadlines import RESOLUTION
 
 from .harness import SSE_HEAD, Harness, chunk, post
 

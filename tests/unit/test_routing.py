@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from filterproxy.config import RouteConfig
-from filterproxy.filters.route import BadBody, parse_body
-from filterproxy.filters.routing import resolve_alias, select_route
+from filterproxy.extensions.route.filter import BadBody, parse_body
+from filterproxy.extensions.route.matching import resolve_alias, select_route
 from filterproxy.http.headers import Headers
 
 ROUTES = (

@@ -17,20 +17,20 @@ from hypothesis import strategies as st
 
 from filterproxy.http.body import BadBody, parse_body
 from filterproxy.http.sse import SSEDecoder
-from filterproxy.translate.chat_client import (
+from filterproxy.translate.chat_over_messages import (
     ChatFromMessagesStream,
     add_cache_breakpoints,
     chat_response,
     messages_request,
 )
 from filterproxy.translate.common import SHAPE_ERRORS, UnmappableAnswer, Untranslatable, loads
-from filterproxy.translate.messages_client import (
+from filterproxy.translate.messages_over_chat import (
     MessagesFromChatStream,
     chat_request,
     count_tokens_estimate,
     messages_response,
 )
-from filterproxy.translate.responses_client import (
+from filterproxy.translate.responses_over_chat import (
     Piped,
     ResponsesFromChatStream,
     response_shell,

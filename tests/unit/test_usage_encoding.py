@@ -13,7 +13,7 @@ import zlib
 from typing import Any
 
 from filterproxy.config import parse_config
-from filterproxy.filters.usage import UsageFilter
+from filterproxy.extensions.usage.filter import UsageFilter
 from filterproxy.http.sse import SSEDecoder
 from filterproxy.testing import FilterHarness
 

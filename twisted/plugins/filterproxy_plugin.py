@@ -4,7 +4,7 @@ from twisted.application.service import ServiceMaker
 
 filterproxy = ServiceMaker(
     "filterproxy",
-    "filterproxy.tap",
+    "filterproxy.server.tap",
     "An LLM gateway: filter-chain streaming reverse proxy for OpenAI-compatible APIs.",
     "filterproxy",
 )

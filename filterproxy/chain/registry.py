@@ -1,0 +1,142 @@
+"""Filter names to classes, and the chain built from the config's ``filters`` entries.
+
+Built-in filters have short names; any other ``type`` is an import path to a filter
+class, ``package.module:ClassName``. Every key of an entry other than ``type`` is an
+option for the filter, validated once, when the chain is built, by the class's
+``configure``: a bad option stops start-up (or a reload) with the entry's key path.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from zope.interface.exceptions import Invalid
+from zope.interface.verify import verifyClass
+
+from filterproxy.config import DEFAULT_MAX_REQUEST_BYTES, Config, ConfigError, Node
+from filterproxy.extensions.body_accumulate.filter import BodyAccumulateConfig, BodyAccumulateFilter
+from filterproxy.extensions.header_rewrite.filter import HeaderRewriteFilter
+from filterproxy.extensions.keys.filter import KeysFilter
+from filterproxy.extensions.responses.filter import ResponsesFilter
+from filterproxy.extensions.route.filter import RouteFilter
+from filterproxy.extensions.translate.filter import TranslateFilter
+from filterproxy.extensions.usage.filter import UsageFilter
+from filterproxy.filters.api import FilterContext, IStreamFilter, StreamFilter
+from filterproxy.filters.resume import ResumeFilter
+
+__all__ = [
+    "BUILTIN_FILTERS",
+    "FilterChain",
+    "FilterSpec",
+    "build_chain",
+    "load_filter_class",
+]
+
+BUILTIN_FILTERS: dict[str, type[StreamFilter]] = {
+    "keys": KeysFilter,
+    "body-accumulate": BodyAccumulateFilter,
+    "resume": ResumeFilter,
+    "responses": ResponsesFilter,
+    "route": RouteFilter,
+    "translate": TranslateFilter,
+    "header-rewrite": HeaderRewriteFilter,
+    "usage": UsageFilter,
+}
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    """One filter of the chain: its name in the config and a per-request constructor."""
+
+    type_name: str
+    path: str
+    create: Callable[[], IStreamFilter]
+
+
+@dataclass(frozen=True)
+class FilterChain:
+    """The chain a config describes, ready to make each request's filters."""
+
+    specs: tuple[FilterSpec, ...]
+    #: What a filter may buffer of a request or a response (body-accumulate's limit).
+    buffer_limit: int = DEFAULT_MAX_REQUEST_BYTES
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """What logs call each filter: its type and key path."""
+        return tuple(f"{spec.type_name} ({spec.path})" for spec in self.specs)
+
+
+def load_filter_class(type_name: str, node: Node) -> type:
+    """The class a filter entry's ``type`` names.
+
+    Raises:
+        ConfigError: the name is neither built in nor an importable filter class.
+    """
+    if type_name in BUILTIN_FILTERS:
+        return BUILTIN_FILTERS[type_name]
+    if ":" not in type_name:
+        raise node.error(
+            f"unknown filter {type_name!r}; built-in filters are "
+            f"{', '.join(BUILTIN_FILTERS)}, and your own are named as 'package.module:ClassName'"
+        )
+    module_name, _, attr = type_name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # ImportError, or any error raised while importing user code
+        raise node.error(
+            f"cannot import filter module {module_name!r}: {type(e).__name__}: {e}; "
+            "check the name and that the package is installed in the gateway's environment"
+        ) from None
+    cls = getattr(module, attr, None)
+    if not isinstance(cls, type):
+        raise node.error(f"module {module_name!r} has no class {attr!r}")
+    try:
+        verifyClass(IStreamFilter, cls)
+    except Invalid as e:
+        raise node.error(
+            f"{type_name} is not a filter class ({e}); subclass filterproxy.filters.api.StreamFilter"
+        ) from None
+    return cls
+
+
+def build_chain(config: Config) -> FilterChain:
+    """The filter chain *config*'s ``filters`` entries describe.
+
+    Raises:
+        ConfigError: an entry names no filter class, its options are refused by the
+            class's ``configure``, or the chain has no route filter.
+    """
+    specs = []
+    buffer_limit = DEFAULT_MAX_REQUEST_BYTES
+    saw_route = False
+    for entry in config.filters:
+        cls = load_filter_class(
+            entry.type_name, Node(entry.type_name, f"{entry.path}.type", entry.environ)
+        )
+        context = FilterContext(config=config, path=entry.path, environ=entry.environ)
+        configure = getattr(cls, "configure", None)
+        try:
+            options = dict(entry.options)
+            filter_config = configure(options, context) if configure is not None else None
+        except ConfigError:
+            raise
+        except Exception as e:  # user code: any error it raises is a config problem
+            raise ConfigError(entry.path, f"filter {entry.type_name}: {e}") from None
+        variant = getattr(cls, "variant", None)
+        if variant is not None:
+            cls = variant(filter_config)
+        if isinstance(filter_config, BodyAccumulateConfig):
+            buffer_limit = filter_config.max_request_bytes
+        saw_route = saw_route or issubclass(cls, RouteFilter)
+        specs.append(FilterSpec(entry.type_name, entry.path, functools.partial(cls, filter_config)))
+    if not saw_route:
+        raise ConfigError(
+            "filters",
+            "the chain has no 'route' filter, so no request could be sent anywhere; "
+            "add '- type: route' (after body-accumulate)",
+        )
+    return FilterChain(tuple(specs), buffer_limit)

@@ -1,0 +1,1 @@
+"""Clients of services the gateway talks to besides the upstreams (Redis)."""

@@ -1,0 +1,1 @@
+"""body-accumulate: holds the request body until it is whole, up to ``max_request_bytes``."""

@@ -1,0 +1,1 @@
+"""header-rewrite: sets, adds and removes request and response headers."""

@@ -1,0 +1,1 @@
+"""keys: gateway keys, their rate limits and budgets (counted in Redis)."""

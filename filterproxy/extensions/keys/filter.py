@@ -1,0 +1,362 @@
+"""keys: only clients with a gateway key may use the gateway, within the key's limits.
+
+The key is read from ``Authorization: Bearer`` or ``x-api-key`` (what the OpenAI and
+Anthropic SDKs send), looked up by its SHA-256 digest, and removed from the request: it
+never reaches a provider. Missing or unknown: 401. A model the key may not use: 403.
+Neither answer echoes the key.
+
+A key with limits (`KeyLimits`) is admitted against them once the body has arrived: one
+round trip to Redis when the config names one (every worker and replica counts
+together), or the counts of this process. The admission reserves an estimate of the
+request's tokens (`filterproxy.extensions.keys.limits.estimate_tokens`); when the request ends — complete,
+failed, or abandoned by its client — the reservation is settled with the provider's
+usage as the usage filter read it (or with the input estimate when no usage came). Over
+a limit: 429 with ``retry-after``, ``retry-after-ms`` and OpenAI's ``x-ratelimit-*``
+headers, which every admitted response carries too. A spent budget: 429
+``insufficient_quota`` with ``x-should-retry: false``.
+
+When Redis cannot answer within its ``timeout``, ``on_error`` decides: ``open`` counts in
+this process meanwhile, ``closed`` answers 503. The client reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from filterproxy.clients.redis import RedisClient, shared_client
+from filterproxy.config import GatewayKey, Node, RedisConfig, hash_key
+from filterproxy.extensions.keys.limits import (
+    ADMIT_SCRIPT,
+    SETTLE_SCRIPT,
+    SLOT_TTL_MS,
+    Admission,
+    LocalCounts,
+    admission_from_reply,
+    estimate_tokens,
+    month_end_ms,
+    rate_limit_headers,
+    refusal,
+)
+from filterproxy.filters.api import (
+    DataResult,
+    FilterContext,
+    FilterStatus,
+    RequestHead,
+    ResponseHead,
+    StreamFilter,
+)
+from filterproxy.http.body import BadBody, parse_body
+
+__all__ = ["KeysConfig", "KeysFilter", "LimitStore"]
+
+log = Logger(namespace="filterproxy.keys")
+_CREDENTIALS: Final = frozenset({"authorization", "x-api-key"})
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class LimitStore:
+    """Where a key's counts are kept: Redis when configured (with the local counts as
+    the fallback of ``on_error: open``), else this process."""
+
+    def __init__(self, redis: RedisConfig | None, client: RedisClient | None = None) -> None:
+        self.redis = redis
+        self._client = client
+        self.local = LocalCounts()
+
+    @property
+    def client(self) -> RedisClient | None:
+        """The Redis client, made at the first request (when the gateway's reactor runs:
+        not while the config is read, before it is installed); None without Redis."""
+        if self._client is None and self.redis is not None:
+            self._client = shared_client(self.redis.url, self.redis.timeout)
+        return self._client
+
+    def admit(self, key: GatewayKey, reserve: int) -> Admission | defer.Deferred[Admission]:
+        """The admission of a request of *key* reserving *reserve* tokens: decided now
+        (local counts), or when Redis answers (a `defer.Deferred`, which fails with
+        `StoreUnavailable` under ``on_error: closed``)."""
+        client = self.client
+        if client is None:
+            return replace(self.local.admit(key.name, key.limits, reserve, _now_ms()), local=True)
+        limits = key.limits
+        now = _now_ms()
+        d = client.run_script(
+            ADMIT_SCRIPT,
+            (f"fp:{{{key.name}}}",),
+            (
+                limits.requests_per_minute,
+                limits.tokens_per_minute,
+                limits.concurrent_requests,
+                limits.tokens_per_day,
+                limits.tokens_per_month,
+                reserve,
+                secrets.token_hex(8),
+                SLOT_TTL_MS,
+                month_end_ms(now),
+            ),
+        )
+        d.addCallback(admission_from_reply, reserve)
+        return d.addErrback(self._unavailable, key, reserve)
+
+    def _unavailable(self, failure: Failure, key: GatewayKey, reserve: int) -> Admission:
+        log.warn("rate-limit store unavailable: {error}", error=failure.getErrorMessage())
+        if self.redis is not None and self.redis.on_error == "closed":
+            raise StoreUnavailable(failure.getErrorMessage())
+        return replace(self.local.admit(key.name, key.limits, reserve, _now_ms()), local=True)
+
+    def settle(self, key: GatewayKey, admission: Admission, used: int) -> None:
+        """The request is over: replace its reservation by *used* tokens, free its slot,
+        charge its budget (in the store that admitted it; no one waits for this)."""
+        client = self.client
+        if client is None or admission.local:
+            self.local.settle(key.name, key.limits, admission, used, _now_ms())
+            return
+        d = client.run_script(
+            SETTLE_SCRIPT,
+            (f"fp:{{{key.name}}}",),
+            (
+                admission.minute,
+                admission.reserved,
+                used,
+                admission.slot,
+                int(bool(key.limits.tokens_per_day)),
+                int(bool(key.limits.tokens_per_month)),
+            ),
+            soon=True,  # shares a write with the next admission, under load
+        )
+        d.addErrback(
+            lambda f: log.warn(
+                "could not settle a request of key {key} in Redis: {error}",
+                key=key.name,
+                error=f.getErrorMessage(),
+            )
+        )
+
+
+class StoreUnavailable(Exception):
+    """Redis cannot answer and the policy is ``closed``."""
+
+
+#: One store per Redis URL for the process: a reload keeps its connection and counts.
+_stores: dict[tuple[str, float, str] | None, LimitStore] = {}
+
+
+def store_for(redis: RedisConfig | None) -> LimitStore:
+    """The process's store for *redis* (None: the local counts)."""
+    ident = (redis.url, redis.timeout, redis.on_error) if redis is not None else None
+    store = _stores.get(ident)
+    if store is None:
+        store = _stores[ident] = LimitStore(redis)
+    return store
+
+
+@dataclass(frozen=True)
+class KeysConfig:
+    #: Keys by the SHA-256 digest of the key.
+    keys: Mapping[str, GatewayKey]
+    aliases: Mapping[str, str]
+    store: LimitStore
+
+
+def _presented(head: RequestHead) -> str | None:
+    authorization = head.headers.get("authorization")
+    if authorization is not None:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    key = head.headers.get("x-api-key")
+    return key.strip() if key else None
+
+
+class KeysFilter(StreamFilter):
+    """Gateway keys and their limits (see the module's description)."""
+
+    config: KeysConfig
+
+    @classmethod
+    def configure(cls, options: Mapping[str, Any], context: FilterContext) -> KeysConfig:
+        Node(dict(options), context.path, context.environ).mapping(set())
+        config = context.config
+        if not config.gateway_keys:
+            raise ValueError(
+                "no keys to check: list them under 'keys' (or in a keys_file); "
+                "`filterproxy keys new NAME` makes one"
+            )
+        return KeysConfig(
+            {k.digest: k for k in config.gateway_keys}, config.aliases, store_for(config.redis)
+        )
+
+    def __init__(self, config: KeysConfig) -> None:
+        super().__init__(config)
+        self.key: GatewayKey | None = None
+        self.admission: Admission | None = None
+        self.body_size = 0
+        self.input_estimate = 0
+        self.content_type: str | None = None
+        self.done = False
+
+    def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
+        presented = _presented(head)
+        head.headers.remove_all(_CREDENTIALS)  # never forwarded, whatever follows
+        if presented is None:
+            self.callbacks.send_local_reply(
+                401,
+                "this gateway needs an API key: send it as 'Authorization: Bearer KEY' "
+                "(or 'x-api-key: KEY')",
+                code="missing_api_key",
+                error_type="authentication_error",
+            )
+            return FilterStatus.STOP_ITERATION
+        key = self.config.keys.get(hash_key(presented))
+        if key is None:
+            self.callbacks.send_local_reply(
+                401,
+                "the API key is not one of this gateway's keys; check it, or ask for one",
+                code="invalid_api_key",
+                error_type="authentication_error",
+            )
+            return FilterStatus.STOP_ITERATION
+        self.key = key
+        self.content_type = head.headers.get("content-type")
+        self.callbacks.stream_info.key_name = key.name
+        if end_stream:
+            return self._admit(None)
+        return FilterStatus.STOP_ITERATION
+
+    def decode_data(self, data: bytes, end_stream: bool) -> DataResult:
+        self.body_size += len(data)
+        if not end_stream:
+            return FilterStatus.STOP_ITERATION_AND_BUFFER
+        key = self.key
+        assert key is not None
+        document = self.callbacks.request_json()
+        if document is None:  # the body came in pieces: parsed here, once for the chain
+            buffered = self.callbacks.buffered_request_body()
+            try:
+                document = parse_body(buffered + data, self.content_type)
+            except BadBody:
+                document = None  # the route filter answers it with a 400
+            if document is not None:
+                self.callbacks.set_request_json(document, changed=False)
+        model = document.get("model") if document is not None else None
+        if key.models and isinstance(model, str) and not self._may_use(key, model):
+            self.callbacks.send_local_reply(
+                403,
+                f"the key {key.name!r} may not use the model {model!r}; it may use: "
+                + ", ".join(key.models),
+                code="model_not_allowed",
+                error_type="permission_error",
+            )
+            return FilterStatus.STOP_ITERATION
+        status = self._admit(document)
+        return (
+            FilterStatus.STOP_ITERATION_AND_BUFFER
+            if status is not FilterStatus.CONTINUE
+            else status
+        )
+
+    def _may_use(self, key: GatewayKey, model: str) -> bool:
+        names = (model, self.config.aliases.get(model, model))
+        return any(fnmatch.fnmatchcase(n, pattern) for n in names for pattern in key.models)
+
+    def _admit(self, document: Mapping[str, Any] | None) -> FilterStatus:
+        key = self.key
+        assert key is not None
+        if not key.limits:
+            return FilterStatus.CONTINUE
+        prompt, output = estimate_tokens(self.body_size, document)
+        self.input_estimate = prompt
+        result = self.config.store.admit(key, prompt + output)
+        if not isinstance(result, Admission):
+            # Redis may have failed at once (not connected): then the answer is here
+            # already, and the request must not be continued from inside this hook.
+            early: list[Any] = []
+            result.addBoth(self._later, early)
+            if not early:
+                early.append(None)  # from now on, the answer is taken when it comes
+                return FilterStatus.STOP_ITERATION
+            if isinstance(early[0], Failure):
+                self._store_failed(early[0])
+                return FilterStatus.STOP_ITERATION
+            result = early[0]
+        return FilterStatus.CONTINUE if self._decided(result) else FilterStatus.STOP_ITERATION
+
+    def _decided(self, admission: Admission) -> bool:
+        """Whether the request goes on (a refusal is answered here)."""
+        key = self.key
+        assert key is not None
+        if admission.allowed:
+            self.admission = admission
+            return True
+        message, code, headers = refusal(key.name, key.limits, admission)
+        self.callbacks.stream_info.annotations["limit_refused"] = admission.refused
+        self.callbacks.send_local_reply(
+            429,
+            message,
+            code=code,
+            error_type="insufficient_quota" if code == "insufficient_quota" else "rate_limit_error",
+            headers=headers,
+        )
+        return False
+
+    def _later(self, value: Any, early: list[Any]) -> None:
+        """The admission's answer: kept in *early* when it came before `_admit` returned,
+        else acted on."""
+        if not early:
+            early.append(value)
+        elif isinstance(value, Failure):
+            self._store_failed(value)
+        else:
+            self._answered(value)
+
+    def _answered(self, admission: Admission) -> None:
+        if self.done:  # the client left while Redis answered: give the slot back at once
+            if admission.allowed and self.key is not None:
+                self.config.store.settle(self.key, admission, 0)
+            return
+        if self._decided(admission):
+            self.callbacks.continue_decoding()
+
+    def _store_failed(self, failure: Failure) -> None:
+        if self.done:
+            return
+        if not failure.check(StoreUnavailable):
+            log.failure("admission failed", failure)
+        self.callbacks.send_local_reply(
+            503,
+            "the gateway cannot reach its rate-limit store; try again shortly",
+            code="limits_unavailable",
+            headers=[("retry-after", "1")],
+        )
+
+    def encode_headers(self, head: ResponseHead, end_stream: bool) -> FilterStatus:
+        admission = self.admission
+        if admission is not None and self.key is not None:
+            for name, value in rate_limit_headers(self.key.limits, admission):
+                head.headers.set(name, value)
+        return FilterStatus.CONTINUE
+
+    def on_destroy(self) -> None:
+        self.done = True
+        admission, key = self.admission, self.key
+        if admission is None or key is None:
+            return
+        self.admission = None
+        info = self.callbacks.stream_info
+        if info.prompt_tokens is not None or info.completion_tokens is not None:
+            used = (info.prompt_tokens or 0) + (info.completion_tokens or 0)
+        else:
+            used = self.input_estimate if info.status is not None and info.status < 400 else 0
+        self.config.store.settle(key, admission, used)

@@ -1,0 +1,1 @@
+"""route: chooses a route and its cluster from the request (path, headers, model)."""

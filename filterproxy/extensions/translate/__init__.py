@@ -1,0 +1,1 @@
+"""translate: a client's API served by an upstream that speaks another one."""

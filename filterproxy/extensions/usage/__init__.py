@@ -1,0 +1,1 @@
+"""usage: token counts from the provider's answer, for metrics, the log and limits."""

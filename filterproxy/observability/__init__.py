@@ -1,0 +1,2 @@
+"""What the gateway tells its operators: Prometheus metrics, the access log, OpenTelemetry
+spans and the memory report."""

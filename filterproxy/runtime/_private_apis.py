@@ -1,0 +1,92 @@
+"""Every private attribute of Twisted, pyOpenSSL and h2 the gateway relies on, in one place.
+
+The data path goes under the libraries' public interfaces where that saves a Python call
+per event, and `filterproxy.runtime.teardown` cuts reference cycles the libraries leave. What it
+touches is listed here; ``tests/unit/test_private_apis.py`` checks each entry against the
+installed versions, and ``tests/twisted_reactor`` runs Twisted's own reactor tests
+against `filterproxy.runtime._epoll.GatewayReactor`. A release that renames or removes one of
+them fails the tests (pyproject.toml also bounds Twisted's version).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["PRIVATE_APIS", "PrivateAPI"]
+
+
+@dataclass(frozen=True)
+class PrivateAPI:
+    """One private attribute relied on."""
+
+    #: The class that has it (dotted path).
+    owner: str
+    name: str
+    #: ``method``, or ``attribute`` (set on instances).
+    kind: str
+    #: Who uses it, and for what.
+    used_by: str
+
+
+_REACTOR = "filterproxy.runtime._epoll: GatewayReactor's main loop and read dispatch"
+_SEND = "filterproxy.runtime._transport.write_now, downstream.http11's send: writes straight to the socket while nothing is queued"
+
+PRIVATE_APIS: tuple[PrivateAPI, ...] = (
+    PrivateAPI("twisted.internet.base.ReactorBase", "_started", "attribute", _REACTOR),
+    PrivateAPI("twisted.internet.base.ReactorBase", "_justStopped", "attribute", _REACTOR),
+    PrivateAPI("twisted.internet.base.ReactorBase", "_newTimedCalls", "attribute", _REACTOR),
+    PrivateAPI("twisted.internet.base.ReactorBase", "_pendingTimedCalls", "attribute", _REACTOR),
+    PrivateAPI("twisted.internet.base.ReactorBase", "_cancellations", "attribute", _REACTOR),
+    PrivateAPI("twisted.internet.epollreactor.EPollReactor", "_poller", "attribute", _REACTOR),
+    PrivateAPI("twisted.internet.epollreactor.EPollReactor", "_selectables", "attribute", _REACTOR),
+    PrivateAPI("twisted.internet.epollreactor.EPollReactor", "_doReadOrWrite", "method", _REACTOR),
+    PrivateAPI(
+        "twisted.internet.posixbase.PosixReactorBase", "_disconnectSelectable", "method", _REACTOR
+    ),
+    PrivateAPI("twisted.internet.abstract.FileDescriptor", "_tempDataLen", "attribute", _SEND),
+    PrivateAPI("twisted.internet.abstract.FileDescriptor", "dataBuffer", "attribute", _SEND),
+    PrivateAPI("twisted.internet.tcp.Connection", "socket", "attribute", _SEND + "; " + _REACTOR),
+    PrivateAPI("twisted.internet.tcp.Connection", "bufferSize", "attribute", _REACTOR),
+    PrivateAPI(
+        "twisted.internet.tcp.BaseClient",
+        "connector",
+        "attribute",
+        "filterproxy.runtime.teardown.release_connector: the transport <-> connector cycle",
+    ),
+    PrivateAPI(
+        "twisted.internet.base.BaseConnector",
+        "transport",
+        "attribute",
+        "filterproxy.runtime.teardown.release_connector: the transport <-> connector cycle",
+    ),
+    PrivateAPI(
+        "twisted.internet.endpoints._WrappingFactory",
+        "_connector",
+        "attribute",
+        "filterproxy.runtime.teardown.release_connector: the endpoint's factory <-> connector cycle",
+    ),
+    PrivateAPI(
+        "twisted.protocols.tls.TLSMemoryBIOProtocol",
+        "_tlsShutdownFinished",
+        "method",
+        "filterproxy.runtime.teardown.tls_factory: a dropped TLS failure's traceback cycle",
+    ),
+    PrivateAPI(
+        "twisted.protocols.tls.TLSMemoryBIOProtocol",
+        "_tlsConnection",
+        "attribute",
+        "filterproxy.runtime.teardown.tls_factory: the certificate check's helper cycle",
+    ),
+    PrivateAPI(
+        "OpenSSL.SSL.Connection",
+        "_verify_helper",
+        "attribute",
+        "filterproxy.runtime.teardown.tls_factory: pyOpenSSL's verify helper <-> C callback cycle",
+    ),
+    PrivateAPI(
+        "h2.connection.H2Connection",
+        "_frame_dispatch_table",
+        "attribute",
+        "filterproxy.runtime.teardown.release_h2: the connection's table of its own bound methods",
+    ),
+)

@@ -1,0 +1,392 @@
+"""The admin listener: metrics, health, readiness, the effective config, reload.
+
+Served on its own endpoint (``admin.listen``, by default ``tcp:9901:interface=127.0.0.1``
+— never public unless configured so) over HTTP/1.1, parsed by the same C parser as the
+gateway's clients (llhttp through `httptools`). Not twisted.web: its HTTP protocol alone
+is about 1 MB of memory, its resource tree and templating 3 MB more, for five endpoints.
+
+- ``GET /metrics``: Prometheus text format (see `filterproxy.observability.metrics`).
+- ``GET /healthz``: 200 while the process runs.
+- ``GET /ready``: 200 when a config is loaded and every cluster has an endpoint that is
+  not ejected; 503 naming the clusters that have none.
+- ``GET /config``: the effective config as JSON, secrets redacted (`redacted_config`).
+- ``POST /reload``: re-read the config file (as SIGHUP does); 200, or 400 with the error
+  when the new config is invalid (the old one stays in force).
+- ``GET /memory``: what the process holds: resident memory, open file descriptors, open
+  connections and pools, pending timers, live objects by class (`filterproxy.observability.memory`).
+- ``POST /memory/cycles``: one full pass of the cycle collector, and what it freed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+from typing import Protocol as Interface
+
+import httptools
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger
+
+from filterproxy.config import Config
+from filterproxy.http.errors import reason_phrase
+from filterproxy.observability.memory import collect_cycles, memory_report
+from filterproxy.runtime.teardown import forget_traceback
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+
+__all__ = ["REDACTED", "admin_factory", "is_secret_header", "readiness", "redacted_config"]
+
+log = Logger(namespace="filterproxy.admin")
+
+REDACTED = "<redacted>"
+
+_SECRET_NAME = re.compile(
+    r"auth|api[-_]?key|token|secret|password|passwd|cookie|credential|signature", re.IGNORECASE
+)
+_SECRET_VALUE = re.compile(r"^\s*(bearer|basic)\s|^sk-|^sk_", re.IGNORECASE)
+
+
+def is_secret_header(name: str, value: str) -> bool:
+    """Whether a configured header rule may carry a secret (by its name or its value)."""
+    return bool(_SECRET_NAME.search(name) or _SECRET_VALUE.search(value))
+
+
+def _plain(value: Any, key: str = "") -> Any:
+    """*value* as JSON-ready data, header rule values that may be secret redacted."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: _plain(getattr(value, f.name), f.name)
+            for f in dataclasses.fields(value)
+            if not callable(getattr(value, f.name))
+        }
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, str(k)) for k, v in value.items()}
+    if isinstance(value, frozenset | set):
+        return sorted(_plain(v) for v in value)
+    if isinstance(value, tuple | list):
+        if key in ("set", "append"):  # header rules: (name, value) pairs
+            return {
+                name: REDACTED if is_secret_header(name, header_value) else header_value
+                for name, header_value in value
+            }
+        return [_plain(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def redacted_config(config: Config) -> dict[str, Any]:
+    """The effective config as JSON-ready data; header values that may be secret (by
+    name: authorization, *key*, *token*, *secret*, cookie…; or by value: ``Bearer …``,
+    ``sk-…``) are replaced by ``<redacted>``."""
+    document: dict[str, Any] = _plain(config)
+    document["filters"] = [{"type": f.type_name, "at": f.path} for f in config.filters]
+    for cluster in document.get("clusters", {}).values():
+        for endpoint in cluster.get("endpoints", []):
+            # A URL may carry credentials (user:password@host).
+            endpoint["url"] = re.sub(r"//[^/@]*@", f"//{REDACTED}@", endpoint["url"])
+    redis = document.get("redis")
+    if isinstance(redis, dict) and isinstance(redis.get("url"), str):
+        redis["url"] = re.sub(r"//[^/@]*@", f"//{REDACTED}@", redis["url"])
+    return document
+
+
+class _Cluster(Interface):
+    def available(self) -> bool: ...
+
+
+class ServedGateway(Interface):
+    """What the admin listener reads of the gateway in force (`filterproxy.server.service`)."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def clusters(self) -> Mapping[str, _Cluster]: ...
+
+
+def readiness(gateway: ServedGateway) -> tuple[bool, list[str]]:
+    """Whether the gateway is ready, and the clusters with every endpoint ejected."""
+    down = [name for name, cluster in gateway.clusters.items() if not cluster.available()]
+    return not down, down
+
+
+#: What an admin handler answers: status, content type, body.
+Reply = tuple[int, bytes, bytes]
+_JSON = b"application/json"
+
+
+def _json(status: int, document: Any, *, pretty: bool = False) -> Reply:
+    """A JSON reply. Compact unless *pretty* (for the documents people read: the config,
+    the memory report): to indent, the json module encodes in Python, with closures that
+    refer to each other — a reference cycle per call, left for the cycle collector,
+    which the replies to health probes and scrapes must not make."""
+    text = json.dumps(document, indent=2) if pretty else json.dumps(document)
+    return status, _JSON, text.encode() + b"\n"
+
+
+ENDPOINTS = [
+    "/metrics",
+    "/healthz",
+    "/ready",
+    "/config",
+    "POST /reload",
+    "/memory",
+    "POST /memory/cycles",
+]
+
+_NOT_FOUND = _json(404, {"error": "not found", "endpoints": ENDPOINTS})
+
+
+@dataclasses.dataclass(frozen=True)
+class _Endpoint:
+    """What one admin path answers to GET (and HEAD) and to POST."""
+
+    get: Callable[[], Reply] | None = None
+    post: Callable[[], Reply] | None = None
+
+    def handler(self, method: bytes) -> Callable[[], Reply] | None:
+        """The handler for *method*, if this path takes it."""
+        if method in (b"GET", b"HEAD"):
+            return self.get
+        return self.post if method == b"POST" else None
+
+    def allowed(self) -> bytes:
+        """The methods this path takes, for ``Allow``."""
+        methods = [b"GET", b"HEAD"] if self.get is not None else []
+        if self.post is not None:
+            methods.append(b"POST")
+        return b", ".join(methods)
+
+
+#: A request head larger than this is refused (431); the admin's requests are a line and
+#: a few headers.
+MAX_HEAD_BYTES = 64 * 1024
+#: Request bodies are read and ignored; a larger one is refused (413).
+MAX_BODY_BYTES = 1024 * 1024
+#: An admin connection with no request in progress for this long is closed (a scraper
+#: that keeps its connection between scrapes reconnects).
+IDLE_TIMEOUT = 60.0
+
+
+def _response(status: int, headers: list[tuple[bytes, bytes]], body: bytes, head: bool) -> bytes:
+    """The bytes of one response; for HEAD, without the body (its length still stated)."""
+    lines = [b"HTTP/1.1 %d %s" % (status, reason_phrase(status))]
+    lines.extend(name + b": " + value for name, value in headers)
+    lines.append(b"content-length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head else body)
+
+
+class AdminConnection(Protocol):
+    """One admin client connection: HTTP/1.1 parsed by llhttp (`httptools`), keep-alive
+    and pipelining, each request answered at once from the endpoint table."""
+
+    def __init__(self, factory: AdminFactory) -> None:
+        self.factory = factory
+        #: None once closed (the parser refers back to this connection: see
+        #: `connectionLost`).
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.head_bytes = 0
+        self.body_bytes = 0
+        self.in_head = False
+        self.expect_continue = False
+        #: The request being parsed has been answered.
+        self.answered = False
+        #: A response asked for the close: nothing more is read or answered.
+        self.closing = False
+        self.timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        self.timer = self.factory.reactor.callLater(IDLE_TIMEOUT, self._idle)
+
+    def dataReceived(self, data: bytes) -> None:
+        parser = self.parser
+        if self.closing or parser is None:
+            return
+        if self.timer is not None and self.timer.active():
+            self.timer.reset(IDLE_TIMEOUT)
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Upgrade (h2c, WebSocket) is not offered. As HTTP allows, the request is
+            # answered in HTTP/1.1 (a body it announced is not read) and the connection ends.
+            if not self.answered and not self.closing:
+                self._answer(close=True)
+            self._close()
+            return
+        except httptools.HttpParserError as e:
+            if self.closing:
+                return  # bytes after a request that ended the connection: not read
+            self._reply(_json(400, {"error": f"invalid HTTP request: {e}"}), close=True)
+            return
+        if self.in_head:
+            # Counted per read: a head may pass the limit by up to one read (64 KiB).
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES and not self.closing:
+                message = f"the request head is larger than {MAX_HEAD_BYTES} bytes"
+                self._reply(_json(431, {"error": message}), close=True)
+
+    # -- llhttp callbacks -----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.in_head = True
+        self.head_bytes = 0
+        self.body_bytes = 0
+        self.expect_continue = False
+        self.answered = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"expect" and value.lower() == b"100-continue":
+            self.expect_continue = True
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        if self.expect_continue and not self.closing and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        if self.body_bytes > MAX_BODY_BYTES and not self.closing:
+            message = f"the admin endpoints take no request body over {MAX_BODY_BYTES} bytes"
+            self._reply(_json(413, {"error": message}), close=True)
+
+    def on_message_complete(self) -> None:
+        parser = self.parser
+        if not self.closing and parser is not None:
+            self._answer(close=not parser.should_keep_alive() or parser.should_upgrade())
+
+    def _answer(self, *, close: bool) -> None:
+        self.answered = True
+        assert self.parser is not None  # answers are made while parsing
+        method = self.parser.get_method()
+        reply, extra = self.factory.answer(method, self.url.split(b"?", 1)[0])
+        self._reply(reply, close=close, extra=extra, method=method)
+
+    # -- answering ------------------------------------------------------------------------
+
+    def _reply(
+        self,
+        reply: Reply,
+        *,
+        close: bool,
+        extra: list[tuple[bytes, bytes]] | None = None,
+        method: bytes = b"GET",
+    ) -> None:
+        status, content_type, body = reply
+        headers = [(b"content-type", content_type), (b"cache-control", b"no-store")]
+        headers.extend(extra or ())
+        if close:
+            headers.append((b"connection", b"close"))
+        if self.transport is not None:
+            self.transport.write(_response(status, headers, body, head=method == b"HEAD"))
+        if close:
+            self._close()
+
+    def _close(self) -> None:
+        self.closing = True
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _idle(self) -> None:
+        self.timer = None
+        self._close()
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.closing = True
+        self._cancel_timer()
+        # The parser holds bound methods of this connection: without this, a closed
+        # connection (a scrape) would wait for the cycle collector to be freed.
+        self.parser = None
+        forget_traceback(reason)
+
+
+class AdminFactory(ServerFactory):
+    """The admin listener: builds an `AdminConnection` per client and answers requests
+    from the endpoint table (no access log for scrapes and probes)."""
+
+    noisy = False
+
+    def __init__(self, endpoints: Mapping[bytes, _Endpoint], reactor: IReactorTime) -> None:
+        self.endpoints = endpoints
+        self.reactor = reactor
+
+    def buildProtocol(self, addr: Any) -> AdminConnection:
+        return AdminConnection(self)
+
+    def answer(self, method: bytes, path: bytes) -> tuple[Reply, list[tuple[bytes, bytes]]]:
+        """The reply to *method* on *path*, and any extra response headers."""
+        endpoint = self.endpoints.get(path)
+        if endpoint is None:
+            return _NOT_FOUND, []
+        handler = endpoint.handler(method)
+        if handler is None:
+            allowed = endpoint.allowed()
+            return _json(405, {"error": f"use {allowed.decode()} here"}), [(b"allow", allowed)]
+        try:
+            return handler(), []
+        except Exception:
+            log.failure("admin: {method} {path} failed", method=method, path=path)
+            return _json(500, {"error": "internal error (see the gateway's log)"}), []
+
+
+def admin_factory(
+    gateway: Callable[[], ServedGateway],
+    registry: CollectorRegistry,
+    reload: Callable[[], str | None],
+    reactor: IReactorTime,
+    held: Callable[[], dict[str, Any]] = dict,
+) -> AdminFactory:
+    """The admin listener's factory. *gateway* returns the gateway in force; *reload*
+    re-reads the config and returns None, or the error that kept the old config;
+    *reactor* times idle connections out; *held* describes the structures the gateway
+    keeps (open connections, pools, timers) for ``/memory``."""
+
+    def metrics() -> Reply:
+        return 200, CONTENT_TYPE_LATEST.encode(), generate_latest(registry)
+
+    def ready() -> Reply:
+        ok, down = readiness(gateway())
+        if ok:
+            return _json(200, {"status": "ready"})
+        return _json(503, {"status": "not ready", "clusters_without_endpoints": down})
+
+    def do_reload() -> Reply:
+        error = reload()
+        if error is None:
+            return _json(200, {"status": "reloaded", "config": gateway().config.source})
+        return _json(400, {"status": "rejected", "error": error})
+
+    return AdminFactory(
+        {
+            b"/": _Endpoint(get=lambda: _json(200, {"endpoints": ENDPOINTS})),
+            b"/metrics": _Endpoint(get=metrics),
+            b"/healthz": _Endpoint(get=lambda: _json(200, {"status": "ok"})),
+            b"/ready": _Endpoint(get=ready),
+            b"/config": _Endpoint(
+                get=lambda: _json(200, redacted_config(gateway().config), pretty=True)
+            ),
+            b"/reload": _Endpoint(post=do_reload),
+            b"/memory": _Endpoint(get=lambda: _json(200, memory_report(held()), pretty=True)),
+            b"/memory/cycles": _Endpoint(post=lambda: _json(200, collect_cycles(), pretty=True)),
+        },
+        reactor,
+    )

@@ -1,0 +1,92 @@
+"""The ``filterproxy`` command: tools around the gateway (the gateway itself runs under
+``twistd filterproxy``).
+
+    filterproxy check-config FILE...   validate config files and print what they say;
+                                       exit 1 with the problems
+    filterproxy keys new NAME          make a gateway key; print it and its config entry
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+from filterproxy.chain.registry import build_chain
+from filterproxy.config import Config, ConfigError, hash_key, load_config, new_key
+from filterproxy.server.tap import config_summary
+
+__all__ = ["describe", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="filterproxy", description="filterproxy tools")
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser(
+        "check-config", help="validate config files and print what is wrong"
+    )
+    check.add_argument("files", nargs="+", metavar="FILE")
+    keys = commands.add_parser("keys", help="gateway keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    new = key_commands.add_parser("new", help="make a new key and print its config entry")
+    new.add_argument("name", metavar="NAME", help="the key's name (logs, metrics)")
+    args = parser.parse_args(argv)
+    if args.command == "keys":
+        return new_key_entry(args.name)
+    failed = 0
+    for path in args.files:
+        try:
+            config = load_config(path)
+            build_chain(config)  # the filters' own options are part of the config
+        except ConfigError as e:
+            print(f"{path}: invalid: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        print(config_summary(path, config))
+        print(describe(config))
+    return 1 if failed else 0
+
+
+def new_key_entry(name: str) -> int:
+    """Print a new key (shown once; the gateway keeps only its hash) and its entry."""
+    if not re.match(r"^[A-Za-z0-9_.@-]{1,64}$", name):
+        print(
+            f"{name!r}: a key's name is 1 to 64 letters, digits, '_', '.', '@' or '-'",
+            file=sys.stderr,
+        )
+        return 2
+    key = new_key()
+    print(f"key (give it to {name}; it is not stored anywhere): {key}")
+    print("\nadd to 'keys:' in the config or the keys file:")
+    print(f"  - name: {name}\n    hash: sha256:{hash_key(key)}")
+    print(
+        '    # models: ["gpt-4o*"]\n    # limits: {requests_per_minute: 60, tokens_per_minute: 100000}'
+    )
+    return 0
+
+
+def describe(config: Config) -> str:
+    """What the gateway understood of *config*: listeners, providers, models, aliases,
+    and what it ignores."""
+    lines = [f"  listeners: {', '.join(config.listeners) or '(none: give --listen)'}"]
+    lines.append("  clusters:")
+    for name, cluster in config.clusters.items():
+        kind = f"provider {cluster.provider}" if cluster.provider else "upstream"
+        urls = ", ".join(e.url for e in cluster.endpoints)
+        lines.append(f"    {name}: {kind} at {urls}; speaks {', '.join(sorted(cluster.apis))}")
+    lines.append("  routes:")
+    for route in config.routes:
+        models = ", ".join(route.models) or "any model"
+        sent = f" (sent as {route.upstream_model})" if route.upstream_model else ""
+        lines.append(f"    {route.name}: {models} -> {route.cluster}{sent}")
+    if config.aliases:
+        lines.append("  aliases:")
+        lines.extend(f"    {alias} -> {target}" for alias, target in config.aliases.items())
+    if config.gateway_keys:
+        lines.append(f"  keys: {', '.join(k.name for k in config.gateway_keys)}")
+    lines.extend(f"  warning: {w}" for w in config.warnings)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
