@@ -22,18 +22,18 @@ from filterproxy.translate.responses_over_chat import (
     response_shell,
     responses_answer,
 )
-from tests.thirdparty import (
-    VERCEL_AI_PROVIDER_ANSWERS,
-    VERCEL_AI_PROVIDER_STREAMS,
-    vercel_ai_file,
-)
-from tests.unit.test_responses_translate import check_responses_stream
-from tests.unit.test_responses_translate import normalized as normalized_responses
-from tests.unit.test_translate import (
+from tests.support.chat_messages import (
     check_messages_stream,
     events_of,
     normalized,
     sse,
+)
+from tests.support.responses import check_responses_stream
+from tests.support.responses import normalized as normalized_responses
+from tests.thirdparty import (
+    VERCEL_AI_PROVIDER_ANSWERS,
+    VERCEL_AI_PROVIDER_STREAMS,
+    vercel_ai_file,
 )
 
 REQUEST: dict[str, Any] = {"model": "m", "input": "hi", "stream": True}

@@ -22,7 +22,7 @@ from filterproxy.resume import (
     merge_deltas,
     parse_event_id,
 )
-from tests.unit.test_translate import splits
+from tests.support.chat_messages import splits
 
 
 def chunk(content: str | None = None, finish: str | None = None, **delta: Any) -> bytes:
