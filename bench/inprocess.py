@@ -22,8 +22,8 @@ from typing import Any
 
 from twisted.internet.testing import StringTransport
 
-from filterproxy.config import load_config
 from filterproxy.downstream.server import GatewayServerFactory
+from filterproxy.extensions.builtin import load_config
 from filterproxy.server.service import Gateway
 from filterproxy.upstream.connection import HTTP11ClientConnection, State
 

@@ -50,7 +50,7 @@ wrk.headers["Authorization"] = "Bearer {KEY}"
 
 
 def gateway_config(upstream: int, limits: str | None, redis: int | None) -> str:
-    from filterproxy.config import hash_key
+    from filterproxy.extensions.keys.config import hash_key
 
     text = f"""
 listeners: []

@@ -35,7 +35,8 @@ from zope.interface.verify import verifyObject
 
 from filterproxy.chain.interfaces import IDownstream
 from filterproxy.chain.manager import FilterManager
-from filterproxy.config import DEFAULT_MAX_REQUEST_BYTES, Config, parse_config
+from filterproxy.config import DEFAULT_MAX_REQUEST_BYTES, Config
+from filterproxy.extensions.builtin import parse_config
 from filterproxy.filters.api import (
     FilterContext,
     IFilterCallbacks,

@@ -3,30 +3,29 @@
 Nothing on the request path digs in dicts: every value is validated here, with an error
 that names the key path, the value and the fix (`ConfigError`). The configuration
 reference (docs/configuration.md) has every key and its default.
+
+The core reads listeners, clusters, routes and the process's settings; each feature's
+keys are read by its extension (`ExtensionSchema`, passed to `load_config`), and found
+typed by class: `Config.section`, `RouteConfig.option`.
 """
 
+from filterproxy.config._extension import ChainFacts, DefaultEntry, ExtensionSchema, Section
 from filterproxy.config._headers import parse_header_policy, parse_header_rules
-from filterproxy.config._keys import hash_key, new_key
 from filterproxy.config._load import load_config, parse_config
 from filterproxy.config._reader import ConfigError, Node
-from filterproxy.config._routes import parse_hosted_tools
 from filterproxy.config._types import (
     DEFAULT_ADMIN_LISTENER,
     DEFAULT_FILTERS,
     DEFAULT_MAX_REQUEST_BYTES,
-    HOSTED_TOOLS_POLICIES,
     ClusterConfig,
     Config,
     EndpointConfig,
     FilterEntry,
-    GatewayKey,
     HeaderPolicy,
     HeaderRules,
-    KeyLimits,
     Limits,
     OutlierDetection,
     RedisConfig,
-    ResponsesConfig,
     ResumeConfig,
     RetryPolicy,
     RouteConfig,
@@ -39,32 +38,29 @@ __all__ = [
     "DEFAULT_ADMIN_LISTENER",
     "DEFAULT_FILTERS",
     "DEFAULT_MAX_REQUEST_BYTES",
-    "HOSTED_TOOLS_POLICIES",
+    "ChainFacts",
     "ClusterConfig",
     "Config",
     "ConfigError",
+    "DefaultEntry",
     "EndpointConfig",
+    "ExtensionSchema",
     "FilterEntry",
-    "GatewayKey",
     "HeaderPolicy",
     "HeaderRules",
-    "KeyLimits",
     "Limits",
     "Node",
     "OutlierDetection",
     "RedisConfig",
-    "ResponsesConfig",
     "ResumeConfig",
     "RetryPolicy",
     "RouteConfig",
+    "Section",
     "Timeouts",
     "TracingConfig",
     "UpstreamPlan",
-    "hash_key",
     "load_config",
-    "new_key",
     "parse_config",
     "parse_header_policy",
     "parse_header_rules",
-    "parse_hosted_tools",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -16,22 +16,24 @@ from filterproxy.config._clusters import (
     parse_clusters,
     url_credential_warnings,
 )
-from filterproxy.config._keys import merge, parse_keys, parse_keys_file, parse_redis
+from filterproxy.config._extension import (
+    ChainFacts,
+    ExtensionSchema,
+    checked,
+    default_chain,
+    parse_sections,
+)
 from filterproxy.config._reader import ConfigError, Node, default_environ
-from filterproxy.config._routes import parse_aliases, parse_routes
+from filterproxy.config._redis import parse_redis
+from filterproxy.config._routes import _ROUTE_KEYS, parse_aliases, parse_routes
 from filterproxy.config._types import (
     DEFAULT_ADMIN_LISTENER,
     DEFAULT_FILTERS,
-    DEFAULT_TRANSLATING_FILTERS,
-    ClusterConfig,
     Config,
     FilterEntry,
     Limits,
-    RedisConfig,
-    ResponsesConfig,
     TracingConfig,
 )
-from filterproxy.http.apis import ALL_APIS
 
 _TOP_KEYS = {
     "listeners",
@@ -46,10 +48,7 @@ _TOP_KEYS = {
     "admin",
     "tracing",
     "preload_tls",
-    "keys",
-    "keys_file",
     "redis",
-    "responses",
     "resume_buffers",
     "max_event_bytes",
 }
@@ -57,8 +56,13 @@ _LIMIT_KEYS = {f.name for f in fields(Limits)}
 _DURATION_LIMITS = {"request_header_timeout", "request_body_timeout", "keepalive_timeout"}
 
 
-def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Read and validate the YAML file at *path*.
+def load_config(
+    path: str | Path,
+    environ: Mapping[str, str] | None = None,
+    *,
+    extensions: Sequence[ExtensionSchema] = (),
+) -> Config:
+    """Read and validate the YAML file at *path*, with the keys of *extensions*.
 
     Raises:
         ConfigError: the file cannot be read, is not YAML, or is not a valid config.
@@ -67,13 +71,24 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError("", f"cannot read config file {str(path)!r}: {e.strerror}") from None
-    return parse_config(text, source=str(path), environ=environ)
+    return parse_config(text, source=str(path), environ=environ, extensions=extensions)
 
 
 def parse_config(
-    text: str, *, source: str = "<string>", environ: Mapping[str, str] | None = None
+    text: str,
+    *,
+    source: str = "<string>",
+    environ: Mapping[str, str] | None = None,
+    extensions: Sequence[ExtensionSchema] = (),
 ) -> Config:
-    """Validate the YAML document *text* into a `Config`."""
+    """Validate the YAML document *text* into a `Config`.
+
+    The core reads its own keys; each of *extensions* reads the top-level and route
+    keys it owns (`ExtensionSchema`), and a key nobody owns is refused. With none, the
+    config is the core's alone (``filterproxy.extensions.builtin`` passes the built-in
+    extensions).
+    """
+    checked(extensions, frozenset(_TOP_KEYS), frozenset(_ROUTE_KEYS))
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -87,20 +102,16 @@ def parse_config(
                 "these keys of the ArchGW config have no counterpart here and are ignored: "
                 + ", ".join(ignored),
             )
-    top = Node(document, "", env).mapping(_TOP_KEYS)
+    top = Node(document, "", env).mapping(_TOP_KEYS.union(*(e.keys for e in extensions)))
 
     def section(key: str) -> Node:
         return top.get(key) or Node(None, key, env)
 
     clusters = parse_clusters(section("clusters"))
-    gateway_keys = parse_keys(section("keys"))
-    keys_file = None
-    if "keys_file" in top:
-        keys_file, filed = parse_keys_file(top["keys_file"], env)
-        gateway_keys = merge(gateway_keys, filed, keys_file)
     access = _access_log(top["access_log"]) if "access_log" in top else True
     redis = parse_redis(section("redis"))
-    routes = parse_routes(section("routes"), clusters)
+    sections = parse_sections(extensions, top, "", env, redis, route=False)
+    routes = parse_routes(section("routes"), clusters, extensions, redis)
     warnings += base_path_warnings(clusters) + url_credential_warnings(clusters)
     return Config(
         listeners=tuple(n.string() for n in section("listeners").sequence()),
@@ -117,14 +128,12 @@ def parse_config(
         preload_tls=top["preload_tls"].boolean() if "preload_tls" in top else False,
         filters=_parse_filters(
             top.get("filters")
-            or _default_filters(clusters, bool(gateway_keys), any(r.resume for r in routes), env)
+            or _default_filters(ChainFacts(clusters, routes, sections), extensions, env)
         ),
         source=source,
         warnings=warnings,
-        gateway_keys=gateway_keys,
-        keys_file=keys_file,
+        sections=sections,
         redis=redis,
-        responses=_parse_responses(section("responses"), redis),
         resume_buffers=top["resume_buffers"].integer(minimum=1024)
         if "resume_buffers" in top
         else Config.resume_buffers,
@@ -134,40 +143,17 @@ def parse_config(
     )
 
 
-def _parse_responses(node: Node, redis: RedisConfig | None) -> ResponsesConfig:
-    """``responses``: ``{store, ttl, max_bytes}``."""
-    default = ResponsesConfig(store="redis" if redis is not None else "memory")
-    if node.value is None:
-        return default
-    keys = node.mapping({"store", "ttl", "max_bytes"})
-    store = keys["store"].string() if "store" in keys else default.store
-    if store not in ("memory", "redis"):
-        raise keys["store"].error("memory (this process) or redis (the top-level 'redis')")
-    if store == "redis" and redis is None:
-        raise keys["store"].error(
-            "redis needs the top-level 'redis' (e.g. redis: redis://127.0.0.1:6379/0)"
-        )
-    ttl = keys["ttl"].duration() if "ttl" in keys else default.ttl
-    if ttl <= 0:
-        raise keys["ttl"].error("must be positive, e.g. 24h")
-    max_bytes = keys["max_bytes"].integer(minimum=1) if "max_bytes" in keys else default.max_bytes
-    return ResponsesConfig(store, ttl, max_bytes)
-
-
 def _default_filters(
-    clusters: Mapping[str, ClusterConfig], with_keys: bool, resuming: bool, env: Mapping[str, str]
+    facts: ChainFacts, extensions: Sequence[ExtensionSchema], env: Mapping[str, str]
 ) -> Node:
-    translating = any(c.apis != ALL_APIS for c in clusters.values())
-    names = DEFAULT_TRANSLATING_FILTERS if translating else DEFAULT_FILTERS
-    entries: list[dict[str, Any]] = [{"type": t} for t in names]
-    if resuming:
+    """The chain when the config gives no ``filters``: the core's, with each
+    extension's filter where it says (`ExtensionSchema.place`)."""
+    entries: list[dict[str, Any]] = [{"type": t} for t in DEFAULT_FILTERS]
+    if any(r.resume for r in facts.routes):
         # After body-accumulate (it hashes the whole body), before every filter that
         # rewrites the answer (it numbers the events the client gets).
         entries.insert(1, {"type": "resume"})
-    if with_keys:
-        # Token limits charge the provider's usage: streams are asked for it.
-        entries = [{"type": "keys"}, *entries[:-1], {"type": "usage", "include_usage": True}]
-    return Node(entries, "filters", env)
+    return Node(default_chain(entries, extensions, facts), "filters", env)
 
 
 def _parse_filters(node: Node) -> tuple[FilterEntry, ...]:

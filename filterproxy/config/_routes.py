@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from filterproxy.config._clusters import with_retry, with_timeouts
+from filterproxy.config._extension import ExtensionSchema, parse_sections
 from filterproxy.config._headers import header_name, parse_header_policy
 from filterproxy.config._reader import ConfigError, Node
 from filterproxy.config._types import (
-    HOSTED_TOOLS_POLICIES,
     ClusterConfig,
+    RedisConfig,
     ResumeConfig,
     RouteConfig,
     UpstreamPlan,
@@ -31,8 +32,6 @@ _ROUTE_KEYS = {
     "resume",
     "upstream_model",
     "strip_model_prefix",
-    "hosted_tools",
-    "auto_cache",
 }
 
 
@@ -47,15 +46,32 @@ def parse_aliases(node: Node) -> dict[str, str]:
     return aliases
 
 
-def parse_routes(node: Node, clusters: Mapping[str, ClusterConfig]) -> tuple[RouteConfig, ...]:
+def parse_routes(
+    node: Node,
+    clusters: Mapping[str, ClusterConfig],
+    extensions: Sequence[ExtensionSchema] = (),
+    redis: RedisConfig | None = None,
+) -> tuple[RouteConfig, ...]:
+    """The ``routes`` list; each route's keys the core does not know go to the extension
+    that owns them (*extensions*), a key nobody owns is refused."""
+    allowed = _ROUTE_KEYS.union(*(e.route_keys for e in extensions))
     routes = tuple(
-        _parse_route(index, rnode, clusters) for index, rnode in enumerate(node.sequence())
+        _parse_route(index, rnode, clusters, allowed, extensions, redis)
+        for index, rnode in enumerate(node.sequence())
     )
     if routes:
         return routes
     if len(clusters) == 1:
         only = next(iter(clusters.values()))
-        return (RouteConfig(name="default", cluster=only.name, plan=(_plan(only, None, None),)),)
+        options = parse_sections(extensions, {}, node.path, node.environ, redis, route=True)
+        return (
+            RouteConfig(
+                name="default",
+                cluster=only.name,
+                plan=(_plan(only, None, None),),
+                options=options,
+            ),
+        )
     raise node.error(
         "no routes defined and more than one cluster; add routes that name a cluster, "
         "e.g. routes: [{models: ['gpt-*'], cluster: openai}]"
@@ -83,8 +99,15 @@ def _is_off(value: object) -> bool:
     return value is None or value is False or value == "off"
 
 
-def _parse_route(index: int, node: Node, clusters: Mapping[str, ClusterConfig]) -> RouteConfig:
-    keys = node.mapping(_ROUTE_KEYS)
+def _parse_route(
+    index: int,
+    node: Node,
+    clusters: Mapping[str, ClusterConfig],
+    allowed: set[str],
+    extensions: Sequence[ExtensionSchema],
+    redis: RedisConfig | None,
+) -> RouteConfig:
+    keys = node.mapping(allowed)
     if "cluster" not in keys:
         raise node.error("missing 'cluster'; name the cluster this route sends to")
     cluster = _cluster_name(keys["cluster"], clusters)
@@ -132,20 +155,8 @@ def _parse_route(index: int, node: Node, clusters: Mapping[str, ClusterConfig]) 
         if "strip_model_prefix" in keys
         else None,
         resume=_resume(keys["resume"]) if "resume" in keys else None,
-        auto_cache=keys["auto_cache"].boolean() if "auto_cache" in keys else False,
-        hosted_tools=parse_hosted_tools(keys["hosted_tools"]) if "hosted_tools" in keys else None,
+        options=parse_sections(extensions, keys, node.path, node.environ, redis, route=True),
     )
-
-
-def parse_hosted_tools(node: Node) -> str:
-    """``hosted_tools``: ``drop`` or ``refuse`` (`HOSTED_TOOLS_POLICIES`)."""
-    value = node.value
-    if not isinstance(value, str) or value not in HOSTED_TOOLS_POLICIES:
-        raise node.error(
-            f"must be drop (leave hosted tools out of a translated request, and say so) or "
-            f"refuse (answer 400), got {value!r}"
-        )
-    return value
 
 
 def _resume(node: Node) -> ResumeConfig | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from filterproxy.http.apis import ALL_APIS, client_api
@@ -13,18 +13,21 @@ from filterproxy.http.sse import DEFAULT_MAX_EVENT_BYTES
 if TYPE_CHECKING:
     from filterproxy.http.headers import Headers
 
+T = TypeVar("T")
+
+
+def find(values: tuple[object, ...], kind: type[T]) -> T | None:
+    """The value of class *kind* among *values* (each class appears once), or None."""
+    for value in values:
+        if type(value) is kind:
+            return value
+    return None
+
+
 DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
+#: The default chain (no ``filters`` given) before the extensions put theirs in it
+#: (`filterproxy.config.DefaultEntry`).
 DEFAULT_FILTERS = ("body-accumulate", "route", "header-rewrite", "usage")
-#: The default chain when a cluster does not speak every client API: the translate
-#: filter goes after the route filter (a chain that needs none stays as it was).
-DEFAULT_TRANSLATING_FILTERS = (
-    "body-accumulate",
-    "responses",
-    "route",
-    "translate",
-    "header-rewrite",
-    "usage",
-)
 
 #: The conditions ``retry.retry_on`` may name (Envoy's vocabulary).
 RETRY_CONDITIONS = frozenset({"connect-failure", "reset", "5xx", "retriable-status-codes"})
@@ -212,12 +215,6 @@ class ResumeConfig:
     gzip: bool = False
 
 
-#: What the gateway does with a Responses request's hosted tools (web_search, …) when it
-#: translates the request for an upstream that cannot run them: leave them out and say
-#: so, or answer 400.
-HOSTED_TOOLS_POLICIES: Final = ("drop", "refuse")
-
-
 @dataclass(frozen=True)
 class RouteConfig:
     """One entry of the route table; the first route that matches wins.
@@ -247,12 +244,14 @@ class RouteConfig:
     strip_model_prefix: str | None = None
     #: Resumable event streams (`ResumeConfig`), or None.
     resume: ResumeConfig | None = None
-    #: What a translated Responses request's hosted tools get (`HOSTED_TOOLS_POLICIES`),
-    #: or None for the translate filter's own setting.
-    hosted_tools: str | None = None
-    #: Prompt-caching breakpoints added to a request for a Messages upstream where the
-    #: client set none (the last tool, the system prompt, the last user turn).
-    auto_cache: bool = False
+    #: What the extensions made of their route keys, one value of each class
+    #: (`filterproxy.config.ExtensionSchema.parse_route`): see `option`.
+    options: tuple[object, ...] = ()
+
+    def option(self, kind: type[T]) -> T | None:
+        """This route's value of class *kind* (an extension's route keys), or None when
+        no extension of the config makes one."""
+        return find(self.options, kind)
 
     def upstream_model_for(self, model: str) -> str:
         """The model name the upstream gets for a request naming *model*."""
@@ -291,46 +290,9 @@ class TracingConfig:
 
 
 @dataclass(frozen=True)
-class KeyLimits:
-    """What one gateway key may use; 0 means no limit."""
-
-    requests_per_minute: int = 0
-    #: Input + output tokens per minute, from the provider's usage.
-    tokens_per_minute: int = 0
-    #: Requests of the key in progress at once.
-    concurrent_requests: int = 0
-    #: Token budgets: once spent, requests get 429 ``insufficient_quota`` until the
-    #: day (UTC) or month ends.
-    tokens_per_day: int = 0
-    tokens_per_month: int = 0
-
-    def __bool__(self) -> bool:
-        return any(
-            (
-                self.requests_per_minute,
-                self.tokens_per_minute,
-                self.concurrent_requests,
-                self.tokens_per_day,
-                self.tokens_per_month,
-            )
-        )
-
-
-@dataclass(frozen=True)
-class GatewayKey:
-    """A key clients present to the gateway; only its SHA-256 digest is kept."""
-
-    name: str
-    #: The SHA-256 hex digest of the key.
-    digest: str
-    #: Model names or glob patterns the key may ask for (empty: any).
-    models: tuple[str, ...] = ()
-    limits: KeyLimits = KeyLimits()
-
-
-@dataclass(frozen=True)
 class RedisConfig:
-    """Where limits are counted when every worker and replica must count together."""
+    """The Redis server extensions share state through when every worker and replica
+    must see it (key limits, stored responses): one client connection, so core."""
 
     url: str
     #: The longest a request waits for Redis; then `on_error` decides.
@@ -338,19 +300,6 @@ class RedisConfig:
     #: When Redis is unreachable or slow: ``open`` (count in this process, as without
     #: Redis) or ``closed`` (503).
     on_error: str = "open"
-
-
-@dataclass(frozen=True)
-class ResponsesConfig:
-    """Where the Responses API's conversations are kept (``previous_response_id``)."""
-
-    #: ``memory`` (this process) or ``redis`` (the top-level ``redis``: every worker and
-    #: replica). Default: ``redis`` when the config names one, else ``memory``.
-    store: str = "memory"
-    #: How long a stored response can be continued, read or deleted.
-    ttl: float = 24 * 3600.0
-    #: The most bytes the ``memory`` store holds (the least recently used go first).
-    max_bytes: int = 128 * 1024 * 1024
 
 
 #: Where the admin listener (metrics, health, config, reload) listens by default.
@@ -398,12 +347,10 @@ class Config:
     #: Load pyOpenSSL at start-up even when the config uses no TLS (filterproxy.runtime.lazytls).
     preload_tls: bool = False
     source: str = "<string>"
-    #: The keys clients must present (none: the gateway is open to anyone who reaches it).
-    gateway_keys: tuple[GatewayKey, ...] = ()
-    #: The file more keys come from (re-read by a reload), if any.
-    keys_file: str | None = None
+    #: What the extensions made of their top-level keys, one value of each class
+    #: (`filterproxy.config.ExtensionSchema.parse`): see `section`.
+    sections: tuple[object, ...] = ()
     redis: RedisConfig | None = None
-    responses: ResponsesConfig = ResponsesConfig()
     #: The most bytes all resumable streams' buffers of a process hold together.
     resume_buffers: int = 256 * 1024 * 1024
     #: The largest event of an upstream's event stream a filter that reads the stream
@@ -412,3 +359,8 @@ class Config:
     #: What the config says that the gateway does not do (an imported ArchGW config's
     #: keys with no counterpart here): logged at start-up, printed by check-config.
     warnings: tuple[str, ...] = ()
+
+    def section(self, kind: type[T]) -> T | None:
+        """The value of class *kind* an extension made of its top-level keys, or None
+        when no extension of the config makes one."""
+        return find(self.sections, kind)

@@ -32,7 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 
-from filterproxy.config import Config
+from filterproxy.config import Config, RouteConfig
 from filterproxy.http.errors import reason_phrase
 from filterproxy.observability.memory import collect_cycles, memory_report
 from filterproxy.runtime.teardown import forget_traceback
@@ -59,14 +59,25 @@ def is_secret_header(name: str, value: str) -> bool:
     return bool(_SECRET_NAME.search(name) or _SECRET_VALUE.search(value))
 
 
+#: The fields that hold the extensions' values (`Config.section`, `RouteConfig.option`):
+#: their fields are shown where their keys were written, as if they were the core's.
+_EXTENSION_VALUES = {(Config, "sections"), (RouteConfig, "options")}
+
+
 def _plain(value: Any, key: str = "") -> Any:
     """*value* as JSON-ready data, header rule values that may be secret redacted."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {
-            f.name: _plain(getattr(value, f.name), f.name)
-            for f in dataclasses.fields(value)
-            if not callable(getattr(value, f.name))
-        }
+        plain: dict[str, Any] = {}
+        for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            if callable(item):
+                continue
+            if (type(value), f.name) in _EXTENSION_VALUES:
+                for extension_value in item:
+                    plain.update(_plain(extension_value))
+            else:
+                plain[f.name] = _plain(item, f.name)
+        return plain
     if isinstance(value, Mapping):
         return {str(k): _plain(v, str(k)) for k, v in value.items()}
     if isinstance(value, frozenset | set):

@@ -13,7 +13,9 @@ import re
 import sys
 
 from filterproxy.chain.registry import build_chain
-from filterproxy.config import Config, ConfigError, hash_key, load_config, new_key
+from filterproxy.config import Config, ConfigError
+from filterproxy.extensions.builtin import load_config
+from filterproxy.extensions.keys.config import GatewayKeys, hash_key, new_key
 from filterproxy.server.tap import config_summary
 
 __all__ = ["describe", "main"]
@@ -82,8 +84,9 @@ def describe(config: Config) -> str:
     if config.aliases:
         lines.append("  aliases:")
         lines.extend(f"    {alias} -> {target}" for alias, target in config.aliases.items())
-    if config.gateway_keys:
-        lines.append(f"  keys: {', '.join(k.name for k in config.gateway_keys)}")
+    keys = config.section(GatewayKeys)
+    if keys is not None and keys.gateway_keys:
+        lines.append(f"  keys: {', '.join(k.name for k in keys.gateway_keys)}")
     lines.extend(f"  warning: {w}" for w in config.warnings)
     return "\n".join(lines)
 

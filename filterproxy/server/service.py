@@ -18,8 +18,10 @@ from twisted.logger import Logger
 
 from filterproxy.chain.manager import ChainShape, FilterManager, chain_shape
 from filterproxy.chain.registry import FilterChain, build_chain
-from filterproxy.config import Config, ConfigError, load_config
+from filterproxy.config import Config, ConfigError
 from filterproxy.downstream.server import GatewayServerFactory
+from filterproxy.extensions.builtin import load_config
+from filterproxy.extensions.keys.config import GatewayKeys
 from filterproxy.observability import accesslog
 from filterproxy.observability.metrics import Metrics
 from filterproxy.runtime.deadlines import deadlines_for
@@ -306,7 +308,9 @@ class GatewayService(Service):
             description=description,
         )
         host = getattr(address, "host", None)
-        if host is not None and not self.config.gateway_keys and not _loopback(host):
+        keys = self.config.section(GatewayKeys)
+        open_to_all = keys is None or not keys.gateway_keys
+        if host is not None and open_to_all and not _loopback(host):
             log.warn(
                 "no gateway keys are configured and the gateway listens on {host}: anyone "
                 "who reaches it spends the provider keys it holds. Add keys (filterproxy "

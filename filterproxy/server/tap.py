@@ -11,7 +11,8 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from filterproxy.chain.registry import FilterChain, build_chain
-from filterproxy.config import Config, ConfigError, load_config
+from filterproxy.config import Config, ConfigError
+from filterproxy.extensions.builtin import load_config
 from filterproxy.observability.accesslog import cannot_open, open_for_append
 from filterproxy.runtime.listeners import reuse_port_endpoint
 from filterproxy.server.workers import worker_count

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from filterproxy.config._keys import hash_key
+from filterproxy.extensions.keys.config import hash_key
 
 from .conftest import Gateway, start_gateway
 

@@ -33,7 +33,7 @@ import httpx
 import openai
 import pytest
 
-from filterproxy.config import hash_key
+from filterproxy.extensions.keys.config import hash_key
 from filterproxy.http.sse import SSEDecoder
 
 from .conftest import Gateway, LocalServer, Process, start_gateway

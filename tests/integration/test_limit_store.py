@@ -13,7 +13,7 @@ from twisted.internet import defer, task
 from twisted.internet import reactor as global_reactor
 
 from filterproxy.clients.redis import RedisClient
-from filterproxy.config import GatewayKey, KeyLimits
+from filterproxy.extensions.keys.config import GatewayKey, KeyLimits
 from filterproxy.extensions.keys.filter import LimitStore
 from filterproxy.extensions.keys.limits import Admission, LocalCounts
 

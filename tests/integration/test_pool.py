@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 
-from filterproxy.config import hash_key
+from filterproxy.extensions.keys.config import hash_key
 
 from .conftest import (
     FaultServer,

@@ -8,9 +8,9 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from filterproxy.config import parse_config
 from filterproxy.downstream.http11 import HTTP11ServerConnection
 from filterproxy.downstream.server import GatewayServerFactory
+from filterproxy.extensions.builtin import parse_config
 from filterproxy.server.service import Gateway
 from filterproxy.upstream.connection import HTTP11ClientConnection
 

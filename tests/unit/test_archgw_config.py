@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from filterproxy.chain.registry import build_chain
-from filterproxy.config import ConfigError, load_config, parse_config
+from filterproxy.config import ConfigError
+from filterproxy.extensions.builtin import load_config, parse_config
 from filterproxy.server.cli import describe
 
 CONF = Path(__file__).resolve().parents[2] / "conf"

@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from filterproxy.config import parse_config
+from filterproxy.extensions.builtin import parse_config
 from filterproxy.server.service import Gateway
 from filterproxy.upstream.connection import HTTP11ClientConnection, State
 

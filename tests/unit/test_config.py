@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 from filterproxy.chain.registry import build_chain
-from filterproxy.config import ConfigError, Timeouts, parse_config
+from filterproxy.config import ConfigError, Timeouts
 from filterproxy.extensions.body_accumulate.filter import BodyAccumulateFilter
+from filterproxy.extensions.builtin import parse_config
 from filterproxy.extensions.header_rewrite.filter import HeaderRewriteFilter
 from filterproxy.extensions.route.filter import RouteFilter
 
@@ -279,7 +280,7 @@ filters:
 def test_demo_and_shipped_configs_are_valid() -> None:
     from pathlib import Path
 
-    from filterproxy.config import load_config
+    from filterproxy.extensions.builtin import load_config
 
     conf = Path(__file__).resolve().parents[2] / "conf"
     demo = load_config(conf / "demo.yaml", environ={})

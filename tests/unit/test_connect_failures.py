@@ -8,7 +8,7 @@ from twisted.internet import error
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from filterproxy.config import parse_config
+from filterproxy.extensions.builtin import parse_config
 from filterproxy.server.service import Gateway
 from filterproxy.upstream.request import connect_failure_reply
 

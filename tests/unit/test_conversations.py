@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
-from filterproxy.config import ConfigError, parse_config
+from filterproxy.config import ConfigError
+from filterproxy.extensions.builtin import parse_config
+from filterproxy.extensions.responses.config import ResponsesConfig, ResponsesSection
 from filterproxy.extensions.responses.conversations import MemoryConversations
 from filterproxy.filters.api import RequestHead
 from filterproxy.filters.owner import owner_of
@@ -82,11 +84,16 @@ def test_owners_are_the_key_or_the_credentials() -> None:
     assert "sk-a" not in a
 
 
+def responses_of(text: str) -> ResponsesConfig:
+    section = parse_config(text).section(ResponsesSection)
+    assert section is not None
+    return section.responses
+
+
 def test_the_store_defaults_to_redis_when_the_config_names_one() -> None:
-    assert parse_config(BASE).responses.store == "memory"
-    with_redis = parse_config(BASE + "redis: redis://127.0.0.1:6379/0\n")
-    assert with_redis.responses.store == "redis"
-    assert parse_config(BASE + "responses: {ttl: 2h, max_bytes: 1000}\n").responses.ttl == 7200
+    assert responses_of(BASE).store == "memory"
+    assert responses_of(BASE + "redis: redis://127.0.0.1:6379/0\n").store == "redis"
+    assert responses_of(BASE + "responses: {ttl: 2h, max_bytes: 1000}\n").ttl == 7200
     chain = [f.type_name for f in parse_config(BASE).filters]
     assert chain.index("responses") < chain.index("route") < chain.index("translate")
 

@@ -17,13 +17,18 @@ from filterproxy.config import (
     Limits,
     Node,
     OutlierDetection,
-    ResponsesConfig,
     RetryPolicy,
     Timeouts,
 )
 from filterproxy.config._clusters import _CLUSTER_KEYS, _ENDPOINT_KEYS
-from filterproxy.config._load import _TOP_KEYS
-from filterproxy.config._routes import _ROUTE_KEYS
+from filterproxy.config._load import _TOP_KEYS as _CORE_TOP_KEYS
+from filterproxy.config._routes import _ROUTE_KEYS as _CORE_ROUTE_KEYS
+from filterproxy.extensions.builtin import BUILTIN_SCHEMAS
+from filterproxy.extensions.responses.config import ResponsesConfig
+
+#: Every key the parser takes: the core's and the built-in extensions'.
+_TOP_KEYS = _CORE_TOP_KEYS.union(*(s.keys for s in BUILTIN_SCHEMAS))
+_ROUTE_KEYS = _CORE_ROUTE_KEYS.union(*(s.route_keys for s in BUILTIN_SCHEMAS))
 
 REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 

@@ -13,7 +13,7 @@ from h2.events import DataReceived, RequestReceived, StreamEnded, WindowUpdated
 from hyperframe.frame import GoAwayFrame
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from filterproxy.config import parse_config
+from filterproxy.extensions.builtin import parse_config
 from filterproxy.http.headers import Headers
 from filterproxy.upstream.connection import UpstreamFailure
 from filterproxy.upstream.h2 import H2ClientConnection, H2ClientStream

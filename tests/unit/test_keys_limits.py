@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from filterproxy.chain.registry import build_chain
-from filterproxy.config import ConfigError, KeyLimits, hash_key, parse_config
+from filterproxy.config import ConfigError
+from filterproxy.extensions.builtin import parse_config
+from filterproxy.extensions.keys.config import GatewayKeys, KeyLimits, hash_key
 from filterproxy.extensions.keys.limits import (
     Admission,
     estimate_tokens,
@@ -33,9 +35,11 @@ def test_keys_new_prints_a_key_and_an_entry_that_loads(
     keys_file = tmp_path / "keys.yaml"
     keys_file.write_text("keys:\n" + entry)
     config = parse_config(BASE + f"keys_file: {keys_file}\n", environ={})
-    (loaded,) = config.gateway_keys
+    keys = config.section(GatewayKeys)
+    assert keys is not None
+    (loaded,) = keys.gateway_keys
     assert loaded.name == "team-a" and loaded.digest == hash_key(key)
-    assert config.keys_file == str(keys_file)
+    assert keys.keys_file == str(keys_file)
     assert config.filters[0].type_name == "keys"
     assert {
         "type_name": config.filters[-1].type_name,
@@ -52,7 +56,9 @@ def test_a_key_with_limits() -> None:
         + "redis: {url: 'redis://:pw@127.0.0.1:6379/2', timeout: 50ms, on_error: closed}\n",
         environ={},
     )
-    (key,) = config.gateway_keys
+    keys = config.section(GatewayKeys)
+    assert keys is not None
+    (key,) = keys.gateway_keys
     assert key.models == ("gpt-*",)
     assert key.limits == KeyLimits(requests_per_minute=5, tokens_per_day=9)
     assert config.redis is not None and config.redis.timeout == 0.05

@@ -12,7 +12,7 @@ GATEWAY = """
     from twisted.internet.task import Clock
     from twisted.internet.testing import StringTransport
     from filterproxy.server.admin import admin_factory
-    from filterproxy.config import parse_config
+    from filterproxy.extensions.builtin import parse_config
     from filterproxy.downstream.server import GatewayServerFactory
     from filterproxy.observability.metrics import Metrics
     from filterproxy.server.service import Gateway

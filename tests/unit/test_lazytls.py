@@ -8,7 +8,8 @@ import textwrap
 
 import pytest
 
-from filterproxy.config import ConfigError, parse_config
+from filterproxy.config import ConfigError
+from filterproxy.extensions.builtin import parse_config
 from filterproxy.runtime.lazytls import uses_tls
 
 from .fresh_interpreter import run_python

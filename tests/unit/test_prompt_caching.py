@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from filterproxy.config import ConfigError, parse_config
+from filterproxy.config import ConfigError
+from filterproxy.extensions.builtin import parse_config
+from filterproxy.extensions.translate.config import TranslateRoute
 from filterproxy.translate import Untranslatable, chat_request, messages_request
 from filterproxy.translate.chat_over_messages import (
     MAX_CACHE_BREAKPOINTS,
@@ -262,7 +264,8 @@ def test_a_tool_result_block_without_a_counterpart_is_refused_by_name() -> None:
 def test_auto_cache_is_a_route_key_with_a_default() -> None:
     base = "clusters: {c: {url: 'http://h'}}\nroutes:\n"
     config = parse_config(base + "  - {cluster: c, auto_cache: true}\n  - {cluster: c}\n")
-    assert [r.auto_cache for r in config.routes] == [True, False]
+    options = [r.option(TranslateRoute) for r in config.routes]
+    assert [o.auto_cache for o in options if o is not None] == [True, False]
     with pytest.raises(ConfigError, match=r"routes\[0\]\.auto_cache"):
         parse_config(base + "  - {cluster: c, auto_cache: sometimes}\n")
 

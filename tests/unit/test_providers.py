@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from filterproxy.config import ConfigError, parse_config
+from filterproxy.config import ConfigError
 from filterproxy.config._providers import PRESETS
+from filterproxy.extensions.builtin import parse_config
 
 
 def cluster(text: str, environ: dict[str, str] | None = None):  # type: ignore[no-untyped-def]

@@ -158,7 +158,7 @@ def test_an_upstream_socket_delivers_to_the_pooled_connection_itself() -> None:
         install_if_unset()
         from twisted.internet import reactor, protocol
         from twisted.internet.endpoints import TCP4ServerEndpoint
-        from filterproxy.config import parse_config
+        from filterproxy.extensions.builtin import parse_config
         from filterproxy.server.service import Gateway
 
         class Chatty(protocol.Protocol):  # sends what no request asked for

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from filterproxy.config import parse_config
+from filterproxy.extensions.builtin import parse_config
 from filterproxy.filters.resume import ResumeFilter, registry
 from filterproxy.http.sse import SSEDecoder
 from filterproxy.resume import EventFramer

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from filterproxy.config import parse_config
+from filterproxy.extensions.builtin import parse_config
 from filterproxy.extensions.translate.filter import TranslateFilter
 from filterproxy.http.sse import SSEDecoder, SSEEvent
 from filterproxy.testing import ClientResponse, FilterHarness

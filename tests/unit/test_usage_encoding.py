@@ -12,7 +12,7 @@ import tracemalloc
 import zlib
 from typing import Any
 
-from filterproxy.config import parse_config
+from filterproxy.extensions.builtin import parse_config
 from filterproxy.extensions.usage.filter import UsageFilter
 from filterproxy.http.sse import SSEDecoder
 from filterproxy.testing import FilterHarness

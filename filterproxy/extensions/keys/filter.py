@@ -33,7 +33,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from filterproxy.clients.redis import RedisClient, shared_client
-from filterproxy.config import GatewayKey, Node, RedisConfig, hash_key
+from filterproxy.config import Node, RedisConfig
+from filterproxy.extensions.keys.config import GatewayKey, GatewayKeys, hash_key
 from filterproxy.extensions.keys.limits import (
     ADMIT_SCRIPT,
     SETTLE_SCRIPT,
@@ -189,13 +190,14 @@ class KeysFilter(StreamFilter):
     def configure(cls, options: Mapping[str, Any], context: FilterContext) -> KeysConfig:
         Node(dict(options), context.path, context.environ).mapping(set())
         config = context.config
-        if not config.gateway_keys:
+        keys = config.section(GatewayKeys)
+        if keys is None or not keys.gateway_keys:
             raise ValueError(
                 "no keys to check: list them under 'keys' (or in a keys_file); "
                 "`filterproxy keys new NAME` makes one"
             )
         return KeysConfig(
-            {k.digest: k for k in config.gateway_keys}, config.aliases, store_for(config.redis)
+            {k.digest: k for k in keys.gateway_keys}, config.aliases, store_for(config.redis)
         )
 
     def __init__(self, config: KeysConfig) -> None:

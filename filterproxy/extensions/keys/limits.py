@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from filterproxy.config import KeyLimits
+from filterproxy.extensions.keys.config import KeyLimits
 
 __all__ = [
     "ADMIT_SCRIPT",

@@ -31,7 +31,8 @@ import orjson
 from twisted.internet import defer
 
 from filterproxy.clients.redis import RedisClient, shared_client
-from filterproxy.config import RedisConfig, ResponsesConfig
+from filterproxy.config import RedisConfig
+from filterproxy.extensions.responses.config import ResponsesConfig
 from filterproxy.translate.responses_tools import response_of_item
 
 __all__ = [

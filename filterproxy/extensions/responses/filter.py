@@ -43,6 +43,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from filterproxy.config import Node, RouteConfig
+from filterproxy.extensions.responses.config import ResponsesSection
 from filterproxy.extensions.responses.conversations import (
     OUTPUT_ONLY,
     Conversations,
@@ -104,9 +105,10 @@ class ResponsesFilter(StreamFilter):
     def configure(cls, options: Mapping[str, Any], context: FilterContext) -> ResponsesFilterConfig:
         Node(dict(options), context.path, context.environ).mapping(set())
         config = context.config
+        responses = (config.section(ResponsesSection) or ResponsesSection()).responses
         return ResponsesFilterConfig(
-            conversations_for(config.responses, config.redis),
-            config.responses.ttl,
+            conversations_for(responses, config.redis),
+            responses.ttl,
             tuple(r for r in config.routes if r.path_prefix is not None),
         )
 

@@ -31,7 +31,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from filterproxy.config import ClusterConfig, Node, parse_hosted_tools
+from filterproxy.config import ClusterConfig, Node, RouteConfig
+from filterproxy.extensions.translate.config import TranslateRoute, parse_hosted_tools
 from filterproxy.filters.api import (
     DataResult,
     FilterContext,
@@ -118,6 +119,15 @@ class TranslateConfig:
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
 
 
+_NO_ROUTE_OPTIONS: Final = TranslateRoute()
+
+
+def _route_options(route: RouteConfig | None) -> TranslateRoute:
+    """The route's ``hosted_tools`` and ``auto_cache`` (the defaults without a route)."""
+    options = route.option(TranslateRoute) if route is not None else None
+    return options if options is not None else _NO_ROUTE_OPTIONS
+
+
 class TranslateFilter(StreamFilter):
     """Translates requests and answers between Messages and Chat Completions."""
 
@@ -176,8 +186,7 @@ class TranslateFilter(StreamFilter):
         cluster = self.config.clusters.get(info.cluster) if info.cluster is not None else None
         if api is None or cluster is None or api in cluster.apis:
             self.callbacks.pass_response_data()  # the answer passes byte for byte, at no cost
-            route = info.route
-            self.caching = api == MESSAGES and route is not None and route.auto_cache
+            self.caching = api == MESSAGES and _route_options(info.route).auto_cache
             return FilterStatus.CONTINUE
         path = head.path.split("?", 1)[0].rstrip("/")
         if api == MESSAGES and CHAT in cluster.apis:
@@ -246,8 +255,7 @@ class TranslateFilter(StreamFilter):
                     cache_control=cluster.provider in CACHE_CONTROL_PROVIDERS,
                 )
             elif self.client == RESPONSES:
-                route = info.route
-                policy = route.hosted_tools if route is not None else None
+                policy = _route_options(info.route).hosted_tools
                 request = responses_request(
                     document,
                     max_tokens_field=fields,
@@ -265,7 +273,7 @@ class TranslateFilter(StreamFilter):
                 translated = messages_request(
                     translated, default_max_tokens=self.config.default_max_tokens
                 )
-                self.caching = info.route is not None and info.route.auto_cache
+                self.caching = _route_options(info.route).auto_cache
         except Untranslatable as e:
             self.callbacks.send_local_reply(
                 400,

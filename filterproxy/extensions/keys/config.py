@@ -1,4 +1,8 @@
-"""Gateway keys (``keys``, ``keys_file``) and the Redis limits are counted in (``redis``)."""
+"""The keys extension's config: gateway keys (``keys``, ``keys_file``) and their limits.
+
+Where limits are counted across workers (``redis``) is the core's: the responses
+extension shares the server.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,73 @@ import hashlib
 import re
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from filterproxy.config._reader import ConfigError, Node
-from filterproxy.config._types import GatewayKey, KeyLimits, RedisConfig
+from filterproxy.config import ChainFacts, ConfigError, DefaultEntry, ExtensionSchema, Node, Section
 
-__all__ = ["hash_key", "new_key", "parse_keys", "parse_keys_file", "parse_redis"]
+__all__ = [
+    "SCHEMA",
+    "GatewayKey",
+    "GatewayKeys",
+    "KeyLimits",
+    "hash_key",
+    "new_key",
+    "parse_keys",
+    "parse_keys_file",
+]
+
+
+@dataclass(frozen=True)
+class KeyLimits:
+    """What one gateway key may use; 0 means no limit."""
+
+    requests_per_minute: int = 0
+    #: Input + output tokens per minute, from the provider's usage.
+    tokens_per_minute: int = 0
+    #: Requests of the key in progress at once.
+    concurrent_requests: int = 0
+    #: Token budgets: once spent, requests get 429 ``insufficient_quota`` until the
+    #: day (UTC) or month ends.
+    tokens_per_day: int = 0
+    tokens_per_month: int = 0
+
+    def __bool__(self) -> bool:
+        return any(
+            (
+                self.requests_per_minute,
+                self.tokens_per_minute,
+                self.concurrent_requests,
+                self.tokens_per_day,
+                self.tokens_per_month,
+            )
+        )
+
+
+@dataclass(frozen=True)
+class GatewayKey:
+    """A key clients present to the gateway; only its SHA-256 digest is kept."""
+
+    name: str
+    #: The SHA-256 hex digest of the key.
+    digest: str
+    #: Model names or glob patterns the key may ask for (empty: any).
+    models: tuple[str, ...] = ()
+    limits: KeyLimits = KeyLimits()
+
+
+@dataclass(frozen=True)
+class GatewayKeys:
+    """The top-level ``keys`` and ``keys_file`` (`Config.section(GatewayKeys)`); the
+    field names are what the effective config shows."""
+
+    #: The keys clients must present (none: the gateway is open to anyone who reaches it).
+    gateway_keys: tuple[GatewayKey, ...] = ()
+    #: The file more keys come from (re-read by a reload), if any.
+    keys_file: str | None = None
+
 
 _KEY_FIELDS = {"name", "hash", "models", "limits"}
 _LIMIT_FIELDS = {
@@ -95,33 +158,6 @@ def parse_keys_file(node: Node, environ: Mapping[str, str]) -> tuple[str, tuple[
     return path, parse_keys(top.get("keys") or Node([], f"{path}: keys", environ))
 
 
-def parse_redis(node: Node) -> RedisConfig | None:
-    """``redis``: a URL, or ``{url, timeout, on_error}``."""
-    if node.value is None or node.value is False:
-        return None
-    if isinstance(node.value, str):
-        keys = {"url": node}
-    else:
-        keys = dict(node.mapping({"url", "timeout", "on_error"}))
-        if "url" not in keys:
-            raise node.error("missing 'url', e.g. redis://127.0.0.1:6379/0")
-    url = keys["url"].string()
-    if not re.match(r"^(redis|unix)://", url):
-        raise keys["url"].error(
-            f"{url!r}: expected redis://[:password@]host[:port][/db] or unix:///path/to/socket"
-        )
-    config = RedisConfig(url)
-    timeout = keys["timeout"].duration() if "timeout" in keys else config.timeout
-    if timeout <= 0 or timeout > 10:
-        raise keys["timeout"].error("between 1ms and 10s: requests wait this long for Redis")
-    on_error = keys["on_error"].string() if "on_error" in keys else config.on_error
-    if on_error not in ("open", "closed"):
-        raise keys["on_error"].error(
-            "open (count in this process meanwhile) or closed (answer 503 meanwhile)"
-        )
-    return RedisConfig(url, timeout, on_error)
-
-
 def merge(
     own: tuple[GatewayKey, ...], filed: tuple[GatewayKey, ...], path: str
 ) -> tuple[GatewayKey, ...]:
@@ -132,3 +168,28 @@ def merge(
         if key.name in names or key.digest in digests:
             raise ConfigError("keys_file", f"{path}: key {key.name!r} is also in the config")
     return own + filed
+
+
+def parse_section(section: Section) -> GatewayKeys:
+    """``keys`` and ``keys_file``: the keys of both, names and hashes unique across both."""
+    gateway_keys = parse_keys(section.node("keys"))
+    if "keys_file" not in section:
+        return GatewayKeys(gateway_keys)
+    keys_file, filed = parse_keys_file(section["keys_file"], section.environ)
+    return GatewayKeys(merge(gateway_keys, filed, keys_file), keys_file)
+
+
+def place(facts: ChainFacts) -> DefaultEntry | None:
+    """First in the default chain when keys are configured (a request without a valid
+    key goes no further), with the usage filter asking streams for usage: token limits
+    charge the provider's usage."""
+    keys = facts.section(GatewayKeys)
+    if keys is None or not keys.gateway_keys:
+        return None
+    return DefaultEntry("keys", first=True, asks={"usage": {"include_usage": True}})
+
+
+#: What the keys extension adds to the config.
+SCHEMA = ExtensionSchema(
+    name="keys", keys=frozenset({"keys", "keys_file"}), parse=parse_section, place=place
+)

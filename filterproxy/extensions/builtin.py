@@ -1,0 +1,35 @@
+"""The built-in extensions' config schemas, and the config loader that knows them.
+
+The core config (`filterproxy.config`) knows no extension: it is handed their schemas.
+This is where the built-in ones are listed, in the order their filters are put in the
+default chain; the process (`filterproxy.server`), `filterproxy.testing` and the tests
+load configs through `load_config` and `parse_config` here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from filterproxy import config
+from filterproxy.config import Config, ExtensionSchema
+from filterproxy.extensions.keys.config import SCHEMA as KEYS
+from filterproxy.extensions.responses.config import SCHEMA as RESPONSES
+from filterproxy.extensions.translate.config import SCHEMA as TRANSLATE
+
+__all__ = ["BUILTIN_SCHEMAS", "load_config", "parse_config"]
+
+#: The built-in extensions that own config keys or a place in the default chain.
+BUILTIN_SCHEMAS: tuple[ExtensionSchema, ...] = (KEYS, RESPONSES, TRANSLATE)
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """`filterproxy.config.load_config` with the built-in extensions."""
+    return config.load_config(path, environ, extensions=BUILTIN_SCHEMAS)
+
+
+def parse_config(
+    text: str, *, source: str = "<string>", environ: Mapping[str, str] | None = None
+) -> Config:
+    """`filterproxy.config.parse_config` with the built-in extensions."""
+    return config.parse_config(text, source=source, environ=environ, extensions=BUILTIN_SCHEMAS)
