@@ -14,6 +14,7 @@ import sys
 
 from filterproxy.config import Config, ConfigError, hash_key, load_config, new_key
 from filterproxy.filters.registry import build_chain
+from filterproxy.server.resources import Resources
 from filterproxy.tap import config_summary
 
 __all__ = ["describe", "main"]
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.files:
         try:
             config = load_config(path)
-            build_chain(config)  # the filters' own options are part of the config
+            build_chain(config, Resources())  # the filters' own options are part of the config
         except ConfigError as e:
             print(f"{path}: invalid: {e}", file=sys.stderr)
             failed += 1

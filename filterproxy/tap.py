@@ -13,6 +13,7 @@ from twisted.python import usage
 from filterproxy.accesslog import cannot_open, open_for_append
 from filterproxy.config import Config, ConfigError, load_config
 from filterproxy.filters.registry import FilterChain, build_chain
+from filterproxy.server.resources import Resources
 from filterproxy.workers import reuse_port_endpoint, worker_count
 
 __all__ = ["DEMO_CONFIG", "Options", "config_summary", "makeService"]
@@ -56,6 +57,9 @@ class Options(usage.Options):
         self["listen"] = []
         self.loaded: Config | None = None
         self.chain: FilterChain | None = None
+        #: What the chain was built with: the service keeps it (the reactor is looked
+        #: up when first used, after it is installed).
+        self.resources = Resources()
 
     def opt_listen(self, endpoint: str) -> None:
         """A Twisted endpoint to listen on, e.g. tcp:8080:interface=127.0.0.1 (repeatable);
@@ -66,7 +70,7 @@ class Options(usage.Options):
         path = self["config"] or str(DEMO_CONFIG)
         try:
             self.loaded = load_config(path)
-            self.chain = build_chain(self.loaded)
+            self.chain = build_chain(self.loaded, self.resources)
         except ConfigError as e:
             raise usage.UsageError(f"invalid config {path}: {e}") from None
         if not self["listen"] and not self.loaded.listeners:
@@ -121,6 +125,7 @@ def makeService(options: Options | dict[str, Any]) -> IService:
 
     config = options.loaded if isinstance(options, Options) else None
     chain = options.chain if isinstance(options, Options) else None
+    resources = options.resources if isinstance(options, Options) else None
     if config is None:
         config = load_config(options["config"] or str(DEMO_CONFIG))
     listeners = tuple(options["listen"]) or None
@@ -184,6 +189,7 @@ def makeService(options: Options | dict[str, Any]) -> IService:
             admin_listener=options.get("admin"),
             worker_index=options.get("worker-index") if worker else None,
             chain=chain,
+            resources=resources,
         ).setServiceParent(top)
     if worker:
         ParentWatch().setServiceParent(top)

@@ -105,7 +105,7 @@ class ResponsesFilter(StreamFilter):
         Node(dict(options), context.path, context.environ).mapping(set())
         config = context.config
         return ResponsesFilterConfig(
-            conversations_for(config.responses, config.redis),
+            conversations_for(config.responses, config.redis, context.resources),
             config.responses.ttl,
             tuple(r for r in config.routes if r.path_prefix is not None),
         )

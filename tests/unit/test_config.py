@@ -11,6 +11,7 @@ from filterproxy.filters.body_accumulate import BodyAccumulateFilter
 from filterproxy.filters.header_rewrite import HeaderRewriteFilter
 from filterproxy.filters.registry import build_chain
 from filterproxy.filters.route import RouteFilter
+from filterproxy.server.resources import Resources
 
 from .sample_filters import TagFilter
 
@@ -28,7 +29,7 @@ routes:
 def error_for(text: str, environ: dict[str, str] | None = None) -> str:
     """The error a config gets, from its parser or from building its filter chain."""
     with pytest.raises(ConfigError) as raised:
-        build_chain(parse_config(text, environ=environ or {}))
+        build_chain(parse_config(text, environ=environ or {}), Resources())
     return str(raised.value)
 
 
@@ -40,7 +41,7 @@ def test_a_minimal_config_gets_the_default_chain_and_defaults() -> None:
         "header-rewrite",
         "usage",
     ]
-    chain = build_chain(config)
+    chain = build_chain(config, Resources())
     assert isinstance(chain.specs[0].create(), BodyAccumulateFilter)
     assert isinstance(chain.specs[1].create(), RouteFilter)
     assert isinstance(chain.specs[2].create(), HeaderRewriteFilter)
@@ -236,7 +237,7 @@ def test_max_event_bytes_reaches_every_filter_that_reads_a_stream() -> None:
     readers = {"translate", "usage", "resume"}
     limits = {
         spec.type_name: spec.create().config.max_event_bytes  # type: ignore[attr-defined]
-        for spec in build_chain(config).specs
+        for spec in build_chain(config, Resources()).specs
         if spec.type_name in readers
     }
     assert limits == dict.fromkeys(readers, 65536)
@@ -272,7 +273,7 @@ filters:
   - type: route
 """
     config = parse_config(text, environ={})
-    instance = build_chain(config).specs[0].create()
+    instance = build_chain(config, Resources()).specs[0].create()
     assert isinstance(instance, TagFilter) and instance.config == "audit"
 
 

@@ -18,6 +18,7 @@ from filterproxy.limits import (
     rate_limit_headers,
     refusal,
 )
+from filterproxy.server.resources import Resources
 
 BASE = "clusters: {c: {url: 'http://127.0.0.1:9'}}\n"
 HASH = "sha256:" + hash_key("fpk-secret")
@@ -41,7 +42,7 @@ def test_keys_new_prints_a_key_and_an_entry_that_loads(
         "type_name": config.filters[-1].type_name,
         **config.filters[-1].options,
     } == {"type_name": "usage", "include_usage": True}
-    build_chain(config)
+    build_chain(config, Resources())
     assert main(["keys", "new", "bad name!"]) == 2
 
 
@@ -81,7 +82,9 @@ def test_bad_keys_config_names_the_key(text: str, path: str) -> None:
 
 def test_the_keys_filter_needs_keys() -> None:
     with pytest.raises(ConfigError) as raised:
-        build_chain(parse_config(BASE + "filters: [{type: keys}, {type: route}]\n", environ={}))
+        build_chain(
+            parse_config(BASE + "filters: [{type: keys}, {type: route}]\n", environ={}), Resources()
+        )
     assert "keys new" in str(raised.value)
 
 
