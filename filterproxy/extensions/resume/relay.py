@@ -4,25 +4,43 @@ With ``--workers``, the kernel hands each new connection to any worker, so a cli
 comes back for a resumable stream may reach one that does not hold it. Each worker with
 resumable routes therefore also listens on a loopback port of its own, and puts that
 port in its streams' ids, signed with a secret its supervisor gave every worker
-(`filterproxy.filters.resume.StreamRegistry`). The worker a resume reaches checks the
-signature, asks the holder over this relay — the client's owner digest, the event it
-saw (or the chunks it counted), its body's digest, all signed — and passes the answer on
-as it comes. The relay speaks plain HTTP/1.1 on 127.0.0.1 and answers only signed
-requests.
+(`filterproxy.extensions.resume.streams.StreamRegistry`). The worker a resume reaches
+checks the signature, asks the holder over this relay — the client's owner digest, the
+event it saw (or the chunks it counted), its body's digest, all signed — and passes the
+answer on as it comes. The relay speaks plain HTTP/1.1 on 127.0.0.1 and answers only
+signed requests.
+
+The holder decides the read (`decide_read`, as for a reader of its own) and names the
+decision in the answer's ``x-read-decision`` field (a `ReadOutcome` value); the asking
+worker acts on that, as it would on its own decision.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
+from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
-from filterproxy.filters.resume import ResumableStream, StreamRegistry, replay
+from filterproxy.extensions.resume.streams import (
+    ReadOutcome,
+    ResumableStream,
+    StreamRegistry,
+    decide_read,
+)
 
-__all__ = ["start_relay"]
+if TYPE_CHECKING:
+    from filterproxy.server.resources import Resources
+
+__all__ = ["DECISION_FIELD", "RelayClient", "RelayServer", "RelayedRead", "decision_of"]
 
 log = Logger(namespace="filterproxy.relay")
+
+#: The answer's field that names the holder's `ReadOutcome`.
+DECISION_FIELD = b"x-read-decision"
 
 
 class _WebReader:
@@ -55,7 +73,17 @@ class _WebReader:
             self.request.transport.abortConnection()
 
 
-def _resource(registry: StreamRegistry) -> Any:
+def _body_hash(text: str) -> bytes | None:
+    """The digest a relayed re-sent request names (hex), or None for a GET's none."""
+    if not text:
+        return None
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return b""  # matches no stream's body
+
+
+def _site(registry: StreamRegistry) -> Any:
     from twisted.web import server
     from twisted.web.resource import Resource
 
@@ -75,26 +103,22 @@ def _resource(registry: StreamRegistry) -> Any:
                 return b"unsigned"
             request.setHeader(b"content-type", b"application/json")
             stream = registry.get(stream_id)
-            if stream is not None and stream.owner != owner:
-                stream = None
-            if method == "DELETE":
-                if stream is None:
-                    request.setResponseCode(404)
-                    return b""
+            decision = decide_read(
+                stream,
+                method=method,
+                owner=owner,
+                after=int(after or 0),
+                counted=by == "count",
+                body_hash=_body_hash(body),
+            )
+            request.setHeader(DECISION_FIELD, decision.outcome.value.encode())
+            outcome = decision.outcome
+            if outcome is ReadOutcome.CANCEL and stream is not None:
                 stream.cancel()
+            if stream is None or outcome not in (ReadOutcome.REPLAY, ReadOutcome.ENDED):
                 return b""
-            if stream is None:
-                request.setResponseCode(410)
-                return b""
-            if body and stream.body_hash.hex() != body:
-                request.setResponseCode(409)
-                return b""
-            events = replay(stream, int(after or 0), counted=by == "count")
-            if events is None:
-                request.setResponseCode(410)
-                return b""
-            if stream.done and not events:
-                request.setResponseCode(204)
+            events = stream.caught_up(decision)
+            if outcome is ReadOutcome.ENDED:
                 return b""
             request.setHeader(b"content-type", stream.content_type.encode())
             request.setHeader(b"x-replayed", str(len(events)).encode())
@@ -114,19 +138,124 @@ def _resource(registry: StreamRegistry) -> Any:
     return server.Site(root)
 
 
-def start_relay(reactor: Any, registry: StreamRegistry, secret: str) -> None:
-    """Listen on a loopback port for the other workers; this worker's stream ids carry
-    it from then on."""
-    site = _resource(registry)
-    site.noisy = False
-    site.log = lambda request: None  # the gateway's own access log says what matters
+class RelayServer:
+    """This worker's relay listener (one per process, kept in its `Resources`)."""
 
-    def listening(port: Any) -> None:
-        registry.serve_relay(port.getHost().port, secret.encode())
-        log.info("resume relay for the other workers on port {port}", port=port.getHost().port)
+    def __init__(self, reactor: Any, registry: StreamRegistry) -> None:
+        self.reactor = reactor
+        self.registry = registry
+        self.port: Any = None
 
-    endpoint = serverFromString(reactor, "tcp:0:interface=127.0.0.1")
-    endpoint.listen(site).addCallbacks(
-        listening,
-        lambda f: log.error("cannot start the resume relay: {error}", error=f.getErrorMessage()),
-    )
+    def start(self, secret: str) -> defer.Deferred[None]:
+        """Listen on a loopback port for the other workers; this worker's stream ids
+        carry it from then on."""
+        site = _site(self.registry)
+        site.noisy = False
+        site.log = lambda request: None  # the gateway's own access log says what matters
+
+        def listening(port: Any) -> None:
+            self.port = port
+            self.registry.serve_relay(port.getHost().port, secret.encode())
+            log.info("resume relay for the other workers on port {port}", port=port.getHost().port)
+
+        endpoint = serverFromString(self.reactor, "tcp:0:interface=127.0.0.1")
+        d: defer.Deferred[Any] = endpoint.listen(site)
+        return d.addCallbacks(
+            listening,
+            lambda f: log.error(
+                "cannot start the resume relay: {error}", error=f.getErrorMessage()
+            ),
+        )
+
+    def close(self) -> defer.Deferred[Any] | None:
+        port, self.port = self.port, None
+        return port.stopListening() if port is not None else None
+
+
+class RelayedRead:
+    """The holder's answer to a relayed read: its decision, and the head of a replay."""
+
+    def __init__(self, response: Any) -> None:
+        self.response = response
+        headers = response.headers
+        #: The holder's decision; None when it gave none (it refused the request).
+        self.outcome = decision_of(headers.getRawHeaders(DECISION_FIELD))
+        replayed = headers.getRawHeaders(b"x-replayed") or [b"0"]
+        self.replayed = int(replayed[0])
+        kind = headers.getRawHeaders(b"content-type") or [b"text/event-stream"]
+        self.content_type = kind[0].decode()
+        self.gzip = headers.getRawHeaders(b"x-gzip") is not None
+
+
+def decision_of(values: list[bytes] | None) -> ReadOutcome | None:
+    """The `ReadOutcome` an answer's `DECISION_FIELD` names, or None."""
+    if not values or values[0] not in _OUTCOMES:
+        return None
+    return _OUTCOMES[values[0]]
+
+
+_OUTCOMES = {outcome.value.encode(): outcome for outcome in ReadOutcome}
+
+
+class RelayClient:
+    """Asks the worker that holds a stream (one per process, in its `Resources`)."""
+
+    def __init__(self, resources: Resources, registry: StreamRegistry) -> None:
+        #: Where the reactor is (looked up when a request is relayed).
+        self.resources = resources
+        self.registry = registry
+
+    @staticmethod
+    def from_resources(resources: Resources) -> RelayClient:
+        return RelayClient(resources, resources.get(StreamRegistry, StreamRegistry.from_resources))
+
+    def read(
+        self,
+        port: int,
+        method: str,
+        stream_id: str,
+        after: int,
+        owner: str,
+        body: str,
+        counted: bool,
+    ) -> defer.Deferred[RelayedRead]:
+        """Ask the worker on relay *port* for *stream_id* (as *owner*; *after* counts
+        chunks when *counted*; *body* is a re-sent request's digest, in hex)."""
+        from twisted.web.client import Agent
+
+        by = "count" if counted else "id"
+        query = urlencode(
+            {
+                "after": str(after),
+                "by": by,
+                "owner": owner,
+                "body": body,
+                "sig": self.registry.sign(method, stream_id, str(after), by, owner, body),
+            }
+        )
+        url = f"http://127.0.0.1:{port}/relay/streams/{stream_id}?{query}"
+        d: defer.Deferred[Any] = Agent(self.resources.reactor).request(
+            method.encode(), url.encode()
+        )
+        return d.addCallback(RelayedRead)
+
+
+class Pipe(Protocol):
+    """Another worker's answer, passed on to a reader as it comes."""
+
+    def __init__(self, push: Any, finish: Any) -> None:
+        self.push = push
+        self.finish = finish
+
+    def dataReceived(self, data: bytes) -> None:
+        self.push(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        from twisted.web.client import ResponseDone
+
+        self.finish(reason is not None and reason.check(ResponseDone) is not None)
+
+
+class Discard(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        pass
