@@ -44,6 +44,7 @@ from filterproxy.filters.api import (
     RequestHead,
     StreamInfo,
 )
+from filterproxy.filters.resources import Resources
 from filterproxy.http.headers import Headers
 from filterproxy.http.sse import SSEDecoder, SSEEvent
 
@@ -186,7 +187,9 @@ class FilterHarness:
         if config is None:
             config = parse_config(DEFAULT_CONFIG, environ=environ)
         if isinstance(filter, type):
-            context = FilterContext(config=config, path="filters[0]", environ=environ)
+            context = FilterContext(
+                config=config, path="filters[0]", environ=environ, resources=Resources()
+            )
             configure = getattr(filter, "configure", None)
             filter_config = configure(dict(options or {}), context) if configure else None
             variant = getattr(filter, "variant", None)  # as the gateway builds its chain

@@ -150,6 +150,10 @@ class _Callbacks:
         if encoder is not None and self._encode_index is not None:
             encoder.skip_data(self._encode_index)
 
+    def own_stream(self) -> _Callbacks:
+        """The calls of a filter that owns its stream (these callbacks, for now)."""
+        return self
+
     def keep_going_without_client(self, on_client_gone: Callable[[], None]) -> None:
         self._manager.keep_going_without_client(on_client_gone)
 

@@ -12,6 +12,7 @@ import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyClass
@@ -21,11 +22,14 @@ from filterproxy.extensions.body_accumulate.filter import BodyAccumulateConfig, 
 from filterproxy.extensions.header_rewrite.filter import HeaderRewriteFilter
 from filterproxy.extensions.keys.filter import KeysFilter
 from filterproxy.extensions.responses.filter import ResponsesFilter
+from filterproxy.extensions.resume import ResumeFilter
 from filterproxy.extensions.route.filter import RouteFilter
 from filterproxy.extensions.translate.filter import TranslateFilter
 from filterproxy.extensions.usage.filter import UsageFilter
 from filterproxy.filters.api import FilterContext, IStreamFilter, StreamFilter
-from filterproxy.filters.resume import ResumeFilter
+
+if TYPE_CHECKING:
+    from filterproxy.filters.resources import Resources
 
 __all__ = [
     "BUILTIN_FILTERS",
@@ -54,6 +58,9 @@ class FilterSpec:
     type_name: str
     path: str
     create: Callable[[], IStreamFilter]
+    #: The filter's class and what its ``configure`` returned (for ``activate``).
+    cls: type | None = None
+    filter_config: Any = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,16 @@ class FilterChain:
     def labels(self) -> tuple[str, ...]:
         """What logs call each filter: its type and key path."""
         return tuple(f"{spec.type_name} ({spec.path})" for spec in self.specs)
+
+    def activate(self, resources: Resources) -> None:
+        """This chain goes in force (at start, or a reload that was accepted): each
+        filter class's optional ``activate(filter_config, resources)`` classmethod
+        applies what its config changes process-wide (``configure`` changes nothing:
+        a reload may still be rejected after the chain was built)."""
+        for spec in self.specs:
+            activate = getattr(spec.cls, "activate", None)
+            if activate is not None:
+                activate(spec.filter_config, resources)
 
 
 def load_filter_class(type_name: str, node: Node) -> type:
@@ -103,8 +120,10 @@ def load_filter_class(type_name: str, node: Node) -> type:
     return cls
 
 
-def build_chain(config: Config) -> FilterChain:
-    """The filter chain *config*'s ``filters`` entries describe.
+def build_chain(config: Config, resources: Resources) -> FilterChain:
+    """The filter chain *config*'s ``filters`` entries describe; the filters' configs
+    may look up (not change) the process's *resources*. Nothing is in force until the
+    chain's `FilterChain.activate`.
 
     Raises:
         ConfigError: an entry names no filter class, its options are refused by the
@@ -117,7 +136,9 @@ def build_chain(config: Config) -> FilterChain:
         cls = load_filter_class(
             entry.type_name, Node(entry.type_name, f"{entry.path}.type", entry.environ)
         )
-        context = FilterContext(config=config, path=entry.path, environ=entry.environ)
+        context = FilterContext(
+            config=config, path=entry.path, environ=entry.environ, resources=resources
+        )
         configure = getattr(cls, "configure", None)
         try:
             options = dict(entry.options)
@@ -132,7 +153,15 @@ def build_chain(config: Config) -> FilterChain:
         if isinstance(filter_config, BodyAccumulateConfig):
             buffer_limit = filter_config.max_request_bytes
         saw_route = saw_route or issubclass(cls, RouteFilter)
-        specs.append(FilterSpec(entry.type_name, entry.path, functools.partial(cls, filter_config)))
+        specs.append(
+            FilterSpec(
+                entry.type_name,
+                entry.path,
+                functools.partial(cls, filter_config),
+                cls,
+                filter_config,
+            )
+        )
     if not saw_route:
         raise ConfigError(
             "filters",

@@ -23,7 +23,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["RedisClient", "RedisError", "RedisUnavailable", "encode_command", "shared_client"]
+__all__ = ["RedisClient", "RedisError", "RedisUnavailable", "encode_command"]
 
 log = Logger(namespace="filterproxy.redis")
 _MAX_BACKOFF = 5.0
@@ -382,22 +382,3 @@ class RedisClient:
             return failure
 
         return d.addErrback(unknown)
-
-
-#: The process's clients, one per URL and timeout: every user of one Redis shares its
-#: connection, and a reload keeps it.
-_shared: dict[tuple[str, float], RedisClient] = {}
-
-
-def shared_client(url: str, timeout: float) -> RedisClient:
-    """The process's client for the Redis at *url*, made and started at the first call
-    (call it when the gateway's reactor runs — at a request, not while the config is
-    read) and stopped at shutdown."""
-    client = _shared.get((url, timeout))
-    if client is None:
-        from twisted.internet import reactor
-
-        client = _shared[url, timeout] = RedisClient(reactor, url, timeout)
-        client.start()
-        reactor.addSystemEventTrigger("before", "shutdown", client.stop)
-    return client

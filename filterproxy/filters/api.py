@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
     from filterproxy.config import Config, RouteConfig
+    from filterproxy.filters.resources import Resources
 
 __all__ = [
     "DataResult",
@@ -319,6 +320,10 @@ class FilterContext:
     #: The key path of the filter's entry, e.g. ``filters[2]``, for error messages.
     path: str
     environ: Mapping[str, str]
+    #: The process's shared things (`filterproxy.filters.resources.Resources`): look
+    #: them up here; what a config changes in them is done in the class's
+    #: ``activate(filter_config, resources)``, when the chain goes in force.
+    resources: Resources
 
 
 @implementer(IStreamFilter)

@@ -27,9 +27,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from filterproxy.resume import BUDGET
-
 if TYPE_CHECKING:
+    from filterproxy.extensions.resume.streams import StreamRegistry
     from filterproxy.filters.api import StreamInfo
 
 __all__ = ["MAX_MODEL_LABELS", "Histogram", "Metrics", "status_class"]
@@ -121,7 +120,8 @@ class _CounterFamily:
 class Metrics:
     """Every metric of one gateway process; survives config reloads."""
 
-    def __init__(self) -> None:
+    def __init__(self, streams: StreamRegistry | None = None) -> None:
+        """*streams*: the process's resumable streams, whose buffers a gauge reads."""
         self.requests = _CounterFamily(
             "filterproxy_requests",
             "Requests answered, by route, cluster, model and status class.",
@@ -245,7 +245,7 @@ class Metrics:
             ),
             "filterproxy_resume_buffer_bytes": (
                 "Bytes the resumable streams' buffers hold (limit: resume_buffers).",
-                lambda: float(BUDGET.held),
+                lambda: float(streams.budget.held) if streams is not None else 0.0,
             ),
         }
 
@@ -299,7 +299,7 @@ class Metrics:
             self.overhead_series.observe(overhead)
 
     def _count_resume(self, info: StreamInfo, route: str) -> None:
-        stream = info.annotations.get("stream")  # filterproxy.filters.resume
+        stream = info.annotations.get("stream")  # filterproxy.extensions.resume
         if not isinstance(stream, dict):
             return
         if stream.get("role") == "resume":

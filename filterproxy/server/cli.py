@@ -16,6 +16,7 @@ from filterproxy.chain.registry import build_chain
 from filterproxy.config import Config, ConfigError
 from filterproxy.extensions.builtin import load_config
 from filterproxy.extensions.keys.config import GatewayKeys, hash_key, new_key
+from filterproxy.filters.resources import Resources
 from filterproxy.server.tap import config_summary
 
 __all__ = ["describe", "main"]
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.files:
         try:
             config = load_config(path)
-            build_chain(config)  # the filters' own options are part of the config
+            build_chain(config, Resources())  # the filters' own options are part of the config
         except ConfigError as e:
             print(f"{path}: invalid: {e}", file=sys.stderr)
             failed += 1

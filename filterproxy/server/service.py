@@ -22,6 +22,8 @@ from filterproxy.config import Config, ConfigError
 from filterproxy.downstream.server import GatewayServerFactory
 from filterproxy.extensions.builtin import load_config
 from filterproxy.extensions.keys.config import GatewayKeys
+from filterproxy.extensions.resume.streams import StreamRegistry
+from filterproxy.filters.resources import Resources
 from filterproxy.observability import accesslog
 from filterproxy.observability.metrics import Metrics
 from filterproxy.runtime.deadlines import deadlines_for
@@ -63,10 +65,15 @@ class Gateway:
         spans: SpanRecorder | None = None,
         access_file: accesslog.AccessLogFile | None = None,
         chain: FilterChain | None = None,
+        resources: Resources | None = None,
     ) -> None:
         self.config = config
         #: The filters every request goes through (built from the config's entries).
-        self.chain = chain if chain is not None else build_chain(config)
+        if chain is None:
+            resources = resources if resources is not None else Resources(reactor)
+            chain = build_chain(config, resources)
+            chain.activate(resources)
+        self.chain = chain
         self.reactor = reactor
         self.metrics = metrics if metrics is not None else Metrics()
         self.spans = spans
@@ -189,6 +196,7 @@ class GatewayService(Service):
         admin_listener: str | None = None,
         worker_index: int | None = None,
         chain: FilterChain | None = None,
+        resources: Resources | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -196,6 +204,9 @@ class GatewayService(Service):
             reactor = default_reactor
         self.config = config
         self.reactor = reactor
+        #: What the process's configs share (Redis clients, the resumable streams...),
+        #: kept across reloads and closed at stop. Given with the *chain* built on it.
+        self.resources = resources if resources is not None else Resources(reactor)
         self.cli_listeners = listeners
         self.listener_descriptions = listeners or config.listeners
         if not self.listener_descriptions:
@@ -207,13 +218,16 @@ class GatewayService(Service):
         self.admin_description = admin_listener or config.admin_listener
         if self.admin_description is not None and worker_index:
             self.admin_description = _shift_port(self.admin_description, worker_index)
-        self.metrics = Metrics()
+        self.metrics = Metrics(self.resources.get(StreamRegistry, StreamRegistry.from_resources))
         self.spans: SpanRecorder | None = None
         if config.tracing is not None:
             from filterproxy.observability.otel import SpanRecorder
 
             self.spans = SpanRecorder(config.tracing)
         self.access_file = _open_access_log(config, reactor)
+        if chain is None:
+            chain = build_chain(config, self.resources)
+        chain.activate(self.resources)
         self.gateway = Gateway(
             config, reactor, self.metrics, self.spans, self.access_file, chain=chain
         )
@@ -244,10 +258,15 @@ class GatewayService(Service):
         secret = os.environ.get(WORKER_SECRET_ENV)
         if self.worker_index is not None and secret and any(r.resume for r in self.config.routes):
             # A resume may reach another worker than the one holding the stream.
-            from filterproxy.filters.resume import registry
-            from filterproxy.relay import start_relay
+            from filterproxy.extensions.resume.relay import RelayServer
 
-            start_relay(self.reactor, registry, secret)
+            relay = self.resources.get(
+                RelayServer,
+                lambda r: RelayServer(
+                    r.reactor, r.get(StreamRegistry, StreamRegistry.from_resources)
+                ),
+            )
+            relay.start(secret)
         listening = []
         for description in self.listener_descriptions:
             try:
@@ -404,7 +423,7 @@ class GatewayService(Service):
         source = self.config.source
         try:
             config = load_config(source)
-            chain = build_chain(config)
+            chain = build_chain(config, self.resources)
         except ConfigError as e:
             log.error(
                 "config reload rejected, the running config stays in force: {source}: {error}",
@@ -435,6 +454,7 @@ class GatewayService(Service):
             log.warn("tracing changed in {source}; restart to apply", source=source)
         old = self.gateway
         self.config = config
+        chain.activate(self.resources)
         self.gateway = Gateway(
             config, self.reactor, self.metrics, self.spans, access_file, chain=chain
         )
@@ -493,6 +513,7 @@ class GatewayService(Service):
             yield self.spans.shutdown()
         if self.access_file is not None:
             self.access_file.close()
+        yield self.resources.close()
 
 
 def _shift_port(description: str, offset: int) -> str:

@@ -13,6 +13,7 @@ from twisted.python import usage
 from filterproxy.chain.registry import FilterChain, build_chain
 from filterproxy.config import Config, ConfigError
 from filterproxy.extensions.builtin import load_config
+from filterproxy.filters.resources import Resources
 from filterproxy.observability.accesslog import cannot_open, open_for_append
 from filterproxy.runtime.listeners import reuse_port_endpoint
 from filterproxy.server.workers import worker_count
@@ -58,6 +59,9 @@ class Options(usage.Options):
         self["listen"] = []
         self.loaded: Config | None = None
         self.chain: FilterChain | None = None
+        #: What the chain was built with: the service keeps it (the reactor is looked
+        #: up when first used, after it is installed).
+        self.resources = Resources()
 
     def opt_listen(self, endpoint: str) -> None:
         """A Twisted endpoint to listen on, e.g. tcp:8080:interface=127.0.0.1 (repeatable);
@@ -68,7 +72,7 @@ class Options(usage.Options):
         path = self["config"] or str(DEMO_CONFIG)
         try:
             self.loaded = load_config(path)
-            self.chain = build_chain(self.loaded)
+            self.chain = build_chain(self.loaded, self.resources)
         except ConfigError as e:
             raise usage.UsageError(f"invalid config {path}: {e}") from None
         if not self["listen"] and not self.loaded.listeners:
@@ -123,6 +127,7 @@ def makeService(options: Options | dict[str, Any]) -> IService:
 
     config = options.loaded if isinstance(options, Options) else None
     chain = options.chain if isinstance(options, Options) else None
+    resources = options.resources if isinstance(options, Options) else None
     if config is None:
         config = load_config(options["config"] or str(DEMO_CONFIG))
     listeners = tuple(options["listen"]) or None
@@ -186,6 +191,7 @@ def makeService(options: Options | dict[str, Any]) -> IService:
             admin_listener=options.get("admin"),
             worker_index=options.get("worker-index") if worker else None,
             chain=chain,
+            resources=resources,
         ).setServiceParent(top)
     if worker:
         ParentWatch().setServiceParent(top)

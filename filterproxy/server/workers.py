@@ -169,7 +169,7 @@ class WorkerSupervisor(Service):
         self.workers[index] = worker
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)  # the supervisor speaks to systemd, not the workers
-        # What the workers sign the addresses in their stream ids with (filterproxy.relay).
+        # What the workers sign the addresses in their stream ids with (filterproxy.extensions.resume.relay).
         env[WORKER_SECRET_ENV] = self.secret
         self.transports[index] = self.reactor.spawnProcess(
             worker,

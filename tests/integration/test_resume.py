@@ -521,10 +521,9 @@ def test_the_grace_period_ends_the_upstream_and_a_late_resume_gets_410(
     stream_id, stream = start(gateway.url, model="chat-pause")
     read(stream, 3)
     stream.close()
-    started = time.monotonic()
+    # (How long the upstream goes on, and what the access log says of the stream:
+    # tests/unit/test_resume_filter.py, on a clock.)
     wait_until(lambda: streams(upstream)[-1]["cancelled"], timeout=10)
-    waited = time.monotonic() - started
-    assert waited > 1.0  # the upstream went on through the grace period (1.5 s)
     late = httpx.get(
         f"{gateway.url}/v1/streams/{stream_id}", headers={"authorization": "Bearer sk-a"}
     )
@@ -532,12 +531,6 @@ def test_the_grace_period_ends_the_upstream_and_a_late_resume_gets_410(
     metrics = httpx.get(f"{gateway.admin_url}/metrics").text
     assert 'filterproxy_stream_grace_expiries_total{route="routes[0]"}' in metrics
     assert 'filterproxy_stream_resumes_total{outcome="gone",route="none"}' in metrics
-    # The access log says which request started it, and that nobody came back in time.
-    wait_until(lambda: f'"id":"{stream_id}","role":"origin"' in gateway.process.output(), timeout=5)
-    line = next(x for x in gateway.process.lines if f'"id":"{stream_id}","role":"origin"' in x)
-    record = json.loads(line.split("[filterproxy.access#info] ", 1)[1])
-    assert record["outcome"] == "client_gone" and record["stream"]["expired"] is True
-    assert record["stream"]["events"] >= 3 and record["stream"]["held"] > 0
 
 
 def test_other_credentials_cannot_read_or_stop_a_stream(

@@ -10,6 +10,7 @@ import pytest
 from filterproxy.chain.registry import build_chain
 from filterproxy.config import ConfigError
 from filterproxy.extensions.builtin import load_config, parse_config
+from filterproxy.filters.resources import Resources
 from filterproxy.server.cli import describe
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -18,7 +19,7 @@ KEYS = {"OPENAI_API_KEY": "sk-o", "ANTHROPIC_API_KEY": "sk-a", "GROQ_API_KEY": "
 
 def test_an_archgw_03_config_runs_as_it_is() -> None:
     config = load_config(CONF / "archgw.yaml", environ=KEYS)
-    build_chain(config)
+    build_chain(config, Resources())
     assert config.listeners == ("tcp:12000:interface=127.0.0.1",)
     sonnet = config.clusters["anthropic-claude-sonnet-4-5"]
     assert sonnet.provider == "anthropic" and sonnet.apis == frozenset({"messages"})
@@ -45,7 +46,7 @@ def test_an_archgw_03_config_runs_as_it_is() -> None:
 
 def test_a_plano_04_config_runs_as_it_is() -> None:
     config = load_config(CONF / "plano.yaml", environ=KEYS)
-    build_chain(config)
+    build_chain(config, Resources())
     assert config.listeners == ("tcp:12000:interface=127.0.0.1",)
     openai = config.clusters["openai"]
     assert openai.retry.max_attempts == 3 and openai.timeouts.first_byte == 300.0

@@ -29,8 +29,10 @@ COMPILED_MODULES = [
     "filterproxy.translate.responses_over_chat",
     "filterproxy.translate.responses_tools",
     "filterproxy.extensions.responses.filter",
-    "filterproxy.resume",
-    "filterproxy.filters.resume",
+    "filterproxy.extensions.resume.framing",
+    "filterproxy.extensions.resume.streams",
+    "filterproxy.extensions.resume.reader",
+    "filterproxy.extensions.resume.origin",
 ]
 
 

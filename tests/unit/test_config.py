@@ -12,6 +12,7 @@ from filterproxy.extensions.body_accumulate.filter import BodyAccumulateFilter
 from filterproxy.extensions.builtin import parse_config
 from filterproxy.extensions.header_rewrite.filter import HeaderRewriteFilter
 from filterproxy.extensions.route.filter import RouteFilter
+from filterproxy.filters.resources import Resources
 
 from .sample_filters import TagFilter
 
@@ -29,7 +30,7 @@ routes:
 def error_for(text: str, environ: dict[str, str] | None = None) -> str:
     """The error a config gets, from its parser or from building its filter chain."""
     with pytest.raises(ConfigError) as raised:
-        build_chain(parse_config(text, environ=environ or {}))
+        build_chain(parse_config(text, environ=environ or {}), Resources())
     return str(raised.value)
 
 
@@ -41,7 +42,7 @@ def test_a_minimal_config_gets_the_default_chain_and_defaults() -> None:
         "header-rewrite",
         "usage",
     ]
-    chain = build_chain(config)
+    chain = build_chain(config, Resources())
     assert isinstance(chain.specs[0].create(), BodyAccumulateFilter)
     assert isinstance(chain.specs[1].create(), RouteFilter)
     assert isinstance(chain.specs[2].create(), HeaderRewriteFilter)
@@ -237,7 +238,7 @@ def test_max_event_bytes_reaches_every_filter_that_reads_a_stream() -> None:
     readers = {"translate", "usage", "resume"}
     limits = {
         spec.type_name: spec.create().config.max_event_bytes  # type: ignore[attr-defined]
-        for spec in build_chain(config).specs
+        for spec in build_chain(config, Resources()).specs
         if spec.type_name in readers
     }
     assert limits == dict.fromkeys(readers, 65536)
@@ -273,7 +274,7 @@ filters:
   - type: route
 """
     config = parse_config(text, environ={})
-    instance = build_chain(config).specs[0].create()
+    instance = build_chain(config, Resources()).specs[0].create()
     assert isinstance(instance, TagFilter) and instance.config == "audit"
 
 

@@ -19,6 +19,7 @@ from filterproxy.extensions.keys.limits import (
     rate_limit_headers,
     refusal,
 )
+from filterproxy.filters.resources import Resources
 from filterproxy.server.cli import main
 
 BASE = "clusters: {c: {url: 'http://127.0.0.1:9'}}\n"
@@ -45,7 +46,7 @@ def test_keys_new_prints_a_key_and_an_entry_that_loads(
         "type_name": config.filters[-1].type_name,
         **config.filters[-1].options,
     } == {"type_name": "usage", "include_usage": True}
-    build_chain(config)
+    build_chain(config, Resources())
     assert main(["keys", "new", "bad name!"]) == 2
 
 
@@ -87,7 +88,9 @@ def test_bad_keys_config_names_the_key(text: str, path: str) -> None:
 
 def test_the_keys_filter_needs_keys() -> None:
     with pytest.raises(ConfigError) as raised:
-        build_chain(parse_config(BASE + "filters: [{type: keys}, {type: route}]\n", environ={}))
+        build_chain(
+            parse_config(BASE + "filters: [{type: keys}, {type: route}]\n", environ={}), Resources()
+        )
     assert "keys new" in str(raised.value)
 
 

@@ -13,15 +13,15 @@ import anthropic
 import openai
 import pytest
 
-from filterproxy.http.sse import SSEDecoder
-from filterproxy.resume import (
-    BufferBudget,
+from filterproxy.extensions.resume.framing import (
     EventFramer,
     Folds,
     ResumeBuffer,
     merge_deltas,
     parse_event_id,
 )
+from filterproxy.extensions.resume.streams import BufferBudget
+from filterproxy.http.sse import SSEDecoder
 from tests.support.chat_messages import splits
 
 

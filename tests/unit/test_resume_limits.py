@@ -9,9 +9,9 @@ import json
 import pytest
 
 from filterproxy.extensions.builtin import parse_config
-from filterproxy.filters.resume import ResumeFilter, registry
+from filterproxy.extensions.resume import ResumeFilter
+from filterproxy.extensions.resume.framing import EventFramer
 from filterproxy.http.sse import SSEDecoder
-from filterproxy.resume import EventFramer
 from filterproxy.testing import FilterHarness
 
 EVENT = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
@@ -69,6 +69,8 @@ def test_an_event_past_the_limit_fails_the_stream_with_the_error_event() -> None
     assert "max_event_bytes" in json.loads(events[-1].data or "")["error"]["message"]
     assert h.client.aborted and not h.client.ended and h.upstream.cancelled
     assert h.stream_info.outcome == "upstream_error"
+    assert isinstance(h.filter, ResumeFilter)
+    registry = h.filter.config.registry
     stream = registry.get(stream_id)
     assert stream is not None and stream.done  # over, not complete: no resume finishes it cleanly
     registry.evict(stream_id)

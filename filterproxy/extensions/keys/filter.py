@@ -26,13 +26,13 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from filterproxy.clients.redis import RedisClient, shared_client
+from filterproxy.clients.redis import RedisClient
 from filterproxy.config import Node, RedisConfig
 from filterproxy.extensions.keys.config import GatewayKey, GatewayKeys, hash_key
 from filterproxy.extensions.keys.limits import (
@@ -57,7 +57,10 @@ from filterproxy.filters.api import (
 )
 from filterproxy.http.body import BadBody, parse_body
 
-__all__ = ["KeysConfig", "KeysFilter", "LimitStore"]
+if TYPE_CHECKING:
+    from filterproxy.filters.resources import Resources
+
+__all__ = ["KeysConfig", "KeysFilter", "LimitStore", "LimitStores"]
 
 log = Logger(namespace="filterproxy.keys")
 _CREDENTIALS: Final = frozenset({"authorization", "x-api-key"})
@@ -71,9 +74,16 @@ class LimitStore:
     """Where a key's counts are kept: Redis when configured (with the local counts as
     the fallback of ``on_error: open``), else this process."""
 
-    def __init__(self, redis: RedisConfig | None, client: RedisClient | None = None) -> None:
+    def __init__(
+        self,
+        redis: RedisConfig | None,
+        client: RedisClient | None = None,
+        resources: Resources | None = None,
+    ) -> None:
         self.redis = redis
         self._client = client
+        #: Where the process's shared Redis client comes from (when none is given).
+        self.resources = resources
         self.local = LocalCounts()
 
     @property
@@ -81,7 +91,9 @@ class LimitStore:
         """The Redis client, made at the first request (when the gateway's reactor runs:
         not while the config is read, before it is installed); None without Redis."""
         if self._client is None and self.redis is not None:
-            self._client = shared_client(self.redis.url, self.redis.timeout)
+            if self.resources is None:
+                raise RuntimeError("a LimitStore with Redis needs a client or the resources")
+            self._client = self.resources.redis(self.redis.url, self.redis.timeout)
         return self._client
 
     def admit(self, key: GatewayKey, reserve: int) -> Admission | defer.Deferred[Admission]:
@@ -150,17 +162,26 @@ class StoreUnavailable(Exception):
     """Redis cannot answer and the policy is ``closed``."""
 
 
-#: One store per Redis URL for the process: a reload keeps its connection and counts.
-_stores: dict[tuple[str, float, str] | None, LimitStore] = {}
+class LimitStores:
+    """The process's stores (in its `Resources`), one per Redis setting: a reload
+    keeps its connection and counts."""
+
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self.stores: dict[tuple[str, float, str] | None, LimitStore] = {}
+
+    def store_for(self, redis: RedisConfig | None) -> LimitStore:
+        """The store for *redis* (None: the local counts)."""
+        ident = (redis.url, redis.timeout, redis.on_error) if redis is not None else None
+        store = self.stores.get(ident)
+        if store is None:
+            store = self.stores[ident] = LimitStore(redis, resources=self.resources)
+        return store
 
 
-def store_for(redis: RedisConfig | None) -> LimitStore:
+def store_for(redis: RedisConfig | None, resources: Resources) -> LimitStore:
     """The process's store for *redis* (None: the local counts)."""
-    ident = (redis.url, redis.timeout, redis.on_error) if redis is not None else None
-    store = _stores.get(ident)
-    if store is None:
-        store = _stores[ident] = LimitStore(redis)
-    return store
+    return resources.get(LimitStores, LimitStores).store_for(redis)
 
 
 @dataclass(frozen=True)
@@ -197,7 +218,9 @@ class KeysFilter(StreamFilter):
                 "`filterproxy keys new NAME` makes one"
             )
         return KeysConfig(
-            {k.digest: k for k in keys.gateway_keys}, config.aliases, store_for(config.redis)
+            {k.digest: k for k in keys.gateway_keys},
+            config.aliases,
+            store_for(config.redis, context.resources),
         )
 
     def __init__(self, config: KeysConfig) -> None:

@@ -25,17 +25,21 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import orjson
 from twisted.internet import defer
 
-from filterproxy.clients.redis import RedisClient, shared_client
+from filterproxy.clients.redis import RedisClient
 from filterproxy.config import RedisConfig
 from filterproxy.extensions.responses.config import ResponsesConfig
 from filterproxy.translate.responses_tools import response_of_item
 
+if TYPE_CHECKING:
+    from filterproxy.filters.resources import Resources
+
 __all__ = [
+    "ConversationStores",
     "Conversations",
     "MemoryConversations",
     "RedisConversations",
@@ -175,15 +179,27 @@ class MemoryConversations:
 class RedisConversations:
     """Records in Redis, each under ``fp:resp:<id>`` with the time to live as expiry."""
 
-    def __init__(self, redis: RedisConfig, ttl: float, client: RedisClient | None = None) -> None:
+    def __init__(
+        self,
+        redis: RedisConfig,
+        ttl: float,
+        client: RedisClient | None = None,
+        resources: Resources | None = None,
+    ) -> None:
         self.redis = redis
         self.ttl_ms = max(1, round(ttl * 1000))
         self._client = client
+        #: Where the process's shared Redis client comes from (when none is given).
+        self.resources = resources
 
     @property
     def client(self) -> RedisClient:
+        """The Redis client, made at the first request (when the gateway's reactor
+        runs)."""
         if self._client is None:
-            self._client = shared_client(self.redis.url, self.redis.timeout)
+            if self.resources is None:
+                raise RuntimeError("RedisConversations needs a client or the resources")
+            self._client = self.resources.redis(self.redis.url, self.redis.timeout)
         return self._client
 
     def get(self, response_id: str) -> defer.Deferred[dict[str, Any] | None]:
@@ -201,18 +217,26 @@ class RedisConversations:
         return d.addCallback(lambda n: n == 1)
 
 
-#: One store per setting for the process: a reload keeps what it holds.
-_stores: dict[tuple[Any, ...], Conversations] = {}
+class ConversationStores:
+    """The process's stores (in its `Resources`), one per setting: a reload keeps
+    what they hold."""
+
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self.stores: dict[tuple[Any, ...], Conversations] = {}
 
 
-def conversations_for(config: ResponsesConfig, redis: RedisConfig | None) -> Conversations:
+def conversations_for(
+    config: ResponsesConfig, redis: RedisConfig | None, resources: Resources
+) -> Conversations:
     """The process's store for *config* (Redis's when it says ``redis``)."""
+    stores = resources.get(ConversationStores, ConversationStores).stores
     if config.store == "redis" and redis is not None:
         ident: tuple[Any, ...] = ("redis", redis.url, redis.timeout, config.ttl)
-        if ident not in _stores:
-            _stores[ident] = RedisConversations(redis, config.ttl)
+        if ident not in stores:
+            stores[ident] = RedisConversations(redis, config.ttl, resources=resources)
     else:
         ident = ("memory", config.ttl, config.max_bytes)
-        if ident not in _stores:
-            _stores[ident] = MemoryConversations(config.ttl, config.max_bytes)
-    return _stores[ident]
+        if ident not in stores:
+            stores[ident] = MemoryConversations(config.ttl, config.max_bytes)
+    return stores[ident]

@@ -107,7 +107,7 @@ class ResponsesFilter(StreamFilter):
         config = context.config
         responses = (config.section(ResponsesSection) or ResponsesSection()).responses
         return ResponsesFilterConfig(
-            conversations_for(responses, config.redis),
+            conversations_for(responses, config.redis, context.resources),
             responses.ttl,
             tuple(r for r in config.routes if r.path_prefix is not None),
         )

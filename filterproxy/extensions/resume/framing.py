@@ -26,8 +26,6 @@ import orjson
 from filterproxy.http.sse import DEFAULT_MAX_EVENT_BYTES
 
 __all__ = [
-    "BUDGET",
-    "BufferBudget",
     "EventFramer",
     "Folds",
     "ResumeBuffer",
@@ -409,28 +407,3 @@ def merge_deltas(events: list[bytes], folds: Folds | None = None) -> list[bytes]
         run_events.append(event)
     flush()
     return out
-
-
-class BufferBudget:
-    """What the resumable streams of a process hold together, against one cap (the
-    config's ``resume_buffers``): a stream that would pass it stops being resumable."""
-
-    __slots__ = ("cap", "held")
-
-    def __init__(self, cap: int = 256 * 1024 * 1024) -> None:
-        self.cap = cap
-        self.held = 0
-
-    def take(self, size: int) -> bool:
-        """Count *size* more bytes held; False (nothing counted) past the cap."""
-        if self.held + size > self.cap:
-            return False
-        self.held += size
-        return True
-
-    def give(self, size: int) -> None:
-        self.held -= size
-
-
-#: The process's budget (the gauge ``filterproxy_resume_buffer_bytes`` reads it).
-BUDGET = BufferBudget()

@@ -1,0 +1,360 @@
+"""The resume filter, and its encode side: the request whose event stream becomes
+resumable (the *origin*). Its states are `OriginState`; the stream it feeds
+(`streams.ResumableStream`) reaches it only through the `streams.Origin` calls."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from filterproxy.config import Node
+from filterproxy.extensions.resume.reader import (
+    STREAM_ANNOTATION,
+    StreamOwnerCalls,
+    StreamReader,
+    accepts_gzip,
+    compressed,
+    own_stream,
+    resent_position,
+    stream_request,
+)
+from filterproxy.extensions.resume.relay import RelayClient
+from filterproxy.extensions.resume.streams import ResumableStream, StreamRegistry
+from filterproxy.filters.api import (
+    DataResult,
+    FilterContext,
+    FilterStatus,
+    RequestHead,
+    ResponseHead,
+    StreamFilter,
+)
+from filterproxy.filters.owner import credential_of, owner_digest
+from filterproxy.http.apis import client_api
+from filterproxy.http.errors import error_body
+from filterproxy.http.sse import DEFAULT_MAX_EVENT_BYTES, EventTooLarge
+
+if TYPE_CHECKING:
+    from filterproxy.filters.resources import Resources
+
+__all__ = ["OriginState", "ResumeFilter", "ResumeFilterConfig"]
+
+#: What the origin holds for a slow client before it pauses the upstream.
+_HOLD_LIMIT: Final = 1024 * 1024
+
+
+class OriginState(enum.Enum):
+    """Where a request stands as a stream's origin."""
+
+    #: Not a resumable stream (yet, or at all): the response passes untouched.
+    PASSING = "passing"
+    #: This request reads a stream (`reader.StreamReader`): not an origin.
+    READING = "reading"
+    #: Its client takes the events as they come.
+    LIVE = "live"
+    #: Its client cannot keep up: its events are held, sent folded when it can.
+    SLOW = "slow"
+    #: Its client left, or a reader took over: the upstream goes on without it.
+    DETACHED = "detached"
+    #: Nobody came back within the grace period: the upstream was stopped.
+    EXPIRED = "expired"
+    #: The request is over.
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class ResumeFilterConfig:
+    #: The process's streams (and their budget).
+    registry: StreamRegistry
+    #: How this worker asks another for a stream it holds.
+    relay: RelayClient
+    #: The largest upstream event a resumable stream holds (``max_event_bytes``).
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    #: What all the process's streams may hold (``resume_buffers``): applied when the
+    #: chain goes in force (`ResumeFilter.activate`).
+    buffers: int = 256 * 1024 * 1024
+
+
+class ResumeFilter(StreamFilter):
+    """Resumable event streams (see `filterproxy.extensions.resume`)."""
+
+    config: ResumeFilterConfig
+
+    @classmethod
+    def configure(cls, options: Mapping[str, Any], context: FilterContext) -> ResumeFilterConfig:
+        Node(dict(options), context.path, context.environ).mapping(set())
+        resources = context.resources
+        return ResumeFilterConfig(
+            resources.get(StreamRegistry, StreamRegistry.from_resources),
+            resources.get(RelayClient, RelayClient.from_resources),
+            context.config.max_event_bytes,
+            context.config.resume_buffers,
+        )
+
+    @classmethod
+    def activate(cls, config: ResumeFilterConfig, resources: Resources) -> None:
+        """The config goes in force: its cap on what the streams hold together."""
+        config.registry.budget.cap = config.buffers
+
+    def __init__(self, config: ResumeFilterConfig) -> None:
+        super().__init__(config)
+        self.state = OriginState.PASSING
+        #: The request's credential header and Accept-Encoding, as they came (the
+        #: filters after this one change them); what they mean is worked out only for
+        #: the requests that need it.
+        self.credential: str | None = None
+        self.accept_encoding: str | None = None
+        self.body = b""
+        #: A re-sent POST's Last-Event-ID: (stream id, event number).
+        self.resend: tuple[str, int] | None = None
+        #: The stream this request started.
+        self.stream: ResumableStream | None = None
+        #: This request's reading of a stream, when it reads one.
+        self.reader: StreamReader | None = None
+        #: The stream-owner calls, once this request owns its stream.
+        self.own: StreamOwnerCalls | None = None
+        #: The client's gzip stream, when the route offers it and the client takes it.
+        self.gzip: Any = None  # zlib's compressor (its type is not importable)
+        #: What a slow client's events wait in (`OriginState.SLOW`), and their size.
+        self.held: list[bytes] = []
+        self.held_bytes = 0
+        #: The upstream was paused for a slow client that held too much.
+        self.upstream_paused = False
+
+    # -- the request -------------------------------------------------------------------
+
+    def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
+        # Now: the filters after this one take the credentials out of the request, and
+        # the route filter asks a resumable route's upstream for uncompressed answers.
+        self.credential = credential_of(head)
+        self.accept_encoding = head.headers.get("accept-encoding")
+        request = stream_request(head)
+        if request is not None:
+            self.callbacks.pass_response_data()
+            if head.method not in ("GET", "DELETE"):
+                self.callbacks.send_local_reply(
+                    405,
+                    "a stream is read with GET and stopped with DELETE",
+                    code="method_not_allowed",
+                )
+                return FilterStatus.STOP_ITERATION
+            after = request.after or 0
+            self._reader().read(head.method, request.stream_id, after, not request.by_id, None)
+            return FilterStatus.STOP_ITERATION
+        if head.method == "POST":
+            self.resend = resent_position(head)
+        return FilterStatus.CONTINUE
+
+    def decode_data(self, data: bytes, end_stream: bool) -> DataResult:
+        if not end_stream:
+            return FilterStatus.STOP_ITERATION_AND_BUFFER
+        buffered = self.callbacks.buffered_request_body()
+        self.body = buffered + data if buffered else data
+        resend = self.resend
+        if resend is None:
+            return FilterStatus.CONTINUE
+        stream_id, after = resend
+        digest = hashlib.sha256(self.body).digest()
+        self._reader().read("GET", stream_id, after, False, digest)
+        return FilterStatus.STOP_ITERATION
+
+    def _reader(self) -> StreamReader:
+        """This request reads a stream (or stops one)."""
+        self.state = OriginState.READING
+        config = self.config
+        reader = self.reader = StreamReader(
+            self.callbacks, config.registry, config.relay, self.owner, self.accept_encoding
+        )
+        return reader
+
+    @property
+    def owner(self) -> str:
+        """Whom this request's streams belong to (`owner_digest`)."""
+        return owner_digest(self.callbacks.stream_info.key_name, self.credential)
+
+    # -- the origin's side -------------------------------------------------------------
+
+    def encode_headers(self, head: ResponseHead, end_stream: bool) -> FilterStatus:
+        info = self.callbacks.stream_info
+        route = info.route
+        if (
+            self.state is OriginState.READING
+            or end_stream
+            or route is None
+            or route.resume is None
+            or head.status != 200
+            or not (head.headers.get("content-type") or "").startswith("text/event-stream")
+            or head.headers.get("content-encoding") not in (None, "identity")
+        ):
+            self.callbacks.pass_response_data()
+            return FilterStatus.CONTINUE
+        registry = self.config.registry
+        stream = ResumableStream(
+            registry,
+            registry.new_id(),
+            self.owner,
+            hashlib.sha256(self.body).digest(),
+            route.resume,
+            route.name,
+            head.headers.get("content-type") or "text/event-stream",
+        )
+        stream.origin = self
+        stream.framer.max_event = self.config.max_event_bytes
+        registry.add(stream)
+        self.stream = stream
+        self.state = OriginState.LIVE
+        self.body = b""
+        head.headers.set("x-stream-id", stream.id)
+        head.headers.remove("content-length")
+        if (
+            route.resume.gzip
+            and accepts_gzip(self.accept_encoding)
+            and head.headers.get("content-encoding") is None
+        ):
+            self.gzip = zlib.compressobj(6, zlib.DEFLATED, 31)
+            head.headers.set("content-encoding", "gzip")
+            head.headers.add("vary", "accept-encoding")
+        own = self.own = own_stream(self.callbacks)
+        own.keep_going_without_client(self._client_gone)
+        own.take_flow_control(self._client_slow, self._client_ready)
+        return FilterStatus.CONTINUE
+
+    def encode_data(self, data: bytes, end_stream: bool) -> DataResult:
+        stream = self.stream
+        if stream is None or self.state is OriginState.READING:
+            return FilterStatus.CONTINUE
+        framer = stream.framer
+        if framer.pending and self.callbacks.stream_info.outcome:
+            framer.drop()  # the upstream broke off mid-event: the gateway's error follows
+        out = framer.feed(data) if data else b""
+        if end_stream and framer.pending:
+            out += framer.feed(b"\n\n")  # a last event that lost its blank line
+        events = framer.take() if framer.events else None
+        if events is not None:
+            stream.keep(events)
+        if framer.too_large:
+            return self._refuse(stream, out)
+        if stream.reader is not None and out:
+            stream.reader.push(out)
+        state = self.state
+        if state is OriginState.LIVE:
+            return compressed(self.gzip, out, end_stream) if self.gzip is not None else out
+        if state is not OriginState.SLOW:
+            return b""  # its client is gone
+        # The client cannot keep up: hold its events (the comments can go), to be sent
+        # folded when it can take them — or now, at the end.
+        if events is not None:
+            self.held.extend(events)
+            self.held_bytes += len(out)
+            if self.held_bytes > _HOLD_LIMIT and not self.upstream_paused:
+                self.upstream_paused = True
+                self._own().pause_upstream()
+        if not end_stream:
+            return b""
+        out, self.held, self.held_bytes = b"".join(stream.fold(self.held)), [], 0
+        return compressed(self.gzip, out, end_stream) if self.gzip is not None else out
+
+    def _own(self) -> StreamOwnerCalls:
+        own = self.own
+        if own is None:
+            own = self.own = own_stream(self.callbacks)
+        return own
+
+    @property
+    def client_attached(self) -> bool:
+        """The origin's own client still takes its events."""
+        return self.state is OriginState.LIVE or self.state is OriginState.SLOW
+
+    def _refuse(self, stream: ResumableStream, out: bytes) -> DataResult:
+        """The upstream sent an event past ``max_event_bytes``: the stream fails. Its
+        client and its reader get what came before it, then the client API's error
+        event; the answer ends as a failure (and is not resumed as complete)."""
+        message = str(EventTooLarge(stream.framer.max_event, []))
+        info = self.callbacks.stream_info
+        api = info.api or client_api(info.client_path)
+        body = error_body(502, message, code="upstream_error", api=api)
+        error = b"event: error\ndata: " + body + b"\n\n"
+        if stream.reader is not None:
+            stream.reader.push(out + error)
+        frame = b""
+        if self.client_attached:
+            held, self.held, self.held_bytes = self.held, [], 0
+            frame = b"".join([*held, out, error])
+            if self.gzip is not None:
+                frame = compressed(self.gzip, frame, True)
+        self.callbacks.fail_response(502, message, frame=frame)
+        return FilterStatus.STOP_ITERATION
+
+    def _client_slow(self) -> None:
+        if self.state is OriginState.LIVE:
+            self.state = OriginState.SLOW
+
+    def _client_ready(self) -> None:
+        if self.state is OriginState.SLOW:
+            self.state = OriginState.LIVE
+        stream = self.stream
+        # (Not once its connection is over: a new reader may be counting chunks.)
+        if self.held and self.state is OriginState.LIVE and stream is not None:
+            held, self.held, self.held_bytes = self.held, [], 0
+            self.callbacks.inject_encoded_data(
+                compressed(self.gzip, b"".join(stream.fold(held)), False), False
+            )
+        if self.upstream_paused and self.state is not OriginState.DONE:
+            self.upstream_paused = False
+            self._own().resume_upstream()
+
+    def _client_gone(self) -> None:
+        if self.client_attached:
+            self.state = OriginState.DETACHED
+        self.held, self.held_bytes = [], 0  # it will never be sent
+        stream = self.stream
+        if stream is not None:
+            stream.client_gone()
+
+    # -- streams.Origin ------------------------------------------------------------------
+
+    def abandon(self) -> None:
+        """Stop the upstream now."""
+        self._own().abandon()
+
+    def expire(self) -> None:
+        """Nobody came back in time: the upstream is stopped (the access log says so)."""
+        self.state = OriginState.EXPIRED
+        self._own().abandon()
+
+    def taken_over(self) -> None:
+        """A reader took over: the origin's client is closed, the upstream goes on."""
+        if self.client_attached:
+            self.state = OriginState.DETACHED
+        self._own().drop_client()
+
+    # -- the end -------------------------------------------------------------------------
+
+    def on_destroy(self) -> None:
+        expired = self.state is OriginState.EXPIRED
+        reading = self.state is OriginState.READING
+        self.state = OriginState.DONE
+        reader = self.reader
+        if reader is not None:
+            reader.close()
+        stream = self.stream
+        if stream is None or reading:
+            return
+        self.stream = None
+        info = self.callbacks.stream_info
+        # For the access log and the metrics (made now: nothing kept per open stream).
+        annotation: dict[str, Any] = {
+            "id": stream.id,
+            "role": "origin",
+            "events": stream.framer.seq,
+            "held": stream.buffer.size,
+        }
+        if expired:
+            annotation["expired"] = True
+        if not stream.resumable:
+            annotation["resumable"] = False
+        info.annotations[STREAM_ANNOTATION] = annotation
+        stream.ended(info.outcome == "complete")
