@@ -49,7 +49,6 @@ _TOP_KEYS = {
     "tracing",
     "preload_tls",
     "redis",
-    "resume_buffers",
     "max_event_bytes",
 }
 _LIMIT_KEYS = {f.name for f in fields(Limits)}
@@ -134,9 +133,6 @@ def parse_config(
         warnings=warnings,
         sections=sections,
         redis=redis,
-        resume_buffers=top["resume_buffers"].integer(minimum=1024)
-        if "resume_buffers" in top
-        else Config.resume_buffers,
         max_event_bytes=top["max_event_bytes"].integer(minimum=1024)
         if "max_event_bytes" in top
         else Config.max_event_bytes,
@@ -149,10 +145,6 @@ def _default_filters(
     """The chain when the config gives no ``filters``: the core's, with each
     extension's filter where it says (`ExtensionSchema.place`)."""
     entries: list[dict[str, Any]] = [{"type": t} for t in DEFAULT_FILTERS]
-    if any(r.resume for r in facts.routes):
-        # After body-accumulate (it hashes the whole body), before every filter that
-        # rewrites the answer (it numbers the events the client gets).
-        entries.insert(1, {"type": "resume"})
     return Node(default_chain(entries, extensions, facts), "filters", env)
 
 

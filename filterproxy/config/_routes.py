@@ -11,7 +11,6 @@ from filterproxy.config._reader import ConfigError, Node
 from filterproxy.config._types import (
     ClusterConfig,
     RedisConfig,
-    ResumeConfig,
     RouteConfig,
     UpstreamPlan,
 )
@@ -29,7 +28,6 @@ _ROUTE_KEYS = {
     "timeouts",
     "retry",
     "heartbeat",
-    "resume",
     "upstream_model",
     "strip_model_prefix",
 }
@@ -154,25 +152,5 @@ def _parse_route(
         strip_model_prefix=keys["strip_model_prefix"].string()
         if "strip_model_prefix" in keys
         else None,
-        resume=_resume(keys["resume"]) if "resume" in keys else None,
         options=parse_sections(extensions, keys, node.path, node.environ, redis, route=True),
     )
-
-
-def _resume(node: Node) -> ResumeConfig | None:
-    """``resume``: true, false, or ``{grace, buffer, keep, gzip}``."""
-    if _is_off(node.value):
-        return None
-    if node.value is True:
-        return ResumeConfig()
-    keys = node.mapping({"grace", "buffer", "keep", "gzip"})
-    default = ResumeConfig()
-    grace = keys["grace"].duration() if "grace" in keys else default.grace
-    if not 0 < grace <= 3600:
-        raise keys["grace"].error("between 1ms and 1h: how long a dropped stream goes on")
-    buffer = keys["buffer"].integer(minimum=1024) if "buffer" in keys else default.buffer
-    keep = keys["keep"].duration() if "keep" in keys else default.keep
-    if not 0 <= keep <= 86400:
-        raise keys["keep"].error("between 0s and 24h: how long a finished stream stays resumable")
-    gzip = keys["gzip"].boolean() if "gzip" in keys else default.gzip
-    return ResumeConfig(grace, buffer, keep, gzip)

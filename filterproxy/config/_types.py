@@ -201,21 +201,6 @@ class UpstreamPlan:
 
 
 @dataclass(frozen=True)
-class ResumeConfig:
-    """A route's resumable streams: a client that drops may come back for the rest."""
-
-    #: How long the upstream keeps generating for a client that left without finishing.
-    grace: float = 30.0
-    #: The most bytes of one stream kept for resuming; a stream past it stops being
-    #: resumable (it goes on for its client).
-    buffer: int = 4 * 1024 * 1024
-    #: How long a finished stream can still be resumed.
-    keep: float = 120.0
-    #: Compress the stream (gzip, flushed after every event) for clients that accept it.
-    gzip: bool = False
-
-
-@dataclass(frozen=True)
 class RouteConfig:
     """One entry of the route table; the first route that matches wins.
 
@@ -242,8 +227,6 @@ class RouteConfig:
     #: Removed from the start of the requested model before it goes upstream
     #: (``openai/`` for a route matching ``openai/*``), or None.
     strip_model_prefix: str | None = None
-    #: Resumable event streams (`ResumeConfig`), or None.
-    resume: ResumeConfig | None = None
     #: What the extensions made of their route keys, one value of each class
     #: (`filterproxy.config.ExtensionSchema.parse_route`): see `option`.
     options: tuple[object, ...] = ()
@@ -351,8 +334,6 @@ class Config:
     #: (`filterproxy.config.ExtensionSchema.parse`): see `section`.
     sections: tuple[object, ...] = ()
     redis: RedisConfig | None = None
-    #: The most bytes all resumable streams' buffers of a process hold together.
-    resume_buffers: int = 256 * 1024 * 1024
     #: The largest event of an upstream's event stream a filter that reads the stream
     #: (translation, usage, resume) holds; past it the answer fails with an error event.
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES

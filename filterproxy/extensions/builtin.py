@@ -15,12 +15,13 @@ from filterproxy import config
 from filterproxy.config import Config, ExtensionSchema
 from filterproxy.extensions.keys.config import SCHEMA as KEYS
 from filterproxy.extensions.responses.config import SCHEMA as RESPONSES
+from filterproxy.extensions.resume.config import SCHEMA as RESUME
 from filterproxy.extensions.translate.config import SCHEMA as TRANSLATE
 
 __all__ = ["BUILTIN_SCHEMAS", "load_config", "parse_config"]
 
 #: The built-in extensions that own config keys or a place in the default chain.
-BUILTIN_SCHEMAS: tuple[ExtensionSchema, ...] = (KEYS, RESPONSES, TRANSLATE)
+BUILTIN_SCHEMAS: tuple[ExtensionSchema, ...] = (KEYS, RESUME, RESPONSES, TRANSLATE)
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:

@@ -44,6 +44,9 @@ class Resources:
         self._redis: dict[tuple[str, float], RedisClient] = {}
         #: The extensions' objects, by their class (`get`).
         self._objects: dict[type, Any] = {}
+        #: With ``--workers``, the secret this process's supervisor gave its workers
+        #: (they sign what they tell each other with it); None for a single process.
+        self.worker_secret: str | None = None
         self.closed = False
 
     @property

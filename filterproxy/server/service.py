@@ -207,6 +207,10 @@ class GatewayService(Service):
         #: What the process's configs share (Redis clients, the resumable streams...),
         #: kept across reloads and closed at stop. Given with the *chain* built on it.
         self.resources = resources if resources is not None else Resources(reactor)
+        if worker_index is not None:
+            # What the workers sign the addresses in their stream ids with: a resume
+            # may reach another worker than the one holding the stream.
+            self.resources.worker_secret = os.environ.get(WORKER_SECRET_ENV) or None
         self.cli_listeners = listeners
         self.listener_descriptions = listeners or config.listeners
         if not self.listener_descriptions:
@@ -255,18 +259,6 @@ class GatewayService(Service):
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
-        secret = os.environ.get(WORKER_SECRET_ENV)
-        if self.worker_index is not None and secret and any(r.resume for r in self.config.routes):
-            # A resume may reach another worker than the one holding the stream.
-            from filterproxy.extensions.resume.relay import RelayServer
-
-            relay = self.resources.get(
-                RelayServer,
-                lambda r: RelayServer(
-                    r.reactor, r.get(StreamRegistry, StreamRegistry.from_resources)
-                ),
-            )
-            relay.start(secret)
         listening = []
         for description in self.listener_descriptions:
             try:

@@ -16,7 +16,7 @@ from twisted.internet.testing import StringTransport
 from twisted.web.client import ResponseDone
 from twisted.web.test.requesthelper import DummyRequest
 
-from filterproxy.config import load_config, parse_config
+from filterproxy.extensions.builtin import load_config, parse_config
 from filterproxy.extensions.resume import ResumeFilter
 from filterproxy.extensions.resume.origin import OriginState, ResumeFilterConfig
 from filterproxy.extensions.resume.relay import (

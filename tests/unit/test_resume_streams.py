@@ -9,7 +9,7 @@ import hashlib
 import pytest
 from twisted.internet.task import Clock
 
-from filterproxy.config import ResumeConfig
+from filterproxy.extensions.resume.config import ResumeConfig
 from filterproxy.extensions.resume.streams import (
     NO_LONGER,
     ReadDecision,

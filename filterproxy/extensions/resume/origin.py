@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from filterproxy.config import Node
+from filterproxy.extensions.resume.config import ResumeBuffers, resume_of
 from filterproxy.extensions.resume.reader import (
     STREAM_ANNOTATION,
     StreamOwnerCalls,
@@ -22,7 +23,7 @@ from filterproxy.extensions.resume.reader import (
     resent_position,
     stream_request,
 )
-from filterproxy.extensions.resume.relay import RelayClient
+from filterproxy.extensions.resume.relay import RelayClient, RelayServer
 from filterproxy.extensions.resume.streams import ResumableStream, StreamRegistry
 from filterproxy.filters.api import (
     DataResult,
@@ -76,6 +77,9 @@ class ResumeFilterConfig:
     #: What all the process's streams may hold (``resume_buffers``): applied when the
     #: chain goes in force (`ResumeFilter.activate`).
     buffers: int = 256 * 1024 * 1024
+    #: Whether some route of the config resumes (the relay between workers is then
+    #: started when the chain goes in force).
+    resuming: bool = False
 
 
 class ResumeFilter(StreamFilter):
@@ -91,13 +95,19 @@ class ResumeFilter(StreamFilter):
             resources.get(StreamRegistry, StreamRegistry.from_resources),
             resources.get(RelayClient, RelayClient.from_resources),
             context.config.max_event_bytes,
-            context.config.resume_buffers,
+            (context.config.section(ResumeBuffers) or ResumeBuffers()).resume_buffers,
+            any(resume_of(route) is not None for route in context.config.routes),
         )
 
     @classmethod
     def activate(cls, config: ResumeFilterConfig, resources: Resources) -> None:
         """The config goes in force: its cap on what the streams hold together."""
         config.registry.budget.cap = config.buffers
+        secret = resources.worker_secret
+        if secret and config.resuming:
+            # With workers, a resume may reach another worker than the one holding the
+            # stream: this one answers the others' reads (started once per process).
+            resources.get(RelayServer, lambda r: RelayServer.started(r, config.registry, secret))
 
     def __init__(self, config: ResumeFilterConfig) -> None:
         super().__init__(config)
@@ -184,7 +194,7 @@ class ResumeFilter(StreamFilter):
             self.state is OriginState.READING
             or end_stream
             or route is None
-            or route.resume is None
+            or (resume := resume_of(route)) is None
             or head.status != 200
             or not (head.headers.get("content-type") or "").startswith("text/event-stream")
             or head.headers.get("content-encoding") not in (None, "identity")
@@ -197,7 +207,7 @@ class ResumeFilter(StreamFilter):
             registry.new_id(),
             self.owner,
             hashlib.sha256(self.body).digest(),
-            route.resume,
+            resume,
             route.name,
             head.headers.get("content-type") or "text/event-stream",
         )
@@ -210,7 +220,7 @@ class ResumeFilter(StreamFilter):
         head.headers.set("x-stream-id", stream.id)
         head.headers.remove("content-length")
         if (
-            route.resume.gzip
+            resume.gzip
             and accepts_gzip(self.accept_encoding)
             and head.headers.get("content-encoding") is None
         ):

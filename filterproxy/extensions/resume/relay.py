@@ -146,6 +146,13 @@ class RelayServer:
         self.registry = registry
         self.port: Any = None
 
+    @classmethod
+    def started(cls, resources: Resources, registry: StreamRegistry, secret: str) -> RelayServer:
+        """A relay listener for *registry*, starting to listen now."""
+        relay = cls(resources.reactor, registry)
+        relay.start(secret)
+        return relay
+
     def start(self, secret: str) -> defer.Deferred[None]:
         """Listen on a loopback port for the other workers; this worker's stream ids
         carry it from then on."""

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from filterproxy.extensions.resume.framing import EventFramer, Folds, ResumeBuffer, merge_deltas
 
 if TYPE_CHECKING:
-    from filterproxy.config import ResumeConfig
+    from filterproxy.extensions.resume.config import ResumeConfig
     from filterproxy.filters.resources import Resources
 
 __all__ = [
