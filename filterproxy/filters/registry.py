@@ -21,6 +21,7 @@ from filterproxy.filters.api import FilterContext, IStreamFilter, StreamFilter
 from filterproxy.filters.body_accumulate import BodyAccumulateConfig, BodyAccumulateFilter
 from filterproxy.filters.header_rewrite import HeaderRewriteFilter
 from filterproxy.filters.keys import KeysFilter
+from filterproxy.filters.manager import ChainShape
 from filterproxy.filters.responses import ResponsesFilter
 from filterproxy.filters.resume import ResumeFilter
 from filterproxy.filters.route import RouteFilter
@@ -54,6 +55,8 @@ class FilterSpec:
     type_name: str
     path: str
     create: Callable[[], IStreamFilter]
+    #: The class of the instances `create` makes (None: found by making one).
+    cls: type | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,14 @@ class FilterChain:
     specs: tuple[FilterSpec, ...]
     #: What a filter may buffer of a request or a response (body-accumulate's limit).
     buffer_limit: int = DEFAULT_MAX_REQUEST_BYTES
+
+    @functools.cached_property
+    def shape(self) -> ChainShape:
+        """What the chain's filter classes do (`ChainShape`), worked out once for the
+        chain: every request it makes has the same classes."""
+        return ChainShape.of(
+            tuple(spec.cls if spec.cls is not None else type(spec.create()) for spec in self.specs)
+        )
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -132,7 +143,9 @@ def build_chain(config: Config) -> FilterChain:
         if isinstance(filter_config, BodyAccumulateConfig):
             buffer_limit = filter_config.max_request_bytes
         saw_route = saw_route or issubclass(cls, RouteFilter)
-        specs.append(FilterSpec(entry.type_name, entry.path, functools.partial(cls, filter_config)))
+        specs.append(
+            FilterSpec(entry.type_name, entry.path, functools.partial(cls, filter_config), cls)
+        )
     if not saw_route:
         raise ConfigError(
             "filters",
