@@ -230,7 +230,10 @@ class IFilterCallbacks(Interface):
     )
 
     def continue_decoding() -> None:
-        """Resume request processing held by this filter (after STOP_ITERATION)."""
+        """Resume request processing held by this filter (after STOP_ITERATION), from
+        outside the hook that stopped it. Called inside that hook it would continue
+        nothing: the hook raises `ContinueInsideHook` when it returns STOP_ITERATION. A
+        hook that waits for something returns a Deferred instead (`HeadersResult`)."""
 
     def continue_encoding() -> None:
         """Resume response processing held by this filter."""

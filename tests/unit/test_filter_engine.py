@@ -532,3 +532,20 @@ def test_a_harness_request_object_is_freed_when_over() -> None:
     h.request(b"{}")
     h.respond(200, {"content-type": "application/json"}, b"{}")
     assert h.manager.filters == [] and h.manager.decoder.filters == []
+
+
+def test_a_chain_works_out_its_shape_once() -> None:
+    from filterproxy.config import parse_config
+    from filterproxy.filters.manager import ChainShape
+    from filterproxy.filters.registry import build_chain
+
+    chain = build_chain(
+        parse_config(
+            "clusters:\n  up: {url: 'http://up.test'}\n"
+            "filters:\n  - type: body-accumulate\n  - type: route\n  - type: usage\n",
+            environ={},
+        )
+    )
+    assert chain.shape is chain.shape
+    classes = tuple(type(spec.create()) for spec in chain.specs)
+    assert chain.shape == ChainShape.of(classes)
