@@ -19,8 +19,8 @@ The rules, shared by the request (decode) and the response (encode) direction:
 - A hook may return a `Deferred` that fires with what it would have returned: the
   stream is held at that filter until it fires (what reaches the filter meanwhile
   waits, in order, and reaches it afterwards), then goes on as if the hook had returned
-  the result. A failure is reported (`on_hook_failed`); a Deferred that fires after a
-  restart or the end of the request changes nothing.
+  the result. A failure is reported to the manager (`ResponseSink.hook_failed`); a
+  Deferred that fires after a restart or the end of the request changes nothing.
 - A filter that calls ``continue_*`` inside its own hook, with nothing held, and then
   returns STOP_ITERATION from it (or a Deferred) would wait forever: the call raises
   `ContinueInsideHook` when the hook returns.
@@ -180,9 +180,9 @@ class FilterIteration(Generic[HeadT]):
         self.manager: ResponseSink | None = manager
         #: Position of the filter whose hook's Deferred the stream waits for (-1: none);
         #: what reaches it meanwhile, in order; the result, once it fired, until the
-        #: piece it was given is passed on with it; what the filter's data hook and
-        #: the direction's fast path were before (a filter that does not look at data
-        #: is given it meanwhile, so that data waits there).
+        #: piece it was given is passed on with it; whether the filter's data hook is
+        #: called otherwise (meanwhile it is marked as called, so that data waits there
+        #: even at a filter that does not look at data).
         self.awaiting_at = -1
         self.queued: list[tuple[bytes, bool]] | None = None
         self.awaited_result: Any = _PENDING
