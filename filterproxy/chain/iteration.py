@@ -16,23 +16,70 @@ The rules, shared by the request (decode) and the response (encode) direction:
   through the encoders after it only (`restart_headers`). Each restart, and the end of
   the request, starts a new *generation*: a pass through the chain still on the stack
   from before stops as soon as the filter it called returns.
+- A hook may return a `Deferred` that fires with what it would have returned: the
+  stream is held at that filter until it fires (what reaches the filter meanwhile
+  waits, in order, and reaches it afterwards), then goes on as if the hook had returned
+  the result. A failure is reported to the manager (`ResponseSink.hook_failed`); a
+  Deferred that fires after a restart or the end of the request changes nothing.
+- A filter that calls ``continue_*`` inside its own hook, with nothing held, and then
+  returns STOP_ITERATION from it (or a Deferred) would wait forever: the call raises
+  `ContinueInsideHook` when the hook returns.
+
+A direction is in one of the states of `IterationState` (its ``state``); the manager
+ends it with `stop`.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
-from filterproxy.filters.api import FilterStatus, RequestHead, ResponseHead, StreamInfo
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from filterproxy.filters.api import (
+    ContinueInsideHook,
+    FilterStatus,
+    RequestHead,
+    ResponseHead,
+    StreamInfo,
+)
 
 if TYPE_CHECKING:
-    from filterproxy.filters.api import DataResult, IStreamFilter
+    from filterproxy.filters.api import DataResult, HeadersResult, IStreamFilter
 
-__all__ = ["DecodeIteration", "EncodeIteration", "FilterIteration", "ResponseSink"]
+__all__ = [
+    "DecodeIteration",
+    "EncodeIteration",
+    "FilterIteration",
+    "IterationState",
+    "ResponseSink",
+]
 
 _CONTINUE = FilterStatus.CONTINUE
 _STOP = FilterStatus.STOP_ITERATION
 _BUFFER = FilterStatus.STOP_ITERATION_AND_BUFFER
+
+
+class IterationState(enum.Enum):
+    """Where one direction of the chain is."""
+
+    #: The head is on its way through the filters: not arrived yet, held by a filter
+    #: (``headers_held_at``), or awaited (``awaiting_at``).
+    HEADERS = "headers"
+    #: The head reached the sink: data that every filter lets through goes straight on.
+    BODY = "body"
+    #: Nothing more goes anywhere (the request is answered, failed or over).
+    STOPPED = "stopped"
+
+
+#: What `FilterIteration.awaited_result` holds while the Deferred has not fired.
+_PENDING: Final = object()
+
+_HEADERS: Final = IterationState.HEADERS
+_BODY: Final = IterationState.BODY
+_STOPPED: Final = IterationState.STOPPED
 
 HeadT = TypeVar("HeadT", RequestHead, ResponseHead)
 
@@ -57,10 +104,15 @@ class FilterIteration(Generic[HeadT]):
     """
 
     __slots__ = (
+        "awaited_result",
+        "awaiting_at",
+        "awaiting_takes",
         "buffer_limit",
         "buffered_bytes",
         "buffered_end",
         "buffers",
+        "calling",
+        "continued_inside",
         "data_passthrough",
         "end_reached",
         "filters",
@@ -68,15 +120,16 @@ class FilterIteration(Generic[HeadT]):
         "head",
         "head_end_stream",
         "headers_held_at",
-        "headers_passed",
+        "manager",
         "new_body",
         "on_buffer_overflow",
         "on_end_swallowed",
         "passed_data",
+        "queued",
         "seen_data",
         "sink_data",
         "sink_headers",
-        "stopped",
+        "state",
         "stream_info",
         "takes_data",
         "tracks_body",
@@ -96,6 +149,7 @@ class FilterIteration(Generic[HeadT]):
         data_passthrough: bool,
         on_end_swallowed: Callable[[int], None] = _ignore_index,
         stream_info: StreamInfo | None = None,
+        manager: ResponseSink | None = None,
     ) -> None:
         self.filters = filters
         self.takes_data = takes_data
@@ -109,18 +163,34 @@ class FilterIteration(Generic[HeadT]):
         self.data_passthrough = data_passthrough
         self.head: HeadT | None = None
         self.head_end_stream = False
+        #: Where this direction is (changed by its own methods, and `stop`).
+        self.state = _HEADERS
         #: Index of the filter holding the headers, or None.
         self.headers_held_at: int | None = None
-        self.headers_passed = False
         #: Data kept for filters that returned STOP_ITERATION_AND_BUFFER, by filter index.
         self.buffers: dict[int, list[bytes]] = {}
         self.buffered_end: dict[int, bool] = {}
         self.buffered_bytes = 0
         #: The furthest position the end of the stream has reached (-1: not yet).
         self.end_reached = -1
-        #: Bumped by a restart and by `release`: a pass begun before stops.
+        #: Bumped by a restart, by `stop` and by `release`: a pass begun before stops.
         self.generation = 0
-        self.stopped = False
+        #: The request's manager: told of a hook's Deferred that failed (and, for the
+        #: response direction, the sink).
+        self.manager: ResponseSink | None = manager
+        #: Position of the filter whose hook's Deferred the stream waits for (-1: none);
+        #: what reaches it meanwhile, in order; the result, once it fired, until the
+        #: piece it was given is passed on with it; whether the filter's data hook is
+        #: called otherwise (meanwhile it is marked as called, so that data waits there
+        #: even at a filter that does not look at data).
+        self.awaiting_at = -1
+        self.queued: list[tuple[bytes, bool]] | None = None
+        self.awaited_result: Any = _PENDING
+        self.awaiting_takes = False
+        #: Position of the filter whose hook is running (-1: none), and of a filter
+        #: that called continue inside its own hook with nothing held (-1: none).
+        self.calling = -1
+        self.continued_inside = -1
         # The request direction keeps the body's JSON document coherent with its bytes
         # for the manager (`FilterManager.request_json`): it is given *stream_info*.
         self.tracks_body = stream_info is not None
@@ -136,7 +206,7 @@ class FilterIteration(Generic[HeadT]):
         #: in a data hook at the end of the body).
         self.whole_body: bytes | None = None
 
-    def _call_headers(self, index: int, head: HeadT, end_stream: bool) -> FilterStatus:
+    def _call_headers(self, index: int, head: HeadT, end_stream: bool) -> HeadersResult:
         raise NotImplementedError
 
     def _to_sink_headers(self, head: HeadT, end_stream: bool) -> None:
@@ -157,6 +227,22 @@ class FilterIteration(Generic[HeadT]):
                 data, self.new_body = self.new_body, None
         return data
 
+    @property
+    def stopped(self) -> bool:
+        """Whether nothing more goes anywhere (`stop`, or the request is over)."""
+        return self.state is _STOPPED
+
+    @property
+    def headers_passed(self) -> bool:
+        """Whether the head has reached the sink."""
+        return self.state is _BODY
+
+    def stop(self) -> None:
+        """Nothing more goes anywhere in this direction, and a pass through it still on
+        the stack stops as soon as the filter it called returns."""
+        self.state = _STOPPED
+        self.generation += 1
+
     def headers(self, head: HeadT, end_stream: bool) -> None:
         self.head = head
         self.head_end_stream = end_stream
@@ -169,7 +255,13 @@ class FilterIteration(Generic[HeadT]):
         self.buffers = {}
         self.buffered_end = {}
         self.buffered_bytes = 0
-        self.headers_passed = False
+        if self.state is not _STOPPED:
+            self.state = _HEADERS
+        if self.awaiting_at >= 0:
+            self._end_await()
+        self.queued = None
+        self.calling = -1
+        self.continued_inside = -1
         self.headers_held_at = None
         self.end_reached = -1
         self.head = head
@@ -182,20 +274,29 @@ class FilterIteration(Generic[HeadT]):
         generation = self.generation
         count = len(self.filters)
         while index < count:
-            status = self._call_headers(index, head, self.head_end_stream)
+            outer = self.calling
+            self.calling = index
+            status: Any = self._call_headers(index, head, self.head_end_stream)
+            self.calling = outer
+            if self.continued_inside >= 0:
+                self._continued_inside(index, status)
             if self.generation != generation:
                 return False
             if status is not _CONTINUE:
                 self.headers_held_at = index
+                # (STOP first: an isinstance check of Deferred, an ABC, is not cheap.)
+                if status is not _STOP and isinstance(status, Deferred):
+                    self._await(index, status, None, False)
                 return False
             index += 1
         self.headers_held_at = None
-        self.headers_passed = True
+        if self.state is _HEADERS:
+            self.state = _BODY
         self._to_sink_headers(head, self.head_end_stream)
         return True
 
     def data(self, data: bytes, end_stream: bool) -> None:
-        if self.data_passthrough and self.headers_passed:
+        if self.data_passthrough and self.state is _BODY:
             self._to_sink_data(data, end_stream)
         else:
             self._data_from(0, data, end_stream)
@@ -208,9 +309,19 @@ class FilterIteration(Generic[HeadT]):
             if end_stream and index > self.end_reached:
                 self.end_reached = index
             if not takes_data[index]:  # the filter does not look at data: it passes on
-                result: DataResult = _CONTINUE
+                result: Any = _CONTINUE
+            elif index == self.awaiting_at:  # a hook's Deferred holds the stream here
+                if self.awaited_result is _PENDING:
+                    self._queue(data, end_stream)
+                    return
+                result = self._awaited_result()
             else:
+                outer = self.calling
+                self.calling = index
                 result = self._call_data(index, data, end_stream)
+                self.calling = outer
+                if self.continued_inside >= 0:
+                    self._continued_inside(index, result)
                 if self.generation != generation:
                     return
             if result is _CONTINUE:
@@ -230,11 +341,15 @@ class FilterIteration(Generic[HeadT]):
                 if end_stream and self.end_reached <= index:
                     self.on_end_swallowed(index)
                 return
-            else:  # replacement: bytes, or a list of pieces
-                self._drop_buffer(index)
+            else:  # replacement: bytes, or a list of pieces; or a Deferred of a result
                 if not isinstance(result, bytes):
-                    self._pieces_from(index, list(result), end_stream)  # type: ignore[arg-type]
+                    if not isinstance(result, list) and isinstance(result, Deferred):
+                        self._await(index, result, data, end_stream)
+                        return
+                    self._drop_buffer(index)
+                    self._pieces_from(index, list(result), end_stream)
                     return
+                self._drop_buffer(index)
                 if not result and not end_stream:
                     self._release_headers(index)
                     return
@@ -289,6 +404,9 @@ class FilterIteration(Generic[HeadT]):
     def skip_data(self, index: int) -> None:
         """Filter *index* does not look at this request's data: its data hook is not
         called (and when no other filter's is, data goes straight to the sink)."""
+        if index == self.awaiting_at:  # forced on while the stream waits there
+            self.awaiting_takes = False
+            return
         takes: tuple[bool, ...] = self.takes_data
         if takes[index]:
             self.takes_data = (*takes[:index], False, *takes[index + 1 :])
@@ -301,14 +419,14 @@ class FilterIteration(Generic[HeadT]):
     def inject(self, index: int, data: bytes, end_stream: bool) -> None:
         """Filter *index* sends *data* on, as if it had passed it (from outside its data
         hook, or in addition to what the hook returns)."""
-        if not self.stopped:
+        if self.state is not _STOPPED:
             self._data_from(index + 1, self._passed_on(index, data, end_stream), end_stream)
 
     def release(self) -> None:
         """The request is over: stop, and drop the filters and sinks (they refer back to
         the request's other objects; see `FilterManager.release`)."""
         self.generation += 1
-        self.stopped = True
+        self.state = _STOPPED
         self.filters = []
         self.takes_data = ()
         self.sink_headers = _ignore
@@ -317,16 +435,22 @@ class FilterIteration(Generic[HeadT]):
         self.on_end_swallowed = _ignore_index
         self.buffers = {}
         self.buffered_end = {}
+        self.queued = None
+        self.awaited_result = _PENDING
+        self.manager = None
         self.head = None
         self.whole_body = None
         self.stream_info = None
 
     def resume(self, index: int) -> None:
-        """Filter *index* continues: release what it held."""
-        if self.stopped:
+        """Filter *index* continues: release what it held. While a Deferred its hook
+        returned is pending, the Deferred's result decides instead."""
+        if self.state is _STOPPED or index == self.awaiting_at:
             return
         generation = self.generation
+        released = False
         if self.headers_held_at == index:
+            released = True
             self._headers_from(index + 1)
             if self.generation != generation:
                 return
@@ -336,6 +460,112 @@ class FilterIteration(Generic[HeadT]):
             data = b"".join(held)
             self.buffered_bytes -= len(data)
             self._data_from(index + 1, self._passed_on(index, data, end_stream), end_stream)
+        elif not released and index == self.calling:
+            self.continued_inside = index  # reported when its hook returns
+
+    def _continued_inside(self, index: int, result: object) -> None:
+        """Filter *index*'s hook returned *result* after calling continue with nothing
+        held: harmless with CONTINUE or data, a stream that would wait forever else."""
+        self.continued_inside = -1
+        if (
+            result is _STOP
+            or result is _BUFFER
+            or (
+                not isinstance(result, FilterStatus | bytes | list) and isinstance(result, Deferred)
+            )
+        ):
+            raise ContinueInsideHook(type(self.filters[index]).__name__)
+
+    # -- hooks that return a Deferred -------------------------------------------------------
+
+    def _await(self, index: int, d: Deferred[Any], data: bytes | None, end_stream: bool) -> None:
+        """Filter *index*'s hook returned *d*: the stream waits there until it fires.
+        *data* is the piece its data hook was given (None: its headers hook)."""
+        self.awaiting_at = index
+        self.awaited_result = _PENDING
+        takes: tuple[bool, ...] = self.takes_data
+        self.awaiting_takes = takes[index]
+        if not takes[index]:
+            forced: tuple[bool, ...] = (*takes[:index], True, *takes[index + 1 :])
+            self.takes_data = forced
+        self.data_passthrough = False
+        d.addCallbacks(
+            self._fired,
+            self._failed,
+            callbackArgs=(index, self.generation, data, end_stream),
+            errbackArgs=(index, self.generation),
+        )
+
+    def _queue(self, data: bytes, end_stream: bool) -> None:
+        queued = self.queued
+        if queued is None:
+            queued = self.queued = []
+        queued.append((data, end_stream))
+
+    def _end_await(self) -> None:
+        index: int = self.awaiting_at
+        self.awaiting_at = -1
+        self.awaited_result = _PENDING
+        takes: tuple[bool, ...] = self.takes_data
+        if index < len(takes) and takes[index] != self.awaiting_takes:
+            restored: tuple[bool, ...] = (*takes[:index], self.awaiting_takes, *takes[index + 1 :])
+            self.takes_data = takes = restored
+        # As the chain's shape (and `skip_data`) have it: no filter looks at data.
+        self.data_passthrough = not any(takes)
+
+    def _awaited_result(self) -> Any:
+        """The result of the Deferred the stream waited for at ``awaiting_at``, which is
+        passed on with the piece its filter was given: the wait is over."""
+        result = self.awaited_result
+        self._end_await()
+        return result
+
+    def _fired(
+        self, result: Any, index: int, generation: int, data: bytes | None, end_stream: bool
+    ) -> None:
+        if self.generation != generation or self.state is _STOPPED:
+            return  # a restart or the end of the request came first: nothing to do
+        if not (
+            isinstance(result, FilterStatus)
+            if data is None
+            else isinstance(result, (FilterStatus, bytes, list))
+        ):
+            what = "FilterStatus" if data is None else "FilterStatus, bytes or list of bytes"
+            self._failed(
+                Failure(
+                    TypeError(
+                        f"{type(self.filters[index]).__name__}'s hook returned a Deferred that "
+                        f"fired with {result!r}; it must fire with a {what}"
+                    )
+                ),
+                index,
+                generation,
+            )
+            return
+        queued = self.queued or []
+        self.queued = None
+        if data is None:  # the headers hook: held there unless the result is CONTINUE
+            self._end_await()
+            if result is _CONTINUE:
+                self._headers_from(index + 1)
+        else:
+            self.awaited_result = result
+            self._data_from(index, data, end_stream)
+        # What reached the filter meanwhile reaches it now, in order (and waits again
+        # behind a new Deferred, if the filter returns one).
+        while queued and self.generation == generation and self.awaiting_at < 0:
+            piece, end = queued.pop(0)
+            self._data_from(index, piece, end)
+        if queued and self.generation == generation:
+            self.queued = queued + (self.queued or [])
+
+    def _failed(self, failure: Failure, index: int, generation: int) -> None:
+        if self.generation != generation or self.state is _STOPPED:
+            return  # late: the request is over or answered, the failure changes nothing
+        self._end_await()
+        self.queued = None
+        if self.manager is not None:
+            self.manager.hook_failed(self, index, failure)
 
 
 class DecodeIteration(FilterIteration[RequestHead]):
@@ -366,6 +596,7 @@ class DecodeIteration(FilterIteration[RequestHead]):
         on_end_swallowed: Callable[[int], None] = _ignore_index,
         stream_info: StreamInfo | None = None,
         fallback_from: int = -1,
+        manager: ResponseSink | None = None,
     ) -> None:
         super().__init__(
             filters,
@@ -377,6 +608,7 @@ class DecodeIteration(FilterIteration[RequestHead]):
             data_passthrough,
             on_end_swallowed,
             stream_info,
+            manager,
         )
         #: The first filter after the one that chooses the cluster (-1: none).
         self.fallback_from = fallback_from
@@ -407,7 +639,7 @@ class DecodeIteration(FilterIteration[RequestHead]):
         self.kept_end = self.head_end_stream
 
     def data(self, data: bytes, end_stream: bool) -> None:
-        if self.data_passthrough and self.headers_passed and self.kept_head is not None:
+        if self.data_passthrough and self.state is _BODY and self.kept_head is not None:
             self.kept_body.append(data)  # no filter looks at the body: it leaves as it came
         super().data(data, end_stream)
 
@@ -423,7 +655,7 @@ class DecodeIteration(FilterIteration[RequestHead]):
         nothing was kept (no fallback cluster, or the chain has no such filter)."""
         kept = self.kept_head
         at = self.fallback_from
-        if kept is None or at < 0 or self.stopped:
+        if kept is None or at < 0 or self.state is _STOPPED:
             return False
         head = RequestHead(kept.method, kept.path, kept.headers.copy(), kept.scheme, kept.client_ip)
         below = (1 << at) - 1
@@ -439,7 +671,7 @@ class DecodeIteration(FilterIteration[RequestHead]):
             self._data_from(at, body[0] if len(body) == 1 else b"".join(body), True)
         return True
 
-    def _call_headers(self, index: int, head: RequestHead, end_stream: bool) -> FilterStatus:
+    def _call_headers(self, index: int, head: RequestHead, end_stream: bool) -> HeadersResult:
         return self.filters[index].decode_headers(head, end_stream)
 
     def _call_data(self, index: int, data: bytes, end_stream: bool) -> DataResult:
@@ -476,13 +708,18 @@ class ResponseSink:
     def send_response_data(self, data: bytes, end_stream: bool) -> None:
         raise NotImplementedError
 
+    def hook_failed(self, iteration: FilterIteration[Any], position: int, failure: Failure) -> None:
+        """The Deferred a hook returned failed: *position* is the filter's place in
+        *iteration* (the request's or the response's direction)."""
+        raise NotImplementedError
+
 
 class EncodeIteration(FilterIteration[ResponseHead]):
     """The response direction: ``encode_headers`` / ``encode_data``, in reverse order,
     to the request's `FilterManager`, which sends to the client. (Called as methods of
     the manager, not through callables: once per chunk, a direct call when compiled.)"""
 
-    __slots__ = ("manager",)
+    __slots__ = ()
 
     def __init__(
         self,
@@ -503,8 +740,9 @@ class EncodeIteration(FilterIteration[ResponseHead]):
             on_buffer_overflow,
             data_passthrough,
             on_end_swallowed,
+            None,
+            manager,
         )
-        self.manager: ResponseSink | None = manager
 
     def _to_sink_headers(self, head: ResponseHead, end_stream: bool) -> None:
         if self.manager is not None:
@@ -514,11 +752,7 @@ class EncodeIteration(FilterIteration[ResponseHead]):
         if self.manager is not None:
             self.manager.send_response_data(data, end_stream)
 
-    def release(self) -> None:
-        super().release()
-        self.manager = None
-
-    def _call_headers(self, index: int, head: ResponseHead, end_stream: bool) -> FilterStatus:
+    def _call_headers(self, index: int, head: ResponseHead, end_stream: bool) -> HeadersResult:
         return self.filters[index].encode_headers(head, end_stream)
 
     def _call_data(self, index: int, data: bytes, end_stream: bool) -> DataResult:

@@ -15,15 +15,24 @@ is serialised once and is the body every later filter and the upstream see.
 
 The response direction has a fast path: when no filter overrides ``encode_data``, each
 upstream chunk goes straight to the client with no per-chunk work here.
+
+A request goes through the states of `RequestState` (its ``state``)::
+
+    DECODING ──(response head to the client)──► ENCODING ──► DONE
+        │                                           │
+        └──(client gone, a filter keeps going)──► DETACHED ──► DONE
+
+Any state may go straight to DONE (an answer, a failure, the client leaving).
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from twisted.logger import Logger
 from zope.interface import classImplements
@@ -45,15 +54,41 @@ from filterproxy.filters.api import (
     StreamFilter,
     StreamInfo,
 )
+from filterproxy.filters.stream_owner import IStreamOwner
 from filterproxy.http.apis import client_api
 from filterproxy.http.body import BadBody, parse_body
 from filterproxy.http.errors import error_body
 from filterproxy.http.headers import Headers, forward_response_headers
 from filterproxy.http.tracing import TraceContext, child_context, request_id_from
 
-__all__ = ["ChainShape", "FilterManager", "RequestObserver", "chain_shape"]
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+    from twisted.python.failure import Failure
+
+__all__ = ["ChainShape", "FilterManager", "RequestObserver", "RequestState", "chain_shape"]
 
 log = Logger(namespace="filterproxy.filters.manager")
+
+
+class RequestState(enum.Enum):
+    """Where a request is (`FilterManager.state`)."""
+
+    #: No response head has gone to the client yet: the request is passing the
+    #: decoders, is with the upstream, or its answer is passing the encoders.
+    DECODING = "decoding"
+    #: The response head went to the client; its body is on its way.
+    ENCODING = "encoding"
+    #: The client has left (or was dropped) and the response goes on without it, for a
+    #: filter that asked (`IStreamOwner.keep_going_without_client`).
+    DETACHED = "detached"
+    #: The request is over: the filters' ``on_destroy`` ran, the observer heard of it.
+    DONE = "done"
+
+
+_DECODING: Final = RequestState.DECODING
+_ENCODING: Final = RequestState.ENCODING
+_DETACHED: Final = RequestState.DETACHED
+_DONE: Final = RequestState.DONE
 
 
 class RequestObserver(Protocol):
@@ -150,36 +185,49 @@ class _Callbacks:
         if encoder is not None and self._encode_index is not None:
             encoder.skip_data(self._encode_index)
 
-    def own_stream(self) -> _Callbacks:
-        """The calls of a filter that owns its stream (these callbacks, for now)."""
-        return self
+    @property
+    def clock(self) -> IReactorTime:
+        return self._manager.clock
+
+    def own_stream(self) -> IStreamOwner:
+        return _StreamOwner(self)
+
+
+class _StreamOwner:
+    """What `IFilterCallbacks.own_stream` gives a filter: the calls of `IStreamOwner`,
+    for the request and the place in the chain of the callbacks it came from."""
+
+    __slots__ = ("_callbacks",)
+
+    def __init__(self, callbacks: _Callbacks) -> None:
+        self._callbacks = callbacks
 
     def keep_going_without_client(self, on_client_gone: Callable[[], None]) -> None:
-        self._manager.keep_going_without_client(on_client_gone)
-
-    def drop_client(self) -> None:
-        self._manager.drop_client()
+        self._callbacks._manager.keep_going_without_client(on_client_gone)
 
     def take_flow_control(
         self, on_pause: Callable[[], None], on_resume: Callable[[], None]
     ) -> None:
-        self._manager.take_flow_control(on_pause, on_resume)
+        self._callbacks._manager.take_flow_control(on_pause, on_resume)
 
     def pause_upstream(self) -> None:
-        producer = self._manager.producer
-        if producer is not None:
-            producer.pauseProducing()
+        self._callbacks._manager.pause_upstream()
 
     def resume_upstream(self) -> None:
-        producer = self._manager.producer
-        if producer is not None:
-            producer.resumeProducing()
+        self._callbacks._manager.resume_upstream()
+
+    def drop_client(self) -> None:
+        self._callbacks._manager.drop_client()
 
     def abandon(self) -> None:
-        self._manager.abandon()
+        self._callbacks._manager.abandon()
 
     def send_local_stream(self, status: int, headers: Sequence[tuple[str, str]]) -> None:
-        self._manager.send_local_stream(status, headers, start=self._reply_start())
+        callbacks = self._callbacks
+        callbacks._manager.send_local_stream(status, headers, start=callbacks._reply_start())
+
+
+classImplements(_StreamOwner, IStreamOwner)
 
 
 class _Finished:
@@ -323,16 +371,10 @@ class ChainShape:
         )
 
 
-_shapes: dict[tuple[type, ...], ChainShape] = {}
-
-
 def chain_shape(filters: Sequence[IStreamFilter]) -> ChainShape:
-    """The (cached) `ChainShape` of *filters*' classes."""
-    classes = tuple(type(f) for f in filters)
-    shape = _shapes.get(classes)
-    if shape is None:
-        shape = _shapes[classes] = ChainShape.of(classes)
-    return shape
+    """The `ChainShape` of *filters*' classes, worked out anew: whoever makes requests
+    with the same classes keeps it (`filterproxy.chain.registry.FilterChain.shape`)."""
+    return ChainShape.of(tuple(type(f) for f in filters))
 
 
 class FilterManager(ResponseSink):
@@ -348,6 +390,7 @@ class FilterManager(ResponseSink):
         observer: RequestObserver | None = None,
         labels: Sequence[str] = (),
         factories: Sequence[Callable[[], IStreamFilter]] = (),
+        clock: IReactorTime | None = None,
     ) -> None:
         #: Typed with `ClientStream` first so that the compiled calls of the response path
         #: (per chunk: `send_data`, and `hold`/`flush` per upstream read) go straight to
@@ -362,6 +405,10 @@ class FilterManager(ResponseSink):
         self.factories = factories
         self.stream_info = StreamInfo()
         self.head: RequestHead | None = None
+        #: Where the request is (changed only by this class's methods).
+        self.state = _DECODING
+        #: The response head went to the client (it stays true once the request is
+        #: DONE: the observer reads it then).
         self.response_started = False
         #: The response is an event stream (failures after the head become SSE frames).
         self.event_stream = False
@@ -370,7 +417,6 @@ class FilterManager(ResponseSink):
         self.upstream_coded = False
         #: The last piece of body written to the client (SSE frames need line boundaries).
         self.last_chunk = b""
-        self.done = False
         #: How the response the encoders are passing ends the request, when it is the
         #: gateway's own (a local reply); "" for the upstream's.
         self.reply_outcome = ""
@@ -384,8 +430,9 @@ class FilterManager(ResponseSink):
         #: Called when the client leaves a response that goes on without it
         #: (`keep_going_without_client`); None: the upstream stops with the client.
         self.on_client_gone: Callable[[], None] | None = None
-        #: The client has left (or was dropped) and the response goes on without it.
-        self.detached = False
+        #: The filters' clock (`IFilterCallbacks.clock`); None: the observer's reactor,
+        #: looked up when a filter first asks.
+        self._clock = clock
         #: A filter's (on_pause, on_resume), when it controls the client's flow.
         self.flow: tuple[Callable[[], None], Callable[[], None]] | None = None
         self.router = router_factory(self)
@@ -407,6 +454,7 @@ class FilterManager(ResponseSink):
             on_end_swallowed=self._request_end_swallowed,
             stream_info=self.stream_info,
             fallback_from=shape.fallback_from if factories else -1,
+            manager=self,
         )
         self.encoder: FilterIteration[ResponseHead] | None = None
         self.buffer_limit = buffer_limit
@@ -425,6 +473,30 @@ class FilterManager(ResponseSink):
                 data_passthrough=shape.encode_passthrough,
                 on_end_swallowed=self._response_end_swallowed,
             )
+
+    @property
+    def done(self) -> bool:
+        """The request is over (state DONE)."""
+        return self.state is _DONE
+
+    @property
+    def detached(self) -> bool:
+        """The response goes on without its client (state DETACHED)."""
+        return self.state is _DETACHED
+
+    @property
+    def clock(self) -> IReactorTime:
+        """The clock the filters' timers use (`IFilterCallbacks.clock`): the one given,
+        else the reactor of the gateway that made this request."""
+        clock = self._clock
+        if clock is None:
+            clock = getattr(self.observer, "reactor", None)
+            if clock is None:
+                from twisted.internet import reactor
+
+                clock = reactor
+            self._clock = clock
+        return clock
 
     # -- request path ------------------------------------------------------------------
 
@@ -455,7 +527,7 @@ class FilterManager(ResponseSink):
 
     def decode_data(self, data: bytes, end_stream: bool) -> None:
         """A piece of the client's request body arrived."""
-        if self.done:
+        if self.state is _DONE:
             return
         self.stream_info.bytes_in += len(data)
         if end_stream:
@@ -476,7 +548,7 @@ class FilterManager(ResponseSink):
         chain has no route filter): the router sends the request it has."""
         decoder = self.decoder
         start = decoder.fallback_from
-        if self.done or self.response_started or decoder.kept_head is None or start < 0:
+        if self.state is not _DECODING or decoder.kept_head is None or start < 0:
             return False
         self.stream_info.cluster = cluster
         filters = self.filters
@@ -531,6 +603,24 @@ class FilterManager(ResponseSink):
     def _internal_error(self) -> None:
         log.failure(
             "request {request_id} failed in the gateway", request_id=self.stream_info.request_id
+        )
+        self.fail_response(
+            500,
+            "the gateway failed to handle this request",
+            "internal_error",
+            "internal_error",
+            through_filters=False,
+        )
+
+    def hook_failed(self, iteration: FilterIteration[Any], position: int, failure: Failure) -> None:
+        """The Deferred a hook returned failed: the request fails as when a hook
+        raises."""
+        index = position if iteration is self.decoder else self.shape.encoders[position]
+        log.failure(
+            "request {request_id}: the Deferred {label}'s hook returned failed",
+            failure,
+            request_id=self.stream_info.request_id,
+            label=self._label(index),
         )
         self.fail_response(
             500,
@@ -624,6 +714,8 @@ class FilterManager(ResponseSink):
     def send_response_head(self, head: ResponseHead, end_stream: bool) -> None:
         """The response head, past the filters: to the client."""
         self.response_started = True
+        if self.state is _DECODING:
+            self.state = _ENCODING
         self.stream_info.status = head.status
         headers = head.headers
         self.event_stream = (headers.get("content-type") or "").startswith("text/event-stream")
@@ -652,7 +744,7 @@ class FilterManager(ResponseSink):
         sure the upstream's stream is between events. No blank line follows it: once a
         stream's events carry ids, a bare blank line makes some clients (openai-python)
         parse an empty event and fail."""
-        if self.done or not self.response_started:
+        if self.state is _DONE or not self.response_started:
             return
         self.encode_data(b": keep-alive\n", False)
 
@@ -671,17 +763,18 @@ class FilterManager(ResponseSink):
         (`pause_upstream`). Done before the end passes the filters, which may write
         much then (a translation's last events)."""
         self.producer = None
-        if not self.detached:
+        if self.state is not _DETACHED:
             self.downstream.unregister_producer()
 
     def _reregister(self) -> None:
-        if self.producer is not None and not self.detached and not self.done:
+        state = self.state
+        if self.producer is not None and state is not _DETACHED and state is not _DONE:
             self.downstream.unregister_producer()
             self.register_producer(self.producer)
 
     def keep_going_without_client(self, on_client_gone: Callable[[], None]) -> None:
-        """See `IFilterCallbacks.keep_going_without_client`."""
-        if self.done or self.on_client_gone is not None:
+        """See `IStreamOwner.keep_going_without_client`."""
+        if self.state is _DONE or self.on_client_gone is not None:
             return
         self.on_client_gone = on_client_gone
         self._reregister()
@@ -689,15 +782,27 @@ class FilterManager(ResponseSink):
     def take_flow_control(
         self, on_pause: Callable[[], None], on_resume: Callable[[], None]
     ) -> None:
-        """See `IFilterCallbacks.take_flow_control`."""
-        if self.done or self.flow is not None:
+        """See `IStreamOwner.take_flow_control`."""
+        if self.state is _DONE or self.flow is not None:
             return
         self.flow = (on_pause, on_resume)
         self._reregister()
 
+    def pause_upstream(self) -> None:
+        """See `IStreamOwner.pause_upstream`."""
+        producer = self.producer
+        if producer is not None:
+            producer.pauseProducing()
+
+    def resume_upstream(self) -> None:
+        """See `IStreamOwner.resume_upstream`."""
+        producer = self.producer
+        if producer is not None:
+            producer.resumeProducing()
+
     def drop_client(self) -> None:
-        """See `IFilterCallbacks.drop_client`."""
-        if self.done or self.detached:
+        """See `IStreamOwner.drop_client`."""
+        if self.state is _DONE or self.state is _DETACHED:
             return
         downstream = self.downstream
         if self.on_client_gone is None:
@@ -710,7 +815,7 @@ class FilterManager(ResponseSink):
         self._detach()
 
     def _detach(self) -> None:
-        self.detached = True
+        self.state = _DETACHED
         self.downstream = _FINISHED
         if self.producer is not None:
             self.producer.resumeProducing()
@@ -719,19 +824,19 @@ class FilterManager(ResponseSink):
             callback()
 
     def abandon(self) -> None:
-        """See `IFilterCallbacks.abandon`."""
-        if self.done:
+        """See `IStreamOwner.abandon`."""
+        if self.state is _DONE:
             return
         self.router.cancel()
-        if not self.detached:
+        if self.state is not _DETACHED:
             self.downstream.abort()
         self._finish("client_gone")
 
     def send_local_stream(
         self, status: int, headers: Sequence[tuple[str, str]], *, start: int = 0
     ) -> None:
-        """See `IFilterCallbacks.send_local_stream`."""
-        if self.done or self.response_started:
+        """See `IStreamOwner.send_local_stream`."""
+        if self.state is _DONE or self.response_started:
             return
         self._stop_request()
         head = ResponseHead(status, Headers(list(headers)))
@@ -758,9 +863,7 @@ class FilterManager(ResponseSink):
 
     def _stop_request(self) -> None:
         """No more of the request goes anywhere, and nothing more comes from upstream."""
-        decoder = self.decoder
-        decoder.stopped = True
-        decoder.generation += 1
+        self.decoder.stop()
         self.router.cancel()
 
     def send_local_reply(
@@ -777,12 +880,12 @@ class FilterManager(ResponseSink):
         """Answer with an OpenAI-shaped JSON error; stop both directions and the upstream.
 
         The reply passes the encoders from position *start* on (0: all of them)."""
-        if self.done:
+        if self.state is _DONE:
             return
         self._stop_request()
         if self.response_started:
             if self.encoder is not None:
-                self.encoder.stopped = True
+                self.encoder.stop()
             self.downstream.abort()
             self._finish(outcome)
             return
@@ -801,7 +904,7 @@ class FilterManager(ResponseSink):
         self, status: int, body: bytes, content_type: str, *, start: int = 0
     ) -> None:
         """Answer with *body* from the gateway itself (e.g. the model list)."""
-        if self.done or self.response_started:
+        if self.state is _DONE or self.response_started:
             return
         self._stop_request()
         self._reply(status, body, content_type, (), "local_reply", start)
@@ -825,14 +928,13 @@ class FilterManager(ResponseSink):
         encoder = self.encoder
         if encoder is None or start is None or start >= len(encoder.filters):
             if encoder is not None:  # nothing of the upstream's response goes on now
-                encoder.stopped = True
-                encoder.generation += 1
+                encoder.stop()
             self.send_response_head(head, False)
             self.send_response_data(body, True)
             return
         try:
             encoder.restart_headers(start, head, False)
-            if not self.done:
+            if self.state is not _DONE:
                 encoder.data_from(start, body, True)
         except Exception:
             self._internal_error()
@@ -856,7 +958,7 @@ class FilterManager(ResponseSink):
         A filter that fails the response (`IFilterCallbacks.fail_response`) has its
         error enter the encoders at *start* (those after it), and may give the *frame*
         itself: its client API's error event, or none (``b""``)."""
-        if self.done:
+        if self.state is _DONE:
             return
         self.stream_info.error = message
         if not self.response_started:
@@ -891,34 +993,34 @@ class FilterManager(ResponseSink):
                         encoder.data(frame, False)
                 except Exception:
                     log.failure("a filter failed on the mid-stream error frame")
-            elif not self.done:
+            elif not self.done:  # (a filter may have ended it, on the frame)
                 self.downstream.send_data(frame, False)
         if encoder is not None:
-            encoder.stopped = True
-            encoder.generation += 1
+            encoder.stop()
         self.downstream.abort()
         self._finish(outcome)
 
     def client_gone(self) -> None:
         """The client hung up: stop the upstream at once (or, for a response that goes
         on without it, tell the filter that asked)."""
-        if self.done:
+        state = self.state
+        if state is _DONE:
             return
         if self.on_client_gone is not None:
-            if not self.detached:
+            if state is not _DETACHED:
                 self._detach()
             return
         self.router.cancel()
         self._finish("client_gone")
 
     def _finish(self, outcome: str) -> None:
-        if self.done:
+        if self.state is _DONE:
             return
-        self.done = True
+        self.state = _DONE
         self.stream_info.outcome = outcome
-        self.decoder.stopped = True
+        self.decoder.stop()
         if self.encoder is not None:
-            self.encoder.stopped = True
+            self.encoder.stop()
         for f in self.filters:
             try:
                 f.on_destroy()

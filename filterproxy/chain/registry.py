@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyClass
 
+from filterproxy.chain.manager import ChainShape
 from filterproxy.config import DEFAULT_MAX_REQUEST_BYTES, Config, ConfigError, Node
 from filterproxy.extensions.body_accumulate.filter import BodyAccumulateConfig, BodyAccumulateFilter
 from filterproxy.extensions.header_rewrite.filter import HeaderRewriteFilter
@@ -70,6 +71,14 @@ class FilterChain:
     specs: tuple[FilterSpec, ...]
     #: What a filter may buffer of a request or a response (body-accumulate's limit).
     buffer_limit: int = DEFAULT_MAX_REQUEST_BYTES
+
+    @functools.cached_property
+    def shape(self) -> ChainShape:
+        """What the chain's filter classes do (`ChainShape`), worked out once for the
+        chain: every request it makes has the same classes."""
+        return ChainShape.of(
+            tuple(spec.cls if spec.cls is not None else type(spec.create()) for spec in self.specs)
+        )
 
     @property
     def labels(self) -> tuple[str, ...]:

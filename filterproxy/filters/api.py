@@ -4,7 +4,12 @@ A filter is created once per request from its class and sees the request on the 
 (``decode_*``, in config order) and the response on the way out (``encode_*``, in reverse
 order). A headers hook returns a `FilterStatus`; a data hook returns a `FilterStatus` or
 the data to pass on instead (`DataResult`: replacement bytes, or a list of pieces), which
-is how a filter rewrites a stream. Subclass `StreamFilter`, which implements every hook as
+is how a filter rewrites a stream. A hook whose answer comes later (a store, a remote
+check) returns a `twisted.internet.defer.Deferred` that fires with that answer: the chain
+holds the stream at the filter until it does. Filters share typed state through
+``stream_info.state`` (`filterproxy.filters.state.FilterState`); the calls of a filter
+that owns its stream are opt-in (``callbacks.own_stream()``,
+`filterproxy.filters.stream_owner.IStreamOwner`). Subclass `StreamFilter`, which implements every hook as
 "pass through", and override only what you need: hooks you do not override cost nothing,
 in particular `encode_data`, which would otherwise run once per streamed chunk.
 
@@ -34,18 +39,24 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 from zope.interface import Attribute, Interface, implementer
 
+from filterproxy.filters.state import FilterState
 from filterproxy.http.headers import Headers
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
+
+    from twisted.internet.defer import Deferred
 
     from filterproxy.config import Config, RouteConfig
     from filterproxy.filters.resources import Resources
+    from filterproxy.filters.stream_owner import IStreamOwner
 
 __all__ = [
+    "ContinueInsideHook",
     "DataResult",
     "FilterContext",
     "FilterStatus",
+    "HeadersResult",
     "IFilterCallbacks",
     "IStreamFilter",
     "RequestHead",
@@ -76,7 +87,33 @@ class FilterStatus(enum.Enum):
 #: end of the stream goes with the last piece. A filter that returns STOP_ITERATION with
 #: the end of the stream, without passing the end on itself (`inject_encoded_data`),
 #: has swallowed it: the gateway ends the exchange with an error naming the filter.
-DataResult: TypeAlias = "FilterStatus | bytes | list[bytes]"
+#: Or a `Deferred` that fires with one of those, when the answer comes later: the chain
+#: holds the stream at the filter until then (see `HeadersResult`).
+DataResult: TypeAlias = "FilterStatus | bytes | list[bytes] | Deferred[Any]"
+
+#: What a headers hook returns: a `FilterStatus`, or a `Deferred` that fires with one
+#: when the hook's work ends later (a store, a remote check). Until it fires, the chain
+#: holds the stream at the filter: what reaches the filter meanwhile waits, in order, and
+#: reaches it afterwards; then the chain goes on as if the hook had returned the result.
+#: A failure answers the client with an internal error (as an exception in a hook does).
+#: A filter does not call ``continue_*`` for a hook that returned a Deferred.
+HeadersResult: TypeAlias = "FilterStatus | Deferred[FilterStatus]"
+
+
+class ContinueInsideHook(RuntimeError):
+    """A filter called ``continue_decoding()`` / ``continue_encoding()`` inside its own
+    hook, with nothing held, and the hook then returned STOP_ITERATION (or a Deferred):
+    the call continued nothing, and the stream would have waited forever. A hook whose
+    work ends later returns a `Deferred` that fires with CONTINUE instead."""
+
+    def __init__(self, filter_name: str) -> None:
+        self.filter_name = filter_name
+        super().__init__(
+            f"{filter_name} called continue_decoding() or continue_encoding() inside its own "
+            "hook, then returned STOP_ITERATION from it: the call continued nothing, since "
+            "nothing was held yet. Return CONTINUE from the hook, or a Deferred that fires "
+            "with CONTINUE when the work is done"
+        )
 
 
 class RequestTooLarge(ValueError):
@@ -138,7 +175,9 @@ class StreamInfo:
     #: The request body's JSON document (`IFilterCallbacks.request_json`), once parsed;
     #: read it, change it through `IFilterCallbacks.set_request_json`.
     body_json: dict[str, Any] | None = None
-    #: Free-form annotations filters may share with each other.
+    #: Free-form annotations filters may share with each other. Use `state` (typed,
+    #: keyed by class) instead: annotations go once the built-in filters no longer
+    #: read them.
     annotations: dict[str, Any] = field(default_factory=dict)
     #: The endpoint (URL) of the last upstream attempt.
     endpoint: str | None = None
@@ -168,15 +207,34 @@ class StreamInfo:
     outcome: str = ""
     #: What went wrong, when something did (never contains secrets).
     error: str | None = None
+    #: The request's `FilterState`, made when first asked for (see `state`).
+    _state: FilterState | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def state(self) -> FilterState:
+        """Typed state the filters share (`filterproxy.filters.state.FilterState`): one
+        object per class, ``state.set(obj)`` and ``state.get(Class)``."""
+        state = self._state
+        if state is None:
+            state = self._state = FilterState()
+        return state
 
 
 class IFilterCallbacks(Interface):
     """What the chain offers a filter; available as ``self.callbacks`` in every hook."""
 
     stream_info = Attribute("The `StreamInfo` of this request.")
+    clock = Attribute(
+        "The gateway's clock (`twisted.internet.interfaces.IReactorTime`: ``callLater``, "
+        "``seconds``), for a filter's timers; a `twisted.internet.task.Clock` in "
+        "`filterproxy.testing`. Filters never import the global reactor."
+    )
 
     def continue_decoding() -> None:
-        """Resume request processing held by this filter (after STOP_ITERATION)."""
+        """Resume request processing held by this filter (after STOP_ITERATION), from
+        outside the hook that stopped it. Called inside that hook it would continue
+        nothing: the hook raises `ContinueInsideHook` when it returns STOP_ITERATION. A
+        hook that waits for something returns a Deferred instead (`HeadersResult`)."""
 
     def continue_encoding() -> None:
         """Resume response processing held by this filter."""
@@ -255,38 +313,10 @@ class IFilterCallbacks(Interface):
         some responses calls it for the others, so that they pass at no cost — which
         they then do entirely when no other filter looks at response data."""
 
-    def keep_going_without_client(on_client_gone: Callable[[], None]) -> None:
-        """When the client leaves (or `drop_client`), do not stop the upstream: the
-        response goes on through the encoders — to nobody — and *on_client_gone* is
-        called. The filter ends it when it wants (`abandon`); it ends by itself when the
-        upstream's response does. Call it once the response has started (in
-        `encode_headers`)."""
-
-    def take_flow_control(on_pause: Callable[[], None], on_resume: Callable[[], None]) -> None:
-        """From now on, when the client cannot keep up, *on_pause* is called instead of
-        the upstream being paused, and *on_resume* when it can take more again: the
-        filter holds what comes meanwhile (returning less from `encode_data`, sending it
-        later with `inject_encoded_data`), and pauses the upstream itself
-        (`pause_upstream`) when it holds too much. Call it in `encode_headers`."""
-
-    def pause_upstream() -> None:
-        """Stop reading the upstream's response until `resume_upstream`."""
-
-    def resume_upstream() -> None:
-        """Read the upstream's response again."""
-
-    def drop_client() -> None:
-        """Close the client's connection now; with `keep_going_without_client`, the
-        response goes on without it (a new reader took over a stale connection)."""
-
-    def abandon() -> None:
-        """End the request now, as when its client left: the upstream is stopped."""
-
-    def send_local_stream(status: int, headers: Sequence[tuple[str, str]]) -> None:
-        """Answer the request here with a response whose body this filter then sends
-        piece by piece with `inject_encoded_data` (an event stream of the gateway's
-        own); nothing goes upstream. The head passes the encoders as `send_local_reply`
-        does."""
+    def own_stream() -> IStreamOwner:
+        """The calls of a filter that owns its stream — outliving its client, flow
+        control, a local stream (`filterproxy.filters.stream_owner.IStreamOwner`).
+        Ordinary filters never need them. Callable from any hook; keep what it returns."""
 
 
 class IStreamFilter(Interface):
@@ -294,14 +324,14 @@ class IStreamFilter(Interface):
 
     callbacks = Attribute("The `IFilterCallbacks` for this request, set before any hook.")
 
-    def decode_headers(head: RequestHead, end_stream: bool) -> FilterStatus:
+    def decode_headers(head: RequestHead, end_stream: bool) -> HeadersResult:
         """The request head; *end_stream* is true when the request has no body."""
 
     def decode_data(data: bytes, end_stream: bool) -> DataResult:
         """A piece of the request body; the last call has *end_stream* true. Return a
         status, or the data to pass on instead (see `DataResult`)."""
 
-    def encode_headers(head: ResponseHead, end_stream: bool) -> FilterStatus:
+    def encode_headers(head: ResponseHead, end_stream: bool) -> HeadersResult:
         """The response head; *end_stream* is true when the response has no body."""
 
     def encode_data(data: bytes, end_stream: bool) -> DataResult:
@@ -364,13 +394,13 @@ class StreamFilter:
     def __init__(self, config: Any = None) -> None:
         self.config = config
 
-    def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
+    def decode_headers(self, head: RequestHead, end_stream: bool) -> HeadersResult:
         return FilterStatus.CONTINUE
 
     def decode_data(self, data: bytes, end_stream: bool) -> DataResult:
         return FilterStatus.CONTINUE
 
-    def encode_headers(self, head: ResponseHead, end_stream: bool) -> FilterStatus:
+    def encode_headers(self, head: ResponseHead, end_stream: bool) -> HeadersResult:
         return FilterStatus.CONTINUE
 
     def encode_data(self, data: bytes, end_stream: bool) -> DataResult:

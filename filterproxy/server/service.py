@@ -16,7 +16,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from filterproxy.chain.manager import ChainShape, FilterManager, chain_shape
+from filterproxy.chain.manager import FilterManager
 from filterproxy.chain.registry import FilterChain, build_chain
 from filterproxy.config import Config, ConfigError
 from filterproxy.downstream.server import GatewayServerFactory
@@ -84,7 +84,6 @@ class Gateway:
         }
         #: The reactor's coarse deadlines (request timeouts), looked up once.
         self.deadlines = deadlines_for(reactor)
-        self.shape: ChainShape | None = None
         #: What logs call each filter of the chain: its type and key path.
         self.labels = self.chain.labels
         #: Each filter's constructor (a fallback cluster gets the filters after the
@@ -97,18 +96,17 @@ class Gateway:
 
     def new_request(self, downstream: IDownstream) -> FilterManager:
         """A filter manager for one request arriving on *downstream*."""
-        filters = [spec.create() for spec in self.chain.specs]
-        if self.shape is None:
-            self.shape = chain_shape(filters)  # the same classes for every request
+        chain = self.chain
         return FilterManager(
             downstream,
-            filters,
+            [spec.create() for spec in chain.specs],
             self._router,
-            self.chain.buffer_limit,
-            self.shape,
+            chain.buffer_limit,
+            chain.shape,  # worked out once per chain
             self,
             self.labels,
             self.factories,
+            clock=self.reactor,
         )
 
     def _router(self, manager: FilterManager) -> Router:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet import defer
 from zope.interface.exceptions import Invalid
 
 from filterproxy.filters.api import DataResult, FilterStatus, RequestHead, StreamFilter
@@ -163,3 +164,76 @@ def test_a_filter_may_pass_one_requests_response_data_untouched(
     h.request(b"{}", path=path)
     response = h.respond(200, SSE, [b"a", b"bc"])
     assert response.body == expected and _Selective.calls == calls
+
+
+# -- the docs' examples render, and the one that waits for an answer does what they say -----
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def load_docs_example(name: str, attribute: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, DOCS / "examples" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return getattr(module, attribute)
+
+
+def test_the_filter_guide_includes_its_examples() -> None:
+    import markdown
+
+    html = markdown.markdown(
+        (DOCS / "filters.md").read_text(),
+        extensions=["pymdownx.highlight", "pymdownx.superfences", "pymdownx.snippets"],
+        extension_configs={
+            "pymdownx.highlight": {"use_pygments": False},
+            "pymdownx.snippets": {"base_path": [str(DOCS)], "check_paths": True},
+        },
+    )
+    assert "--8" not in html  # every snippet marker was replaced by its file
+    assert "class RequestedModel(StreamFilter)" in html
+    assert "class TeamBudget(StreamFilter)" in html
+
+
+class Ledger:
+    """A budget service whose answer the test gives."""
+
+    def __init__(self, answer: defer.Deferred[bool]) -> None:
+        self.answer = answer
+        self.asked: list[str] = []
+
+    def allows(self, team: str) -> defer.Deferred[bool]:
+        self.asked.append(team)
+        return self.answer
+
+
+def budget_harness(answer: defer.Deferred[bool], **options: float) -> FilterHarness:
+    team_budget = load_docs_example("team_budget", "TeamBudget")
+    config = load_docs_example("team_budget", "TeamBudgetConfig")
+    return FilterHarness(team_budget(config(Ledger(answer), **options)))
+
+
+def test_the_budget_example_holds_the_request_until_the_service_answers() -> None:
+    answer: defer.Deferred[bool] = defer.Deferred()
+    h = budget_harness(answer)
+    h.request(b'{"model": "m"}', headers={"x-team": "research"})
+    assert not h.upstream.reached and h.filter.config.service.asked == ["research"]
+    answer.callback(True)
+    assert h.upstream.reached and h.upstream.json() == {"model": "m"}
+
+
+def test_the_budget_example_refuses_a_spent_budget() -> None:
+    h = budget_harness(defer.succeed(False))
+    h.request(b'{"model": "m"}', headers={"x-team": "research"})
+    assert h.client.status == 429 and h.client.json()["error"]["code"] == "budget_exhausted"
+    assert not h.upstream.reached
+
+
+def test_the_budget_example_answers_503_when_the_service_is_silent() -> None:
+    h = budget_harness(defer.Deferred(), timeout=2.0)
+    h.request(b'{"model": "m"}', headers={"x-team": "research"})
+    h.clock.advance(1.9)
+    assert h.client.status is None
+    h.clock.advance(0.1)
+    assert h.client.status == 503 and not h.upstream.reached and h.done

@@ -51,6 +51,7 @@ from filterproxy.filters.api import (
     DataResult,
     FilterContext,
     FilterStatus,
+    HeadersResult,
     RequestHead,
     ResponseHead,
     StreamFilter,
@@ -232,7 +233,7 @@ class KeysFilter(StreamFilter):
         self.content_type: str | None = None
         self.done = False
 
-    def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
+    def decode_headers(self, head: RequestHead, end_stream: bool) -> HeadersResult:
         presented = _presented(head)
         head.headers.remove_all(_CREDENTIALS)  # never forwarded, whatever follows
         if presented is None:
@@ -286,17 +287,17 @@ class KeysFilter(StreamFilter):
             )
             return FilterStatus.STOP_ITERATION
         status = self._admit(document)
-        return (
-            FilterStatus.STOP_ITERATION_AND_BUFFER
-            if status is not FilterStatus.CONTINUE
-            else status
-        )
+        if status is FilterStatus.STOP_ITERATION:
+            return FilterStatus.STOP_ITERATION_AND_BUFFER
+        return status  # CONTINUE, or the Redis answer to come: the body waits for it
 
     def _may_use(self, key: GatewayKey, model: str) -> bool:
         names = (model, self.config.aliases.get(model, model))
         return any(fnmatch.fnmatchcase(n, pattern) for n in names for pattern in key.models)
 
-    def _admit(self, document: Mapping[str, Any] | None) -> FilterStatus:
+    def _admit(
+        self, document: Mapping[str, Any] | None
+    ) -> FilterStatus | defer.Deferred[FilterStatus]:
         key = self.key
         assert key is not None
         if not key.limits:
@@ -305,17 +306,9 @@ class KeysFilter(StreamFilter):
         self.input_estimate = prompt
         result = self.config.store.admit(key, prompt + output)
         if not isinstance(result, Admission):
-            # Redis may have failed at once (not connected): then the answer is here
-            # already, and the request must not be continued from inside this hook.
-            early: list[Any] = []
-            result.addBoth(self._later, early)
-            if not early:
-                early.append(None)  # from now on, the answer is taken when it comes
-                return FilterStatus.STOP_ITERATION
-            if isinstance(early[0], Failure):
-                self._store_failed(early[0])
-                return FilterStatus.STOP_ITERATION
-            result = early[0]
+            # Redis answers later (or has failed at once, when not connected): the
+            # chain holds the request until this Deferred says what to do.
+            return result.addCallbacks(self._answered, self._store_failed)
         return FilterStatus.CONTINUE if self._decided(result) else FilterStatus.STOP_ITERATION
 
     def _decided(self, admission: Admission) -> bool:
@@ -336,27 +329,17 @@ class KeysFilter(StreamFilter):
         )
         return False
 
-    def _later(self, value: Any, early: list[Any]) -> None:
-        """The admission's answer: kept in *early* when it came before `_admit` returned,
-        else acted on."""
-        if not early:
-            early.append(value)
-        elif isinstance(value, Failure):
-            self._store_failed(value)
-        else:
-            self._answered(value)
-
-    def _answered(self, admission: Admission) -> None:
+    def _answered(self, admission: Admission) -> FilterStatus:
+        """Redis's answer: whether the request goes on."""
         if self.done:  # the client left while Redis answered: give the slot back at once
             if admission.allowed and self.key is not None:
                 self.config.store.settle(self.key, admission, 0)
-            return
-        if self._decided(admission):
-            self.callbacks.continue_decoding()
+            return FilterStatus.STOP_ITERATION
+        return FilterStatus.CONTINUE if self._decided(admission) else FilterStatus.STOP_ITERATION
 
-    def _store_failed(self, failure: Failure) -> None:
+    def _store_failed(self, failure: Failure) -> FilterStatus:
         if self.done:
-            return
+            return FilterStatus.STOP_ITERATION
         if not failure.check(StoreUnavailable):
             log.failure("admission failed", failure)
         self.callbacks.send_local_reply(
@@ -365,6 +348,7 @@ class KeysFilter(StreamFilter):
             code="limits_unavailable",
             headers=[("retry-after", "1")],
         )
+        return FilterStatus.STOP_ITERATION
 
     def encode_headers(self, head: ResponseHead, end_stream: bool) -> FilterStatus:
         admission = self.admission

@@ -56,6 +56,7 @@ from filterproxy.filters.api import (
     DataResult,
     FilterContext,
     FilterStatus,
+    HeadersResult,
     RequestHead,
     RequestTooLarge,
     ResponseHead,
@@ -118,22 +119,18 @@ class ResponsesFilter(StreamFilter):
         self.path = ""
         #: A GET or DELETE of a stored response, answered here.
         self.answering = False
-        #: The store could not answer, and the client was told so.
-        self.replied = False
         #: The request's whole input (after a stored conversation was put in front).
         self.input: list[Any] | None = None
         self.keep = False
-        #: Whether this filter returned before the store answered (a lookup or a write;
-        #: the request or the answer's last pieces wait in the chain meanwhile), and
-        #: whether the answer's response is being stored.
-        self.storing = False
-        self.waiting = False
+        #: Whether the answer's response has been given to the store (the hook that
+        #: did returned a Deferred: the answer's last pieces wait in the chain until the
+        #: store is done).
         self.stored = False
         self.done = False
 
     # -- the request ---------------------------------------------------------------------
 
-    def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
+    def decode_headers(self, head: RequestHead, end_stream: bool) -> HeadersResult:
         path = head.path.split("?", 1)[0]
         match = _PATH.match(path)
         if match is None:
@@ -151,21 +148,20 @@ class ResponsesFilter(StreamFilter):
         if head.method not in ("GET", "DELETE") or (items and head.method != "GET"):
             return FilterStatus.CONTINUE
         self.answering = True
-        d = self.config.store.get(response_id)
-        d.addCallback(self._read, head.method, response_id, items)
-        d.addErrback(self._unavailable)
-        return FilterStatus.STOP_ITERATION
+        read = self.config.store.get(response_id)
+        return read.addCallback(self._read, head.method, response_id, items).addErrback(
+            self._unavailable
+        )
 
     def _read(
         self, record: dict[str, Any] | None, method: str, response_id: str, items: bool
-    ) -> None:
+    ) -> FilterStatus:
         if self.done:
-            return
+            return FilterStatus.STOP_ITERATION
         if record is None or record.get("owner") != self.owner:
             if any(self.path.startswith(r.path_prefix or "") for r in self.config.prefixed_routes):
                 self.answering = False
-                self.callbacks.continue_decoding()  # a provider that keeps it may know it
-                return
+                return FilterStatus.CONTINUE  # a provider that keeps it may know it
             self.callbacks.send_local_reply(
                 404,
                 f"no response with id {response_id!r}: the gateway keeps the responses it "
@@ -173,7 +169,7 @@ class ResponsesFilter(StreamFilter):
                 "the same credentials only",
                 code="not_found",
             )
-            return
+            return FilterStatus.STOP_ITERATION
         if method == "DELETE":
             self.config.store.delete(response_id).addErrback(self._unavailable)
             body = {"id": response_id, "object": "response.deleted", "deleted": True}
@@ -194,11 +190,11 @@ class ResponsesFilter(StreamFilter):
         else:
             body = record.get("response") or {}
         self.callbacks.send_local_response(200, orjson.dumps(body), "application/json")
+        return FilterStatus.STOP_ITERATION
 
-    def _unavailable(self, failure: Failure) -> None:
+    def _unavailable(self, failure: Failure) -> FilterStatus:
         if self.done:
-            return
-        self.replied = True
+            return FilterStatus.STOP_ITERATION
         log.warn("conversation store unavailable: {error}", error=failure.getErrorMessage())
         self.callbacks.send_local_reply(
             503,
@@ -206,6 +202,7 @@ class ResponsesFilter(StreamFilter):
             code="store_unavailable",
             headers=[("retry-after", "1")],
         )
+        return FilterStatus.STOP_ITERATION
 
     def decode_data(self, data: bytes, end_stream: bool) -> DataResult:
         if self.answering:
@@ -235,17 +232,14 @@ class ResponsesFilter(StreamFilter):
             return FilterStatus.CONTINUE
         store = self.config.store
         d = defer.gatherResults([store.get(i) for i in ids], consumeErrors=True)
-        d.addCallbacks(
+        # The body goes on when the store has answered (at once, for the memory store).
+        return d.addCallbacks(
             self._continue,
             lambda f: self._unavailable(
                 f.value.subFailure if isinstance(f.value, defer.FirstError) else f
             ),
             callbackArgs=(document, previous, ids),
         )
-        if d.called and not self.replied:
-            return FilterStatus.CONTINUE  # answered at once (the memory store)
-        self.waiting = True  # from now on, the answer is acted on when it comes
-        return FilterStatus.STOP_ITERATION_AND_BUFFER
 
     def _continue(
         self,
@@ -253,9 +247,9 @@ class ResponsesFilter(StreamFilter):
         document: dict[str, Any],
         previous: str,
         ids: list[str],
-    ) -> None:
+    ) -> FilterStatus:
         if self.done:
-            return
+            return FilterStatus.STOP_ITERATION
         found = dict(zip(ids, records, strict=True))
         items = self.input or []
         if len(ids) > (1 if previous else 0):
@@ -271,7 +265,6 @@ class ResponsesFilter(StreamFilter):
             try:
                 self.callbacks.set_request_json(document)
             except RequestTooLarge as e:
-                self.replied = True
                 what = f"continuing response {previous!r}" if previous else "its item references"
                 self.callbacks.send_local_reply(
                     413,
@@ -281,10 +274,8 @@ class ResponsesFilter(StreamFilter):
                     "matter, or raise max_request_bytes",
                     code="conversation_too_large",
                 )
-                return
-        if self.waiting:
-            self.waiting = False
-            self.callbacks.continue_decoding()
+                return FilterStatus.STOP_ITERATION
+        return FilterStatus.CONTINUE
 
     # -- the answer ----------------------------------------------------------------------
 
@@ -296,8 +287,6 @@ class ResponsesFilter(StreamFilter):
         return FilterStatus.CONTINUE
 
     def encode_data(self, data: bytes, end_stream: bool) -> DataResult:
-        if self.storing:
-            return FilterStatus.STOP_ITERATION_AND_BUFFER
         if self.stored:
             return FilterStatus.CONTINUE
         response = self.callbacks.stream_info.annotations.get(RESPONSE_ANNOTATION)
@@ -307,7 +296,7 @@ class ResponsesFilter(StreamFilter):
         # turn finds it wherever it lands. A store that fails to keep it — unreachable, or
         # refusing the record at once — costs the next turn its context, never this
         # answer: the failure is logged and the answer goes on.
-        self.stored = self.storing = True
+        self.stored = True
         record = {"owner": self.owner, "input": self.input or [], "response": response}
         d = defer.maybeDeferred(self.config.store.put, str(response.get("id")), record)
         d.addErrback(
@@ -317,17 +306,13 @@ class ResponsesFilter(StreamFilter):
                 error=f.getErrorMessage(),
             )
         )
-        d.addBoth(self._release)
-        if not self.storing:
-            return FilterStatus.CONTINUE  # kept at once (the memory store)
-        self.waiting = True
-        return FilterStatus.STOP_ITERATION_AND_BUFFER
-
-    def _release(self, _: Any) -> None:
-        self.storing = False
-        if self.waiting and not self.done:
-            self.waiting = False
-            self.callbacks.continue_encoding()
+        # The answer's last pieces go on when the store is done (at once, for the
+        # memory store), whatever it says.
+        return d.addBoth(_passed_on)
 
     def on_destroy(self) -> None:
         self.done = True
+
+
+def _passed_on(_: object) -> FilterStatus:
+    return FilterStatus.CONTINUE

@@ -15,11 +15,9 @@ from filterproxy.config import Node
 from filterproxy.extensions.resume.config import ResumeBuffers, resume_of
 from filterproxy.extensions.resume.reader import (
     STREAM_ANNOTATION,
-    StreamOwnerCalls,
     StreamReader,
     accepts_gzip,
     compressed,
-    own_stream,
     resent_position,
     stream_request,
 )
@@ -34,6 +32,7 @@ from filterproxy.filters.api import (
     StreamFilter,
 )
 from filterproxy.filters.owner import credential_of, owner_digest
+from filterproxy.filters.stream_owner import IStreamOwner
 from filterproxy.http.apis import client_api
 from filterproxy.http.errors import error_body
 from filterproxy.http.sse import DEFAULT_MAX_EVENT_BYTES, EventTooLarge
@@ -125,7 +124,7 @@ class ResumeFilter(StreamFilter):
         #: This request's reading of a stream, when it reads one.
         self.reader: StreamReader | None = None
         #: The stream-owner calls, once this request owns its stream.
-        self.own: StreamOwnerCalls | None = None
+        self.own: IStreamOwner | None = None
         #: The client's gzip stream, when the route offers it and the client takes it.
         self.gzip: Any = None  # zlib's compressor (its type is not importable)
         #: What a slow client's events wait in (`OriginState.SLOW`), and their size.
@@ -227,7 +226,7 @@ class ResumeFilter(StreamFilter):
             self.gzip = zlib.compressobj(6, zlib.DEFLATED, 31)
             head.headers.set("content-encoding", "gzip")
             head.headers.add("vary", "accept-encoding")
-        own = self.own = own_stream(self.callbacks)
+        own = self.own = self.callbacks.own_stream()
         own.keep_going_without_client(self._client_gone)
         own.take_flow_control(self._client_slow, self._client_ready)
         return FilterStatus.CONTINUE
@@ -267,10 +266,10 @@ class ResumeFilter(StreamFilter):
         out, self.held, self.held_bytes = b"".join(stream.fold(self.held)), [], 0
         return compressed(self.gzip, out, end_stream) if self.gzip is not None else out
 
-    def _own(self) -> StreamOwnerCalls:
+    def _own(self) -> IStreamOwner:
         own = self.own
         if own is None:
-            own = self.own = own_stream(self.callbacks)
+            own = self.own = self.callbacks.own_stream()
         return own
 
     @property

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs
 
 import orjson
@@ -28,11 +28,10 @@ from filterproxy.extensions.resume.streams import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
 
     from filterproxy.filters.api import IFilterCallbacks, RequestHead
 
-__all__ = ["StreamOwnerCalls", "StreamReader", "StreamRequest", "accepts_gzip", "stream_request"]
+__all__ = ["StreamReader", "StreamRequest", "accepts_gzip", "stream_request"]
 
 log = Logger(namespace="filterproxy.resume")
 _STREAM_PATH: Final = re.compile(r"^(?:/v1)?/streams/([A-Za-z0-9_-]{8,80})/?$")
@@ -41,35 +40,6 @@ _STREAM_PATH: Final = re.compile(r"^(?:/v1)?/streams/([A-Za-z0-9_-]{8,80})/?$")
 #: back in time) or resumed one (``{"id", "role": "resume", "route", "outcome", …}``):
 #: the access log's ``stream`` field, and the resume metrics.
 STREAM_ANNOTATION: Final = "stream"
-
-
-class StreamOwnerCalls(Protocol):
-    """The calls of a filter that owns its stream (`IFilterCallbacks.own_stream`)."""
-
-    def keep_going_without_client(self, on_client_gone: Any) -> None: ...
-
-    def take_flow_control(self, on_pause: Any, on_resume: Any) -> None: ...
-
-    def pause_upstream(self) -> None: ...
-
-    def resume_upstream(self) -> None: ...
-
-    def drop_client(self) -> None: ...
-
-    def abandon(self) -> None: ...
-
-    def send_local_stream(self, status: int, headers: Sequence[tuple[str, str]]) -> None: ...
-
-
-class _Owns(Protocol):
-    def own_stream(self) -> StreamOwnerCalls: ...
-
-
-def own_stream(callbacks: IFilterCallbacks) -> StreamOwnerCalls:
-    """*callbacks*' stream-owner calls."""
-    owns: Any = callbacks
-    own: StreamOwnerCalls = owns.own_stream()
-    return own
 
 
 def accepts_gzip(value: str | None) -> bool:
@@ -300,7 +270,7 @@ class StreamReader:
         if gzip and accepts_gzip(self.accept_encoding):
             self.gzip = zlib.compressobj(6, zlib.DEFLATED, 31)
             headers += [("content-encoding", "gzip"), ("vary", "accept-encoding")]
-        own_stream(self.callbacks).send_local_stream(200, headers)
+        self.callbacks.own_stream().send_local_stream(200, headers)
 
     def _send(self, data: bytes, end_stream: bool) -> None:
         if not self.done:
@@ -318,12 +288,12 @@ class StreamReader:
         if complete:
             self._send(b"", True)
         else:
-            own_stream(self.callbacks).abandon()  # it failed: never a clean end
+            self.callbacks.own_stream().abandon()  # it failed: never a clean end
 
     def taken_over(self) -> None:
         """Another reader took over: this connection is closed."""
         if not self.done:
-            own_stream(self.callbacks).drop_client()
+            self.callbacks.own_stream().drop_client()
 
     def close(self) -> None:
         """The request is over: stop following the stream."""
