@@ -57,6 +57,7 @@ from filterproxy.filters.api import (
 from filterproxy.filters.stream_owner import IStreamOwner
 from filterproxy.http.apis import client_api
 from filterproxy.http.body import BadBody, parse_body
+from filterproxy.http.encoding import narrowed
 from filterproxy.http.errors import error_body
 from filterproxy.http.headers import Headers, forward_response_headers
 from filterproxy.http.tracing import TraceContext, child_context, request_id_from
@@ -346,6 +347,9 @@ class ChainShape:
     #: The first filter after the one that chooses the cluster (``chooses_cluster``):
     #: from there the chain runs again for a fallback cluster. -1: no such filter.
     fallback_from: int = -1
+    #: Indexes of the filters that say which response codings they can read
+    #: (``response_codings``); none: the request's Accept-Encoding goes as it is.
+    reads_codings: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, classes: tuple[type, ...]) -> ChainShape:
@@ -367,6 +371,12 @@ class ChainShape:
             fallback_from=max(
                 (i + 1 for i, c in enumerate(classes) if getattr(c, "chooses_cluster", False)),
                 default=-1,
+            ),
+            reads_codings=tuple(
+                i
+                for i, c in enumerate(classes)
+                if callable(getattr(c, "response_codings", None))
+                and _overrides(c, "response_codings")
             ),
         )
 
@@ -446,7 +456,7 @@ class FilterManager(ResponseSink):
         self.decoder: DecodeIteration = DecodeIteration(
             filters,
             shape.decodes_data,
-            self.router.on_request_headers,
+            self._to_upstream if shape.reads_codings else self.router.on_request_headers,
             self.router.on_request_data,
             buffer_limit,
             self._request_too_large,
@@ -459,6 +469,21 @@ class FilterManager(ResponseSink):
         self.encoder: FilterIteration[ResponseHead] | None = None
         self.buffer_limit = buffer_limit
         self._make_encoder()
+
+    def _to_upstream(self, head: RequestHead, end_stream: bool) -> None:
+        """The request head leaves the chain: ask the upstream only for the content
+        codings every filter that reads the response can read."""
+        readable: frozenset[str] | None = None
+        filters: list[Any] = self.filters  # those that override StreamFilter.response_codings
+        for i in self.shape.reads_codings:
+            codings: frozenset[str] | None = filters[i].response_codings()
+            if codings is not None:
+                readable = codings if readable is None else readable & codings
+        if readable is not None:
+            value = narrowed(head.headers.get("accept-encoding"), readable)
+            if value is not None:
+                head.headers.set("accept-encoding", value)
+        self.router.on_request_headers(head, end_stream)
 
     def _make_encoder(self) -> None:
         shape = self.shape

@@ -19,15 +19,8 @@ from zope.interface.verify import verifyClass
 
 from filterproxy.chain.manager import ChainShape
 from filterproxy.config import DEFAULT_MAX_REQUEST_BYTES, Config, ConfigError, Node
-from filterproxy.extensions.body_accumulate.filter import BodyAccumulateConfig, BodyAccumulateFilter
-from filterproxy.extensions.header_rewrite.filter import HeaderRewriteFilter
-from filterproxy.extensions.keys.filter import KeysFilter
-from filterproxy.extensions.responses.filter import ResponsesFilter
-from filterproxy.extensions.resume import ResumeFilter
-from filterproxy.extensions.route.filter import RouteFilter
-from filterproxy.extensions.translate.filter import TranslateFilter
-from filterproxy.extensions.usage.filter import UsageFilter
-from filterproxy.filters.api import FilterContext, IStreamFilter, StreamFilter
+from filterproxy.extensions.builtin import BUILTIN_FILTERS
+from filterproxy.filters.api import FilterContext, IStreamFilter
 
 if TYPE_CHECKING:
     from filterproxy.filters.resources import Resources
@@ -39,18 +32,6 @@ __all__ = [
     "build_chain",
     "load_filter_class",
 ]
-
-BUILTIN_FILTERS: dict[str, type[StreamFilter]] = {
-    "keys": KeysFilter,
-    "body-accumulate": BodyAccumulateFilter,
-    "resume": ResumeFilter,
-    "responses": ResponsesFilter,
-    "route": RouteFilter,
-    "translate": TranslateFilter,
-    "header-rewrite": HeaderRewriteFilter,
-    "usage": UsageFilter,
-}
-
 
 @dataclass(frozen=True)
 class FilterSpec:
@@ -136,7 +117,8 @@ def build_chain(config: Config, resources: Resources) -> FilterChain:
 
     Raises:
         ConfigError: an entry names no filter class, its options are refused by the
-            class's ``configure``, or the chain has no route filter.
+            class's ``configure``, the chain has no route filter, or a filter is where
+            it cannot work (`check_order`).
     """
     specs = []
     buffer_limit = DEFAULT_MAX_REQUEST_BYTES
@@ -159,9 +141,10 @@ def build_chain(config: Config, resources: Resources) -> FilterChain:
         variant = getattr(cls, "variant", None)
         if variant is not None:
             cls = variant(filter_config)
-        if isinstance(filter_config, BodyAccumulateConfig):
-            buffer_limit = filter_config.max_request_bytes
-        saw_route = saw_route or issubclass(cls, RouteFilter)
+        limit = getattr(cls, "buffer_limit", None)
+        if limit is not None and (found := limit(filter_config)) is not None:
+            buffer_limit = found
+        saw_route = saw_route or bool(getattr(cls, "chooses_cluster", False))
         specs.append(
             FilterSpec(
                 entry.type_name,
@@ -177,4 +160,34 @@ def build_chain(config: Config, resources: Resources) -> FilterChain:
             "the chain has no 'route' filter, so no request could be sent anywhere; "
             "add '- type: route' (after body-accumulate)",
         )
+    check_order(specs)
     return FilterChain(tuple(specs), buffer_limit)
+
+
+def check_order(specs: list[FilterSpec]) -> None:
+    """What each filter declares of its place (`StreamFilter.requires`, ``precedes``,
+    ``provides``) holds in the chain *specs* make.
+
+    Raises:
+        ConfigError: at the entry whose requirement is broken, naming the other entry
+            and why.
+    """
+    earlier: dict[str, FilterSpec] = {}
+    for spec in specs:
+        for need, why in getattr(spec.cls, "requires", {}).items():
+            if need not in earlier:
+                raise ConfigError(
+                    spec.path,
+                    f"filter {spec.type_name} needs a '{need}' filter before it in the chain "
+                    f"({why}); put '- type: {need}' before it",
+                )
+        for later, why in getattr(spec.cls, "precedes", {}).items():
+            found = earlier.get(later)
+            if found is not None:
+                raise ConfigError(
+                    spec.path,
+                    f"filter {spec.type_name} must come before {found.type_name} "
+                    f"({found.path}) in the chain: {why}",
+                )
+        for name in getattr(spec.cls, "provides", ()):
+            earlier.setdefault(name, spec)

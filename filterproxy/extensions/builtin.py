@@ -1,4 +1,5 @@
-"""The built-in extensions' config schemas, and the config loader that knows them.
+"""The built-in extensions: their filters by name, their config schemas, and the config
+loader that knows them.
 
 The core config (`filterproxy.config`) knows no extension: it is handed their schemas.
 This is where the built-in ones are listed, in the order their filters are put in the
@@ -10,15 +11,39 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 from filterproxy import config
 from filterproxy.config import Config, ExtensionSchema
+from filterproxy.extensions.body_accumulate.filter import BodyAccumulateFilter
+from filterproxy.extensions.header_rewrite.filter import HeaderRewriteFilter
 from filterproxy.extensions.keys.config import SCHEMA as KEYS
+from filterproxy.extensions.keys.filter import KeysFilter
 from filterproxy.extensions.responses.config import SCHEMA as RESPONSES
+from filterproxy.extensions.responses.filter import ResponsesFilter
+from filterproxy.extensions.resume import ResumeFilter
 from filterproxy.extensions.resume.config import SCHEMA as RESUME
+from filterproxy.extensions.route.filter import RouteFilter
 from filterproxy.extensions.translate.config import SCHEMA as TRANSLATE
+from filterproxy.extensions.translate.filter import TranslateFilter
+from filterproxy.extensions.usage.filter import UsageFilter
+from filterproxy.filters.api import StreamFilter
 
-__all__ = ["BUILTIN_SCHEMAS", "load_config", "parse_config"]
+__all__ = ["BUILTIN_FILTERS", "BUILTIN_SCHEMAS", "load_config", "parse_config"]
+
+#: The built-in filters by the ``type`` a config names them with.
+BUILTIN_FILTERS: Mapping[str, type[StreamFilter]] = MappingProxyType(
+    {
+        "keys": KeysFilter,
+        "body-accumulate": BodyAccumulateFilter,
+        "resume": ResumeFilter,
+        "responses": ResponsesFilter,
+        "route": RouteFilter,
+        "translate": TranslateFilter,
+        "header-rewrite": HeaderRewriteFilter,
+        "usage": UsageFilter,
+    }
+)
 
 #: The built-in extensions that own config keys or a place in the default chain.
 BUILTIN_SCHEMAS: tuple[ExtensionSchema, ...] = (KEYS, RESUME, RESPONSES, TRANSLATE)

@@ -376,12 +376,28 @@ class StreamFilter:
     #: this filter, with `StreamInfo.cluster` naming the fallback — so nothing shaped
     #: for one cluster (its credentials, path, API) reaches another.
     chooses_cluster: ClassVar[bool] = False
+    #: What this filter is, for other filters' `requires` and `precedes` (the built-in
+    #: filters: their ``type``, e.g. ``("route",)``).
+    provides: ClassVar[tuple[str, ...]] = ()
+    #: What must come before this filter in the chain, each with the reason (said in
+    #: the error): the chain is refused without it, or with it after this filter.
+    requires: ClassVar[Mapping[str, str]] = {}
+    #: What, when it is in the chain, must come after this filter, each with the reason:
+    #: the chain is refused with it before this filter.
+    precedes: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def configure(cls, options: Mapping[str, Any], context: FilterContext) -> Any:
         """Validate *options* once at start-up; the result is passed to ``__init__``."""
         if options:
             raise ValueError(f"takes no options, got: {', '.join(sorted(options))}")
+        return None
+
+    @classmethod
+    def buffer_limit(cls, config: Any) -> int | None:
+        """What this filter, configured with *config*, lets the chain buffer of a
+        request or a response (body-accumulate's ``max_request_bytes``), or None: it
+        sets no limit (the chain's default, 10 MiB, stands)."""
         return None
 
     @classmethod
@@ -405,6 +421,19 @@ class StreamFilter:
 
     def encode_data(self, data: bytes, end_stream: bool) -> DataResult:
         return FilterStatus.CONTINUE
+
+    def response_codings(self) -> frozenset[str] | None:
+        """The content codings of the upstream's response this filter can read for this
+        request (lower case, e.g. ``{"gzip", "identity"}``), or None: any — it does not
+        read the body, or not for this request (the default).
+
+        Asked once each time the request goes upstream, after every decode hook, of the
+        filters that override it: the upstream is asked for the client's
+        ``Accept-Encoding`` narrowed to what all of them can read
+        (`filterproxy.http.encoding.narrowed`), so a filter never rewrites that header
+        itself.
+        """
+        return None
 
     def on_destroy(self) -> None:
         pass

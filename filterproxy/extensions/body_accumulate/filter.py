@@ -26,6 +26,8 @@ class BodyAccumulateConfig:
 class BodyAccumulateFilter(StreamFilter):
     """Collects the request body up to ``max_request_bytes`` (default 10 MiB)."""
 
+    provides = ("body-accumulate",)
+
     config: BodyAccumulateConfig
 
     @classmethod
@@ -34,6 +36,10 @@ class BodyAccumulateFilter(StreamFilter):
         if "max_request_bytes" in keys:
             return BodyAccumulateConfig(keys["max_request_bytes"].integer(minimum=0))
         return BodyAccumulateConfig()
+
+    @classmethod
+    def buffer_limit(cls, config: BodyAccumulateConfig) -> int | None:
+        return config.max_request_bytes
 
     def __init__(self, config: BodyAccumulateConfig) -> None:
         super().__init__(config)

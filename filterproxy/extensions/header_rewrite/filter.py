@@ -42,6 +42,8 @@ class HeaderRewriteConfig:
 class HeaderRewriteFilter(StreamFilter):
     """Applies the filter's, the cluster's and the route's header rules."""
 
+    provides = ("header-rewrite",)
+
     config: HeaderRewriteConfig
 
     @classmethod

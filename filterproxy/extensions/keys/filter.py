@@ -206,6 +206,8 @@ def _presented(head: RequestHead) -> str | None:
 class KeysFilter(StreamFilter):
     """Gateway keys and their limits (see the module's description)."""
 
+    provides = ("keys",)
+
     config: KeysConfig
 
     @classmethod

@@ -35,7 +35,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import orjson
 from twisted.internet import defer
@@ -101,6 +101,11 @@ class ResponsesFilter(StreamFilter):
     """Keeps, continues, reads and deletes Responses conversations (see the module)."""
 
     config: ResponsesFilterConfig
+    provides = ("responses",)
+    precedes: ClassVar[Mapping[str, str]] = {
+        "translate": "a translated request's conversation is resolved before it is "
+        "translated, and the answer translated before it is kept",
+    }
 
     @classmethod
     def configure(cls, options: Mapping[str, Any], context: FilterContext) -> ResponsesFilterConfig:

@@ -9,7 +9,7 @@ import hashlib
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from filterproxy.config import Node
 from filterproxy.extensions.resume.config import ResumeBuffers, resume_of
@@ -34,6 +34,7 @@ from filterproxy.filters.api import (
 from filterproxy.filters.owner import credential_of, owner_digest
 from filterproxy.filters.stream_owner import IStreamOwner
 from filterproxy.http.apis import client_api
+from filterproxy.http.encoding import IDENTITY
 from filterproxy.http.errors import error_body
 from filterproxy.http.sse import DEFAULT_MAX_EVENT_BYTES, EventTooLarge
 
@@ -85,6 +86,13 @@ class ResumeFilter(StreamFilter):
     """Resumable event streams (see `filterproxy.extensions.resume`)."""
 
     config: ResumeFilterConfig
+    provides = ("resume",)
+    precedes: ClassVar[Mapping[str, str]] = {
+        "translate": "it numbers the events the client gets, so the filters that rewrite "
+        "the answer come after it",
+        "usage": "it numbers the events the client gets, so the filters that rewrite "
+        "the answer come after it",
+    }
 
     @classmethod
     def configure(cls, options: Mapping[str, Any], context: FilterContext) -> ResumeFilterConfig:
@@ -185,6 +193,11 @@ class ResumeFilter(StreamFilter):
         return owner_digest(self.callbacks.stream_info.key_name, self.credential)
 
     # -- the origin's side -------------------------------------------------------------
+
+    def response_codings(self) -> frozenset[str] | None:
+        # A resumable stream's events are numbered and kept here: they must come as text.
+        route = self.callbacks.stream_info.route
+        return IDENTITY if route is not None and resume_of(route) is not None else None
 
     def encode_headers(self, head: ResponseHead, end_stream: bool) -> FilterStatus:
         info = self.callbacks.stream_info

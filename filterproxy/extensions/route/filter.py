@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from filterproxy.config import RouteConfig
-from filterproxy.extensions.resume.config import resume_of
 from filterproxy.extensions.route.matching import model_matches, resolve_alias, select_route
 from filterproxy.filters.api import FilterContext, FilterStatus, RequestHead, StreamFilter
 from filterproxy.http.body import BadBody, parse_body
@@ -79,6 +78,7 @@ class RouteFilter(StreamFilter):
 
     config: RouteTable
     chooses_cluster = True
+    provides = ("route",)
 
     @classmethod
     def configure(cls, options: Mapping[str, Any], context: FilterContext) -> RouteTable:
@@ -159,7 +159,4 @@ class RouteFilter(StreamFilter):
         info.model = model
         info.route = route
         info.cluster = route.cluster
-        if resume_of(route) is not None:
-            # The resume filter numbers the stream's events: it must get them as text.
-            head.headers.set("accept-encoding", "identity")
         return FilterStatus.CONTINUE

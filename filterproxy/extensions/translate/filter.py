@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from filterproxy.config import ClusterConfig, Node, RouteConfig
 from filterproxy.extensions.translate.config import TranslateRoute, parse_hosted_tools
@@ -42,6 +42,7 @@ from filterproxy.filters.api import (
     StreamFilter,
 )
 from filterproxy.http.apis import CHAT, MESSAGES, RESPONSES, client_api
+from filterproxy.http.encoding import IDENTITY
 from filterproxy.http.inflate import InflateError, Inflater, inflater_for
 from filterproxy.http.sse import DEFAULT_MAX_EVENT_BYTES
 from filterproxy.translate.chat_over_messages import (
@@ -129,9 +130,14 @@ def _route_options(route: RouteConfig | None) -> TranslateRoute:
 
 
 class TranslateFilter(StreamFilter):
-    """Translates requests and answers between Messages and Chat Completions."""
+    """Serves a client's API (Chat Completions, Messages, Responses) from an upstream that
+    speaks another: the request, the answer and the stream are translated."""
 
     config: TranslateConfig
+    provides = ("translate",)
+    requires: ClassVar[Mapping[str, str]] = {
+        "route": "it translates for the cluster the route filter chooses"
+    }
 
     @classmethod
     def configure(cls, options: Mapping[str, Any], context: FilterContext) -> TranslateConfig:
@@ -215,10 +221,12 @@ class TranslateFilter(StreamFilter):
         self.client = info.api = api
         head.path = _UPSTREAM_PATH[self.target]
         head.headers.remove_all(frozenset(_CLIENT_HEADERS[api]))
-        # The answer is rebuilt here: it must come uncompressed (the client's answer is
-        # a new body anyway).
-        head.headers.set("accept-encoding", "identity")
         return FilterStatus.CONTINUE
+
+    def response_codings(self) -> frozenset[str] | None:
+        # A translated answer is rebuilt here: it must come uncompressed (the client's
+        # answer is a new body anyway).
+        return IDENTITY if self.client is not None else None
 
     def decode_data(self, data: bytes, end_stream: bool) -> DataResult:
         if self.client is None or not end_stream:

@@ -183,24 +183,10 @@ class UsageScanner:
         return rest[i + len(_MARKER) :]
 
 
-#: The content codings whose responses the scanner can read (inflated on the side).
-_READABLE_CODINGS: Final = frozenset({"gzip", "x-gzip", "deflate", "identity"})
-
-
-def narrow_encodings(head: RequestHead) -> None:
-    """Keep only the content codings the usage scanner can read in the request's
-    ``Accept-Encoding`` (gzip and deflate; not br or zstd): the provider's usage stays
-    readable, and the client still gets a compressed answer where it asked for one."""
-    accepted = head.headers.get("accept-encoding")
-    if accepted is None:
-        return
-    kept = [
-        c.strip()
-        for c in accepted.split(",")
-        if c.split(";", 1)[0].strip().lower() in _READABLE_CODINGS
-    ]
-    if len(kept) != len(accepted.split(",")):
-        head.headers.set("accept-encoding", ", ".join(kept) if kept else "identity")
+#: The content codings whose responses the scanner can read (inflated on the side): the
+#: upstream is asked only for these (the client still gets a compressed answer where it
+#: asked for one), so the provider's usage stays readable.
+READABLE_CODINGS: Final = frozenset({"gzip", "deflate", "identity"})
 
 
 def is_usage_only_event(event: SSEEvent) -> bool:
@@ -247,6 +233,8 @@ class UsageConfig:
 class UsageFilter(StreamFilter):
     """Reads token usage from responses; optionally asks streams to report it."""
 
+    provides = ("usage",)
+
     config: UsageConfig
 
     @classmethod
@@ -274,9 +262,8 @@ class UsageFilter(StreamFilter):
         #: Decodes the response into events while usage chunks are removed.
         self.events: SSEDecoder | None = None
 
-    def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
-        narrow_encodings(head)
-        return FilterStatus.CONTINUE
+    def response_codings(self) -> frozenset[str] | None:
+        return READABLE_CODINGS
 
     def encode_headers(self, head: ResponseHead, end_stream: bool) -> FilterStatus:
         encoding = head.headers.get("content-encoding")
@@ -377,7 +364,6 @@ class _InjectingUsageFilter(UsageFilter):
 
     def decode_headers(self, head: RequestHead, end_stream: bool) -> FilterStatus:
         self.path = head.path
-        narrow_encodings(head)
         return FilterStatus.CONTINUE
 
     def decode_data(self, data: bytes, end_stream: bool) -> DataResult:
