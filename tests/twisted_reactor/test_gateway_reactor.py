@@ -2,7 +2,7 @@
 reactor core — run against `GatewayReactor`.
 
 `filterproxy.runtime._epoll` replaces the epoll reactor's main loop and its TCP read path, and
-leans on attributes Twisted keeps private (`filterproxy._twisted_private` lists them). A
+leans on attributes Twisted keeps private (`filterproxy.runtime._private_apis` lists them). A
 Twisted release that changes what those rely on fails these tests, not a user's gateway.
 """
 

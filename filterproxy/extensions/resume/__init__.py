@@ -2,8 +2,8 @@
 
 An event stream answered on a resumable route gets a stream id (the ``x-stream-id``
 response header) and numbered events (an ``id: <stream id>.<n>`` line ends each event;
-the ``data:`` bytes are not touched; `filterproxy.resume.EventFramer`). Its events are
-kept (`filterproxy.resume.ResumeBuffer`) while it runs and for ``resume.keep`` after.
+the ``data:`` bytes are not touched; `filterproxy.extensions.resume.framing.EventFramer`). Its events are
+kept (`filterproxy.extensions.resume.framing.ResumeBuffer`) while it runs and for ``resume.keep`` after.
 
 - When its client goes away before the end, the upstream keeps generating into the
   buffer for ``resume.grace``; then it is stopped, as for any other request.
