@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 from twisted.internet import defer
+from twisted.internet.task import Clock
 
 from filterproxy.extensions.builtin import parse_config
-from filterproxy.extensions.keys import filter as keys_filter
 from filterproxy.extensions.keys.config import GatewayKey, hash_key
 from filterproxy.extensions.keys.filter import KeysFilter, LimitStore, StoreUnavailable
 from filterproxy.extensions.keys.limits import Admission
@@ -57,11 +57,17 @@ ANSWER = json.dumps(
 JSON = {"content-type": "application/json"}
 
 
-@pytest.fixture(autouse=True)
-def fixed_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The counts' windows are UTC minutes read from the wall clock: pinned, so that no
-    test straddles a minute's end."""
-    monkeypatch.setattr(keys_filter, "_now_ms", lambda: NOW_MS)
+def clock() -> Clock:
+    """The counts' windows are UTC minutes read from the process's clock: pinned, so
+    that no test straddles a minute's end."""
+    pinned = Clock()
+    pinned.advance(NOW_MS / 1000)
+    return pinned
+
+
+def at_now() -> Resources:
+    """The process's shared things (its counts) on the pinned clock."""
+    return Resources(clock=clock())
 
 
 def bearer(name: str) -> dict[str, str]:
@@ -74,7 +80,9 @@ def keys(resources: Resources | None = None, *, usage: bool = False) -> FilterHa
     chain: list[Any] = (
         [KeysFilter, (UsageFilter, {"include_usage": True})] if usage else [KeysFilter]
     )
-    return FilterHarness(chain, config=parse_config(CONFIG), resources=resources)
+    return FilterHarness(
+        chain, config=parse_config(CONFIG), resources=resources if resources else at_now()
+    )
 
 
 def answered(h: FilterHarness) -> None:
@@ -167,7 +175,7 @@ def test_an_admitted_answer_carries_the_rate_limit_headers() -> None:
 
 
 def test_past_requests_per_minute_is_429_with_when_to_retry() -> None:
-    resources = Resources()
+    resources = at_now()
     for _ in range(2):
         h = keys(resources)
         h.request(BODY, headers=bearer("rpm"))
@@ -188,7 +196,7 @@ def test_past_requests_per_minute_is_429_with_when_to_retry() -> None:
 
 
 def test_a_messages_client_gets_its_429_in_anthropics_shape() -> None:
-    resources = Resources()
+    resources = at_now()
     first = keys(resources)
     first.request(BODY, path="/v1/messages", headers={"x-api-key": KEYS["single"]})
     assert first.upstream.reached
@@ -200,7 +208,7 @@ def test_a_messages_client_gets_its_429_in_anthropics_shape() -> None:
 
 
 def test_a_concurrent_slot_is_held_until_the_request_ends() -> None:
-    resources = Resources()
+    resources = at_now()
     first = keys(resources)
     first.request(BODY, headers=bearer("single"))
     assert first.upstream.reached
@@ -218,7 +226,7 @@ def test_a_concurrent_slot_is_held_until_the_request_ends() -> None:
 
 
 def test_a_client_that_hangs_up_frees_its_slot() -> None:
-    resources = Resources()
+    resources = at_now()
     first = keys(resources)
     first.request(BODY, headers=bearer("single"))
     first.hang_up()
@@ -229,7 +237,7 @@ def test_a_client_that_hangs_up_frees_its_slot() -> None:
 
 
 def test_a_spent_daily_budget_is_insufficient_quota_not_to_be_retried() -> None:
-    resources = Resources()
+    resources = at_now()
     first = keys(resources, usage=True)
     first.request(BODY, headers=bearer("day"))
     answered(first)  # charged 10 tokens (its usage) against a budget of 1
@@ -245,7 +253,7 @@ def test_a_spent_daily_budget_is_insufficient_quota_not_to_be_retried() -> None:
 
 
 def test_the_tokens_charged_are_the_providers_usage_not_the_reservation() -> None:
-    resources = Resources()
+    resources = at_now()
     first = keys(resources, usage=True)
     first.request(BODY, headers=bearer("rpm"))
     answered(first)
@@ -305,7 +313,7 @@ class LaterStore(LimitStore):
 
 def later(store: LaterStore) -> FilterHarness:
     config = parse_config(CONFIG)
-    context = FilterContext(config=config, path="filters[0]", environ={}, resources=Resources())
+    context = FilterContext(config=config, path="filters[0]", environ={}, resources=at_now())
     configured = KeysFilter.configure({}, context)
     return FilterHarness(KeysFilter(replace(configured, store=store)), config=config)
 

@@ -11,7 +11,6 @@ import json
 from dataclasses import replace
 from typing import Any
 
-import pytest
 from twisted.internet.task import Clock
 
 from filterproxy.extensions.builtin import parse_config
@@ -223,11 +222,6 @@ def test_a_record_lives_for_the_ttl() -> None:
     assert gateway.read(response_id).client.status == 404
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the memory store the responses filter configures reads time.monotonic, not "
-    "the clock of the resources it is given",
-)
 def test_the_configured_memory_store_runs_on_the_resources_clock() -> None:
     gateway = Gateway()
     _, response = gateway.ask()

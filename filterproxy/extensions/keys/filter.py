@@ -67,10 +67,6 @@ log = Logger(namespace="filterproxy.keys")
 _CREDENTIALS: Final = frozenset({"authorization", "x-api-key"})
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class LimitStore:
     """Where a key's counts are kept: Redis when configured (with the local counts as
     the fallback of ``on_error: open``), else this process."""
@@ -86,6 +82,13 @@ class LimitStore:
         #: Where the process's shared Redis client comes from (when none is given).
         self.resources = resources
         self.local = LocalCounts()
+
+    def _now_ms(self) -> int:
+        """The time the counts' windows are read on: the process's clock (the reactor's
+        wall-clock time; a test's `Clock`), or the system's without resources."""
+        resources = self.resources
+        seconds = resources.clock.seconds() if resources is not None else time.time()
+        return int(seconds * 1000)
 
     @property
     def client(self) -> RedisClient | None:
@@ -103,9 +106,9 @@ class LimitStore:
         `StoreUnavailable` under ``on_error: closed``)."""
         client = self.client
         if client is None:
-            return replace(self.local.admit(key.name, key.limits, reserve, _now_ms()), local=True)
+            return replace(self.local.admit(key.name, key.limits, reserve, self._now_ms()), local=True)
         limits = key.limits
-        now = _now_ms()
+        now = self._now_ms()
         d = client.run_script(
             ADMIT_SCRIPT,
             (f"fp:{{{key.name}}}",),
@@ -128,14 +131,14 @@ class LimitStore:
         log.warn("rate-limit store unavailable: {error}", error=failure.getErrorMessage())
         if self.redis is not None and self.redis.on_error == "closed":
             raise StoreUnavailable(failure.getErrorMessage())
-        return replace(self.local.admit(key.name, key.limits, reserve, _now_ms()), local=True)
+        return replace(self.local.admit(key.name, key.limits, reserve, self._now_ms()), local=True)
 
     def settle(self, key: GatewayKey, admission: Admission, used: int) -> None:
         """The request is over: replace its reservation by *used* tokens, free its slot,
         charge its budget (in the store that admitted it; no one waits for this)."""
         client = self.client
         if client is None or admission.local:
-            self.local.settle(key.name, key.limits, admission, used, _now_ms())
+            self.local.settle(key.name, key.limits, admission, used, self._now_ms())
             return
         d = client.run_script(
             SETTLE_SCRIPT,

@@ -238,5 +238,9 @@ def conversations_for(
     else:
         ident = ("memory", config.ttl, config.max_bytes)
         if ident not in stores:
-            stores[ident] = MemoryConversations(config.ttl, config.max_bytes)
+            # Entries expire on the process's clock (read when used: a config is read
+            # before the reactor runs).
+            stores[ident] = MemoryConversations(
+                config.ttl, config.max_bytes, clock=lambda: resources.clock.seconds()
+            )
     return stores[ident]
