@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
     from filterproxy.chain.manager import FilterManager
-    from filterproxy.downstream.stream import Listener
+    from filterproxy.downstream.interfaces import Listener
 
 __all__ = ["H2ServerConnection", "H2Stream"]
 

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
     from filterproxy.config import Limits
-    from filterproxy.downstream.stream import Listener, ServingGateway
+    from filterproxy.downstream.interfaces import Listener, ServingGateway
 
 __all__ = ["HTTP11ServerConnection"]
 

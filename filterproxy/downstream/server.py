@@ -24,7 +24,7 @@ from filterproxy.downstream.http11 import HTTP11ServerConnection
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
-    from filterproxy.downstream.stream import ClientConnection, ServingGateway
+    from filterproxy.downstream.interfaces import ClientConnection, ServingGateway
 
 __all__ = ["GatewayServerFactory"]
 

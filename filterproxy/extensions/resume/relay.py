@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
@@ -164,6 +163,10 @@ class RelayServer:
             self.port = port
             self.registry.serve_relay(port.getHost().port, secret.encode())
             log.info("resume relay for the other workers on port {port}", port=port.getHost().port)
+
+        # Imported here: Twisted's endpoints import its TCP and TLS support, which a
+        # config without TLS (and without workers) never loads (see runtime.lazytls).
+        from twisted.internet.endpoints import serverFromString
 
         endpoint = serverFromString(self.reactor, "tcp:0:interface=127.0.0.1")
         d: defer.Deferred[Any] = endpoint.listen(site)
