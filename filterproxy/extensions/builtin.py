@@ -1,7 +1,7 @@
 """The built-in extensions' config schemas, and the config loader that knows them.
 
 The core config (`filterproxy.config`) knows no extension: it is handed their schemas.
-This is where the built-in ones are listed, in the order their filters are put in the
+This is where the built-in ones are listed (and their metrics, `declare_metrics`), in the order their filters are put in the
 default chain; the process (`filterproxy.server`), `filterproxy.testing` and the tests
 load configs through `load_config` and `parse_config` here.
 """
@@ -14,11 +14,15 @@ from pathlib import Path
 from filterproxy import config
 from filterproxy.config import Config, ExtensionSchema
 from filterproxy.extensions.keys.config import SCHEMA as KEYS
+from filterproxy.extensions.keys.metrics import KeysMetrics
 from filterproxy.extensions.responses.config import SCHEMA as RESPONSES
 from filterproxy.extensions.resume.config import SCHEMA as RESUME
+from filterproxy.extensions.resume.metrics import ResumeMetrics
 from filterproxy.extensions.translate.config import SCHEMA as TRANSLATE
+from filterproxy.extensions.translate.metrics import TranslateMetrics
+from filterproxy.filters.resources import Resources
 
-__all__ = ["BUILTIN_SCHEMAS", "load_config", "parse_config"]
+__all__ = ["BUILTIN_SCHEMAS", "declare_metrics", "load_config", "parse_config"]
 
 #: The built-in extensions that own config keys or a place in the default chain.
 BUILTIN_SCHEMAS: tuple[ExtensionSchema, ...] = (KEYS, RESUME, RESPONSES, TRANSLATE)
@@ -34,3 +38,12 @@ def parse_config(
 ) -> Config:
     """`filterproxy.config.parse_config` with the built-in extensions."""
     return config.parse_config(text, source=source, environ=environ, extensions=BUILTIN_SCHEMAS)
+
+
+def declare_metrics(resources: Resources) -> None:
+    """Declare the built-in extensions' metric families in *resources* (the service
+    does, so that ``/metrics`` lists them whatever the config; each extension declares
+    its own again, to the same families, when its filter is configured)."""
+    KeysMetrics.of(resources)
+    ResumeMetrics.of(resources)
+    TranslateMetrics.of(resources)
