@@ -31,6 +31,7 @@ from filterproxy.filters.api import FilterContext
 from filterproxy.filters.owner import owner_digest
 from filterproxy.filters.resources import Resources
 from filterproxy.observability.accesslog import access_record
+from filterproxy.observability.metrics import Metrics
 from filterproxy.server.service import GatewayService
 from filterproxy.testing import FilterHarness
 
@@ -87,6 +88,39 @@ def test_nobody_back_within_the_grace_period_stops_the_upstream() -> None:
     assert annotation["held"] > 0
     assert config.registry.get(stream_id) is None and config.registry.budget.held == 0
     assert clock.getDelayedCalls() == []
+
+
+def test_the_resume_extension_counts_expiries_and_resumes_in_its_own_metrics() -> None:
+    clock = Clock()
+    resources = Resources(clock, clock)
+    config = configured(resources)
+    metrics = Metrics(resources.metrics)  # the service's, scraping what resume declared
+    h, stream_id = origin(config)
+    reader = FilterHarness(ResumeFilter(config))
+    reader.request(
+        method="GET",
+        path=f"/v1/streams/{stream_id}",
+        headers={**AUTH, "last-event-id": f"{stream_id}.1"},
+    )
+    h.more([delta(4)], end=True)
+    assert reader.done
+    h2, _ = origin(config)
+    h2.manager.client_gone()
+    clock.advance(2.1)
+    assert h2.done
+    gone = FilterHarness(ResumeFilter(config))
+    gone.request(method="GET", path="/v1/streams/fps_nothere1", headers=AUTH)
+    assert gone.client.status == 410 and gone.done
+    assert access_record(None, gone.stream_info, 0.0)["stream"] == {
+        "id": "fps_nothere1",
+        "role": "resume",
+        "outcome": "gone",
+        "route": "none",
+    }
+    scraped = generate_latest(metrics.registry()).decode()
+    assert 'filterproxy_stream_resumes_total{outcome="resumed",route="routes[0]"} 1.0' in scraped
+    assert 'filterproxy_stream_resumes_total{outcome="gone",route="none"} 1.0' in scraped
+    assert 'filterproxy_stream_grace_expiries_total{route="routes[0]"} 1.0' in scraped
 
 
 def test_a_reader_takes_over_from_the_origins_client_and_gets_the_rest() -> None:
