@@ -35,6 +35,7 @@ COMPILED = [
     "filterproxy/extensions/route/matching.py",
     "filterproxy/extensions/translate/filter.py",
     "filterproxy/extensions/usage/filter.py",
+    "filterproxy/filters/metrics.py",
     "filterproxy/http/apis.py",
     "filterproxy/http/body.py",
     "filterproxy/http/headers.py",

@@ -2,7 +2,7 @@
 loader that knows them.
 
 The core config (`filterproxy.config`) knows no extension: it is handed their schemas.
-This is where the built-in ones are listed, in the order their filters are put in the
+This is where the built-in ones are listed (and their metrics, `declare_metrics`), in the order their filters are put in the
 default chain; the process (`filterproxy.server`), `filterproxy.testing` and the tests
 load configs through `load_config` and `parse_config` here.
 """
@@ -19,17 +19,21 @@ from filterproxy.extensions.body_accumulate.filter import BodyAccumulateFilter
 from filterproxy.extensions.header_rewrite.filter import HeaderRewriteFilter
 from filterproxy.extensions.keys.config import SCHEMA as KEYS
 from filterproxy.extensions.keys.filter import KeysFilter
+from filterproxy.extensions.keys.metrics import KeysMetrics
 from filterproxy.extensions.responses.config import SCHEMA as RESPONSES
 from filterproxy.extensions.responses.filter import ResponsesFilter
 from filterproxy.extensions.resume import ResumeFilter
 from filterproxy.extensions.resume.config import SCHEMA as RESUME
+from filterproxy.extensions.resume.metrics import ResumeMetrics
 from filterproxy.extensions.route.filter import RouteFilter
 from filterproxy.extensions.translate.config import SCHEMA as TRANSLATE
 from filterproxy.extensions.translate.filter import TranslateFilter
+from filterproxy.extensions.translate.metrics import TranslateMetrics
 from filterproxy.extensions.usage.filter import UsageFilter
 from filterproxy.filters.api import StreamFilter
+from filterproxy.filters.resources import Resources
 
-__all__ = ["BUILTIN_FILTERS", "BUILTIN_SCHEMAS", "load_config", "parse_config"]
+__all__ = ["BUILTIN_FILTERS", "BUILTIN_SCHEMAS", "declare_metrics", "load_config", "parse_config"]
 
 #: The built-in filters by the ``type`` a config names them with.
 BUILTIN_FILTERS: Mapping[str, type[StreamFilter]] = MappingProxyType(
@@ -59,3 +63,12 @@ def parse_config(
 ) -> Config:
     """`filterproxy.config.parse_config` with the built-in extensions."""
     return config.parse_config(text, source=source, environ=environ, extensions=BUILTIN_SCHEMAS)
+
+
+def declare_metrics(resources: Resources) -> None:
+    """Declare the built-in extensions' metric families in *resources* (the service
+    does, so that ``/metrics`` lists them whatever the config; each extension declares
+    its own again, to the same families, when its filter is configured)."""
+    KeysMetrics.of(resources)
+    ResumeMetrics.of(resources)
+    TranslateMetrics.of(resources)

@@ -171,14 +171,11 @@ class StreamInfo:
     #: The client's API (`filterproxy.http.apis`: chat, messages, responses), set by a
     #: filter that rewrites the request into another API (the translate filter), so that
     #: the gateway's own errors keep the client's shape. None: taken from the path.
+    #: (Whether the request was translated is the `records.Translated` in `state`.)
     api: str | None = None
     #: The request body's JSON document (`IFilterCallbacks.request_json`), once parsed;
     #: read it, change it through `IFilterCallbacks.set_request_json`.
     body_json: dict[str, Any] | None = None
-    #: Free-form annotations filters may share with each other. Use `state` (typed,
-    #: keyed by class) instead: annotations go once the built-in filters no longer
-    #: read them.
-    annotations: dict[str, Any] = field(default_factory=dict)
     #: The endpoint (URL) of the last upstream attempt.
     endpoint: str | None = None
     #: Upstream attempts made (retries and fail-overs included).
@@ -211,9 +208,16 @@ class StreamInfo:
     _state: FilterState | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
+    def has_state(self) -> bool:
+        """Whether a filter kept anything in `state` (asked without making it)."""
+        state = self._state
+        return state is not None and len(state) > 0
+
+    @property
     def state(self) -> FilterState:
         """Typed state the filters share (`filterproxy.filters.state.FilterState`): one
-        object per class, ``state.set(obj)`` and ``state.get(Class)``."""
+        object per class, ``state.set(obj)`` and ``state.get(Class)``; the built-in
+        features' records are `filterproxy.filters.records`."""
         state = self._state
         if state is None:
             state = self._state = FilterState()

@@ -1,6 +1,6 @@
 """What one gateway process holds for all its configs: the reactor and a clock, the
-shared Redis clients, and each extension's own process-wide objects (a stream
-registry, a store cache).
+shared Redis clients, the extensions' metric families, and each extension's own
+process-wide objects (a stream registry, a store cache).
 
 The service makes one `Resources` when it is made and keeps it across reloads: a
 filter's ``configure`` may look things up in it (and so share them with the config
@@ -19,6 +19,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from filterproxy.clients.redis import RedisClient
+from filterproxy.filters.metrics import MetricFamilies
 
 __all__ = ["Resources"]
 
@@ -44,6 +45,10 @@ class Resources:
         self._redis: dict[tuple[str, float], RedisClient] = {}
         #: The extensions' objects, by their class (`get`).
         self._objects: dict[type, Any] = {}
+        #: The metric families the extensions declare (`MetricFamilies`): the
+        #: service's ``/metrics`` includes them; without a service they are kept
+        #: and never scraped.
+        self.metrics = MetricFamilies()
         #: With ``--workers``, the secret this process's supervisor gave its workers
         #: (they sign what they tell each other with it); None for a single process.
         self.worker_secret: str | None = None

@@ -17,13 +17,12 @@ puts an object of its own class there; whoever wants it asks for that class::
 
 The class is the key, so nothing is found by a string two modules must spell alike, and
 a type checker knows what `get` returns. This is Envoy's ``FilterState``, keyed by type.
-It replaces `StreamInfo.annotations`, which is kept for now for the filters that still use
-it.
+What the built-in features keep there is `filterproxy.filters.records`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 __all__ = ["FilterState"]
@@ -62,6 +61,11 @@ class FilterState:
         """Take the object of class *kind* away; None if there was none."""
         value: T | None = self._objects.pop(kind, None)
         return value
+
+    def values(self) -> Iterator[object]:
+        """The objects kept, in the order their classes were first set (the access log
+        reads its fields from them)."""
+        return iter(self._objects.values())
 
     def __contains__(self, kind: type) -> bool:
         return kind in self._objects

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -19,9 +19,21 @@ from twisted.logger import Logger
 if TYPE_CHECKING:
     from filterproxy.filters.api import RequestHead, StreamInfo
 
-__all__ = ["AccessLogFile", "access_record", "cannot_open", "emit", "open_for_append"]
+__all__ = [
+    "FEATURE_FIELDS",
+    "AccessLogFile",
+    "access_record",
+    "cannot_open",
+    "emit",
+    "open_for_append",
+]
 
 log = Logger(namespace="filterproxy.access")
+
+
+#: The fields the features' records fill (`filterproxy.filters.records.LogFields`); the
+#: others are the gateway's own, and a record cannot change them.
+FEATURE_FIELDS: Final = frozenset({"stream", "dropped_tools"})
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -29,8 +41,13 @@ def _ms(seconds: float | None) -> float | None:
 
 
 def access_record(head: RequestHead | None, info: StreamInfo, duration: float) -> dict[str, Any]:
-    """The access-log record of a request that ended after *duration* seconds."""
-    return {
+    """The access-log record of a request that ended after *duration* seconds.
+
+    Its fields are fixed (documented in the operating guide); the features fill theirs
+    through the records they keep in the request's state that have ``log_fields``
+    (`filterproxy.filters.records.LogFields`).
+    """
+    record: dict[str, Any] = {
         "time": round(time.time(), 3),
         "request_id": info.request_id,
         "client": head.client_ip if head else "",
@@ -54,10 +71,20 @@ def access_record(head: RequestHead | None, info: StreamInfo, duration: float) -
         "error": info.error,
         "trace_id": info.trace_id,
         "upstream_request_id": info.upstream_request_id,
-        "stream": info.annotations.get("stream"),
-        # Hosted tools a translated Responses request left out (hosted_tools: drop).
-        "dropped_tools": info.annotations.get("dropped_tools"),
+        # The features' fields (null unless a feature's record fills them): the
+        # resumable stream the request started or resumed, and the hosted tools a
+        # translated Responses request left out (hosted_tools: drop).
+        "stream": None,
+        "dropped_tools": None,
     }
+    if info.has_state:
+        for value in info.state.values():
+            log_fields = getattr(value, "log_fields", None)
+            if log_fields is not None:
+                for name, field in log_fields().items():
+                    if name in FEATURE_FIELDS:
+                        record[name] = field
+    return record
 
 
 def emit(head: RequestHead | None, info: StreamInfo, duration: float) -> None:

@@ -11,6 +11,11 @@ the rest are ``filterproxy_*``.
 Label values are bounded: routes and clusters come from the config, and ``model`` is the
 model name after alias resolution, with at most `MAX_MODEL_LABELS` distinct values per
 process (then ``other``), so clients cannot grow the series without limit.
+
+The extensions own their metrics (the keys' refusals, the resumable streams', the
+translation's): they declare them in the process's `Resources.metrics`
+(`filterproxy.filters.metrics.MetricFamilies`) and count into them themselves; each
+scrape includes them. This module knows no extension.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from filterproxy.filters.metrics import CounterFamily, MetricFamilies
+
 if TYPE_CHECKING:
-    from filterproxy.extensions.resume.streams import StreamRegistry
     from filterproxy.filters.api import StreamInfo
 
 __all__ = ["MAX_MODEL_LABELS", "Histogram", "Metrics", "status_class"]
@@ -100,82 +106,52 @@ class _HistogramFamily:
         return family
 
 
-class _CounterFamily:
-    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labels = list(labels)
-        self.series: dict[tuple[str, ...], float] = {}
-
-    def inc(self, labels: tuple[str, ...], amount: float = 1) -> None:
-        self.series[labels] = self.series.get(labels, 0) + amount
-
-    def collect(self) -> CounterMetricFamily:
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
-        for labels, value in self.series.items():
-            family.add_metric(list(labels), value)
-        return family
+def _collect_counter(counter: CounterFamily) -> CounterMetricFamily:
+    family = CounterMetricFamily(counter.name, counter.documentation, labels=counter.labels)
+    for labels, value in counter.series.items():
+        family.add_metric(list(labels), value)
+    return family
 
 
 class Metrics:
     """Every metric of one gateway process; survives config reloads."""
 
-    def __init__(self, streams: StreamRegistry | None = None) -> None:
-        """*streams*: the process's resumable streams, whose buffers a gauge reads."""
-        self.requests = _CounterFamily(
+    def __init__(self, extensions: MetricFamilies | None = None) -> None:
+        """*extensions*: the families the process's extensions declare
+        (`Resources.metrics`), scraped with these."""
+        self.extensions = extensions if extensions is not None else MetricFamilies()
+        self.requests = CounterFamily(
             "filterproxy_requests",
             "Requests answered, by route, cluster, model and status class.",
             ("route", "cluster", "model", "status_class"),
         )
-        self.key_requests = _CounterFamily(
+        self.key_requests = CounterFamily(
             "filterproxy_key_requests",
             "Requests by the gateway key that made them, and status class.",
             ("key", "status_class"),
         )
-        self.key_tokens = _CounterFamily(
+        self.key_tokens = CounterFamily(
             "filterproxy_key_tokens",
             "Tokens used by each gateway key, from the providers' usage (input, output).",
             ("key", "gen_ai_token_type"),
         )
-        self.resumes = _CounterFamily(
-            "filterproxy_stream_resumes",
-            "Requests to resume a stream, by the stream's route and outcome (resumed, gone: 410).",
-            ("route", "outcome"),
-        )
-        self.grace_expiries = _CounterFamily(
-            "filterproxy_stream_grace_expiries",
-            "Resumable streams whose client did not come back within resume.grace (the "
-            "upstream was stopped).",
-            ("route",),
-        )
-        self.key_refusals = _CounterFamily(
-            "filterproxy_key_refusals",
-            "Requests refused by a gateway key's limit, by key and limit.",
-            ("key", "limit"),
-        )
-        self.dropped_tools = _CounterFamily(
-            "filterproxy_translate_dropped_tools",
-            "Hosted tools (web_search, …) left out of translated Responses requests "
-            "(hosted_tools: drop), by route and tool type.",
-            ("route", "tool"),
-        )
-        self.outcomes = _CounterFamily(
+        self.outcomes = CounterFamily(
             "filterproxy_request_outcomes",
             "How requests ended: complete, client_gone, upstream_error, timeout, "
             "local_reply, internal_error.",
             ("route", "outcome"),
         )
-        self.attempts = _CounterFamily(
+        self.attempts = CounterFamily(
             "filterproxy_upstream_attempts",
             "Requests sent to a cluster (first attempts, retries and fail-overs).",
             ("cluster",),
         )
-        self.retries = _CounterFamily(
+        self.retries = CounterFamily(
             "filterproxy_upstream_retries",
             "Attempts that were a retry or a fail-over of an earlier failed one.",
             ("cluster",),
         )
-        self.ejections = _CounterFamily(
+        self.ejections = CounterFamily(
             "filterproxy_upstream_ejections",
             "Endpoints taken out of rotation by outlier detection.",
             ("cluster", "endpoint"),
@@ -243,10 +219,6 @@ class Metrics:
                 "Event-stream responses being sent to clients.",
                 lambda: float(self.open_streams),
             ),
-            "filterproxy_resume_buffer_bytes": (
-                "Bytes the resumable streams' buffers hold (limit: resume_buffers).",
-                lambda: float(streams.budget.held) if streams is not None else 0.0,
-            ),
         }
 
     def model_label(self, model: str | None) -> str:
@@ -273,12 +245,6 @@ class Metrics:
         key = info.key_name
         if key is not None:
             self._count_key(info, key)
-        if info.annotations:
-            self._count_resume(info, route)
-            dropped = info.annotations.get("dropped_tools")
-            if isinstance(dropped, list):
-                for tool in dropped:
-                    self.dropped_tools.inc((route, str(tool)))
         if info.attempts:
             self.attempts.inc((cluster,), info.attempts)
         series = self._series.get((route, cluster, model))
@@ -298,34 +264,20 @@ class Metrics:
         if overhead is not None:
             self.overhead_series.observe(overhead)
 
-    def _count_resume(self, info: StreamInfo, route: str) -> None:
-        stream = info.annotations.get("stream")  # filterproxy.extensions.resume
-        if not isinstance(stream, dict):
-            return
-        if stream.get("role") == "resume":
-            self.resumes.inc((str(stream.get("route")), str(stream.get("outcome"))))
-        elif stream.get("expired"):
-            self.grace_expiries.inc((route,))
-
     def _count_key(self, info: StreamInfo, key: str) -> None:
         self.key_requests.inc((key, status_class(info.status)))
         if info.prompt_tokens:
             self.key_tokens.inc((key, "input"), info.prompt_tokens)
         if info.completion_tokens:
             self.key_tokens.inc((key, "output"), info.completion_tokens)
-        refused = info.annotations.get("limit_refused")
-        if isinstance(refused, str):
-            self.key_refusals.inc((key, refused))
 
     def families(self) -> list[Any]:
+        """The counters and histograms, the extensions' counters among them."""
         return [
             self.requests,
             self.key_requests,
             self.key_tokens,
-            self.key_refusals,
-            self.resumes,
-            self.grace_expiries,
-            self.dropped_tools,
+            *self.extensions.counters(),
             self.outcomes,
             self.attempts,
             self.retries,
@@ -368,7 +320,13 @@ class _Collector(Collector):
         self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        for name, (documentation, read) in self.metrics.gauges.items():
+        metrics = self.metrics
+        for name, (documentation, read) in metrics.gauges.items():
             yield GaugeMetricFamily(name, documentation, value=read())
-        for family in self.metrics.families():
-            yield family.collect()
+        for gauge in metrics.extensions.gauges():
+            yield GaugeMetricFamily(gauge.name, gauge.documentation, value=gauge.read())
+        for family in metrics.families():
+            if isinstance(family, CounterFamily):
+                yield _collect_counter(family)
+            else:
+                yield family.collect()

@@ -28,7 +28,14 @@ if TYPE_CHECKING:
 
 __all__ = ["SpanRecorder", "operation_name"]
 
-_SPAN = "otel.span"
+
+class _RequestSpan:
+    """The span of one request, kept in its typed state (`StreamInfo.state`)."""
+
+    __slots__ = ("span",)
+
+    def __init__(self, span: Any) -> None:
+        self.span = span
 
 
 def operation_name(path: str) -> str:
@@ -79,13 +86,14 @@ class SpanRecorder:
         context.trace_id = f"{own.trace_id:032x}"
         context.span_id = f"{own.span_id:016x}"
         context.flags = f"{int(own.trace_flags):02x}"
-        manager.stream_info.annotations[_SPAN] = span
+        manager.stream_info.state.set(_RequestSpan(span))
 
     def finish(self, manager: FilterManager, duration: float) -> None:
         info = manager.stream_info
-        span = info.annotations.pop(_SPAN, None)
-        if span is None:
+        kept = info.state.pop(_RequestSpan)
+        if kept is None:
             return
+        span = kept.span
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": span.name,
             "filterproxy.request_id": info.request_id,

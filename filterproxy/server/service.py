@@ -20,9 +20,8 @@ from filterproxy.chain.manager import FilterManager
 from filterproxy.chain.registry import FilterChain, build_chain
 from filterproxy.config import Config, ConfigError
 from filterproxy.downstream.server import GatewayServerFactory
-from filterproxy.extensions.builtin import load_config
+from filterproxy.extensions.builtin import declare_metrics, load_config
 from filterproxy.extensions.keys.config import GatewayKeys
-from filterproxy.extensions.resume.streams import StreamRegistry
 from filterproxy.filters.resources import Resources
 from filterproxy.observability import accesslog
 from filterproxy.observability.metrics import Metrics
@@ -220,7 +219,10 @@ class GatewayService(Service):
         self.admin_description = admin_listener or config.admin_listener
         if self.admin_description is not None and worker_index:
             self.admin_description = _shift_port(self.admin_description, worker_index)
-        self.metrics = Metrics(self.resources.get(StreamRegistry, StreamRegistry.from_resources))
+        # The extensions' metrics are theirs, kept in the resources: each scrape shows
+        # the built-in ones whatever the config (as zero until counted).
+        declare_metrics(self.resources)
+        self.metrics = Metrics(self.resources.metrics)
         self.spans: SpanRecorder | None = None
         if config.tracing is not None:
             from filterproxy.observability.otel import SpanRecorder

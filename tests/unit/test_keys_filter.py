@@ -20,6 +20,7 @@ from filterproxy.extensions.keys.filter import KeysFilter, LimitStore, StoreUnav
 from filterproxy.extensions.keys.limits import Admission
 from filterproxy.extensions.usage.filter import UsageFilter
 from filterproxy.filters.api import FilterContext
+from filterproxy.filters.records import LimitRefusal
 from filterproxy.filters.resources import Resources
 from filterproxy.testing import FilterHarness
 
@@ -192,7 +193,8 @@ def test_past_requests_per_minute_is_429_with_when_to_retry() -> None:
     assert headers.get("x-ratelimit-limit-requests") == "2"
     assert headers.get("x-ratelimit-remaining-requests") == "0"
     assert headers.get("x-should-retry") is None
-    assert refused.stream_info.annotations["limit_refused"] == "requests_per_minute"
+    refusal = refused.stream_info.state.get(LimitRefusal)
+    assert refusal is not None and refusal.limit == "requests_per_minute"
 
 
 def test_a_messages_client_gets_its_429_in_anthropics_shape() -> None:

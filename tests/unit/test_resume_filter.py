@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -29,6 +30,8 @@ from filterproxy.extensions.resume.streams import ReadOutcome, StreamRegistry
 from filterproxy.filters.api import FilterContext
 from filterproxy.filters.owner import owner_digest
 from filterproxy.filters.resources import Resources
+from filterproxy.observability.accesslog import access_record
+from filterproxy.observability.metrics import Metrics
 from filterproxy.server.service import GatewayService
 from filterproxy.testing import FilterHarness
 
@@ -79,12 +82,45 @@ def test_nobody_back_within_the_grace_period_stops_the_upstream() -> None:
     assert h.upstream.cancelled and h.done
     # What the access log's stream field and the metrics read:
     assert h.stream_info.outcome == "client_gone"
-    annotation = h.stream_info.annotations["stream"]
+    annotation = access_record(None, h.stream_info, 0.0)["stream"]
     assert annotation["id"] == stream_id and annotation["role"] == "origin"
     assert annotation["expired"] is True and annotation["events"] == 4
     assert annotation["held"] > 0
     assert config.registry.get(stream_id) is None and config.registry.budget.held == 0
     assert clock.getDelayedCalls() == []
+
+
+def test_the_resume_extension_counts_expiries_and_resumes_in_its_own_metrics() -> None:
+    clock = Clock()
+    resources = Resources(clock, clock)
+    config = configured(resources)
+    metrics = Metrics(resources.metrics)  # the service's, scraping what resume declared
+    h, stream_id = origin(config)
+    reader = FilterHarness(ResumeFilter(config))
+    reader.request(
+        method="GET",
+        path=f"/v1/streams/{stream_id}",
+        headers={**AUTH, "last-event-id": f"{stream_id}.1"},
+    )
+    h.more([delta(4)], end=True)
+    assert reader.done
+    h2, _ = origin(config)
+    h2.manager.client_gone()
+    clock.advance(2.1)
+    assert h2.done
+    gone = FilterHarness(ResumeFilter(config))
+    gone.request(method="GET", path="/v1/streams/fps_nothere1", headers=AUTH)
+    assert gone.client.status == 410 and gone.done
+    assert access_record(None, gone.stream_info, 0.0)["stream"] == {
+        "id": "fps_nothere1",
+        "role": "resume",
+        "outcome": "gone",
+        "route": "none",
+    }
+    scraped = generate_latest(metrics.registry()).decode()
+    assert 'filterproxy_stream_resumes_total{outcome="resumed",route="routes[0]"} 1.0' in scraped
+    assert 'filterproxy_stream_resumes_total{outcome="gone",route="none"} 1.0' in scraped
+    assert 'filterproxy_stream_grace_expiries_total{route="routes[0]"} 1.0' in scraped
 
 
 def test_a_reader_takes_over_from_the_origins_client_and_gets_the_rest() -> None:
@@ -103,7 +139,7 @@ def test_a_reader_takes_over_from_the_origins_client_and_gets_the_rest() -> None
     h.more([delta(4)], end=True)
     events = reader.client.events()
     assert [e.id for e in events][-1] == f"{stream_id}.4" and reader.client.ended
-    assert reader.stream_info.annotations["stream"] == {
+    assert access_record(None, reader.stream_info, 0.0)["stream"] == {
         "id": stream_id,
         "role": "resume",
         "outcome": "resumed",
@@ -231,7 +267,7 @@ def test_a_read_that_reaches_another_worker_is_replayed_from_the_holder(
     reader = ask(asked, "GET", f"/v1/streams/{stream_id}", **{"last-event-id": f"{stream_id}.2"})
     assert reader.client.status == 200 and reader.client.ended
     assert [e.id for e in reader.client.events()] == [f"{stream_id}.4"]
-    annotation = reader.stream_info.annotations["stream"]
+    annotation = access_record(None, reader.stream_info, 0.0)["stream"]
     assert annotation["outcome"] == "resumed" and annotation["replayed"] == 1
     ended = ask(asked, "GET", f"/v1/streams/{stream_id}", **{"last-event-id": f"{stream_id}.4"})
     assert ended.client.status == 204
@@ -319,4 +355,5 @@ def test_a_reload_rejected_after_the_chain_was_built_leaves_the_budget_cap(
     write_config(source, 300_000, tmp_path / "access.log")
     assert service.reload() is None
     assert registry.budget.cap == 300_000
-    assert service.metrics.gauges["filterproxy_resume_buffer_bytes"][1]() == 0.0
+    scraped = generate_latest(service.metrics.registry()).decode()
+    assert "\nfilterproxy_resume_buffer_bytes 0.0\n" in scraped

@@ -14,6 +14,7 @@ import pytest
 from filterproxy.extensions.builtin import parse_config
 from filterproxy.extensions.route.filter import RouteFilter
 from filterproxy.extensions.translate.filter import TranslateFilter
+from filterproxy.filters.records import DroppedTools
 from filterproxy.testing import FilterHarness, UpstreamRequest
 from tests.support.answers import chat_completion, messages_answer, messages_stream
 from tests.support.chat_messages import chat_chunk, check_chat_stream, events_of, sse
@@ -252,7 +253,8 @@ def test_hosted_tools_are_left_out_and_the_answer_says_which() -> None:
     h, sent = responses_request("gpt-mini")
     assert sent.head.path == "/v1/chat/completions"
     assert [t["function"]["name"] for t in sent.json()["tools"]] == ["lookup"]
-    assert h.stream_info.annotations["dropped_tools"] == ["web_search", "code_interpreter"]
+    dropped = h.stream_info.state.get(DroppedTools)
+    assert dropped is not None and dropped.tools == ("web_search", "code_interpreter")
     response = h.respond(200, JSON, chat_completion("hello"))
     assert response.headers is not None
     assert response.headers.get("x-filterproxy-dropped-tools") == "web_search, code_interpreter"

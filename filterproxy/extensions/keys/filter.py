@@ -25,7 +25,7 @@ import fnmatch
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
 
 from twisted.internet import defer
@@ -47,6 +47,7 @@ from filterproxy.extensions.keys.limits import (
     rate_limit_headers,
     refusal,
 )
+from filterproxy.extensions.keys.metrics import KeysMetrics
 from filterproxy.filters.api import (
     DataResult,
     FilterContext,
@@ -56,6 +57,8 @@ from filterproxy.filters.api import (
     ResponseHead,
     StreamFilter,
 )
+from filterproxy.filters.metrics import MetricFamilies
+from filterproxy.filters.records import LimitRefusal
 from filterproxy.http.body import BadBody, parse_body
 
 if TYPE_CHECKING:
@@ -194,6 +197,9 @@ class KeysConfig:
     keys: Mapping[str, GatewayKey]
     aliases: Mapping[str, str]
     store: LimitStore
+    #: Where the filter counts (the process's; a config made without a process counts
+    #: into families nobody scrapes).
+    metrics: KeysMetrics = field(default_factory=lambda: KeysMetrics(MetricFamilies()))
 
 
 def _presented(head: RequestHead) -> str | None:
@@ -227,6 +233,7 @@ class KeysFilter(StreamFilter):
             {k.digest: k for k in keys.gateway_keys},
             config.aliases,
             store_for(config.redis, context.resources),
+            KeysMetrics.of(context.resources),
         )
 
     def __init__(self, config: KeysConfig) -> None:
@@ -324,7 +331,8 @@ class KeysFilter(StreamFilter):
             self.admission = admission
             return True
         message, code, headers = refusal(key.name, key.limits, admission)
-        self.callbacks.stream_info.annotations["limit_refused"] = admission.refused
+        self.callbacks.stream_info.state.set(LimitRefusal(key.name, admission.refused))
+        self.config.metrics.refusals.inc((key.name, admission.refused))
         self.callbacks.send_local_reply(
             429,
             message,

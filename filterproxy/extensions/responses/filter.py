@@ -19,8 +19,8 @@ replica).
   Vercel AI SDK send earlier assistant turns that way. A reference to an item the
   gateway did not store stays, for an upstream that keeps items (the translation
   answers 400 naming its id).
-- The answer of a translated request (`RESPONSE_ANNOTATION`, left by the translate
-  filter) is stored before its last bytes go to the client, so a client that sends the
+- The answer of a translated request (the `TranslatedResponse` the translate filter
+  leaves in the request's state) is stored before its last bytes go to the client, so a client that sends the
   next turn as soon as it has read the last one finds it on any worker.
 - ``GET`` and ``DELETE`` of a stored response are answered here.
 
@@ -51,7 +51,6 @@ from filterproxy.extensions.responses.conversations import (
     expand_references,
     referenced_responses,
 )
-from filterproxy.extensions.translate.filter import PREVIOUS_ANNOTATION, RESPONSE_ANNOTATION
 from filterproxy.filters.api import (
     DataResult,
     FilterContext,
@@ -63,6 +62,7 @@ from filterproxy.filters.api import (
     StreamFilter,
 )
 from filterproxy.filters.owner import owner_of
+from filterproxy.filters.records import ResolvedConversation, Translated, TranslatedResponse
 from filterproxy.http.apis import RESPONSES
 from filterproxy.translate.responses_over_chat import input_items
 
@@ -263,7 +263,7 @@ class ResponsesFilter(StreamFilter):
         if record is not None and record.get("owner") == self.owner:
             items = [*_continued(record), *items]
             del document["previous_response_id"]
-            self.callbacks.stream_info.annotations[PREVIOUS_ANNOTATION] = previous
+            self.callbacks.stream_info.state.set(ResolvedConversation(previous))
         if items is not self.input:
             self.input = items
             document["input"] = items
@@ -287,16 +287,18 @@ class ResponsesFilter(StreamFilter):
     def encode_headers(self, head: ResponseHead, end_stream: bool) -> FilterStatus:
         # Only a translated answer is kept here (an upstream that speaks Responses
         # keeps its own); the others pass at no cost.
-        if not self.keep or self.callbacks.stream_info.api != RESPONSES:
+        translated = self.callbacks.stream_info.state.get(Translated)
+        if not self.keep or translated is None or translated.client_api != RESPONSES:
             self.callbacks.pass_response_data()
         return FilterStatus.CONTINUE
 
     def encode_data(self, data: bytes, end_stream: bool) -> DataResult:
         if self.stored:
             return FilterStatus.CONTINUE
-        response = self.callbacks.stream_info.annotations.get(RESPONSE_ANNOTATION)
-        if response is None:
+        translated = self.callbacks.stream_info.state.get(TranslatedResponse)
+        if translated is None:
             return FilterStatus.CONTINUE
+        response = translated.response
         # The response is complete: kept before its last bytes leave, so that the next
         # turn finds it wherever it lands. A store that fails to keep it — unreachable, or
         # refusing the record at once — costs the next turn its context, never this

@@ -8,13 +8,13 @@ import enum
 import hashlib
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from filterproxy.config import Node
 from filterproxy.extensions.resume.config import ResumeBuffers, resume_of
+from filterproxy.extensions.resume.metrics import ResumeMetrics
 from filterproxy.extensions.resume.reader import (
-    STREAM_ANNOTATION,
     StreamReader,
     accepts_gzip,
     compressed,
@@ -31,7 +31,9 @@ from filterproxy.filters.api import (
     ResponseHead,
     StreamFilter,
 )
+from filterproxy.filters.metrics import MetricFamilies
 from filterproxy.filters.owner import credential_of, owner_digest
+from filterproxy.filters.records import StreamRecord
 from filterproxy.filters.stream_owner import IStreamOwner
 from filterproxy.http.apis import client_api
 from filterproxy.http.encoding import IDENTITY
@@ -80,6 +82,9 @@ class ResumeFilterConfig:
     #: Whether some route of the config resumes (the relay between workers is then
     #: started when the chain goes in force).
     resuming: bool = False
+    #: Where the filter counts (the process's; a config made without a process counts
+    #: into families nobody scrapes).
+    metrics: ResumeMetrics = field(default_factory=lambda: ResumeMetrics(MetricFamilies()))
 
 
 class ResumeFilter(StreamFilter):
@@ -104,6 +109,7 @@ class ResumeFilter(StreamFilter):
             context.config.max_event_bytes,
             (context.config.section(ResumeBuffers) or ResumeBuffers()).resume_buffers,
             any(resume_of(route) is not None for route in context.config.routes),
+            ResumeMetrics.of(resources),
         )
 
     @classmethod
@@ -363,20 +369,29 @@ class ResumeFilter(StreamFilter):
         if reader is not None:
             reader.close()
         stream = self.stream
-        if stream is None or reading:
+        if reading:
+            # Counted once the request is over (a resume the reader answered).
+            record = self.callbacks.stream_info.state.get(StreamRecord)
+            if record is not None and record.role == "resume":
+                route, outcome = str(record.route), str(record.outcome)
+                self.config.metrics.resumes.inc((route, outcome))
+            return
+        if stream is None:
             return
         self.stream = None
         info = self.callbacks.stream_info
-        # For the access log and the metrics (made now: nothing kept per open stream).
-        annotation: dict[str, Any] = {
-            "id": stream.id,
-            "role": "origin",
-            "events": stream.framer.seq,
-            "held": stream.buffer.size,
-        }
+        # For the access log (made now: nothing kept per open stream).
+        info.state.set(
+            StreamRecord(
+                stream.id,
+                "origin",
+                events=stream.framer.seq,
+                held=stream.buffer.size,
+                expired=expired,
+                resumable=stream.resumable,
+            )
+        )
         if expired:
-            annotation["expired"] = True
-        if not stream.resumable:
-            annotation["resumable"] = False
-        info.annotations[STREAM_ANNOTATION] = annotation
+            route = info.route.name if info.route is not None else "none"
+            self.config.metrics.grace_expiries.inc((route,))
         stream.ended(info.outcome == "complete")

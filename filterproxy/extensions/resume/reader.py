@@ -26,6 +26,7 @@ from filterproxy.extensions.resume.streams import (
     StreamRegistry,
     decide_read,
 )
+from filterproxy.filters.records import StreamRecord
 
 if TYPE_CHECKING:
 
@@ -35,11 +36,6 @@ __all__ = ["StreamReader", "StreamRequest", "accepts_gzip", "stream_request"]
 
 log = Logger(namespace="filterproxy.resume")
 _STREAM_PATH: Final = re.compile(r"^(?:/v1)?/streams/([A-Za-z0-9_-]{8,80})/?$")
-#: The annotation (`StreamInfo.annotations`) of a request that started a resumable
-#: stream (``{"id", "role": "origin"}``, with ``"expired": true`` when nobody came
-#: back in time) or resumed one (``{"id", "role": "resume", "route", "outcome", …}``):
-#: the access log's ``stream`` field, and the resume metrics.
-STREAM_ANNOTATION: Final = "stream"
 
 
 def accepts_gzip(value: str | None) -> bool:
@@ -209,15 +205,15 @@ class StreamReader:
         """This request passes a stream on (rather than answering once)."""
         return self.stream is not None or self.pipe is not None
 
-    def _annotate(self, stream_id: str, outcome: str, **more: Any) -> None:
+    def _annotate(
+        self, stream_id: str, outcome: str, after: int | None = None, replayed: int | None = None
+    ) -> None:
+        """The request's `StreamRecord` (the access log's ``stream``; the origin filter
+        counts it when the request ends)."""
         stream = self.registry.get(stream_id)
-        self.callbacks.stream_info.annotations[STREAM_ANNOTATION] = {
-            "id": stream_id,
-            "role": "resume",
-            "outcome": outcome,
-            "route": stream.route if stream is not None else "none",
-            **more,
-        }
+        route = stream.route if stream is not None else "none"
+        record = StreamRecord(stream_id, "resume", outcome, route, after, replayed)
+        self.callbacks.stream_info.state.set(record)
 
     # -- another worker's stream ------------------------------------------------------
 

@@ -12,9 +12,14 @@ through untouched — no parsing, no rebuilding, byte for byte. Otherwise:
 - a Responses request (``/v1/responses``) to a cluster that speaks Chat Completions is
   sent as a chat completion, and to one that speaks only Messages as a Messages request
   (through the chat translation); its answer comes back in the Responses shape. A
-  ``previous_response_id`` must have been resolved before (the ``responses`` filter);
-  the whole response, when done, is left in the request's annotations
-  (`RESPONSE_ANNOTATION`) for that filter to keep.
+  ``previous_response_id`` must have been resolved before (the ``responses`` filter,
+  which leaves a `ResolvedConversation` in the request's state); the whole response,
+  when done, is left there (`TranslatedResponse`) for that filter to keep.
+
+A translated request has a `Translated` record in its state (`StreamInfo.state`), for
+the filters that must know (`filterproxy.filters.records`); the hosted tools it left
+out, a `DroppedTools` (the access log's ``dropped_tools``; counted in
+``filterproxy_translate_dropped_tools``).
 
 A request field that would change the answer and has no counterpart gets a 400 that
 names it. The upstream's errors come back in the client's error shape, before the
@@ -28,11 +33,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Final
 
 from filterproxy.config import ClusterConfig, Node, RouteConfig
 from filterproxy.extensions.translate.config import TranslateRoute, parse_hosted_tools
+from filterproxy.extensions.translate.metrics import TranslateMetrics
 from filterproxy.filters.api import (
     DataResult,
     FilterContext,
@@ -40,6 +46,13 @@ from filterproxy.filters.api import (
     RequestHead,
     ResponseHead,
     StreamFilter,
+)
+from filterproxy.filters.metrics import MetricFamilies
+from filterproxy.filters.records import (
+    DroppedTools,
+    ResolvedConversation,
+    Translated,
+    TranslatedResponse,
 )
 from filterproxy.http.apis import CHAT, MESSAGES, RESPONSES, client_api
 from filterproxy.http.encoding import IDENTITY
@@ -77,26 +90,11 @@ from filterproxy.translate.responses_over_chat import (
 )
 from filterproxy.translate.responses_tools import UpstreamTool
 
-__all__ = [
-    "DROPPED_ANNOTATION",
-    "DROPPED_HEADER",
-    "PREVIOUS_ANNOTATION",
-    "RESPONSE_ANNOTATION",
-    "TranslateConfig",
-    "TranslateFilter",
-]
+__all__ = ["DROPPED_HEADER", "TranslateConfig", "TranslateFilter"]
 
-#: The annotation (`StreamInfo.annotations`) that holds a translated Responses answer's
-#: whole response object once it is complete.
-RESPONSE_ANNOTATION: Final = "responses.response"
-#: The annotation that holds the hosted tool types a translated Responses request left
-#: out (``hosted_tools: drop``), for the access log and the metrics.
-DROPPED_ANNOTATION: Final = "dropped_tools"
-#: The response header that names them.
+#: The response header that names the hosted tool types a translated Responses request
+#: left out (``hosted_tools: drop``).
 DROPPED_HEADER: Final = "x-filterproxy-dropped-tools"
-#: The annotation that holds the ``previous_response_id`` a filter before this one
-#: resolved (and removed from the request), for the answer to repeat it.
-PREVIOUS_ANNOTATION: Final = "responses.previous_response_id"
 
 #: How much of a whole answer is seen before it is refused for not starting like JSON.
 _SNIFF_BYTES: Final = 2048
@@ -118,6 +116,9 @@ class TranslateConfig:
     hosted_tools: str = "drop"
     #: The largest upstream event a stream translation holds (``max_event_bytes``).
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    #: Where the filter counts (the process's; a config made without a process counts
+    #: into families nobody scrapes).
+    metrics: TranslateMetrics = field(default_factory=lambda: TranslateMetrics(MetricFamilies()))
 
 
 _NO_ROUTE_OPTIONS: Final = TranslateRoute()
@@ -145,7 +146,9 @@ class TranslateFilter(StreamFilter):
             {"default_max_tokens", "hosted_tools"}
         )
         config = TranslateConfig(
-            context.config.clusters, max_event_bytes=context.config.max_event_bytes
+            context.config.clusters,
+            max_event_bytes=context.config.max_event_bytes,
+            metrics=TranslateMetrics.of(context.resources),
         )
         if "default_max_tokens" in keys:
             config = replace(
@@ -219,6 +222,7 @@ class TranslateFilter(StreamFilter):
             )
             return FilterStatus.STOP_ITERATION
         self.client = info.api = api
+        info.state.set(Translated(api, self.target))
         head.path = _UPSTREAM_PATH[self.target]
         head.headers.remove_all(frozenset(_CLIENT_HEADERS[api]))
         return FilterStatus.CONTINUE
@@ -270,10 +274,10 @@ class TranslateFilter(StreamFilter):
                     hosted_tools=policy or self.config.hosted_tools,
                 )
                 translated, self.tools = request.chat, request.tools.by_upstream
-                dropped = request.tools.dropped
-                if dropped:
-                    info.annotations[DROPPED_ANNOTATION] = dropped
-                previous = info.annotations.get(PREVIOUS_ANNOTATION)
+                if request.tools.dropped:
+                    self._dropped(tuple(request.tools.dropped))
+                resolved = info.state.get(ResolvedConversation)
+                previous = resolved.previous_response_id if resolved is not None else None
                 self.shell = response_shell(document, info.model, previous)
             else:
                 translated = document
@@ -297,6 +301,17 @@ class TranslateFilter(StreamFilter):
             self.callbacks.set_request_json(translated)
         return FilterStatus.CONTINUE
 
+    def _dropped(self, tools: tuple[str, ...]) -> None:
+        """Hosted *tools* were left out of the request: said in the access log, and
+        counted (once per request, though a fallback translates it again)."""
+        info = self.callbacks.stream_info
+        if info.state.get(DroppedTools) is None:
+            route = info.route.name if info.route is not None else "none"
+            count = self.config.metrics.dropped_tools
+            for tool in tools:
+                count.inc((route, tool))
+        info.state.set(DroppedTools(tools))
+
     def _auto_cache(self, document: dict[str, Any] | None) -> None:
         """The route's ``auto_cache``: breakpoints for a Messages upstream where the
         client set too few (`add_cache_breakpoints`); the body is rewritten only then."""
@@ -309,9 +324,9 @@ class TranslateFilter(StreamFilter):
         if self.client is None:
             return FilterStatus.CONTINUE
         self.status = head.status
-        dropped = self.callbacks.stream_info.annotations.get(DROPPED_ANNOTATION)
-        if dropped:
-            head.headers.set(DROPPED_HEADER, ", ".join(dropped))
+        dropped = self.callbacks.stream_info.state.get(DroppedTools)
+        if dropped is not None:
+            head.headers.set(DROPPED_HEADER, ", ".join(dropped.tools))
         content_type = self.content_type = head.headers.get("content-type") or ""
         model = self.callbacks.stream_info.model
         try:
@@ -428,7 +443,7 @@ class TranslateFilter(StreamFilter):
         before this one (the ``responses`` filter keeps it)."""
         self.shell = None
         if stream.response is not None:
-            self.callbacks.stream_info.annotations[RESPONSE_ANNOTATION] = stream.response
+            self.callbacks.stream_info.state.set(TranslatedResponse(stream.response))
 
     def _rebuilt(self, raw: bytes) -> bytes:
         try:
@@ -504,5 +519,5 @@ class TranslateFilter(StreamFilter):
             document = chat_response(document, model)
         response = responses_answer(document, self.shell, self.tools)
         self.shell = None
-        info.annotations[RESPONSE_ANNOTATION] = response
+        info.state.set(TranslatedResponse(response))
         return json.dumps(response).encode()

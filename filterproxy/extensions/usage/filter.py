@@ -47,6 +47,7 @@ from filterproxy.filters.api import (
     ResponseHead,
     StreamFilter,
 )
+from filterproxy.filters.records import Translated
 from filterproxy.http.apis import client_api
 from filterproxy.http.errors import error_body
 from filterproxy.http.inflate import InflateError, Inflater, inflater_for
@@ -274,7 +275,10 @@ class UsageFilter(StreamFilter):
                 self.inflater = None
                 self.callbacks.pass_response_data()  # a coding it cannot read: as it came
                 return FilterStatus.CONTINUE
-            if self.inflater is not None and self.callbacks.stream_info.api is not None:
+            if (
+                self.inflater is not None
+                and self.callbacks.stream_info.state.get(Translated) is not None
+            ):
                 # Translated after this filter: the translate filter inflates it.
                 self.inflater = None
                 self.callbacks.pass_response_data()

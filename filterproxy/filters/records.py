@@ -1,0 +1,131 @@
+"""What the built-in features tell each other, and the gateway's observers, about one
+request: small immutable records kept in the request's typed state
+(`StreamInfo.state`, `filterproxy.filters.state.FilterState`), one per class.
+
+A filter sets one where the thing happens (``stream_info.state.set(Translated(...))``);
+whoever needs it asks for its class (``stream_info.state.get(Translated)``). No feature
+imports another to learn what it did, and no observer knows the features: a record that
+has something for the access log says so itself (`LogFields`).
+
+A filter of your own may read these records, and keep records of its own classes the
+same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = [
+    "DroppedTools",
+    "LimitRefusal",
+    "LogFields",
+    "ResolvedConversation",
+    "StreamRecord",
+    "Translated",
+    "TranslatedResponse",
+]
+
+
+class LogFields(Protocol):
+    """A record that fills fields of the request's access-log line.
+
+    The access log has fixed, documented fields; a record fills some of them (the
+    others keep their defaults, null for the features' fields).
+    """
+
+    def log_fields(self) -> Mapping[str, object]:
+        """The access-log fields this record fills, and their values (JSON types)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Translated:
+    """The request was rewritten into another API (the translate filter): its answer is
+    rebuilt in the client's API. Absent when the request passes as it came."""
+
+    #: The client's API (`filterproxy.http.apis`: chat, messages, responses).
+    client_api: str
+    #: The API the upstream is sent.
+    upstream_api: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedConversation:
+    """A ``previous_response_id`` resolved from a stored conversation (the responses
+    filter) and taken out of the request: a translated answer repeats it."""
+
+    previous_response_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TranslatedResponse:
+    """The whole Responses answer a translated request made, once it is complete (the
+    translate filter), for the responses filter to store."""
+
+    #: The response object, as the client gets it.
+    response: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DroppedTools:
+    """The hosted tool types (``web_search``, …) a translated Responses request left out
+    (``hosted_tools: drop``): the access log's ``dropped_tools``."""
+
+    tools: tuple[str, ...]
+
+    def log_fields(self) -> Mapping[str, object]:
+        return {"dropped_tools": list(self.tools)}
+
+
+@dataclass(frozen=True, slots=True)
+class LimitRefusal:
+    """A gateway key's limit refused the request (the keys filter answered 429)."""
+
+    key: str
+    #: The limit that refused it (`filterproxy.extensions.keys.limits.Admission.refused`).
+    limit: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRecord:
+    """The request started a resumable stream (``role`` ``origin``) or resumed one
+    (``resume``): the access log's ``stream`` field."""
+
+    id: str
+    #: ``origin`` or ``resume``.
+    role: str
+    #: A resume's outcome: ``resumed``, or ``gone`` (410).
+    outcome: str | None = None
+    #: A resume's stream's route.
+    route: str | None = None
+    #: Where a resume started (an event's number, or a count of chunks), and the
+    #: events it replayed.
+    after: int | None = None
+    replayed: int | None = None
+    #: An origin's events, and the bytes its buffer held at its end.
+    events: int | None = None
+    held: int | None = None
+    #: An origin's client did not come back within ``resume.grace``.
+    expired: bool = False
+    #: False when an origin's stream passed its buffer's cap.
+    resumable: bool = True
+
+    def log_fields(self) -> Mapping[str, object]:
+        fields: dict[str, object] = {"id": self.id, "role": self.role}
+        if self.role == "resume":
+            fields["outcome"] = self.outcome
+            fields["route"] = self.route
+            if self.after is not None:
+                fields["after"] = self.after
+            if self.replayed is not None:
+                fields["replayed"] = self.replayed
+        else:
+            fields["events"] = self.events
+            fields["held"] = self.held
+            if self.expired:
+                fields["expired"] = True
+            if not self.resumable:
+                fields["resumable"] = False
+        return {"stream": fields}
