@@ -290,15 +290,18 @@ def test_a_streaming_request_asks_for_usage_and_the_client_does_not_see_it() -> 
 # -- an admission that arrives later ---------------------------------------------------------
 
 
-class LaterStore(LimitStore):
+class LaterStore:
     """This process's counts, answering when the test says (as Redis answers later)."""
 
     def __init__(self) -> None:
-        super().__init__(None)
+        self.counts = LimitStore(None, resources=at_now())
         self.pending: list[tuple[defer.Deferred[Admission], Admission]] = []
 
+    def settle(self, key: GatewayKey, admission: Admission, used: int) -> None:
+        self.counts.settle(key, admission, used)
+
     def admit(self, key: GatewayKey, reserve: int) -> defer.Deferred[Admission]:
-        decided = super().admit(key, reserve)
+        decided = self.counts.admit(key, reserve)
         assert isinstance(decided, Admission)
         d: defer.Deferred[Admission] = defer.Deferred()
         self.pending.append((d, decided))

@@ -26,7 +26,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -64,10 +64,21 @@ from filterproxy.http.body import BadBody, parse_body
 if TYPE_CHECKING:
     from filterproxy.filters.resources import Resources
 
-__all__ = ["KeysConfig", "KeysFilter", "LimitStore", "LimitStores"]
+__all__ = ["AdmissionStore", "KeysConfig", "KeysFilter", "LimitStore", "LimitStores"]
 
 log = Logger(namespace="filterproxy.keys")
 _CREDENTIALS: Final = frozenset({"authorization", "x-api-key"})
+
+
+class AdmissionStore(Protocol):
+    """Where the keys filter asks whether a request may go and charges what it used:
+    `LimitStore` in the gateway; a test may give one that answers when it says."""
+
+    def admit(self, key: GatewayKey, reserve: int) -> Admission | defer.Deferred[Admission]:
+        """The admission of a request of *key* reserving *reserve* tokens, now or later."""
+
+    def settle(self, key: GatewayKey, admission: Admission, used: int) -> None:
+        """The request is over: charge *used* tokens and free its slot."""
 
 
 class LimitStore:
@@ -196,7 +207,7 @@ class KeysConfig:
     #: Keys by the SHA-256 digest of the key.
     keys: Mapping[str, GatewayKey]
     aliases: Mapping[str, str]
-    store: LimitStore
+    store: AdmissionStore
     #: Where the filter counts (the process's; a config made without a process counts
     #: into families nobody scrapes).
     metrics: KeysMetrics = field(default_factory=lambda: KeysMetrics(MetricFamilies()))
