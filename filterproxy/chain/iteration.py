@@ -497,10 +497,15 @@ class FilterIteration(Generic[HeadT]):
         )
 
     def _queue(self, data: bytes, end_stream: bool) -> None:
+        """What reaches a filter while its hook's Deferred is pending waits for it; it
+        counts against the chain's buffer limit, as a filter's own buffer does."""
         queued = self.queued
         if queued is None:
             queued = self.queued = []
         queued.append((data, end_stream))
+        self.buffered_bytes += len(data)
+        if self.buffered_bytes > self.buffer_limit:
+            self.on_buffer_overflow()
 
     def _end_await(self) -> None:
         index: int = self.awaiting_at
@@ -555,6 +560,7 @@ class FilterIteration(Generic[HeadT]):
         # behind a new Deferred, if the filter returns one).
         while queued and self.generation == generation and self.awaiting_at < 0:
             piece, end = queued.pop(0)
+            self.buffered_bytes -= len(piece)
             self._data_from(index, piece, end)
         if queued and self.generation == generation:
             self.queued = queued + (self.queued or [])
@@ -563,6 +569,7 @@ class FilterIteration(Generic[HeadT]):
         if self.generation != generation or self.state is _STOPPED:
             return  # late: the request is over or answered, the failure changes nothing
         self._end_await()
+        self.buffered_bytes -= sum(len(piece) for piece, _ in self.queued or ())
         self.queued = None
         if self.manager is not None:
             self.manager.hook_failed(self, index, failure)

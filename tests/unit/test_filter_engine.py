@@ -82,6 +82,28 @@ def test_a_headers_hook_deferred_holds_the_request_until_it_fires() -> None:
     assert h.manager.decoder.awaiting_at == -1
 
 
+def test_what_waits_behind_a_pending_deferred_is_bounded_by_the_buffer_limit() -> None:
+    # A hook waiting for a store (Redis, say) must not let a client pile up a body of
+    # any size in front of it: past the chain's limit the request gets its 413.
+    d: defer.Deferred[FilterStatus] = defer.Deferred()
+    h = FilterHarness([AwaitHeaders(d), Seen()], buffer_limit=10)
+    h.request([b"123456", b"789012", b"345"])
+    assert h.client.status == 413
+    assert h.client.json()["error"]["code"] == "request_too_large"
+    assert not h.upstream.reached
+    d.callback(CONTINUE)  # the answer comes after the reply: it changes nothing
+    assert not h.upstream.reached and h.client.status == 413
+
+
+def test_what_waited_behind_a_deferred_is_no_longer_counted_once_it_passes() -> None:
+    d: defer.Deferred[FilterStatus] = defer.Deferred()
+    h = FilterHarness([AwaitHeaders(d), Seen()], buffer_limit=10)
+    h.request([b"123456", b"7890"])  # 10 bytes: at the limit, not past it
+    d.callback(CONTINUE)
+    assert h.upstream.body == b"1234567890" and h.upstream.ended
+    assert h.manager.decoder.buffered_bytes == 0
+
+
 def test_a_deferred_that_has_already_fired_goes_on_at_once() -> None:
     h = FilterHarness([AwaitHeaders(defer.succeed(CONTINUE)), Seen()])
     h.request(b'{"model": "m"}')
