@@ -16,7 +16,6 @@ from filterproxy.extensions.resume.config import ResumeBuffers, resume_of
 from filterproxy.extensions.resume.metrics import ResumeMetrics
 from filterproxy.extensions.resume.reader import (
     StreamReader,
-    accepts_gzip,
     compressed,
     resent_position,
     stream_request,
@@ -36,7 +35,7 @@ from filterproxy.filters.owner import credential_of, owner_digest
 from filterproxy.filters.records import StreamRecord
 from filterproxy.filters.stream_owner import IStreamOwner
 from filterproxy.http.apis import client_api
-from filterproxy.http.encoding import IDENTITY
+from filterproxy.http.encoding import IDENTITY, accepts
 from filterproxy.http.errors import error_body
 from filterproxy.http.sse import DEFAULT_MAX_EVENT_BYTES, EventTooLarge
 
@@ -239,7 +238,7 @@ class ResumeFilter(StreamFilter):
         head.headers.remove("content-length")
         if (
             resume.gzip
-            and accepts_gzip(self.accept_encoding)
+            and accepts(self.accept_encoding, "gzip")
             and head.headers.get("content-encoding") is None
         ):
             self.gzip = zlib.compressobj(6, zlib.DEFLATED, 31)

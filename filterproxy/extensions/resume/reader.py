@@ -27,25 +27,16 @@ from filterproxy.extensions.resume.streams import (
     decide_read,
 )
 from filterproxy.filters.records import StreamRecord
+from filterproxy.http.encoding import accepts
 
 if TYPE_CHECKING:
 
     from filterproxy.filters.api import IFilterCallbacks, RequestHead
 
-__all__ = ["StreamReader", "StreamRequest", "accepts_gzip", "stream_request"]
+__all__ = ["StreamReader", "StreamRequest", "stream_request"]
 
 log = Logger(namespace="filterproxy.resume")
 _STREAM_PATH: Final = re.compile(r"^(?:/v1)?/streams/([A-Za-z0-9_-]{8,80})/?$")
-
-
-def accepts_gzip(value: str | None) -> bool:
-    """Whether an ``Accept-Encoding`` value takes gzip (not with ``q=0``)."""
-    for part in (value or "").lower().split(","):
-        name, _, params = part.strip().partition(";")
-        if name.strip() in ("gzip", "x-gzip", "*"):
-            q = params.strip().removeprefix("q=").strip()
-            return q not in ("0", "0.0", "0.00", "0.000")
-    return False
 
 
 class StreamRequest:
@@ -263,7 +254,7 @@ class StreamReader:
             ("cache-control", "no-cache"),
             ("x-stream-id", stream_id),
         ]
-        if gzip and accepts_gzip(self.accept_encoding):
+        if gzip and accepts(self.accept_encoding, "gzip"):
             self.gzip = zlib.compressobj(6, zlib.DEFLATED, 31)
             headers += [("content-encoding", "gzip"), ("vary", "accept-encoding")]
         self.callbacks.own_stream().send_local_stream(200, headers)
