@@ -43,6 +43,8 @@ _TOP_KEYS = {
     "filters",
     "limits",
     "shutdown_grace",
+    "shutdown_delay",
+    "config_watch",
     "access_log",
     "mock_upstream",
     "admin",
@@ -119,6 +121,8 @@ def parse_config(
         aliases=MappingProxyType(parse_aliases(section("aliases"))),
         limits=_parse_limits(section("limits")),
         shutdown_grace=top["shutdown_grace"].duration() if "shutdown_grace" in top else 30.0,
+        shutdown_delay=top["shutdown_delay"].duration() if "shutdown_delay" in top else 0.0,
+        config_watch=_parse_config_watch(top["config_watch"]) if "config_watch" in top else 0.0,
         access_log=access is not False,
         access_log_path=access if isinstance(access, str) else None,
         mock_upstream=top["mock_upstream"].string() if "mock_upstream" in top else None,
@@ -192,6 +196,19 @@ def _parse_tracing(node: Node) -> TracingConfig | None:
         ) from None
     service = keys["service_name"].string() if "service_name" in keys else "filterproxy"
     return TracingConfig(endpoint, service)
+
+
+def _parse_config_watch(node: Node) -> float:
+    """``config_watch``: a polling interval, or ``false``/``0s`` for none. Below 100 ms
+    the gateway would spend itself on stat calls."""
+    if node.value is False:
+        return 0.0
+    seconds = node.duration()
+    if 0 < seconds < 0.1:
+        raise ConfigError(
+            node.path, f"check the config file at most every 100ms, got {node.value!r}"
+        )
+    return seconds
 
 
 def _parse_limits(node: Node) -> Limits:

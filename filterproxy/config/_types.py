@@ -319,6 +319,12 @@ class Config:
     limits: Limits = Limits()
     #: On SIGTERM, how long in-flight requests may take to finish before the exit.
     shutdown_grace: float = 30.0
+    #: On SIGTERM, how long the gateway goes on accepting, with ``/ready`` answering 503,
+    #: before it stops listening: time for load balancers to take it out of rotation.
+    shutdown_delay: float = 0.0
+    #: How often to look whether the config file (or ``keys_file``) changed, and reload
+    #: when it did; 0: never (SIGHUP and ``POST /reload`` only).
+    config_watch: float = 0.0
     #: One JSON line per request through twisted.logger.
     access_log: bool = True
     #: ... or, instead, appended to this file in batches.

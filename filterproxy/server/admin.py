@@ -8,7 +8,13 @@ is about 1 MB of memory, its resource tree and templating 3 MB more, for five en
 - ``GET /metrics``: Prometheus text format (see `filterproxy.observability.metrics`).
 - ``GET /healthz``: 200 while the process runs.
 - ``GET /ready``: 200 when a config is loaded and every cluster has an endpoint that is
-  not ejected; 503 naming the clusters that have none.
+  not ejected; 503 naming the clusters that have none; 503 ``draining`` from SIGTERM on
+  (the listener stays open until the gateway exits).
+- ``GET /serving``: 200 while the gateway takes new requests, 503 ``draining`` from
+  SIGTERM on — and nothing about the upstreams. What a load balancer's health check or
+  Kubernetes' readiness probe asks: every replica shares the upstreams, so a readiness
+  that failed with them would take every replica out of rotation at once, and clients
+  would get a connection error instead of the gateway's own answer.
 - ``GET /config``: the effective config as JSON, secrets redacted (`redacted_config`).
 - ``POST /reload``: re-read the config file (as SIGHUP does); 200, or 400 with the error
   when the new config is invalid (the old one stays in force).
@@ -148,6 +154,7 @@ ENDPOINTS = [
     "/metrics",
     "/healthz",
     "/ready",
+    "/serving",
     "/config",
     "POST /reload",
     "/memory",
@@ -365,20 +372,30 @@ def admin_factory(
     reload: Callable[[], str | None],
     reactor: IReactorTime,
     held: Callable[[], dict[str, Any]] = dict,
+    *,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> AdminFactory:
     """The admin listener's factory. *gateway* returns the gateway in force; *reload*
     re-reads the config and returns None, or the error that kept the old config;
     *reactor* times idle connections out; *held* describes the structures the gateway
-    keeps (open connections, pools, timers) for ``/memory``."""
+    keeps (open connections, pools, timers) for ``/memory``; *stopping* says whether
+    the gateway is shutting down (``/ready`` then answers 503 ``draining``)."""
 
     def metrics() -> Reply:
         return 200, CONTENT_TYPE_LATEST.encode(), generate_latest(registry)
 
     def ready() -> Reply:
+        if stopping():
+            return _json(503, {"status": "draining"})
         ok, down = readiness(gateway())
         if ok:
             return _json(200, {"status": "ready"})
         return _json(503, {"status": "not ready", "clusters_without_endpoints": down})
+
+    def serving() -> Reply:
+        if stopping():
+            return _json(503, {"status": "draining"})
+        return _json(200, {"status": "serving"})
 
     def do_reload() -> Reply:
         error = reload()
@@ -392,6 +409,7 @@ def admin_factory(
             b"/metrics": _Endpoint(get=metrics),
             b"/healthz": _Endpoint(get=lambda: _json(200, {"status": "ok"})),
             b"/ready": _Endpoint(get=ready),
+            b"/serving": _Endpoint(get=serving),
             b"/config": _Endpoint(
                 get=lambda: _json(200, redacted_config(gateway().config), pretty=True)
             ),

@@ -33,6 +33,7 @@ from filterproxy.runtime.listeners import (
     with_default_backlog,
 )
 from filterproxy.server import sdnotify
+from filterproxy.server.watch import ConfigWatch
 from filterproxy.server.workers import CANNOT_START, WORKER_SECRET_ENV, exit_after_shutdown
 from filterproxy.upstream.cluster import Cluster
 from filterproxy.upstream.router import Router
@@ -246,6 +247,10 @@ class GatewayService(Service):
         self.notify_systemd = worker_index is None
         self.worker_index = worker_index
         self.listen_failed = False
+        #: SIGTERM arrived: ``/ready`` answers 503 from then on.
+        self.stopping = False
+        #: Reloads when the config's files change (``config_watch``).
+        self.watch: ConfigWatch | None = None
 
     def startService(self) -> None:
         super().startService()
@@ -291,6 +296,7 @@ class GatewayService(Service):
                 self.reload,
                 self.reactor,
                 self.held,
+                stopping=lambda: self.stopping,
             )
             try:
                 admin_endpoint = serverFromString(
@@ -307,6 +313,7 @@ class GatewayService(Service):
                 )
             )
         defer.gatherResults(listening).addCallback(self._ready)
+        self._watch(self.config.config_watch)
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, self._sighup)
 
@@ -369,6 +376,28 @@ class GatewayService(Service):
     def _ready(self, _: object) -> None:
         if self.notify_systemd and not self.listen_failed:
             sdnotify.notify("READY=1\nSTATUS=serving")
+
+    def watched_files(self) -> tuple[str, ...]:
+        """What ``config_watch`` looks at: the config file, its ``keys_file``, the
+        ``ssl:`` listeners' key and certificate files."""
+        files = [self.config.source]
+        keys = self.config.section(GatewayKeys)
+        if keys is not None and keys.keys_file:
+            files.append(keys.keys_file)
+        for listener in self.tls_listeners:
+            files.extend(v for k, v in sorted(listener.files.items()) if k in _TLS_FILE_OPTIONS)
+        return tuple(files)
+
+    def _watch(self, interval: float) -> None:
+        """Watch the config's files every *interval* seconds (none when 0)."""
+        if self.watch is not None:
+            if self.watch.interval == interval:
+                return
+            self.watch.stop()
+            self.watch = None
+        if interval > 0 and self.running and not self.stopping:
+            self.watch = ConfigWatch(self.reactor, interval, self.watched_files, self.reload)
+            self.watch.start()
 
     def held(self) -> dict[str, Any]:
         """The structures the gateway keeps, for the admin's ``GET /memory``: each should
@@ -453,6 +482,7 @@ class GatewayService(Service):
         self.factory.gateway = self.gateway
         old.access_file = access_file  # its last requests log where the new ones do
         old.retire()
+        self._watch(config.config_watch)
         log.info(
             "config reloaded from {source}; {n} requests in flight finish on the old one",
             source=source,
@@ -482,12 +512,23 @@ class GatewayService(Service):
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
-        """Stop accepting, let in-flight requests finish (up to shutdown_grace), close."""
+        """``/ready`` answers 503; after ``shutdown_delay``, stop accepting; let requests
+        in flight finish (up to ``shutdown_grace``); close. The admin listener stays until
+        the end, so health checks and scrapes see the drain."""
         super().stopService()
+        self.stopping = True
+        if self.watch is not None:
+            self.watch.stop()
         if self.notify_systemd:
             sdnotify.notify("STOPPING=1")
-        ports = [*self.ports, *([self.admin_port] if self.admin_port else [])]
-        yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
+        delay = self.config.shutdown_delay
+        if delay > 0 and self.ports:
+            log.info(
+                "shutting down: /ready answers 503; accepting requests for {delay:g}s more",
+                delay=delay,
+            )
+            yield deferLater(self.reactor, delay, lambda: None)
+        yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
         self.factory.drain()
         deadline = self.reactor.seconds() + self.config.shutdown_grace
         if self.factory.active_streams:
@@ -500,12 +541,18 @@ class GatewayService(Service):
             yield deferLater(self.reactor, 0.1, lambda: None)
         for connection in list(self.factory.connections):
             connection.abort()
+        if self.admin_port is not None:
+            yield defer.maybeDeferred(self.admin_port.stopListening)
         self.gateway.close()
         if self.spans is not None:
             yield self.spans.shutdown()
         if self.access_file is not None:
             self.access_file.close()
         yield self.resources.close()
+
+
+#: The options of an ``ssl:`` endpoint that name files (`ReloadableServerTLS.files`).
+_TLS_FILE_OPTIONS = frozenset({"privateKey", "certKey", "extraCertChain", "dhParameters"})
 
 
 def _shift_port(description: str, offset: int) -> str:

@@ -185,6 +185,7 @@ def test_admin_endpoints_and_the_model_list(usage_gateway: Gateway) -> None:
             "/metrics",
             "/healthz",
             "/ready",
+            "/serving",
             "/config",
             "POST /reload",
             "/memory",

@@ -221,10 +221,26 @@ def test_a_minimal_config_gets_the_default_chain_and_defaults() -> None:
             "clusters: {a: {url: 'http://x'}}\nlimits: {request_header_timeout: never}",
             "limits.request_header_timeout: expected a duration",
         ),
+        (
+            "clusters: {a: {url: 'http://x'}}\nconfig_watch: 10ms",
+            "config_watch: check the config file at most every 100ms, got '10ms'",
+        ),
+        (
+            "clusters: {a: {url: 'http://x'}}\nshutdown_delay: soon",
+            "shutdown_delay: expected a duration like 30s or 250ms, got 'soon'",
+        ),
     ],
 )
 def test_each_bad_input_names_its_key_and_the_fix(text: str, expected: str) -> None:
     assert expected in error_for(text)
+
+
+def test_shutdown_delay_and_config_watch_default_to_off() -> None:
+    config = parse_config(BASE, environ={})
+    assert (config.shutdown_delay, config.config_watch) == (0.0, 0.0)
+    config = parse_config(BASE + "shutdown_delay: 5s\nconfig_watch: 2s\n", environ={})
+    assert (config.shutdown_delay, config.config_watch) == (5.0, 2.0)
+    assert parse_config(BASE + "config_watch: false\n", environ={}).config_watch == 0.0
 
 
 def test_max_event_bytes_reaches_every_filter_that_reads_a_stream() -> None:
