@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,10 @@ def makeService(options: Options | dict[str, Any]) -> IService:
             str(options["config"] or DEMO_CONFIG),
             "--worker",
         ]
+        logger = twistd_logger(sys.argv[1:])
+        if logger is not None:
+            # The workers log as the supervisor was told to (JSON on stdout, say).
+            argv[argv.index("-l") : argv.index("-l")] = ["--logger", logger]
         for description in options["listen"]:
             argv += ["--listen", description]
         if options.get("admin"):
@@ -196,3 +201,17 @@ def makeService(options: Options | dict[str, Any]) -> IService:
     if worker:
         ParentWatch().setServiceParent(top)
     return top
+
+
+def twistd_logger(argv: list[str]) -> str | None:
+    """The ``--logger`` given to twistd in *argv* (its options, before the plugin's
+    name), if any: the supervisor's own options are not the plugin's to read, so the
+    command line is what tells them."""
+    for index, arg in enumerate(argv):
+        if arg == "filterproxy":
+            return None
+        if arg.startswith("--logger="):
+            return arg.partition("=")[2]
+        if arg == "--logger" and index + 1 < len(argv):
+            return argv[index + 1]
+    return None

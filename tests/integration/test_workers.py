@@ -3,6 +3,7 @@ lets in-flight streams finish."""
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import ssl
@@ -198,3 +199,37 @@ def test_workers_on_a_port_already_taken_fail_start_up_once_with_the_reason(
     assert not any(
         "--worker" in " ".join(child.cmdline()) for child in psutil.Process().children(True)
     )
+
+
+def test_workers_log_as_the_supervisor_was_told(upstream: Upstream, tmp_path: Path) -> None:
+    """``twistd --logger filterproxy.logs.json_stdout filterproxy --workers 2`` (what the
+    container image runs): every line on stdout is a JSON object, the workers' too."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f'clusters: {{test: {{url: "{upstream.url}"}}}}\n')
+    port = free_port()
+    supervisor = Process(
+        [
+            str(TWISTD),
+            "-n",
+            "--pidfile=",
+            "--logger",
+            "filterproxy.logs.json_stdout",
+            "filterproxy",
+            "-c",
+            str(config),
+            "--workers",
+            "2",
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+        ]
+    )
+    try:
+        wait_until(lambda: supervisor.output().count("filterproxy listening on") == 2, timeout=20)
+        assert post_chat(f"http://127.0.0.1:{port}", "test-model").status_code == 200
+        wait_until(lambda: '"outcome":"complete"' in supervisor.output(), timeout=10)
+    finally:
+        supervisor.stop()
+    lines = [line for line in supervisor.lines if line.strip()]
+    assert len(lines) > 6
+    for line in lines:
+        assert isinstance(json.loads(line), dict), line
