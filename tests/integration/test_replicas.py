@@ -13,7 +13,6 @@ each resume landing on the replica that holds its stream. Then the same front wi
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import shutil
 import subprocess
@@ -23,7 +22,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -46,6 +44,7 @@ from tests.replica_checks import (
     check_streams_resume_through_the_front,
     counter,
     cut_and_resume,
+    front_config,
     resumes,
 )
 
@@ -102,40 +101,6 @@ def start_replica(config: Path) -> Gateway:
     return gateway
 
 
-def front_config(replicas: list[Gateway], ports: dict[str, int]) -> dict[str, Any]:
-    """The shipped envoy.yaml with only its addresses changed: its listeners and admin on
-    free loopback ports, and the replicas' cluster STATIC, one endpoint per replica, each
-    health-checked on its own admin port."""
-    config: dict[str, Any] = yaml.safe_load(ENVOY_CONFIG.read_text())
-    config["admin"]["address"]["socket_address"] = {
-        "address": "127.0.0.1",
-        "port_value": ports["admin"],
-    }
-    for listener in config["static_resources"]["listeners"]:
-        address = listener["address"]["socket_address"]
-        address["address"] = "127.0.0.1"
-        address["port_value"] = ports[listener["name"]]
-    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
-    admin_endpoint = clusters["envoy_admin"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
-    admin_endpoint["endpoint"]["address"]["socket_address"]["port_value"] = ports["admin"]
-    cluster = clusters["filterproxy"]
-    assert cluster["type"] == "STRICT_DNS"
-    cluster["type"] = "STATIC"
-    cluster.pop("dns_lookup_family", None)
-    shipped = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
-    endpoints = []
-    for replica in replicas:
-        endpoint = copy.deepcopy(shipped)
-        endpoint["endpoint"]["address"]["socket_address"] = {
-            "address": "127.0.0.1",
-            "port_value": replica.port,
-        }
-        endpoint["endpoint"]["health_check_config"]["port_value"] = replica.admin_port
-        endpoints.append(endpoint)
-    cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": endpoints}]
-    return config
-
-
 @dataclass
 class Deployment:
     """The front and its replicas, as the checks see them."""
@@ -185,7 +150,10 @@ def deployment(
         started += [g.process for g in gateways]
         ports = {"clients": closed_port(), "readiness": closed_port(), "admin": closed_port()}
         envoy_config = workdir / "envoy.yaml"
-        envoy_config.write_text(yaml.safe_dump(front_config(gateways, ports)))
+        endpoints = [("127.0.0.1", g.port, g.admin_port or 0) for g in gateways]
+        envoy_config.write_text(
+            yaml.safe_dump(front_config(ENVOY_CONFIG.read_text(), endpoints, ports))
+        )
         front = Process(
             [
                 envoy,
@@ -320,7 +288,8 @@ def test_a_replica_that_stopped_gets_no_more_requests(deployment: Deployment) ->
     for _ in range(10):
         answer = chat(deployment.front, OPEN_KEY, MODEL)
         assert answer.status_code == 200, answer.text
+    # (At least: a stream cut by an earlier test may still be ending there.)
     wait_until(
-        lambda: counter(kept, "filterproxy_key_requests_total", key="open") == before + 10,
+        lambda: counter(kept, "filterproxy_key_requests_total", key="open") >= before + 10,
         timeout=10,
     )
