@@ -17,6 +17,7 @@ from twisted.internet.testing import StringTransport
 from twisted.web.client import ResponseDone
 from twisted.web.test.requesthelper import DummyRequest
 
+from filterproxy.config import ConfigError
 from filterproxy.extensions.builtin import load_config, parse_config
 from filterproxy.extensions.resume import ResumeFilter
 from filterproxy.extensions.resume.origin import OriginState, ResumeFilterConfig
@@ -47,20 +48,22 @@ def delta(n: int) -> bytes:
     return b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"t%d"}}]}\n\n' % n
 
 
-def configured(resources: Resources) -> ResumeFilterConfig:
+def configured(resources: Resources, extra: str = "") -> ResumeFilterConfig:
     context = FilterContext(
-        config=parse_config(CONFIG), path="filters[0]", environ={}, resources=resources
+        config=parse_config(CONFIG + extra), path="filters[0]", environ={}, resources=resources
     )
     config = ResumeFilter.configure({}, context)
     ResumeFilter.activate(config, resources)
     return config
 
 
-def origin(config: ResumeFilterConfig) -> tuple[FilterHarness, str]:
+def origin(
+    config: ResumeFilterConfig, headers: dict[str, str] | None = None
+) -> tuple[FilterHarness, str]:
     """A request whose answer becomes a resumable stream, three events in."""
     h = FilterHarness(ResumeFilter(config))
     h.stream_info.route = parse_config(CONFIG).routes[0]
-    h.request(b'{"model": "m", "stream": true}', headers=AUTH)
+    h.request(b'{"model": "m", "stream": true}', headers={**AUTH, **(headers or {})})
     h.respond(200, SSE, [delta(1), delta(2), delta(3)], end=False)
     assert h.client.headers is not None
     stream_id = h.client.headers.get("x-stream-id")
@@ -148,6 +151,75 @@ def test_a_reader_takes_over_from_the_origins_client_and_gets_the_rest() -> None
         "replayed": 1,
     }
     assert clock.getDelayedCalls()  # kept for resume.keep
+
+
+# -- a balancer's key in the id --------------------------------------------------------------
+
+REQUEST_ID = "4f1c2a9e-53b0-4b6e-9d1d-0c2f8e7a6b51"
+
+
+def test_a_stream_id_ends_with_the_affinity_headers_value() -> None:
+    clock = Clock()
+    config = configured(Resources(clock, clock), "resume_affinity_header: X-Request-ID\n")
+    assert config.affinity_header == "x-request-id"
+    h, stream_id = origin(config, {"x-request-id": REQUEST_ID})
+    assert stream_id.startswith("fps_") and stream_id.endswith("-" + REQUEST_ID)
+    assert [e.id for e in h.client.events()] == [f"{stream_id}.{n}" for n in (1, 2, 3)]
+    # Read back by its path, and by the same POST again with its Last-Event-ID.
+    reader = FilterHarness(ResumeFilter(config))
+    reader.request(
+        method="GET",
+        path=f"/v1/streams/{stream_id}",
+        headers={**AUTH, "last-event-id": f"{stream_id}.1"},
+    )
+    assert reader.client.status == 200
+    assert [e.id for e in reader.client.events()] == [f"{stream_id}.3"]
+    again = FilterHarness(ResumeFilter(config))
+    again.request(
+        b'{"model": "m", "stream": true}', headers={**AUTH, "last-event-id": f"{stream_id}.2"}
+    )
+    assert again.client.status == 200 and not again.upstream.pieces
+    assert [e.id for e in again.client.events()] == [f"{stream_id}.3"]
+
+
+@pytest.mark.parametrize("value", ["", "x" * 65, "a b", "a_b", "a.b", "key/../x"])
+def test_a_value_that_cannot_end_an_id_is_left_out(value: str) -> None:
+    clock = Clock()
+    config = configured(Resources(clock, clock), "resume_affinity_header: x-affinity\n")
+    _, stream_id = origin(config, {"x-affinity": value})
+    assert "-" not in stream_id and len(stream_id) == 28
+    _, stream_id = origin(config)  # no such header at all
+    assert "-" not in stream_id and len(stream_id) == 28
+
+
+def test_without_the_key_an_id_is_as_before_whatever_the_request_carries() -> None:
+    clock = Clock()
+    config = configured(Resources(clock, clock))
+    assert config.affinity_header is None
+    h, stream_id = origin(config, {"x-request-id": REQUEST_ID})
+    assert "-" not in stream_id and len(stream_id) == 28
+    assert [e.id for e in h.client.events()] == [f"{stream_id}.{n}" for n in (1, 2, 3)]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("'x request id'", "resume_affinity_header: 'x request id' is not a valid header name"),
+        ("authorization", "resume_affinity_header: a credential header"),
+        ("x-api-key", "resume_affinity_header: a credential header"),
+        ("[x-request-id]", "resume_affinity_header: expected a string"),
+    ],
+)
+def test_a_bad_affinity_header_stops_the_config_naming_the_key(value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config(CONFIG + f"resume_affinity_header: {value}\n")
+    assert expected in str(raised.value)
+
+
+def test_a_null_affinity_header_is_none() -> None:
+    clock = Clock()
+    config = configured(Resources(clock, clock), "resume_affinity_header: null\n")
+    assert config.affinity_header is None
 
 
 # -- the relay between workers --------------------------------------------------------------

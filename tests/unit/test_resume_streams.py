@@ -16,6 +16,7 @@ from filterproxy.extensions.resume.streams import (
     ReadOutcome,
     ResumableStream,
     StreamRegistry,
+    affinity_key,
     decide_read,
 )
 from filterproxy.filters.resources import Resources
@@ -208,6 +209,63 @@ def test_the_registry_of_a_process_takes_its_clock_from_the_resources() -> None:
     stream.client_gone()
     resources.close()  # at stop: nothing is left to fire
     assert clock.getDelayedCalls() == []
+
+
+# -- stream ids ---------------------------------------------------------------------------
+
+UUID = "4f1c2a9e-53b0-4b6e-9d1d-0c2f8e7a6b51"
+
+
+def test_an_id_ends_with_the_balancers_key_only_when_given_one() -> None:
+    registry = StreamRegistry(Clock())
+    plain = registry.new_id()
+    assert plain.startswith("fps_") and "-" not in plain and len(plain) == 28
+    keyed = registry.new_id(UUID)
+    assert keyed.startswith("fps_") and keyed.endswith("-" + UUID)
+    # The key is whatever follows the first dash: the id's own part has none.
+    assert keyed.partition("-")[2] == UUID and len(keyed.partition("-")[0]) == 28
+    assert registry.new_id(UUID) != keyed  # the nonce still makes each id
+
+
+@pytest.mark.parametrize(
+    ("value", "key"),
+    [
+        (UUID, UUID),
+        ("a", "a"),
+        ("x" * 64, "x" * 64),
+        ("0123456789abcdef0123456789abcdef", "0123456789abcdef0123456789abcdef"),
+        (None, None),
+        ("", None),
+        ("x" * 65, None),  # too long for an id
+        ("a b", None),
+        ("a_b", None),  # the id's own separator
+        ("a.b", None),  # the separator of an event's number in Last-Event-ID
+        ("a/b", None),
+        ("a\nid: forged", None),
+        ("caf\u00e9", None),
+        (" a", None),
+    ],
+)
+def test_only_a_key_of_letters_digits_and_dashes_may_end_an_id(
+    value: str | None, key: str | None
+) -> None:
+    assert affinity_key(value) == key
+
+
+def test_a_worker_finds_the_holder_of_an_id_that_ends_with_a_key() -> None:
+    holder, other = StreamRegistry(Clock()), StreamRegistry(Clock())
+    holder.serve_relay(1001, b"secret")
+    other.serve_relay(1002, b"secret")
+    keyed = holder.new_id(UUID)
+    place, _, key = keyed.partition("-")
+    assert key == UUID and place.startswith("fps_3e9_")  # 1001, in hex
+    assert other.elsewhere(keyed) == 1001 and other.elsewhere(place) == 1001
+    assert holder.elsewhere(keyed) is None  # its own
+    # The key is not signed (it is routing, not a secret), the rest still is.
+    assert other.elsewhere(place + "-another-key") == 1001
+    forged = place.rsplit("_", 1)[0] + "_0000000000000000-" + UUID
+    assert other.elsewhere(forged) is None
+    assert StreamRegistry(Clock()).elsewhere(keyed) is None  # no workers
 
 
 # -- the read decision --------------------------------------------------------------------

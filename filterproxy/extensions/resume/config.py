@@ -1,9 +1,12 @@
 """The resume extension's config: a route's ``resume`` (its streams survive a dropped
-client), the process's ``resume_buffers``, and its place in the default chain."""
+client), the process's ``resume_buffers`` and ``resume_affinity_header``, and its place in
+the default chain."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Final
 
 from filterproxy.config import (
     ChainFacts,
@@ -13,8 +16,15 @@ from filterproxy.config import (
     RouteConfig,
     Section,
 )
+from filterproxy.http.headers import validate_header_name
 
-__all__ = ["SCHEMA", "ResumeBuffers", "ResumeConfig", "RouteResume", "resume_of"]
+__all__ = ["SCHEMA", "ResumeConfig", "ResumeSettings", "RouteResume", "resume_of"]
+
+#: Header names whose values are credentials: never put in a stream id, which is logged
+#: and handed to anyone the stream is shown to.
+_CREDENTIAL_NAME: Final = re.compile(
+    r"auth|api[-_]?key|token|secret|password|cookie|credential|signature", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
@@ -42,11 +52,17 @@ class RouteResume:
 
 
 @dataclass(frozen=True)
-class ResumeBuffers:
-    """The process's bound on what every resumable stream holds together
-    (`Config.section(ResumeBuffers)`); past it, a stream stops being resumable."""
+class ResumeSettings:
+    """The process's settings for its resumable streams (`Config.section(ResumeSettings)`);
+    the field names are the top-level keys."""
 
+    #: The bound on what every resumable stream holds together; past it, a stream stops
+    #: being resumable.
     resume_buffers: int = 256 * 1024 * 1024
+    #: The request header a load balancer in front sets to the key it hashed the request
+    #: on: a resumable stream's id then ends with ``-<that key>``, so that the balancer can
+    #: hash a resume of it onto the same replica. None: ids carry no key.
+    resume_affinity_header: str | None = None
 
 
 def _is_off(value: object) -> bool:
@@ -77,11 +93,38 @@ def parse_route(section: Section) -> RouteResume:
     return RouteResume(parse_resume(section["resume"]) if "resume" in section else None)
 
 
-def parse(section: Section) -> ResumeBuffers:
-    """The top-level ``resume_buffers``."""
-    if "resume_buffers" not in section:
-        return ResumeBuffers()
-    return ResumeBuffers(section["resume_buffers"].integer(minimum=1024))
+def parse_affinity_header(node: Node) -> str | None:
+    """``resume_affinity_header``: a header name (lower-cased), or null for none."""
+    if node.value is None:
+        return None
+    name = node.string()
+    try:
+        name = validate_header_name(name)
+    except ValueError as e:
+        raise node.error(str(e)) from None
+    if _CREDENTIAL_NAME.search(name):
+        raise node.error(
+            "a credential header: its value would be in every stream id (which is logged); "
+            "name the header your load balancer sets to the key it hashes on, such as "
+            "x-request-id"
+        )
+    return name
+
+
+def parse(section: Section) -> ResumeSettings:
+    """The top-level ``resume_buffers`` and ``resume_affinity_header``."""
+    default = ResumeSettings()
+    buffers = (
+        section["resume_buffers"].integer(minimum=1024)
+        if "resume_buffers" in section
+        else default.resume_buffers
+    )
+    affinity = (
+        parse_affinity_header(section["resume_affinity_header"])
+        if "resume_affinity_header" in section
+        else None
+    )
+    return ResumeSettings(buffers, affinity)
 
 
 def resume_of(route: RouteConfig) -> ResumeConfig | None:
@@ -105,7 +148,7 @@ def place(facts: ChainFacts) -> DefaultEntry | None:
 #: What the resume extension adds to the config.
 SCHEMA = ExtensionSchema(
     name="resume",
-    keys=frozenset({"resume_buffers"}),
+    keys=frozenset({"resume_buffers", "resume_affinity_header"}),
     parse=parse,
     route_keys=frozenset({"resume"}),
     parse_route=parse_route,

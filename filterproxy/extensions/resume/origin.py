@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from filterproxy.config import Node
-from filterproxy.extensions.resume.config import ResumeBuffers, resume_of
+from filterproxy.extensions.resume.config import ResumeSettings, resume_of
 from filterproxy.extensions.resume.metrics import ResumeMetrics
 from filterproxy.extensions.resume.reader import (
     StreamReader,
@@ -21,7 +21,7 @@ from filterproxy.extensions.resume.reader import (
     stream_request,
 )
 from filterproxy.extensions.resume.relay import RelayClient, RelayServer
-from filterproxy.extensions.resume.streams import ResumableStream, StreamRegistry
+from filterproxy.extensions.resume.streams import ResumableStream, StreamRegistry, affinity_key
 from filterproxy.filters.api import (
     DataResult,
     FilterContext,
@@ -84,6 +84,9 @@ class ResumeFilterConfig:
     #: Where the filter counts (the process's; a config made without a process counts
     #: into families nobody scrapes).
     metrics: ResumeMetrics = field(default_factory=lambda: ResumeMetrics(MetricFamilies()))
+    #: The request header whose value ends the ids of the streams it starts
+    #: (``resume_affinity_header``), or None.
+    affinity_header: str | None = None
 
 
 class ResumeFilter(StreamFilter):
@@ -102,13 +105,15 @@ class ResumeFilter(StreamFilter):
     def configure(cls, options: Mapping[str, Any], context: FilterContext) -> ResumeFilterConfig:
         Node(dict(options), context.path, context.environ).mapping(set())
         resources = context.resources
+        settings = context.config.section(ResumeSettings) or ResumeSettings()
         return ResumeFilterConfig(
             resources.get(StreamRegistry, StreamRegistry.from_resources),
             resources.get(RelayClient, RelayClient.from_resources),
             context.config.max_event_bytes,
-            (context.config.section(ResumeBuffers) or ResumeBuffers()).resume_buffers,
+            settings.resume_buffers,
             any(resume_of(route) is not None for route in context.config.routes),
             ResumeMetrics.of(resources),
+            settings.resume_affinity_header,
         )
 
     @classmethod
@@ -132,6 +137,8 @@ class ResumeFilter(StreamFilter):
         self.body = b""
         #: A re-sent POST's Last-Event-ID: (stream id, event number).
         self.resend: tuple[str, int] | None = None
+        #: The key a balancer in front hashed this request on, for its stream's id.
+        self.affinity: str | None = None
         #: The stream this request started.
         self.stream: ResumableStream | None = None
         #: This request's reading of a stream, when it reads one.
@@ -168,6 +175,9 @@ class ResumeFilter(StreamFilter):
             return FilterStatus.STOP_ITERATION
         if head.method == "POST":
             self.resend = resent_position(head)
+        header = self.config.affinity_header
+        if header is not None:
+            self.affinity = affinity_key(head.headers.get(header))
         return FilterStatus.CONTINUE
 
     def decode_data(self, data: bytes, end_stream: bool) -> DataResult:
@@ -221,7 +231,7 @@ class ResumeFilter(StreamFilter):
         registry = self.config.registry
         stream = ResumableStream(
             registry,
-            registry.new_id(),
+            registry.new_id(self.affinity),
             self.owner,
             hashlib.sha256(self.body).digest(),
             resume,

@@ -36,7 +36,9 @@ if TYPE_CHECKING:
 __all__ = ["StreamReader", "StreamRequest", "stream_request"]
 
 log = Logger(namespace="filterproxy.resume")
-_STREAM_PATH: Final = re.compile(r"^(?:/v1)?/streams/([A-Za-z0-9_-]{8,80})/?$")
+#: A stream id: up to 50 characters of its own, and a balancer's key of up to 64 after a
+#: dash (`streams.affinity_key`).
+_STREAM_PATH: Final = re.compile(r"^(?:/v1)?/streams/([A-Za-z0-9_-]{8,128})/?$")
 
 
 class StreamRequest:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -37,11 +38,23 @@ __all__ = [
     "Reader",
     "ResumableStream",
     "StreamRegistry",
+    "affinity_key",
     "decide_read",
 ]
 
 log = Logger(namespace="filterproxy.resume")
 NO_LONGER: Final = b": this stream is no longer resumable: its buffer is full\n"
+#: What may end a stream id: letters, digits and dashes (a UUID, a hex digest), so the
+#: id stays a token in a URL path, a header and an ``id:`` line.
+_AFFINITY_KEY: Final = re.compile(r"[0-9A-Za-z-]{1,64}")
+
+
+def affinity_key(value: str | None) -> str | None:
+    """The affinity header's *value* (``resume_affinity_header``) if it can end a stream
+    id, else None (the id is made without it)."""
+    if value is None or _AFFINITY_KEY.fullmatch(value) is None:
+        return None
+    return value
 
 
 class Reader(Protocol):
@@ -280,6 +293,11 @@ class StreamRegistry:
     (`filterproxy.extensions.resume.relay`) in its streams' ids, signed with the
     supervisor's secret, so that a resume that reaches another worker is passed to
     this one.
+
+    An id is ``fps_<nonce>``, or ``fps_<relay port>_<nonce>_<signature>`` with workers,
+    then — with ``resume_affinity_header`` — ``-<key>``: the key a load balancer hashed
+    the first request on, so that it can hash every resume onto the same replica. The
+    part before the first dash has none, so the key is whatever follows it.
     """
 
     def __init__(
@@ -318,19 +336,23 @@ class StreamRegistry:
     def _mac(self, text: str) -> str:
         return hmac.new(self.secret, text.encode(), hashlib.sha256).hexdigest()[:16]
 
-    def new_id(self) -> str:
+    def new_id(self, affinity: str | None = None) -> str:
+        """A new stream's id; ending with ``-<affinity>`` when given (a key from
+        `affinity_key`: routing information for the balancer in front, not a secret)."""
         nonce = secrets.token_hex(12)
         if not self.relay_port:
-            return "fps_" + nonce
-        place = f"{self.relay_port:x}_{nonce}"
-        return f"fps_{place}_{self._mac(place)}"
+            made = "fps_" + nonce
+        else:
+            place = f"{self.relay_port:x}_{nonce}"
+            made = f"fps_{place}_{self._mac(place)}"
+        return made if affinity is None else f"{made}-{affinity}"
 
     def elsewhere(self, stream_id: str) -> int | None:
         """The relay port of the worker whose stream *stream_id* is, when it is another
         worker's (and the id is signed by this gateway's supervisor); else None."""
         if not self.relay_port:
             return None
-        parts = stream_id.split("_")
+        parts = stream_id.partition("-")[0].split("_")  # without a balancer's key
         if len(parts) != 4 or parts[0] != "fps":
             return None
         place = f"{parts[1]}_{parts[2]}"
