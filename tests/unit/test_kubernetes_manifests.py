@@ -19,8 +19,6 @@ import functools
 import json
 import math
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,9 +35,7 @@ from filterproxy.runtime.listeners import (
     ReusePortTLSEndpoint,
     reuse_port_endpoint,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-KUBERNETES = ROOT / "deploy" / "kubernetes"
+from tests.support.kustomize import MISSING, kustomize_command, render
 
 #: Every kustomization a user applies.
 KUSTOMIZATIONS = ("base", "overlays/redis", "overlays/tls", "overlays/replicas")
@@ -64,52 +60,18 @@ CREDENTIAL_HEADERS = {"authorization", "x-api-key", "api-key"}
 POD_OWNERS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 
 
-def _kustomize_command() -> list[str] | None:
-    """``kustomize build`` or ``kubectl kustomize``, whichever is new enough (v4+)."""
-    kustomize = shutil.which("kustomize")
-    if kustomize is not None:
-        out = subprocess.run(
-            [kustomize, "version"], capture_output=True, text=True, check=False
-        ).stdout
-        if re.search(r"\bv?([4-9]|\d\d+)\.", out):
-            return [kustomize, "build"]
-    kubectl = shutil.which("kubectl")
-    if kubectl is not None:
-        out = subprocess.run(
-            [kubectl, "version", "--client", "-o", "json"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
-        try:
-            version = json.loads(out).get("kustomizeVersion", "")
-        except ValueError:
-            version = ""
-        if re.match(r"v?([4-9]|\d\d+)\.", version):
-            return [kubectl, "kustomize"]
-    return None
-
-
-KUSTOMIZE = _kustomize_command()
+KUSTOMIZE = kustomize_command()
 
 pytestmark = pytest.mark.skipif(
     KUSTOMIZE is None,
-    reason="needs kustomize v4 or later: kubectl 1.27+ or kustomize on PATH "
-    "(Debian's kubernetes-client, kubectl 1.20, embeds kustomize v2.0.3, too old)",
+    reason=MISSING,
 )
 
 
 @functools.cache
 def _rendered(kustomization: str) -> tuple[dict[str, Any], ...]:
     assert KUSTOMIZE is not None
-    result = subprocess.run(
-        [*KUSTOMIZE, str(KUBERNETES / kustomization)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, f"{kustomization} does not render:\n{result.stderr}"
-    return tuple(d for d in yaml.safe_load_all(result.stdout) if d)
+    return tuple(render(KUSTOMIZE, kustomization))
 
 
 def rendered(kustomization: str) -> list[dict[str, Any]]:
@@ -295,7 +257,11 @@ def test_the_gateway_config_loads_without_any_secret(kustomization: str, tmp_pat
 def test_probes_ask_the_admin_listener(kustomization: str) -> None:
     _, container = gateway(rendered(kustomization))
     admin = admin_port(container)
-    expected = {"readinessProbe": "/ready", "livenessProbe": "/healthz", "startupProbe": "/healthz"}
+    expected = {
+        "readinessProbe": "/serving",
+        "livenessProbe": "/healthz",
+        "startupProbe": "/healthz",
+    }
     for probe, path in expected.items():
         get = container[probe]["httpGet"]
         assert get["path"] == path, probe
