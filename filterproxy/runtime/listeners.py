@@ -145,7 +145,10 @@ def _server_tls_options(description: str, options: dict[str, str]) -> Certificat
     try:
         key_pem = Path(options["privateKey"]).read_bytes()
         cert_pem = Path(options.get("certKey", options["privateKey"])).read_bytes()
-        chain = (
+        # The certificates after the first in certKey are its chain (what cert-manager
+        # and ACME clients write: leaf, then intermediates), sent with it; then those of
+        # extraCertChain.
+        chain = x509.load_pem_x509_certificates(cert_pem)[1:] + (
             x509.load_pem_x509_certificates(Path(options["extraCertChain"]).read_bytes())
             if "extraCertChain" in options
             else []

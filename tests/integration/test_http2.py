@@ -653,3 +653,30 @@ def test_too_many_headers_on_a_stream_get_431(
             f"{https_url(gateway)}/v1/chat/completions", json={"model": "test-model"}
         )
         assert fine.status_code == 200
+
+
+def test_a_listener_sends_the_chain_that_follows_its_certificate(tmp_path: Path) -> None:
+    """certKey holding the leaf, then its intermediate (as cert-manager and ACME clients
+    write tls.crt): a client that trusts only the root verifies the gateway."""
+    root_key, root_cert, root_path = make_ca(tmp_path)
+    middle_key = ec.generate_private_key(ec.SECP256R1())
+    middle = (
+        certificate_builder("test intermediate", root_cert.subject, middle_key)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(root_key, hashes.SHA256())
+    )
+    leaf_path, key_path = make_ca_signed(tmp_path, (middle_key, middle), "localhost", client=False)
+    bundle = tmp_path / "tls.crt"
+    bundle.write_bytes(leaf_path.read_bytes() + middle.public_bytes(serialization.Encoding.PEM))
+    gateway = start_gateway(
+        f"""
+        listeners: ["ssl:0:interface=127.0.0.1:certKey={bundle}:privateKey={key_path}"]
+        clusters: {{test: {{url: "http://127.0.0.1:9"}}}}
+        """,
+        tmp_path,
+        listen=False,
+    )
+    try:
+        assert served_certificate_name(gateway.port, [root_path]) == "localhost"
+    finally:
+        gateway.process.stop()
