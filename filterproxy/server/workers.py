@@ -74,9 +74,10 @@ def _exit() -> None:
 
 
 def worker_count(value: str) -> int:
-    """``auto`` (one per CPU) or a whole number of at least 1."""
+    """``auto`` (one per CPU this process may use: `usable_cpus`) or a whole number of at
+    least 1."""
     if value == "auto":
-        return os.cpu_count() or 1
+        return usable_cpus(_affinity(), _read_cpu_quota())
     count = int(value)
     if count < 1:
         raise ValueError("--workers must be at least 1, or auto")
@@ -220,3 +221,42 @@ class WorkerSupervisor(Service):
             except Exception:
                 log.failure("cannot signal worker {index}", index=index)
         return defer.gatherResults([w.ended for w in self.workers.values()], consumeErrors=True)
+
+
+def usable_cpus(affinity: int, quota: tuple[int, int] | None) -> int:
+    """How many CPUs a process may keep busy: those it may run on (*affinity*), fewer
+    under a CPU quota (*quota*: microseconds of CPU per period, and the period — a
+    container's CPU limit, rounded up). At least 1."""
+    count = max(affinity, 1)
+    if quota is not None:
+        allowed, period = quota
+        if allowed > 0 and period > 0:
+            count = min(count, -(-allowed // period))
+    return max(count, 1)
+
+
+def _affinity() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+#: Where the kernel says a cgroup's CPU quota: cgroup v2, then v1's two files.
+_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+_CFS_QUOTA = "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"
+_CFS_PERIOD = "/sys/fs/cgroup/cpu/cpu.cfs_period_us"
+
+
+def _read_cpu_quota() -> tuple[int, int] | None:
+    """This process's cgroup CPU quota (a Kubernetes CPU limit, ``--cpus``), if any."""
+    with contextlib.suppress(OSError, ValueError):
+        with open(_CPU_MAX) as f:
+            allowed, period = f.read().split()
+        return None if allowed == "max" else (int(allowed), int(period))
+    with contextlib.suppress(OSError, ValueError):
+        with open(_CFS_QUOTA) as quota_file, open(_CFS_PERIOD) as period_file:
+            allowed_us = int(quota_file.read())
+            period_us = int(period_file.read())
+        return None if allowed_us < 0 else (allowed_us, period_us)
+    return None

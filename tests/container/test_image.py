@@ -5,12 +5,15 @@ lets a stream finish."""
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import openai
+
+from tests.integration.conftest import wait_until
 
 from .conftest import Container, podman
 
@@ -135,3 +138,20 @@ def test_sigterm_mid_stream_lets_the_stream_finish_then_exits(
     # with, which the kernel ignores for a container's first process).
     assert container.exit_code() == 0
     assert "waiting up to 30s for 1 requests in progress" in container.logs()
+
+
+def test_auto_workers_follow_the_containers_cpu_limit(run: Callable[..., Container]) -> None:
+    """``FILTERPROXY_WORKERS=auto``: one worker per CPU the container may use — under a
+    limit of one CPU (a Kubernetes limit, ``--cpus``), one, whatever the machine has."""
+
+    def listening(container: Container) -> int:
+        return container.logs().count("filterproxy listening on")
+
+    limited = run({"FILTERPROXY_WORKERS": "auto"}, "--cpus", "1")
+    limited.wait_ready()
+    assert listening(limited) == 1
+    assert "worker 0 started" not in limited.logs()  # no supervisor: one process
+    unlimited = run({"FILTERPROXY_WORKERS": "auto"})
+    unlimited.wait_ready()
+    cpus = len(os.sched_getaffinity(0))
+    wait_until(lambda: listening(unlimited) == cpus, 30)
