@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: redis-server node podman image image-test run test lint typecheck docs docs-build bench bench-env bench-translate bench-resume bench-limits soak dashboard wheel clean
+.PHONY: redis-server node podman image image-test run test lint typecheck docs docs-build bench bench-env bench-translate bench-resume bench-front bench-limits soak dashboard wheel clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -133,6 +133,12 @@ bench-translate: bench-env
 # to a plain one (bench/resume.py).
 bench-resume: bench-env
 	$(BENCH_VENV)/bin/python -m bench.resume $(RESUME_ARGS)
+
+# Replicas behind the front: the shipped Envoy front (deploy/kubernetes/front) in front of
+# two gateways, next to one gateway directly (bench/front.py; wrk from Debian's packages).
+bench-front: bench-env
+	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }
+	$(BENCH_VENV)/bin/python -m bench.front $(FRONT_ARGS)
 
 # Keys and limits: the latency and CPU they add to a request, with and without Redis
 # (bench/limits.py; redis-server and wrk from Debian's packages).

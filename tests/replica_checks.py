@@ -15,7 +15,6 @@ and after is what the requests through the front did.
 
 from __future__ import annotations
 
-import copy
 import json
 import secrets
 import shutil
@@ -34,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from filterproxy.http.sse import SSEDecoder
 from tests.integration.conftest import Process, closed_port
+from tests.support.front import front_config
 
 __all__ = [
     "Replica",
@@ -57,46 +57,6 @@ class Replica:
 
     url: str
     admin_url: str
-
-
-def front_config(
-    shipped: str,
-    replicas: Sequence[tuple[str, int, int]],
-    ports: dict[str, int],
-    address: str = "127.0.0.1",
-) -> dict[str, Any]:
-    """The front's config *shipped* (deploy/kubernetes/front/envoy.yaml's text) where
-    there is no DNS name for the replicas: the replicas' cluster STATIC, one endpoint per
-    ``(address, client port, admin port)`` of *replicas*, each health-checked on its own
-    admin port; the listeners (``clients``, ``readiness``) and the admin on *address* and
-    the *ports* named after them (``admin`` for the admin). Routes, hash policies,
-    timeouts and health checks stay as shipped."""
-    config: dict[str, Any] = yaml.safe_load(shipped)
-    config["admin"]["address"]["socket_address"] = {
-        "address": "127.0.0.1",
-        "port_value": ports["admin"],
-    }
-    for listener in config["static_resources"]["listeners"]:
-        listener["address"]["socket_address"] = {
-            "address": address,
-            "port_value": ports[listener["name"]],
-        }
-    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
-    admin = clusters["envoy_admin"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
-    admin["endpoint"]["address"]["socket_address"]["port_value"] = ports["admin"]
-    cluster = clusters["filterproxy"]
-    assert cluster["type"] == "STRICT_DNS"
-    cluster["type"] = "STATIC"
-    cluster.pop("dns_lookup_family", None)
-    shipped_endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
-    endpoints = []
-    for host, port, admin_port in replicas:
-        endpoint = copy.deepcopy(shipped_endpoint)
-        endpoint["endpoint"]["address"]["socket_address"] = {"address": host, "port_value": port}
-        endpoint["endpoint"]["health_check_config"]["port_value"] = admin_port
-        endpoints.append(endpoint)
-    cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": endpoints}]
-    return config
 
 
 def envoy_binary() -> str:
