@@ -24,16 +24,22 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
+from filterproxy.http.sse import SSEDecoder
 from tests.replica_checks import (
     Front,
     Replica,
+    StreamRun,
+    chat,
     check_a_conversation_continues_on_the_other_replica,
     check_a_limit_is_counted_across_replicas,
     check_streams_resume_through_the_front,
@@ -212,3 +218,56 @@ def test_streams_cut_and_resumed_through_the_front_land_on_their_pod(
 ) -> None:
     front, replicas = pods
     check_streams_resume_through_the_front(front.url, replicas, key=OPEN_KEY, model=MODEL)
+
+
+def test_a_pod_told_to_stop_finishes_its_stream_and_no_request_fails(
+    pods: tuple[Front, list[Replica]],
+) -> None:
+    """A rolling update's stop, on the pod that holds a stream: SIGTERM to its gateway.
+    The front takes the pod out (``/serving`` 503) while the pod still accepts for its
+    ``shutdown_delay``, so every request sent meanwhile is answered (by the other pod),
+    and the stream goes on to its end. The last test of the module: the pod stops."""
+    front, replicas = pods
+    question = " ".join(f"w{n}" for n in range(150))  # ~7.5 s at the mock's pace
+    expected = "Hello from the filterproxy demo upstream! You said: " + question
+    body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": question}]}
+    run = StreamRun()
+    with (
+        httpx.Client(timeout=60) as client,
+        client.stream(
+            "POST",
+            f"{front.url}/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {OPEN_KEY}"},
+        ) as stream,
+    ):
+        assert stream.status_code == 200
+        pieces = stream.iter_raw()
+        first = next(pieces)
+        holding = [n for n, r in zip("ab", replicas, strict=True) if in_flight(r) == 1]
+        assert len(holding) == 1, holding
+        podman("kill", "--signal", "TERM", f"filterproxy-{holding[0]}-pod-0-gateway")
+        answers_meanwhile = []
+        deadline = time.monotonic() + 8  # past the 5 s delay: the listener has closed
+        while time.monotonic() < deadline:
+            answers_meanwhile.append(chat(front.url, OPEN_KEY, MODEL).status_code)
+            time.sleep(0.1)
+        rest = b"".join(pieces)
+    assert set(answers_meanwhile) == {200}, answers_meanwhile
+    decoder = SSEDecoder()
+    for event in decoder.feed(first + rest):
+        if event.data == "[DONE]":
+            run.done = True
+        elif event.data and event.data.startswith("{"):
+            for choice in json.loads(event.data).get("choices") or []:
+                run.text += choice.get("delta", {}).get("content") or ""
+    assert run.done and run.text == expected
+    log = podman("logs", f"filterproxy-{holding[0]}-pod-0-gateway", check=False)
+    assert "/ready answers 503; accepting requests for 5s more" in log
+
+
+def in_flight(replica: Replica) -> float:
+    """The requests *replica* has in progress (its /metrics)."""
+    text = httpx.get(f"{replica.admin_url}/metrics", timeout=5).text
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("filterproxy_requests_in_flight ")]
+    return float(line.split()[1])
