@@ -31,7 +31,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from filterproxy.http.sse import SSEDecoder
+from filterproxy.http.sse import SSEDecoder, SSEEvent
 from tests.integration.conftest import Process, closed_port
 from tests.support.front import front_config
 
@@ -273,6 +273,14 @@ class StreamRun:
     #: The stream's ``data: [DONE]`` arrived.
     done: bool = False
 
+    def take(self, event: SSEEvent) -> None:
+        """One event of the chat stream: its content deltas, or the end."""
+        if event.data == "[DONE]":
+            self.done = True
+        elif event.data and event.data.startswith("{"):
+            for choice in json.loads(event.data).get("choices") or []:
+                self.text += choice.get("delta", {}).get("content") or ""
+
 
 def _read(response: httpx.Response, run: StreamRun, events: int | None) -> str:
     """Read *events* events with ids (None: to the end) of *response* into *run*; the
@@ -281,11 +289,7 @@ def _read(response: httpx.Response, run: StreamRun, events: int | None) -> str:
     last, seen = "", 0
     for piece in response.iter_raw():
         for event in decoder.feed(piece):
-            if event.data == "[DONE]":
-                run.done = True
-            elif event.data and event.data.startswith("{"):
-                for choice in json.loads(event.data).get("choices") or []:
-                    run.text += choice.get("delta", {}).get("content") or ""
+            run.take(event)
             if event.id:
                 last, seen = event.id, seen + 1
         if events is not None and seen >= events:

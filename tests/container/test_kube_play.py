@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -254,13 +253,8 @@ def test_a_pod_told_to_stop_finishes_its_stream_and_no_request_fails(
             time.sleep(0.1)
         rest = b"".join(pieces)
     assert set(answers_meanwhile) == {200}, answers_meanwhile
-    decoder = SSEDecoder()
-    for event in decoder.feed(first + rest):
-        if event.data == "[DONE]":
-            run.done = True
-        elif event.data and event.data.startswith("{"):
-            for choice in json.loads(event.data).get("choices") or []:
-                run.text += choice.get("delta", {}).get("content") or ""
+    for event in SSEDecoder().feed(first + rest):
+        run.take(event)
     assert run.done and run.text == expected
     log = podman("logs", f"filterproxy-{holding[0]}-pod-0-gateway", check=False)
     assert "/ready answers 503; accepting requests for 5s more" in log
