@@ -33,6 +33,7 @@ __all__ = [
     "load_filter_class",
 ]
 
+
 @dataclass(frozen=True)
 class FilterSpec:
     """One filter of the chain: its name in the config and a per-request constructor."""

@@ -168,6 +168,8 @@ class StreamInfo:
     model: str | None = None
     #: The name of the gateway key the client presented (the keys filter), if any.
     key_name: str | None = None
+    #: The team that key belongs to (the keys filter), if any.
+    team_name: str | None = None
     #: The client's API (`filterproxy.http.apis`: chat, messages, responses), set by a
     #: filter that rewrites the request into another API (the translate filter), so that
     #: the gateway's own errors keep the client's shape. None: taken from the path.

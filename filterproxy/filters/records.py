@@ -18,11 +18,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 __all__ = [
+    "Cost",
     "DroppedTools",
     "LimitRefusal",
     "LogFields",
+    "PriceQuote",
     "ResolvedConversation",
     "StreamRecord",
+    "TokenUsage",
     "Translated",
     "TranslatedResponse",
 ]
@@ -129,3 +132,75 @@ class StreamRecord:
             if not self.resumable:
                 fields["resumable"] = False
         return {"stream": fields}
+
+
+#: Picodollars (10^-12 USD) in a nanodollar (10^-9 USD): prices are kept per token in
+#: picodollars, amounts (costs, budgets, spend) in nanodollars, both as integers.
+PICO_PER_NANO = 1000
+#: Nanodollars in a dollar.
+NANO_PER_USD = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """The provider's usage report, its token counts kept apart as providers price
+    them apart (the usage filter; replaced as later reports of the same answer come).
+
+    OpenAI's convention: `input` counts every input token, cached and written ones
+    included, and `output` every output token, reasoning included; the other fields
+    say how many of those were of each kind.
+    """
+
+    #: All input tokens (``prompt_tokens``; Anthropic's ``input_tokens`` plus its cache
+    #: reads and writes).
+    input: int = 0
+    #: Input tokens read from the provider's prompt cache.
+    cached_input: int = 0
+    #: Input tokens written to the provider's prompt cache (Anthropic's
+    #: ``cache_creation_input_tokens``), and of those the ones kept for an hour.
+    cache_write: int = 0
+    cache_write_1h: int = 0
+    #: All output tokens (``completion_tokens``).
+    output: int = 0
+    #: Output tokens spent on reasoning.
+    reasoning: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PriceQuote:
+    """What the request's model costs per token, known once its body is in (the spend
+    filter): what admission reserves against a budget in dollars."""
+
+    model: str
+    #: Picodollars per input token and per output token.
+    input_pico: int
+    output_pico: int
+
+    def estimate_nano(self, input_tokens: int, output_tokens: int) -> int:
+        """Nanodollars that many tokens would cost at this price (rounded up)."""
+        pico = input_tokens * self.input_pico + output_tokens * self.output_pico
+        return -(-pico // PICO_PER_NANO)
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """What the request cost, from its exact usage and its model's price (the spend
+    filter, when the request ends — before the other filters' ``on_destroy``)."""
+
+    #: The model priced (the one sent upstream) and its provider ("" when unknown).
+    model: str
+    provider: str
+    #: The cost in nanodollars (10^-9 USD).
+    nano_usd: int
+    #: False when the model has no known price: counted at 0.
+    priced: bool = True
+    #: True when no usage came (the client left first): the input was estimated.
+    estimated: bool = False
+
+    @property
+    def usd(self) -> float:
+        """The cost in dollars."""
+        return self.nano_usd / NANO_PER_USD
+
+    def log_fields(self) -> Mapping[str, object]:
+        return {"cost_usd": round(self.usd, 9), "cost_priced": self.priced}

@@ -174,7 +174,9 @@ def test_the_key_never_reaches_the_provider_and_names_the_access_log(
     assert "x-ratelimit-limit-requests" not in response.headers  # a key without limits
     # Redis's client is made once the gateway's reactor runs (not while the config is
     # read, which would install Twisted's default reactor first).
-    assert "reactor class: filterproxy.runtime._epoll.GatewayReactor" in gateways[0].process.output()
+    assert (
+        "reactor class: filterproxy.runtime._epoll.GatewayReactor" in gateways[0].process.output()
+    )
 
 
 # -- limits shared through Redis -----------------------------------------------------------

@@ -241,4 +241,3 @@ def what_messages_say(raw: bytes) -> tuple[str, dict[int, str], Any]:
         elif data.get("type") == "message_delta":
             stop = data["delta"].get("stop_reason")
     return text, tools, stop
-

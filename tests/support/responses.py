@@ -80,4 +80,3 @@ def check_responses_stream(raw: bytes, *, json_arguments: bool = True) -> dict[s
             if json_arguments and response["status"] == "completed":
                 json.loads(item["arguments"])
     return {"response": response, "names": names, "text": text, "added": added}
-

@@ -15,4 +15,6 @@ assert installed.__name__ == "GatewayReactor", f"the global reactor is a {instal
 if os.environ.get("FILTERPROXY_EXPECT_COMPILED") == "1":
     import filterproxy.runtime._epoll
 
-    assert str(filterproxy.runtime._epoll.__file__).endswith(".so"), filterproxy.runtime._epoll.__file__
+    assert str(filterproxy.runtime._epoll.__file__).endswith(".so"), (
+        filterproxy.runtime._epoll.__file__
+    )

@@ -31,9 +31,7 @@ def test_every_module_the_page_names_in_short_exists() -> None:
     """`chain/manager.py`, `extensions/keys/`: a path below one of the code's packages."""
     tops = {p.split("/")[1] for p in packages()}
     named = {
-        path
-        for path in re.findall(r"`([a-z_]+/[\w/.]*)`", PAGE)
-        if path.split("/")[0] in tops
+        path for path in re.findall(r"`([a-z_]+/[\w/.]*)`", PAGE) if path.split("/")[0] in tops
     }
     assert named, "the page names no module in short"
     missing = sorted(p for p in named if not (ROOT / "filterproxy" / p.rstrip("/")).exists())

@@ -456,7 +456,7 @@ def test_the_example_keys_are_no_secret_and_use_only_the_mock(tmp_path: Path) ->
     secret = one(rendered("overlays/redis"), "Secret", "filterproxy-keys")
     text = secret_data(secret, "keys.yaml")
     (tmp_path / "keys.yaml").write_text(text)
-    _, keys = parse_keys_file(Node(str(tmp_path / "keys.yaml"), "keys_file", {}), {})
+    _, keys, _ = parse_keys_file(Node(str(tmp_path / "keys.yaml"), "keys_file", {}), {})
     published = re.findall(r"\bfpk-[A-Za-z0-9_-]+", text)
     assert published
     for key in published:

@@ -56,10 +56,6 @@ def run(make: Callable[[], ResponsesFromChatStream | Piped], pieces: list[bytes]
     return b"".join(stream.feed(piece) for piece in pieces) + stream.end()
 
 
-
-
-
-
 # -- the request -----------------------------------------------------------------------------
 
 

@@ -45,12 +45,6 @@ def run(make: Callable[[], Stream], pieces: list[bytes]) -> bytes:
     return b"".join(stream.feed(piece) for piece in pieces) + stream.end()
 
 
-
-
-
-
-
-
 # -- streams: Chat Completions in, Messages out --------------------------------------------
 
 
@@ -214,10 +208,6 @@ def test_recorded_chat_streams_translate_the_same_at_every_split(path: str, sha2
 
 
 # -- streams: Messages in, Chat Completions out --------------------------------------------
-
-
-
-
 
 
 def test_recorded_anthropic_streams_translate_the_same_at_every_split() -> None:

@@ -265,4 +265,3 @@ def test_a_coding_it_cannot_read_is_a_502() -> None:
         200, {"content-type": "application/json", "content-encoding": "br"}, [b"\x0b\x80"]
     )
     assert response.status == 502 and "br" in error_message("chat", response)
-

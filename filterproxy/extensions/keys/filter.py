@@ -120,7 +120,9 @@ class LimitStore:
         `StoreUnavailable` under ``on_error: closed``)."""
         client = self.client
         if client is None:
-            return replace(self.local.admit(key.name, key.limits, reserve, self._now_ms()), local=True)
+            return replace(
+                self.local.admit(key.name, key.limits, reserve, self._now_ms()), local=True
+            )
         limits = key.limits
         now = self._now_ms()
         d = client.run_script(

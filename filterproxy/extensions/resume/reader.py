@@ -30,7 +30,6 @@ from filterproxy.filters.records import StreamRecord
 from filterproxy.http.encoding import accepts
 
 if TYPE_CHECKING:
-
     from filterproxy.filters.api import IFilterCallbacks, RequestHead
 
 __all__ = ["StreamReader", "StreamRequest", "stream_request"]
