@@ -1,0 +1,1 @@
+"""spend: what requests cost, the spend ledger and its report."""
