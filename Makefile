@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: redis-server node podman image image-test run test lint typecheck docs docs-build bench bench-env bench-translate bench-resume bench-front bench-limits soak dashboard wheel clean
+.PHONY: redis-server node chromium docs-screenshots podman image image-test run test lint typecheck docs docs-build bench bench-env bench-translate bench-resume bench-front bench-limits soak dashboard wheel clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,13 @@ node:
 	  { apt-get update -q && apt-get install -y -q nodejs npm; } || \
 	  { echo "the tests need node and npm: apt-get install nodejs npm (as root)"; exit 1; }
 
+# The spend report page is rendered in a real browser in the tests (and for the docs'
+# screenshot, `make docs-screenshots`): Debian's chromium, installed here when missing.
+chromium:
+	@command -v chromium >/dev/null || \
+	  { apt-get update -q && apt-get install -y -q chromium; } || \
+	  { echo "the tests need chromium: apt-get install chromium (as root)"; exit 1; }
+
 # The container image (Containerfile), built with podman: `make image`. The base it starts
 # FROM is pulled when a registry answers, and otherwise made from Debian's packages
 # (deploy/image/debian-base). `make image-test` builds it and runs tests/container: the
@@ -87,7 +94,7 @@ image-test: $(STAMP) image
 # leaves most of the second core idle): the mypyc build of the compiled tree, then the
 # image (which compiles the gateway once more). The compiled pass waits for the first, the
 # image's tests, which come last, for the second.
-test: lint typecheck docs-build redis-server node podman
+test: lint typecheck docs-build redis-server node chromium podman
 	@rm -rf build/ctree && mkdir -p build/ctree && rm -f build/ctree.rc build/image.rc && \
 	  cp -r filterproxy twisted setup.py pyproject.toml README.md build/ctree/ && \
 	  ( (cd build/ctree && FILTERPROXY_COMPILE=1 ../../$(BIN)/python setup.py -q build_ext --inplace \

@@ -12,7 +12,14 @@ from typing import Any, Final
 
 from filterproxy.extensions.spend.ledger import COUNTERS, SpendRow
 
-__all__ = ["GROUPINGS", "nice_ceiling", "render_page", "render_table", "report_document"]
+__all__ = [
+    "GROUPINGS",
+    "format_usd",
+    "nice_ceiling",
+    "render_page",
+    "render_table",
+    "report_document",
+]
 
 #: What a report can total by.
 GROUPINGS: Final = ("key", "team", "model", "provider")
@@ -86,7 +93,7 @@ def report_document(rows: Sequence[SpendRow], days: Sequence[str], by: str) -> d
     }
 
 
-def _money(usd: float) -> str:
+def format_usd(usd: float) -> str:
     """Dollars as people read them: cents for large amounts, more digits for small."""
     if usd == 0:
         return "$0"
@@ -111,7 +118,7 @@ def render_table(document: Mapping[str, Any]) -> str:
     """The report as a text table: one line per group, then the total."""
     header = [document["by"], "cost", *(title for _, title in _TABLE_COLUMNS)]
     lines = [
-        [e["name"], _money(e["usd"]), *(f"{e[name]:,}" for name, _ in _TABLE_COLUMNS)]
+        [e["name"], format_usd(e["usd"]), *(f"{e[name]:,}" for name, _ in _TABLE_COLUMNS)]
         for e in [*document["groups"], document["total"]]
     ]
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines, strict=True)]
@@ -170,7 +177,7 @@ def _plot(document: Mapping[str, Any]) -> str:
         parts.append(
             f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#eee"/>'
             f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">'
-            f"{html.escape(_money(value))}</text>"
+            f"{html.escape(format_usd(value))}</text>"
         )
     label_every = max(1, len(days) // 12)
     for n, day in enumerate(days):
@@ -188,7 +195,7 @@ def _plot(document: Mapping[str, Any]) -> str:
             parts.append(
                 f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{h:.1f}" '
                 f'fill="{colour}"><title>{html.escape(day["day"])} {html.escape(name)}: '
-                f"{html.escape(_money(usd))}</title></rect>"
+                f"{html.escape(format_usd(usd))}</title></rect>"
             )
         if n % label_every == 0:
             parts.append(
@@ -241,7 +248,7 @@ def render_page(document: Mapping[str, Any]) -> str:
     )
 
     def row(entry: Mapping[str, Any]) -> str:
-        cells = [html.escape(str(entry["name"])), html.escape(_money(entry["usd"]))]
+        cells = [html.escape(str(entry["name"])), html.escape(format_usd(entry["usd"]))]
         cells += [f"{entry[name]:,}" for name, _ in _TABLE_COLUMNS]
         return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
 
@@ -254,7 +261,7 @@ def render_page(document: Mapping[str, Any]) -> str:
         "<h1>Spend</h1>"
         f'<p class="period">{html.escape(str(document["from"]))} to '
         f"{html.escape(str(document['to']))} (UTC days)</p>"
-        f'<p class="total" id="total">{html.escape(_money(total["usd"]))}</p>'
+        f'<p class="total" id="total">{html.escape(format_usd(total["usd"]))}</p>'
         f"<nav>total by: {links}</nav>"
         f'<form method="get">from <input type="date" name="from" value="{html.escape(str(document["from"]))}"> '
         f'to <input type="date" name="to" value="{html.escape(str(document["to"]))}"> '
