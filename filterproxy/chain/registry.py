@@ -20,6 +20,7 @@ from zope.interface.verify import verifyClass
 from filterproxy.chain.manager import ChainShape
 from filterproxy.config import DEFAULT_MAX_REQUEST_BYTES, Config, ConfigError, Node
 from filterproxy.extensions.builtin import BUILTIN_FILTERS
+from filterproxy.filters.admin import AdminRoutes
 from filterproxy.filters.api import FilterContext, IStreamFilter
 
 if TYPE_CHECKING:
@@ -71,7 +72,10 @@ class FilterChain:
         """This chain goes in force (at start, or a reload that was accepted): each
         filter class's optional ``activate(filter_config, resources)`` classmethod
         applies what its config changes process-wide (``configure`` changes nothing:
-        a reload may still be rejected after the chain was built)."""
+        a reload may still be rejected after the chain was built). The management
+        routes of the chain it replaces go first: its filters register theirs again
+        (`filterproxy.filters.admin.AdminRoutes`)."""
+        resources.get(AdminRoutes, AdminRoutes).clear()
         for spec in self.specs:
             activate = getattr(spec.cls, "activate", None)
             if activate is not None:

@@ -127,6 +127,7 @@ def parse_config(
         access_log_path=access if isinstance(access, str) else None,
         mock_upstream=top["mock_upstream"].string() if "mock_upstream" in top else None,
         admin_listener=_parse_admin(top["admin"]) if "admin" in top else DEFAULT_ADMIN_LISTENER,
+        admin_token=_parse_admin_token(top["admin"]) if "admin" in top else None,
         tracing=_parse_tracing(top["tracing"]) if "tracing" in top else None,
         preload_tls=top["preload_tls"].boolean() if "preload_tls" in top else False,
         filters=_parse_filters(
@@ -170,8 +171,27 @@ def _parse_admin(node: Node) -> str | None:
     """``admin: false`` or ``admin: {listen: ENDPOINT}``."""
     if node.value is False:
         return None
-    keys = node.mapping({"listen"})
+    keys = node.mapping({"listen", "token"})
     return keys["listen"].string() if "listen" in keys else DEFAULT_ADMIN_LISTENER
+
+
+def _parse_admin_token(node: Node) -> str | None:
+    """``admin.token``: what the management API asks for as ``Authorization: Bearer``
+    (``${ENV}`` keeps it out of the file); absent or empty: no token, the API answers 403."""
+    if node.value is False or node.value is None:
+        return None
+    keys = node.mapping({"listen", "token"})
+    if "token" not in keys or keys["token"].value is None:
+        return None
+    token = keys["token"].string(allow_empty=True).strip()
+    if not token:
+        return None
+    if any(c.isspace() or not c.isprintable() for c in token):
+        raise keys["token"].error(
+            "the admin token is sent in a header: no spaces or control characters "
+            "(e.g. from `openssl rand -hex 32`, given as ${FILTERPROXY_ADMIN_TOKEN})"
+        )
+    return token
 
 
 def _parse_tracing(node: Node) -> TracingConfig | None:

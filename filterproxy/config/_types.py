@@ -332,6 +332,9 @@ class Config:
     mock_upstream: str | None = None
     #: The admin listener's endpoint, or None (``admin: false``).
     admin_listener: str | None = DEFAULT_ADMIN_LISTENER
+    #: The bearer token the admin listener's management API asks for (``admin.token``);
+    #: None: that API answers 403.
+    admin_token: str | None = None
     tracing: TracingConfig | None = None
     #: Load pyOpenSSL at start-up even when the config uses no TLS (filterproxy.runtime.lazytls).
     preload_tls: bool = False

@@ -27,18 +27,24 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hmac
 import json
 import re
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from typing import Protocol as Interface
+from urllib.parse import parse_qs
 
 import httptools
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.internet import defer
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from filterproxy.config import Config, RouteConfig
+from filterproxy.config import Config, ConfigError, RouteConfig
+from filterproxy.filters.admin import AdminError, AdminReply, AdminRequest, AdminRoute, AdminRoutes
 from filterproxy.http.errors import reason_phrase
 from filterproxy.observability.memory import collect_cycles, memory_report
 from filterproxy.runtime.teardown import forget_traceback
@@ -110,6 +116,8 @@ def redacted_config(config: Config) -> dict[str, Any]:
         for endpoint in cluster.get("endpoints", []):
             # A URL may carry credentials (user:password@host).
             endpoint["url"] = re.sub(r"//[^/@]*@", f"//{REDACTED}@", endpoint["url"])
+    if document.get("admin_token"):
+        document["admin_token"] = REDACTED
     redis = document.get("redis")
     if isinstance(redis, dict) and isinstance(redis.get("url"), str):
         redis["url"] = re.sub(r"//[^/@]*@", f"//{REDACTED}@", redis["url"])
@@ -188,7 +196,8 @@ class _Endpoint:
 #: A request head larger than this is refused (431); the admin's requests are a line and
 #: a few headers.
 MAX_HEAD_BYTES = 64 * 1024
-#: Request bodies are read and ignored; a larger one is refused (413).
+#: A request body larger than this is refused (413): the management endpoints take a
+#: small JSON document, the built-in ones none.
 MAX_BODY_BYTES = 1024 * 1024
 #: An admin connection with no request in progress for this long is closed (a scraper
 #: that keeps its connection between scrapes reconnects).
@@ -203,9 +212,38 @@ def _response(status: int, headers: list[tuple[bytes, bytes]], body: bytes, head
     return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head else body)
 
 
+def _encoded(reply: AdminReply, *, close: bool, head: bool) -> bytes:
+    headers = [
+        (b"content-type", reply.content_type.encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    headers.extend((name.encode(), value.encode()) for name, value in reply.headers)
+    if close:
+        headers.append((b"connection", b"close"))
+    return _response(reply.status, headers, reply.body, head)
+
+
+def _as_reply(reply: Reply, extra: list[tuple[bytes, bytes]] | None = None) -> AdminReply:
+    status, content_type, body = reply
+    headers = tuple((name.decode(), value.decode()) for name, value in extra or ())
+    return AdminReply(status, content_type.decode(), body, headers)
+
+
+@dataclasses.dataclass
+class _Answer:
+    """One request's answer, in the order of the requests (HTTP/1.1 pipelining): its
+    bytes once known."""
+
+    data: bytes | None
+    close: bool
+    head: bool
+
+
 class AdminConnection(Protocol):
     """One admin client connection: HTTP/1.1 parsed by llhttp (`httptools`), keep-alive
-    and pipelining, each request answered at once from the endpoint table."""
+    and pipelining. The built-in endpoints answer at once; a management route may
+    answer later (a Redis round trip): answers are written in the order of the
+    requests, and a client that leaves before its answer is ready never gets it."""
 
     def __init__(self, factory: AdminFactory) -> None:
         self.factory = factory
@@ -213,6 +251,8 @@ class AdminConnection(Protocol):
         #: `connectionLost`).
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.url = b""
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
         self.head_bytes = 0
         self.body_bytes = 0
         self.in_head = False
@@ -221,6 +261,8 @@ class AdminConnection(Protocol):
         self.answered = False
         #: A response asked for the close: nothing more is read or answered.
         self.closing = False
+        #: Answers not yet written, first the oldest request's.
+        self.answers: deque[_Answer] = deque()
         self.timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
@@ -239,24 +281,26 @@ class AdminConnection(Protocol):
             # answered in HTTP/1.1 (a body it announced is not read) and the connection ends.
             if not self.answered and not self.closing:
                 self._answer(close=True)
-            self._close()
+            self.closing = True
+            self._flush()
             return
         except httptools.HttpParserError as e:
             if self.closing:
                 return  # bytes after a request that ended the connection: not read
-            self._reply(_json(400, {"error": f"invalid HTTP request: {e}"}), close=True)
+            self._refuse(400, f"invalid HTTP request: {e}")
             return
         if self.in_head:
             # Counted per read: a head may pass the limit by up to one read (64 KiB).
             self.head_bytes += len(data)
             if self.head_bytes > MAX_HEAD_BYTES and not self.closing:
-                message = f"the request head is larger than {MAX_HEAD_BYTES} bytes"
-                self._reply(_json(431, {"error": message}), close=True)
+                self._refuse(431, f"the request head is larger than {MAX_HEAD_BYTES} bytes")
 
     # -- llhttp callbacks -----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self.url = b""
+        self.headers = {}
+        self.body = []
         self.in_head = True
         self.head_bytes = 0
         self.body_bytes = 0
@@ -267,19 +311,32 @@ class AdminConnection(Protocol):
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"expect" and value.lower() == b"100-continue":
+        lowered = name.decode("latin-1").lower()
+        self.headers[lowered] = value.decode("latin-1")
+        if lowered == "expect" and value.lower() == b"100-continue":
             self.expect_continue = True
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        if self.expect_continue and not self.closing and self.transport is not None:
+        # Not while an earlier request's answer is pending: it must come first (the
+        # client sends the body anyway when no 100 comes).
+        if (
+            self.expect_continue
+            and not self.closing
+            and not self.answers
+            and self.transport is not None
+        ):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self.body_bytes += len(body)
-        if self.body_bytes > MAX_BODY_BYTES and not self.closing:
-            message = f"the admin endpoints take no request body over {MAX_BODY_BYTES} bytes"
-            self._reply(_json(413, {"error": message}), close=True)
+        if self.body_bytes > MAX_BODY_BYTES:
+            if not self.closing:
+                self._refuse(
+                    413, f"the admin endpoints take no request body over {MAX_BODY_BYTES} bytes"
+                )
+            return
+        self.body.append(body)
 
     def on_message_complete(self) -> None:
         parser = self.parser
@@ -290,27 +347,44 @@ class AdminConnection(Protocol):
         self.answered = True
         assert self.parser is not None  # answers are made while parsing
         method = self.parser.get_method()
-        reply, extra = self.factory.answer(method, self.url.split(b"?", 1)[0])
-        self._reply(reply, close=close, extra=extra, method=method)
+        body = b"".join(self.body)
+        self.body = []
+        result = self.factory.respond(method, self.url, self.headers, body)
+        slot = _Answer(None, close, head=method == b"HEAD")
+        self.answers.append(slot)
+        if close:
+            self.closing = True
+        if isinstance(result, AdminReply):
+            self._fill(result, slot)
+        else:
+            result.addCallback(self._fill, slot)
 
     # -- answering ------------------------------------------------------------------------
 
-    def _reply(
-        self,
-        reply: Reply,
-        *,
-        close: bool,
-        extra: list[tuple[bytes, bytes]] | None = None,
-        method: bytes = b"GET",
-    ) -> None:
-        status, content_type, body = reply
-        headers = [(b"content-type", content_type), (b"cache-control", b"no-store")]
-        headers.extend(extra or ())
-        if close:
-            headers.append((b"connection", b"close"))
-        if self.transport is not None:
-            self.transport.write(_response(status, headers, body, head=method == b"HEAD"))
-        if close:
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer what cannot be parsed or is too large (after the answers before it)
+        and end the connection."""
+        self.closing = True
+        self.answers.append(_Answer(None, True, head=False))
+        self._fill(AdminReply.error(status, message), self.answers[-1])
+
+    def _fill(self, reply: AdminReply, slot: _Answer) -> None:
+        slot.data = _encoded(reply, close=slot.close, head=slot.head)
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write the answers that are ready, in order; end the connection after one
+        that closes it (or when nothing more will come)."""
+        answers = self.answers
+        while answers and answers[0].data is not None:
+            slot = answers.popleft()
+            if self.transport is not None and slot.data:
+                self.transport.write(slot.data)
+            if slot.close:
+                answers.clear()
+                self._close()
+                return
+        if self.closing and not answers:
             self._close()
 
     def _close(self) -> None:
@@ -321,6 +395,9 @@ class AdminConnection(Protocol):
 
     def _idle(self) -> None:
         self.timer = None
+        if self.answers:  # an answer is on its way: the connection is not idle
+            self.timer = self.factory.reactor.callLater(IDLE_TIMEOUT, self._idle)
+            return
         self._close()
 
     def _cancel_timer(self) -> None:
@@ -331,27 +408,62 @@ class AdminConnection(Protocol):
     def connectionLost(self, reason: object = None) -> None:
         self.closing = True
         self._cancel_timer()
+        # Answers still to come are dropped: the client is gone.
+        self.answers.clear()
+        self.transport = None
         # The parser holds bound methods of this connection: without this, a closed
         # connection (a scrape) would wait for the cycle collector to be freed.
         self.parser = None
         forget_traceback(reason)
 
 
+_BEARER = re.compile(r"^\s*bearer\s+(\S+)\s*$", re.IGNORECASE)
+
+
+def authorized(header: str | None, token: str | None) -> AdminReply | None:
+    """None when *header* (``Authorization``) carries the admin *token*; else the
+    refusal: 403 when no token is configured, 401 (``WWW-Authenticate: Bearer``)
+    without one or with a wrong one. Compared in constant time."""
+    if not token:
+        return AdminReply.error(403, "set admin.token to use the management API")
+    match = _BEARER.match(header or "")
+    challenge = (("www-authenticate", 'Bearer realm="filterproxy admin"'),)
+    if match is None:
+        return AdminReply.error(
+            401, "the management API needs 'Authorization: Bearer <admin token>'", challenge
+        )
+    if not hmac.compare_digest(match.group(1).encode(), token.encode()):
+        return AdminReply.error(401, "the admin token is not this gateway's", challenge)
+    return None
+
+
 class AdminFactory(ServerFactory):
     """The admin listener: builds an `AdminConnection` per client and answers requests
-    from the endpoint table (no access log for scrapes and probes)."""
+    from the endpoint table, then from the management routes the extensions registered
+    (`AdminRoutes`) — those behind the admin token (no access log for scrapes and
+    probes)."""
 
     noisy = False
 
-    def __init__(self, endpoints: Mapping[bytes, _Endpoint], reactor: IReactorTime) -> None:
+    def __init__(
+        self,
+        endpoints: Mapping[bytes, _Endpoint],
+        reactor: IReactorTime,
+        routes: AdminRoutes | None = None,
+        token: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self.endpoints = endpoints
         self.reactor = reactor
+        self.routes = routes if routes is not None else AdminRoutes()
+        #: The admin token in force (the config's ``admin.token``; a reload may change it).
+        self.token = token
 
     def buildProtocol(self, addr: Any) -> AdminConnection:
         return AdminConnection(self)
 
     def answer(self, method: bytes, path: bytes) -> tuple[Reply, list[tuple[bytes, bytes]]]:
-        """The reply to *method* on *path*, and any extra response headers."""
+        """The reply of the endpoint table to *method* on *path*, and any extra
+        response headers."""
         endpoint = self.endpoints.get(path)
         if endpoint is None:
             return _NOT_FOUND, []
@@ -365,6 +477,56 @@ class AdminFactory(ServerFactory):
             log.failure("admin: {method} {path} failed", method=method, path=path)
             return _json(500, {"error": "internal error (see the gateway's log)"}), []
 
+    def respond(
+        self, method: bytes, url: bytes, headers: Mapping[str, str], body: bytes
+    ) -> AdminReply | defer.Deferred[AdminReply]:
+        """The answer to one request: now, or a Deferred that fires with it (and never
+        fails)."""
+        raw_path, _, raw_query = url.partition(b"?")
+        if raw_path in self.endpoints:
+            return _as_reply(*self.answer(method, raw_path))
+        path = raw_path.decode("latin-1")
+        verb = method.decode("latin-1")
+        route, params, allowed = self.routes.find(verb, path)
+        if route is None and not allowed:
+            return _as_reply(*self.answer(method, raw_path))
+        refused = authorized(headers.get("authorization"), self.token())
+        if refused is not None:
+            return refused
+        if route is None:
+            return AdminReply.error(
+                405, f"use {', '.join(allowed)} here", (("allow", ", ".join(allowed)),)
+            )
+        request = AdminRequest(
+            "GET" if verb == "HEAD" else verb,
+            path,
+            params,
+            {k: tuple(v) for k, v in parse_qs(raw_query.decode("latin-1")).items()},
+            headers,
+            body,
+        )
+        try:
+            result = route.handler(request)
+        except Exception:
+            return self._failed(Failure(), verb, route)
+        if isinstance(result, AdminReply):
+            return result
+        return result.addErrback(self._failed, verb, route)
+
+    def _failed(self, failure: Failure, method: str, route: AdminRoute) -> AdminReply:
+        error = failure.check(AdminError, ConfigError)
+        if error is AdminError:
+            refusal = failure.value
+            assert isinstance(refusal, AdminError)
+            return AdminReply.error(refusal.status, refusal.message, refusal.headers)
+        if error is ConfigError:
+            return AdminReply.error(400, str(failure.value))
+        # The request's body and headers are not logged: they may hold a key or the token.
+        log.failure(
+            "admin: {method} {pattern} failed", failure, method=method, pattern=route.pattern
+        )
+        return AdminReply.error(500, "internal error (see the gateway's log)")
+
 
 def admin_factory(
     gateway: Callable[[], ServedGateway],
@@ -374,12 +536,15 @@ def admin_factory(
     held: Callable[[], dict[str, Any]] = dict,
     *,
     stopping: Callable[[], bool] = lambda: False,
+    routes: AdminRoutes | None = None,
 ) -> AdminFactory:
     """The admin listener's factory. *gateway* returns the gateway in force; *reload*
     re-reads the config and returns None, or the error that kept the old config;
     *reactor* times idle connections out; *held* describes the structures the gateway
     keeps (open connections, pools, timers) for ``/memory``; *stopping* says whether
-    the gateway is shutting down (``/ready`` then answers 503 ``draining``)."""
+    the gateway is shutting down (``/ready`` then answers 503 ``draining``); *routes*
+    are the management routes the extensions register (behind the config's
+    ``admin.token``)."""
 
     def metrics() -> Reply:
         return 200, CONTENT_TYPE_LATEST.encode(), generate_latest(registry)
@@ -418,4 +583,6 @@ def admin_factory(
             b"/memory/cycles": _Endpoint(post=lambda: _json(200, collect_cycles(), pretty=True)),
         },
         reactor,
+        routes,
+        lambda: gateway().config.admin_token,
     )

@@ -22,6 +22,7 @@ from filterproxy.config import Config, ConfigError
 from filterproxy.downstream.server import GatewayServerFactory
 from filterproxy.extensions.builtin import declare_metrics, load_config
 from filterproxy.extensions.keys.config import GatewayKeys
+from filterproxy.filters.admin import AdminRoutes
 from filterproxy.filters.resources import Resources
 from filterproxy.observability import accesslog
 from filterproxy.observability.metrics import Metrics
@@ -297,6 +298,7 @@ class GatewayService(Service):
                 self.reactor,
                 self.held,
                 stopping=lambda: self.stopping,
+                routes=self.resources.get(AdminRoutes, AdminRoutes),
             )
             try:
                 admin_endpoint = serverFromString(

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from filterproxy.config import ConfigError
+from filterproxy.filters.admin import AdminError, AdminReply, AdminRequest, AdminRoutes
 from filterproxy.server.admin import (
     IDLE_TIMEOUT,
     MAX_BODY_BYTES,
@@ -188,3 +191,175 @@ def test_an_idle_connection_is_closed_and_activity_keeps_it_open() -> None:
     assert transport.disconnecting
     connection.connectionLost(None)
     assert clock.getDelayedCalls() == []
+
+
+# -- management routes (`filterproxy.filters.admin`) ----------------------------------------
+
+TOKEN = "s3cret-admin-token"
+
+
+def managed(
+    token: str | None = TOKEN,
+) -> tuple[AdminConnection, StringTransport, AdminRoutes, list[Deferred[AdminReply]]]:
+    """A connection to a factory with management routes: ``GET /things/{name}`` answers
+    later (when the test fires the Deferred it left in the list), ``POST /things`` at
+    once with what its body said."""
+    routes = AdminRoutes()
+    waiting: list[Deferred[AdminReply]] = []
+
+    def later(request: AdminRequest) -> Deferred[AdminReply]:
+        d: Deferred[AdminReply] = Deferred()
+        waiting.append(d)
+        return d
+
+    def create(request: AdminRequest) -> AdminReply:
+        body = request.json_object()
+        if "name" not in body:
+            raise AdminError(400, "name: missing")
+        if body["name"] == "taken":
+            raise AdminError(409, "a thing named 'taken' exists")
+        if body["name"] == "bad":
+            raise ConfigError("limits.rpm", "expected a whole number")
+        if body["name"] == "boom":
+            raise RuntimeError("a bug")
+        return AdminReply.json({"created": body["name"], "query": dict(request.query)}, 201)
+
+    routes.add("GET", "/things/{name}", later, owner="test")
+    routes.add("POST", "/things", create, owner="test")
+    factory = AdminFactory(
+        {b"/healthz": _Endpoint(get=lambda: _json(200, {"status": "ok"}))},
+        Clock(),
+        routes,
+        lambda: token,
+    )
+    connection = factory.buildProtocol(None)
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    return connection, transport, routes, waiting
+
+
+def request(method: str, path: str, body: bytes = b"", token: str | None = TOKEN) -> bytes:
+    auth = b"Authorization: Bearer %s\r\n" % token.encode() if token else b""
+    return b"%s %s HTTP/1.1\r\nHost: a\r\n%sContent-Length: %d\r\n\r\n%s" % (
+        method.encode(),
+        path.encode(),
+        auth,
+        len(body),
+        body,
+    )
+
+
+def test_a_later_answer_keeps_the_order_of_pipelined_requests() -> None:
+    connection, transport, _, waiting = managed()
+    connection.dataReceived(
+        request("GET", "/things/first")
+        + request("POST", "/things?x=1", b'{"name": "second"}')
+        + b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
+        + request("GET", "/things/fourth%20one")
+    )
+    assert transport.value() == b""  # the first answer is not ready: nothing is written
+    waiting[1].callback(AdminReply.json({"thing": "fourth"}))
+    assert transport.value() == b""
+    waiting[0].callback(AdminReply.json({"thing": "first"}))
+    got = responses(transport.value())
+    assert [status for status, _, _ in got] == [200, 201, 200, 200]
+    assert json.loads(got[0][2]) == {"thing": "first"}
+    assert json.loads(got[1][2]) == {"created": "second", "query": {"x": ["1"]}}
+    assert json.loads(got[3][2]) == {"thing": "fourth"}
+    assert not transport.disconnecting
+
+
+def test_the_path_parameters_are_decoded() -> None:
+    routes = AdminRoutes()
+    routes.add("GET", "/keys/{name}/spend", lambda r: AdminReply.json(r.params), owner="t")
+    route, params, _ = routes.find("GET", "/keys/al%40ce/spend")
+    assert route is not None and params == {"name": "al@ce"}
+    assert routes.find("GET", "/keys/alice/spend/more")[0] is None
+    assert routes.find("DELETE", "/keys/alice/spend")[2] == ["GET", "HEAD"]
+
+
+def test_a_client_that_leaves_before_its_answer_gets_nothing() -> None:
+    connection, transport, _, waiting = managed()
+    connection.dataReceived(request("GET", "/things/a"))
+    connection.connectionLost(None)
+    waiting[0].callback(AdminReply.json({"late": True}))
+    assert transport.value() == b""
+
+
+def test_a_close_after_a_later_answer_waits_for_it() -> None:
+    connection, transport, _, waiting = managed()
+    connection.dataReceived(
+        request("GET", "/things/a").replace(b"Host: a\r\n", b"Host: a\r\nConnection: close\r\n")
+        + b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    assert not transport.disconnecting
+    waiting[0].callback(AdminReply.json({}))
+    [(status, headers, _)] = responses(transport.value())
+    assert (status, headers["connection"]) == (200, "close")
+    assert transport.disconnecting
+
+
+def test_management_routes_need_the_admin_token() -> None:
+    connection, transport, _, waiting = managed()
+    connection.dataReceived(
+        request("POST", "/things", b'{"name": "x"}', token=None)
+        + request("POST", "/things", b'{"name": "x"}', token="wrong")
+        + request("POST", "/things", b'{"name": "x"}', token=TOKEN + "x")
+        + b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    got = responses(transport.value())
+    assert [status for status, _, _ in got] == [401, 401, 401, 200]
+    assert all(headers["www-authenticate"].startswith("Bearer") for _, headers, _ in got[:3])
+    assert waiting == []
+
+    connection, transport, _, _ = managed(token=None)
+    connection.dataReceived(request("POST", "/things", b'{"name": "x"}'))
+    [(status, _, body)] = responses(transport.value())
+    assert status == 403 and "admin.token" in json.loads(body)["error"]
+
+
+def test_refusals_name_what_is_wrong() -> None:
+    connection, transport, _, _ = managed()
+    connection.dataReceived(
+        request("POST", "/things", b"{not json")
+        + request("POST", "/things", b"[1]")
+        + request("POST", "/things", b"{}")
+        + request("POST", "/things", b'{"name": "taken"}')
+        + request("POST", "/things", b'{"name": "bad"}')
+        + request("POST", "/things", b'{"name": "boom"}')
+        + request("DELETE", "/things/a")
+        + request("GET", "/nothing/here")
+    )
+    got = responses(transport.value())
+    assert [status for status, _, _ in got] == [400, 400, 400, 409, 400, 500, 405, 404]
+    errors = [json.loads(body).get("error") for _, _, body in got]
+    assert "not valid JSON" in errors[0]
+    assert "JSON object" in errors[1]
+    assert errors[2] == "name: missing"
+    assert "taken" in errors[3]
+    assert errors[4] == "limits.rpm: expected a whole number"
+    assert "log" in errors[5] and "bug" not in errors[5]
+    assert got[6][1]["allow"] == "GET, HEAD"
+
+
+def test_a_management_body_is_bounded() -> None:
+    connection, transport, _, _ = managed()
+    connection.dataReceived(
+        b"POST /things HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer %s\r\n"
+        b"Content-Length: %d\r\n\r\n" % (TOKEN.encode(), MAX_BODY_BYTES + 1)
+    )
+    connection.dataReceived(b"x" * (MAX_BODY_BYTES + 1))
+    [(status, _, _)] = responses(transport.value())
+    assert status == 413 and transport.disconnecting
+
+
+def test_registering_again_replaces_and_clearing_forgets() -> None:
+    routes = AdminRoutes()
+    routes.add("GET", "/a", lambda r: AdminReply.json(1), owner="one")
+    routes.add("GET", "/a", lambda r: AdminReply.json(2), owner="one")
+    routes.add("POST", "/a", lambda r: AdminReply.json(3), owner="two")
+    assert len(routes.routes) == 2
+    routes.remove("two")
+    assert [r.method for r in routes.routes] == ["GET"]
+    routes.clear()
+    assert routes.routes == ()

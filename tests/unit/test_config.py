@@ -367,8 +367,22 @@ def test_the_admin_listener_defaults_to_loopback_and_can_be_moved_or_turned_off(
     assert parse_config(BASE + "admin: false\n", environ={}).admin_listener is None
     moved = parse_config(BASE + "admin: {listen: 'tcp:9999'}\n", environ={})
     assert moved.admin_listener == "tcp:9999"
-    assert "admin.port: unknown key; expected one of: listen" in error_for(
+    assert "admin.port: unknown key; expected one of: listen, token" in error_for(
         BASE + "admin: {port: 1}\n"
+    )
+
+
+def test_the_admin_token_comes_from_the_config_or_the_environment() -> None:
+    assert parse_config(BASE, environ={}).admin_token is None
+    given = parse_config(BASE + "admin: {token: abc123}\n", environ={})
+    assert given.admin_token == "abc123" and given.admin_listener == "tcp:9901:interface=127.0.0.1"
+    env = BASE + "admin: {token: '${ADMIN_TOKEN}'}\n"
+    assert parse_config(env, environ={"ADMIN_TOKEN": "from-env"}).admin_token == "from-env"
+    assert "ADMIN_TOKEN is not set" in error_for(env)
+    empty = BASE + "admin: {token: '${ADMIN_TOKEN:-}'}\n"
+    assert parse_config(empty, environ={}).admin_token is None
+    assert "admin.token: the admin token is sent in a header" in error_for(
+        BASE + "admin: {token: 'a b'}\n"
     )
 
 

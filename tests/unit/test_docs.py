@@ -70,7 +70,7 @@ def sub_keys(keys: dict[str, str], parent: str) -> set[str]:
 def test_the_top_level_keys_are_the_parsers() -> None:
     top = tables()["Top level"]
     assert first_parts(top) == _TOP_KEYS
-    assert sub_keys(top, "admin") == {"listen"}
+    assert sub_keys(top, "admin") == {"listen", "token"}
     assert sub_keys(top, "responses") == {f.name for f in fields(ResponsesConfig)}
     assert sub_keys(top, "tracing") == {"otlp_endpoint", "service_name"}
 

@@ -215,11 +215,13 @@ def test_the_config_shown_by_the_admin_has_no_secrets() -> None:
             request_headers:
               set: {authorization: "Bearer ${KEY}", x-custom: plain, x-api-key: k1, x-team: sk-abc}
         routes: [{name: all, cluster: openai}]
+        admin: {token: "${ADMIN}"}
         """,
-        environ={"KEY": "sk-live-123"},
+        environ={"KEY": "sk-live-123", "ADMIN": "the-admin-token"},
     )
     text = json.dumps(redacted_config(config))
-    for secret in ("sk-live-123", "k1", "sk-abc", "pw"):
+    assert redacted_config(config)["admin_token"] == REDACTED
+    for secret in ("sk-live-123", "k1", "sk-abc", "pw", "the-admin-token"):
         assert secret not in text
     headers = redacted_config(config)["clusters"]["openai"]["headers"]["request"]["set"]
     assert headers == {
