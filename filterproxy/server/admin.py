@@ -25,6 +25,7 @@ is about 1 MB of memory, its resource tree and templating 3 MB more, for five en
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import enum
 import hmac
@@ -417,23 +418,45 @@ class AdminConnection(Protocol):
         forget_traceback(reason)
 
 
-_BEARER = re.compile(r"^\s*bearer\s+(\S+)\s*$", re.IGNORECASE)
+_CREDENTIALS = re.compile(r"^\s*(bearer|basic)\s+(\S+)\s*$", re.IGNORECASE)
+#: Both schemes are offered: programs send the token as a bearer token; a browser (the
+#: spend report page) asks its user and sends it as Basic credentials' password.
+_CHALLENGE = (
+    ("www-authenticate", 'Bearer realm="filterproxy admin"'),
+    ("www-authenticate", 'Basic realm="filterproxy admin", charset="UTF-8"'),
+)
+
+
+def _presented(header: str | None) -> str | None:
+    """The token in an ``Authorization`` header: a bearer token, or the password of
+    Basic credentials (any user name)."""
+    match = _CREDENTIALS.match(header or "")
+    if match is None:
+        return None
+    if match.group(1).lower() == "bearer":
+        return match.group(2)
+    try:
+        decoded = base64.b64decode(match.group(2), validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    _user, colon, password = decoded.partition(":")
+    return password if colon else None
 
 
 def authorized(header: str | None, token: str | None) -> AdminReply | None:
-    """None when *header* (``Authorization``) carries the admin *token*; else the
-    refusal: 403 when no token is configured, 401 (``WWW-Authenticate: Bearer``)
-    without one or with a wrong one. Compared in constant time."""
+    """None when *header* (``Authorization``) carries the admin *token* (``Bearer
+    TOKEN``, or Basic credentials with it as the password); else the refusal: 403 when
+    no token is configured, 401 (``WWW-Authenticate``: Bearer and Basic) without one or
+    with a wrong one. Compared in constant time."""
     if not token:
         return AdminReply.error(403, "set admin.token to use the management API")
-    match = _BEARER.match(header or "")
-    challenge = (("www-authenticate", 'Bearer realm="filterproxy admin"'),)
-    if match is None:
+    presented = _presented(header)
+    if presented is None:
         return AdminReply.error(
-            401, "the management API needs 'Authorization: Bearer <admin token>'", challenge
+            401, "the management API needs 'Authorization: Bearer <admin token>'", _CHALLENGE
         )
-    if not hmac.compare_digest(match.group(1).encode(), token.encode()):
-        return AdminReply.error(401, "the admin token is not this gateway's", challenge)
+    if not hmac.compare_digest(presented.encode(), token.encode()):
+        return AdminReply.error(401, "the admin token is not this gateway's", _CHALLENGE)
     return None
 
 
