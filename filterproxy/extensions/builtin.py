@@ -14,7 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from filterproxy import config
-from filterproxy.config import Config, ExtensionSchema
+from filterproxy.config import ChainFacts, Config, ExtensionSchema
 from filterproxy.extensions.body_accumulate.filter import BodyAccumulateFilter
 from filterproxy.extensions.header_rewrite.filter import HeaderRewriteFilter
 from filterproxy.extensions.keys.config import SCHEMA as KEYS
@@ -26,6 +26,9 @@ from filterproxy.extensions.resume import ResumeFilter
 from filterproxy.extensions.resume.config import SCHEMA as RESUME
 from filterproxy.extensions.resume.metrics import ResumeMetrics
 from filterproxy.extensions.route.filter import RouteFilter
+from filterproxy.extensions.spend.config import schema as spend_schema
+from filterproxy.extensions.spend.filter import SpendFilter
+from filterproxy.extensions.spend.metrics import SpendMetrics
 from filterproxy.extensions.translate.config import SCHEMA as TRANSLATE
 from filterproxy.extensions.translate.filter import TranslateFilter
 from filterproxy.extensions.translate.metrics import TranslateMetrics
@@ -38,6 +41,7 @@ __all__ = ["BUILTIN_FILTERS", "BUILTIN_SCHEMAS", "declare_metrics", "load_config
 #: The built-in filters by the ``type`` a config names them with.
 BUILTIN_FILTERS: Mapping[str, type[StreamFilter]] = MappingProxyType(
     {
+        "spend": SpendFilter,
         "keys": KeysFilter,
         "body-accumulate": BodyAccumulateFilter,
         "resume": ResumeFilter,
@@ -49,8 +53,19 @@ BUILTIN_FILTERS: Mapping[str, type[StreamFilter]] = MappingProxyType(
     }
 )
 
-#: The built-in extensions that own config keys or a place in the default chain.
-BUILTIN_SCHEMAS: tuple[ExtensionSchema, ...] = (KEYS, RESUME, RESPONSES, TRANSLATE)
+
+def _keys_placed(facts: ChainFacts) -> bool:
+    """Whether the keys filter is in the default chain (the spend filter goes with it)."""
+    return KEYS.place is not None and KEYS.place(facts) is not None
+
+
+#: The spend extension: after the keys extension in `BUILTIN_SCHEMAS`, so that both
+#: first in the chain, spend ends up before keys.
+SPEND = spend_schema(_keys_placed)
+
+#: The built-in extensions that own config keys or a place in the default chain, in the
+#: order their places are taken.
+BUILTIN_SCHEMAS: tuple[ExtensionSchema, ...] = (KEYS, SPEND, RESUME, RESPONSES, TRANSLATE)
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -70,5 +85,6 @@ def declare_metrics(resources: Resources) -> None:
     does, so that ``/metrics`` lists them whatever the config; each extension declares
     its own again, to the same families, when its filter is configured)."""
     KeysMetrics.of(resources)
+    SpendMetrics.of(resources)
     ResumeMetrics.of(resources)
     TranslateMetrics.of(resources)

@@ -33,7 +33,7 @@ log = Logger(namespace="filterproxy.access")
 
 #: The fields the features' records fill (`filterproxy.filters.records.LogFields`); the
 #: others are the gateway's own, and a record cannot change them.
-FEATURE_FIELDS: Final = frozenset({"stream", "dropped_tools"})
+FEATURE_FIELDS: Final = frozenset({"stream", "dropped_tools", "cost_usd", "cost_priced"})
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -55,6 +55,7 @@ def access_record(head: RequestHead | None, info: StreamInfo, duration: float) -
         "path": (info.client_path or (head.path if head else "")).split("?", 1)[0],
         "model": info.model,
         "key": info.key_name,
+        "team": info.team_name,
         "route": info.route.name if info.route else None,
         "cluster": info.cluster,
         "endpoint": info.endpoint,
@@ -73,9 +74,12 @@ def access_record(head: RequestHead | None, info: StreamInfo, duration: float) -
         "upstream_request_id": info.upstream_request_id,
         # The features' fields (null unless a feature's record fills them): the
         # resumable stream the request started or resumed, and the hosted tools a
-        # translated Responses request left out (hosted_tools: drop).
+        # translated Responses request left out (hosted_tools: drop), what the request
+        # cost in dollars and whether its model had a price (the spend extension).
         "stream": None,
         "dropped_tools": None,
+        "cost_usd": None,
+        "cost_priced": None,
     }
     if info.has_state:
         for value in info.state.values():

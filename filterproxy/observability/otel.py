@@ -20,6 +20,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 from twisted.internet import threads
 
+from filterproxy.filters.records import Cost
+
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
@@ -109,9 +111,15 @@ class SpanRecorder:
             "filterproxy.route": info.route.name if info.route is not None else None,
             "filterproxy.cluster": info.cluster,
             "filterproxy.key": info.key_name,
+            "filterproxy.team": info.team_name,
             "server.address": info.endpoint,
         }
         attributes.update({k: v for k, v in optional.items() if v is not None})
+        if info.has_state:
+            cost = info.state.get(Cost)
+            if cost is not None:
+                attributes["gen_ai.usage.cost"] = cost.usd
+                attributes["filterproxy.cost_priced"] = cost.priced
         span.set_attributes(attributes)
         if info.model:
             span.update_name(f"{span.name} {info.model}")

@@ -5,7 +5,10 @@ The response is passed on unchanged and undelayed: each piece is searched for
 where it starts — no line splitting and no re-serialising. It works on event streams
 (OpenAI's last chunk, Anthropic's ``message_start`` / ``message_delta``) and on plain JSON
 responses alike; the counts land in `StreamInfo.prompt_tokens` / ``completion_tokens``
-for the access log and metrics.
+for the access log and metrics, and, kept apart by kind as providers price them
+(`token_usage`), in the request's `TokenUsage` record. The usage filter reads the
+upstream's answer (before a translation rebuilds it), so the shapes it meets are the
+providers': OpenAI's chat and Responses usage, Anthropic's Messages usage.
 
 Option ``include_usage: true``: streaming chat/completions requests that do not ask for
 usage get ``stream_options: {"include_usage": true}`` (through the chain's request
@@ -47,7 +50,7 @@ from filterproxy.filters.api import (
     ResponseHead,
     StreamFilter,
 )
-from filterproxy.filters.records import Translated
+from filterproxy.filters.records import TokenUsage, Translated
 from filterproxy.http.apis import client_api
 from filterproxy.http.errors import error_body
 from filterproxy.http.inflate import InflateError, Inflater, inflater_for
@@ -60,6 +63,8 @@ __all__ = [
     "is_usage_only_event",
     "marker_start_at_end",
     "token_counts",
+    "token_usage",
+    "usage_fields",
 ]
 
 _MARKER = b'"usage"'
@@ -111,10 +116,98 @@ def token_counts(usage: Mapping[str, Any]) -> tuple[int | None, int | None]:
     return prompt, _count(usage, "completion_tokens", "output_tokens")
 
 
+def _natural(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+#: The counts a usage object may carry, by the name `usage_fields` keeps them under: the
+#: provider's name, or ``parent.child`` for a count inside a details object.
+_TOP_FIELDS: Final = (
+    "prompt_tokens",
+    "completion_tokens",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+)
+_NESTED_FIELDS: Final = (
+    ("prompt_tokens_details", "cached_tokens"),
+    ("completion_tokens_details", "reasoning_tokens"),
+    ("input_tokens_details", "cached_tokens"),
+    ("output_tokens_details", "reasoning_tokens"),
+    ("cache_creation", "ephemeral_1h_input_tokens"),
+)
+
+
+def usage_fields(usage: Mapping[str, Any]) -> dict[str, int]:
+    """The token counts of a usage object that `token_usage` reads, flat.
+
+    Only what it carries: Anthropic's stream reports usage twice (``message_start`` with
+    the input and cache counts, ``message_delta`` with the output), and the later
+    report's fields are laid over the earlier's, so none is lost."""
+    fields: dict[str, int] = {}
+    for name in _TOP_FIELDS:
+        value = _natural(usage.get(name))
+        if value is not None:
+            fields[name] = value
+    for parent, child in _NESTED_FIELDS:
+        details = usage.get(parent)
+        if isinstance(details, dict):
+            value = _natural(details.get(child))
+            if value is not None:
+                fields[f"{parent}.{child}"] = value
+    if "input_tokens_details" in usage or "output_tokens_details" in usage:
+        fields["responses"] = 1  # OpenAI's Responses usage: its input_tokens include cache
+    return fields
+
+
+def token_usage(fields: Mapping[str, int]) -> TokenUsage | None:
+    """The `TokenUsage` of a provider's usage counts (`usage_fields`), in OpenAI's
+    convention (input counts cached and written input, output counts reasoning), or
+    None when it has no input or output count.
+
+    OpenAI chat: ``prompt_tokens`` (of which ``prompt_tokens_details.cached_tokens``),
+    ``completion_tokens`` (of which ``completion_tokens_details.reasoning_tokens``).
+    OpenAI Responses: ``input_tokens`` (cache included, ``input_tokens_details``),
+    ``output_tokens`` (``output_tokens_details``). Anthropic: ``input_tokens`` counts
+    only the input that was neither read from nor written to the cache
+    (``cache_read_input_tokens``, ``cache_creation_input_tokens``, of which
+    ``cache_creation.ephemeral_1h_input_tokens`` kept an hour): they are added."""
+    get = fields.get
+    if "prompt_tokens" in fields or "completion_tokens" in fields:
+        return TokenUsage(
+            input=get("prompt_tokens", 0),
+            cached_input=get("prompt_tokens_details.cached_tokens", 0),
+            output=get("completion_tokens", 0),
+            reasoning=get("completion_tokens_details.reasoning_tokens", 0),
+        )
+    if "input_tokens" not in fields and "output_tokens" not in fields:
+        return None
+    if "responses" in fields:
+        return TokenUsage(
+            input=get("input_tokens", 0),
+            cached_input=get("input_tokens_details.cached_tokens", 0),
+            output=get("output_tokens", 0),
+            reasoning=get("output_tokens_details.reasoning_tokens", 0),
+        )
+    read = get("cache_read_input_tokens", 0)
+    written = get("cache_creation_input_tokens", 0)
+    return TokenUsage(
+        input=get("input_tokens", 0) + read + written,
+        cached_input=read,
+        cache_write=written,
+        cache_write_1h=get("cache_creation.ephemeral_1h_input_tokens", 0),
+        output=get("output_tokens", 0),
+        reasoning=get("output_tokens_details.reasoning_tokens", 0),
+    )
+
+
 class UsageScanner:
     """Finds the usage objects in a byte stream fed piece by piece (no I/O)."""
 
-    __slots__ = ("capture", "completion_tokens", "prompt_tokens", "tail")
+    __slots__ = ("capture", "completion_tokens", "fields", "prompt_tokens", "tail", "usage")
 
     def __init__(self) -> None:
         #: The end of the previous piece when it may be the start of a marker split
@@ -124,6 +217,10 @@ class UsageScanner:
         self.capture: bytes | None = None
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
+        #: The counts of the usage objects so far, each laid over the ones before
+        #: (`usage_fields`), and what they come to.
+        self.fields: dict[str, int] = {}
+        self.usage: TokenUsage | None = None
 
     def feed(self, data: bytes) -> bool:
         """Search *data*, the next piece of the stream; True when a usage object was
@@ -140,10 +237,10 @@ class UsageScanner:
                 self.tail = marker_start_at_end(window)
                 return False
             text = window[i + len(_MARKER) :]
-        seen = (self.prompt_tokens, self.completion_tokens)
+        seen = (self.prompt_tokens, self.completion_tokens, self.usage)
         while text is not None:
             text = self._decode(text)
-        return (self.prompt_tokens, self.completion_tokens) != seen
+        return (self.prompt_tokens, self.completion_tokens, self.usage) != seen
 
     def _decode(self, text: bytes) -> bytes | None:
         """Decode the usage object at the start of *text* (just after a marker); return
@@ -174,6 +271,10 @@ class UsageScanner:
                     self.prompt_tokens = prompt
                 if completion is not None:
                     self.completion_tokens = completion
+                fields = usage_fields(usage)
+                if fields:
+                    self.fields.update(fields)
+                    self.usage = token_usage(self.fields)
             rest = text[end:]
         else:
             rest = text[j:]  # "usage": null, or a string mentioning usage
@@ -311,6 +412,8 @@ class UsageFilter(StreamFilter):
             info = self.callbacks.stream_info
             info.prompt_tokens = scanner.prompt_tokens
             info.completion_tokens = scanner.completion_tokens
+            if scanner.usage is not None:
+                info.state.set(scanner.usage)
         decoder = self.events
         if decoder is None:
             return FilterStatus.CONTINUE
