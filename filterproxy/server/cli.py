@@ -4,6 +4,11 @@
     filterproxy check-config FILE...   validate config files and print what they say;
                                        exit 1 with the problems
     filterproxy keys new NAME          make a gateway key; print it and its config entry
+                                       (offline: nothing is kept)
+    filterproxy keys create|list|show|update|revoke ...
+    filterproxy teams create|list|show|update|delete ...
+                                       manage keys and teams of a running gateway
+                                       through its admin API (`filterproxy.server.manage`)
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from filterproxy.config import Config, ConfigError
 from filterproxy.extensions.builtin import load_config
 from filterproxy.extensions.keys.config import GatewayKeys, hash_key, new_key
 from filterproxy.filters.resources import Resources
+from filterproxy.server.manage import add_manage_commands, run_manage
 from filterproxy.server.tap import config_summary
 
 __all__ = ["describe", "main"]
@@ -33,9 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     new = key_commands.add_parser("new", help="make a new key and print its config entry")
     new.add_argument("name", metavar="NAME", help="the key's name (logs, metrics)")
+    teams = commands.add_parser("teams", help="teams of a running gateway (admin API)")
+    team_commands = teams.add_subparsers(dest="teams_command", required=True)
+    add_manage_commands(key_commands, team_commands)
     args = parser.parse_args(argv)
-    if args.command == "keys":
+    if args.command == "keys" and args.keys_command == "new":
         return new_key_entry(args.name)
+    if args.command in ("keys", "teams"):
+        return run_manage(args)
     failed = 0
     for path in args.files:
         try:

@@ -329,7 +329,7 @@ class GatewayService(Service):
         )
         host = getattr(address, "host", None)
         keys = self.config.section(GatewayKeys)
-        open_to_all = keys is None or not keys.gateway_keys
+        open_to_all = keys is None or not (keys.gateway_keys or keys.keys_checked)
         if host is not None and open_to_all and not _loopback(host):
             log.warn(
                 "no gateway keys are configured and the gateway listens on {host}: anyone "

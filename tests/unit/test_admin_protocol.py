@@ -362,4 +362,4 @@ def test_registering_again_replaces_and_clearing_forgets() -> None:
     routes.remove("two")
     assert [r.method for r in routes.routes] == ["GET"]
     routes.clear()
-    assert routes.routes == ()
+    assert not routes.routes

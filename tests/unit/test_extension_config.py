@@ -117,7 +117,7 @@ def test_without_its_extension_a_feature_key_is_unknown() -> None:
         parse(BASE + "keys: []\n")
     with pytest.raises(ConfigError, match=r"^routes\[0\]\.auto_cache: unknown key"):
         parse(BASE + "routes: [{cluster: c, auto_cache: true}]\n")
-    assert parse_config(BASE + "keys: []\n").section(GatewayKeys) == GatewayKeys()
+    assert parse_config(BASE + "keys: []\n").section(GatewayKeys) == GatewayKeys(keys_checked=True)
 
 
 def test_an_extension_puts_its_filter_in_the_default_chain_where_it_says() -> None:

@@ -107,6 +107,13 @@ class GatewayKeys:
     keys_file: str | None = None
     #: The teams keys may belong to (``teams``, and the keys file's).
     teams: tuple[Team, ...] = ()
+    #: Whether the config asks for keys at all (``keys``, ``teams`` or ``keys_file``
+    #: written, even empty): the keys filter then checks every request, and with no
+    #: keys yet refuses them all until keys are created at run time (the admin API).
+    keys_checked: bool = False
+    #: The names of the keys and of the teams that came from the keys file.
+    filed_keys: frozenset[str] = frozenset()
+    filed_teams: frozenset[str] = frozenset()
 
 
 _KEY_FIELDS = {"name", "hash", "models", "limits", "team"}
@@ -274,9 +281,10 @@ def parse_section(section: Section) -> GatewayKeys:
     hashes unique across them, every key's team defined."""
     gateway_keys = parse_keys(section.node("keys"))
     teams = parse_teams(section.node("teams"))
+    checked = any(key in section for key in ("keys", "teams", "keys_file"))
     if "keys_file" not in section:
         _check_teams(gateway_keys, teams, "keys")
-        return GatewayKeys(gateway_keys, teams=teams)
+        return GatewayKeys(gateway_keys, teams=teams, keys_checked=checked)
     keys_file, filed, filed_teams = parse_keys_file(section["keys_file"], section.environ)
     names = {t.name for t in teams}
     for team in filed_teams:
@@ -285,15 +293,23 @@ def parse_section(section: Section) -> GatewayKeys:
     all_teams = teams + filed_teams
     all_keys = merge(gateway_keys, filed, keys_file)
     _check_teams(all_keys, all_teams, "keys_file")
-    return GatewayKeys(all_keys, keys_file, all_teams)
+    return GatewayKeys(
+        all_keys,
+        keys_file,
+        all_teams,
+        keys_checked=True,
+        filed_keys=frozenset(k.name for k in filed),
+        filed_teams=frozenset(t.name for t in filed_teams),
+    )
 
 
 def place(facts: ChainFacts) -> DefaultEntry | None:
-    """First in the default chain when keys are configured (a request without a valid
-    key goes no further), with the usage filter asking streams for usage: token limits
-    charge the provider's usage."""
+    """First in the default chain when the config asks for keys (``keys``, ``teams`` or
+    ``keys_file``, even empty: keys may be created at run time), so that a request
+    without a valid key goes no further; with the usage filter asking streams for
+    usage: token limits charge the provider's usage."""
     keys = facts.section(GatewayKeys)
-    if keys is None or not keys.gateway_keys:
+    if keys is None or not (keys.gateway_keys or keys.keys_checked):
         return None
     return DefaultEntry("keys", first=True, asks={"usage": {"include_usage": True}})
 

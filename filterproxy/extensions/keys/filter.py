@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 
 from filterproxy.clients.redis import RedisClient
 from filterproxy.config import Node, RedisConfig
+from filterproxy.extensions.keys.admin import register_routes
 from filterproxy.extensions.keys.config import GatewayKey, GatewayKeys, hash_key
 from filterproxy.extensions.keys.limits import (
     ADMIT_SCRIPT,
@@ -48,6 +49,8 @@ from filterproxy.extensions.keys.limits import (
     refusal,
 )
 from filterproxy.extensions.keys.metrics import KeysMetrics
+from filterproxy.extensions.keys.store import KeyRegistry
+from filterproxy.filters.admin import AdminRoutes
 from filterproxy.filters.api import (
     DataResult,
     FilterContext,
@@ -213,6 +216,11 @@ class KeysConfig:
     #: Where the filter counts (the process's; a config made without a process counts
     #: into families nobody scrapes).
     metrics: KeysMetrics = field(default_factory=lambda: KeysMetrics(MetricFamilies()))
+    #: What the config says of keys, where run-time changes are kept, and the config's
+    #: file (for `KeysFilter.activate`).
+    section: GatewayKeys | None = None
+    redis: RedisConfig | None = None
+    source: str = ""
 
 
 def _presented(head: RequestHead) -> str | None:
@@ -237,17 +245,30 @@ class KeysFilter(StreamFilter):
         Node(dict(options), context.path, context.environ).mapping(set())
         config = context.config
         keys = config.section(GatewayKeys)
-        if keys is None or not keys.gateway_keys:
+        if keys is None or not (keys.gateway_keys or keys.keys_checked):
             raise ValueError(
-                "no keys to check: list them under 'keys' (or in a keys_file); "
-                "`filterproxy keys new NAME` makes one"
+                "no keys to check: list them under 'keys' (or in a keys_file), or write "
+                "'keys: []' to create them at run time; `filterproxy keys new NAME` makes one"
             )
+        registry = context.resources.get(KeyRegistry, KeyRegistry)
         return KeysConfig(
-            {k.digest: k for k in keys.gateway_keys},
+            registry.keys_of(keys),
             config.aliases,
             store_for(config.redis, context.resources),
             KeysMetrics.of(context.resources),
+            section=keys,
+            redis=config.redis,
+            source=config.source,
         )
+
+    @classmethod
+    def activate(cls, config: KeysConfig, resources: Resources) -> None:
+        """The config goes in force: the process's keys and teams become its own (with
+        those kept at run time), and the admin listener serves ``/keys`` and ``/teams``."""
+        registry = resources.get(KeyRegistry, KeyRegistry)
+        if config.section is not None:
+            registry.configure(config.section, config.redis, config.source)
+        register_routes(resources.get(AdminRoutes, AdminRoutes), registry)
 
     def __init__(self, config: KeysConfig) -> None:
         super().__init__(config)
