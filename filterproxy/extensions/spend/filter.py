@@ -27,9 +27,12 @@ from twisted.logger import Logger
 
 from filterproxy.config import Node
 from filterproxy.extensions.spend import source
+from filterproxy.extensions.spend.admin import register
 from filterproxy.extensions.spend.config import SpendSettings
+from filterproxy.extensions.spend.ledger import SpendLedger, ledger_for
 from filterproxy.extensions.spend.metrics import SpendMetrics
 from filterproxy.extensions.spend.pricing import PriceBook, Resolved, cost_of
+from filterproxy.filters.admin import AdminRoutes
 from filterproxy.filters.api import (
     DataResult,
     FilterContext,
@@ -44,12 +47,12 @@ from filterproxy.filters.records import Cost, TokenUsage
 from filterproxy.filters.resources import Resources
 from filterproxy.http.body import BadBody, parse_body
 
-__all__ = ["NoLedger", "SpendConfig", "SpendFilter", "SpendLedger", "estimate_input_tokens"]
+__all__ = ["CostLedger", "NoLedger", "SpendConfig", "SpendFilter", "estimate_input_tokens"]
 
 log = Logger(namespace="filterproxy.spend")
 
 
-class SpendLedger(Protocol):
+class CostLedger(Protocol):
     """Where each request's cost is kept per day, for budgets and reports."""
 
     def record(
@@ -127,7 +130,7 @@ class SpendConfig:
     header: bool = True
     metrics: SpendMetrics = field(default_factory=lambda: SpendMetrics(MetricFamilies()))
     #: Where each request's cost is kept per day.
-    ledger: SpendLedger = field(default_factory=NoLedger)
+    ledger: CostLedger = field(default_factory=NoLedger)
 
 
 #: What ends the comment telling a streaming client its cost.
@@ -166,7 +169,14 @@ class SpendFilter(StreamFilter):
             providers,
             settings.header,
             SpendMetrics.of(context.resources),
+            ledger_for(config.redis, context.resources),
         )
+
+    @classmethod
+    def activate(cls, config: SpendConfig, resources: Resources) -> None:
+        """Serve the spend report of this config's ledger on the admin listener."""
+        if isinstance(config.ledger, SpendLedger):
+            register(resources.get(AdminRoutes, AdminRoutes), config.ledger, resources.clock)
 
     def __init__(self, config: SpendConfig) -> None:
         super().__init__(config)
@@ -232,9 +242,11 @@ class SpendFilter(StreamFilter):
             cost = self.cost = self._priced()
         info = self.callbacks.stream_info
         info.state.set(cost)
+        usage = info.state.get(TokenUsage)
+        if info.attempts == 0 and usage is None:
+            return  # never reached a provider (refused, answered by the gateway): no spend
         key = info.key_name or ""
         team = info.team_name or ""
-        usage = info.state.get(TokenUsage)
         self.config.metrics.count(key or "none", team or "none", cost, usage)
         self.config.ledger.record(key, team, cost.model, cost.provider, cost, usage)
 

@@ -49,8 +49,9 @@ class SpendMetrics:
     def model_label(self, model: str) -> str:
         label = self._models.get(model)
         if label is None:
-            label = model if len(self._models) < MAX_MODELS else "other"
-            self._models[model] = label
+            if len(self._models) >= MAX_MODELS:
+                return "other"  # not kept: the names past the cap would grow without end
+            label = self._models[model] = model
         return label
 
     def count(self, key: str, team: str, cost: Cost, usage: TokenUsage | None) -> None:
