@@ -9,6 +9,8 @@
     filterproxy teams create|list|show|update|delete ...
                                        manage keys and teams of a running gateway
                                        through its admin API (`filterproxy.server.manage`)
+    filterproxy spend [--from DAY] [--to DAY] [--by key|team|model|provider]
+                                       what was spent, from a running gateway's ledger
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from filterproxy.config import Config, ConfigError
 from filterproxy.extensions.builtin import load_config
 from filterproxy.extensions.keys.config import GatewayKeys, hash_key, new_key
 from filterproxy.filters.resources import Resources
-from filterproxy.server.manage import add_manage_commands, run_manage
+from filterproxy.server.manage import add_manage_commands, add_spend_command, run_manage
 from filterproxy.server.tap import config_summary
 
 __all__ = ["describe", "main"]
@@ -42,10 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     teams = commands.add_parser("teams", help="teams of a running gateway (admin API)")
     team_commands = teams.add_subparsers(dest="teams_command", required=True)
     add_manage_commands(key_commands, team_commands)
+    add_spend_command(commands)
     args = parser.parse_args(argv)
     if args.command == "keys" and args.keys_command == "new":
         return new_key_entry(args.name)
-    if args.command in ("keys", "teams"):
+    if args.command in ("keys", "teams", "spend"):
         return run_manage(args)
     failed = 0
     for path in args.files:

@@ -1,5 +1,5 @@
-"""``filterproxy keys ...`` and ``filterproxy teams ...``: the admin API's keys and
-teams from a shell.
+"""``filterproxy keys ...``, ``filterproxy teams ...`` and ``filterproxy spend``: the
+admin API's keys, teams and spend report from a shell.
 
 Each command is one HTTP call to a running gateway's admin listener (``--admin URL``,
 else ``FILTERPROXY_ADMIN_URL``, else ``http://127.0.0.1:9901``) with the admin token
@@ -17,9 +17,9 @@ import sys
 import urllib.error
 import urllib.request
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
-__all__ = ["DEFAULT_ADMIN_URL", "add_manage_commands", "run_manage"]
+__all__ = ["DEFAULT_ADMIN_URL", "add_manage_commands", "add_spend_command", "run_manage"]
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:9901"
 
@@ -95,6 +95,24 @@ def add_manage_commands(keys: Any, teams: Any) -> None:
     team_delete.add_argument("name", metavar="NAME")
     for command in (team_create, team_update, team_list, team_show, team_delete):
         _common(command)
+
+
+def add_spend_command(commands: Any) -> None:
+    """``filterproxy spend``, on the top-level subparsers."""
+    spend = commands.add_parser(
+        "spend", help="what was spent, per key, team, model or provider (admin API)"
+    )
+    spend.add_argument("--from", dest="first", metavar="YYYY-MM-DD", help="first UTC day")
+    spend.add_argument(
+        "--to", dest="last", metavar="YYYY-MM-DD", help="last UTC day (default: today)"
+    )
+    spend.add_argument(
+        "--by",
+        choices=("key", "team", "model", "provider"),
+        default="key",
+        help="what to total by (default: %(default)s)",
+    )
+    _common(spend)
 
 
 class Failed(Exception):
@@ -284,10 +302,25 @@ def _teams(args: argparse.Namespace) -> tuple[Any, str]:
     return answer, _team_rows([answer])
 
 
+def _spend(args: argparse.Namespace) -> tuple[Any, str]:
+    # Imported here: the report's module is the spend extension's, needed by this
+    # command only.
+    from filterproxy.extensions.spend.report import render_table
+
+    query = {"by": args.by}
+    if args.first:
+        query["from"] = args.first
+    if args.last:
+        query["to"] = args.last
+    answer = call(args, "GET", "/spend?" + urlencode(query))
+    return answer, render_table(answer).rstrip("\n")
+
+
 def run_manage(args: argparse.Namespace) -> int:
-    """Run a ``keys`` or ``teams`` management command; its exit status."""
+    """Run a ``keys``, ``teams`` or ``spend`` command; its exit status."""
+    commands = {"keys": _keys, "teams": _teams, "spend": _spend}
     try:
-        answer, text = _keys(args) if args.command == "keys" else _teams(args)
+        answer, text = commands[args.command](args)
     except Failed as e:
         print(f"filterproxy {args.command}: {e.message}", file=sys.stderr)
         return e.status
