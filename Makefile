@@ -59,6 +59,12 @@ chromium:
 	  { apt-get update -q && apt-get install -y -q chromium; } || \
 	  { echo "the tests need chromium: apt-get install chromium (as root)"; exit 1; }
 
+# The pictures in the docs, taken by the tests that render the pages in chromium.
+docs-screenshots: $(STAMP) redis-server chromium
+	mkdir -p docs/images
+	FILTERPROXY_SPEND_SCREENSHOT=$(CURDIR)/docs/images/spend-report.png \
+	  $(BIN)/pytest -q -p no:cacheprovider tests/integration/test_spend_report.py -k browser
+
 # The container image (Containerfile), built with podman: `make image`. The base it starts
 # FROM is pulled when a registry answers, and otherwise made from Debian's packages
 # (deploy/image/debian-base). `make image-test` builds it and runs tests/container: the
