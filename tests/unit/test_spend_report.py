@@ -164,3 +164,14 @@ def test_the_page_plots_the_days_and_escapes_names() -> None:
 )
 def test_the_plots_top_is_a_round_amount(value: float, top: float) -> None:
     assert nice_ceiling(value) == pytest.approx(top)
+
+
+def test_a_report_of_one_key_says_so_and_keeps_it_in_its_links() -> None:
+    days = days_between("2026-12-05", "2026-12-06")
+    only = [r for r in rows() if r.key == "alice"]
+    document = report_document(only, days, "model", {"key": "alice"})
+    assert document["where"] == {"key": "alice"}
+    page = render_page(document)
+    assert "only key alice" in page
+    assert 'href="?from=2026-12-05&amp;to=2026-12-06&amp;key=alice&amp;by=team"' in page
+    assert '<input type="hidden" name="key" value="alice">' in page

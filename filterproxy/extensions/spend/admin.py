@@ -1,6 +1,7 @@
 """The spend report on the admin listener: ``GET /spend`` (JSON) and
 ``GET /spend/report`` (the page), for a period (``from``, ``to``: UTC days, the last 30
-days by default) totalled ``by`` key, team, model or provider.
+days by default) totalled ``by`` key, team, model or provider, of every request or of
+one ``key``'s or one ``team``'s.
 
 Both are management routes (`filterproxy.filters.admin`): they need the admin token.
 """
@@ -58,23 +59,39 @@ def period(query: Mapping[str, tuple[str, ...]], today: str) -> tuple[list[str],
 def register(routes: AdminRoutes, ledger: SpendLedger, clock: IReactorTime) -> None:
     """Serve the report of *ledger* on *routes*."""
 
-    def rows(request: AdminRequest) -> tuple[defer.Deferred[list[SpendRow]], list[str], str]:
+    def rows(
+        request: AdminRequest,
+    ) -> tuple[defer.Deferred[list[SpendRow]], list[str], str, dict[str, str]]:
         days, by = period(request.query, day_of(clock.seconds()))
-        return ledger.read(days), days, by
+        wanted = {
+            name: values[-1]
+            for name in ("key", "team", "model", "provider")
+            if (values := request.query.get(name))
+        }
+        found = ledger.read(days)
+        if wanted:
+            found.addCallback(
+                lambda found: [
+                    r for r in found if all(getattr(r, n) == v for n, v in wanted.items())
+                ]
+            )
+        return found, days, by, wanted
 
     def unavailable(failure: object) -> AdminReply:
         message = getattr(failure, "getErrorMessage", lambda: str(failure))()
         return AdminReply.error(503, f"cannot read the spend ledger: {message}")
 
     def as_json(request: AdminRequest) -> defer.Deferred[AdminReply]:
-        d, days, by = rows(request)
-        reply = d.addCallback(lambda found: AdminReply.json(report_document(found, days, by)))
+        d, days, by, wanted = rows(request)
+        reply = d.addCallback(
+            lambda found: AdminReply.json(report_document(found, days, by, wanted))
+        )
         return reply.addErrback(unavailable)
 
     def as_page(request: AdminRequest) -> defer.Deferred[AdminReply]:
-        d, days, by = rows(request)
+        d, days, by, wanted = rows(request)
         page = d.addCallback(
-            lambda found: AdminReply.html(render_page(report_document(found, days, by)))
+            lambda found: AdminReply.html(render_page(report_document(found, days, by, wanted)))
         )
         return page.addErrback(unavailable)
 

@@ -9,6 +9,7 @@ import html
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
+from urllib.parse import urlencode
 
 from filterproxy.extensions.spend.ledger import COUNTERS, SpendRow
 
@@ -59,10 +60,16 @@ def _entry(name: str, totals: Mapping[str, int]) -> dict[str, Any]:
     return entry
 
 
-def report_document(rows: Sequence[SpendRow], days: Sequence[str], by: str) -> dict[str, Any]:
+def report_document(
+    rows: Sequence[SpendRow],
+    days: Sequence[str],
+    by: str,
+    where: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """The report of *rows* over *days* (the period, in order) totalled by *by* (one of
     `GROUPINGS`): the total, one entry per group (most spent first), and per day the
-    spend of each group. Amounts in dollars (``usd``) and exactly (``nano_usd``)."""
+    spend of each group. Amounts in dollars (``usd``) and exactly (``nano_usd``).
+    *where* says which requests the rows were chosen from (``{"key": "alice"}``)."""
     if by not in GROUPINGS:
         raise ValueError(f"cannot total by {by!r}; one of: {', '.join(GROUPINGS)}")
     groups: dict[str, list[SpendRow]] = {}
@@ -79,6 +86,7 @@ def report_document(rows: Sequence[SpendRow], days: Sequence[str], by: str) -> d
         "from": days[0] if days else None,
         "to": days[-1] if days else None,
         "by": by,
+        "where": dict(where or {}),
         "total": _entry("total", _totals(rows)),
         "groups": entries,
         "days": [
@@ -238,7 +246,13 @@ def render_page(document: Mapping[str, Any]) -> str:
     """The report as an HTML page: the total, the days plotted, a table per group, and
     links to total by the other groupings over the same period."""
     by = document["by"]
-    period = f"from={document['from']}&to={document['to']}"
+    where = document.get("where") or {}
+    period = urlencode({"from": document["from"], "to": document["to"], **where})
+    chosen = ", ".join(f"{name} {value}" for name, value in where.items())
+    hidden = "".join(
+        f'<input type="hidden" name="{html.escape(n)}" value="{html.escape(v)}">'
+        for n, v in where.items()
+    )
     links = " ".join(
         f'<a href="?{html.escape(period)}&amp;by={g}">{"<b>" + g + "</b>" if g == by else g}</a>'
         for g in GROUPINGS
@@ -260,12 +274,14 @@ def render_page(document: Mapping[str, Any]) -> str:
         f"<style>{_STYLE}</style></head><body>"
         "<h1>Spend</h1>"
         f'<p class="period">{html.escape(str(document["from"]))} to '
-        f"{html.escape(str(document['to']))} (UTC days)</p>"
+        f"{html.escape(str(document['to']))} (UTC days)"
+        f"{'; only ' + html.escape(chosen) if chosen else ''}</p>"
         f'<p class="total" id="total">{html.escape(format_usd(total["usd"]))}</p>'
         f"<nav>total by: {links}</nav>"
         f'<form method="get">from <input type="date" name="from" value="{html.escape(str(document["from"]))}"> '
         f'to <input type="date" name="to" value="{html.escape(str(document["to"]))}"> '
-        f'<input type="hidden" name="by" value="{html.escape(by)}"><button>show</button></form>'
+        f'<input type="hidden" name="by" value="{html.escape(by)}">{hidden}'
+        "<button>show</button></form>"
         f"{_plot(document)}{_legend(document)}"
         f'<table id="groups"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
         f"<tfoot>{row({**total, 'name': 'total'})}</tfoot></table>"
