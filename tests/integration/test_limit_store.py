@@ -51,7 +51,7 @@ EXPECTED = [
 
 
 def run_steps(
-    admit: Callable[[int], Admission], settle: Callable[[Admission, int], None]
+    admit: Callable[[int], Admission], settle: Callable[[Admission, int], object]
 ) -> list[tuple[bool, str]]:
     answers = []
     open_admissions: list[Admission] = []
@@ -72,7 +72,7 @@ def test_the_local_counts_follow_the_rules() -> None:
     key = [Subject("key", "k", LIMITS)]
     answers = run_steps(
         lambda n: counts.admit(key, n, 0, now),
-        lambda admission, used: counts.settle(key, admission, used, 0, now) and None,
+        lambda admission, used: counts.settle(key, admission, used, 0, now),
     )
     assert answers == EXPECTED
     assert counts.slots["fp:{k}"] == {}
@@ -176,14 +176,14 @@ def test_the_local_counts_follow_the_rules_for_teams_and_dollars() -> None:
     tomorrow = now + 86_400_000
     assert counts.admit(SUBJECTS["b"], 1, 0, tomorrow).allowed
     assert counts.admit(SUBJECTS["a"], 1, 0, tomorrow).allowed
-    spent = counts.spent("team", "t", tomorrow)
-    assert spent["day"] == {
+    renewed = counts.spent("team", "t", tomorrow)
+    assert renewed["day"] == {
         "window": "2026-12-11",
         "spent_nano": 0,
         "reserved_nano": 0,
         "tokens": 0,
     }
-    assert spent["month"]["window"] == "2026-12" and spent["month"]["spent_nano"] == 205
+    assert renewed["month"]["window"] == "2026-12" and renewed["month"]["spent_nano"] == 205
 
 
 @pytest_twisted.inlineCallbacks
