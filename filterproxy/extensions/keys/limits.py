@@ -510,7 +510,7 @@ def crossings_from_reply(reply: Any, subjects: Sequence[Subject]) -> list[Crossi
 
 def spent_from_reply(reply: Any) -> dict[str, dict[str, Any]]:
     """`LimitStore.spent`'s answer from `SPENT_SCRIPT`'s reply."""
-    day, month, *values = (int(v) for v in reply)
+    day, month, *values = [int(v) for v in reply]
     return spent_shape(day, month, values)
 
 
