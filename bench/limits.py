@@ -53,10 +53,13 @@ USD_CASE = "key and team with USD budgets, counted in Redis"
 TOKEN_CASE = "key with limits, counted in Redis"
 #: What USD budgets may add at p50 against the token limits (same single round trip).
 USD_TARGET_US = 50
-#: A price per token before the keys filter, as the spend filter sets it (a stand-in
-#: with a fixed price, by import path: the repository's root is on its PYTHONPATH).
+#: A price per token before the keys filter, as the spend filter sets it: the tests'
+#: stand-in with a fixed price, by import path (its directory goes on the gateway's
+#: PYTHONPATH: not the repository's root, whose sources would shadow the compiled
+#: package).
+PRICE_FILTER_DIR = ROOT / "tests" / "integration"
 PRICED_CHAIN = """filters:
-  - {type: "tests.integration.price_filter:FixedPrice", input_pico: 2500000, output_pico: 10000000}
+  - {type: "price_filter:FixedPrice", input_pico: 2500000, output_pico: 10000000}
   - type: keys
   - type: body-accumulate
   - type: route
@@ -284,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
                     conf.write_text(gateway_config(upstream_port, limits or None, redis_at, team))
                     command, env = [*twistd, "-c", str(conf), *listen], {}
                     if team is not None:  # the price filter, by import path
-                        paths = [str(ROOT), os.environ.get("PYTHONPATH", "")]
+                        paths = [os.environ.get("PYTHONPATH", ""), str(PRICE_FILTER_DIR)]
                         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
                 peer = Peer(label, command, env=env, listen_port=PORT)
                 peer.start(str(PROXY_CORE))
