@@ -8,8 +8,12 @@ One client at a time (``wrk -t1 -c1``, non-streaming requests) through the gatew
 pinned to core 0; the mock upstream, redis-server (Debian's, without persistence) and
 wrk share core 1. Rows: no keys (conf/bench.yaml); a key with no limits (authentication
 only); a key with limits counted in this process; a key with limits counted in Redis
-(one EVALSHA per admission, one per settlement). The latency percentiles are wrk's; the
-CPU is the gateway's (and Redis's, for the last row) per request. The cases run in
+(one EVALSHA per admission, one per settlement); the same key in a team, both with
+dollar budgets (hard and soft, per day and month) as well, counted in Redis — a price
+per token reserved at admission and the cost charged at the end. The latency
+percentiles are wrk's; the CPU is the gateway's (and Redis's, for the Redis rows) per
+request, and the scripts Redis ran per request are counted from its commandstats (the
+target: one per admission, one per settlement). The cases run in
 turn, round after round (``--rounds``, default 3), and each figure is the median of its
 rounds: a single client's latency follows the machine's slower minutes, which this
 spreads over every case. Results go to bench/results/<date>-<machine>-limits.{md,json}.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import re
 import shutil
 import socket
@@ -41,6 +46,26 @@ KEY = "fpk-bench-0123456789abcdef0123456789"
 LIMITS = (
     "{requests_per_minute: 100000000, tokens_per_minute: 1000000000, concurrent_requests: 1000}"
 )
+#: The same with dollar budgets that are never spent, and a team that has them too.
+USD = "usd_per_day: 100000, usd_per_month: 1000000, soft_usd_per_day: 50000, soft_usd_per_month: 500000"
+USD_LIMITS = LIMITS[:-1] + ", " + USD + "}"
+USD_CASE = "key and team with USD budgets, counted in Redis"
+TOKEN_CASE = "key with limits, counted in Redis"
+#: What USD budgets may add at p50 against the token limits (same single round trip).
+USD_TARGET_US = 50
+#: A price per token before the keys filter, as the spend filter sets it: the tests'
+#: stand-in with a fixed price, by import path (its directory goes on the gateway's
+#: PYTHONPATH: not the repository's root, whose sources would shadow the compiled
+#: package).
+PRICE_FILTER_DIR = ROOT / "tests" / "integration"
+PRICED_CHAIN = """filters:
+  - {type: "price_filter:FixedPrice", input_pico: 2500000, output_pico: 10000000}
+  - type: keys
+  - type: body-accumulate
+  - type: route
+  - type: header-rewrite
+  - {type: usage, include_usage: true}
+"""
 WRK_SCRIPT = f"""
 wrk.method = "POST"
 wrk.body = '{{"model":"bench","messages":[{{"role":"user","content":"hi"}}]}}'
@@ -49,7 +74,9 @@ wrk.headers["Authorization"] = "Bearer {KEY}"
 """
 
 
-def gateway_config(upstream: int, limits: str | None, redis: int | None) -> str:
+def gateway_config(
+    upstream: int, limits: str | None, redis: int | None, team: str | None = None
+) -> str:
     from filterproxy.extensions.keys.config import hash_key
 
     text = f"""
@@ -67,6 +94,9 @@ keys:
     hash: sha256:{hash_key(KEY)}
     limits: {limits or "{}"}
 """
+    if team is not None:
+        text += f"    team: bench-team\nteams:\n  - {{name: bench-team, limits: {team}}}\n"
+        text += PRICED_CHAIN
     if redis is not None:
         text += f"redis: {{url: 'redis://127.0.0.1:{redis}', timeout: 100ms}}\n"
     return text
@@ -83,8 +113,23 @@ def _micros(text: str) -> float:
     return float(value) * {"us": 1, "ms": 1000, "s": 1_000_000}[unit]
 
 
+def redis_scripts_run(port: int) -> int:
+    """The scripts Redis has run (EVALSHA and EVAL calls) since its stats were reset."""
+    out = subprocess.run(
+        ["redis-cli", "-p", str(port), "INFO", "commandstats"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sum(int(n) for n in re.findall(r"^cmdstat_eval(?:sha)?:calls=(\d+)", out, re.M))
+
+
 def measure(
-    peer: Peer, seconds: float, workdir: Path, redis: psutil.Process | None
+    peer: Peer,
+    seconds: float,
+    workdir: Path,
+    redis: psutil.Process | None,
+    redis_port: int | None = None,
 ) -> dict[str, Any]:
     script = workdir / "post.lua"
     script.write_text(WRK_SCRIPT)
@@ -101,16 +146,20 @@ def measure(
         f"http://127.0.0.1:{peer.port}/v1/chat/completions",
     ]
     subprocess.run([*command[:5], "-d2s", *command[5:]], capture_output=True, check=True)  # warm
+    time.sleep(0.2)  # the warm-up's last settlements
     cpu_before = peer.cpu_seconds()
     redis_before = sum(redis.cpu_times()[:2]) if redis else 0.0
+    scripts_before = redis_scripts_run(redis_port) if redis_port else 0
     out = subprocess.run(
         [*command[:5], f"-d{int(seconds)}s", *command[5:]],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    time.sleep(0.2)  # the last settlements
     cpu = peer.cpu_seconds() - cpu_before
     redis_cpu = sum(redis.cpu_times()[:2]) - redis_before if redis else 0.0
+    scripts = redis_scripts_run(redis_port) - scripts_before if redis_port else 0
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
@@ -121,6 +170,7 @@ def measure(
         "p99_us": _micros(percentiles["99"]),
         "cpu_us_per_request": cpu / requests * 1e6,
         "redis_cpu_us_per_request": redis_cpu / requests * 1e6 if redis else None,
+        "redis_scripts_per_request": scripts / requests if redis_port else None,
     }
 
 
@@ -138,8 +188,8 @@ def median_row(label: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
 def table(rows: list[dict[str, Any]]) -> str:
     base = rows[0] if rows else None
     lines = [
-        "| gateway | p50 µs | p99 µs | added p50 / p99 µs | CPU µs per request | Redis CPU µs per request | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| gateway | p50 µs | p99 µs | added p50 / p99 µs | CPU µs per request | Redis CPU µs per request | Redis scripts per request | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         added = (
@@ -148,11 +198,33 @@ def table(rows: list[dict[str, Any]]) -> str:
             else "—"
         )
         redis = f"{r['redis_cpu_us_per_request']:.1f}" if r["redis_cpu_us_per_request"] else "—"
+        scripts = r.get("redis_scripts_per_request")
         lines.append(
             f"| {r['case']} | {r['p50_us']:.0f} | {r['p99_us']:.0f} | {added} | "
-            f"{r['cpu_us_per_request']:.1f} | {redis} | {r['errors']} |"
+            f"{r['cpu_us_per_request']:.1f} | {redis} | "
+            f"{f'{scripts:.2f}' if scripts else '—'} | {r['errors']} |"
         )
     return "\n".join(lines)
+
+
+def usd_verdict(rows: list[dict[str, Any]]) -> str:
+    """What the USD budgets add at p50 against the token limits, both counted in Redis,
+    against `USD_TARGET_US`, and whether it is the same single round trip."""
+    by_case = {r["case"]: r for r in rows}
+    usd, tokens = by_case.get(USD_CASE), by_case.get(TOKEN_CASE)
+    if usd is None or tokens is None:
+        return ""
+    added = usd["p50_us"] - tokens["p50_us"]
+    same_trip = round(usd["redis_scripts_per_request"]) == round(
+        tokens["redis_scripts_per_request"]
+    )
+    verdict = "within" if added <= USD_TARGET_US and same_trip else "NOT within"
+    return (
+        f"USD budgets (a key and its team) add {added:+.0f} µs at p50 to the token limits "
+        f"counted in Redis; Redis scripts per request {usd['redis_scripts_per_request']:.2f} "
+        f"against {tokens['redis_scripts_per_request']:.2f}: {verdict} the target "
+        f"(≤ {USD_TARGET_US} µs more at p50, the same single round trip)."
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -188,7 +260,8 @@ def main(argv: list[str] | None = None) -> None:
         ("no keys (conf/bench.yaml)", None, None, None),
         ("key, no limits (authentication only)", "", None, None),
         ("key with limits, counted in this process", LIMITS, None, None),
-        ("key with limits, counted in Redis", LIMITS, redis_port, psutil.Process(redis.pid)),
+        (TOKEN_CASE, LIMITS, redis_port, psutil.Process(redis.pid)),
+        (USD_CASE, USD_LIMITS, redis_port, psutil.Process(redis.pid)),
     ]
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -209,14 +282,27 @@ def main(argv: list[str] | None = None) -> None:
                     command = [*twistd, "-c", str(ROOT / "conf" / "bench.yaml"), *listen]
                     env = {"FILTERPROXY_UPSTREAM": f"http://127.0.0.1:{upstream_port}"}
                 else:
+                    team = USD_LIMITS if label == USD_CASE else None
                     conf = workdir / "limits.yaml"
-                    conf.write_text(gateway_config(upstream_port, limits or None, redis_at))
+                    conf.write_text(gateway_config(upstream_port, limits or None, redis_at, team))
                     command, env = [*twistd, "-c", str(conf), *listen], {}
+                    if team is not None:  # the price filter, by import path
+                        paths = [os.environ.get("PYTHONPATH", ""), str(PRICE_FILTER_DIR)]
+                        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
                 peer = Peer(label, command, env=env, listen_port=PORT)
                 peer.start(str(PROXY_CORE))
                 try:
                     time.sleep(0.5)
-                    row = {"case": label, **measure(peer, args.seconds, workdir, redis_process)}
+                    row = {
+                        "case": label,
+                        **measure(
+                            peer,
+                            args.seconds,
+                            workdir,
+                            redis_process,
+                            redis_at,
+                        ),
+                    }
                     runs.setdefault(label, []).append(row)
                     print(table([row]).splitlines()[-1], flush=True)
                 finally:
@@ -226,7 +312,8 @@ def main(argv: list[str] | None = None) -> None:
         redis.terminate()
         redis.wait()
     rows = [median_row(label, runs[label]) for label, *_ in cases]
-    text = table(rows)
+    verdict = usd_verdict(rows)
+    text = table(rows) + ("\n\n" + verdict if verdict else "")
     print(text)
     if not args.no_save:
         header = (

@@ -7,6 +7,7 @@ an admission that arrives later (the hook's Deferred holds the request)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -15,9 +16,9 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from filterproxy.extensions.builtin import parse_config
-from filterproxy.extensions.keys.config import GatewayKey, hash_key
+from filterproxy.extensions.keys.config import hash_key
 from filterproxy.extensions.keys.filter import KeysFilter, LimitStore, StoreUnavailable
-from filterproxy.extensions.keys.limits import Admission
+from filterproxy.extensions.keys.limits import Admission, Subject
 from filterproxy.extensions.usage.filter import UsageFilter
 from filterproxy.filters.api import FilterContext
 from filterproxy.filters.records import LimitRefusal
@@ -297,11 +298,15 @@ class LaterStore:
         self.counts = LimitStore(None, resources=at_now())
         self.pending: list[tuple[defer.Deferred[Admission], Admission]] = []
 
-    def settle(self, key: GatewayKey, admission: Admission, used: int) -> None:
-        self.counts.settle(key, admission, used)
+    def settle(
+        self, subjects: Sequence[Subject], admission: Admission, used: int, cost_nano: int
+    ) -> None:
+        self.counts.settle(subjects, admission, used, cost_nano)
 
-    def admit(self, key: GatewayKey, reserve: int) -> defer.Deferred[Admission]:
-        decided = self.counts.admit(key, reserve)
+    def admit(
+        self, subjects: Sequence[Subject], reserve: int, reserve_nano: int
+    ) -> defer.Deferred[Admission]:
+        decided = self.counts.admit(subjects, reserve, reserve_nano)
         assert isinstance(decided, Admission)
         d: defer.Deferred[Admission] = defer.Deferred()
         self.pending.append((d, decided))

@@ -1,19 +1,24 @@
-"""keys: only clients with a gateway key may use the gateway, within the key's limits.
+"""keys: only clients with a gateway key may use the gateway, within the key's limits
+and its team's.
 
 The key is read from ``Authorization: Bearer`` or ``x-api-key`` (what the OpenAI and
 Anthropic SDKs send), looked up by its SHA-256 digest, and removed from the request: it
 never reaches a provider. Missing or unknown: 401. A model the key may not use: 403.
 Neither answer echoes the key.
 
-A key with limits (`KeyLimits`) is admitted against them once the body has arrived: one
-round trip to Redis when the config names one (every worker and replica counts
-together), or the counts of this process. The admission reserves an estimate of the
-request's tokens (`filterproxy.extensions.keys.limits.estimate_tokens`); when the request ends — complete,
+A key with limits (`KeyLimits`), or whose team has some, is admitted against both
+once the body has arrived: one round trip to Redis when the config names one (every
+worker and replica counts together), or the counts of this process. The admission
+reserves an estimate of the request's tokens
+(`filterproxy.extensions.keys.limits.estimate_tokens`) and of its cost (the
+`PriceQuote` the spend filter set, at that estimate); when the request ends — complete,
 failed, or abandoned by its client — the reservation is settled with the provider's
-usage as the usage filter read it (or with the input estimate when no usage came). Over
-a limit: 429 with ``retry-after``, ``retry-after-ms`` and OpenAI's ``x-ratelimit-*``
-headers, which every admitted response carries too. A spent budget: 429
-``insufficient_quota`` with ``x-should-retry: false``.
+usage as the usage filter read it (or with the input estimate when no usage came) and
+with the `Cost` the spend filter set (none, or an upstream error: 0). Over a limit: 429
+with ``retry-after``, ``retry-after-ms`` and OpenAI's ``x-ratelimit-*`` headers, which
+every admitted response carries too. A spent budget: 429 ``insufficient_quota`` with
+``x-should-retry: false``. A soft budget crossed: a log line and
+``filterproxy_budget_alerts_total``.
 
 When Redis cannot answer within its ``timeout``, ``on_error`` decides: ``open`` counts in
 this process meanwhile, ``closed`` answers 503. The client reconnects by itself.
@@ -24,7 +29,7 @@ from __future__ import annotations
 import fnmatch
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -35,18 +40,27 @@ from twisted.python.failure import Failure
 from filterproxy.clients.redis import RedisClient
 from filterproxy.config import Node, RedisConfig
 from filterproxy.extensions.keys.admin import register_routes
-from filterproxy.extensions.keys.config import GatewayKey, GatewayKeys, hash_key
+from filterproxy.extensions.keys.config import GatewayKey, GatewayKeys, Team, hash_key
 from filterproxy.extensions.keys.limits import (
     ADMIT_SCRIPT,
+    KEY,
     SETTLE_SCRIPT,
     SLOT_TTL_MS,
+    SPENT_SCRIPT,
+    TEAM,
     Admission,
+    Crossing,
     LocalCounts,
+    Subject,
     admission_from_reply,
+    crossings_from_reply,
+    dollars,
     estimate_tokens,
     month_end_ms,
     rate_limit_headers,
     refusal,
+    spent_from_reply,
+    subject_prefix,
 )
 from filterproxy.extensions.keys.metrics import KeysMetrics
 from filterproxy.extensions.keys.store import KeyRegistry
@@ -61,7 +75,7 @@ from filterproxy.filters.api import (
     StreamFilter,
 )
 from filterproxy.filters.metrics import MetricFamilies
-from filterproxy.filters.records import LimitRefusal
+from filterproxy.filters.records import Cost, LimitRefusal, PriceQuote
 from filterproxy.http.body import BadBody, parse_body
 
 if TYPE_CHECKING:
@@ -77,16 +91,22 @@ class AdmissionStore(Protocol):
     """Where the keys filter asks whether a request may go and charges what it used:
     `LimitStore` in the gateway; a test may give one that answers when it says."""
 
-    def admit(self, key: GatewayKey, reserve: int) -> Admission | defer.Deferred[Admission]:
-        """The admission of a request of *key* reserving *reserve* tokens, now or later."""
+    def admit(
+        self, subjects: Sequence[Subject], reserve: int, reserve_nano: int
+    ) -> Admission | defer.Deferred[Admission]:
+        """The admission of a request counted against *subjects* (its key, then its
+        team), reserving *reserve* tokens and *reserve_nano* nanodollars, now or later."""
 
-    def settle(self, key: GatewayKey, admission: Admission, used: int) -> None:
-        """The request is over: charge *used* tokens and free its slot."""
+    def settle(
+        self, subjects: Sequence[Subject], admission: Admission, used: int, cost_nano: int
+    ) -> None:
+        """The request is over: charge *used* tokens and *cost_nano* nanodollars, free
+        its slot."""
 
 
 class LimitStore:
-    """Where a key's counts are kept: Redis when configured (with the local counts as
-    the fallback of ``on_error: open``), else this process."""
+    """Where keys' and teams' counts are kept: Redis when configured (with the local
+    counts as the fallback of ``on_error: open``), else this process."""
 
     def __init__(
         self,
@@ -99,6 +119,10 @@ class LimitStore:
         #: Where the process's shared Redis client comes from (when none is given).
         self.resources = resources
         self.local = LocalCounts()
+        #: Where soft budgets crossed are counted (the process's, with resources).
+        self.metrics = (
+            KeysMetrics.of(resources) if resources is not None else KeysMetrics(MetricFamilies())
+        )
 
     def _now_ms(self) -> int:
         """The time the counts' windows are read on: the process's clock (the reactor's
@@ -117,68 +141,145 @@ class LimitStore:
             self._client = self.resources.redis(self.redis.url, self.redis.timeout)
         return self._client
 
-    def admit(self, key: GatewayKey, reserve: int) -> Admission | defer.Deferred[Admission]:
-        """The admission of a request of *key* reserving *reserve* tokens: decided now
+    def admit(
+        self, subjects: Sequence[Subject], reserve: int, reserve_nano: int
+    ) -> Admission | defer.Deferred[Admission]:
+        """The admission of a request counted against *subjects* (its key, then its
+        team) reserving *reserve* tokens and *reserve_nano* nanodollars: decided now
         (local counts), or when Redis answers (a `defer.Deferred`, which fails with
         `StoreUnavailable` under ``on_error: closed``)."""
         client = self.client
         if client is None:
-            return replace(
-                self.local.admit(key.name, key.limits, reserve, self._now_ms()), local=True
-            )
-        limits = key.limits
+            return self._admit_here(subjects, reserve, reserve_nano)
         now = self._now_ms()
-        d = client.run_script(
-            ADMIT_SCRIPT,
-            (f"fp:{{{key.name}}}",),
-            (
+        args: list[bytes | str | int] = [
+            reserve,
+            reserve_nano,
+            secrets.token_hex(8),
+            SLOT_TTL_MS,
+            month_end_ms(now),
+        ]
+        for subject in subjects:
+            limits = subject.limits
+            args += (
                 limits.requests_per_minute,
                 limits.tokens_per_minute,
                 limits.concurrent_requests,
                 limits.tokens_per_day,
                 limits.tokens_per_month,
-                reserve,
-                secrets.token_hex(8),
-                SLOT_TTL_MS,
-                month_end_ms(now),
-            ),
-        )
-        d.addCallback(admission_from_reply, reserve)
-        return d.addErrback(self._unavailable, key, reserve)
+                limits.usd_per_day,
+                limits.usd_per_month,
+                int(limits.in_dollars),
+            )
+        d = client.run_script(ADMIT_SCRIPT, tuple(s.prefix for s in subjects), tuple(args))
+        d.addCallback(admission_from_reply, reserve, reserve_nano, subjects)
+        return d.addErrback(self._unavailable, subjects, reserve, reserve_nano)
 
-    def _unavailable(self, failure: Failure, key: GatewayKey, reserve: int) -> Admission:
+    def _admit_here(
+        self, subjects: Sequence[Subject], reserve: int, reserve_nano: int
+    ) -> Admission:
+        admission = self.local.admit(subjects, reserve, reserve_nano, self._now_ms())
+        return replace(admission, local=True)
+
+    def _unavailable(
+        self, failure: Failure, subjects: Sequence[Subject], reserve: int, reserve_nano: int
+    ) -> Admission:
         log.warn("rate-limit store unavailable: {error}", error=failure.getErrorMessage())
         if self.redis is not None and self.redis.on_error == "closed":
             raise StoreUnavailable(failure.getErrorMessage())
-        return replace(self.local.admit(key.name, key.limits, reserve, self._now_ms()), local=True)
+        return self._admit_here(subjects, reserve, reserve_nano)
 
-    def settle(self, key: GatewayKey, admission: Admission, used: int) -> None:
-        """The request is over: replace its reservation by *used* tokens, free its slot,
-        charge its budget (in the store that admitted it; no one waits for this)."""
+    def settle(
+        self, subjects: Sequence[Subject], admission: Admission, used: int, cost_nano: int
+    ) -> None:
+        """The request is over: replace its reservations by *used* tokens and
+        *cost_nano* nanodollars, free its slot, charge its budgets (in the store that
+        admitted it; no one waits for this), and say which soft budgets it crossed."""
         client = self.client
         if client is None or admission.local:
-            self.local.settle(key.name, key.limits, admission, used, self._now_ms())
+            now = self._now_ms()
+            self.alert(self.local.settle(subjects, admission, used, cost_nano, now))
             return
+        args: list[bytes | str | int] = [
+            admission.minute,
+            admission.reserved,
+            used,
+            admission.slot,
+            admission.day,
+            admission.month,
+            admission.reserved_nano,
+            cost_nano,
+        ]
+        for subject in subjects:
+            limits = subject.limits
+            args += (
+                int(bool(limits.tokens_per_day)),
+                int(bool(limits.tokens_per_month)),
+                int(bool(limits.concurrent_requests)),
+                int(limits.in_dollars),
+                limits.soft_usd_per_day,
+                limits.soft_usd_per_month,
+            )
         d = client.run_script(
             SETTLE_SCRIPT,
-            (f"fp:{{{key.name}}}",),
-            (
-                admission.minute,
-                admission.reserved,
-                used,
-                admission.slot,
-                int(bool(key.limits.tokens_per_day)),
-                int(bool(key.limits.tokens_per_month)),
-            ),
+            tuple(s.prefix for s in subjects),
+            tuple(args),
             soon=True,  # shares a write with the next admission, under load
         )
+        d.addCallback(lambda reply: self.alert(crossings_from_reply(reply, subjects)))
         d.addErrback(
             lambda f: log.warn(
                 "could not settle a request of key {key} in Redis: {error}",
-                key=key.name,
+                key=subjects[0].name if subjects else "",
                 error=f.getErrorMessage(),
             )
         )
+
+    def alert(self, crossings: Sequence[Crossing]) -> None:
+        """Say that soft budgets were crossed: a log line and a metric each (once per
+        window across every gateway: the store counted the crossing once)."""
+        for crossing in crossings:
+            log.warn(
+                "soft budget crossed: the {kind} {name!r} has spent {spent} this {window}, "
+                "past its soft budget of {soft} per {window}",
+                kind=crossing.kind,
+                name=crossing.name,
+                window=crossing.window,
+                spent=dollars(crossing.spent_nano),
+                soft=dollars(crossing.threshold_nano),
+            )
+            self.metrics.budget_alerts.inc((crossing.kind, crossing.name, crossing.window))
+
+    def spent(self, kind: str, name: str) -> defer.Deferred[dict[str, dict[str, Any]]]:
+        """What the key (*kind* ``"key"``) or team (``"team"``) *name* has spent in the
+        current UTC day and month, in one round trip (a read-only script), or from this
+        process's counts without Redis. Fails with `StoreUnavailable` when Redis cannot
+        answer (whatever ``on_error`` says: the counts of this process are not the
+        spend)::
+
+            {"day": {"window": "2026-12-07", "spent_nano": 1250000000,
+                     "reserved_nano": 3000000, "tokens": 5120},
+             "month": {"window": "2026-12", "spent_nano": ..., "reserved_nano": ...,
+                       "tokens": ...}}
+
+        ``spent_nano`` is the exact cost of the requests that ended (nanodollars,
+        10^-9 USD), ``reserved_nano`` what requests in progress reserved (a hard budget
+        is checked against the sum), ``tokens`` the tokens charged to the token
+        budgets. Dollars are counted only for subjects with a dollar budget (hard or
+        soft) and tokens only with a token budget of that window; otherwise 0.
+        """
+        if kind not in (KEY, TEAM):
+            raise ValueError(f"kind is 'key' or 'team', not {kind!r}")
+        client = self.client
+        if client is None:
+            return defer.succeed(self.local.spent(kind, name, self._now_ms()))
+        d = client.run_script(SPENT_SCRIPT, (subject_prefix(kind, name),), ())
+        d.addCallback(spent_from_reply)
+
+        def unavailable(failure: Failure) -> dict[str, dict[str, Any]]:
+            raise StoreUnavailable(failure.getErrorMessage())
+
+        return d.addErrback(unavailable)
 
 
 class StoreUnavailable(Exception):
@@ -221,6 +322,12 @@ class KeysConfig:
     section: GatewayKeys | None = None
     redis: RedisConfig | None = None
     source: str = ""
+    #: Teams by name (the config's and those kept at run time).
+    teams: Mapping[str, Team] = field(default_factory=dict)
+
+    def team_of(self, key: GatewayKey) -> Team | None:
+        """The team *key* belongs to, if any (the one place a key's team is looked up)."""
+        return self.teams.get(key.team) if key.team is not None else None
 
 
 def _presented(head: RequestHead) -> str | None:
@@ -259,6 +366,7 @@ class KeysFilter(StreamFilter):
             section=keys,
             redis=config.redis,
             source=config.source,
+            teams=registry.teams_of(keys),
         )
 
     @classmethod
@@ -273,6 +381,9 @@ class KeysFilter(StreamFilter):
     def __init__(self, config: KeysConfig) -> None:
         super().__init__(config)
         self.key: GatewayKey | None = None
+        self.team: Team | None = None
+        #: What the request is counted against (its key, its team: those with limits).
+        self.subjects: tuple[Subject, ...] = ()
         self.admission: Admission | None = None
         self.body_size = 0
         self.input_estimate = 0
@@ -301,8 +412,11 @@ class KeysFilter(StreamFilter):
             )
             return FilterStatus.STOP_ITERATION
         self.key = key
+        self.team = team = self.config.team_of(key)
         self.content_type = head.headers.get("content-type")
-        self.callbacks.stream_info.key_name = key.name
+        info = self.callbacks.stream_info
+        info.key_name = key.name
+        info.team_name = team.name if team is not None else None
         if end_stream:
             return self._admit(None)
         return FilterStatus.STOP_ITERATION
@@ -344,13 +458,19 @@ class KeysFilter(StreamFilter):
     def _admit(
         self, document: Mapping[str, Any] | None
     ) -> FilterStatus | defer.Deferred[FilterStatus]:
-        key = self.key
+        key, team = self.key, self.team
         assert key is not None
-        if not key.limits:
+        subjects = [Subject(KEY, key.name, key.limits)] if key.limits else []
+        if team is not None and team.limits:
+            subjects.append(Subject(TEAM, team.name, team.limits))
+        if not subjects:
             return FilterStatus.CONTINUE
+        self.subjects = tuple(subjects)
         prompt, output = estimate_tokens(self.body_size, document)
         self.input_estimate = prompt
-        result = self.config.store.admit(key, prompt + output)
+        quote = self.callbacks.stream_info.state.get(PriceQuote)
+        reserve_nano = quote.estimate_nano(prompt, output) if quote is not None else 0
+        result = self.config.store.admit(self.subjects, prompt + output, reserve_nano)
         if not isinstance(result, Admission):
             # Redis answers later (or has failed at once, when not connected): the
             # chain holds the request until this Deferred says what to do.
@@ -364,7 +484,13 @@ class KeysFilter(StreamFilter):
         if admission.allowed:
             self.admission = admission
             return True
-        message, code, headers = refusal(key.name, key.limits, admission)
+        team = self.team
+        by_team = admission.subject == TEAM and team is not None
+        if by_team and team is not None:
+            message, code, headers = refusal(team.name, team.limits, admission, TEAM)
+            self.config.metrics.team_refusals.inc((team.name, admission.refused))
+        else:
+            message, code, headers = refusal(key.name, key.limits, admission)
         self.callbacks.stream_info.state.set(LimitRefusal(key.name, admission.refused))
         self.config.metrics.refusals.inc((key.name, admission.refused))
         self.callbacks.send_local_reply(
@@ -379,8 +505,8 @@ class KeysFilter(StreamFilter):
     def _answered(self, admission: Admission) -> FilterStatus:
         """Redis's answer: whether the request goes on."""
         if self.done:  # the client left while Redis answered: give the slot back at once
-            if admission.allowed and self.key is not None:
-                self.config.store.settle(self.key, admission, 0)
+            if admission.allowed:
+                self.config.store.settle(self.subjects, admission, 0, 0)
             return FilterStatus.STOP_ITERATION
         return FilterStatus.CONTINUE if self._decided(admission) else FilterStatus.STOP_ITERATION
 
@@ -406,8 +532,8 @@ class KeysFilter(StreamFilter):
 
     def on_destroy(self) -> None:
         self.done = True
-        admission, key = self.admission, self.key
-        if admission is None or key is None:
+        admission = self.admission
+        if admission is None:
             return
         self.admission = None
         info = self.callbacks.stream_info
@@ -415,4 +541,9 @@ class KeysFilter(StreamFilter):
             used = (info.prompt_tokens or 0) + (info.completion_tokens or 0)
         else:
             used = self.input_estimate if info.status is not None and info.status < 400 else 0
-        self.config.store.settle(key, admission, used)
+        # The spend filter's on_destroy (before this one) priced the request; an
+        # upstream error costs nothing.
+        cost = info.state.get(Cost)
+        failed = info.status is not None and info.status >= 400
+        cost_nano = cost.nano_usd if cost is not None and not failed else 0
+        self.config.store.settle(self.subjects, admission, used, cost_nano)

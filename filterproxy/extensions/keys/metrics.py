@@ -1,6 +1,7 @@
 """The keys extension's metrics (declared once per process in `Resources.metrics`).
 
-The requests and tokens of each key (``filterproxy_key_requests``,
+Refusals by a key's limits (and by its team's, counted for the key and for the team),
+and soft budgets crossed. The requests and tokens of each key (``filterproxy_key_requests``,
 ``filterproxy_key_tokens``) are the gateway's own: they come from
 `StreamInfo.key_name`, which any filter that names a key sets.
 """
@@ -23,8 +24,19 @@ class KeysMetrics:
     def __init__(self, families: MetricFamilies) -> None:
         self.refusals = families.counter(
             "filterproxy_key_refusals",
-            "Requests refused by a gateway key's limit, by key and limit.",
+            "Requests refused by a gateway key's limit or its team's, by key and limit.",
             ("key", "limit"),
+        )
+        self.team_refusals = families.counter(
+            "filterproxy_team_refusals",
+            "Requests refused by a team's limit (shared by its keys), by team and limit.",
+            ("team", "limit"),
+        )
+        self.budget_alerts = families.counter(
+            "filterproxy_budget_alerts",
+            "Soft dollar budgets crossed (once per window across all gateways), by "
+            "subject (key or team), its name and the window (day or month).",
+            ("subject", "name", "window"),
         )
 
     @classmethod
