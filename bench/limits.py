@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import re
 import shutil
 import socket
@@ -53,19 +52,9 @@ USD_CASE = "key and team with USD budgets, counted in Redis"
 TOKEN_CASE = "key with limits, counted in Redis"
 #: What USD budgets may add at p50 against the token limits (same single round trip).
 USD_TARGET_US = 50
-#: A price per token before the keys filter, as the spend filter sets it: the tests'
-#: stand-in with a fixed price, by import path (its directory goes on the gateway's
-#: PYTHONPATH: not the repository's root, whose sources would shadow the compiled
-#: package).
-PRICE_FILTER_DIR = ROOT / "tests" / "integration"
-PRICED_CHAIN = """filters:
-  - {type: "price_filter:FixedPrice", input_pico: 2500000, output_pico: 10000000}
-  - type: keys
-  - type: body-accumulate
-  - type: route
-  - type: header-rewrite
-  - {type: usage, include_usage: true}
-"""
+#: The model's price, as the spend filter (first in the chain whenever keys are
+#: configured) reads it: $2.50 and $10 per million input and output tokens.
+PRICES = "spend: {prices: {bench: {input: 2.5, output: 10}}}\n"
 WRK_SCRIPT = f"""
 wrk.method = "POST"
 wrk.body = '{{"model":"bench","messages":[{{"role":"user","content":"hi"}}]}}'
@@ -96,7 +85,7 @@ keys:
 """
     if team is not None:
         text += f"    team: bench-team\nteams:\n  - {{name: bench-team, limits: {team}}}\n"
-        text += PRICED_CHAIN
+        text += PRICES
     if redis is not None:
         text += f"redis: {{url: 'redis://127.0.0.1:{redis}', timeout: 100ms}}\n"
     return text
@@ -286,9 +275,6 @@ def main(argv: list[str] | None = None) -> None:
                     conf = workdir / "limits.yaml"
                     conf.write_text(gateway_config(upstream_port, limits or None, redis_at, team))
                     command, env = [*twistd, "-c", str(conf), *listen], {}
-                    if team is not None:  # the price filter, by import path
-                        paths = [os.environ.get("PYTHONPATH", ""), str(PRICE_FILTER_DIR)]
-                        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
                 peer = Peer(label, command, env=env, listen_port=PORT)
                 peer.start(str(PROXY_CORE))
                 try:

@@ -1,8 +1,8 @@
 """Dollar budgets of keys and teams, counted in a real redis-server by two gateway
 processes (as two replicas): a team's budget spent by two keys on two gateways stops
 both at the same request, its soft budget alerts once across both, a key outside the
-team goes on. Prices are a fixed price per token (`price_filter.FixedPrice`, standing
-in for the spend filter), so every request's cost is known exactly."""
+team goes on. The model's price is given in the config (`spend.prices`), so every
+request's cost is known exactly."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from .test_keys import mock_port  # noqa: F401 (the mock upstream fixture)
 
 KEYS = {name: f"fpk-budget-{name}-0123456789" for name in ("north", "south", "solo")}
 #: $0.0025 per request: the mock upstream reports 8 prompt tokens for every request,
-#: at 312.5 µ$ each; output is free. The team's $0.01 lasts exactly four requests.
+#: at 312.5 µ$ each ($312.5 per million); output is free. The team's $0.01 lasts
+#: exactly four requests.
 INPUT_PICO = 312_500_000
 COST_NANO = 8 * INPUT_PICO // 1000
 BUDGET_NANO = 10_000_000
@@ -36,11 +37,9 @@ def config(mock: int, redis_url: str) -> str:
 clusters:
   mock: {{url: "http://127.0.0.1:{mock}", apis: [chat]}}
 redis: {{url: "{redis_url}", timeout: 2s}}
-filters:
-  - {{type: "tests.integration.price_filter:FixedPrice", input_pico: {INPUT_PICO}, output_pico: 0}}
-  - type: keys
-  - type: route
-  - {{type: usage, include_usage: true}}
+spend:
+  prices:
+    demo: {{input: {INPUT_PICO / 1_000_000}, output: 0}}
 teams:
   - name: research
     limits: {{usd_per_day: 0.01, soft_usd_per_day: 0.005, requests_per_minute: 1000}}
