@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import Iterator
 
+import httpx
 import openai
 import pytest
 
@@ -25,6 +26,7 @@ KEYS = {name: f"fpk-budget-{name}-0123456789" for name in ("north", "south", "so
 INPUT_PICO = 312_500_000
 COST_NANO = 8 * INPUT_PICO // 1000
 BUDGET_NANO = 10_000_000
+TOKEN = "admin-token-of-the-budget-test"
 
 
 def config(mock: int, redis_url: str) -> str:
@@ -37,6 +39,7 @@ def config(mock: int, redis_url: str) -> str:
 clusters:
   mock: {{url: "http://127.0.0.1:{mock}", apis: [chat]}}
 redis: {{url: "{redis_url}", timeout: 2s}}
+admin: {{token: "{TOKEN}"}}
 spend:
   prices:
     demo: {{input: {INPUT_PICO / 1_000_000}, output: 0}}
@@ -134,7 +137,25 @@ def test_a_team_budget_spent_by_two_keys_on_two_gateways_stops_both_at_the_same_
     assert len(logged) == 1
     assert "the team 'research' has spent $0.005 this day" in logged[0]
     assert "fpk-" not in logged[0]
+    # What the team and its keys spent, as the admin API tells it (from either gateway).
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    for gateway in gateways:
+        team = httpx.get(f"{gateway.admin_url}/teams/research/spend", headers=auth).json()
+        assert team["day"]["spent_usd"] == 0.01 and team["day"]["budget_usd"] == 0.01
+        assert team["day"]["remaining_usd"] == 0 and team["day"]["soft_budget_usd"] == 0.005
+        assert team["month"]["budget_usd"] is None and team["report"] == "/spend?team=research"
+    north = httpx.get(f"{gateways[1].admin_url}/keys/north/spend", headers=auth).json()
+    assert north["day"]["spent_usd"] is None  # no budget of its own: its report tells
+    assert httpx.get(f"{gateways[0].admin_url}/keys/north/spend").status_code == 401
     # A key outside the team is not held by its budget, on either gateway.
     assert [ask(g, "solo") for g in gateways] == [200, 200]
+
+    def solo_day() -> dict[str, float]:
+        url = f"{gateways[0].admin_url}/keys/solo/spend"
+        return httpx.get(url, headers=auth).json()["day"]  # type: ignore[no-any-return]
+
+    # Settling is not waited for: the two requests' cost arrives soon after them.
+    wait_until(lambda: solo_day()["spent_usd"] == 2 * COST_NANO / 1e9, timeout=5)
+    assert solo_day()["budget_usd"] == 1
     for name in redis_server.command("--scan", "--pattern", "fp:{team:research}:*").split():
         assert int(redis_server.command("PTTL", name)) > 0

@@ -9,7 +9,7 @@ digest is kept. Nothing about a key but its name is logged.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -18,12 +18,14 @@ from twisted.python.failure import Failure
 from filterproxy.config import Node
 from filterproxy.extensions.keys.config import (
     GatewayKey,
+    KeyLimits,
     Team,
     hash_key,
     new_key,
     parse_key,
     parse_team,
 )
+from filterproxy.extensions.keys.limits import KEY, TEAM
 from filterproxy.extensions.keys.store import (
     KeyRegistry,
     Known,
@@ -124,11 +126,74 @@ def _guarded(change: Any, *args: Any) -> defer.Deferred[None]:
     return d
 
 
+class SpendCounts(Protocol):
+    """Where a key's or team's counts are read (`filterproxy.extensions.keys.filter.LimitStore`)."""
+
+    def spent(self, kind: str, name: str) -> defer.Deferred[dict[str, dict[str, Any]]]: ...
+
+
+def _usd(nano: int) -> float:
+    return round(nano / 1_000_000_000, 9)
+
+
+def spend_view(
+    kind: str, name: str, limits: KeyLimits, counts: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """What a key (or team) has spent this UTC day and month, against its budgets.
+    Dollars are counted only where a dollar budget (hard or soft) is set, tokens where
+    a token budget is: elsewhere they are null (its report has what it spent)."""
+    view: dict[str, Any] = {"kind": kind, "name": name}
+    for window in ("day", "month"):
+        found = counts[window]
+        budget = getattr(limits, f"usd_per_{window}")
+        soft = getattr(limits, f"soft_usd_per_{window}")
+        tokens_budget = getattr(limits, f"tokens_per_{window}")
+        counted = bool(budget or soft)
+        spent = found["spent_nano"]
+        view[window] = {
+            "window": found["window"],
+            "spent_usd": _usd(spent) if counted else None,
+            "reserved_usd": _usd(found["reserved_nano"]) if counted else None,
+            "budget_usd": _usd(budget) if budget else None,
+            "soft_budget_usd": _usd(soft) if soft else None,
+            "remaining_usd": _usd(max(budget - spent - found["reserved_nano"], 0))
+            if budget
+            else None,
+            "tokens": found["tokens"] if tokens_budget else None,
+            "token_budget": tokens_budget or None,
+        }
+    view["report"] = f"/spend?{kind}={name}"
+    return view
+
+
 class KeysAdmin:
     """The handlers, over the process's registry."""
 
-    def __init__(self, registry: KeyRegistry) -> None:
+    def __init__(self, registry: KeyRegistry, counts: SpendCounts | None = None) -> None:
         self.registry = registry
+        self.counts = counts
+
+    def _spent(self, kind: str, name: str, limits: KeyLimits) -> defer.Deferred[AdminReply]:
+        if self.counts is None:
+            raise AdminError(409, "this gateway counts no limits")
+        d = self.counts.spent(kind, name)
+
+        def unavailable(failure: Failure) -> AdminReply:
+            return AdminReply.error(503, f"cannot read the counts: {failure.getErrorMessage()}")
+
+        return d.addCallbacks(
+            lambda counts: AdminReply.json(spend_view(kind, name, limits, counts)), unavailable
+        )
+
+    def key_spend(self, request: AdminRequest) -> defer.Deferred[AdminReply]:
+        known = self._key(request.params["name"])
+        assert known.key is not None
+        return self._spent(KEY, known.key.name, known.key.limits)
+
+    def team_spend(self, request: AdminRequest) -> defer.Deferred[AdminReply]:
+        known = self._team(request.params["name"])
+        assert known.team is not None
+        return self._spent(TEAM, known.team.name, known.team.limits)
 
     def _key(self, name: str) -> Known:
         known = self.registry.key_names.get(name)
@@ -243,19 +308,24 @@ class KeysAdmin:
         return _then(_guarded(self.registry.delete_team, name), deleted)
 
 
-def register_routes(routes: AdminRoutes, registry: KeyRegistry) -> None:
-    """Serve the keys and teams API on the admin listener."""
-    api = KeysAdmin(registry)
+def register_routes(
+    routes: AdminRoutes, registry: KeyRegistry, counts: SpendCounts | None = None
+) -> None:
+    """Serve the keys and teams API on the admin listener (what they spent so far from
+    *counts*)."""
+    api = KeysAdmin(registry, counts)
     for method, pattern, handler in (
         ("GET", "/keys", api.list_keys),
         ("POST", "/keys", api.create_key),
         ("GET", "/keys/{name}", api.show_key),
         ("PATCH", "/keys/{name}", api.change_key),
         ("DELETE", "/keys/{name}", api.revoke_key),
+        ("GET", "/keys/{name}/spend", api.key_spend),
         ("GET", "/teams", api.list_teams),
         ("POST", "/teams", api.create_team),
         ("GET", "/teams/{name}", api.show_team),
         ("PATCH", "/teams/{name}", api.change_team),
         ("DELETE", "/teams/{name}", api.delete_team),
+        ("GET", "/teams/{name}/spend", api.team_spend),
     ):
         routes.add(method, pattern, handler, owner="keys")

@@ -376,7 +376,8 @@ class KeysFilter(StreamFilter):
         registry = resources.get(KeyRegistry, KeyRegistry)
         if config.section is not None:
             registry.configure(config.section, config.redis, config.source)
-        register_routes(resources.get(AdminRoutes, AdminRoutes), registry)
+        counts = config.store if isinstance(config.store, LimitStore) else None
+        register_routes(resources.get(AdminRoutes, AdminRoutes), registry, counts)
 
     def __init__(self, config: KeysConfig) -> None:
         super().__init__(config)
