@@ -106,6 +106,8 @@ def add_spend_command(commands: Any) -> None:
     spend.add_argument(
         "--to", dest="last", metavar="YYYY-MM-DD", help="last UTC day (default: today)"
     )
+    spend.add_argument("--key", metavar="NAME", help="only this key's requests")
+    spend.add_argument("--team", metavar="NAME", help="only this team's requests")
     spend.add_argument(
         "--by",
         choices=("key", "team", "model", "provider"),
@@ -312,6 +314,9 @@ def _spend(args: argparse.Namespace) -> tuple[Any, str]:
         query["from"] = args.first
     if args.last:
         query["to"] = args.last
+    for name in ("key", "team"):
+        if getattr(args, name):
+            query[name] = getattr(args, name)
     answer = call(args, "GET", "/spend?" + urlencode(query))
     return answer, render_table(answer).rstrip("\n")
 

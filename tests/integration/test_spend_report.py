@@ -147,6 +147,14 @@ def test_the_cli_prints_the_same_report(gateway: Gateway) -> None:
     table = subprocess.run([*run, "--by", "team"], env=env, capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert table.splitlines()[2].split()[:2] == ["team", "cost"]
     assert table.splitlines()[-1].split()[0] == "total"
+    alice = json.loads(subprocess.run([*run, "--key", "alice", "--by", "model", "--json"], env=env, capture_output=True, text=True, check=True).stdout)  # fmt: skip
+    assert alice["where"] == {"key": "alice"}
+    assert [g["name"] for g in alice["groups"]] == ["demo-large"]
+    assert (
+        alice["total"]["requests"]
+        == admin_get(gateway, "/spend?key=alice").json()["total"]["requests"]
+        > 0
+    )
     refused = subprocess.run(run, env={**env, "FILTERPROXY_ADMIN_TOKEN": "wrong"}, capture_output=True, text=True)  # fmt: skip
     assert refused.returncode != 0 and "token" in refused.stderr
 
