@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -345,6 +346,29 @@ def wait_until(predicate: Callable[[], bool], timeout: float) -> float:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(0.01)
     return time.monotonic() - start
+
+
+@contextlib.contextmanager
+def mock_upstream(interval: float | None = None) -> Iterator[int]:
+    """The gateway's own mock upstream (`filterproxy.demo.mock_upstream`: chat
+    completions that report usage) on a free port, for the ``with`` block; *interval*:
+    seconds between streamed words (its default when None)."""
+    port = closed_port()
+    args = [
+        sys.executable,
+        "-c",
+        "import sys; from filterproxy.demo.mock_upstream import main; main(sys.argv[1:])",
+        "--listen",
+        f"tcp:{port}:interface=127.0.0.1",
+    ]
+    if interval is not None:
+        args += ["--interval", str(interval)]
+    process = Process(args)
+    try:
+        wait_until(lambda: listening(port), timeout=10)
+        yield port
+    finally:
+        process.stop()
 
 
 def certificate_builder(subject: str | x509.Name, issuer: x509.Name | None, key: Any) -> Any:

@@ -21,10 +21,9 @@ from filterproxy.extensions.keys.config import hash_key
 
 from .conftest import (
     Gateway,
-    Process,
     RedisServer,
     closed_port,
-    listening,
+    mock_upstream,
     start_gateway,
     wait_until,
 )
@@ -36,21 +35,8 @@ CONFIG_KEY = "fpk-from-the-config-0123456789"
 @pytest.fixture(scope="module")
 def mock_port() -> Iterator[int]:
     """The gateway's own mock upstream (chat completions)."""
-    port = closed_port()
-    process = Process(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from filterproxy.demo.mock_upstream import main; main(sys.argv[1:])",
-            "--listen",
-            f"tcp:{port}:interface=127.0.0.1",
-        ]
-    )
-    try:
-        wait_until(lambda: listening(port), timeout=10)
+    with mock_upstream() as port:
         yield port
-    finally:
-        process.stop()
 
 
 def config(

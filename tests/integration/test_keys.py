@@ -9,7 +9,6 @@ import json
 import math
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +23,9 @@ from filterproxy.extensions.keys.config import hash_key
 
 from .conftest import (
     Gateway,
-    Process,
     RedisServer,
     closed_port,
-    listening,
+    mock_upstream,
     start_gateway,
     wait_until,
 )
@@ -71,23 +69,8 @@ redis: {{url: "{redis_url}", timeout: 2s, on_error: {on_error}}}
 @pytest.fixture(scope="module")
 def mock_port() -> Iterator[int]:
     """The gateway's own mock upstream (chat completions; 50 ms between streamed words)."""
-    port = closed_port()
-    process = Process(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from filterproxy.demo.mock_upstream import main; main(sys.argv[1:])",
-            "--listen",
-            f"tcp:{port}:interface=127.0.0.1",
-            "--interval",
-            "0.05",
-        ]
-    )
-    try:
-        wait_until(lambda: listening(port), timeout=10)
+    with mock_upstream(0.05) as port:
         yield port
-    finally:
-        process.stop()
 
 
 def gateway_with(text: str, tmp_path: Path) -> Gateway:

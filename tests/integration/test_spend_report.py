@@ -23,7 +23,7 @@ import pytest
 from filterproxy.extensions.keys.config import hash_key
 from filterproxy.extensions.spend.report import format_usd
 
-from .conftest import Gateway, Process, closed_port, listening, start_gateway, wait_until
+from .conftest import Gateway, mock_upstream, start_gateway, wait_until
 
 TOKEN = "admin-token-for-the-spend-report-test"
 KEYS = {"alice": "fpk-spend-alice-0123456789", "bob": "fpk-spend-bob-0123456789", "carol": "fpk-spend-carol-0123456789"}  # fmt: skip
@@ -52,27 +52,12 @@ keys:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    port = closed_port()
-    mock = Process(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from filterproxy.demo.mock_upstream import main; main(sys.argv[1:])",
-            "--listen",
-            f"tcp:{port}:interface=127.0.0.1",
-            "--interval",
-            "0",
-        ]
-    )
-    try:
-        wait_until(lambda: listening(port), timeout=10)
+    with mock_upstream(0) as port:
         gateway = start_gateway(config(port), tmp_path_factory.mktemp("spend"))
         try:
             yield gateway
         finally:
             gateway.process.stop()
-    finally:
-        mock.stop()
 
 
 def spend_some(gateway: Gateway) -> None:
