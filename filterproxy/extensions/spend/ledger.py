@@ -2,9 +2,11 @@
 
 Every request that cost something, or reported usage, adds to one row of its day: its
 cost in nanodollars, one request, and its tokens by kind. With Redis, a day is one hash
-(``fp:spend:YYYY-MM-DD``, kept `RETENTION_DAYS`), written by one script per request
-that nobody waits for, so every worker and replica adds to the same rows and the report
-reads them all. Without Redis, the rows are this process's since it started.
+(``fp:spend:YYYY-MM-DD``, kept `RETENTION_DAYS`) that every worker and replica adds to,
+so the report reads them all: each process sums its requests' rows for up to
+`FLUSH_SECONDS` and adds them with one script (nobody waits for it; a process that
+stops adds what it holds first). Without Redis, the rows are this process's since it
+started.
 
 The report (`filterproxy.extensions.spend.report`) reads rows back with `SpendLedger.read`.
 """
@@ -19,10 +21,13 @@ from typing import TYPE_CHECKING, Any, Final
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from filterproxy.filters.records import Cost, TokenUsage
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
     from filterproxy.clients.redis import RedisClient
     from filterproxy.config import RedisConfig
     from filterproxy.filters.resources import Resources
@@ -51,6 +56,11 @@ MAX_LOCAL_ROWS: Final = 100_000
 #: Model and provider names are cut to this many characters in the ledger (a model
 #: name comes from the client).
 MAX_NAME: Final = 128
+#: How long a process sums its requests before it adds them to Redis: one write a
+#: second, whatever the request rate.
+FLUSH_SECONDS: Final = 1.0
+#: The most rows a process holds between two writes (more: written at once).
+MAX_PENDING_ROWS: Final = 10_000
 #: What a row counts, in this order: one letter each in a Redis field's name.
 COUNTERS: Final = (
     ("n", "nano_usd"),
@@ -167,18 +177,36 @@ def rows_from_hash(day: str, fields: Mapping[bytes, bytes] | Iterable[Any]) -> l
     return rows
 
 
-# KEYS[1]: the day's hash. ARGV: the row's field prefix, the hash's TTL in seconds, then
-# the counts in the order of COUNTERS. Counts of 0 are not written.
+# KEYS[1]: the day's hash. ARGV: the hash's TTL in seconds, then per counter to add its
+# field and the amount.
 RECORD_SCRIPT: Final = """
-local h, prefix = KEYS[1], ARGV[1]
-local letters = {'n', 'r', 'i', 'c', 'w', 'o', 'g'}
-for i = 1, 7 do
-  local v = tonumber(ARGV[i + 2])
-  if v ~= 0 then redis.call('HINCRBY', h, prefix .. '|' .. letters[i], v) end
+local h = KEYS[1]
+for i = 2, #ARGV, 2 do
+  redis.call('HINCRBY', h, ARGV[i], ARGV[i + 1])
 end
-redis.call('EXPIRE', h, tonumber(ARGV[2]))
+redis.call('EXPIRE', h, tonumber(ARGV[1]))
 return 1
 """
+
+
+def _increments(rows: Iterable[SpendRow]) -> list[str | int]:
+    """The fields and amounts that add *rows* to their day's hash (counts of 0 left out)."""
+    args: list[str | int] = []
+    for row in rows:
+        prefix = _field_prefix(row.key, row.team, row.model, row.provider)
+        for letter, name in COUNTERS:
+            value = getattr(row, name)
+            if value:
+                args += [f"{prefix}|{letter}", value]
+    return args
+
+
+def _lost(failure: Failure, rows: int) -> None:
+    log.warn(
+        "could not add {rows} rows to the spend ledger: {error}",
+        rows=rows,
+        error=failure.getErrorMessage(),
+    )
 
 
 class SpendLedger:
@@ -191,6 +219,9 @@ class SpendLedger:
         self._client: RedisClient | None = None
         #: (day, key, team, model, provider) -> row: without Redis.
         self.local: dict[tuple[str, str, str, str, str], SpendRow] = {}
+        #: The same, with Redis: what is held until the next write.
+        self.pending: dict[tuple[str, str, str, str, str], SpendRow] = {}
+        self._flush_call: IDelayedCall | None = None
         self._full_warned = False
 
     @property
@@ -211,26 +242,44 @@ class SpendLedger:
     ) -> None:
         """Add one request to today's row for its names."""
         day = day_of(self.resources.clock.seconds())
-        counts = _counts(cost, usage)
-        client = self.client
-        if client is None:
-            self._add_local(
-                SpendRow(day, key, team, model[:MAX_NAME], provider[:MAX_NAME], *counts)
-            )
+        row = SpendRow(day, key, team, model[:MAX_NAME], provider[:MAX_NAME], *_counts(cost, usage))
+        if self.client is None:
+            self._add_local(row)
             return
-        d = client.run_script(
-            RECORD_SCRIPT,
-            (f"fp:spend:{day}",),
-            (_field_prefix(key, team, model, provider), RETENTION_DAYS * 86400, *counts),
-            soon=True,  # nobody waits: shares a write with the next command
-        )
-        d.addErrback(
-            lambda f: log.warn(
-                "could not add a request of key {key} to the spend ledger: {error}",
-                key=key or "(none)",
-                error=f.getErrorMessage(),
+        names = (row.day, row.key, row.team, row.model, row.provider)
+        pending = self.pending
+        found = pending.get(names)
+        pending[names] = found.add(row) if found is not None else row
+        if len(pending) >= MAX_PENDING_ROWS:
+            self.flush()
+        elif self._flush_call is None:
+            self._flush_call = self.resources.clock.callLater(FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> defer.Deferred[None]:
+        """Add the rows held to Redis now (one script per day); fires when Redis has
+        them. Rows Redis did not take are lost with a warning (the budgets are counted
+        apart, exactly: only the report misses them)."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        pending, self.pending = self.pending, {}
+        client = self.client
+        if not pending or client is None:
+            return defer.succeed(None)
+        days: dict[str, list[SpendRow]] = {}
+        for row in pending.values():
+            days.setdefault(row.day, []).append(row)
+        writes = []
+        for day, rows in days.items():
+            d = client.run_script(
+                RECORD_SCRIPT, (f"fp:spend:{day}",), (RETENTION_DAYS * 86400, *_increments(rows))
             )
-        )
+            writes.append(d.addErrback(_lost, len(rows)))
+        return defer.gatherResults(writes).addCallback(lambda _: None)
+
+    def close(self) -> defer.Deferred[None]:
+        """Add what is held before the process stops."""
+        return self.flush()
 
     def _add_local(self, row: SpendRow) -> None:
         names = (row.day, row.key, row.team, row.model, row.provider)
@@ -285,6 +334,11 @@ class SpendLedgers:
     def __init__(self, resources: Resources) -> None:
         self.resources = resources
         self.ledgers: dict[tuple[str, float] | None, SpendLedger] = {}
+
+    def close(self) -> defer.Deferred[None]:
+        """Add what each ledger holds (the process stops)."""
+        flushing = [ledger.close() for ledger in self.ledgers.values()]
+        return defer.gatherResults(flushing, consumeErrors=True).addCallback(lambda _: None)
 
     def ledger_for(self, redis: RedisConfig | None) -> SpendLedger:
         ident = (redis.url, redis.timeout) if redis is not None else None
