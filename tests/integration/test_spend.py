@@ -38,6 +38,7 @@ KEY_NAMES = (
     "chat-own-price",
     "chat-own-price-plain",
     "chat-gpt-4o",
+    "chat-openrouter",
     "translated-stream",
     "translated-plain",
     "translated-sonnet",
@@ -236,9 +237,11 @@ clusters:
   house: {{url: "{provider.url}", apis: [chat]}}
   house-messages: {{url: "{provider.url}", apis: [messages]}}
   openai: {{provider: openai, url: "{provider.url}/v1", api_key: sk-upstream-openai}}
+  openrouter: {{provider: openrouter, url: "{provider.url}/v1", api_key: sk-upstream-openrouter}}
   anthropic: {{provider: anthropic, url: "{provider.url}/v1", api_key: sk-upstream-anthropic}}
 routes:
   - {{models: ["gpt-*"], cluster: openai}}
+  - {{models: ["devstral-*"], cluster: openrouter}}
   - {{models: ["claude-*"], cluster: anthropic}}
   - {{models: [house-claude], cluster: house-messages}}
   - {{models: ["*"], cluster: house}}
@@ -433,13 +436,17 @@ def test_a_chat_request_costs_its_tokens_at_the_configs_prices(
     )
 
 
+@pytest.mark.parametrize(
+    ("key", "model", "at"),
+    [("chat-gpt-4o", "gpt-4o", "openai"), ("chat-openrouter", "devstral-small", "openrouter")],
+    ids=["gpt-4o", "openrouter"],
+)
 def test_a_streamed_chat_request_to_a_listed_model_costs_what_genai_prices_says(
-    gateway: Gateway, provider: Provider
+    gateway: Gateway, provider: Provider, key: str, model: str, at: str
 ) -> None:
-    key = "chat-gpt-4o"
-    provider.usage["gpt-4o"] = CHAT_USAGE
+    provider.usage[model] = CHAT_USAGE
     stream = oai(gateway, key).chat.completions.create(
-        model="gpt-4o",
+        model=model,
         messages=[{"role": "user", "content": "What does this cost?"}],
         stream=True,
         stream_options={"include_usage": True},
@@ -450,22 +457,21 @@ def test_a_streamed_chat_request_to_a_listed_model_costs_what_genai_prices_says(
     usage = chunks[-1].usage
     assert usage is not None and usage.prompt_tokens_details is not None
     assert usage.prompt_tokens_details.cached_tokens == 4096
-    expected = genai_nano(
-        "gpt-4o",
-        "openai",
-        input_tokens=5321,
-        cache_read_tokens=4096,
-        output_tokens=777,
-        output_reasoning_tokens=512,
-    )
-    # Cached input has a price of its own: not the price of every input token.
-    assert expected != genai_nano("gpt-4o", "openai", input_tokens=5321, output_tokens=777)
+    tokens = {"input_tokens": 5321, "cache_read_tokens": 4096, "output_tokens": 777}
+    expected = genai_nano(model, at, **tokens, output_reasoning_tokens=512)
+    if model == "gpt-4o":
+        # Cached input has a price of its own: not the price of every input token.
+        assert expected != genai_nano(model, at, input_tokens=5321, output_tokens=777)
+    else:
+        # The price list has the model at another provider (its own) at another price:
+        # the cluster's provider decides.
+        assert expected != genai_nano(model, "mistral", **tokens)
     assert_costs(
         gateway,
         key=key,
         request_id=f"cost-{key}",
-        model="gpt-4o",
-        provider="openai",
+        model=model,
+        provider=at,
         expected_nano=expected,
         tokens=CHAT_TOKENS,
     )
@@ -516,6 +522,7 @@ def sonnet_nano(usage: Mapping[str, Any]) -> int:
         ("translated-plain", "house-claude", False),
         ("translated-sonnet", "claude-sonnet-4-5", True),
     ],
+    ids=["stream", "plain", "sonnet-stream"],
 )
 def test_a_translated_request_costs_the_messages_usage_at_the_models_prices(
     gateway: Gateway, provider: Provider, key: str, model: str, stream: bool
@@ -529,8 +536,9 @@ def test_a_translated_request_costs_the_messages_usage_at_the_models_prices(
     )
     assert provider.requests[-1][0] == "/v1/messages"  # translated
     if isinstance(answer, openai.Stream):
-        text = "".join(c.choices[0].delta.content or "" for c in answer if c.choices)
-        assert text == "Priced."
+        chunks = list(answer)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Priced."
+        assert all(c.usage is None for c in chunks)  # not asked for, not sent
     else:
         assert answer.choices[0].message.content == "Priced."
         # The client is told the usage in its API: the cached tokens among the input.
@@ -574,6 +582,7 @@ LONG_USAGE = {
         ("messages-plain", MESSAGES_USAGE, False),
         ("messages-long", LONG_USAGE, True),
     ],
+    ids=["stream", "plain", "long-context"],
 )
 def test_a_cached_input_request_costs_its_cache_reads_at_their_price(
     gateway: Gateway, provider: Provider, key: str, usage: dict[str, Any], stream: bool
@@ -644,6 +653,7 @@ def test_a_cached_input_request_costs_its_cache_reads_at_their_price(
         ("chat-raw", "house-chat", CHAT_USAGE, CHAT_NANO),
         ("translated-raw", "house-claude", MESSAGES_USAGE, HOUSE_CLAUDE_NANO),
     ],
+    ids=["chat", "translated"],
 )
 def test_a_chat_stream_read_to_its_end_ends_with_its_cost(
     gateway: Gateway, provider: Provider, key: str, model: str, usage: dict[str, Any], expected: int
