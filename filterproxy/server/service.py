@@ -341,8 +341,10 @@ class GatewayService(Service):
     def _admin_listening(self, port: IListeningPort) -> None:
         self.admin_port = port
         log.info(
-            "admin listening on {address}: /metrics /healthz /ready /config, POST /reload",
+            "admin listening on {address}: /metrics /healthz /ready /config, POST /reload"
+            "{management}",
             address=port.getHost(),
+            management=" and the management API (admin.token)" if self.config.admin_token else "",
         )
 
     def _cannot_listen(self, description: str, error: Exception) -> None:
