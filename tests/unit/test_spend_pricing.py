@@ -150,3 +150,16 @@ def test_the_price_list_falls_back_to_any_provider_and_knows_no_made_up_model() 
     found = genai_prices_source("mistral", "gpt-4o")  # not Mistral's: found at OpenAI's
     assert found is not None and found[1] == "openai"
     assert genai_prices_source("openai", "no-such-model-xyz") is None
+
+
+def test_a_price_list_of_a_shape_we_do_not_know_leaves_the_model_unpriced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from genai_prices import data_snapshot
+
+    class Changed:
+        def find_provider_model(self, *args: object) -> object:
+            raise TypeError("find_provider_model() takes 2 positional arguments")
+
+    monkeypatch.setattr(data_snapshot, "get_snapshot", Changed)
+    assert genai_prices_source("openai", "gpt-4o") is None

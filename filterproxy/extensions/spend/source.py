@@ -16,9 +16,13 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any, Final
 
+from twisted.logger import Logger
+
 from filterproxy.extensions.spend.pricing import ModelPrice, PriceSchedule, Rate, pico_per_token
 
 __all__ = ["GENAI_PROVIDERS", "available", "genai_prices_source", "schedule_of"]
+
+log = Logger(namespace="filterproxy.spend")
 
 #: The gateway's provider presets by the price list's provider ids. The self-hosted ones
 #: (ollama, vllm, llamacpp) have none: their models cost what the config says, or 0.
@@ -108,9 +112,14 @@ def genai_prices_source(provider: str | None, model: str) -> tuple[PriceSchedule
     for provider_id in (provider, None) if provider is not None else (None,):
         try:
             found_provider, found = snapshot.find_provider_model(model, None, provider_id, None)
+            return schedule_of(found), str(found_provider.id)
         except LookupError:
             continue
-        return schedule_of(found), str(found_provider.id)
+        except Exception:
+            # A release of the price list whose shape this reading does not know: the
+            # model counts as unpriced (its warning says so), requests go on.
+            log.failure("could not read the price of {model!r} from genai-prices", model=model)
+            return None
     return None
 
 
