@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -132,7 +133,9 @@ def test_sigterm_mid_stream_lets_the_stream_finish_then_exits(
         podman("kill", "--signal", "TERM", container.name)
         rest = b"".join(pieces)
     received = (first + rest).decode()
-    assert received.endswith("data: [DONE]\n\n")
+    # The demo prices its model: after [DONE], the stream's last line is its cost.
+    _, done, cost = received.rpartition("data: [DONE]\n\n")
+    assert done and re.fullmatch(r": cost_usd=0\.\d{9}\n\n", cost), received[-300:]
     assert '"content": " w79"' in received
     # A clean exit once the stream is done (twistd re-raises the signal it was stopped
     # with, which the kernel ignores for a container's first process).
