@@ -69,7 +69,7 @@ def run_steps(
 def test_the_local_counts_follow_the_rules() -> None:
     counts = LocalCounts()
     now = 1_796_000_000_000
-    key = [Subject("key", "k", LIMITS)]
+    key = [Subject.of("key", "k", LIMITS)]
     answers = run_steps(
         lambda n: counts.admit(key, n, 0, now),
         lambda admission, used: counts.settle(key, admission, used, 0, now),
@@ -89,14 +89,16 @@ TEAM_LIMITS = KeyLimits(
 )
 SUBJECTS = {
     "a": [
-        Subject("key", "a", KeyLimits(usd_per_day=100, soft_usd_per_day=50, concurrent_requests=2)),
-        Subject("team", "t", TEAM_LIMITS),
+        Subject.of(
+            "key", "a", KeyLimits(usd_per_day=100, soft_usd_per_day=50, concurrent_requests=2)
+        ),
+        Subject.of("team", "t", TEAM_LIMITS),
     ],
-    "b": [Subject("team", "t", TEAM_LIMITS)],
-    "c": [Subject("key", "c", KeyLimits(usd_per_day=1000))],
+    "b": [Subject.of("team", "t", TEAM_LIMITS)],
+    "c": [Subject.of("key", "c", KeyLimits(usd_per_day=1000))],
     "d": [
-        Subject("key", "d", KeyLimits(requests_per_minute=100)),
-        Subject("team", "t", TEAM_LIMITS),
+        Subject.of("key", "d", KeyLimits(requests_per_minute=100)),
+        Subject.of("team", "t", TEAM_LIMITS),
     ],
 }
 #: ("admit", key, nanodollars reserved) or ("settle", the admission's step, its cost).
@@ -198,7 +200,7 @@ def test_redis_gives_the_same_answers(redis_server: RedisServer) -> Any:
                 break
             yield task.deferLater(global_reactor, 0.05, lambda: None)
         store = LimitStore(None, client)
-        key = [Subject("key", "same-rules", LIMITS)]
+        key = [Subject.of("key", "same-rules", LIMITS)]
         redis_server.command("SCRIPT", "FLUSH")  # EVALSHA falls back to EVAL
         answers = []
         open_admissions: list[Admission] = []

@@ -309,7 +309,9 @@ def test_management_routes_need_the_admin_token() -> None:
     )
     got = responses(transport.value())
     assert [status for status, _, _ in got] == [401, 401, 401, 200]
-    assert all(headers["www-authenticate"].startswith(("Bearer", "Basic")) for _, headers, _ in got[:3])
+    assert all(
+        headers["www-authenticate"].startswith(("Bearer", "Basic")) for _, headers, _ in got[:3]
+    )
     assert waiting == []
 
     connection, transport, _, _ = managed(token=None)

@@ -63,10 +63,10 @@ def test_a_spent_dollar_budget_names_who_how_much_when_and_how_to_raise_it() -> 
 
 
 def team_of_two(key_limits: KeyLimits, team_limits: KeyLimits) -> dict[str, list[Subject]]:
-    team = Subject("team", "t", team_limits)
+    team = Subject.of("team", "t", team_limits)
     return {
-        "a": [Subject("key", "a", key_limits), team],
-        "b": [Subject("key", "b", key_limits), team],
+        "a": [Subject.of("key", "a", key_limits), team],
+        "b": [Subject.of("key", "b", key_limits), team],
     }
 
 
@@ -92,7 +92,7 @@ def test_a_team_budget_is_shared_by_its_keys_and_a_refusal_counts_nothing() -> N
 
 def test_in_flight_reservations_count_against_a_hard_budget() -> None:
     counts = LocalCounts()
-    key = [Subject("key", "a", KeyLimits(usd_per_day=100))]
+    key = [Subject.of("key", "a", KeyLimits(usd_per_day=100))]
     assert counts.admit(key, 1, 60, NOW_MS).allowed
     assert counts.admit(key, 1, 60, NOW_MS).allowed  # 60 held < 100
     assert counts.admit(key, 1, 60, NOW_MS).refused == "usd_per_day"  # 120 held
@@ -100,7 +100,7 @@ def test_in_flight_reservations_count_against_a_hard_budget() -> None:
 
 def test_a_soft_budget_is_crossed_once_per_window() -> None:
     counts = LocalCounts()
-    key = [Subject("key", "a", KeyLimits(soft_usd_per_day=100, soft_usd_per_month=150))]
+    key = [Subject.of("key", "a", KeyLimits(soft_usd_per_day=100, soft_usd_per_month=150))]
     crossed: list[Crossing] = []
     for cost in (60, 30, 20, 0, 45, 500):
         admission = counts.admit(key, 1, 80, NOW_MS)

@@ -60,18 +60,20 @@ class KeyLimits:
     soft_usd_per_day: int = 0
     soft_usd_per_month: int = 0
 
+    def __post_init__(self) -> None:
+        # Asked at every request: worked out once.
+        object.__setattr__(self, "_any", any(getattr(self, f.name) for f in fields(self)))
+        dollars = self.usd_per_day or self.usd_per_month
+        soft = self.soft_usd_per_day or self.soft_usd_per_month
+        object.__setattr__(self, "_in_dollars", bool(dollars or soft))
+
     def __bool__(self) -> bool:
-        return any(getattr(self, f.name) for f in fields(self))
+        return self._any  # type: ignore[attr-defined,no-any-return]
 
     @property
     def in_dollars(self) -> bool:
         """Whether a budget of these limits is counted in dollars (hard or soft)."""
-        return bool(
-            self.usd_per_day
-            or self.usd_per_month
-            or self.soft_usd_per_day
-            or self.soft_usd_per_month
-        )
+        return self._in_dollars  # type: ignore[attr-defined,no-any-return]
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import fnmatch
 import secrets
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from twisted.internet import defer
@@ -178,8 +178,7 @@ class LimitStore:
     def _admit_here(
         self, subjects: Sequence[Subject], reserve: int, reserve_nano: int
     ) -> Admission:
-        admission = self.local.admit(subjects, reserve, reserve_nano, self._now_ms())
-        return replace(admission, local=True)
+        return self.local.admit(subjects, reserve, reserve_nano, self._now_ms(), local=True)
 
     def _unavailable(
         self, failure: Failure, subjects: Sequence[Subject], reserve: int, reserve_nano: int
@@ -461,9 +460,9 @@ class KeysFilter(StreamFilter):
     ) -> FilterStatus | defer.Deferred[FilterStatus]:
         key, team = self.key, self.team
         assert key is not None
-        subjects = [Subject(KEY, key.name, key.limits)] if key.limits else []
+        subjects = [Subject.of(KEY, key.name, key.limits)] if key.limits else []
         if team is not None and team.limits:
-            subjects.append(Subject(TEAM, team.name, team.limits))
+            subjects.append(Subject.of(TEAM, team.name, team.limits))
         if not subjects:
             return FilterStatus.CONTINUE
         self.subjects = tuple(subjects)

@@ -91,11 +91,13 @@ class Subject:
     kind: str
     name: str
     limits: KeyLimits
+    #: Where its counters are (Redis's key prefix, this process's counts' name).
+    prefix: str
 
-    @property
-    def prefix(self) -> str:
-        """Where its counters are (Redis's key prefix, this process's counts' name)."""
-        return subject_prefix(self.kind, self.name)
+    @classmethod
+    def of(cls, kind: str, name: str, limits: KeyLimits) -> Subject:
+        """The subject *name* of *kind* (`KEY`, `TEAM`) with its counters' prefix."""
+        return cls(kind, name, limits, subject_prefix(kind, name))
 
 
 def subject_prefix(kind: str, name: str) -> str:
@@ -306,10 +308,17 @@ class LocalCounts:
         return "", 0
 
     def admit(
-        self, subjects: Sequence[Subject], reserve: int, reserve_nano: int, now_ms: int
+        self,
+        subjects: Sequence[Subject],
+        reserve: int,
+        reserve_nano: int,
+        now_ms: int,
+        *,
+        local: bool = False,
     ) -> Admission:
         """Admit a request reserving *reserve* tokens and *reserve_nano* nanodollars
-        against every one of *subjects* (the key first), or refuse it and count nothing."""
+        against every one of *subjects* (the key first), or refuse it and count nothing.
+        *local*: the admission says it was counted here (a store that has Redis)."""
         minute = now_ms // 60000
         day, month = _day_and_month(now_ms)
         self._clean(minute, day, month)
@@ -332,6 +341,7 @@ class LocalCounts:
                     subject=subject.kind,
                     day=day,
                     month=month,
+                    local=local,
                 )
         slot = ""
         remaining_requests = remaining_tokens = 0
@@ -363,6 +373,7 @@ class LocalCounts:
             day=day,
             month=month,
             reserved_nano=reserve_nano,
+            local=local,
         )
 
     def settle(

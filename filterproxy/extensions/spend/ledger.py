@@ -97,17 +97,6 @@ class SpendRow:
     def usd(self) -> float:
         return self.nano_usd / 1_000_000_000
 
-    def add(self, other: SpendRow) -> SpendRow:
-        """This row's counts plus *other*'s (its names kept)."""
-        return SpendRow(
-            self.day,
-            self.key,
-            self.team,
-            self.model,
-            self.provider,
-            *(getattr(self, name) + getattr(other, name) for _, name in COUNTERS),
-        )
-
 
 def day_of(seconds: float) -> str:
     """The UTC day (``YYYY-MM-DD``) of a POSIX time."""
@@ -125,20 +114,6 @@ def days_between(first: str, last: str) -> list[str]:
     if span > MAX_READ_DAYS:
         raise ValueError(f"a period of {span} days; at most {MAX_READ_DAYS}")
     return [(start + datetime.timedelta(days=n)).isoformat() for n in range(span)]
-
-
-def _counts(cost: Cost, usage: TokenUsage | None) -> tuple[int, ...]:
-    if usage is None:
-        return (cost.nano_usd, 1, 0, 0, 0, 0, 0)
-    return (
-        cost.nano_usd,
-        1,
-        usage.input,
-        usage.cached_input,
-        usage.cache_write,
-        usage.output,
-        usage.reasoning,
-    )
 
 
 def _field_prefix(key: str, team: str, model: str, provider: str) -> str:
@@ -217,10 +192,14 @@ class SpendLedger:
         self.redis = redis
         self.resources = resources
         self._client: RedisClient | None = None
-        #: (day, key, team, model, provider) -> row: without Redis.
-        self.local: dict[tuple[str, str, str, str, str], SpendRow] = {}
+        #: (day, key, team, model, provider) -> its counts (in the order of `COUNTERS`):
+        #: without Redis.
+        self.local: dict[tuple[str, str, str, str, str], list[int]] = {}
         #: The same, with Redis: what is held until the next write.
-        self.pending: dict[tuple[str, str, str, str, str], SpendRow] = {}
+        self.pending: dict[tuple[str, str, str, str, str], list[int]] = {}
+        #: The UTC day requests are counted in, and when it started.
+        self._day = ""
+        self._day_start = 0.0
         self._flush_call: IDelayedCall | None = None
         self._full_warned = False
 
@@ -240,17 +219,31 @@ class SpendLedger:
         cost: Cost,
         usage: TokenUsage | None,
     ) -> None:
-        """Add one request to today's row for its names."""
-        day = day_of(self.resources.clock.seconds())
-        row = SpendRow(day, key, team, model[:MAX_NAME], provider[:MAX_NAME], *_counts(cost, usage))
-        if self.client is None:
-            self._add_local(row)
+        """Add one request to today's row for its names (counted in place: this runs
+        at the end of every request)."""
+        seconds = self.resources.clock.seconds()
+        if not self._day_start <= seconds < self._day_start + 86400:
+            self._day_start = seconds - seconds % 86400
+            self._day = day_of(seconds)
+        names = (self._day, key, team, model[:MAX_NAME], provider[:MAX_NAME])
+        local = self.client is None
+        rows = self.local if local else self.pending
+        counts = rows.get(names)
+        if counts is None:
+            if local and not self._room():
+                return
+            counts = rows[names] = [0] * len(COUNTERS)
+        counts[0] += cost.nano_usd
+        counts[1] += 1
+        if usage is not None:
+            counts[2] += usage.input
+            counts[3] += usage.cached_input
+            counts[4] += usage.cache_write
+            counts[5] += usage.output
+            counts[6] += usage.reasoning
+        if local:
             return
-        names = (row.day, row.key, row.team, row.model, row.provider)
-        pending = self.pending
-        found = pending.get(names)
-        pending[names] = found.add(row) if found is not None else row
-        if len(pending) >= MAX_PENDING_ROWS:
+        if len(rows) >= MAX_PENDING_ROWS:
             self.flush()
         elif self._flush_call is None:
             self._flush_call = self.resources.clock.callLater(FLUSH_SECONDS, self.flush)
@@ -267,8 +260,8 @@ class SpendLedger:
         if not pending or client is None:
             return defer.succeed(None)
         days: dict[str, list[SpendRow]] = {}
-        for row in pending.values():
-            days.setdefault(row.day, []).append(row)
+        for names, counts in pending.items():
+            days.setdefault(names[0], []).append(SpendRow(*names, *counts))
         writes = []
         for day, rows in days.items():
             d = client.run_script(
@@ -281,24 +274,21 @@ class SpendLedger:
         """Add what is held before the process stops."""
         return self.flush()
 
-    def _add_local(self, row: SpendRow) -> None:
-        names = (row.day, row.key, row.team, row.model, row.provider)
-        found = self.local.get(names)
-        if found is not None:
-            self.local[names] = found.add(row)
-            return
-        if len(self.local) >= MAX_LOCAL_ROWS:
-            self._drop_old(row.day)
-            if len(self.local) >= MAX_LOCAL_ROWS:
-                if not self._full_warned:
-                    self._full_warned = True
-                    log.warn(
-                        "the spend ledger holds {rows} rows in this process; new ones are "
-                        "not kept (configure redis for a shared, longer ledger)",
-                        rows=len(self.local),
-                    )
-                return
-        self.local[names] = row
+    def _room(self) -> bool:
+        """Whether this process may keep one more row (old days go first)."""
+        if len(self.local) < MAX_LOCAL_ROWS:
+            return True
+        self._drop_old(self._day)
+        if len(self.local) < MAX_LOCAL_ROWS:
+            return True
+        if not self._full_warned:
+            self._full_warned = True
+            log.warn(
+                "the spend ledger holds {rows} rows in this process; new ones are "
+                "not kept (configure redis for a shared, longer ledger)",
+                rows=len(self.local),
+            )
+        return False
 
     def _drop_old(self, today: str) -> None:
         oldest = (
@@ -313,7 +303,9 @@ class SpendLedger:
         client = self.client
         if client is None:
             wanted = set(days)
-            return defer.succeed([r for n, r in self.local.items() if n[0] in wanted])
+            return defer.succeed(
+                [SpendRow(*n, *counts) for n, counts in self.local.items() if n[0] in wanted]
+            )
         calls = [client.call("HGETALL", f"fp:spend:{day}") for day in days]
 
         def rows(replies: list[Any]) -> list[SpendRow]:
