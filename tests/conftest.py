@@ -3,7 +3,7 @@
 `make test` runs the suite twice: on the pure-Python package, then on the data path
 compiled by mypyc (``FILTERPROXY_EXPECT_COMPILED=1``, setup.py's COMPILED modules). The
 modules below test what is never compiled — the admin listener and its management API,
-the command line, the spend ledger and its report, process supervision, the deployment
+the command line, the spend report, process supervision, the deployment
 manifests and the front — through gateways whose data path the other modules already
 run compiled: in the compiled pass they would run the same Python a second time.
 """
@@ -20,7 +20,6 @@ PURE_ONLY = {
     "tests/integration/test_operations.py": "the admin listener, reloads, signals",
     "tests/integration/test_replicas.py": "replicas behind the front (deployment)",
     "tests/integration/test_rollout.py": "rolling updates (deployment)",
-    "tests/integration/test_spend_ledger.py": "the spend ledger",
     "tests/integration/test_spend_report.py": "the spend report, its CLI and page",
     "tests/integration/test_workers.py": "the worker supervisor",
     "tests/unit/test_admin_auth.py": "the admin token",
@@ -29,7 +28,6 @@ PURE_ONLY = {
     "tests/unit/test_docs.py": "the docs",
     "tests/unit/test_keys_registry.py": "the run-time keys registry",
     "tests/unit/test_kubernetes_manifests.py": "the Kubernetes manifests",
-    "tests/unit/test_spend_report.py": "the spend report",
 }
 
 
