@@ -650,7 +650,8 @@ local function charge(k, ttl, soft)
   end
   if costn > 0 then
     local after = redis.call('HINCRBY', k, 's', cost)
-    redis.call('PEXPIRE', k, ttl)
+    -- the reservation set the window's expiry; without one, set it here
+    if reserved_nano == '0' then redis.call('PEXPIRE', k, ttl) end
     if soft > 0 and after - costn < soft and soft <= after then return after end
   end
   return 0
