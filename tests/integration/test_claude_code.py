@@ -40,6 +40,8 @@ def gateway(
         routes:
           - cluster: chat-only
             upstream_model: chat-text
+        # Priced as every gateway with keys prices: the streams end with their cost.
+        spend: {{}}
     """
     gw = start_gateway(config, tmp_path_factory.mktemp("claude-code"))
     try:

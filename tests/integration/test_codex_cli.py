@@ -97,6 +97,8 @@ def gateway(
         routes:
           - {{name: codex-chat, models: [codex-chat], cluster: chat-only}}
           - {{name: codex-messages, models: [codex-messages], cluster: messages-only}}
+        # Priced as every gateway with keys prices: Codex's streams end with their cost.
+        spend: {{}}
         """,
         tmp_path_factory.mktemp("codex-gateway"),
     )
