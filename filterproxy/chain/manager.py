@@ -279,6 +279,23 @@ classImplements(_Finished, IDownstream)
 _FINISHED = _Finished()
 
 
+class _NoProducer:
+    """The producer of a filter's own stream (`FilterManager._local_flow`): nothing to
+    pause; the filter's flow callbacks are told instead."""
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+_NO_PRODUCER: Final = _NoProducer()
+
+
 class _ClientFlow:
     """What the client's stream pauses and resumes, when a filter has a say in it: the
     upstream's producer, or the filter's own callbacks (`take_flow_control`). For a
@@ -445,6 +462,8 @@ class FilterManager(ResponseSink):
         self._clock = clock
         #: A filter's (on_pause, on_resume), when it controls the client's flow.
         self.flow: tuple[Callable[[], None], Callable[[], None]] | None = None
+        #: The client's flow is registered for a filter's local stream (no upstream).
+        self.local_flow = False
         self.router = router_factory(self)
 
         if shape is None:
@@ -869,11 +888,22 @@ class FilterManager(ResponseSink):
         encoder = self.encoder
         if encoder is None or start >= len(encoder.filters):
             self.send_response_head(head, False)
+            self._local_flow()
             return
         try:
             encoder.restart_headers(start, head, False)
         except Exception:
             self._internal_error()
+            return
+        self._local_flow()
+
+    def _local_flow(self) -> None:
+        """A filter that controls the client's flow (`take_flow_control`) and answers
+        with a stream of its own is told when its client cannot keep up, as it would be
+        for an upstream's response."""
+        if self.flow is not None and self.producer is None and self.state is not _DONE:
+            self.local_flow = True
+            self.downstream.register_producer(_ClientFlow(_NO_PRODUCER, self.flow, False))
 
     def _response_too_large(self) -> None:
         log.error("a response filter buffered more than {limit} bytes", limit=self.buffer_limit)
@@ -1043,6 +1073,9 @@ class FilterManager(ResponseSink):
             return
         self.state = _DONE
         self.stream_info.outcome = outcome
+        if self.local_flow:
+            self.local_flow = False
+            self.downstream.unregister_producer()
         self.decoder.stop()
         if self.encoder is not None:
             self.encoder.stop()

@@ -43,7 +43,9 @@ class IStreamOwner(Interface):
         the upstream being paused, and *on_resume* when it can take more again: the
         filter holds what comes meanwhile (returning less from ``encode_data``, sending
         it later with ``inject_encoded_data``), and pauses the upstream itself
-        (`pause_upstream`) when it holds too much. Call it in ``encode_headers``."""
+        (`pause_upstream`) when it holds too much. Call it in ``encode_headers`` — or,
+        for a filter that answers with a stream of its own (`send_local_stream`),
+        before that call: the callbacks then say when its client can take more of it."""
 
     def pause_upstream() -> None:
         """Stop reading the upstream's response until `resume_upstream`."""
