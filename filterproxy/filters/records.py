@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 __all__ = [
+    "CacheResult",
     "Cost",
     "DroppedTools",
     "LimitRefusal",
@@ -204,3 +205,36 @@ class Cost:
 
     def log_fields(self) -> Mapping[str, object]:
         return {"cost_usd": round(self.usd, 9), "cost_priced": self.priced}
+
+
+@dataclass(frozen=True, slots=True)
+class CacheResult:
+    """What the response cache did with the request (the cache filter): the access log's
+    ``cache`` field and the ``x-filterproxy-cache`` response header. A request answered
+    from the cache (``hit``) or from an identical request's answer in flight
+    (``coalesced``) cost nothing upstream: limits and budgets are not charged for it."""
+
+    #: ``hit``, ``miss``, ``bypass`` (the client's ``Cache-Control``, or a request that
+    #: cannot repeat) or ``coalesced``.
+    status: str
+    #: The entry's key (hex digest of the canonical upstream request and its partition).
+    key: str = ""
+    #: Why a request was bypassed (``no-cache``, ``temperature``, ``n``, ``tools``...).
+    reason: str | None = None
+    #: A hit's age in seconds.
+    age: float | None = None
+
+    @property
+    def served(self) -> bool:
+        """Whether the answer came from the cache or another request (nothing upstream)."""
+        return self.status == "hit" or self.status == "coalesced"
+
+    def log_fields(self) -> Mapping[str, object]:
+        fields: dict[str, object] = {"status": self.status}
+        if self.key:
+            fields["key"] = self.key[:16]
+        if self.reason is not None:
+            fields["reason"] = self.reason
+        if self.age is not None:
+            fields["age"] = round(self.age, 3)
+        return {"cache": fields}

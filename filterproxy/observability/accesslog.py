@@ -33,7 +33,7 @@ log = Logger(namespace="filterproxy.access")
 
 #: The fields the features' records fill (`filterproxy.filters.records.LogFields`); the
 #: others are the gateway's own, and a record cannot change them.
-FEATURE_FIELDS: Final = frozenset({"stream", "dropped_tools", "cost_usd", "cost_priced"})
+FEATURE_FIELDS: Final = frozenset({"stream", "dropped_tools", "cost_usd", "cost_priced", "cache"})
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -75,11 +75,13 @@ def access_record(head: RequestHead | None, info: StreamInfo, duration: float) -
         # The features' fields (null unless a feature's record fills them): the
         # resumable stream the request started or resumed, and the hosted tools a
         # translated Responses request left out (hosted_tools: drop), what the request
-        # cost in dollars and whether its model had a price (the spend extension).
+        # cost in dollars and whether its model had a price (the spend extension), what
+        # the response cache did with it (the cache extension).
         "stream": None,
         "dropped_tools": None,
         "cost_usd": None,
         "cost_priced": None,
+        "cache": None,
     }
     if info.has_state:
         for value in info.state.values():

@@ -112,7 +112,7 @@ def test_dropped_tools_reach_the_access_log_and_the_metrics() -> None:
     record = access_record(None, h.stream_info, 0.1)
     assert record["dropped_tools"] == ["web_search", "code_interpreter"]
     assert record["stream"] is None
-    assert list(record)[-4:] == ["stream", "dropped_tools", "cost_usd", "cost_priced"]  # documented
+    assert list(record)[-5:] == ["stream", "dropped_tools", "cost_usd", "cost_priced", "cache"]
     metrics = scrape(resources)
     for tool in ("web_search", "code_interpreter"):
         assert (
