@@ -16,6 +16,9 @@ from types import MappingProxyType
 from filterproxy import config
 from filterproxy.config import ChainFacts, Config, ExtensionSchema
 from filterproxy.extensions.body_accumulate.filter import BodyAccumulateFilter
+from filterproxy.extensions.cache import CacheFilter
+from filterproxy.extensions.cache.config import SCHEMA as CACHE
+from filterproxy.extensions.cache.metrics import CacheMetrics
 from filterproxy.extensions.header_rewrite.filter import HeaderRewriteFilter
 from filterproxy.extensions.keys.config import SCHEMA as KEYS
 from filterproxy.extensions.keys.filter import KeysFilter
@@ -50,6 +53,7 @@ BUILTIN_FILTERS: Mapping[str, type[StreamFilter]] = MappingProxyType(
         "translate": TranslateFilter,
         "header-rewrite": HeaderRewriteFilter,
         "usage": UsageFilter,
+        "cache": CacheFilter,
     }
 )
 
@@ -65,7 +69,14 @@ SPEND = spend_schema(_keys_placed)
 
 #: The built-in extensions that own config keys or a place in the default chain, in the
 #: order their places are taken.
-BUILTIN_SCHEMAS: tuple[ExtensionSchema, ...] = (KEYS, SPEND, RESUME, RESPONSES, TRANSLATE)
+BUILTIN_SCHEMAS: tuple[ExtensionSchema, ...] = (
+    KEYS,
+    SPEND,
+    RESUME,
+    RESPONSES,
+    TRANSLATE,
+    CACHE,
+)
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -88,3 +99,4 @@ def declare_metrics(resources: Resources) -> None:
     SpendMetrics.of(resources)
     ResumeMetrics.of(resources)
     TranslateMetrics.of(resources)
+    CacheMetrics.of(resources)

@@ -75,7 +75,7 @@ from filterproxy.filters.api import (
     StreamFilter,
 )
 from filterproxy.filters.metrics import MetricFamilies
-from filterproxy.filters.records import Cost, LimitRefusal, PriceQuote
+from filterproxy.filters.records import CacheResult, Cost, LimitRefusal, PriceQuote
 from filterproxy.http.body import BadBody, parse_body
 
 if TYPE_CHECKING:
@@ -537,6 +537,12 @@ class KeysFilter(StreamFilter):
             return
         self.admission = None
         info = self.callbacks.stream_info
+        cached = info.state.get(CacheResult)
+        if cached is not None and cached.served:
+            # Answered from the cache, or with an identical request's answer: nothing
+            # was generated for it, nothing is charged (its slot is freed).
+            self.config.store.settle(self.subjects, admission, 0, 0)
+            return
         if info.prompt_tokens is not None or info.completion_tokens is not None:
             used = (info.prompt_tokens or 0) + (info.completion_tokens or 0)
         else:

@@ -43,7 +43,7 @@ from filterproxy.filters.api import (
     StreamFilter,
 )
 from filterproxy.filters.metrics import MetricFamilies
-from filterproxy.filters.records import Cost, TokenUsage
+from filterproxy.filters.records import CacheResult, Cost, TokenUsage
 from filterproxy.filters.resources import Resources
 from filterproxy.http.body import BadBody, parse_body
 
@@ -224,6 +224,9 @@ class SpendFilter(StreamFilter):
         info = self.callbacks.stream_info
         model = info.model or self.requested or ""
         provider = self.config.providers.get(info.cluster) if info.cluster else None
+        cached = info.state.get(CacheResult)
+        if cached is not None and cached.served:
+            return Cost(model, provider or "", 0, priced=True)  # nothing was generated
         usage = info.state.get(TokenUsage)
         estimated = False
         if usage is None:
@@ -245,6 +248,9 @@ class SpendFilter(StreamFilter):
         usage = info.state.get(TokenUsage)
         if info.attempts == 0 and usage is None:
             return  # never reached a provider (refused, answered by the gateway): no spend
+        cached = info.state.get(CacheResult)
+        if cached is not None and cached.served:
+            return  # answered from the cache: nothing spent
         key = info.key_name or ""
         team = info.team_name or ""
         self.config.metrics.count(key or "none", team or "none", cost, usage)
