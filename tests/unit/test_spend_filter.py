@@ -178,6 +178,17 @@ def test_a_streaming_client_is_told_the_cost_at_the_end() -> None:
     assert b'"usage"' not in h.client.body  # the usage chunk the gateway asked for is gone
 
 
+def test_a_told_stream_goes_without_the_upstreams_content_length() -> None:
+    # The comment lengthens the body: kept, the upstream's length would leave it to be
+    # read as the next response of a kept-alive connection.
+    h = chain()
+    h.request(body("house-model", stream=True))
+    events = stream(10, 10)
+    h.respond(200, {**SSE, "content-length": str(len(events))}, [events])
+    assert h.client.headers.get("content-length") is None
+    assert h.client.body.startswith(events[:20]) and b": cost_usd=" in h.client.body
+
+
 def test_without_the_header_the_stream_passes_untouched() -> None:
     h = chain(CONFIG.replace("prices_source: none", "prices_source: none\n  header: false"))
     h.request(body("house-model", stream=True))

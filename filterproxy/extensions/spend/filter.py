@@ -273,6 +273,11 @@ class _TellingSpendFilter(SpendFilter):
             and (head.headers.get("content-type") or "").startswith("text/event-stream")
             and head.headers.get("content-encoding") in (None, "identity")
         )
+        if self.stream:
+            # The comment makes the body longer than an upstream's Content-Length says:
+            # the stream goes chunked, or its last bytes would be read as the next
+            # response on a kept-alive connection.
+            head.headers.remove("content-length")
         return FilterStatus.CONTINUE
 
     def encode_data(self, data: bytes, end_stream: bool) -> DataResult:
