@@ -586,8 +586,8 @@ class CacheFilter(StreamFilter):
             elif self.role is Role.LEADING:
                 flight.leader_gone()
         result = self.result
-        if result is not None:
-            self._count(result.status)
+        if result is not None and self.callbacks.stream_info.outcome:
+            self._count(result.status)  # (not for an attempt that moves to a fallback)
 
     def _count(self, status: str) -> None:
         info = self.callbacks.stream_info
