@@ -312,9 +312,10 @@ def test_an_error_answer_reaches_followers_with_its_status_and_is_not_stored() -
     leader, follower = process.request(), process.request()
     error = {"error": {"message": "slow down", "type": "rate_limit_error", "code": None}}
     body = json.dumps(error).encode()
-    leader.respond(429, {"content-type": "application/json"}, [body])
+    leader.respond(429, {"content-type": "application/json", "retry-after": "7"}, [body])
     assert leader.client.status == 429 and leader.client.json() == error
     assert follower.client.status == 429 and cache_status(follower.client) == "coalesced"
+    assert follower.client.headers.get("retry-after") == "7"
     assert follower.client.json() == error and follower.client.ended and follower.done
     assert process.memory.entries == {} and process.unstored("status") == 1
     later = process.request()

@@ -76,18 +76,20 @@ def test_redis_keys_and_prefixes() -> None:
 
 
 def test_pacing_marks_are_bounded() -> None:
-    marks = [(i, i) for i in range(3 * MAX_MARKS)]
-    kept = marks_of(marks)
-    assert len(kept) <= MAX_MARKS
-    assert list(kept) == sorted(kept)
+    for count in (3 * MAX_MARKS, 3 * MAX_MARKS + 1):
+        marks = [(i, i) for i in range(count)]
+        kept = marks_of(marks)
+        assert len(kept) <= MAX_MARKS
+        assert list(kept) == sorted(kept)
+        assert kept[-1] == marks[-1]
 
 
 class Follower:
     def __init__(self) -> None:
         self.got: list[object] = []
 
-    def started(self, status: int, content_type: str) -> None:
-        self.got.append(("head", status))
+    def started(self, status: int, content_type: str, shared: tuple[tuple[str, str], ...]) -> None:
+        self.got.append(("head", status, *shared))
 
     def push(self, data: bytes) -> None:
         self.got.append(data)
@@ -143,6 +145,15 @@ def test_a_failure_reaches_every_follower() -> None:
     flight.fail(502, "broke")
     for f in followers:
         assert f.got == [("head", 200), b"partial", ("failed", 502)]
+
+
+def test_what_an_answers_head_shares_reaches_early_and_late_followers() -> None:
+    flight = Flights().start("k", max_bytes=100)
+    early, late = Follower(), Follower()
+    flight.join(early)
+    flight.head(429, "application/json", (("retry-after", "7"),))
+    flight.join(late)
+    assert early.got == late.got == [("head", 429, ("retry-after", "7"))]
 
 
 def test_a_leader_gone_before_the_answer_hands_over_after_it_fails_them() -> None:

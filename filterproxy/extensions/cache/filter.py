@@ -66,6 +66,9 @@ __all__ = ["CACHE_HEADER", "CacheFilter", "CacheFilterConfig", "Role"]
 CACHE_HEADER: Final = "x-filterproxy-cache"
 _EVENT_STREAM: Final = "text/event-stream"
 _JSON: Final = "application/json"
+#: The upstream's headers that each client of a shared answer gets too (what an error
+#: says about trying again); the others are the first client's (its ids, its limits).
+_SHARED: Final = ("retry-after", "retry-after-ms")
 
 
 class Role(enum.Enum):
@@ -338,13 +341,14 @@ class CacheFilter(StreamFilter):
             return False
         return True
 
-    def started(self, status: int, content_type: str) -> None:
+    def started(self, status: int, content_type: str, shared: tuple[tuple[str, str], ...]) -> None:
         """flight.Follower: the answer's head came."""
         if self.done:
             return
         own = self.own = self.callbacks.own_stream()
         own.take_flow_control(self._slow, self._ready)
         headers = [("content-type", content_type or _JSON), (CACHE_HEADER, "coalesced")]
+        headers += shared
         if content_type.startswith(_EVENT_STREAM):
             headers.append(("cache-control", "no-cache"))
         self.answering = True
@@ -441,7 +445,8 @@ class CacheFilter(StreamFilter):
                 self.flight = None
                 flight.fail(head.status, info.error)
             else:
-                flight.head(head.status, self.content_type)
+                shared = tuple((n, v) for n in _SHARED if (v := head.headers.get(n)) is not None)
+                flight.head(head.status, self.content_type, shared)
                 if not end_stream:
                     own = self.own = self.callbacks.own_stream()
                     own.keep_going_without_client(self._client_gone)

@@ -24,8 +24,9 @@ __all__ = ["Flight", "Flights", "Follower"]
 class Follower(Protocol):
     """A request waiting on another's answer."""
 
-    def started(self, status: int, content_type: str) -> None:
-        """The answer's head came."""
+    def started(self, status: int, content_type: str, shared: tuple[tuple[str, str], ...]) -> None:
+        """The answer's head came (*shared*: the upstream's headers every client of
+        it should see, such as an error's ``retry-after``)."""
 
     def push(self, data: bytes) -> None:
         """A piece of the answer."""
@@ -54,6 +55,7 @@ class Flight:
         "lonely",
         "max_bytes",
         "open",
+        "shared",
         "status",
         "waiting",
     )
@@ -68,6 +70,7 @@ class Flight:
         #: The answer's head, once it came.
         self.status: int | None = None
         self.content_type = ""
+        self.shared: tuple[tuple[str, str], ...] = ()
         #: What came so far, for late joiners, while under max_bytes.
         self.kept: list[bytes] = []
         self.kept_bytes = 0
@@ -89,7 +92,7 @@ class Flight:
             return False
         self.waiting.append(follower)
         if self.status is not None:
-            follower.started(self.status, self.content_type)
+            follower.started(self.status, self.content_type, self.shared)
             if self.kept:
                 follower.push(b"".join(self.kept))
         return True
@@ -101,12 +104,15 @@ class Flight:
             if not self.waiting and self.lonely is not None and not self.done:
                 self.lonely()
 
-    def head(self, status: int, content_type: str) -> None:
+    def head(
+        self, status: int, content_type: str, shared: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         """The answer's head came."""
         self.status = status
         self.content_type = content_type
+        self.shared = shared
         for follower in list(self.waiting):
-            follower.started(status, content_type)
+            follower.started(status, content_type, shared)
 
     def data(self, piece: bytes) -> None:
         """A piece of the answer came."""

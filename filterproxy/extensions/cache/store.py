@@ -124,9 +124,10 @@ class Entry:
 
 def marks_of(pieces: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
     """At most `MAX_MARKS` of a stream's (end offset, ms) marks: past it, every other
-    one is dropped until they fit (a paced hit then sends pieces twice as large)."""
+    one is dropped until they fit (a paced hit then sends pieces twice as large); the
+    last one always stays, so the stream still ends when it ended."""
     while len(pieces) > MAX_MARKS:
-        pieces = pieces[1::2]
+        pieces = pieces[::-2][::-1]  # every other one, counted from the last (kept)
     return tuple(pieces)
 
 
