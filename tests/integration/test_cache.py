@@ -119,13 +119,13 @@ def test_twenty_identical_streams_make_one_upstream_request_then_another_replica
         )
         return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
 
-    async def twenty() -> list[str]:
+    async def twenty(gateway: Gateway) -> list[str]:
         async with openai.AsyncOpenAI(
-            base_url=f"{a.url}/v1", api_key=ALICE, max_retries=0
+            base_url=f"{gateway.url}/v1", api_key=ALICE, max_retries=0
         ) as client:
             return await asyncio.gather(*(one(client) for _ in range(20)))
 
-    texts = asyncio.run(twenty())
+    texts = asyncio.run(twenty(a))
     assert upstream_count(slow_upstream) == before + 1
     assert texts[0].startswith(f"Echo: {question} w01")
     assert texts == [texts[0]] * 20
@@ -144,6 +144,10 @@ def test_twenty_identical_streams_make_one_upstream_request_then_another_replica
     raw = post(b, "shared-a", question, stream=True)
     assert raw.headers["x-filterproxy-cache"] == "hit"
     assert int(raw.headers["age"]) >= 0
+    # Twenty at once on that replica: one Redis lookup's hit serves those that came
+    # while it was asked; nothing goes upstream.
+    assert asyncio.run(twenty(b)) == texts
+    assert upstream_count(slow_upstream) == before + 1
 
 
 def test_a_messages_and_a_chat_client_share_an_entry_when_the_upstream_request_is_the_same(

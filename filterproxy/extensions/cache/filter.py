@@ -152,6 +152,8 @@ class CacheFilter(StreamFilter):
         self.started_at = 0.0
         self.status = 0
         self.content_type = ""
+        #: A hit's answer as sent (for those who waited on its Redis lookup).
+        self.served = b""
         #: The client cannot take more now (a leader's or a follower's), and what waits.
         self.paused = False
         self.held: list[bytes] = []
@@ -210,6 +212,9 @@ class CacheFilter(StreamFilter):
             return FilterStatus.STOP_ITERATION_AND_BUFFER
         redis = self.config.redis
         if route.store == "redis" and redis is not None:
+            # Identical requests that come while Redis answers wait on this one: its
+            # hit, or its answer from upstream.
+            self._lead()
             d = redis.get(self.key, self.model, route.max_bytes)
             return d.addCallback(self._looked_up)
         entry = self.config.memory.get(self.key, self.callbacks.clock.seconds())
@@ -223,15 +228,20 @@ class CacheFilter(StreamFilter):
         return f"{self.key}:{int(shape.stream)}{int(shape.usage)}"
 
     def _looked_up(self, entry: Entry | None) -> DataResult:
-        """Redis's answer."""
-        if self.done:
-            return FilterStatus.STOP_ITERATION
+        """Redis's answer (this request leads the identical ones meanwhile): a hit is
+        theirs too; else it goes upstream."""
+        if self.done or self.role is not Role.LEADING:
+            return FilterStatus.STOP_ITERATION  # (its client left; another leads)
         live = entry is not None and entry.expires_at > self.callbacks.clock.seconds()
+        flight = self.flight
         if live and entry is not None and self._serve(entry):
+            if flight is not None:
+                self.flight = None
+                flight.head(200, self.content_type)
+                flight.data(self.served)
+                flight.end()
             return FilterStatus.STOP_ITERATION
-        if self._follow():  # (one may have started while Redis answered)
-            return FilterStatus.STOP_ITERATION_AND_BUFFER
-        return self._lead()
+        return FilterStatus.CONTINUE
 
     def _bypass(self, reason: str | None, *, store: bool) -> DataResult:
         self._set_result(CacheResult("bypass", self.key, reason))
@@ -296,6 +306,8 @@ class CacheFilter(StreamFilter):
         ]
         if shape.stream:
             headers.append(("cache-control", "no-cache"))
+        self.content_type = headers[0][1]
+        self.served = body
         own = self.own = self.callbacks.own_stream()
         own.send_local_stream(200, headers)
         route = self.route
@@ -322,8 +334,6 @@ class CacheFilter(StreamFilter):
             self.callbacks.inject_encoded_data(body[start : len(body) if last else end], last)
             start = end
             i += 1
-        if start < len(body):
-            self.callbacks.inject_encoded_data(body[start:], True)
 
     # -- following -------------------------------------------------------------------------
 
