@@ -224,6 +224,14 @@ def test_two_keys_never_share_and_a_hit_costs_nothing(
     }
     assert free["cost_usd"] == 0 and free["attempts"] == 0
     assert free["completion_tokens"] == 12  # the usage the answer reports, not charged
+    saved = [
+        line
+        for line in a.metrics().splitlines()
+        if line.startswith("filterproxy_cache_served_tokens_total{")
+        and 'route="' in line
+        and 'kind="output"' in line
+    ]
+    assert saved and sum(float(line.rsplit(" ", 1)[1]) for line in saved) >= 12
 
 
 def test_cache_control_from_the_client_is_honoured(

@@ -607,7 +607,13 @@ class CacheFilter(StreamFilter):
     def _count(self, status: str) -> None:
         info = self.callbacks.stream_info
         route = info.route.name if info.route is not None else "none"
-        self.config.metrics.requests.inc((route, status))
+        metrics = self.config.metrics
+        metrics.requests.inc((route, status))
+        if status == "hit" or status == "coalesced":
+            if info.prompt_tokens:
+                metrics.served_tokens.inc((route, "input"), info.prompt_tokens)
+            if info.completion_tokens:
+                metrics.served_tokens.inc((route, "output"), info.completion_tokens)
 
 
 def _complete(api: str | None, body: bytes, streamed: bool, max_bytes: int) -> bool:

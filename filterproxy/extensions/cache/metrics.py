@@ -42,6 +42,12 @@ class CacheMetrics:
             "200; incomplete: no final event, or failed; too_large: over max_bytes).",
             ("route", "reason"),
         )
+        self.served_tokens = families.counter(
+            "filterproxy_cache_served_tokens",
+            "Tokens the answers served from the cache or shared in flight reported (what "
+            "they would have cost upstream), by route and kind (input, output).",
+            ("route", "kind"),
+        )
         if store is not None:
             families.gauge(
                 "filterproxy_cache_memory_bytes",
