@@ -37,7 +37,6 @@ from filterproxy.extensions.cache.keying import (
 from filterproxy.extensions.cache.metrics import CacheMetrics
 from filterproxy.extensions.cache.shapes import (
     answer_from_stream,
-    has_usage,
     stream_from_answer,
     without_usage_chunk,
 )
@@ -513,8 +512,9 @@ class CacheFilter(StreamFilter):
             self._unstored("too_large")
             return
         self.pieces.append(data)
-        elapsed = self.callbacks.clock.seconds() - self.started_at
-        self.marks.append((self.size, int(elapsed * 1000)))
+        if route.pace:
+            elapsed = self.callbacks.clock.seconds() - self.started_at
+            self.marks.append((self.size, int(elapsed * 1000)))
 
     def _ended(self) -> None:
         """The upstream's answer is complete: stored (when it may be), then shared."""
@@ -531,10 +531,10 @@ class CacheFilter(StreamFilter):
         assert route is not None
         streamed = self.content_type.startswith(_EVENT_STREAM)
         api = self.api
-        if not _complete(api, body, streamed, route.max_bytes):
+        usage = _assessed(api, body, streamed, route.max_bytes)
+        if usage is None:
             self._unstored("incomplete")
             return
-        usage = has_usage(api, body, streamed) if api is not None else False
         now = self.callbacks.clock.seconds()
         info = self.callbacks.stream_info
         entry = Entry(
@@ -548,7 +548,7 @@ class CacheFilter(StreamFilter):
             route=info.route.name if info.route is not None else "",
             stored_at=now,
             expires_at=now + route.ttl,
-            marks=marks_of(self.marks) if streamed and route.pace else (),
+            marks=marks_of(self.marks) if streamed else (),
         )
         route_name = entry.route or "none"
         if route.store == "redis" and self.config.redis is not None:
@@ -616,14 +616,21 @@ class CacheFilter(StreamFilter):
                 metrics.served_tokens.inc((route, "output"), info.completion_tokens)
 
 
-def _complete(api: str | None, body: bytes, streamed: bool, max_bytes: int) -> bool:
-    """Whether an answer is complete and successful (only those are stored)."""
+def _assessed(api: str | None, body: bytes, streamed: bool, max_bytes: int) -> bool | None:
+    """Whether an answer reports usage, when it is complete and successful (only those
+    are stored); None when it is not. One parse: a stream is read into the answer it
+    amounts to (`answer_from_stream`), whose usage is the stream's."""
     if streamed:
         if api is None:
-            return False
-        return answer_from_stream(api, body, max_bytes=max_bytes * 4) is not None
+            return None
+        answer = answer_from_stream(api, body, max_bytes=max_bytes * 4)
+        if answer is None:
+            return None
+        body = answer
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return False
-    return isinstance(document, dict) and "error" not in document
+        return None
+    if not isinstance(document, dict) or "error" in document:
+        return None
+    return isinstance(document.get("usage"), dict)
