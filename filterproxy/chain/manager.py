@@ -1098,3 +1098,7 @@ class FilterManager(ResponseSink):
         self.filters = []
         self.router = _FINISHED
         self.downstream = _FINISHED
+        # A filter's callbacks (`keep_going_without_client`, `take_flow_control`) are
+        # its bound methods: the filter holds its callbacks, which hold this manager.
+        self.on_client_gone = None
+        self.flow = None

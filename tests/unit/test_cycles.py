@@ -45,10 +45,12 @@ def _ours(obj: object) -> bool:
     return isinstance(module, str) and module.startswith("filterproxy")
 
 
-def gateway_objects_in_cycles(scenario: Callable[[Harness], None]) -> list[str]:
+def gateway_objects_in_cycles(
+    scenario: Callable[[Harness], None], config: str = CONFIG
+) -> list[str]:
     """The filterproxy objects only the cycle collector would free after *scenario*
     (the gateway, its pools and the client connection stay alive)."""
-    h = Harness(CONFIG)
+    h = Harness(config)
     gc.collect()
     before = {id(o) for o in gc.get_objects() if type(o).__qualname__ in PER_REQUEST}
     # Only what the scenario made counts (earlier tests may leave objects of ours, a
@@ -122,3 +124,44 @@ def refused_by_a_filter(h: Harness) -> None:
 )
 def test_a_finished_request_leaves_no_cycles(scenario: Callable[[Harness], None]) -> None:
     assert gateway_objects_in_cycles(scenario) == []
+
+
+#: A cached route: its misses lead (a response that goes on without its client, with its
+#: flow in the filter's hands), its hits answer with a stream of their own.
+CACHED = CONFIG.replace("  - cluster: up\n", "  - cluster: up\n    cache: true\n") + (
+    "  - type: cache\n"
+)
+CACHEABLE = b'{"model": "m", "temperature": 0}'
+
+
+def cached_miss(h: Harness) -> None:
+    h.client.dataReceived(post(CACHEABLE))
+    h.upstream.dataReceived(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+        % (len(COMPLETION), COMPLETION)
+    )
+    assert h.received().endswith(COMPLETION)
+
+
+def cached_stream_miss(h: Harness) -> None:
+    h.client.dataReceived(post(b'{"model": "m", "temperature": 0, "stream": true}'))
+    h.upstream.dataReceived(SSE_HEAD + chunk(b'data: {"n": 1}\n\n') + b"0\r\n\r\n")
+    assert h.received().endswith(b"0\r\n\r\n")
+
+
+@pytest.mark.parametrize("scenario", [cached_miss, cached_stream_miss])
+def test_a_cached_request_leaves_no_cycles(scenario: Callable[[Harness], None]) -> None:
+    assert "cache: true" in CACHED
+    assert gateway_objects_in_cycles(scenario, CACHED) == []
+
+
+#: A resumable route: its streams go on without their client, their flow in the
+#: resume filter's hands.
+RESUMED = CONFIG.replace("  - cluster: up\n", "  - cluster: up\n    resume: true\n").replace(
+    "  - type: usage\n", "  - type: resume\n  - type: usage\n"
+)
+
+
+def test_a_resumable_stream_leaves_no_cycles() -> None:
+    assert "resume: true" in RESUMED
+    assert gateway_objects_in_cycles(complete_stream, RESUMED) == []
