@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: redis-server node chromium docs-screenshots podman image image-test run test lint typecheck docs docs-build bench bench-env bench-translate bench-resume bench-front bench-limits soak dashboard wheel clean
+.PHONY: redis-server node chromium docs-screenshots podman image image-test run test lint typecheck docs docs-build bench bench-env bench-translate bench-resume bench-front bench-limits bench-cache soak dashboard wheel clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -163,6 +163,13 @@ bench-front: bench-env
 bench-limits: bench-env redis-server
 	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }
 	$(BENCH_VENV)/bin/python -m bench.limits $(LIMITS_ARGS)
+
+# The response cache: a hit's CPU and latency next to a forwarded request and a miss,
+# from memory and from Redis, and the memory a cached stream takes (bench/cache.py;
+# redis-server and wrk from Debian's packages).
+bench-cache: bench-env redis-server
+	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }
+	$(BENCH_VENV)/bin/python -m bench.cache $(CACHE_ARGS)
 
 # The soak: connection churn for SOAK_ARGS (default 30 minutes) through filterproxy, nginx
 # and Envoy at once, sampling their memory and file descriptors (bench/soak.py).
