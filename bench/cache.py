@@ -49,8 +49,6 @@ import argparse
 import asyncio
 import datetime
 import re
-import shutil
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -65,7 +63,7 @@ import httpx
 import orjson
 import psutil
 
-from bench.peers import BIN, Peer, save_results, wait_for_port
+from bench.peers import BIN, Peer, micros, save_results, start_redis, wait_for_port
 from bench.run import LOAD_CORE, PROXY_CORE, Upstream
 
 PORT = 8840
@@ -159,17 +157,6 @@ def wrk_script(case: Case, stream: bool) -> str:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _micros(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 1, "ms": 1000, "s": 1_000_000}[unit]
-
-
 def metrics() -> str:
     return httpx.get(f"http://127.0.0.1:{ADMIN}/metrics", timeout=10).text
 
@@ -252,8 +239,8 @@ def measure(
         "errors": (int(non_2xx.group(1)) if non_2xx else 0)
         + (sum(int(n) for n in sockets.groups()) if sockets else 0),
         "warm_up_errors": "Non-2xx" in warm.stdout or "Socket errors" in warm.stdout,
-        "p50_us": _micros(percentiles["50"]),
-        "p99_us": _micros(percentiles["99"]),
+        "p50_us": micros(percentiles["50"]),
+        "p99_us": micros(percentiles["99"]),
         "cpu_us_per_request": cpu / requests * 1e6,
         "redis_cpu_us_per_request": redis_cpu / requests * 1e6 if case.redis else None,
         "cache_counted": counted,
@@ -496,27 +483,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--entries", type=int, default=2000, help="streams cached, for memory")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
-    redis_binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     upstream = Upstream("--format", "chat", "--chunks", str(args.chunks))
-    redis_port = free_port()
-    redis = subprocess.Popen(
-        [
-            "taskset",
-            "-c",
-            str(LOAD_CORE),
-            redis_binary,
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    wait_for_port(redis_port)
+    redis, redis_port = start_redis(LOAD_CORE)
     redis_process = psutil.Process(redis.pid)
     groups = [(stream, clients) for stream in (False, True) for clients in (1, args.clients)]
     runs: dict[tuple[str, int, str], list[dict[str, Any]]] = {}

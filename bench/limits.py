@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import re
-import shutil
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -35,7 +33,7 @@ from typing import Any
 
 import psutil
 
-from bench.peers import BIN, Peer, save_results, wait_for_port
+from bench.peers import BIN, Peer, micros, save_results, start_redis
 from bench.run import LOAD_CORE, PROXY_CORE, Upstream
 
 HERE = Path(__file__).resolve().parent
@@ -92,17 +90,6 @@ keys:
     return text
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _micros(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 1, "ms": 1000, "s": 1_000_000}[unit]
-
-
 def redis_scripts_run(port: int) -> int:
     """The scripts Redis has run (EVALSHA and EVAL calls) since its stats were reset."""
     out = subprocess.run(
@@ -156,8 +143,8 @@ def measure(
     return {
         "requests": requests,
         "errors": int(errors.group(1)) if errors else 0,
-        "p50_us": _micros(percentiles["50"]),
-        "p99_us": _micros(percentiles["99"]),
+        "p50_us": micros(percentiles["50"]),
+        "p99_us": micros(percentiles["99"]),
         "cpu_us_per_request": cpu / requests * 1e6,
         "redis_cpu_us_per_request": redis_cpu / requests * 1e6 if redis else None,
         "redis_scripts_per_request": scripts / requests if redis_port else None,
@@ -234,28 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
-    redis_binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     upstream = Upstream()
     upstream_port = upstream.port
-    redis_port = free_port()
-    redis = subprocess.Popen(
-        [
-            "taskset",
-            "-c",
-            str(LOAD_CORE),
-            redis_binary,
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    wait_for_port(redis_port)
+    redis, redis_port = start_redis(LOAD_CORE)
     runs: dict[str, list[dict[str, Any]]] = {}
     cases = [
         ("no keys (conf/bench.yaml)", None, None, None),

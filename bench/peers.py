@@ -10,6 +10,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -112,6 +113,30 @@ def save_results(kind: str, header: str, text: str, data: dict[str, Any]) -> Pat
     base.with_suffix(".md").write_text(header + text + "\n")
     base.with_suffix(".json").write_text(json.dumps(data, indent=2))
     return base.with_suffix(".md")
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def micros(text: str) -> float:
+    """wrk's duration (``412.5us``, ``1.2ms``, ``2s``) in microseconds."""
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1, "ms": 1000, "s": 1_000_000}[unit]
+
+
+def start_redis(core: int) -> tuple[subprocess.Popen[bytes], int]:
+    """Debian's redis-server on a free port, pinned to *core*, without persistence; it
+    and its port, once it listens."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    port = free_port()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen(["taskset", "-c", str(core), *args], stdout=subprocess.DEVNULL)
+    wait_for_port(port)
+    return process, port
 
 
 def wait_for_port(port: int, timeout: float = 20.0) -> None:
