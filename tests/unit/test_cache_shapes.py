@@ -22,7 +22,6 @@ from pydantic import TypeAdapter
 
 from filterproxy.extensions.cache.shapes import (
     answer_from_stream,
-    has_usage,
     stream_from_answer,
     without_usage_chunk,
 )
@@ -558,7 +557,7 @@ def test_a_chat_stream_without_usage_reads_as_the_answer_less_its_usage() -> Non
     said = check_chat_stream(events_of(stream), include_usage=False)
     assert said["text"] == CHAT_TEXT["choices"][0]["message"]["content"]
     assert answered(CHAT, stream) == {k: v for k, v in CHAT_TEXT.items() if k != "usage"}
-    assert not has_usage(CHAT, stream, streamed=True)
+    assert "usage" not in answered(CHAT, stream)
 
 
 @pytest.mark.parametrize(
@@ -813,26 +812,12 @@ def test_without_usage_chunk_keeps_every_other_event_byte_for_byte() -> None:
     }
 
 
-def test_which_stored_answers_report_usage() -> None:
-    no_usage = {k: v for k, v in CHAT_TEXT.items() if k != "usage"}
-    assert has_usage(CHAT, orjson.dumps(CHAT_TEXT), streamed=False)
-    assert not has_usage(CHAT, orjson.dumps(no_usage), streamed=False)
-    assert not has_usage(CHAT, b"not json", streamed=False)
-    assert has_usage(CHAT, CHAT_RECORDED, streamed=True)
-    assert not has_usage(CHAT, without_usage_chunk(CHAT_RECORDED), streamed=True)
-    # Usage on a chunk that has choices is not the usage-only chunk.
-    assert not has_usage(
-        CHAT,
-        b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"total_tokens":1}}\n\n',
-        streamed=True,
-    )
+def test_the_answer_of_a_stream_reports_usage_exactly_when_the_stream_did() -> None:
+    # (What the cache stores as an entry's usage: the answer its stream reads as.)
+    assert answered(CHAT, CHAT_RECORDED)["usage"] == CHAT_RECORDED_ANSWER["usage"]
+    assert "usage" not in answered(CHAT, without_usage_chunk(CHAT_RECORDED))
     for api, answer in ((MESSAGES, MESSAGES_TOOLS), (RESPONSES, RESPONSES_TOOLS)):
-        assert has_usage(api, orjson.dumps(answer), streamed=False)
-        assert has_usage(api, streamed(api, answer), streamed=True)
-        bare = streamed(api, {**answer, "usage": None})
-        assert not has_usage(api, bare, streamed=True)
-    assert has_usage(MESSAGES, MESSAGES_RECORDED, streamed=True)
-    assert not has_usage(MESSAGES, b'event: ping\ndata: {"type":"ping"}\n\n', streamed=True)
+        assert answered(api, streamed(api, answer))["usage"] == answer["usage"]
 
 
 # -- the official SDKs read the streams made -----------------------------------------------

@@ -8,9 +8,9 @@ Responses: `filterproxy.http.apis`) `answer_from_stream` assembles a stream into
 answer the provider would have sent without streaming, and `stream_from_answer` cuts an
 answer into the events its SDKs read as the same answer. Neither guesses: a stream that
 did not end as its API ends one, that carries an error, or that holds what the other
-shape has no form for, is None: the caller asks the upstream instead. `has_usage` and
-`without_usage_chunk` let a stored chat stream answer a request that differs from the
-stored one only in ``stream_options.include_usage``.
+shape has no form for, is None: the caller asks the upstream instead.
+`without_usage_chunk` lets a stored chat stream answer a request that differs from the
+stored one only in not asking for ``stream_options.include_usage``.
 
 Every event read is bounded by the caller's *max_bytes*, and so is what is made.
 """
@@ -24,7 +24,7 @@ from filterproxy.http.apis import CHAT, MESSAGES, RESPONSES
 from filterproxy.http.sse import EventTooLarge, SSEDecoder, SSEEvent, encode_event
 from filterproxy.translate.common import SHAPE_ERRORS, dumps, loads
 
-__all__ = ["answer_from_stream", "has_usage", "stream_from_answer", "without_usage_chunk"]
+__all__ = ["answer_from_stream", "stream_from_answer", "without_usage_chunk"]
 
 #: What a chat stream's ``data: [DONE]`` reads as.
 _DONE: Final = object()
@@ -491,38 +491,6 @@ def stream_from_answer(
     except (_Unfit, ValueError, *SHAPE_ERRORS):
         return None
     return b"".join(out.parts)
-
-
-# -- usage -----------------------------------------------------------------------------
-
-
-def has_usage(api: str, body: bytes, streamed: bool) -> bool:
-    """Whether the stored answer reports token usage: a JSON answer, a Messages or a
-    Responses stream when it carries a usage object; a chat stream only when it has the
-    usage-only chunk (``stream_options.include_usage``)."""
-    try:
-        if not streamed:
-            document = loads(body)
-            return isinstance(document, dict) and isinstance(document.get("usage"), dict)
-        for event in _decoded(body, len(body)):
-            if event.data is None or '"usage"' not in event.data:
-                continue  # (every usage object is under that key)
-            data = loads(event.data)
-            kind = data.get("type") if isinstance(data, dict) else None
-            if api == CHAT:
-                found = _is_usage_chunk(data)
-            elif api == MESSAGES:
-                holder = data["message"] if kind == "message_start" else data
-                found = kind in ("message_start", "message_delta") and isinstance(
-                    holder.get("usage"), dict
-                )
-            else:
-                found = kind in _FINAL and isinstance(data["response"].get("usage"), dict)
-            if found:
-                return True
-    except (_Unfit, ValueError, *SHAPE_ERRORS):
-        return False
-    return False
 
 
 def without_usage_chunk(body: bytes) -> bytes:
