@@ -88,6 +88,9 @@ def _chat_answer(events: Iterator[tuple[str | None, Any]]) -> dict[str, Any]:
     choices: dict[int, dict[str, Any]] = {}
     calls: dict[int, dict[int, dict[str, Any]]] = {}
     finish: dict[int, Any] = {}
+    #: Each choice's text fields as their pieces, joined at the end (a stream of many
+    #: deltas is not copied again with each one).
+    texts: dict[int, dict[str, list[str]]] = {}
     usage: Any = None
     for name, data in events:
         if data is _DONE:
@@ -108,7 +111,8 @@ def _chat_answer(events: Iterator[tuple[str | None, Any]]) -> dict[str, Any]:
                 elif key == "role":
                     message.setdefault("role", value or "assistant")
                 elif isinstance(value, str):
-                    message[key] = (message.get(key) or "") + value
+                    message.setdefault(key, "")
+                    texts.setdefault(index, {}).setdefault(key, []).append(value)
                 elif value is None:
                     message.setdefault(key, None)
                 elif key == "annotations" and isinstance(value, list):
@@ -130,8 +134,10 @@ def _chat_answer(events: Iterator[tuple[str | None, Any]]) -> dict[str, Any]:
     }
     for index in sorted(choices):
         message = {"role": "assistant", "content": None, **choices[index]}
+        for key, pieces in texts.get(index, {}).items():
+            message[key] = "".join(pieces)
         if calls.get(index):
-            message["tool_calls"] = [calls[index][k] for k in sorted(calls[index])]
+            message["tool_calls"] = [_joined(calls[index][k]) for k in sorted(calls[index])]
         answer["choices"].append(
             {"index": index, "message": message, "logprobs": None, "finish_reason": finish[index]}
         )
@@ -152,20 +158,27 @@ def _merge_calls(calls: dict[int, dict[str, Any]], deltas: Any) -> None:
         function = delta.get("function") or {}
         call = calls.setdefault(
             delta.get("index", position),
-            {"id": None, "type": "function", "function": {"name": None, "arguments": ""}},
+            {"id": None, "type": "function", "function": {"name": None, "arguments": []}},
         )
         if delta.get("id") and not call["id"]:
             call["id"] = delta["id"]
         if function.get("name") and not call["function"]["name"]:
             call["function"]["name"] = function["name"]
         if isinstance(function.get("arguments"), str):
-            call["function"]["arguments"] += function["arguments"]
+            call["function"]["arguments"].append(function["arguments"])
+
+
+def _joined(call: dict[str, Any]) -> dict[str, Any]:
+    """A merged tool call with its argument pieces joined."""
+    function = call["function"]
+    return {**call, "function": {**function, "arguments": "".join(function["arguments"])}}
 
 
 def _messages_answer(events: Iterator[tuple[str | None, Any]]) -> dict[str, Any]:
     message: dict[str, Any] | None = None
     blocks: dict[int, dict[str, Any]] = {}
-    partial: dict[int, list[str]] = {}
+    #: Each block's text, thinking and input JSON as their pieces, joined at the end.
+    partial: dict[int, dict[str, list[str]]] = {}
     for name, data in events:
         kind = data.get("type") if isinstance(data, dict) else None
         if kind is None or kind == "error" or name == "error":
@@ -179,7 +192,7 @@ def _messages_answer(events: Iterator[tuple[str | None, Any]]) -> dict[str, Any]
             blocks[data["index"]] = dict(data["content_block"])
         elif kind == "content_block_delta":
             index = data["index"]
-            _apply_delta(blocks[index], data["delta"], partial.setdefault(index, []))
+            _apply_delta(blocks[index], data["delta"], partial.setdefault(index, {}))
         elif kind == "message_delta":
             message.update(data.get("delta") or {})
             usage = data.get("usage")
@@ -192,22 +205,28 @@ def _messages_answer(events: Iterator[tuple[str | None, Any]]) -> dict[str, Any]
         raise _Unfit("the stream has no message_stop")
     if message is None:
         raise _Unfit("the stream has no message_start")
-    for index, pieces in partial.items():
-        if pieces:
+    for index, fields in partial.items():
+        block = blocks[index]
+        for key, pieces in fields.items():
             text = "".join(pieces)
-            blocks[index]["input"] = loads(text) if text.strip() else {}
+            if key == "partial_json":
+                block["input"] = loads(text) if text.strip() else {}
+            else:
+                block[key] = (block.get(key) or "") + text
     message["content"] = [blocks[i] for i in sorted(blocks)]
     return message
 
 
-def _apply_delta(block: dict[str, Any], delta: dict[str, Any], partial: list[str]) -> None:
+def _apply_delta(
+    block: dict[str, Any], delta: dict[str, Any], partial: dict[str, list[str]]
+) -> None:
     kind = delta["type"]
     if kind == "text_delta":
-        block["text"] = (block.get("text") or "") + delta["text"]
+        partial.setdefault("text", []).append(delta["text"])
     elif kind == "input_json_delta":
-        partial.append(delta["partial_json"])
+        partial.setdefault("partial_json", []).append(delta["partial_json"])
     elif kind == "thinking_delta":
-        block["thinking"] = (block.get("thinking") or "") + delta["thinking"]
+        partial.setdefault("thinking", []).append(delta["thinking"])
     elif kind == "signature_delta":
         block["signature"] = delta["signature"]
     elif kind == "citations_delta":
