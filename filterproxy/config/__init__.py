@@ -9,7 +9,14 @@ keys are read by its extension (`ExtensionSchema`, passed to `load_config`), and
 typed by class: `Config.section`, `RouteConfig.option`.
 """
 
-from filterproxy.config._extension import ChainFacts, DefaultEntry, ExtensionSchema, Section
+from filterproxy.config._extension import (
+    ChainFacts,
+    DefaultEntry,
+    ExtensionSchema,
+    ProviderSchema,
+    ProviderSettings,
+    Section,
+)
 from filterproxy.config._headers import parse_header_policy, parse_header_rules
 from filterproxy.config._load import load_config, parse_config
 from filterproxy.config._reader import ConfigError, Node
@@ -50,6 +57,8 @@ __all__ = [
     "Limits",
     "Node",
     "OutlierDetection",
+    "ProviderSchema",
+    "ProviderSettings",
     "RedisConfig",
     "RetryPolicy",
     "RouteConfig",

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from filterproxy.config._extension import ProviderSchema, ProviderSettings, Section
 from filterproxy.config._headers import parse_header_policy, parse_header_rules
 from filterproxy.config._providers import PRESETS, ProviderPreset, auth_headers, preset_named
 from filterproxy.config._reader import Node
@@ -54,8 +55,11 @@ _RETRY_KEYS = {f.name for f in fields(RetryPolicy)}
 _OUTLIER_KEYS = {f.name for f in fields(OutlierDetection)}
 
 
-def parse_clusters(node: Node) -> dict[str, ClusterConfig]:
-    clusters = {name: parse_cluster(name, cnode) for name, cnode in node.items()}
+def parse_clusters(
+    node: Node, providers: Mapping[str, ProviderSchema] | None = None
+) -> dict[str, ClusterConfig]:
+    """The ``clusters`` mapping; *providers* are the extensions' (`ProviderSchema`)."""
+    clusters = {name: parse_cluster(name, cnode, providers or {}) for name, cnode in node.items()}
     if not clusters:
         raise node.error(
             "no clusters defined; add at least one, e.g. "
@@ -64,22 +68,54 @@ def parse_clusters(node: Node) -> dict[str, ClusterConfig]:
     return clusters
 
 
-def _preset(keys: Mapping[str, Node]) -> ProviderPreset | None:
+def _preset(
+    keys: Mapping[str, Node], providers: Mapping[str, ProviderSchema]
+) -> ProviderPreset | None:
     if "provider" not in keys:
         return None
     name = keys["provider"].string()
     preset = preset_named(name)
     if preset is None:
         raise keys["provider"].error(
-            f"unknown provider {name!r}; presets: {', '.join(sorted(PRESETS))} "
+            f"unknown provider {name!r}; presets: {', '.join(sorted({*PRESETS, *providers}))} "
             "(for another OpenAI-compatible server, leave provider out and give url and apis)"
         )
     return preset
 
 
-def parse_cluster(name: str, node: Node) -> ClusterConfig:
-    keys = node.mapping(_CLUSTER_KEYS)
-    preset = _preset(keys)
+#: The core's cluster keys a provider of an extension takes (its own keys besides).
+_PROVIDER_CLUSTER_KEYS: Final = _CLUSTER_KEYS - {"api_key", "api_version", "apis"}
+
+
+def _extension_provider(
+    node: Node, providers: Mapping[str, ProviderSchema]
+) -> tuple[ProviderSchema, dict[str, Node]] | None:
+    """The extension's provider a cluster names, and the cluster's keys; None for the
+    core's presets (or no provider)."""
+    value = node.value
+    if not isinstance(value, dict) or not isinstance(value.get("provider"), str):
+        return None
+    schema = providers.get(value["provider"])
+    if schema is None or preset_named(value["provider"]) is not None:
+        return None
+    return schema, dict(node.mapping(_PROVIDER_CLUSTER_KEYS | schema.keys))
+
+
+def parse_cluster(
+    name: str, node: Node, providers: Mapping[str, ProviderSchema] | None = None
+) -> ClusterConfig:
+    extension = _extension_provider(node, providers or {})
+    settings: ProviderSettings | None = None
+    if extension is not None:
+        schema, all_keys = extension
+        owned = {k: n for k, n in all_keys.items() if k in schema.keys}
+        settings = schema.parse(Section(owned, node.path, node.environ))
+        keys = {k: n for k, n in all_keys.items() if k not in schema.keys and k != "provider"}
+        if "url" not in keys and "endpoints" not in keys:
+            keys["url"] = Node(settings.base_url, f"{node.path}.provider", node.environ)
+    else:
+        keys = dict(node.mapping(_CLUSTER_KEYS))
+    preset = _preset(keys, providers or {})
     if "url" in keys and "endpoints" in keys:
         raise node.error(
             "give either 'url' (one upstream) or 'endpoints' (a list of {url, weight}), not both"
@@ -128,7 +164,10 @@ def parse_cluster(name: str, node: Node) -> ClusterConfig:
 
     apis = ALL_APIS
     max_tokens_field = ClusterConfig.max_tokens_field
-    if preset is not None:
+    if settings is not None:
+        # The extension's filter shapes every request's path and credentials.
+        apis = settings.apis
+    elif preset is not None:
         endpoints = _apply_preset(preset, keys, node, endpoints, headers)
         apis = preset.apis
         max_tokens_field = preset.max_tokens_field
@@ -176,9 +215,15 @@ def parse_cluster(name: str, node: Node) -> ClusterConfig:
         ping_timeout=keys["ping_timeout"].duration()
         if "ping_timeout" in keys
         else defaults.ping_timeout,
-        provider=preset.name if preset is not None else None,
+        provider=preset.name
+        if preset is not None
+        else (extension[0].name if extension is not None else None),
         apis=apis,
         max_tokens_field=max_tokens_field,
+        model_apis=settings.model_apis if settings is not None else (),
+        options=(settings.options,)
+        if settings is not None and settings.options is not None
+        else (),
     )
 
 

@@ -25,7 +25,14 @@ from filterproxy.config._reader import Node
 from filterproxy.config._types import ClusterConfig, RedisConfig, RouteConfig, find
 from filterproxy.http.apis import ALL_APIS
 
-__all__ = ["ChainFacts", "DefaultEntry", "ExtensionSchema", "Section"]
+__all__ = [
+    "ChainFacts",
+    "DefaultEntry",
+    "ExtensionSchema",
+    "ProviderSchema",
+    "ProviderSettings",
+    "Section",
+]
 
 T = TypeVar("T")
 
@@ -104,7 +111,40 @@ class ChainFacts:
     def mixed_apis(self) -> bool:
         """Whether some cluster does not speak every client API (so requests in the
         others need translating)."""
-        return any(c.apis != ALL_APIS for c in self.clusters.values())
+        return any(
+            c.apis != ALL_APIS or any(apis != ALL_APIS for _, apis in c.model_apis)
+            for c in self.clusters.values()
+        )
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """What an extension's provider makes of one cluster's keys (`ProviderSchema.parse`)."""
+
+    #: Where the cluster's requests go when it gives no ``url``.
+    base_url: str
+    #: The client APIs the upstream speaks natively (`ClusterConfig.apis`).
+    apis: frozenset[str]
+    #: APIs by model-name prefix (`ClusterConfig.model_apis`).
+    model_apis: tuple[tuple[str, frozenset[str]], ...] = ()
+    #: The extension's own value, kept whole (`ClusterConfig.option`).
+    options: object = None
+
+
+@dataclass(frozen=True)
+class ProviderSchema:
+    """A provider an extension brings (``provider: bedrock``): the cluster keys it owns
+    besides the core's, and how to read them. The extension's filter shapes the
+    requests for such clusters (their paths, bodies and credentials); the core only
+    sends them to `ProviderSettings.base_url` (or the cluster's ``url``) as they are."""
+
+    #: The name a cluster gives as its ``provider``.
+    name: str
+    #: The cluster keys it owns (``region``, ``credentials``, …).
+    keys: frozenset[str]
+    #: Its cluster keys (`Section`, path ``clusters.<name>``) → the settings; raises
+    #: `ConfigError` naming the key path.
+    parse: Callable[[Section], ProviderSettings]
 
 
 @dataclass(frozen=True)
@@ -126,6 +166,8 @@ class ExtensionSchema:
     parse_route: Callable[[Section], object] | None = None
     #: Where its filter goes in the default chain, or None for nowhere.
     place: Callable[[ChainFacts], DefaultEntry | None] | None = None
+    #: The providers it brings (`ProviderSchema`).
+    providers: tuple[ProviderSchema, ...] = ()
 
 
 def checked(

@@ -108,7 +108,8 @@ def parse_config(
     def section(key: str) -> Node:
         return top.get(key) or Node(None, key, env)
 
-    clusters = parse_clusters(section("clusters"))
+    providers = {p.name: p for e in extensions for p in e.providers}
+    clusters = parse_clusters(section("clusters"), providers)
     access = _access_log(top["access_log"]) if "access_log" in top else True
     redis = parse_redis(section("redis"))
     sections = parse_sections(extensions, top, "", env, redis, route=False)

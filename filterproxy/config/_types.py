@@ -189,6 +189,25 @@ class ClusterConfig:
     apis: frozenset[str] = ALL_APIS
     #: What the upstream calls the output-token limit of a chat completion.
     max_tokens_field: str = "max_tokens"
+    #: APIs spoken for some models only, by model-name prefix: the first prefix the
+    #: request's model starts with wins over `apis` (Vertex speaks Messages for
+    #: ``claude-*`` models and Chat Completions for the others).
+    model_apis: tuple[tuple[str, frozenset[str]], ...] = ()
+    #: What an extension's provider made of the cluster's keys
+    #: (`filterproxy.config.ProviderSchema`): see `option`.
+    options: tuple[object, ...] = ()
+
+    def option(self, kind: type[T]) -> T | None:
+        """This cluster's value of class *kind* (an extension provider's keys), or None."""
+        return find(self.options, kind)
+
+    def apis_for(self, model: str | None) -> frozenset[str]:
+        """The client APIs the upstream speaks natively for requests naming *model*."""
+        if model and self.model_apis:
+            for prefix, apis in self.model_apis:
+                if model.startswith(prefix):
+                    return apis
+        return self.apis
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ from types import MappingProxyType
 
 from filterproxy import config
 from filterproxy.config import ChainFacts, Config, ExtensionSchema
+from filterproxy.extensions.bedrock.config import SCHEMA as BEDROCK
+from filterproxy.extensions.bedrock.filter import BedrockFilter
 from filterproxy.extensions.body_accumulate.filter import BodyAccumulateFilter
 from filterproxy.extensions.cache import CacheFilter
 from filterproxy.extensions.cache.config import SCHEMA as CACHE
@@ -36,6 +38,8 @@ from filterproxy.extensions.translate.config import SCHEMA as TRANSLATE
 from filterproxy.extensions.translate.filter import TranslateFilter
 from filterproxy.extensions.translate.metrics import TranslateMetrics
 from filterproxy.extensions.usage.filter import UsageFilter
+from filterproxy.extensions.vertex.config import SCHEMA as VERTEX
+from filterproxy.extensions.vertex.filter import VertexFilter
 from filterproxy.filters.api import StreamFilter
 from filterproxy.filters.resources import Resources
 
@@ -54,6 +58,8 @@ BUILTIN_FILTERS: Mapping[str, type[StreamFilter]] = MappingProxyType(
         "header-rewrite": HeaderRewriteFilter,
         "usage": UsageFilter,
         "cache": CacheFilter,
+        "bedrock": BedrockFilter,
+        "vertex": VertexFilter,
     }
 )
 
@@ -76,6 +82,8 @@ BUILTIN_SCHEMAS: tuple[ExtensionSchema, ...] = (
     RESPONSES,
     TRANSLATE,
     CACHE,
+    BEDROCK,
+    VERTEX,
 )
 
 

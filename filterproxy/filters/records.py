@@ -15,9 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from filterproxy.http.headers import Headers
 
 __all__ = [
+    "AuthorizationFailed",
     "CacheResult",
     "Cost",
     "DroppedTools",
@@ -29,6 +35,8 @@ __all__ = [
     "TokenUsage",
     "Translated",
     "TranslatedResponse",
+    "UpstreamAuthorization",
+    "UpstreamAuthorizer",
 ]
 
 
@@ -53,6 +61,40 @@ class Translated:
     client_api: str
     #: The API the upstream is sent.
     upstream_api: str
+
+
+class UpstreamAuthorizer(Protocol):
+    """What signs or authorizes the requests of one cluster whose credentials are not a
+    static key (AWS SigV4, an OAuth token): the router asks it once per attempt, with
+    the request exactly as it goes upstream, so that each retry is signed anew and a
+    fallback cluster never gets another cluster's credentials."""
+
+    def ready(self) -> Deferred[None] | None:
+        """None when `authorize` can run now; else a Deferred that fires when the
+        credentials are fetched, or fails with an `AuthorizationFailed`."""
+        ...
+
+    def authorize(self, method: str, url: str, headers: Headers, body: bytes) -> None:
+        """Add the credentials to *headers* (on the reactor thread; no I/O)."""
+        ...
+
+
+class AuthorizationFailed(Exception):
+    """The credentials could not be had: the message names their source and why (never
+    a secret). The client is answered `status`."""
+
+    def __init__(self, message: str, status: int = 503) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAuthorization:
+    """The request goes to *cluster* with credentials `authorizer` adds per attempt (a
+    provider extension's filter sets it for its clusters)."""
+
+    cluster: str
+    authorizer: UpstreamAuthorizer
 
 
 @dataclass(frozen=True, slots=True)

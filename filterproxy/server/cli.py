@@ -91,6 +91,12 @@ def describe(config: Config) -> str:
         kind = f"provider {cluster.provider}" if cluster.provider else "upstream"
         urls = ", ".join(e.url for e in cluster.endpoints)
         lines.append(f"    {name}: {kind} at {urls}; speaks {', '.join(sorted(cluster.apis))}")
+        for option in cluster.options:
+            # A provider extension's cluster says where its credentials come from (it
+            # may look: read files, ask a metadata service).
+            said = getattr(option, "describe_credentials", None)
+            if callable(said):
+                lines.append(f"      credentials: {said()}")
     lines.append("  routes:")
     for route in config.routes:
         models = ", ".join(route.models) or "any model"

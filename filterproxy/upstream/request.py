@@ -9,6 +9,7 @@ from twisted.python.failure import Failure
 
 from filterproxy.config import EndpointConfig
 from filterproxy.filters.api import RequestHead
+from filterproxy.filters.records import UpstreamAuthorizer
 from filterproxy.http.headers import (
     Headers,
     UnsafeHeaderError,
@@ -115,10 +116,16 @@ class UpstreamRequest:
 
 
 def build_request(
-    head: RequestHead, endpoint: EndpointConfig, body_length: int | None, model: str | None = None
+    head: RequestHead,
+    endpoint: EndpointConfig,
+    body_length: int | None,
+    model: str | None = None,
+    authorizer: UpstreamAuthorizer | None = None,
+    body: bytes = b"",
 ) -> UpstreamRequest:
     """The request for *endpoint*: forwarding headers, the endpoint's own header rules
-    (its API key), its base path (or its provider's paths, for *model*).
+    (its API key), its base path (or its provider's paths, for *model*), then the
+    *authorizer*'s credentials over the final request and its *body*.
 
     Raises:
         UnsafeHeaderError: a filter set a path or header that would break the framing.
@@ -132,10 +139,8 @@ def build_request(
     )
     if endpoint.request_headers:
         endpoint.request_headers.apply_to(headers)
-    return UpstreamRequest(
-        head.method,
-        endpoint.target(head.path, model),
-        headers,
-        endpoint.scheme,
-        endpoint.host_header,
-    )
+    target = endpoint.target(head.path, model)
+    if authorizer is not None:
+        url = f"{endpoint.scheme}://{endpoint.host_header}{target}"
+        authorizer.authorize(head.method, url, headers, body)
+    return UpstreamRequest(head.method, target, headers, endpoint.scheme, endpoint.host_header)

@@ -38,6 +38,11 @@ from twisted.python.failure import Failure
 
 from filterproxy.config import RouteConfig, UpstreamPlan
 from filterproxy.filters.api import RequestHead
+from filterproxy.filters.records import (
+    AuthorizationFailed,
+    UpstreamAuthorization,
+    UpstreamAuthorizer,
+)
 from filterproxy.http.headers import Headers
 from filterproxy.runtime.deadlines import RESOLUTION
 from filterproxy.upstream.connection import ResponseHandler, UpstreamExchange, UpstreamFailure
@@ -119,6 +124,8 @@ class Router(ResponseHandler):
         self.failed_endpoints: set[int] = set()
         self.endpoint: Endpoint | None = None
         self.pending: Deferred[UpstreamExchange] | None = None
+        #: Waiting for the cluster's credentials (`UpstreamAuthorizer.ready`).
+        self.authorizing: Deferred[None] | None = None
         self.connection: UpstreamExchange | None = None
         self.request: UpstreamRequest | None = None
         self.phase = _CONNECTING
@@ -206,10 +213,55 @@ class Router(ResponseHandler):
         info.attempts += 1
         if info.attempts > 1:
             self.gateway.metrics.retries.inc((step.cluster,))
+        authorization = info.state.get(UpstreamAuthorization)
+        authorizer = None
+        if authorization is not None and authorization.cluster == step.cluster:
+            # Credentials fetched off the reactor (AWS, Google): wait for them, then
+            # sign this attempt (every attempt anew; never another cluster's).
+            authorizer = authorization.authorizer
+            waiting = authorizer.ready()
+            if waiting is not None:
+                self.authorizing = waiting
+                waiting.addCallbacks(self._authorized, self._authorization_failed, (fresh,))
+                return
+        self._request_for(endpoint, authorizer, fresh)
+
+    def _authorized(self, _: object, fresh: bool) -> None:
+        self.authorizing = None
+        if self.phase is _DONE or self.endpoint is None:
+            return
+        authorization = self.manager.stream_info.state.get(UpstreamAuthorization)
+        assert authorization is not None
+        self._request_for(self.endpoint, authorization.authorizer, fresh)
+
+    def _authorization_failed(self, failure: Failure) -> None:
+        self.authorizing = None
+        if self.phase is _DONE:
+            return
+        error = failure.value
+        status = error.status if isinstance(error, AuthorizationFailed) else 503
+        cluster = self.plan[self.plan_index].cluster
+        message = f"upstream cluster {cluster!r}: {failure.getErrorMessage()}"
+        log.warn("{message}", message=message)
+        self.endpoint = None  # not the endpoint's fault: its health is not charged
+        self._attempt_failed(
+            FailureKind.CONNECT_FAILURE, None, status, message, "upstream_credentials"
+        )
+
+    def _request_for(
+        self, endpoint: Endpoint, authorizer: UpstreamAuthorizer | None, fresh: bool
+    ) -> None:
+        assert self.head is not None
         has_body = bool(self.body) or self.head.method in ("POST", "PUT", "PATCH")
         self.request = build_request(
-            self.head, endpoint.config, len(self.body) if has_body else None, info.model
+            self.head,
+            endpoint.config,
+            len(self.body) if has_body else None,
+            self.manager.stream_info.model,
+            authorizer,
+            self.body,
         )
+        step = self.plan[self.plan_index]
         idle = None if fresh else endpoint.pool.take_idle()
         if idle is not None:
             self._connected(idle)
@@ -507,4 +559,5 @@ class Router(ResponseHandler):
         if self.pending is not None:
             pending, self.pending = self.pending, None
             pending.cancel()
+        self.authorizing = None  # shared by other requests: not cancelled, just left
         self._abort_connection()

@@ -193,21 +193,22 @@ class TranslateFilter(StreamFilter):
         info = self.callbacks.stream_info
         api = client_api(head.path) if head.method == "POST" else None
         cluster = self.config.clusters.get(info.cluster) if info.cluster is not None else None
-        if api is None or cluster is None or api in cluster.apis:
+        apis = cluster.apis_for(info.model) if cluster is not None else frozenset()
+        if api is None or cluster is None or api in apis:
             self.callbacks.pass_response_data()  # the answer passes byte for byte, at no cost
             self.caching = api == MESSAGES and _route_options(info.route).auto_cache
             return FilterStatus.CONTINUE
         path = head.path.split("?", 1)[0].rstrip("/")
-        if api == MESSAGES and CHAT in cluster.apis:
+        if api == MESSAGES and CHAT in apis:
             self.counting = path.endswith("/count_tokens")
-        elif api == RESPONSES and path.endswith("/responses") and cluster.apis & {CHAT, MESSAGES}:
-            self.target = CHAT if CHAT in cluster.apis else MESSAGES
-        elif api == CHAT and MESSAGES in cluster.apis:
+        elif api == RESPONSES and path.endswith("/responses") and apis & {CHAT, MESSAGES}:
+            self.target = CHAT if CHAT in apis else MESSAGES
+        elif api == CHAT and MESSAGES in apis:
             self.target = MESSAGES
         else:
             self.callbacks.send_local_reply(
                 404,
-                f"cluster {cluster.name!r} speaks {', '.join(sorted(cluster.apis))}, and "
+                f"cluster {cluster.name!r} speaks {', '.join(sorted(apis))}, and "
                 f"the gateway cannot translate {path} into it; route this model to a "
                 "cluster that speaks this API",
                 code="api_not_supported",

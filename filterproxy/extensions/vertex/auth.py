@@ -1,0 +1,118 @@
+"""OAuth access tokens for a Vertex cluster, from google-auth, fetched off the reactor.
+
+google-auth reads the credentials (a service account key, an external account's
+configuration for workload identity federation, gcloud's user credentials, or the
+metadata server of GKE, Cloud Run and GCE — Application Default Credentials) and
+exchanges them for an access token (an hour, usually). The token is fetched and
+refreshed in a thread (`RefreshingCredential`) before it expires; a 401 from Vertex
+drops it, so that the next request fetches a new one.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from twisted.logger import Logger
+
+from filterproxy.extensions.vertex.config import CLOUD_PLATFORM, VertexCluster
+from filterproxy.filters.credentials import Fetched, RefreshingCredential
+from filterproxy.http.headers import Headers
+
+__all__ = ["TokenAuthorizer", "VertexAuthorizers"]
+
+log = Logger(namespace="filterproxy.vertex")
+
+
+def load(option: VertexCluster) -> Any:
+    """The cluster's google-auth credentials (not yet refreshed). Blocks (files; the
+    metadata server's probe)."""
+    import google.auth
+
+    if option.credentials_file:
+        credentials, _ = google.auth.load_credentials_from_file(
+            option.credentials_file, scopes=[CLOUD_PLATFORM]
+        )
+    else:
+        credentials, _ = google.auth.default(scopes=[CLOUD_PLATFORM])
+    return credentials
+
+
+class TokenAuthorizer:
+    """Adds ``Authorization: Bearer <token>`` to a Vertex cluster's requests
+    (`filterproxy.filters.records.UpstreamAuthorizer`)."""
+
+    def __init__(self, option: VertexCluster, clock: Any) -> None:
+        self.option = option
+        self.credentials: Any = None
+        source = (
+            f"the credentials file {option.credentials_file}"
+            if option.credentials_file
+            else "Application Default Credentials"
+        )
+        self.credential: RefreshingCredential[str] = RefreshingCredential(
+            self._fetch, f"cluster {option.cluster!r}: Google token from {source}", clock
+        )
+
+    def _fetch(self) -> Fetched[str]:
+        import google.auth.transport.requests
+
+        if self.credentials is None:
+            self.credentials = load(self.option)
+            log.info(
+                "cluster {cluster}: Google credentials of type {kind}",
+                cluster=self.option.cluster,
+                kind=type(self.credentials).__module__.rsplit(".", 1)[-1],
+            )
+        self.credentials.refresh(google.auth.transport.requests.Request())
+        token = self.credentials.token
+        if not isinstance(token, str) or not token:
+            raise ValueError("the token endpoint gave no access token")
+        expiry = self.credentials.expiry
+        expires_at = None
+        if isinstance(expiry, datetime.datetime):
+            # google-auth keeps expiries as naive UTC times.
+            expires_at = expiry.replace(tzinfo=datetime.UTC).timestamp()
+        return Fetched(token, expires_at)
+
+    def ready(self) -> Any:
+        return self.credential.ready()
+
+    def authorize(self, method: str, url: str, headers: Headers, body: bytes) -> None:
+        headers.set("authorization", f"Bearer {self.credential.value}")
+
+    def refused(self) -> None:
+        """Vertex answered 401: the token in hand is dropped."""
+        self.credential.invalidate()
+
+    def close(self) -> None:
+        self.credential.close()
+
+
+class VertexAuthorizers:
+    """The process's authorizers, one per cluster's settings."""
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self.by_option: dict[VertexCluster, TokenAuthorizer] = {}
+
+    def get(self, option: VertexCluster) -> TokenAuthorizer:
+        """The authorizer of the cluster *option* describes (made at its first use)."""
+        found = self.by_option.get(option)
+        if found is None:
+            found = self.by_option[option] = TokenAuthorizer(option, self.clock)
+        return found
+
+    def activate(self, options: list[VertexCluster]) -> None:
+        """The clusters of the config going in force: their tokens are fetched now."""
+        for option, authorizer in list(self.by_option.items()):
+            if option not in options:
+                authorizer.close()
+                del self.by_option[option]
+        for option in options:
+            self.get(option).credential.prefetch()
+
+    def close(self) -> None:
+        for authorizer in self.by_option.values():
+            authorizer.close()
+        self.by_option.clear()
