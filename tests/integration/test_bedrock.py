@@ -1,0 +1,443 @@
+"""provider: bedrock against a stand-in that checks what AWS checks
+(tests/bedrock_server.py): every request's SigV4 signature recomputed with the
+credentials the test gave (or STS issued), InvokeModel's and Converse's bodies
+validated, streams sent as AWS event-stream frames split across writes; credentials from
+the environment, a profile file and a web identity token file (EKS); the official SDKs as
+clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from .bedrock_mock import BedrockMock, bedrock_mock
+from .conftest import Gateway, start_gateway
+
+pytest.importorskip("botocore")
+
+ACCESS_KEY = "AKIDEXAMPLEGATEWAY01"
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
+LLAMA = "meta.llama3-70b-instruct-v1:0"
+TOOLS_CHAT = [
+    {
+        "type": "function",
+        "function": {
+            "name": "weather",
+            "description": "The weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
+
+
+def config(mock: BedrockMock, extra: str = "") -> str:
+    return f"""
+        clusters:
+          bedrock:
+            provider: bedrock
+            url: {mock.url}
+            region: us-east-1
+            {extra}
+        routes:
+          - models: ["*"]
+            cluster: bedrock
+    """
+
+
+def aws_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """Nothing of the machine's AWS settings: only what the test gives."""
+    env = {k: "" for k in os.environ if k.startswith("AWS_")}
+    env.update(
+        AWS_CONFIG_FILE=str(tmp_path / "no-config"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-credentials"),
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    env.update(extra)
+    return {k: v for k, v in env.items()}
+
+
+@pytest.fixture(scope="module")
+def bedrock() -> Iterator[BedrockMock]:
+    credentials = [{"access_key_id": ACCESS_KEY, "secret_access_key": SECRET}]
+    with bedrock_mock({"BEDROCK_MOCK_CREDENTIALS": json.dumps(credentials)}) as mock:
+        yield mock
+
+
+@pytest.fixture(scope="module")
+def gateway(bedrock: BedrockMock, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("gw")
+    env = aws_env(tmp, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET)
+    gw = start_gateway(config(bedrock), tmp, env=env)
+    try:
+        yield gw
+    finally:
+        gw.process.stop()
+
+
+def last(mock: BedrockMock) -> dict[str, Any]:
+    requests = mock.requests()
+    assert requests, "nothing reached Bedrock"
+    return requests[-1]
+
+
+def test_claude_through_the_anthropic_sdk_signed_with_environment_credentials(
+    gateway: Gateway, bedrock: BedrockMock
+) -> None:
+    client = anthropic.Anthropic(base_url=gateway.url, api_key="client-key")
+    system = [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}]
+    message = client.messages.create(
+        model=CLAUDE,
+        max_tokens=64,
+        system=system,  # type: ignore[arg-type]
+        messages=[{"role": "user", "content": "hello bedrock"}],
+        extra_headers={"anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14"},
+    )
+    assert message.content[0].text == "Echo: hello bedrock"  # type: ignore[union-attr]
+    assert message.usage.cache_read_input_tokens == 7
+    assert message.usage.cache_creation_input_tokens == 3
+    seen = last(bedrock)
+    assert seen["auth"] == f"sigv4:{ACCESS_KEY}"
+    assert seen["path"] == "/model/anthropic.claude-3-haiku-20240307-v1%3A0/invoke"
+    assert seen["body"]["anthropic_version"] == "bedrock-2023-05-31"
+    assert seen["body"]["system"] == system  # the prompt-cache marker arrives
+    assert seen["body"]["anthropic_beta"] == ["interleaved-thinking-2025-05-14"]
+    assert "x-api-key" not in seen["headers"] and "anthropic-version" not in seen["headers"]
+
+
+def test_claude_streams_frame_by_frame_to_the_anthropic_sdk(
+    gateway: Gateway, bedrock: BedrockMock
+) -> None:
+    client = anthropic.Anthropic(base_url=gateway.url, api_key="client-key")
+    with client.messages.stream(
+        model=CLAUDE, max_tokens=64, messages=[{"role": "user", "content": "stream to me please"}]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "Echo: stream to me please"
+    assert final.stop_reason == "end_turn" and final.usage.input_tokens == 11
+    assert last(bedrock)["path"].endswith("/invoke-with-response-stream")
+    assert "stream" not in last(bedrock)["body"]
+
+
+def test_a_tool_round_trip_from_the_openai_sdk_through_invoke(
+    gateway: Gateway, bedrock: BedrockMock
+) -> None:
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="client-key")
+    messages: list[Any] = [{"role": "user", "content": "weather in Paris?"}]
+    stream = client.chat.completions.create(
+        model=CLAUDE,
+        messages=messages,
+        tools=TOOLS_CHAT,  # type: ignore[arg-type]
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    arguments = "".join(
+        c.choices[0].delta.tool_calls[0].function.arguments or ""  # type: ignore[index, union-attr]
+        for c in chunks
+        if c.choices and c.choices[0].delta.tool_calls
+    )
+    assert json.loads(arguments) == {"city": "Paris"}
+    assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens >= 11
+    call_id = next(
+        c.choices[0].delta.tool_calls[0].id  # type: ignore[index]
+        for c in chunks
+        if c.choices and c.choices[0].delta.tool_calls and c.choices[0].delta.tool_calls[0].id
+    )
+    messages += [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": "weather", "arguments": arguments},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": call_id, "content": "sunny"},
+    ]
+    answer = client.chat.completions.create(model=CLAUDE, messages=messages, tools=TOOLS_CHAT)  # type: ignore[arg-type]
+    assert answer.choices[0].message.content == "Tool said: sunny"
+    assert last(bedrock)["body"]["messages"][-1]["content"][0]["type"] == "tool_result"
+
+
+def test_other_models_through_converse_with_a_tool_round_trip(
+    gateway: Gateway, bedrock: BedrockMock
+) -> None:
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="client-key")
+    messages: list[Any] = [{"role": "user", "content": "weather in Paris?"}]
+    first = client.chat.completions.create(model=LLAMA, messages=messages, tools=TOOLS_CHAT)  # type: ignore[arg-type]
+    seen = last(bedrock)
+    assert seen["path"] == "/model/meta.llama3-70b-instruct-v1%3A0/converse"
+    assert seen["body"]["toolConfig"]["tools"][0]["toolSpec"]["name"] == "weather"
+    call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
+    assert json.loads(call.function.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
+    messages += [
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+    ]
+    stream = client.chat.completions.create(
+        model=LLAMA,
+        messages=messages,
+        tools=TOOLS_CHAT,
+        stream=True,  # type: ignore[arg-type]
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == (
+        "Tool said: sunny"
+    )
+    assert last(bedrock)["path"].endswith("/converse-stream")
+    # A Messages client with a prompt-cache marker: Converse's cachePoint arrives.
+    anthropic_client = anthropic.Anthropic(base_url=gateway.url, api_key="client-key")
+    with anthropic_client.messages.stream(
+        model=LLAMA,
+        max_tokens=32,
+        system=[{"type": "text", "text": "Long context", "cache_control": {"type": "ephemeral"}}],
+        messages=[{"role": "user", "content": "cached please"}],
+    ) as messages_stream:
+        assert "".join(messages_stream.text_stream) == "Echo: cached please"
+        final = messages_stream.get_final_message()
+    assert last(bedrock)["body"]["system"] == [
+        {"text": "Long context"},
+        {"cachePoint": {"type": "default"}},
+    ]
+    assert final.usage.cache_read_input_tokens == 7
+
+
+@pytest.mark.parametrize(
+    ("model", "said"),
+    [
+        ("anthropic.claude-throttle-v1:0", "throttlingException"),
+        ("anthropic.claude-streamerror-v1:0", "modelStreamErrorException"),
+        ("anthropic.claude-truncate-v1:0", "ended before its last event"),
+        ("anthropic.claude-badcrc-v1:0", "corrupt"),
+        ("meta.llama-throttle-v1:0", "throttlingException"),
+    ],
+)
+def test_a_stream_that_fails_midway_is_an_error_never_a_clean_end(
+    gateway: Gateway, model: str, said: str
+) -> None:
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="client-key", max_retries=0)
+    text = []
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "one two three four"}], stream=True
+        ):
+            text.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
+    assert said in str(caught.value)
+    anthropic_client = anthropic.Anthropic(base_url=gateway.url, api_key="k", max_retries=0)
+    with (
+        pytest.raises(anthropic.APIError),
+        anthropic_client.messages.stream(
+            model=model, max_tokens=32, messages=[{"role": "user", "content": "a b c d"}]
+        ) as stream,
+    ):
+        for _ in stream.text_stream:
+            pass
+
+
+def test_an_error_answer_keeps_its_status_in_the_clients_shape(gateway: Gateway) -> None:
+    client = anthropic.Anthropic(base_url=gateway.url, api_key="k", max_retries=0)
+    with pytest.raises(anthropic.RateLimitError) as caught:
+        client.messages.create(
+            model="anthropic.claude-throttle-v1:0",
+            max_tokens=8,
+            messages=[{"role": "user", "content": "x"}],
+        )
+    assert "Bedrock: ThrottlingException" in str(caught.value)
+    chat = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="k", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as refused:
+        chat.chat.completions.create(
+            model=CLAUDE,
+            messages=[{"role": "user", "content": "x"}],
+            extra_body={"anthropic_beta": ["not-a-beta"], "top_k": "many"},
+        )
+    assert refused.value.status_code == 400
+
+
+def test_credentials_from_a_profile_file(bedrock: BedrockMock, tmp_path: Path) -> None:
+    bedrock.add_credentials("AKIDPROFILE000000001", "profile-secret")
+    (tmp_path / "credentials").write_text(
+        "[prod]\naws_access_key_id = AKIDPROFILE000000001\naws_secret_access_key = profile-secret\n"
+    )
+    env = aws_env(tmp_path, AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "credentials"))
+    gw = start_gateway(config(bedrock, "credentials: {profile: prod}"), tmp_path, env=env)
+    try:
+        client = anthropic.Anthropic(base_url=gw.url, api_key="k", max_retries=0)
+        message = client.messages.create(
+            model=CLAUDE, max_tokens=8, messages=[{"role": "user", "content": "profile"}]
+        )
+        assert message.content[0].text == "Echo: profile"  # type: ignore[union-attr]
+        assert last(bedrock)["auth"] == "sigv4:AKIDPROFILE000000001"
+    finally:
+        gw.process.stop()
+
+
+def test_credentials_from_a_web_identity_token_file_refreshed_as_they_expire(
+    tmp_path: Path,
+) -> None:
+    """EKS's IRSA: AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE, STS's credentials
+    (8 s here) refreshed ahead of expiry, the token file read again for each."""
+    with bedrock_mock({"STS_MOCK_DURATION": "8"}) as mock:
+        token = tmp_path / "token"
+        token.write_text("eks-token-1")
+        env = aws_env(
+            tmp_path,
+            AWS_ROLE_ARN="arn:aws:iam::123456789012:role/gateway",
+            AWS_WEB_IDENTITY_TOKEN_FILE=str(token),
+            AWS_ROLE_SESSION_NAME="gw",
+            AWS_ENDPOINT_URL_STS=mock.url,
+        )
+        gw = start_gateway(config(mock), tmp_path, env=env)
+        try:
+            client = anthropic.Anthropic(base_url=gw.url, api_key="k", max_retries=0)
+            signed_with = []
+            for n in range(3):
+                message = client.messages.create(
+                    model=CLAUDE, max_tokens=8, messages=[{"role": "user", "content": f"irsa {n}"}]
+                )
+                assert message.content[0].text == f"Echo: irsa {n}"  # type: ignore[union-attr]
+                signed_with.append(last(mock)["auth"])
+                token.write_text(f"eks-token-{n + 2}")
+                time.sleep(4)
+            calls = mock.sts_calls()
+            assert calls[0]["action"] == "AssumeRoleWithWebIdentity"
+            assert calls[0]["role_arn"] == "arn:aws:iam::123456789012:role/gateway"
+            assert calls[0]["web_identity_token"] == "eks-token-1"
+            assert len(calls) >= 2 and calls[1]["web_identity_token"] != "eks-token-1"
+            # Every request was signed with credentials STS issued, and not one expired.
+            issued = {f"sigv4:{c['access_key_id']}" for c in calls}
+            assert set(signed_with) <= issued and len(set(signed_with)) >= 2
+        finally:
+            gw.process.stop()
+
+
+def test_a_bedrock_api_key(bedrock: BedrockMock, tmp_path: Path) -> None:
+    with bedrock_mock({"BEDROCK_MOCK_API_KEY": "bedrock-api-key-1"}) as mock:
+        gw = start_gateway(
+            config(mock, "api_key: bedrock-api-key-1"), tmp_path, env=aws_env(tmp_path)
+        )
+        try:
+            client = anthropic.Anthropic(base_url=gw.url, api_key="k", max_retries=0)
+            message = client.messages.create(
+                model=CLAUDE, max_tokens=8, messages=[{"role": "user", "content": "key"}]
+            )
+            assert message.content[0].text == "Echo: key"  # type: ignore[union-attr]
+            assert last(mock)["auth"] == "bearer"
+        finally:
+            gw.process.stop()
+
+
+def test_credentials_that_cannot_be_had_are_a_503_naming_the_source(
+    bedrock: BedrockMock, tmp_path: Path
+) -> None:
+    env = aws_env(
+        tmp_path,
+        AWS_ROLE_ARN="arn:aws:iam::123456789012:role/gateway",
+        AWS_WEB_IDENTITY_TOKEN_FILE=str(tmp_path / "missing-token"),
+        AWS_ENDPOINT_URL_STS=bedrock.url,
+    )
+    before = len(bedrock.requests())
+    gw = start_gateway(config(bedrock), tmp_path, env=env)
+    try:
+        response = httpx.post(
+            f"{gw.url}/v1/messages",
+            json={"model": CLAUDE, "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]},
+            timeout=30,
+        )
+        assert response.status_code == 503, response.text
+        assert "AWS credentials" in response.json()["error"]["message"]
+        assert len(bedrock.requests()) == before  # nothing unsigned went out
+    finally:
+        gw.process.stop()
+
+
+def test_a_fallback_never_gets_another_clusters_credentials(
+    bedrock: BedrockMock, messages_upstream: Any, tmp_path: Path
+) -> None:
+    """Bedrock unreachable → Anthropic's cluster answers, with its own key and none of
+    AWS's headers; the other way round, Bedrock's request is signed and carries no
+    Anthropic key."""
+    text = f"""
+        clusters:
+          bedrock:
+            provider: bedrock
+            url: {bedrock.url}
+            region: us-east-1
+          down:
+            provider: bedrock
+            url: http://127.0.0.1:9
+            region: us-east-1
+          anthropic:
+            provider: anthropic
+            url: {messages_upstream.url}
+            api_key: anthropic-cluster-key
+          anthropic-down:
+            provider: anthropic
+            url: http://127.0.0.1:9
+            api_key: anthropic-cluster-key
+        routes:
+          - models: ["to-anthropic"]
+            cluster: down
+            fallbacks: [anthropic]
+          - models: ["to-bedrock"]
+            cluster: anthropic-down
+            fallbacks: [bedrock]
+            upstream_model: {CLAUDE}
+    """
+    env = aws_env(tmp_path, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET)
+    gw = start_gateway(text, tmp_path, env=env)
+    try:
+        client = anthropic.Anthropic(base_url=gw.url, api_key="client-key", max_retries=0)
+        client.messages.create(
+            model="to-anthropic", max_tokens=8, messages=[{"role": "user", "content": "x"}]
+        )
+        seen = httpx.get(f"{messages_upstream.url}/control/last").json()
+        assert seen["headers"]["x-api-key"] == "anthropic-cluster-key"
+        assert not any(h.startswith("x-amz") for h in seen["headers"])
+        assert "authorization" not in seen["headers"]
+        assert seen["path"] == "/v1/messages" and seen["body"]["model"] == "to-anthropic"
+        client.messages.create(
+            model="to-bedrock", max_tokens=8, messages=[{"role": "user", "content": "y"}]
+        )
+        signed = last(bedrock)
+        assert signed["auth"] == f"sigv4:{ACCESS_KEY}"
+        assert "x-api-key" not in signed["headers"]
+    finally:
+        gw.process.stop()
+
+
+def test_check_config_says_where_credentials_come_from(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        "clusters:\n  bedrock: {provider: bedrock, region: eu-west-1}\n"
+        "routes: [{cluster: bedrock}]\n"
+    )
+    env = {
+        **os.environ,
+        **aws_env(tmp_path, AWS_ACCESS_KEY_ID="AKIDCHECK", AWS_SECRET_ACCESS_KEY="s"),
+    }
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "filterproxy"), "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "credentials: SigV4 in eu-west-1" in result.stdout
+    assert "found: env" in result.stdout
+    assert "AKIDCHECK" not in result.stdout
