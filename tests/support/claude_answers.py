@@ -20,7 +20,12 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "CACHE_READ_TOKENS",
+    "CACHE_WRITE_TOKENS",
     "INPUT_TOKENS",
+    "MESSAGE_ID",
+    "TOOL_CALL_TOKENS",
+    "TOOL_USE_ID",
     "answer",
     "content_text",
     "has_cache_marker",
