@@ -240,8 +240,8 @@ class Router(ResponseHandler):
             return
         error = failure.value
         status = error.status if isinstance(error, AuthorizationFailed) else 503
-        cluster = self.plan[self.plan_index].cluster
-        message = f"upstream cluster {cluster!r}: {failure.getErrorMessage()}"
+        # The authorizer's message names the cluster and its credentials' source.
+        message = failure.getErrorMessage()
         log.warn("{message}", message=message)
         self.endpoint = None  # not the endpoint's fault: its health is not charged
         self._attempt_failed(

@@ -56,9 +56,23 @@ def config(mock: BedrockMock, extra: str = "") -> str:
     """
 
 
+_CREDENTIAL_VARIABLES = {
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_BEARER_TOKEN_BEDROCK",
+}
+
+
 def aws_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """Nothing of the machine's AWS settings: only what the test gives."""
-    env = {k: "" for k in os.environ if k.startswith("AWS_")}
+    env = {k: "" for k in os.environ if k.startswith("AWS_") and k in _CREDENTIAL_VARIABLES}
     env.update(
         AWS_CONFIG_FILE=str(tmp_path / "no-config"),
         AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-credentials"),
@@ -260,12 +274,12 @@ def test_an_error_answer_keeps_its_status_in_the_clients_shape(gateway: Gateway)
     assert "Bedrock: ThrottlingException" in str(caught.value)
     chat = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="k", max_retries=0)
     with pytest.raises(openai.BadRequestError) as refused:
+        # (The stand-in refuses InvokeModel for an ID that is not Anthropic's.)
         chat.chat.completions.create(
-            model=CLAUDE,
-            messages=[{"role": "user", "content": "x"}],
-            extra_body={"anthropic_beta": ["not-a-beta"], "top_k": "many"},
+            model="claude-without-provider", messages=[{"role": "user", "content": "x"}]
         )
     assert refused.value.status_code == 400
+    assert "Bedrock: ValidationException" in str(refused.value)
 
 
 def test_credentials_from_a_profile_file(bedrock: BedrockMock, tmp_path: Path) -> None:

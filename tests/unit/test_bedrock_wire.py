@@ -91,7 +91,11 @@ def _chunk(event: dict[str, object]) -> bytes:
 
 @pytest.mark.parametrize("spaced", [False, True])
 def test_a_chunk_is_one_messages_sse_event(spaced: bool) -> None:
-    event = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}}
+    event = {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "text_delta", "text": "Hi"},
+    }
     raw = (json.dumps(event) if spaced else json.dumps(event, separators=(",", ":"))).encode()
     payload = json.dumps({"bytes": base64.b64encode(raw).decode(), "p": "xyz"}).encode()
     kind, sse = invoke_event(payload)
@@ -109,7 +113,9 @@ def test_a_chunk_that_is_not_one_event_is_refused(payload: bytes) -> None:
 
 
 def test_errors_read_as_anthropics() -> None:
-    assert error_type("ThrottlingException:http://internal.amazon.com/coral/x/") == "rate_limit_error"
+    assert (
+        error_type("ThrottlingException:http://internal.amazon.com/coral/x/") == "rate_limit_error"
+    )
     assert error_type("throttlingException") == "rate_limit_error"
     assert error_type(None, 403) == "permission_error"
     body = json.loads(

@@ -61,7 +61,7 @@ class FrameReader:
         Raises:
             FrameError: a frame is corrupt or larger than the limit.
         """
-        from botocore.exceptions import ParserError
+        from botocore.eventstream import ParserError
 
         self.buffer.add_data(data)
         self.pending += len(data)

@@ -227,6 +227,10 @@ class BedrockFilter(StreamFilter):
             return FilterStatus.CONTINUE
         if 200 <= head.status < 300 and self.invoke:
             return FilterStatus.CONTINUE  # InvokeModel's answer is the Messages answer
+        if head.status >= 300 and not (
+            "x-amzn-errortype" in head.headers or "x-amzn-requestid" in head.headers
+        ):
+            return FilterStatus.CONTINUE  # the gateway's own answer, in the client's shape
         if end_stream:
             if head.status >= 400:
                 head.headers.set("content-type", "application/json")

@@ -76,9 +76,12 @@ def google_error(status: int, raw: bytes, api: str) -> bytes:
         document: Any = json.loads(raw)
     except ValueError:
         document = None
-    if isinstance(document, list) and document:
+    wrapped = isinstance(document, list) and bool(document)
+    if wrapped:
         document = document[0]
     error = document.get("error") if isinstance(document, dict) else None
+    if isinstance(error, dict) and not wrapped and "status" not in error:
+        return raw  # not Google's: Anthropic's own error, or the gateway's
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         message = str(error["message"])
         kind = _GOOGLE_TYPES.get(str(error.get("status") or "")) or error.get("type")
