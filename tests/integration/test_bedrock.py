@@ -130,6 +130,31 @@ def test_claude_through_the_anthropic_sdk_signed_with_environment_credentials(
     assert "x-api-key" not in seen["headers"] and "anthropic-version" not in seen["headers"]
 
 
+def test_usage_reaches_the_access_log_and_metrics(gateway: Gateway) -> None:
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={
+            "model": CLAUDE,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "count me"}],
+        },
+        timeout=30,
+    )
+    assert response.status_code == 200 and "[DONE]" in response.text
+    record = gateway.access_record(response.headers["x-request-id"])
+    assert record["cluster"] == "bedrock" and record["outcome"] == "complete"
+    assert record["prompt_tokens"] == 11 and record["completion_tokens"] > 0
+    metrics = gateway.metrics()
+    assert 'filterproxy_upstream_attempts_total{cluster="bedrock"}' in metrics
+    assert any(
+        line.startswith("gen_ai_client_token_usage_sum")
+        and f'model="{CLAUDE}"' in line
+        and 'gen_ai_token_type="input"' in line
+        for line in metrics.splitlines()
+    )
+
+
 def test_claude_streams_frame_by_frame_to_the_anthropic_sdk(
     gateway: Gateway, bedrock: BedrockMock
 ) -> None:
