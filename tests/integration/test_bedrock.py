@@ -480,3 +480,61 @@ def test_check_config_says_where_credentials_come_from(tmp_path: Path) -> None:
     assert "credentials: SigV4 in eu-west-1" in result.stdout
     assert "found: env" in result.stdout
     assert "AKIDCHECK" not in result.stdout
+
+
+def test_claude_code_through_bedrock(bedrock: BedrockMock, tmp_path: Path) -> None:
+    """The real Claude Code (npm, current release) against a Bedrock cluster: whatever it
+    sends (its betas, tools with cache breakpoints, thinking, metadata, token counts)
+    must pass InvokeModel's checks. The stand-in answers its tools with a call of the
+    first one; Claude Code runs it, sends the result, and prints the answer to that."""
+    from tests.npm_clients import client_env, installed_versions, npm_bin, npm_package
+
+    directory = npm_package("@anthropic-ai/claude-code")
+    assert installed_versions(directory)["@anthropic-ai/claude-code"]
+    binary = npm_bin(directory, "claude")
+    text = f"""
+        clusters:
+          bedrock:
+            provider: bedrock
+            url: {bedrock.url}
+            region: us-east-1
+        routes:
+          - cluster: bedrock
+            upstream_model: {CLAUDE}
+    """
+    env = aws_env(tmp_path, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET)
+    gw = start_gateway(text, tmp_path, env=env)
+    before = len(bedrock.requests())
+    try:
+        done = subprocess.run(
+            [str(binary), "-p", "Say the word pineapple", "--output-format", "text"],
+            env=client_env(
+                directory,
+                {
+                    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                    "HOME": str(tmp_path),
+                    "ANTHROPIC_BASE_URL": gw.url,
+                    "ANTHROPIC_API_KEY": "sk-ant-test-client-key",
+                    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+                    "DISABLE_AUTOUPDATER": "1",
+                    "DISABLE_TELEMETRY": "1",
+                    "DISABLE_ERROR_REPORTING": "1",
+                },
+            ),
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr + gw.process.output()[-3000:]
+        assert "Tool said:" in done.stdout, done.stdout + done.stderr
+        sent = [
+            r for r in bedrock.requests()[before:] if r["path"].endswith(("/invoke", "-stream"))
+        ]
+        assert sent and all(r["auth"] == f"sigv4:{ACCESS_KEY}" for r in sent)
+        main = max(sent, key=lambda r: len(r["body"].get("tools") or []))
+        assert main["body"]["tools"], "Claude Code's tools went to Bedrock"
+        assert "cache_control" in json.dumps(main["body"]), "its cache breakpoints arrived"
+    finally:
+        gw.process.stop()

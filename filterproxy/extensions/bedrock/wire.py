@@ -57,20 +57,17 @@ INVOKE_KEYS: Final = frozenset(
 _DROPPED: Final = frozenset({"model", "stream", "service_tier"})
 #: The ``anthropic-beta`` flags Bedrock takes; the others are left out (Bedrock refuses a
 #: request with one it does not know, and clients such as Claude Code send their own).
+#: Only flags Bedrock documents: a flag left out loses a feature, one too many fails
+#: every request that carries it.
 BEDROCK_BETAS: Final = frozenset(
     {
         "computer-use-2024-10-22",
         "computer-use-2025-01-24",
-        "computer-use-2025-11-24",
         "token-efficient-tools-2025-02-19",
         "interleaved-thinking-2025-05-14",
         "output-128k-2025-02-19",
-        "dev-full-thinking-2025-05-14",
         "context-1m-2025-08-07",
         "context-management-2025-06-27",
-        "effort-2025-11-24",
-        "tool-search-tool-2025-10-19",
-        "tool-examples-2025-10-29",
         "fine-grained-tool-streaming-2025-05-14",
     }
 )
