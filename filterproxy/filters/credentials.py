@@ -17,9 +17,9 @@ Nothing here logs a credential: only where it came from and when it expires.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -27,10 +27,20 @@ from twisted.python.failure import Failure
 
 from filterproxy.filters.records import AuthorizationFailed
 
-__all__ = ["Fetched", "RefreshingCredential"]
+__all__ = ["Authorizers", "Fetched", "RefreshingCredential"]
 
 log = Logger(namespace="filterproxy.credentials")
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+
+
+class _Held(Protocol):
+    def prefetch(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+A = TypeVar("A", bound=_Held)
 
 #: How long a credential without an expiry is kept before it is fetched again (its
 #: source may have changed: a rotated file, new environment credentials).
@@ -199,3 +209,42 @@ def _reason(failure: Failure) -> str:
     text = " ".join(failure.getErrorMessage().split())
     name = failure.type.__name__ if failure.type is not None else "error"
     return f"{name}: {text}" if text and name not in text else (text or name)
+
+
+class Authorizers(Generic[K, A]):
+    """A provider's authorizers in one process, one per cluster's settings *K* (a reload
+    that keeps a cluster's settings keeps its credentials; one that changes them makes
+    new ones). A provider extension subclasses it (its class is its key in
+    `filterproxy.filters.resources.Resources`).
+
+    Args:
+        make: The authorizer for one cluster's settings.
+    """
+
+    def __init__(self, make: Callable[[K], A]) -> None:
+        self.make = make
+        self.by_settings: dict[K, A] = {}
+
+    def get(self, settings: K) -> A:
+        """The authorizer of the cluster *settings* describe (made at its first use)."""
+        found = self.by_settings.get(settings)
+        if found is None:
+            found = self.by_settings[settings] = self.make(settings)
+        return found
+
+    def activate(self, clusters: Iterable[K]) -> None:
+        """The clusters of the config going in force: their credentials are fetched now,
+        so that the first request does not wait; those of clusters gone are dropped."""
+        wanted = list(clusters)
+        for settings, authorizer in list(self.by_settings.items()):
+            if settings not in wanted:
+                authorizer.close()
+                del self.by_settings[settings]
+        for settings in wanted:
+            self.get(settings).prefetch()
+
+    def close(self) -> None:
+        """Stop every refresh (the gateway stops)."""
+        for authorizer in self.by_settings.values():
+            authorizer.close()
+        self.by_settings.clear()

@@ -22,7 +22,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from filterproxy.extensions.bedrock.config import BedrockCluster
-from filterproxy.filters.credentials import Fetched, RefreshingCredential
+from filterproxy.filters.credentials import Authorizers, Fetched, RefreshingCredential
 from filterproxy.http.headers import Headers
 
 __all__ = ["BearerAuthorizer", "BedrockAuthorizers", "SigV4Authorizer", "locate_credentials"]
@@ -142,6 +142,9 @@ class SigV4Authorizer:
             if value:
                 headers.set(name.lower(), value)
 
+    def prefetch(self) -> None:
+        self.credential.prefetch()
+
     def close(self) -> None:
         self.credential.close()
 
@@ -158,42 +161,21 @@ class BearerAuthorizer:
     def authorize(self, method: str, url: str, headers: Headers, body: bytes) -> None:
         headers.set("authorization", self.value)
 
+    def prefetch(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
 
-class BedrockAuthorizers:
-    """The process's authorizers, one per cluster's settings (a reload that keeps a
-    cluster's settings keeps its credentials)."""
+class BedrockAuthorizers(Authorizers[BedrockCluster, SigV4Authorizer | BearerAuthorizer]):
+    """The process's Bedrock authorizers, one per cluster's settings."""
 
     def __init__(self, clock: Any) -> None:
-        self.clock = clock
-        self.by_option: dict[BedrockCluster, SigV4Authorizer | BearerAuthorizer] = {}
-
-    def get(self, option: BedrockCluster) -> SigV4Authorizer | BearerAuthorizer:
-        """The authorizer of the cluster *option* describes (made at its first use)."""
-        found = self.by_option.get(option)
-        if found is None:
-            found = self.by_option[option] = (
+        super().__init__(
+            lambda option: (
                 BearerAuthorizer(option.api_key)
                 if option.api_key
-                else SigV4Authorizer(option, self.clock)
+                else SigV4Authorizer(option, clock)
             )
-        return found
-
-    def activate(self, options: list[BedrockCluster]) -> None:
-        """The clusters of the config going in force: their credentials are fetched now,
-        so that the first request does not wait; those of clusters gone are dropped."""
-        for option, authorizer in list(self.by_option.items()):
-            if option not in options:
-                authorizer.close()
-                del self.by_option[option]
-        for option in options:
-            authorizer = self.get(option)
-            if isinstance(authorizer, SigV4Authorizer):
-                authorizer.credential.prefetch()
-
-    def close(self) -> None:
-        for authorizer in self.by_option.values():
-            authorizer.close()
-        self.by_option.clear()
+        )

@@ -16,7 +16,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from filterproxy.extensions.vertex.config import CLOUD_PLATFORM, VertexCluster
-from filterproxy.filters.credentials import Fetched, RefreshingCredential
+from filterproxy.filters.credentials import Authorizers, Fetched, RefreshingCredential
 from filterproxy.http.headers import Headers
 
 __all__ = ["TokenAuthorizer", "VertexAuthorizers"]
@@ -81,6 +81,9 @@ class TokenAuthorizer:
     def authorize(self, method: str, url: str, headers: Headers, body: bytes) -> None:
         headers.set("authorization", f"Bearer {self.credential.value}")
 
+    def prefetch(self) -> None:
+        self.credential.prefetch()
+
     def refused(self) -> None:
         """Vertex answered 401: the token in hand is dropped."""
         self.credential.invalidate()
@@ -89,30 +92,8 @@ class TokenAuthorizer:
         self.credential.close()
 
 
-class VertexAuthorizers:
-    """The process's authorizers, one per cluster's settings."""
+class VertexAuthorizers(Authorizers[VertexCluster, TokenAuthorizer]):
+    """The process's Vertex authorizers, one per cluster's settings."""
 
     def __init__(self, clock: Any) -> None:
-        self.clock = clock
-        self.by_option: dict[VertexCluster, TokenAuthorizer] = {}
-
-    def get(self, option: VertexCluster) -> TokenAuthorizer:
-        """The authorizer of the cluster *option* describes (made at its first use)."""
-        found = self.by_option.get(option)
-        if found is None:
-            found = self.by_option[option] = TokenAuthorizer(option, self.clock)
-        return found
-
-    def activate(self, options: list[VertexCluster]) -> None:
-        """The clusters of the config going in force: their tokens are fetched now."""
-        for option, authorizer in list(self.by_option.items()):
-            if option not in options:
-                authorizer.close()
-                del self.by_option[option]
-        for option in options:
-            self.get(option).credential.prefetch()
-
-    def close(self) -> None:
-        for authorizer in self.by_option.values():
-            authorizer.close()
-        self.by_option.clear()
+        super().__init__(lambda option: TokenAuthorizer(option, clock))
