@@ -143,6 +143,17 @@ def _validation(message: str) -> Rejected:
     return Rejected(400, "ValidationException", message)
 
 
+def _json_object(raw: bytes) -> dict[str, Any]:
+    """*raw* as a JSON object, or Rejected as Bedrock refuses a body that is none."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise _validation(MALFORMED.format("#: expected type: JSONObject"))
+    return body
+
+
 # --- InvokeModel ---------------------------------------------------------------------
 
 
@@ -151,12 +162,7 @@ def validate_invoke(raw: bytes, model_id: str) -> dict[str, Any]:
     ValidationException) where Bedrock refuses it."""
     if "anthropic." not in model_id:
         raise _validation("The provided model identifier is invalid.")
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise _validation(MALFORMED.format("#: expected type: JSONObject")) from None
-    if not isinstance(body, dict):
-        raise _validation(MALFORMED.format("#: expected type: JSONObject"))
+    body = _json_object(raw)
     for key in body:
         if key not in INVOKE_KEYS:
             raise _validation(f"{key}: Extra inputs are not permitted")
@@ -277,12 +283,7 @@ def _from_wire(shape: Any, value: Any) -> Any:
 def validate_converse(raw: bytes, model_id: str) -> dict[str, Any]:
     """The Converse body of a request for *model_id*, or Rejected (400
     ValidationException) with botocore's validation report or the roles' rule."""
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise _validation(MALFORMED.format("#: expected type: JSONObject")) from None
-    if not isinstance(body, dict):
-        raise _validation(MALFORMED.format("#: expected type: JSONObject"))
+    body = _json_object(raw)
     shape, validator = _converse_shapes()
     params = {**_from_wire(shape, body), "modelId": model_id}
     report = validator.validate(params, shape)
@@ -294,14 +295,6 @@ def validate_converse(raw: bytes, model_id: str) -> dict[str, Any]:
     if any(a == b for a, b in itertools.pairwise(roles)):
         raise _validation(ALTERNATE)
     return body
-
-
-def _holds_key(value: Any, key: str) -> bool:
-    if isinstance(value, dict):
-        return key in value or any(_holds_key(v, key) for v in value.values())
-    if isinstance(value, list):
-        return any(_holds_key(v, key) for v in value)
-    return False
 
 
 def _result_text(content: list[dict[str, Any]]) -> str:
@@ -352,7 +345,7 @@ def converse_usage(body: Mapping[str, Any], output_tokens: int) -> dict[str, int
     """Converse's ``usage``: cache counts only when the request has a ``cachePoint``;
     ``inputTokens`` excludes them and ``totalTokens`` adds everything up."""
     usage = {"inputTokens": claude_answers.INPUT_TOKENS, "outputTokens": output_tokens}
-    if _holds_key(body, "cachePoint"):
+    if claude_answers.holds_key(body, "cachePoint"):
         usage["cacheReadInputTokens"] = claude_answers.CACHE_READ_TOKENS
         usage["cacheWriteInputTokens"] = claude_answers.CACHE_WRITE_TOKENS
     return {**usage, "totalTokens": sum(usage.values())}

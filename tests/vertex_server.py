@@ -24,11 +24,10 @@ It checks what Google checks:
   ``google/gemini-throttled``) gets a 429 RESOURCE_EXHAUSTED wrapped in a JSON array, as
   Vertex sends it; ``claude-midfail`` an ``error`` event after two deltas.
 
-The answers are deterministic: after a tool result, "Tool said: <result>"; given tools,
-"Let me check." and a call of the first tool with ``{"city": "Paris"}``; otherwise
-"Echo: <the last user text>", streamed one word per delta. Usage: 11 input tokens, one
-output token per delta; 7 cache-read and 3 cache-write input tokens when the request
-holds any ``cache_control``.
+The answers are ``tests/support/claude_answers.py``'s, as the Bedrock stand-in gives them
+(text, tool call and tool result, usage, events); Claude's stream adds the ``ping``
+Anthropic's API sends. Gemini answers the same, in OpenAI's chat shapes (a ``tool``
+message is a tool result).
 
 Control endpoints (no auth): ``GET /control/requests`` (the Vertex calls: path, method,
 location, model, lower-case headers, body, token, anthropic_beta), ``GET /control/tokens``
@@ -54,7 +53,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -69,6 +68,11 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
 
+if __name__ == "__main__":  # run as a script: make the ``tests`` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.support import claude_answers
+
 CLOUD_PLATFORM: Final = "https://www.googleapis.com/auth/cloud-platform"
 JWT_BEARER: Final = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 VERTEX_VERSION: Final = "vertex-2023-10-16"
@@ -82,10 +86,6 @@ GOOGLE_AUDIENCES: Final = frozenset(
         "https://accounts.google.com/o/oauth2/token",
     }
 )
-TOOL_INPUT: Final = {"city": "Paris"}
-INPUT_TOKENS: Final = 11
-CACHE_READ_TOKENS: Final = 7
-CACHE_WRITE_TOKENS: Final = 3
 #: Google refuses assertions meant to live longer than an hour, or dated too far ahead.
 MAX_ASSERTION_SECONDS: Final = 3600
 CLOCK_SKEW_SECONDS: Final = 300
@@ -331,133 +331,28 @@ def token_json(issued: Issued) -> dict[str, Any]:
 
 
 # -- the answers -----------------------------------------------------------------------------
+# Claude's answers are tests/support/claude_answers.py's, as the Bedrock stand-in gives them;
+# Gemini's are the same answers in OpenAI's chat shapes.
+
+#: The id of every chat completion.
+CHAT_ID: Final = "chatcmpl-vertex-01"
+_FINISH_REASONS: Final = {"end_turn": "stop", "tool_use": "tool_calls"}
 
 
-@dataclass(frozen=True)
-class Reply:
-    """What the model says: *text*, then a call of *tool* (when not None)."""
-
-    text: str
-    tool: str | None = None
-
-    def text_deltas(self) -> list[str]:
-        """The text in its streamed pieces, one word each (spaces kept)."""
-        words = self.text.split(" ")
-        return [words[0], *(" " + word for word in words[1:])]
-
-    def argument_parts(self) -> list[str]:
-        """The tool call's JSON arguments in their streamed pieces (none without a call)."""
-        if self.tool is None:
-            return []
-        arguments = json.dumps(TOOL_INPUT)
-        return [arguments[:5], arguments[5:]]
-
-    @property
-    def deltas(self) -> int:
-        """How many deltas the streamed answer has: its output tokens."""
-        return len(self.text_deltas()) + len(self.argument_parts())
-
-
-def text_of(content: Any) -> str:
-    """The text of a message's (or a tool result's) content: a string, or text parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            part.get("text", "")
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text"
-        )
-    return "" if content is None else json.dumps(content)
-
-
-def _last_user_text(messages: list[Any]) -> str:
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            return text_of(message.get("content"))
-    return ""
-
-
-def _first_tool_name(tools: Any, name: Callable[[dict[str, Any]], Any]) -> str | None:
-    if not isinstance(tools, list) or not tools or not isinstance(tools[0], dict):
-        return None
-    return str(name(tools[0]) or "tool")
-
-
-def messages_reply(body: Mapping[str, Any]) -> Reply:
-    """The reply to an Anthropic Messages body."""
-    messages = body.get("messages") or []
-    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
-    content = last.get("content")
-    results = [
-        block
-        for block in (content if isinstance(content, list) else [])
-        if isinstance(block, dict) and block.get("type") == "tool_result"
-    ]
-    if results:
-        return Reply(f"Tool said: {text_of(results[0].get('content'))}")
-    tool = _first_tool_name(body.get("tools"), lambda t: t.get("name"))
-    if tool is not None:
-        return Reply("Let me check.", tool)
-    return Reply(f"Echo: {_last_user_text(messages)}")
-
-
-def chat_reply(body: Mapping[str, Any]) -> Reply:
-    """The reply to an OpenAI chat completion body."""
-    messages = body.get("messages") or []
-    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
-    if last.get("role") == "tool":
-        return Reply(f"Tool said: {text_of(last.get('content'))}")
-    tool = _first_tool_name(
-        body.get("tools"), lambda t: (t.get("function") or {}).get("name") or t.get("name")
-    )
-    if tool is not None:
-        return Reply("Let me check.", tool)
-    return Reply(f"Echo: {_last_user_text(messages)}")
-
-
-def has_cache_control(document: Any) -> bool:
-    """Whether ``cache_control`` appears anywhere in *document*."""
-    if isinstance(document, dict):
-        return "cache_control" in document or any(map(has_cache_control, document.values()))
-    if isinstance(document, list):
-        return any(map(has_cache_control, document))
-    return False
-
-
-def messages_usage(reply: Reply, cached: bool, output_tokens: int | None = None) -> dict[str, int]:
-    """An Anthropic usage report for *reply* (*cached*: the request had cache_control)."""
-    return {
-        "input_tokens": INPUT_TOKENS,
-        "cache_creation_input_tokens": CACHE_WRITE_TOKENS if cached else 0,
-        "cache_read_input_tokens": CACHE_READ_TOKENS if cached else 0,
-        "output_tokens": reply.deltas if output_tokens is None else output_tokens,
-    }
-
-
-def _stop_reason(reply: Reply) -> str:
-    return "end_turn" if reply.tool is None else "tool_use"
-
-
-def _tool_block(reply: Reply) -> dict[str, Any]:
-    return {"type": "tool_use", "id": "toolu_01", "name": reply.tool, "input": dict(TOOL_INPUT)}
-
-
-def messages_answer(reply: Reply, model: str, cached: bool) -> dict[str, Any]:
-    """A whole Anthropic Messages answer."""
-    content: list[dict[str, Any]] = [{"type": "text", "text": reply.text}]
-    if reply.tool is not None:
-        content.append(_tool_block(reply))
-    return {
-        "id": "msg_vrtx_01mock",
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": content,
-        "stop_reason": _stop_reason(reply),
-        "stop_sequence": None,
-        "usage": messages_usage(reply, cached),
-    }
+def messages_events(
+    body: Mapping[str, Any], model: str, fail_after: int | None = None
+) -> list[dict[str, Any]]:
+    """The Anthropic events Vertex streams for the Messages *body*: claude_answers' events,
+    with the ``ping`` Anthropic's API sends once the first block has started. With
+    *fail_after*, the stream ends after that many deltas with an ``overloaded_error``."""
+    events = claude_answers.messages_events(body, model)
+    events.insert(2, {"type": "ping"})
+    if fail_after is None:
+        return events
+    deltas = [i for i, event in enumerate(events) if event["type"] == "content_block_delta"]
+    cut = (deltas[:fail_after] or [0])[-1] + 1
+    overloaded = {"type": "overloaded_error", "message": "Overloaded"}
+    return [*events[:cut], {"type": "error", "error": overloaded}]
 
 
 def sse_event(document: Mapping[str, Any]) -> bytes:
@@ -465,125 +360,113 @@ def sse_event(document: Mapping[str, Any]) -> bytes:
     return f"event: {document['type']}\ndata: {json.dumps(document)}\n\n".encode()
 
 
-def messages_events(
-    reply: Reply, model: str, cached: bool, fail_after: int | None = None
-) -> list[bytes]:
-    """The Anthropic event stream of *reply*; with *fail_after*, an ``overloaded_error``
-    event follows that many deltas and the stream ends there."""
-    start = {**messages_answer(reply, model, cached), "content": [], "stop_reason": None}
-    start["usage"] = messages_usage(reply, cached, output_tokens=1)
-    events: list[dict[str, Any]] = [
-        {"type": "message_start", "message": start},
-        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-        {"type": "ping"},
-    ]
-    middle = [
-        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}
-        for t in reply.text_deltas()
-    ]
-    closing: list[dict[str, Any]] = [{"type": "content_block_stop", "index": 0}]
-    if reply.tool is not None:
-        middle.append({"type": "content_block_stop", "index": 0})
-        middle.append(
-            {
-                "type": "content_block_start",
-                "index": 1,
-                "content_block": {**_tool_block(reply), "input": {}},
+def chat_as_messages(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The Messages body claude_answers answers alike to the OpenAI chat *body*: a ``tool``
+    message becomes a ``tool_result`` block, a function tool a tool of the same name."""
+    messages: list[dict[str, Any]] = []
+    for message in body.get("messages") or []:
+        if not isinstance(message, Mapping):
+            continue
+        if message.get("role") == "tool":
+            result = {
+                "type": "tool_result",
+                "tool_use_id": message.get("tool_call_id"),
+                "content": claude_answers.content_text(message.get("content")),
             }
+            messages.append({"role": "user", "content": [result]})
+        else:
+            messages.append({"role": message.get("role"), "content": message.get("content")})
+    tools = body.get("tools")
+    names = [
+        (tool.get("function") or {}).get("name") or tool.get("name") or ""
+        for tool in (tools if isinstance(tools, list) else [])
+        if isinstance(tool, Mapping)
+    ]
+    return {"messages": messages, **({"tools": [{"name": n} for n in names]} if names else {})}
+
+
+@dataclass(frozen=True)
+class ChatAnswer:
+    """The answer to a chat body, in the pieces a chat completion is made of."""
+
+    text: str
+    tool_calls: tuple[dict[str, Any], ...]
+    finish_reason: str
+    usage: dict[str, Any]
+
+    @staticmethod
+    def of(body: Mapping[str, Any]) -> ChatAnswer:
+        """claude_answers' answer to the chat *body*."""
+        blocks, stop = claude_answers.answer(chat_as_messages(body))
+        completion = claude_answers.output_tokens(blocks)
+        return ChatAnswer(
+            text="".join(block["text"] for block in blocks if block["type"] == "text"),
+            tool_calls=tuple(block for block in blocks if block["type"] == "tool_use"),
+            finish_reason=_FINISH_REASONS[stop],
+            usage={
+                "prompt_tokens": claude_answers.INPUT_TOKENS,
+                "completion_tokens": completion,
+                "total_tokens": claude_answers.INPUT_TOKENS + completion,
+                "prompt_tokens_details": {"cached_tokens": 0},
+            },
         )
-        middle += [
-            {
-                "type": "content_block_delta",
-                "index": 1,
-                "delta": {"type": "input_json_delta", "partial_json": part},
-            }
-            for part in reply.argument_parts()
-        ]
-        closing = [{"type": "content_block_stop", "index": 1}]
-    closing += [
-        {
-            "type": "message_delta",
-            "delta": {"stop_reason": _stop_reason(reply), "stop_sequence": None},
-            "usage": {"output_tokens": reply.deltas},
-        },
-        {"type": "message_stop"},
-    ]
-    if fail_after is not None:
-        body: list[dict[str, Any]] = []
-        seen = 0
-        for event in middle:
-            body.append(event)
-            seen += event["type"] == "content_block_delta"
-            if seen == fail_after:
-                break
-        overloaded = {"type": "overloaded_error", "message": "Overloaded"}
-        return [sse_event(e) for e in [*events, *body, {"type": "error", "error": overloaded}]]
-    return [sse_event(e) for e in [*events, *middle, *closing]]
 
 
-def chat_usage(reply: Reply) -> dict[str, Any]:
-    """An OpenAI usage report for *reply*, as Vertex's OpenAI endpoint gives it."""
+def _tool_call(block: Mapping[str, Any], arguments: str) -> dict[str, Any]:
     return {
-        "prompt_tokens": INPUT_TOKENS,
-        "completion_tokens": reply.deltas,
-        "total_tokens": INPUT_TOKENS + reply.deltas,
-        "prompt_tokens_details": {"cached_tokens": 0},
-    }
-
-
-def _tool_call(reply: Reply, arguments: str) -> dict[str, Any]:
-    return {
-        "index": 0,
-        "id": "call_01",
+        "id": block["id"],
         "type": "function",
-        "function": {"name": reply.tool, "arguments": arguments},
+        "function": {"name": block["name"], "arguments": arguments},
     }
 
 
-def _finish_reason(reply: Reply) -> str:
-    return "stop" if reply.tool is None else "tool_calls"
-
-
-def chat_completion(reply: Reply, model: str, created: int) -> dict[str, Any]:
-    """A whole chat completion."""
-    message: dict[str, Any] = {"role": "assistant", "content": reply.text}
-    if reply.tool is not None:
-        call = _tool_call(reply, json.dumps(TOOL_INPUT))
-        del call["index"]
-        message["tool_calls"] = [call]
+def chat_completion(body: Mapping[str, Any], model: str, created: int) -> dict[str, Any]:
+    """The whole chat completion answering *body*."""
+    answer = ChatAnswer.of(body)
+    message: dict[str, Any] = {"role": "assistant", "content": answer.text}
+    if answer.tool_calls:
+        message["tool_calls"] = [
+            _tool_call(block, json.dumps(block["input"])) for block in answer.tool_calls
+        ]
     return {
-        "id": "chatcmpl-vertex-01",
+        "id": CHAT_ID,
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": _finish_reason(reply)}],
-        "usage": chat_usage(reply),
+        "choices": [{"index": 0, "message": message, "finish_reason": answer.finish_reason}],
+        "usage": answer.usage,
     }
 
 
-def chat_chunks(reply: Reply, model: str, created: int, include_usage: bool) -> list[bytes]:
-    """The chat completion's stream: its chunks, a usage chunk when asked, ``[DONE]``."""
+def chat_chunks(
+    body: Mapping[str, Any], model: str, created: int, include_usage: bool
+) -> list[bytes]:
+    """The streamed chat completion answering *body*: a chunk per word, a tool call's
+    arguments in claude_answers' two fragments, the finish reason, a usage chunk when
+    asked, ``[DONE]``."""
+    answer = ChatAnswer.of(body)
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {
-            "id": "chatcmpl-vertex-01",
+            "id": CHAT_ID,
             "object": "chat.completion.chunk",
             "created": created,
             "model": model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         }
 
-    texts = reply.text_deltas()
-    documents = [chunk({"role": "assistant", "content": texts[0]})]
-    documents += [chunk({"content": text}) for text in texts[1:]]
-    for i, part in enumerate(reply.argument_parts()):
-        call = _tool_call(reply, part)
-        if i:
-            call = {"index": 0, "function": {"arguments": part}}
-        documents.append(chunk({"tool_calls": [call]}))
-    documents.append(chunk({}, _finish_reason(reply)))
+    first, *rest = claude_answers.words(answer.text) or [""]
+    documents = [chunk({"role": "assistant", "content": first})]
+    documents += [chunk({"content": word}) for word in rest]
+    for i, block in enumerate(answer.tool_calls):
+        head, *tail = claude_answers.input_fragments(block["input"])
+        documents.append(chunk({"tool_calls": [{"index": i, **_tool_call(block, head)}]}))
+        documents += [
+            chunk({"tool_calls": [{"index": i, "function": {"arguments": part}}]}) for part in tail
+        ]
+    documents.append(chunk({}, answer.finish_reason))
     if include_usage:
-        documents.append({**chunk({}), "choices": [], "usage": chat_usage(reply)})
+        documents.append({**chunk({}), "choices": [], "usage": answer.usage})
     return [f"data: {json.dumps(d)}\n\n".encode() for d in documents] + [b"data: [DONE]\n\n"]
 
 
@@ -861,19 +744,12 @@ class Mock(Resource):
             return _json(request, 400, invalid_argument(problem))
         if model == "claude-throttled":
             return _json(request, 429, resource_exhausted(model))
-        reply = messages_reply(body)
-        cached = has_cache_control(body)
         if not streaming:
-            return _json(request, 200, messages_answer(reply, model, cached))
+            return _json(request, 200, claude_answers.messages_json(body, model))
         fail_after = 2 if model == "claude-midfail" else None
-        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
-        _send_paced(
-            request,
-            messages_events(reply, model, cached, fail_after),
-            self.state.settings.delay,
-        )
-        return server.NOT_DONE_YET
+        events = messages_events(body, model, fail_after)
+        return self.stream(request, b"text/event-stream; charset=utf-8", map(sse_event, events))
 
     def chat(self, request: server.Request, body: Any) -> bytes | int:
         problem = chat_problem(body)
@@ -882,17 +758,17 @@ class Mock(Resource):
         model = body["model"]
         if model == "google/gemini-throttled":
             return _json(request, 429, resource_exhausted(model))
-        reply = chat_reply(body)
         created = int(time.time())
         if not body.get("stream"):
-            return _json(request, 200, chat_completion(reply, model, created))
+            return _json(request, 200, chat_completion(body, model, created))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        request.setHeader(b"content-type", b"text/event-stream")
-        _send_paced(
-            request,
-            chat_chunks(reply, model, created, include_usage),
-            self.state.settings.delay,
-        )
+        chunks = chat_chunks(body, model, created, include_usage)
+        return self.stream(request, b"text/event-stream", chunks)
+
+    def stream(self, request: server.Request, content_type: bytes, pieces: Iterable[bytes]) -> int:
+        """Answer with *pieces*, paced by the configured delay."""
+        request.setHeader(b"content-type", content_type)
+        _send_paced(request, pieces, self.state.settings.delay)
         return server.NOT_DONE_YET
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "answer",
     "content_text",
     "has_cache_marker",
+    "holds_key",
     "input_fragments",
     "messages_events",
     "messages_json",
@@ -105,11 +106,12 @@ def answer(body: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str]:
     return [{"type": "text", "text": f"Echo: {_last_user_text(messages)}"}], "end_turn"
 
 
-def _holds_key(value: Any, key: str) -> bool:
+def holds_key(value: Any, key: str) -> bool:
+    """Whether *key* names a member of an object anywhere in the JSON *value*."""
     if isinstance(value, Mapping):
-        return key in value or any(_holds_key(v, key) for v in value.values())
+        return key in value or any(holds_key(v, key) for v in value.values())
     if isinstance(value, list):
-        return any(_holds_key(v, key) for v in value)
+        return any(holds_key(v, key) for v in value)
     return False
 
 
@@ -117,7 +119,7 @@ def has_cache_marker(body: Mapping[str, Any]) -> bool:
     """Whether a ``cache_control`` marker is anywhere in the system prompt, the messages
     or the tools of *body*."""
     return any(
-        _holds_key(body.get(part), "cache_control") for part in ("system", "messages", "tools")
+        holds_key(body.get(part), "cache_control") for part in ("system", "messages", "tools")
     )
 
 

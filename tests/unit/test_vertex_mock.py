@@ -28,9 +28,13 @@ from google.auth.transport.requests import Request
 from google.oauth2 import service_account
 
 from tests.integration.vertex_mock import VertexMock, service_account_file, vertex_mock
+from tests.support import claude_answers
+from tests.support.claude_answers import TOOL_CALL_TOKENS
 
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 CLAUDE = "claude-sonnet-4-5@20250929"
+#: The output tokens of "Let me check." and a tool call.
+TOOL_ANSWER_TOKENS = 3 + TOOL_CALL_TOKENS
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +276,7 @@ def test_tools_get_a_tool_call_and_a_tool_result_its_echo(mock: VertexMock, toke
         {"type": "text", "text": "Let me check."},
         {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"city": "Paris"}},
     ]
-    assert called["usage"]["output_tokens"] == 5
+    assert called["usage"]["output_tokens"] == TOOL_ANSWER_TOKENS
     messages = [
         {"role": "user", "content": "weather?"},
         {"role": "assistant", "content": called["content"]},
@@ -342,7 +346,22 @@ def test_a_streamed_tool_call_arrives_as_json_deltas(mock: VertexMock, token: st
     starts = [d["content_block"] for d in documents if d["type"] == "content_block_start"]
     assert starts[1] == {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {}}
     assert documents[-2]["delta"]["stop_reason"] == "tool_use"
-    assert documents[-2]["usage"]["output_tokens"] == 5
+    assert documents[-2]["usage"]["output_tokens"] == TOOL_ANSWER_TOKENS
+
+
+def test_the_claude_answers_are_claude_answers_with_anthropics_ping(
+    mock: VertexMock, token: str
+) -> None:
+    tools = [{"name": "get_weather", "input_schema": {}}]
+    body = claude_body("weather?", tools=tools, stream=True)
+    response = httpx.post(claude_url(mock, "streamRawPredict"), json=body, headers=bearer(token))
+    documents = [json.loads(data) for _, data in sse(response.text)]
+    assert documents[2] == {"type": "ping"}
+    assert [d for d in documents if d["type"] != "ping"] == claude_answers.messages_events(
+        body, CLAUDE
+    )
+    whole = httpx.post(claude_url(mock), json={**body, "stream": False}, headers=bearer(token))
+    assert whole.json() == claude_answers.messages_json(body, CLAUDE)
 
 
 def test_midfail_sends_an_error_event_after_two_deltas(mock: VertexMock, token: str) -> None:
