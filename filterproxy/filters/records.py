@@ -78,6 +78,12 @@ class UpstreamAuthorizer(Protocol):
         """Add the credentials to *headers* (on the reactor thread; no I/O)."""
         ...
 
+    def refused(self, status: int, headers: Headers) -> bool:
+        """The upstream answered *status* (with *headers*), before anything went to the
+        client: True when that says the credentials were refused (expired, revoked) —
+        they are dropped, and the router tries the request once more with fresh ones."""
+        ...
+
 
 class AuthorizationFailed(Exception):
     """The credentials could not be had: the message names their source and why (never

@@ -126,6 +126,8 @@ class Router(ResponseHandler):
         self.pending: Deferred[UpstreamExchange] | None = None
         #: Waiting for the cluster's credentials (`UpstreamAuthorizer.ready`).
         self.authorizing: Deferred[None] | None = None
+        #: The request was tried again once already after its credentials were refused.
+        self.reauthorized = False
         self.connection: UpstreamExchange | None = None
         self.request: UpstreamRequest | None = None
         self.phase = _CONNECTING
@@ -246,6 +248,14 @@ class Router(ResponseHandler):
         self.endpoint = None  # not the endpoint's fault: its health is not charged
         self._attempt_failed(
             FailureKind.CONNECT_FAILURE, None, status, message, "upstream_credentials"
+        )
+
+    def _credentials_refused(self, cluster: str, status: int, headers: Headers) -> bool:
+        authorization = self.manager.stream_info.state.get(UpstreamAuthorization)
+        return (
+            authorization is not None
+            and authorization.cluster == cluster
+            and authorization.authorizer.refused(status, headers)
         )
 
     def _request_for(
@@ -380,6 +390,26 @@ class Router(ResponseHandler):
     def on_response_head(self, status: int, headers: Headers) -> None:
         self._cancel_timer()
         step = self.plan[self.plan_index]
+        if (
+            status in (401, 403)
+            and not self.reauthorized
+            and self._credentials_refused(step.cluster, status, headers)
+        ):
+            # Credentials the upstream refused (a token revoked or expired early): once
+            # more, with fresh ones.
+            self.reauthorized = True
+            connection, self.connection = self.connection, None
+            if connection is not None:
+                connection.abort()
+            log.info(
+                "request {request_id}: cluster {cluster} refused its credentials ({status}); "
+                "trying once more with fresh ones",
+                request_id=self.manager.stream_info.request_id,
+                cluster=step.cluster,
+                status=status,
+            )
+            self.timer = self.reactor.callLater(0, self._attempt)
+            return
         if (
             status >= 400
             and decide(

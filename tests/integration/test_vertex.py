@@ -223,6 +223,25 @@ def test_a_token_is_refreshed_before_it_expires(tmp_path: Path) -> None:
             gw.process.stop()
 
 
+def test_a_token_refused_before_its_time_is_replaced_and_the_request_tried_again(
+    gateway: Gateway, vertex: VertexMock
+) -> None:
+    client = anthropic.Anthropic(base_url=gateway.url, api_key="unused", max_retries=0)
+    client.messages.create(
+        model="claude-opus-4-6", max_tokens=8, messages=[{"role": "user", "content": "a"}]
+    )
+    issued = len(vertex.tokens())
+    vertex.expire_tokens()  # revoked: the gateway still thinks its token good
+    message = client.messages.create(
+        model="claude-opus-4-6", max_tokens=8, messages=[{"role": "user", "content": "b"}]
+    )
+    assert message.content[0].text == "Echo: b"  # type: ignore[union-attr]
+    assert len(vertex.tokens()) == issued + 1
+    refused, accepted = vertex.requests()[-2:]
+    assert refused["token"] != accepted["token"]
+    assert accepted["token"] == vertex.tokens()[-1]["token"]
+
+
 def test_tokens_from_the_metadata_server(tmp_path: Path) -> None:
     """Application Default Credentials on GKE / Cloud Run / GCE: no key file, the
     workload's identity through the metadata server."""

@@ -30,6 +30,8 @@ __all__ = ["BearerAuthorizer", "BedrockAuthorizers", "SigV4Authorizer", "locate_
 log = Logger(namespace="filterproxy.bedrock")
 #: Bedrock's SigV4 signing name.
 SERVICE = "bedrock"
+#: AWS's answers that say the credentials in hand were refused, not the request.
+_REFUSED = frozenset({"ExpiredTokenException", "UnrecognizedClientException"})
 #: What `SigV4Authorizer` puts on a request (botocore's names).
 _SIGNED_OUT = ("Authorization", "X-Amz-Date", "X-Amz-Security-Token")
 
@@ -142,6 +144,15 @@ class SigV4Authorizer:
             if value:
                 headers.set(name.lower(), value)
 
+    def refused(self, status: int, headers: Headers) -> bool:
+        """AWS answered that the session token expired (or is not known, after a
+        rotation): the credentials in hand are dropped, and the request tried once more."""
+        kind = (headers.get("x-amzn-errortype") or "").split(":", 1)[0]
+        if status != 403 or kind not in _REFUSED:
+            return False
+        self.credential.invalidate()
+        return True
+
     def prefetch(self) -> None:
         self.credential.prefetch()
 
@@ -160,6 +171,9 @@ class BearerAuthorizer:
 
     def authorize(self, method: str, url: str, headers: Headers, body: bytes) -> None:
         headers.set("authorization", self.value)
+
+    def refused(self, status: int, headers: Headers) -> bool:
+        return False  # a static key: another try would be refused the same
 
     def prefetch(self) -> None:
         pass

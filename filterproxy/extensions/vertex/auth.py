@@ -84,9 +84,13 @@ class TokenAuthorizer:
     def prefetch(self) -> None:
         self.credential.prefetch()
 
-    def refused(self) -> None:
-        """Vertex answered 401: the token in hand is dropped."""
+    def refused(self, status: int, headers: Headers) -> bool:
+        """Vertex answered 401 (the token expired or was revoked before its time): the
+        token in hand is dropped, and the request tried once more."""
+        if status != 401:
+            return False
         self.credential.invalidate()
+        return True
 
     def close(self) -> None:
         self.credential.close()

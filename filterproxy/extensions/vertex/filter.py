@@ -15,7 +15,8 @@ filter has turned the client's API into the one the model is called in: Messages
   on each attempt (fetched and refreshed off the reactor);
 - passes the answers through as they come (Vertex's are Anthropic's and OpenAI's own),
   but for errors: Google's error documents (sometimes in a JSON array) become the
-  client API's, status kept; a 401 drops the token, so the next request fetches anew.
+  client API's, status kept. (A 401 makes the router drop the token and try the
+  request once more with a fresh one: `auth.TokenAuthorizer.refused`.)
 
 ``/v1/messages/count_tokens`` is answered here with an estimate.
 """
@@ -29,7 +30,7 @@ from typing import Any, ClassVar, Final
 from urllib.parse import quote
 
 from filterproxy.config import ClusterConfig
-from filterproxy.extensions.vertex.auth import TokenAuthorizer, VertexAuthorizers
+from filterproxy.extensions.vertex.auth import VertexAuthorizers
 from filterproxy.extensions.vertex.config import CLAUDE_PREFIX, VertexCluster
 from filterproxy.filters.api import (
     DataResult,
@@ -124,7 +125,6 @@ class VertexFilter(StreamFilter):
     def __init__(self, config: VertexFilterConfig) -> None:
         super().__init__(config)
         self.option: VertexCluster | None = None
-        self.authorizer: TokenAuthorizer | None = None
         self.head: RequestHead | None = None
         self.api = CHAT
         self.status = 0
@@ -154,8 +154,7 @@ class VertexFilter(StreamFilter):
             return FilterStatus.STOP_ITERATION
         self.option, self.head, self.api = option, head, api
         head.headers.remove_all(_CLIENT_HEADERS)
-        self.authorizer = self.config.authorizers.get(option)
-        info.state.set(UpstreamAuthorization(option.cluster, self.authorizer))
+        info.state.set(UpstreamAuthorization(option.cluster, self.config.authorizers.get(option)))
         return FilterStatus.STOP_ITERATION  # the path depends on the body
 
     def decode_data(self, data: bytes, end_stream: bool) -> DataResult:
@@ -208,8 +207,6 @@ class VertexFilter(StreamFilter):
         if self.option is None or head.status < 400:
             return FilterStatus.CONTINUE
         self.status = head.status
-        if head.status == 401 and self.authorizer is not None:
-            self.authorizer.refused()
         if end_stream:
             return FilterStatus.CONTINUE
         self.answer_head = head
