@@ -53,6 +53,7 @@ def config(mock: BedrockMock, extra: str = "") -> str:
         routes:
           - models: ["*"]
             cluster: bedrock
+        spend: {{}}
     """
 
 
@@ -145,6 +146,8 @@ def test_usage_reaches_the_access_log_and_metrics(gateway: Gateway) -> None:
     record = gateway.access_record(response.headers["x-request-id"])
     assert record["cluster"] == "bedrock" and record["outcome"] == "complete"
     assert record["prompt_tokens"] == 11 and record["completion_tokens"] > 0
+    # Priced from the providers' price list, which knows Bedrock's model IDs.
+    assert record["cost_usd"] > 0 and record["cost_priced"] is True
     metrics = gateway.metrics()
     assert 'filterproxy_upstream_attempts_total{cluster="bedrock"}' in metrics
     assert any(

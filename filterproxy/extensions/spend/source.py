@@ -40,6 +40,8 @@ GENAI_PROVIDERS: Final[dict[str, str | None]] = {
     "ollama": None,
     "vllm": None,
     "llamacpp": None,
+    "bedrock": "aws",
+    "vertex": "google",
 }
 
 
