@@ -41,6 +41,7 @@ from filterproxy.extensions.usage.filter import UsageFilter
 from filterproxy.extensions.vertex.config import SCHEMA as VERTEX
 from filterproxy.extensions.vertex.filter import VertexFilter
 from filterproxy.filters.api import StreamFilter
+from filterproxy.filters.credentials import fetch_counter
 from filterproxy.filters.resources import Resources
 
 __all__ = ["BUILTIN_FILTERS", "BUILTIN_SCHEMAS", "declare_metrics", "load_config", "parse_config"]
@@ -108,3 +109,4 @@ def declare_metrics(resources: Resources) -> None:
     ResumeMetrics.of(resources)
     TranslateMetrics.of(resources)
     CacheMetrics.of(resources)
+    fetch_counter(resources.metrics)

@@ -25,9 +25,10 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from filterproxy.filters.metrics import CounterFamily, MetricFamilies
 from filterproxy.filters.records import AuthorizationFailed
 
-__all__ = ["Authorizers", "Fetched", "RefreshingCredential"]
+__all__ = ["Authorizers", "Fetched", "RefreshingCredential", "counting", "fetch_counter"]
 
 log = Logger(namespace="filterproxy.credentials")
 T = TypeVar("T")
@@ -54,6 +55,27 @@ MAX_REFRESH_AHEAD = 900.0
 RETRY_AFTER_FAILURE = 30.0
 
 
+def fetch_counter(families: MetricFamilies) -> CounterFamily:
+    """``filterproxy_credential_fetches_total{cluster, result}``: each fetch of a
+    cluster's credentials (at start-up, a refresh, after a refusal), ``ok`` or
+    ``failed`` — a provider extension counts into it (`RefreshingCredential`'s
+    *counted*)."""
+    return families.counter(
+        "filterproxy_credential_fetches",
+        "Fetches of a cluster's expiring credentials (AWS, Google), by cluster and result "
+        "(ok, failed). Failures while no usable credential is held answer 503.",
+        ("cluster", "result"),
+    )
+
+
+def counting(fetches: CounterFamily | None, cluster: str) -> Callable[[bool], None] | None:
+    """What counts *cluster*'s fetches into *fetches* (`fetch_counter`), if given."""
+    if fetches is None:
+        return None
+    family = fetches
+    return lambda ok: family.inc((cluster, "ok" if ok else "failed"))
+
+
 @dataclass(frozen=True)
 class Fetched(Generic[T]):
     """A credential and when it expires (seconds since the epoch; None: never)."""
@@ -72,6 +94,7 @@ class RefreshingCredential(Generic[T]):
             the web identity token file``).
         clock: The reactor (its ``seconds`` is wall-clock time) or a test's clock.
         run: How *fetch* is run; by default in the reactor's thread pool.
+        counted: Told of each fetch's end: True when it brought a credential.
     """
 
     def __init__(
@@ -80,8 +103,10 @@ class RefreshingCredential(Generic[T]):
         source: str,
         clock: Any,
         run: Callable[[Callable[[], Fetched[T]]], defer.Deferred[Fetched[T]]] | None = None,
+        counted: Callable[[bool], None] | None = None,
     ) -> None:
         self.fetch = fetch
+        self.counted = counted
         self.source = source
         self.clock = clock
         self.run = run or (lambda f: threads.deferToThread(f))
@@ -148,6 +173,8 @@ class RefreshingCredential(Generic[T]):
 
     def _fetched(self, fetched: Fetched[T], started: float) -> None:
         self.fetching = None
+        if self.counted is not None:
+            self.counted(True)
         self.error = None
         self.current = fetched
         now = self.clock.seconds()
@@ -180,6 +207,8 @@ class RefreshingCredential(Generic[T]):
 
     def _failed(self, failure: Failure) -> None:
         self.fetching = None
+        if self.counted is not None:
+            self.counted(False)
         message = f"{self.source}: {_reason(failure)}"
         usable = self.usable()
         if usable:

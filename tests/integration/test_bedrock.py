@@ -150,6 +150,7 @@ def test_usage_reaches_the_access_log_and_metrics(gateway: Gateway) -> None:
     assert record["cost_usd"] > 0 and record["cost_priced"] is True
     metrics = gateway.metrics()
     assert 'filterproxy_upstream_attempts_total{cluster="bedrock"}' in metrics
+    assert 'filterproxy_credential_fetches_total{cluster="bedrock",result="ok"} 1.0' in metrics
     assert any(
         line.startswith("gen_ai_client_token_usage_sum")
         and f'model="{CLAUDE}"' in line

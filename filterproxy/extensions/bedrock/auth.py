@@ -21,11 +21,17 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from filterproxy.extensions.bedrock.config import BedrockCluster
-from filterproxy.filters.credentials import Authorizers, Fetched, RefreshingCredential
+from filterproxy.extensions.bedrock.config import BedrockCluster, aws_session
+from filterproxy.filters.credentials import (
+    Authorizers,
+    Fetched,
+    RefreshingCredential,
+    counting,
+)
+from filterproxy.filters.metrics import CounterFamily
 from filterproxy.http.headers import Headers
 
-__all__ = ["BearerAuthorizer", "BedrockAuthorizers", "SigV4Authorizer", "locate_credentials"]
+__all__ = ["BearerAuthorizer", "BedrockAuthorizers", "SigV4Authorizer", "resolve"]
 
 log = Logger(namespace="filterproxy.bedrock")
 #: Bedrock's SigV4 signing name.
@@ -40,14 +46,6 @@ class NoCredentials(Exception):
     """No AWS credentials were found where the cluster says to look."""
 
 
-def _session(option: BedrockCluster) -> Any:
-    import botocore.session
-
-    session = botocore.session.Session(profile=option.credentials.profile)
-    session.set_config_variable("region", option.region)
-    return session
-
-
 def resolve(option: BedrockCluster) -> Any:
     """The cluster's botocore credentials object (refreshable where its source is).
     Blocks (files; the chain's probes of metadata services)."""
@@ -58,7 +56,7 @@ def resolve(option: BedrockCluster) -> Any:
     )
 
     creds = option.credentials
-    session = _session(option)
+    session = aws_session(option)
     if creds.access_key_id and creds.secret_access_key:
         found: Any = Credentials(
             creds.access_key_id, creds.secret_access_key, creds.session_token, method="explicit"
@@ -86,30 +84,19 @@ def resolve(option: BedrockCluster) -> Any:
     return found
 
 
-def locate_credentials(option: BedrockCluster) -> str:
-    """Where the cluster's credentials would come from now, in words, as ``check-config``
-    says it: the static description, with the source botocore finds (it reads files and
-    may ask a metadata service; it fetches nothing from STS)."""
-    described = option.describe()
-    if option.api_key or option.credentials.access_key_id:
-        return described
-    try:
-        found = _session(option).get_credentials()
-    except Exception as e:
-        return f"{described}; looking them up failed: {type(e).__name__}: {e}"
-    if found is None:
-        return f"{described}; none found now"
-    return f"{described}; found: {found.method}"
-
-
 class SigV4Authorizer:
     """Signs a Bedrock cluster's requests (`filterproxy.filters.records.UpstreamAuthorizer`)."""
 
-    def __init__(self, option: BedrockCluster, clock: Any) -> None:
+    def __init__(
+        self, option: BedrockCluster, clock: Any, fetches: CounterFamily | None = None
+    ) -> None:
         self.option = option
         self.resolved: Any = None
         self.credential: RefreshingCredential[Any] = RefreshingCredential(
-            self._fetch, f"cluster {option.cluster!r}: AWS credentials", clock
+            self._fetch,
+            f"cluster {option.cluster!r}: AWS credentials",
+            clock,
+            counted=counting(fetches, option.cluster),
         )
 
     def _fetch(self) -> Fetched[Any]:
@@ -185,11 +172,11 @@ class BearerAuthorizer:
 class BedrockAuthorizers(Authorizers[BedrockCluster, SigV4Authorizer | BearerAuthorizer]):
     """The process's Bedrock authorizers, one per cluster's settings."""
 
-    def __init__(self, clock: Any) -> None:
+    def __init__(self, clock: Any, fetches: CounterFamily | None = None) -> None:
         super().__init__(
             lambda option: (
                 BearerAuthorizer(option.api_key)
                 if option.api_key
-                else SigV4Authorizer(option, clock)
+                else SigV4Authorizer(option, clock, fetches)
             )
         )

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from filterproxy.config import (
     ChainFacts,
@@ -36,7 +36,7 @@ from filterproxy.config import (
 )
 from filterproxy.http.apis import MESSAGES
 
-__all__ = ["BEDROCK_APIS", "SCHEMA", "AwsCredentials", "BedrockCluster"]
+__all__ = ["BEDROCK_APIS", "SCHEMA", "AwsCredentials", "BedrockCluster", "aws_session"]
 
 #: How a model is called: InvokeModel with Anthropic's Messages body (Claude), the
 #: Converse API (every model), or ``auto`` (invoke for Anthropic's models, else converse).
@@ -132,9 +132,25 @@ class BedrockCluster:
     def describe_credentials(self) -> str:
         """What ``check-config`` says: `describe`, with the source AWS's chain finds now
         (it reads files and may ask a metadata service; nothing is fetched from STS)."""
-        from filterproxy.extensions.bedrock.auth import locate_credentials
+        described = self.describe()
+        if self.api_key or self.credentials.access_key_id:
+            return described
+        try:
+            found = aws_session(self).get_credentials()
+        except Exception as e:  # what the chain says is shown, whatever it is
+            return f"{described}; looking them up failed: {type(e).__name__}: {e}"
+        if found is None:
+            return f"{described}; none found now"
+        return f"{described}; found: {found.method}"
 
-        return locate_credentials(self)
+
+def aws_session(option: BedrockCluster) -> Any:
+    """A botocore session for the cluster: its profile (if any) and region."""
+    import botocore.session
+
+    session = botocore.session.Session(profile=option.credentials.profile)
+    session.set_config_variable("region", option.region)
+    return session
 
 
 _REGION_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")

@@ -52,6 +52,7 @@ from filterproxy.filters.api import (
     ResponseHead,
     StreamFilter,
 )
+from filterproxy.filters.credentials import fetch_counter
 from filterproxy.filters.records import UpstreamAuthorization
 from filterproxy.filters.resources import Resources
 from filterproxy.http.apis import MESSAGES, client_api
@@ -98,7 +99,9 @@ class BedrockFilter(StreamFilter):
             raise ValueError(f"takes no options, got: {', '.join(sorted(options))}")
         return BedrockFilterConfig(
             context.config.clusters,
-            context.resources.get(BedrockAuthorizers, lambda r: BedrockAuthorizers(r.clock)),
+            context.resources.get(
+                BedrockAuthorizers, lambda r: BedrockAuthorizers(r.clock, fetch_counter(r.metrics))
+            ),
             context.config.max_event_bytes,
         )
 

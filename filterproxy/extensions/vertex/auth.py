@@ -16,7 +16,13 @@ from typing import Any
 from twisted.logger import Logger
 
 from filterproxy.extensions.vertex.config import CLOUD_PLATFORM, VertexCluster
-from filterproxy.filters.credentials import Authorizers, Fetched, RefreshingCredential
+from filterproxy.filters.credentials import (
+    Authorizers,
+    Fetched,
+    RefreshingCredential,
+    counting,
+)
+from filterproxy.filters.metrics import CounterFamily
 from filterproxy.http.headers import Headers
 
 __all__ = ["TokenAuthorizer", "VertexAuthorizers"]
@@ -42,7 +48,9 @@ class TokenAuthorizer:
     """Adds ``Authorization: Bearer <token>`` to a Vertex cluster's requests
     (`filterproxy.filters.records.UpstreamAuthorizer`)."""
 
-    def __init__(self, option: VertexCluster, clock: Any) -> None:
+    def __init__(
+        self, option: VertexCluster, clock: Any, fetches: CounterFamily | None = None
+    ) -> None:
         self.option = option
         self.credentials: Any = None
         source = (
@@ -51,7 +59,10 @@ class TokenAuthorizer:
             else "Application Default Credentials"
         )
         self.credential: RefreshingCredential[str] = RefreshingCredential(
-            self._fetch, f"cluster {option.cluster!r}: Google token from {source}", clock
+            self._fetch,
+            f"cluster {option.cluster!r}: Google token from {source}",
+            clock,
+            counted=counting(fetches, option.cluster),
         )
 
     def _fetch(self) -> Fetched[str]:
@@ -99,5 +110,5 @@ class TokenAuthorizer:
 class VertexAuthorizers(Authorizers[VertexCluster, TokenAuthorizer]):
     """The process's Vertex authorizers, one per cluster's settings."""
 
-    def __init__(self, clock: Any) -> None:
-        super().__init__(lambda option: TokenAuthorizer(option, clock))
+    def __init__(self, clock: Any, fetches: CounterFamily | None = None) -> None:
+        super().__init__(lambda option: TokenAuthorizer(option, clock, fetches))

@@ -40,6 +40,7 @@ from filterproxy.filters.api import (
     ResponseHead,
     StreamFilter,
 )
+from filterproxy.filters.credentials import fetch_counter
 from filterproxy.filters.records import UpstreamAuthorization
 from filterproxy.filters.resources import Resources
 from filterproxy.http.apis import CHAT, MESSAGES, client_api
@@ -112,7 +113,9 @@ class VertexFilter(StreamFilter):
             raise ValueError(f"takes no options, got: {', '.join(sorted(options))}")
         return VertexFilterConfig(
             context.config.clusters,
-            context.resources.get(VertexAuthorizers, lambda r: VertexAuthorizers(r.clock)),
+            context.resources.get(
+                VertexAuthorizers, lambda r: VertexAuthorizers(r.clock, fetch_counter(r.metrics))
+            ),
         )
 
     @classmethod
