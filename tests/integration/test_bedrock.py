@@ -218,6 +218,20 @@ def test_a_tool_round_trip_from_the_openai_sdk_through_invoke(
     assert last(bedrock)["body"]["messages"][-1]["content"][0]["type"] == "tool_result"
 
 
+def test_a_responses_client_through_invoke_and_converse(gateway: Gateway) -> None:
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="client-key")
+    for model in (CLAUDE, LLAMA):
+        answer = client.responses.create(model=model, input="hello responses")
+        assert answer.output_text == "Echo: hello responses"
+        # A conversation continued by id: the gateway kept the first turn.
+        with client.responses.stream(
+            model=model, input="and again", previous_response_id=answer.id
+        ) as stream:
+            text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+            final = stream.get_final_response()
+        assert text == "Echo: and again" and final.status == "completed"
+
+
 def test_other_models_through_converse_with_a_tool_round_trip(
     gateway: Gateway, bedrock: BedrockMock
 ) -> None:
