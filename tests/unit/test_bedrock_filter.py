@@ -159,7 +159,7 @@ def test_a_converse_stream_cut_at_every_byte_reads_the_same() -> None:
         ("anthropic.claude-throttle-v1:0", "throttlingException"),
         ("anthropic.claude-streamerror-v1:0", "modelStreamErrorException"),
         ("anthropic.claude-truncate-v1:0", "ended before its last event"),
-        ("anthropic.claude-badcrc-v1:0", "ChecksumMismatch"),
+        ("anthropic.claude-badcrc-v1:0", "message CRC"),
     ],
 )
 def test_a_failing_stream_ends_with_an_error_event_and_no_clean_end(model: str, said: str) -> None:
@@ -180,7 +180,7 @@ def test_a_frame_past_the_limit_is_refused_before_it_is_whole() -> None:
     big = event_frame("chunk", b'{"bytes":"' + b"A" * 10_000 + b'"}')
     h.respond(200, STREAM, [big[:6000]], end=False)
     assert h.stream_info.outcome == "upstream_error"
-    assert "larger than 4096" in (h.stream_info.error or "")
+    assert "more than max_event_bytes allows" in (h.stream_info.error or "")
 
 
 def test_an_error_answer_becomes_anthropics_error_document() -> None:
