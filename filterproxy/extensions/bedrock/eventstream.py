@@ -10,10 +10,11 @@ an unknown type or twice) ends the reading with `FrameError` — a stream cannot
 on past a frame it cannot delimit.
 
 Why not botocore's decoder (``EventStreamBuffer``), which the tests use to check what
-the test servers send: it costs 12 µs a frame in pure Python, twice what the gateway
-spends on a whole chunk passed through; this reader is compiled with the data path and
-reads a frame in well under one (``make bench-bedrock``). The tests hold both to the same
-frames, whole, cut at every byte and corrupted at every byte.
+the test servers send: in pure Python it costs twice what this reader does (12-16 µs a
+frame against 8, measured side by side), and more than the gateway spends on a whole
+chunk passed through; this one is also compiled with the data path (``make
+bench-bedrock``). The tests hold both to the same frames, whole, cut at every byte and
+corrupted at every byte.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def _headers(data: bytearray, start: int, end: int) -> dict[str, str]:
         at += 1
         if kind in _FIXED:
             length = _FIXED[kind]
-        elif kind == _BYTES or kind == _STRING:
+        elif kind in (_BYTES, _STRING):
             if at + 2 > end:
                 raise FrameError(
                     "the upstream's event stream is corrupt (a header runs past its block)"
