@@ -225,3 +225,20 @@ def test_events_other_than_chunks_are_skipped_and_unknown_headers_ignored() -> N
     request(h)
     got = h.respond(200, STREAM, [frames[0], odd, *frames[1:]])
     assert got.body == _expected(frames)
+
+
+def test_a_slow_client_pauses_the_bedrock_stream() -> None:
+    """Backpressure as for every stream: the filter holds nothing of its own; a client
+    that falls behind pauses the upstream's reading, and it resumes when it catches up."""
+    body = {"messages": [{"role": "user", "content": "one two three"}], "max_tokens": 32}
+    frames = invoke_stream(body, CLAUDE)
+    h = harness()
+    request(h)
+    h.respond(200, STREAM, frames[:2], end=False)
+    h.client_slow()
+    assert h.producer.paused
+    h.more(frames[2:4], end=False)
+    h.client_ready()
+    assert not h.producer.paused and h.producer.calls[-2:] == ["pause", "resume"]
+    h.more(frames[4:])
+    assert h.client.ended and messages_events(h.client.body)[-1][0] == "message_stop"
