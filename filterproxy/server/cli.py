@@ -90,7 +90,10 @@ def describe(config: Config) -> str:
     for name, cluster in config.clusters.items():
         kind = f"provider {cluster.provider}" if cluster.provider else "upstream"
         urls = ", ".join(e.url for e in cluster.endpoints)
-        lines.append(f"    {name}: {kind} at {urls}; speaks {', '.join(sorted(cluster.apis))}")
+        speaks = ", ".join(sorted(cluster.apis))
+        for prefix, apis in cluster.model_apis:
+            speaks += f" ({', '.join(sorted(apis))} for {prefix}*)"
+        lines.append(f"    {name}: {kind} at {urls}; speaks {speaks}")
         for option in cluster.options:
             # A provider extension's cluster says where its credentials come from (it
             # may look: read files, ask a metadata service).
