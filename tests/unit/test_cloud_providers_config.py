@@ -14,6 +14,8 @@ from filterproxy.extensions.builtin import parse_config
 from filterproxy.extensions.vertex.config import VertexCluster
 from filterproxy.http.apis import CHAT, MESSAGES
 
+from .fresh_interpreter import run_python
+
 
 def config(cluster: str, env: dict[str, str] | None = None) -> object:
     return parse_config(f"clusters:\n  c: {cluster}\nroutes: [{{cluster: c}}]\n", environ=env or {})
@@ -121,3 +123,29 @@ def test_a_vertex_cluster_its_project_from_the_key_file_and_its_apis_by_model(
     assert global_.option(VertexCluster).location_path == "/v1/projects/p/locations/global"
     described = global_.option(VertexCluster).describe_credentials({})
     assert "metadata server" in described
+
+
+def test_reading_a_config_with_cloud_clusters_leaves_the_reactor_unchosen(
+    tmp_path: Path,
+) -> None:
+    """twistd reads the config (and builds the chain) before it installs the gateway's
+    reactor: nothing of Bedrock's or Vertex's may pick Twisted's default one first."""
+    key = tmp_path / "key.json"
+    key.write_text(json.dumps({"type": "service_account", "project_id": "p"}))
+    out = run_python(
+        f"""
+        import sys
+        from filterproxy.chain.registry import build_chain
+        from filterproxy.extensions.builtin import parse_config
+        from filterproxy.filters.resources import Resources
+        config = parse_config('''
+        clusters:
+          b: {{provider: bedrock, region: us-east-1}}
+          v: {{provider: vertex, credentials_file: {key}}}
+        routes: [{{cluster: b}}]
+        ''')
+        build_chain(config, Resources())
+        print("twisted.internet.reactor" in sys.modules)
+        """
+    )
+    assert out == "False"

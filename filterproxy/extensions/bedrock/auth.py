@@ -27,8 +27,10 @@ from filterproxy.filters.credentials import (
     Fetched,
     RefreshingCredential,
     counting,
+    fetch_counter,
 )
 from filterproxy.filters.metrics import CounterFamily
+from filterproxy.filters.resources import Resources
 from filterproxy.http.headers import Headers
 
 __all__ = ["BearerAuthorizer", "BedrockAuthorizers", "SigV4Authorizer", "resolve"]
@@ -170,13 +172,16 @@ class BearerAuthorizer:
 
 
 class BedrockAuthorizers(Authorizers[BedrockCluster, SigV4Authorizer | BearerAuthorizer]):
-    """The process's Bedrock authorizers, one per cluster's settings."""
+    """The process's Bedrock authorizers, one per cluster's settings. Made while a
+    config is read; the reactor's clock is looked up only when an authorizer is made
+    (at a request, or when the chain goes in force), after ``twistd`` installed it."""
 
-    def __init__(self, clock: Any, fetches: CounterFamily | None = None) -> None:
+    def __init__(self, resources: Resources) -> None:
+        fetches = fetch_counter(resources.metrics)
         super().__init__(
             lambda option: (
                 BearerAuthorizer(option.api_key)
                 if option.api_key
-                else SigV4Authorizer(option, clock, fetches)
+                else SigV4Authorizer(option, resources.clock, fetches)
             )
         )

@@ -52,7 +52,6 @@ from filterproxy.filters.api import (
     ResponseHead,
     StreamFilter,
 )
-from filterproxy.filters.credentials import fetch_counter
 from filterproxy.filters.records import UpstreamAuthorization
 from filterproxy.filters.resources import Resources
 from filterproxy.http.apis import MESSAGES, client_api
@@ -99,9 +98,7 @@ class BedrockFilter(StreamFilter):
             raise ValueError(f"takes no options, got: {', '.join(sorted(options))}")
         return BedrockFilterConfig(
             context.config.clusters,
-            context.resources.get(
-                BedrockAuthorizers, lambda r: BedrockAuthorizers(r.clock, fetch_counter(r.metrics))
-            ),
+            context.resources.get(BedrockAuthorizers, BedrockAuthorizers),
             context.config.max_event_bytes,
         )
 

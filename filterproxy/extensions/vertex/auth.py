@@ -21,8 +21,10 @@ from filterproxy.filters.credentials import (
     Fetched,
     RefreshingCredential,
     counting,
+    fetch_counter,
 )
 from filterproxy.filters.metrics import CounterFamily
+from filterproxy.filters.resources import Resources
 from filterproxy.http.headers import Headers
 
 __all__ = ["TokenAuthorizer", "VertexAuthorizers"]
@@ -108,7 +110,9 @@ class TokenAuthorizer:
 
 
 class VertexAuthorizers(Authorizers[VertexCluster, TokenAuthorizer]):
-    """The process's Vertex authorizers, one per cluster's settings."""
+    """The process's Vertex authorizers, one per cluster's settings (the reactor's
+    clock looked up only when one is made, as `BedrockAuthorizers` does)."""
 
-    def __init__(self, clock: Any, fetches: CounterFamily | None = None) -> None:
-        super().__init__(lambda option: TokenAuthorizer(option, clock, fetches))
+    def __init__(self, resources: Resources) -> None:
+        fetches = fetch_counter(resources.metrics)
+        super().__init__(lambda option: TokenAuthorizer(option, resources.clock, fetches))

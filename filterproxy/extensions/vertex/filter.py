@@ -40,7 +40,6 @@ from filterproxy.filters.api import (
     ResponseHead,
     StreamFilter,
 )
-from filterproxy.filters.credentials import fetch_counter
 from filterproxy.filters.records import UpstreamAuthorization
 from filterproxy.filters.resources import Resources
 from filterproxy.http.apis import CHAT, MESSAGES, client_api
@@ -113,9 +112,7 @@ class VertexFilter(StreamFilter):
             raise ValueError(f"takes no options, got: {', '.join(sorted(options))}")
         return VertexFilterConfig(
             context.config.clusters,
-            context.resources.get(
-                VertexAuthorizers, lambda r: VertexAuthorizers(r.clock, fetch_counter(r.metrics))
-            ),
+            context.resources.get(VertexAuthorizers, VertexAuthorizers),
         )
 
     @classmethod
