@@ -23,13 +23,21 @@ on core 0 (the upstream and the clients share core 1); what is reported is its C
 3. a chat client, the same (frames → Messages SSE → chat chunks): the issue's row;
 4. a chat client, a Bedrock cluster, Converse (a model without ``anthropic.``: frames →
    Messages SSE → chat chunks);
-5. a Messages client, Converse (frames → Messages SSE).
+5. a Messages client, Converse (frames → Messages SSE);
+6. and 7. rows 1 and 3 on a third gateway, the same as the second but for its reactor:
+   `GatewayReactor` installed before twistd reads the config. (With a Bedrock cluster,
+   reading the config imports Twisted's reactor — the bedrock filter takes the clock
+   then — so ``twistd filterproxy`` leaves Twisted's default epoll reactor in place.)
 
-Both gateways use the default chain of their config and a Bedrock API key (a bearer: no
-SigV4, which signs each request, not each chunk). Every round runs every row once; the
-table has each row's median over the rounds, and the busy time of core 0 outside the
-gateway (other processes, interrupts) says how much the machine disturbed the run.
-The target: row 3 at most 2x row 1.
+The gateways use the default chain of their config and a Bedrock API key (a bearer: no
+SigV4, which signs each request, not each chunk); all three run at once, pinned to core
+0 (an idle one costs nothing). Every round runs every row once; the table has each
+row's median over the rounds, and the busy time of core 0 outside the gateway (other
+processes, interrupts) says how much the machine disturbed the run. The target: row 3
+at most 2x row 1.
+
+``--stages`` times instead each step a text delta takes, in this process, with the
+installed (compiled) modules: where the CPU of the Bedrock rows goes.
 
 Results go to bench/results/<date>-<machine>-bedrock.{md,json}.
 """
@@ -40,8 +48,10 @@ import argparse
 import asyncio
 import datetime
 import io
+import json
 import os
 import pstats
+import re
 import statistics
 import struct
 import subprocess
@@ -62,6 +72,7 @@ from bench.run import LOAD_CORE, PROXY_CORE
 from bench.translate import CLIENT_KEY, Case, load
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 #: The model of each path: the anthropic cluster's, InvokeModel's (Claude), Converse's.
 MESSAGES_MODEL = "bench"
 INVOKE_MODEL = "anthropic.claude-bench-v1:0"
@@ -151,6 +162,20 @@ CASES = [
         messages_body(CONVERSE_MODEL),
         b"message_stop",
     ),
+    Case(
+        "filterproxy-bedrock-gateway-reactor",
+        "row 1 on the gateway's reactor (installed before twistd reads the config)",
+        MESSAGES,
+        messages_body(MESSAGES_MODEL),
+        b"message_stop",
+    ),
+    Case(
+        "filterproxy-bedrock-gateway-reactor",
+        "row 3 on the gateway's reactor (installed before twistd reads the config)",
+        CHAT,
+        chat_body(INVOKE_MODEL),
+        b"[DONE]",
+    ),
 ]
 
 
@@ -181,11 +206,28 @@ class Upstream:
         self.process.wait()
 
 
+#: twistd, with the gateway's reactor installed first (``python -c``: the source tree,
+#: which ``-c`` puts first on the path, taken off it).
+TWISTD_ON_GATEWAY_REACTOR = (
+    "import sys; sys.path.pop(0); "
+    "from filterproxy.runtime.reactor import install_if_unset; install_if_unset(); "
+    "from twisted.scripts.twistd import run; sys.exit(run())"
+)
+#: The gateways: (name, with the Bedrock cluster, GatewayReactor installed before twistd
+#: reads the config).
+GATEWAYS = (
+    ("filterproxy", False, False),
+    ("filterproxy-bedrock", True, False),
+    ("filterproxy-bedrock-gateway-reactor", True, True),
+)
+
+
 def gateway_peers(workdir: Path, upstream: int, extra: list[str] | None = None) -> dict[str, Peer]:
-    """The two gateways, each on a free port: one with the anthropic cluster only, one
-    with the Bedrock cluster too (*extra*: more twistd options, before the plugin's)."""
+    """The gateways, each on a free port: one with the anthropic cluster only, one with
+    the Bedrock cluster too, and the same with the gateway's reactor installed before
+    twistd reads the config (*extra*: more twistd options, before the plugin's)."""
     found = {}
-    for name, bedrock in (("filterproxy", False), ("filterproxy-bedrock", True)):
+    for name, bedrock, preinstalled in GATEWAYS:
         conf = workdir / f"{name}.yaml"
         conf.write_text(
             CLUSTERS.format(
@@ -197,10 +239,15 @@ def gateway_peers(workdir: Path, upstream: int, extra: list[str] | None = None) 
             )
         )
         port = free_port()
+        twistd = (
+            [str(BIN / "python"), "-c", TWISTD_ON_GATEWAY_REACTOR]
+            if preinstalled
+            else [str(BIN / "twistd")]
+        )
         found[name] = Peer(
             name,
             [
-                str(BIN / "twistd"),
+                *twistd,
                 "-n",
                 "--pidfile=",
                 "-l",
@@ -215,6 +262,14 @@ def gateway_peers(workdir: Path, upstream: int, extra: list[str] | None = None) 
             listen_port=port,
         )
     return found
+
+
+def reactor_of(peer: Peer) -> str:
+    """The reactor class twistd says the gateway runs on (its log's line)."""
+    command = peer.command or []
+    log = Path(command[command.index("-l") + 1])
+    found = re.search(r"reactor class: ([\w.]+?)\.?$", log.read_text(), re.MULTILINE)
+    return found.group(1) if found else "?"
 
 
 def last_text(chunks: int) -> bytes:
@@ -354,12 +409,20 @@ def verdict(rows: list[dict[str, Any]], medians: list[dict[str, Any]]) -> str:
         return f"Target: row {TARGET_ROW} at most {TARGET:g}x row {BASE_ROW}: not measured."
     ratio = row / base
     rounds = ", ".join(f"{r:.2f}" for r in ratios(rows, TARGET_ROW, BASE_ROW))
-    return (
+    text = (
         f"Target: row {TARGET_ROW} (the issue's: a Bedrock event stream to a chat client) "
         f"at most {TARGET:g}x row {BASE_ROW} (Messages passed through) per chunk: "
         f"**{'met' if ratio <= TARGET else 'missed'}**, {ratio:.2f}x "
         f"({row:.1f} vs {base:.1f} µs; rounds {rounds})."
     )
+    if by_row.get(0):
+        text += f" Against row 0 (no Bedrock cluster in the gateway): {row / by_row[0]:.2f}x."
+    if by_row.get(6) and by_row.get(7):
+        text += (
+            f" On the gateway's reactor (rows 7 and 6): {by_row[7] / by_row[6]:.2f}x "
+            f"({by_row[7]:.1f} vs {by_row[6]:.1f} µs)."
+        )
+    return text
 
 
 def profile_text(path: Path, limit: int = 30) -> str:
@@ -430,13 +493,17 @@ def minimal_frame_read(data: bytes) -> tuple[dict[str, str], bytes]:
 
 def stages(chunks: int, count: int) -> str:
     """The steps a text delta takes in the Bedrock rows, each timed alone in this process
-    (the gateway's modules as installed: compiled with mypyc where setup.py says so), µs
-    per delta: a table in Markdown."""
+    with the gateway's modules as installed, µs per delta: a table in Markdown."""
+    # The installed package (the compiled build the gateway under test runs), not the
+    # source tree this runs in, which ``python -m`` puts first on the path.
+    assert "filterproxy" not in sys.modules
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
     from botocore.eventstream import EventStreamBuffer
 
     from filterproxy.extensions.bedrock.eventstream import FrameReader
     from filterproxy.extensions.bedrock.wire import invoke_event
-    from filterproxy.translate.chat_over_messages import ChatFromMessagesStream
+    from filterproxy.http.sse import SSEDecoder
+    from filterproxy.translate import chat_over_messages
     from filterproxy.translate.converse import MessagesFromConverseStream
 
     def body(piece: bytes) -> bytes:  # an HTTP chunk's data
@@ -449,21 +516,21 @@ def stages(chunks: int, count: int) -> str:
     reader = FrameReader(1 << 20)
     invoke_payload = reader.feed(invoke_frame)[0].payload
     converse_payload = reader.feed(converse_frame)[0].payload
-    chat = ChatFromMessagesStream("bench", False)
+    chat = chat_over_messages.ChatFromMessagesStream("bench", False)
     chat.feed(b"".join(body(p) for p in answers.sse[:2]))
+    decoder = SSEDecoder()
     converse = MessagesFromConverseStream(CONVERSE_MODEL)
-    converse.event("contentBlockDelta", orjson.loads(converse_payload))
-
+    converse.event("contentBlockDelta", json.loads(converse_payload))
     buffer = EventStreamBuffer()
 
     def botocore_read(data: bytes) -> Any:
         buffer.add_data(data)
         return next(buffer)
 
-    def converse_step() -> bytes:
-        document = orjson.loads(converse_payload)
+    def converse_step() -> bytes:  # as the bedrock filter does it
+        document = json.loads(converse_payload)
         document.pop("p", None)
-        return converse.event("contentBlockDelta", document)
+        return bytes(converse.event("contentBlockDelta", document))
 
     steps: list[tuple[str, int, Any]] = [
         (
@@ -497,15 +564,131 @@ def stages(chunks: int, count: int) -> str:
             lambda: chat.feed(sse_event),
         ),
         (
-            "Converse event → Messages SSE: orjson + MessagesFromConverseStream.event",
+            "… of which SSEDecoder.feed",
+            len(sse_event),
+            lambda: decoder.feed(sse_event),
+        ),
+        (
+            "Converse event → Messages SSE: json.loads + MessagesFromConverseStream.event",
             len(converse_payload),
             converse_step,
         ),
+        (
+            "… of which json.loads (orjson.loads: next line)",
+            len(converse_payload),
+            lambda: json.loads(converse_payload),
+        ),
+        ("… orjson.loads", len(converse_payload), lambda: orjson.loads(converse_payload)),
     ]
-    lines = ["| step, per text delta | bytes in | µs |", "|---|---:|---:|"]
+    compiled = str(chat_over_messages.__file__).endswith(".so")
+    lines = [
+        "Modules: the installed package, "
+        + ("compiled with mypyc where setup.py says." if compiled else "interpreted."),
+        "",
+        "| step, per text delta | bytes in | µs |",
+        "|---|---:|---:|",
+    ]
     for label, size, call in steps:
         lines.append(f"| {label} | {size} | {per_call(call, count):.2f} |")
     return "\n".join(lines)
+
+
+def open_stream(gateway: Any, case: Case, answers: wire.Answers) -> Any:
+    """A stream of *case* open through *gateway*'s own objects on in-memory transports,
+    its first events already through; a function that feeds it one more text delta (the
+    same one each time) and drops what reached the client."""
+    from twisted.internet.testing import StringTransport
+
+    from filterproxy.downstream.server import GatewayServerFactory
+    from filterproxy.upstream.connection import HTTP11ClientConnection, State
+
+    model = case.body["model"]
+    cluster, head = "bedrock", wire.EVENT_STREAM_HEAD
+    if model == MESSAGES_MODEL:
+        cluster, head, pieces, opened = "anthropic", wire.SSE_HEAD, answers.sse, 2
+    elif model == INVOKE_MODEL:
+        pieces, opened = answers.invoke, 2  # message_start, content_block_start
+    else:
+        pieces, opened = answers.converse, 1  # messageStart (a delta opens the block)
+    pool = gateway.clusters[cluster].endpoints[0].pool
+    upstream = HTTP11ClientConnection(pool)
+    upstream.makeConnection(StringTransport())
+    pool.open_count = 1
+    pool.idle.append(upstream)  # what the router takes for the request
+    client_transport = StringTransport()
+    client = GatewayServerFactory(gateway).buildProtocol(None)
+    client.makeConnection(client_transport)
+    body = json.dumps(case.body).encode()
+    client.dataReceived(
+        b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (case.path.encode(), len(body), body)
+    )
+    assert upstream.state is State.BUSY, case.label
+    upstream.dataReceived(head + b"".join(pieces[:opened]))
+    delta = pieces[opened]
+    client_transport.clear()
+    upstream.dataReceived(delta)
+    assert b'0 "' in client_transport.value(), (case.label, client_transport.value())
+
+    def one_delta() -> None:
+        upstream.dataReceived(delta)
+        client_transport.clear()
+
+    return one_delta
+
+
+def inprocess(count: int, chunks: int) -> str:
+    """Rows 0-5's Python-level cost per text delta, without sockets or a reactor: the
+    gateway's own objects (installed, compiled) on in-memory transports, one stream kept
+    open, the same delta fed to its upstream connection again and again (as
+    bench/inprocess.py measures pass-through). A table in Markdown."""
+    assert "filterproxy" not in sys.modules
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
+    from bench.inprocess import _Clock
+    from filterproxy.extensions.builtin import load_config
+    from filterproxy.server.service import Gateway
+
+    answers = wire.Answers(chunks, 4)
+    lines = ["| # | request | µs per delta | vs row 1 |", "|---:|---|---:|---:|"]
+    results: dict[int, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        configs = {}
+        for name, bedrock, _ in GATEWAYS[:2]:
+            configs[name] = Path(tmp) / f"{name}.yaml"
+            configs[name].write_text(
+                CLUSTERS.format(
+                    upstream=9,
+                    admin=9,
+                    messages_model=MESSAGES_MODEL,
+                    bedrock=BEDROCK_CLUSTER.format(upstream=9) if bedrock else "",
+                    bedrock_route=BEDROCK_ROUTE if bedrock else "",
+                )
+            )
+        for row, case in enumerate(CASES[:6]):
+            gateway = Gateway(load_config(configs[case.peer]), _Clock())
+            results[row] = per_call(open_stream(gateway, case, answers), count)
+            ratio = f"{results[row] / results[1]:.2f}x" if 1 in results else "-"
+            lines.append(f"| {row} | {case.label} | {results[row]:.2f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def breakdown(chunks: int) -> str:
+    """Where the CPU goes: ``--inprocess`` and ``--stages``, each in a process of its own
+    (they import the installed gateway), as Markdown."""
+    parts = []
+    for option, title in (
+        ("--inprocess", "In process (no sockets, no reactor), µs per text delta"),
+        ("--stages", "Each step of a text delta alone, in process"),
+    ):
+        found = subprocess.run(
+            [sys.executable, "-m", "bench.bedrock", option, "--chunks", str(chunks)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        parts.append(f"## {title}\n\n{found.stdout.strip()}")
+    return "\n\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -519,11 +702,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--stages", action="store_true", help="time each step of a delta in process instead"
     )
+    parser.add_argument(
+        "--inprocess",
+        action="store_true",
+        help="time each row's delta in process (no sockets, no reactor) instead",
+    )
+    parser.add_argument(
+        "--no-breakdown",
+        action="store_true",
+        help="leave out the in-process tables (--inprocess, --stages) after the run",
+    )
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
     if args.stages:
         os.sched_setaffinity(0, {PROXY_CORE})
         print(stages(args.chunks, 20000))
+        return
+    if args.inprocess:
+        os.sched_setaffinity(0, {PROXY_CORE})
+        print(inprocess(20000, args.chunks))
         return
     if args.profile is not None:
         profile(args.profile, args.users, args.seconds, args.chunks)
@@ -539,6 +736,8 @@ def main(argv: list[str] | None = None) -> None:
             needed = [p for p in peers.values() if any(CASES[r].peer == p.name for r in wanted)]
             for peer in needed:
                 peer.start(str(PROXY_CORE))
+            reactors = {peer.name: reactor_of(peer) for peer in needed}
+            print("reactors:", reactors, flush=True)
             try:
                 for round_ in range(args.rounds):
                     for row in wanted:
@@ -555,6 +754,9 @@ def main(argv: list[str] | None = None) -> None:
     medians = summary(rows)
     text = f"{table(medians)}\n\n{verdict(rows, medians)}"
     print(text)
+    if not args.no_breakdown:
+        text += "\n\n" + breakdown(args.chunks)
+        print(text.split("\n\n", 2)[-1])
     if not args.no_save:
         load_after = os.getloadavg()
         header = (
@@ -563,13 +765,15 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.seconds:.0f} s per row, {args.rounds} rounds (every row once per round; "
             f"medians, and the range over the rounds); gateway on core {PROXY_CORE}, "
             f"upstream and clients on core {LOAD_CORE}. Load average "
-            f"{load_before[0]:.1f} before the run, {load_after[0]:.1f} after.\n\n"
+            f"{load_before[0]:.1f} before the run, {load_after[0]:.1f} after. Reactors: "
+            + "; ".join(f"{name}: {reactor}" for name, reactor in reactors.items())
+            + ".\n\n"
         )
         save_results(
             "bedrock",
             header,
             text,
-            {"args": vars(args), "rows": rows, "medians": medians},
+            {"args": vars(args), "reactors": reactors, "rows": rows, "medians": medians},
         )
 
 
