@@ -4,6 +4,7 @@ API, next to a Messages stream passed through.
     make bench-bedrock
     .venv-bench/bin/python -m bench.bedrock --seconds 20 --rounds 3
     .venv-bench/bin/python -m bench.bedrock --profile 3     # cProfile of row 3
+    .venv-bench/bin/python -m bench.bedrock --inprocess     # or --stages
 
 The upstream (bench/bedrock_upstream.py) answers every request with the same answer —
 ``--chunks`` text deltas of four characters, as bench/translate.py's chat stream — in
@@ -32,12 +33,14 @@ on core 0 (the upstream and the clients share core 1); what is reported is its C
 The gateways use the default chain of their config and a Bedrock API key (a bearer: no
 SigV4, which signs each request, not each chunk); all three run at once, pinned to core
 0 (an idle one costs nothing). Every round runs every row once; the table has each
-row's median over the rounds, and the busy time of core 0 outside the gateway (other
-processes, interrupts) says how much the machine disturbed the run. The target: row 3
-at most 2x row 1.
+row's median over the rounds; the busy time of core 0 outside the gateway, and of
+core 1 outside the upstream and the clients (other processes, interrupts), says how
+much the machine disturbed the run. The target: row 3 at most 2x row 1.
 
-``--stages`` times instead each step a text delta takes, in this process, with the
-installed (compiled) modules: where the CPU of the Bedrock rows goes.
+After the run, and alone with ``--inprocess``: rows 0-5 in process, the gateway's own
+objects on in-memory transports (no sockets, no reactor: steadier on a busy machine,
+and only the Python-level work); with ``--stages``: each step a text delta takes, timed
+alone. Both use the installed (compiled) modules: where the CPU of the Bedrock rows goes.
 
 Results go to bench/results/<date>-<machine>-bedrock.{md,json}.
 """
@@ -309,20 +312,37 @@ def core_busy(core: int) -> float:
     return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
+def own_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) of the processes *pids*."""
+    total = 0.0
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system
+    return total
+
+
 def measure(
-    peer: Peer, row: int, users: int, seconds: float, chunks: int, round_: int
+    peer: Peer,
+    row: int,
+    users: int,
+    seconds: float,
+    chunks: int,
+    round_: int,
+    load_pids: list[int],
 ) -> dict[str, Any]:
-    """One row's figures: *users* streams for *seconds* after a warm-up."""
+    """One row's figures: *users* streams for *seconds* after a warm-up. *load_pids*: the
+    processes of the load core (this one, the upstream), whose CPU is not the others'."""
     case = CASES[row]
     warm_up(peer.port, case, chunks)
     asyncio.run(load(peer.port, case, users, 2.0))
-    busy_before = core_busy(PROXY_CORE)
-    cpu_before = peer.cpu_seconds()
+    busy_before = core_busy(PROXY_CORE), core_busy(LOAD_CORE)
+    cpu_before = peer.cpu_seconds(), own_cpu(load_pids)
     started = time.monotonic()
     done, failed = asyncio.run(load(peer.port, case, users, seconds))
     elapsed = time.monotonic() - started
-    cpu = peer.cpu_seconds() - cpu_before
-    others = core_busy(PROXY_CORE) - busy_before - cpu
+    cpu = peer.cpu_seconds() - cpu_before[0]
+    others = core_busy(PROXY_CORE) - busy_before[0] - cpu
+    load_others = core_busy(LOAD_CORE) - busy_before[1] - (own_cpu(load_pids) - cpu_before[1])
     carried = done * chunks
     return {
         "row": row,
@@ -336,6 +356,7 @@ def measure(
         "cpu_us_per_request": cpu / done * 1e6 if done else None,
         "cpu_share": cpu / elapsed,
         "core_others_share": max(others, 0.0) / elapsed,
+        "load_core_others_share": max(load_others, 0.0) / elapsed,
     }
 
 
@@ -363,6 +384,11 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "core_others_share": statistics.median(r["core_others_share"] for r in runs)
                 if runs
                 else None,
+                "load_core_others_share": statistics.median(
+                    r["load_core_others_share"] for r in runs
+                )
+                if runs
+                else None,
             }
         )
     return out
@@ -381,8 +407,9 @@ def ratios(rows: list[dict[str, Any]], row: int, base: int) -> list[float]:
 def table(medians: list[dict[str, Any]]) -> str:
     lines = [
         "| # | request | streams | failed | chunks/s | CPU µs per chunk (range) | "
-        f"CPU µs per request | vs row {BASE_ROW} | core {PROXY_CORE} busy outside the gateway |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"CPU µs per request | vs row {BASE_ROW} | core {PROXY_CORE} busy outside the gateway | "
+        f"core {LOAD_CORE} busy outside the benchmark |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base = next(
         (m["cpu_us_per_chunk"] for m in medians if m["row"] == BASE_ROW and m["rounds"]), None
@@ -390,14 +417,17 @@ def table(medians: list[dict[str, Any]]) -> str:
     for m in medians:
         per = m["cpu_us_per_chunk"]
         if not per:
-            lines.append(f"| {m['row']} | {m['case']} | 0 | {m['failed']} | — | — | — | — | — |")
+            lines.append(
+                f"| {m['row']} | {m['case']} | 0 | {m['failed']} | — | — | — | — | — | — |"
+            )
             continue
         low, high = m["cpu_us_per_chunk_range"]
         ratio = f"{per / base:.2f}x" if base else "—"
         lines.append(
             f"| {m['row']} | {m['case']} | {m['streams']} | {m['failed']} | "
             f"{m['chunks_per_s']:,.0f} | {per:.1f} ({low:.1f}-{high:.1f}) | "
-            f"{m['cpu_us_per_request']:,.0f} | {ratio} | {m['core_others_share']:.0%} |"
+            f"{m['cpu_us_per_request']:,.0f} | {ratio} | {m['core_others_share']:.0%} | "
+            f"{m['load_core_others_share']:.0%} |"
         )
     return "\n".join(lines)
 
@@ -451,7 +481,9 @@ def profile(row: int, users: int, seconds: float, chunks: int) -> None:
             )[case.peer]
             peer.start(str(PROXY_CORE))
             try:
-                result = measure(peer, row, users, seconds, chunks, 0)
+                result = measure(
+                    peer, row, users, seconds, chunks, 0, [os.getpid(), upstream.process.pid]
+                )
             finally:
                 peer.stop()
             print(table(summary([result])))
@@ -743,7 +775,15 @@ def main(argv: list[str] | None = None) -> None:
                     for row in wanted:
                         peer = peers[CASES[row].peer]
                         rows.append(
-                            measure(peer, row, args.users, args.seconds, args.chunks, round_)
+                            measure(
+                                peer,
+                                row,
+                                args.users,
+                                args.seconds,
+                                args.chunks,
+                                round_,
+                                [os.getpid(), upstream.process.pid],
+                            )
                         )
                         print(f"round {round_ + 1}:", table(summary(rows[-1:])).splitlines()[-1])
             finally:
