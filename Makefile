@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: redis-server node chromium docs-screenshots podman image image-test run test lint typecheck docs docs-build bench bench-env bench-translate bench-resume bench-front bench-limits bench-cache soak dashboard wheel clean
+.PHONY: redis-server node chromium docs-screenshots podman image image-test run test lint typecheck docs docs-build bench bench-env bench-translate bench-bedrock bench-resume bench-front bench-limits bench-cache soak dashboard wheel clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -146,6 +146,12 @@ bench: bench-env
 # Completions, next to pass-through and to LiteLLM's proxy (bench/translate.py).
 bench-translate: bench-env
 	$(BENCH_VENV)/bin/python -m bench.translate $(TRANSLATE_ARGS)
+
+# Bedrock: CPU per chunk of a Bedrock event stream read back as Messages and as chat,
+# next to a Messages stream passed through (bench/bedrock.py, its mock upstream
+# bench/bedrock_upstream.py).
+bench-bedrock: bench-env
+	$(BENCH_VENV)/bin/python -m bench.bedrock $(BEDROCK_ARGS)
 
 # Resumable streams: CPU per chunk and memory per open stream of a resumable route next
 # to a plain one (bench/resume.py).
