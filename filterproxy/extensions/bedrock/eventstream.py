@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
 from typing import Final
 
 __all__ = ["ERROR", "EVENT", "EXCEPTION", "Frame", "FrameError", "FrameReader"]
@@ -37,7 +36,6 @@ _OVERHEAD: Final = 16
 MAX_HEADER_BYTES: Final = 128 * 1024
 _U32: Final = struct.Struct(">I")
 _PRELUDE_FIELDS: Final = struct.Struct(">III")
-_U16: Final = struct.Struct(">H")
 #: Header value types with a fixed size (type → bytes): booleans (none), int8, int16,
 #: int32, int64, timestamp, uuid.
 _FIXED: Final = {0: 0, 1: 0, 2: 1, 3: 2, 4: 4, 5: 8, 8: 8, 9: 16}
@@ -45,63 +43,74 @@ _FIXED: Final = {0: 0, 1: 0, 2: 1, 3: 2, 4: 4, 5: 8, 8: 8, 9: 16}
 _BYTES: Final = 6
 _STRING: Final = 7
 #: The headers the gateway reads (strings); the others are checked and skipped.
-_WANTED: Final = frozenset({":message-type", ":event-type", ":exception-type", ":error-code"})
+_WANTED: Final = frozenset({b":message-type", b":event-type", b":exception-type", b":error-code"})
+_CORRUPT_HEADER: Final = "the upstream's event stream is corrupt (a header runs past its block)"
 
 
 class FrameError(ValueError):
     """The bytes are not a readable event stream (the message says how)."""
 
 
-@dataclass(frozen=True, slots=True)
 class Frame:
     """One message: its type (`EVENT`, `EXCEPTION`, `ERROR`), its name (the event's
     ``:event-type``, the exception's ``:exception-type``, the error's ``:error-code``)
     and its payload."""
 
-    message_type: str
-    name: str
-    payload: bytes
+    __slots__ = ("message_type", "name", "payload")
+
+    def __init__(self, message_type: str, name: str, payload: bytes) -> None:
+        self.message_type = message_type
+        self.name = name
+        self.payload = payload
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Frame)
+            and self.message_type == other.message_type
+            and self.name == other.name
+            and self.payload == other.payload
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.message_type, self.name, self.payload))
+
+    def __repr__(self) -> str:
+        return f"Frame({self.message_type!r}, {self.name!r}, {self.payload!r})"
 
 
-def _headers(data: bytearray, start: int, end: int) -> dict[str, str]:
-    """The string headers the gateway reads of the header block ``data[start:end]``,
-    every header checked.
+def _headers(data: bytearray, start: int, end: int) -> dict[bytes, str]:
+    """The string headers the gateway reads of the header block ``data[start:end]``, by
+    their names' bytes; every header checked.
 
     Raises:
         FrameError: a header runs past the block, is of an unknown type, or comes twice.
     """
-    found: dict[str, str] = {}
-    seen: set[str] = set()
+    found: dict[bytes, str] = {}
+    seen: list[bytes] = []
     at = start
     while at < end:
         size = data[at]
         at += 1
         if at + size + 1 > end:
-            raise FrameError(
-                "the upstream's event stream is corrupt (a header runs past its block)"
-            )
-        name = data[at : at + size].decode("utf-8", "replace")
+            raise FrameError(_CORRUPT_HEADER)
+        name = bytes(data[at : at + size])
         at += size
         kind = data[at]
         at += 1
-        if kind in _FIXED:
-            length = _FIXED[kind]
-        elif kind in (_BYTES, _STRING):
+        if kind in (_STRING, _BYTES):
             if at + 2 > end:
-                raise FrameError(
-                    "the upstream's event stream is corrupt (a header runs past its block)"
-                )
-            length = _U16.unpack_from(data, at)[0]
+                raise FrameError(_CORRUPT_HEADER)
+            length = (data[at] << 8) | data[at + 1]
             at += 2
+        elif kind in _FIXED:
+            length = _FIXED[kind]
         else:
             raise FrameError(f"the upstream's event stream is corrupt (header type {kind})")
         if at + length > end:
-            raise FrameError(
-                "the upstream's event stream is corrupt (a header runs past its block)"
-            )
+            raise FrameError(_CORRUPT_HEADER)
         if name in seen:
             raise FrameError(f"the upstream's event stream is corrupt (header {name!r} twice)")
-        seen.add(name)
+        seen.append(name)
         if kind == _STRING and name in _WANTED:
             found[name] = data[at : at + length].decode("utf-8", "replace")
         at += length
@@ -136,7 +145,7 @@ class FrameReader:
         held = len(buffer)
         while held - at >= _PRELUDE:
             total, header_bytes, prelude_crc = _PRELUDE_FIELDS.unpack_from(buffer, at)
-            if zlib.crc32(memoryview(buffer)[at : at + 8]) != prelude_crc:
+            if zlib.crc32(buffer[at : at + 8]) != prelude_crc:
                 raise FrameError("the upstream's event stream is corrupt (prelude CRC)")
             if total < _OVERHEAD or header_bytes > total - _OVERHEAD:
                 raise FrameError(
@@ -151,17 +160,18 @@ class FrameReader:
             if held - at < total:
                 break
             end = at + total - 4
-            if zlib.crc32(memoryview(buffer)[at:end]) != _U32.unpack_from(buffer, end)[0]:
+            crc = zlib.crc32(memoryview(buffer)[at + 8 : end], prelude_crc)
+            if crc != _U32.unpack_from(buffer, end)[0]:
                 raise FrameError("the upstream's event stream is corrupt (message CRC)")
             headers_end = at + _PRELUDE + header_bytes
             headers = _headers(buffer, at + _PRELUDE, headers_end)
-            kind = headers.get(":message-type", EVENT)
+            kind = headers.get(b":message-type", EVENT)
             if kind == EVENT:
-                name = headers.get(":event-type", "")
+                name = headers.get(b":event-type", "")
             elif kind == EXCEPTION:
-                name = headers.get(":exception-type", "")
+                name = headers.get(b":exception-type", "")
             else:
-                name = headers.get(":error-code", "")
+                name = headers.get(b":error-code", "")
             frames.append(Frame(kind, name, bytes(buffer[headers_end:end])))
             at += total
         if at:

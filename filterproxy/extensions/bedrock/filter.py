@@ -31,6 +31,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
+import orjson
+
 from filterproxy.config import ClusterConfig
 from filterproxy.extensions.bedrock.auth import BedrockAuthorizers
 from filterproxy.extensions.bedrock.config import BedrockCluster
@@ -260,8 +262,8 @@ class BedrockFilter(StreamFilter):
         assert head is not None
         if 200 <= self.status < 300:
             try:
-                answer = json.loads(raw)
-                body = json.dumps(messages_response(answer, self.model)).encode()
+                answer = orjson.loads(raw)
+                body = orjson.dumps(messages_response(answer, self.model))
             except (ValueError, *SHAPE_ERRORS) as e:
                 head.status = 502
                 body = anthropic_error_body(
@@ -321,8 +323,8 @@ class BedrockFilter(StreamFilter):
                 return "Bedrock's stream reported an error"
             return None
         try:
-            document = json.loads(payload)
-        except ValueError as e:
+            document = orjson.loads(payload)
+        except orjson.JSONDecodeError as e:
             return f"Bedrock sent an event the gateway cannot read ({e})"
         if isinstance(document, dict):
             document.pop("p", None)
