@@ -26,9 +26,10 @@ on core 0 (the upstream and the clients share core 1); what is reported is its C
    Messages SSE → chat chunks);
 5. a Messages client, Converse (frames → Messages SSE);
 6. and 7. rows 1 and 3 on a third gateway, the same as the second but for its reactor:
-   `GatewayReactor` installed before twistd reads the config. (With a Bedrock cluster,
-   reading the config imports Twisted's reactor — the bedrock filter takes the clock
-   then — so ``twistd filterproxy`` leaves Twisted's default epoll reactor in place.)
+   `GatewayReactor` installed before twistd reads the config. (Until 2026-12-07 reading a
+   config with a Bedrock cluster imported Twisted's reactor — the bedrock filter took the
+   clock then — so ``twistd filterproxy`` ran on Twisted's default epoll reactor; the
+   table says which reactor each gateway runs on, and these rows check it stays so.)
 
 The gateways use the default chain of their config and a Bedrock API key (a bearer: no
 SigV4, which signs each request, not each chunk); all three run at once, pinned to core
@@ -560,18 +561,18 @@ def stages(chunks: int, count: int) -> str:
         return next(buffer)
 
     def converse_step() -> bytes:  # as the bedrock filter does it
-        document = json.loads(converse_payload)
+        document = orjson.loads(converse_payload)
         document.pop("p", None)
         return bytes(converse.event("contentBlockDelta", document))
 
     steps: list[tuple[str, int, Any]] = [
         (
-            "frame read: FrameReader.feed (botocore's EventStreamBuffer)",
+            "frame read: FrameReader.feed (the gateway's reader)",
             len(invoke_frame),
             lambda: reader.feed(invoke_frame),
         ),
         (
-            "… of which botocore's EventStreamBuffer (add_data, next)",
+            "for comparison: botocore's EventStreamBuffer (add_data, next)",
             len(invoke_frame),
             lambda: botocore_read(invoke_frame),
         ),
@@ -601,16 +602,11 @@ def stages(chunks: int, count: int) -> str:
             lambda: decoder.feed(sse_event),
         ),
         (
-            "Converse event → Messages SSE: json.loads + MessagesFromConverseStream.event",
+            "Converse event → Messages SSE: orjson.loads + MessagesFromConverseStream.event",
             len(converse_payload),
             converse_step,
         ),
-        (
-            "… of which json.loads (orjson.loads: next line)",
-            len(converse_payload),
-            lambda: json.loads(converse_payload),
-        ),
-        ("… orjson.loads", len(converse_payload), lambda: orjson.loads(converse_payload)),
+        ("… of which orjson.loads", len(converse_payload), lambda: orjson.loads(converse_payload)),
     ]
     compiled = str(chat_over_messages.__file__).endswith(".so")
     lines = [
