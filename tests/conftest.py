@@ -17,6 +17,7 @@ import pytest
 #: Test modules whose subject is not compiled, and what it is.
 PURE_ONLY = {
     "tests/integration/test_admin_keys.py": "the management API and the CLI",
+    "tests/integration/test_bedrock_credentials.py": "AWS credentials (extensions/bedrock/auth.py)",
     "tests/integration/test_operations.py": "the admin listener, reloads, signals",
     "tests/integration/test_replicas.py": "replicas behind the front (deployment)",
     "tests/integration/test_rollout.py": "rolling updates (deployment)",
@@ -25,9 +26,15 @@ PURE_ONLY = {
     "tests/unit/test_admin_auth.py": "the admin token",
     "tests/unit/test_admin_protocol.py": "the admin listener",
     "tests/unit/test_architecture_docs.py": "the docs",
+    "tests/unit/test_bedrock_auth.py": "SigV4 signing (extensions/bedrock/auth.py)",
+    "tests/unit/test_cloud_providers_config.py": "the cloud providers' config",
+    "tests/unit/test_credentials.py": "expiring credentials (filters/credentials.py)",
     "tests/unit/test_docs.py": "the docs",
+    "tests/unit/test_eventstream_support.py": "the tests' Bedrock stand-in",
     "tests/unit/test_keys_registry.py": "the run-time keys registry",
     "tests/unit/test_kubernetes_manifests.py": "the Kubernetes manifests",
+    "tests/unit/test_sigv4_mock.py": "the tests' SigV4 checker and Bedrock stand-in",
+    "tests/unit/test_vertex_mock.py": "the tests' Vertex stand-in",
 }
 
 
