@@ -11,6 +11,7 @@ drops it, so that the next request fetches a new one.
 from __future__ import annotations
 
 import datetime
+import importlib
 from typing import Any
 
 from twisted.logger import Logger
@@ -32,17 +33,23 @@ __all__ = ["TokenAuthorizer", "VertexAuthorizers"]
 log = Logger(namespace="filterproxy.vertex")
 
 
+def _google(name: str) -> Any:
+    """google-auth's module *name*, imported when first needed (the ``vertex`` extra),
+    untyped: ``google`` is a namespace other packages (protobuf) share, and where
+    google-auth is absent the type checker of the compiled build finds only theirs."""
+    return importlib.import_module(name)
+
+
 def load(option: VertexCluster) -> Any:
     """The cluster's google-auth credentials (not yet refreshed). Blocks (files; the
     metadata server's probe)."""
-    import google.auth
-
+    auth = _google("google.auth")
     if option.credentials_file:
-        credentials, _ = google.auth.load_credentials_from_file(
+        credentials, _ = auth.load_credentials_from_file(
             option.credentials_file, scopes=[CLOUD_PLATFORM]
         )
     else:
-        credentials, _ = google.auth.default(scopes=[CLOUD_PLATFORM])
+        credentials, _ = auth.default(scopes=[CLOUD_PLATFORM])
     return credentials
 
 
@@ -68,8 +75,7 @@ class TokenAuthorizer:
         )
 
     def _fetch(self) -> Fetched[str]:
-        import google.auth.transport.requests
-
+        transport = _google("google.auth.transport.requests")
         if self.credentials is None:
             self.credentials = load(self.option)
             log.info(
@@ -77,7 +83,7 @@ class TokenAuthorizer:
                 cluster=self.option.cluster,
                 kind=type(self.credentials).__module__.rsplit(".", 1)[-1],
             )
-        self.credentials.refresh(google.auth.transport.requests.Request())
+        self.credentials.refresh(transport.Request())
         token = self.credentials.token
         if not isinstance(token, str) or not token:
             raise ValueError("the token endpoint gave no access token")
