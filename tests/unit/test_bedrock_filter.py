@@ -47,7 +47,12 @@ def request(h: FilterHarness, model: str = CLAUDE, stream: bool = True, **extra:
         "messages": [{"role": "user", "content": "one two three"}],
         **extra,
     }
-    headers = {"x-api-key": "client", "anthropic-version": "2023-06-01", "x-amz-date": "spoof"}
+    headers = {
+        "x-api-key": "client",
+        "anthropic-version": "2023-06-01",
+        "x-amz-date": "spoof",
+        "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14",
+    }
     upstream = h.request(json.dumps(body).encode(), path="/v1/messages", headers=headers)
     return upstream, body
 
@@ -71,11 +76,18 @@ def test_a_claude_request_goes_to_invoke_with_bedrocks_body() -> None:
     sent = upstream.json()
     assert sent["anthropic_version"] == "bedrock-2023-05-31"
     assert "model" not in sent and "stream" not in sent
-    assert sent["anthropic_beta"] == ["context-1m-2025-08-07"]
+    assert sent["anthropic_beta"] == ["interleaved-thinking-2025-05-14", "context-1m-2025-08-07"]
     for name in ("x-api-key", "anthropic-version", "x-amz-date"):
         assert name not in upstream.head.headers
     authorization = h.stream_info.state.get(UpstreamAuthorization)
     assert authorization is not None and authorization.cluster == "bedrock"
+
+
+def test_the_flags_left_out_are_named_in_the_answer() -> None:
+    h = harness()
+    request(h, stream=False)
+    got = h.respond(200, {"content-type": "application/json"}, b'{"type": "message"}')
+    assert got.headers.get("x-filterproxy-dropped-betas") == "claude-code-20250219"
 
 
 def test_other_models_go_to_converse() -> None:

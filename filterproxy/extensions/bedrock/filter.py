@@ -66,7 +66,11 @@ from filterproxy.translate.converse import (
 )
 from filterproxy.translate.messages_over_chat import count_tokens_estimate
 
-__all__ = ["BedrockFilter", "BedrockFilterConfig"]
+__all__ = ["DROPPED_BETAS_HEADER", "BedrockFilter", "BedrockFilterConfig"]
+
+#: The response header that names the client's ``anthropic-beta`` flags left out of a
+#: request to InvokeModel (Bedrock refuses a request with a flag it does not know).
+DROPPED_BETAS_HEADER: Final = "x-filterproxy-dropped-betas"
 
 #: Request headers that are the client's credentials or Anthropic's API's own: never
 #: sent to AWS (the cluster's credentials are added per attempt).
@@ -116,6 +120,8 @@ class BedrockFilter(StreamFilter):
         self.option: BedrockCluster | None = None
         self.head: RequestHead | None = None
         self.betas: list[str] = []
+        #: The client's beta flags Bedrock does not take, left out (said in a header).
+        self.dropped_betas: list[str] = []
         self.invoke = True
         self.streaming = False
         self.model = ""
@@ -150,7 +156,7 @@ class BedrockFilter(StreamFilter):
             return FilterStatus.STOP_ITERATION
         self.option = option
         self.head = head
-        self.betas, _ = betas_of(head.headers.get_all("anthropic-beta"))
+        self.betas, self.dropped_betas = betas_of(head.headers.get_all("anthropic-beta"))
         head.headers.remove_all(_CLIENT_HEADERS)
         for name in {n.lower() for n, _ in head.headers if n.lower().startswith("x-amz")}:
             head.headers.remove(name)
@@ -216,6 +222,8 @@ class BedrockFilter(StreamFilter):
     def encode_headers(self, head: ResponseHead, end_stream: bool) -> FilterStatus:
         if self.option is None:
             return FilterStatus.CONTINUE
+        if self.dropped_betas and self.invoke:
+            head.headers.set(DROPPED_BETAS_HEADER, ", ".join(self.dropped_betas))
         self.status = head.status
         content_type = head.headers.get("content-type") or ""
         if 200 <= head.status < 300 and content_type.startswith(_EVENT_STREAM):
