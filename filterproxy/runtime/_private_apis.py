@@ -1,4 +1,5 @@
-"""Every private attribute of Twisted, pyOpenSSL and h2 the gateway relies on, in one place.
+"""Every private attribute of Twisted, pyOpenSSL, h2 and botocore the gateway relies on, in
+one place.
 
 The data path goes under the libraries' public interfaces where that saves a Python call
 per event, and `filterproxy.runtime.teardown` cuts reference cycles the libraries leave. What it
@@ -88,5 +89,12 @@ PRIVATE_APIS: tuple[PrivateAPI, ...] = (
         "_frame_dispatch_table",
         "attribute",
         "filterproxy.runtime.teardown.release_h2: the connection's table of its own bound methods",
+    ),
+    PrivateAPI(
+        "botocore.credentials.RefreshableCredentials",
+        "_expiry_time",
+        "attribute",
+        "filterproxy.extensions.bedrock.auth: when AWS credentials expire, to refresh them "
+        "ahead (without it: fetched again hourly)",
     ),
 )

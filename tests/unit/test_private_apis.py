@@ -1,4 +1,4 @@
-"""Every private attribute of Twisted, pyOpenSSL and h2 listed in
+"""Every private attribute of Twisted, pyOpenSSL, h2 and botocore listed in
 `filterproxy.runtime._private_apis` exists, as the kind of thing listed, in the installed
 versions: a release that drops one fails here, by name."""
 
@@ -80,6 +80,15 @@ def _h2(reactor: Any) -> Any:
     return connection
 
 
+def _refreshable_credentials(reactor: Any) -> Any:
+    import datetime
+
+    from botocore.credentials import RefreshableCredentials
+
+    expiry = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+    return RefreshableCredentials("AKID", "secret", "token", expiry, lambda: {}, "test")
+
+
 #: How to get an object that has each owner's attributes.
 INSTANCES: dict[str, Callable[[Any], Any]] = {
     "twisted.internet.base.ReactorBase": lambda reactor: reactor,
@@ -93,6 +102,7 @@ INSTANCES: dict[str, Callable[[Any], Any]] = {
     "twisted.protocols.tls.TLSMemoryBIOProtocol": _tls,
     "OpenSSL.SSL.Connection": _openssl,
     "h2.connection.H2Connection": _h2,
+    "botocore.credentials.RefreshableCredentials": _refreshable_credentials,
 }
 
 
