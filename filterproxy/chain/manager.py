@@ -883,7 +883,7 @@ class FilterManager(ResponseSink):
         if self.state is _DONE or self.response_started:
             return
         self._stop_request()
-        head = ResponseHead(status, Headers(list(headers)))
+        head = ResponseHead(status, Headers(list(headers)), local=True)
         self.reply_outcome = "complete"
         encoder = self.encoder
         if encoder is None or start >= len(encoder.filters):
@@ -978,7 +978,7 @@ class FilterManager(ResponseSink):
         headers = Headers([("content-type", content_type), ("content-length", str(len(body)))])
         for name, value in extra_headers:
             headers.add(name, value)
-        head = ResponseHead(status, headers)
+        head = ResponseHead(status, headers, local=True)
         self.reply_outcome = outcome
         encoder = self.encoder
         if encoder is None or start is None or start >= len(encoder.filters):

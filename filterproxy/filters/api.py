@@ -150,6 +150,9 @@ class ResponseHead:
     status: int
     headers: Headers
     reason: str = ""
+    #: The gateway's own answer (a local reply or stream, an error it makes), not the
+    #: upstream's: a filter that rewrites what a provider sends leaves it alone.
+    local: bool = False
 
 
 @dataclass(slots=True)

@@ -19,6 +19,7 @@ as for Anthropic. For a ``provider: bedrock`` cluster it:
   becomes the Messages ``error`` event and the answer fails (never a clean end); so
   does a stream that ends before its last event. A Converse answer becomes a Messages
   answer; an error answer (``x-amzn-ErrorType``) Anthropic's error document, status kept.
+  The gateway's own answers (`ResponseHead.local`) pass as they are.
 
 ``/v1/messages/count_tokens`` is answered here with an estimate (Bedrock's own count
 does not take every model).
@@ -220,7 +221,7 @@ class BedrockFilter(StreamFilter):
     # -- the answer ----------------------------------------------------------------------
 
     def encode_headers(self, head: ResponseHead, end_stream: bool) -> FilterStatus:
-        if self.option is None:
+        if self.option is None or head.local:  # (the gateway's own: the client's shape)
             return FilterStatus.CONTINUE
         if self.dropped_betas and self.invoke:
             head.headers.set(DROPPED_BETAS_HEADER, ", ".join(self.dropped_betas))
@@ -237,10 +238,7 @@ class BedrockFilter(StreamFilter):
             return FilterStatus.CONTINUE
         if 200 <= head.status < 300 and self.invoke:
             return FilterStatus.CONTINUE  # InvokeModel's answer is the Messages answer
-        if head.status >= 300 and not (
-            "x-amzn-errortype" in head.headers or "x-amzn-requestid" in head.headers
-        ):
-            return FilterStatus.CONTINUE  # the gateway's own answer, in the client's shape
+
         if end_stream:
             if head.status >= 400:
                 head.headers.set("content-type", "application/json")

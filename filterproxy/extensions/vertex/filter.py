@@ -82,7 +82,7 @@ def google_error(status: int, raw: bytes, api: str) -> bytes:
         document = document[0]
     error = document.get("error") if isinstance(document, dict) else None
     if isinstance(error, dict) and not wrapped and "status" not in error:
-        return raw  # not Google's: Anthropic's own error, or the gateway's
+        return raw  # not Google's: Anthropic's own error document, as its API has it
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         message = str(error["message"])
         kind = _GOOGLE_TYPES.get(str(error.get("status") or "")) or error.get("type")
@@ -204,7 +204,7 @@ class VertexFilter(StreamFilter):
     # -- the answer ----------------------------------------------------------------------
 
     def encode_headers(self, head: ResponseHead, end_stream: bool) -> FilterStatus:
-        if self.option is None or head.status < 400:
+        if self.option is None or head.status < 400 or head.local:
             return FilterStatus.CONTINUE
         self.status = head.status
         if end_stream:
