@@ -30,6 +30,7 @@ routes:
 CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
 LLAMA = "meta.llama3-70b-instruct-v1:0"
 STREAM = {"content-type": "application/vnd.amazon.eventstream"}
+BODY = {"messages": [{"role": "user", "content": "one two three"}], "max_tokens": 32}
 
 
 def harness(cluster: str = "bedrock", max_event_bytes: int | None = None) -> FilterHarness:
@@ -186,6 +187,20 @@ def test_a_failing_stream_ends_with_an_error_event_and_no_clean_end(model: str, 
     assert said in (h.stream_info.error or "")
 
 
+def test_a_stream_the_upstream_breaks_off_says_so_not_that_frames_are_corrupt() -> None:
+    """The gateway's own error event (the upstream reset mid-stream) passes the filter
+    as it is: it is not read as event-stream frames."""
+    frames = invoke_stream(BODY, CLAUDE)
+    h = harness()
+    request(h)
+    h.respond(200, STREAM, frames[:3], end=False)
+    got = h.fail(502, "upstream closed the connection mid-response", "upstream_reset")
+    events = messages_events(got.body)
+    assert [name for name, _ in events][-2:] == ["content_block_delta", "error"]
+    assert "upstream closed the connection" in events[-1][1]["error"]["message"]
+    assert h.stream_info.error == "upstream closed the connection mid-response"
+
+
 def test_a_frame_past_the_limit_is_refused_before_it_is_whole() -> None:
     h = harness(max_event_bytes=4096)
     request(h)
@@ -250,6 +265,9 @@ def test_a_slow_client_pauses_the_bedrock_stream() -> None:
     h.client_slow()
     assert h.producer.paused
     h.more(frames[2:4], end=False)
+    # What came while the client was slow went on (the chain holds it, bounded): the
+    # filter keeps nothing of its own back.
+    assert h.client.body.count(b"\n\n") == 4
     h.client_ready()
     assert not h.producer.paused and h.producer.calls[-2:] == ["pause", "resume"]
     h.more(frames[4:])

@@ -284,6 +284,11 @@ class BedrockFilter(StreamFilter):
         return body
 
     def _stream(self, frames: FrameReader, data: bytes, end_stream: bool) -> DataResult:
+        if self.callbacks.stream_info.outcome:
+            # The gateway fails the answer (the upstream broke off, a limit): what comes
+            # now is its own error event, in the client's API already.
+            self.frames = None
+            return FilterStatus.CONTINUE
         out: list[bytes] = []
         failure: str | None = None
         try:
