@@ -30,6 +30,7 @@ from openai.types.chat import ChatCompletionChunk
 from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from filterproxy.extensions.resume.framing import EventFramer, Folds, merge_deltas
 from filterproxy.http.folding import fold_events
 from filterproxy.http.sse import SSEDecoder, SSEEvent
 
@@ -1324,3 +1325,25 @@ def serving(sdk: Any, body: bytes) -> Any:
         return http.Response(200, headers={"content-type": "text/event-stream"}, content=body)
 
     return http.Client(transport=http.MockTransport(handler))
+
+
+# -- the resume extension's catch-up ----------------------------------------------------------
+
+
+def test_a_reader_catching_up_gets_deltas_folded_by_the_same_rules() -> None:
+    """The resume extension folds the numbered events a reader missed with `fold_events`:
+    thinking and tool input fold now too, the count of chunks it keeps follows every
+    fold, and an item that is not one whole event passes as it is."""
+    framer = EventFramer(b"fps_1.")
+    framed = framer.feed(MESSAGES)  # its events have ids of their own: the gateway's win
+    events = framer.take()
+    odd = b"data: half an event"
+    folds = Folds()
+    out = merge_deltas([*events, odd], folds)
+    assert out[-1] == odd and len(out) == len(events) - 11 + 1
+    assert assemble_messages(b"".join(out[:-1])) == assemble_messages(framed)
+    assert sdk_messages(b"".join(out[:-1])) == sdk_messages(framed)
+    ids = [decode(e)[0].id for e in out[:-1]]
+    assert ids[2:4] == ["fps_1.7", "fps_1.8"]  # five thinking deltas, then the signature
+    # A client counting chunks: its 3rd chunk ended with event 7, its 11th with 17.
+    assert [folds.event_of(n) for n in (2, 3, 4, 11)] == [2, 7, 8, 17]

@@ -7,7 +7,7 @@ are not touched), and turns comment-only blocks (``: ping`` and the like) into c
 lines without a blank line — once an ``id:`` has been seen, a bare blank line makes the
 openai-python SDK parse an empty event and fail. `ResumeBuffer` keeps the numbered
 events, up to a cap, so that a client can be sent everything after the last event it
-saw. `merge_deltas` folds runs of text deltas into fewer events for a client that is
+saw. `merge_deltas` folds runs of deltas into fewer events for a client that is
 catching up: the text it sees is the same, and each event keeps the id of the last one
 it stands for, so a later resume stays exact. A client that cannot see ids (an SDK
 yields chunks, not events) resumes with the number of chunks it got; `Folds` keeps
@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from typing import Any, Final
+from typing import Final
 
-import orjson
-
-from filterproxy.http.sse import DEFAULT_MAX_EVENT_BYTES
+from filterproxy.http.folding import fold_events
+from filterproxy.http.sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder, SSEEvent
 
 __all__ = [
     "EventFramer",
@@ -34,7 +33,6 @@ __all__ = [
 ]
 
 _BLANK_LINE: Final = re.compile(rb"\r\n\r\n|\n\n|\r\r")
-_TEXT_DELTA: Final = b'"type":"text_delta"'
 
 
 def _is_comment_block(block: bytes) -> bool:
@@ -267,68 +265,6 @@ def parse_event_id(value: str | None) -> int | None:
 # -- catching up -------------------------------------------------------------------------
 
 
-def _data_and_id(event: bytes) -> tuple[bytes, bytes, bytes] | None:
-    """(event-name line or b"", data, id) of an event with one data line, else None."""
-    lines = event.split(b"\n")
-    name = b""
-    data = ident = None
-    for line in lines:
-        if line.startswith(b"data: "):
-            if data is not None:
-                return None
-            data = line[6:]
-        elif line.startswith(b"id: "):
-            ident = line[4:]
-        elif line.startswith(b"event:"):
-            name = line
-        elif line:
-            return None
-    if data is None or ident is None:
-        return None
-    return name, data, ident
-
-
-def _text_of(data: bytes) -> tuple[str, Any, str] | None:
-    """(kind, the event's document, its text) of a mergeable text delta: a chat chunk
-    whose only news is content, or a Messages ``text_delta``; else None."""
-    if b'"content"' not in data and _TEXT_DELTA not in data:
-        return None
-    try:
-        document = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(document, dict):
-        return None
-    if document.get("type") == "content_block_delta":
-        delta = document.get("delta")
-        if isinstance(delta, dict) and delta.get("type") == "text_delta" and len(delta) == 2:
-            text = delta.get("text")
-            if isinstance(text, str):
-                return f"messages:{document.get('index')}", document, text
-        return None
-    choices = document.get("choices")
-    if document.get("usage") or not isinstance(choices, list) or len(choices) != 1:
-        return None
-    choice = choices[0]
-    if not isinstance(choice, dict) or choice.get("finish_reason") or choice.get("logprobs"):
-        return None
-    delta = choice.get("delta")
-    if not isinstance(delta, dict) or set(delta) - {"content"}:
-        return None
-    text = delta.get("content")
-    if not isinstance(text, str):
-        return None
-    return f"chat:{choice.get('index')}:{document.get('id')}", document, text
-
-
-def _with_text(kind: str, document: Any, text: str) -> bytes:
-    if kind.startswith("messages:"):
-        document["delta"]["text"] = text
-    else:
-        document["choices"][0]["delta"]["content"] = text
-    return orjson.dumps(document)
-
-
 class Folds:
     """Which event the n-th chunk a client was sent ends with, where folding made the
     two differ (no I/O).
@@ -368,42 +304,41 @@ class Folds:
         self.saved.append(saved)
 
 
+def _decoded(events: list[bytes]) -> list[SSEEvent]:
+    """*events* decoded, one for one: an item that is not one whole event (a framer's
+    always are) is kept as bytes to pass on as they are (an event of no data)."""
+    whole = b"".join(events)
+    # No limit of its own: the framer had its (``max_event_bytes``) when it made them.
+    decoded = SSEDecoder(max_event_bytes=len(whole) + 1).feed(whole)
+    if len(decoded) == len(events) and all(
+        event.raw == raw for event, raw in zip(decoded, events, strict=True)
+    ):
+        return decoded  # the usual case: decoded in one pass
+    decoder = SSEDecoder(max_event_bytes=len(whole) + 1)
+    decoded = []
+    for raw in events:
+        found = decoder.feed(raw)
+        if len(found) == 1 and found[0].raw == raw:
+            decoded.append(found[0])
+        else:
+            decoder.close()
+            decoded.append(SSEEvent(None, raw=raw))
+    return decoded
+
+
 def merge_deltas(events: list[bytes], folds: Folds | None = None) -> list[bytes]:
-    """*events* (numbered, as `EventFramer` made them) with each run of text deltas of
-    one choice or block folded into one event — the text joined, the id of the run's
-    last event. Anything else is passed as it is, in order. *folds*, when given, is told
-    of every event that stands for several (the result is what a client is sent next)."""
-    out: list[bytes] = []
-    run: list[tuple[bytes, str, Any, str, bytes]] = []  # (name, kind, document, text, id)
+    """*events* (numbered, as `EventFramer` made them) with each run of deltas of one
+    choice, block or item folded into one event — the text joined, the id of the run's
+    last event (`filterproxy.http.folding.fold_events`). Anything else is passed as it
+    is, in order. *folds*, when given, is told of every event that stands for several
+    (the result is what a client is sent next)."""
+    decoded = _decoded(events)
+    if folds is None:
+        return fold_events(decoded)
 
-    def flush() -> None:
-        if len(run) == 1:
-            name, kind, document, text, ident = run[0]
-            out.append(run_events[0])
-        elif run:
-            name, kind, document, _, ident = run[0]
-            text = "".join(r[3] for r in run)
-            merged = _with_text(kind, document, text)
-            ident = run[-1][4]
-            if folds is not None:
-                folds.folded(int(ident.rpartition(b".")[2]), len(run))
-            head = name + b"\n" if name else b""
-            out.append(head + b"data: " + merged + b"\nid: " + ident + b"\n\n")
-        run.clear()
-        run_events.clear()
+    def folded(last_id: str | None, covers: int) -> None:
+        last = parse_event_id(last_id)
+        if last is not None:
+            folds.folded(last, covers)
 
-    run_events: list[bytes] = []
-    for event in events:
-        parts = _data_and_id(event) if not event.endswith(b"\r\n\r\n") else None
-        found = _text_of(parts[1]) if parts is not None else None
-        if parts is None or found is None:
-            flush()
-            out.append(event)
-            continue
-        kind, document, text = found
-        if run and (run[0][1] != kind or run[0][0] != parts[0]):
-            flush()
-        run.append((parts[0], kind, document, text, parts[2]))
-        run_events.append(event)
-    flush()
-    return out
+    return fold_events(decoded, folded)
