@@ -9,6 +9,7 @@ from filterproxy.config._extension import ExtensionSchema, parse_sections
 from filterproxy.config._headers import header_name, parse_header_policy
 from filterproxy.config._reader import ConfigError, Node
 from filterproxy.config._types import (
+    DEFAULT_HEARTBEAT,
     ClusterConfig,
     RedisConfig,
     RouteConfig,
@@ -130,11 +131,14 @@ def _parse_route(
         _plan(clusters[name], keys.get("timeouts"), keys.get("retry"))
         for name in (cluster, *fallbacks)
     )
-    heartbeat = None
-    if "heartbeat" in keys and not _is_off(keys["heartbeat"].value):
-        heartbeat = keys["heartbeat"].duration()
-        if heartbeat <= 0:
-            raise keys["heartbeat"].error("must be more than 0, or off")
+    heartbeat: float | None = DEFAULT_HEARTBEAT
+    if "heartbeat" in keys:
+        if _is_off(keys["heartbeat"].value):
+            heartbeat = None
+        else:
+            heartbeat = keys["heartbeat"].duration()
+            if heartbeat <= 0:
+                raise keys["heartbeat"].error("must be more than 0, or off")
     return RouteConfig(
         name=keys["name"].string() if "name" in keys else f"routes[{index}]",
         cluster=cluster,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import quote
 
 from filterproxy.http.apis import ALL_APIS, client_api
@@ -31,6 +31,12 @@ DEFAULT_FILTERS = ("body-accumulate", "route", "header-rewrite", "usage")
 
 #: The conditions ``retry.retry_on`` may name (Envoy's vocabulary).
 RETRY_CONDITIONS = frozenset({"connect-failure", "reset", "5xx", "retriable-status-codes"})
+
+
+#: A route's ``heartbeat`` unless it says otherwise: the SSE specification's suggestion,
+#: half the shortest idle timeout common between a phone and the gateway (carrier NATs
+#: and load balancers cut idle connections from 30 s on).
+DEFAULT_HEARTBEAT: Final = 15.0
 
 
 @dataclass(frozen=True)
@@ -238,8 +244,10 @@ class RouteConfig:
     fallbacks: tuple[str, ...] = ()
     #: The cluster and its fallbacks, each with its effective timeouts and retry policy.
     plan: tuple[UpstreamPlan, ...] = ()
-    #: Seconds of silence in an event stream after which a `: keep-alive` comment is sent.
-    heartbeat: float | None = None
+    #: Seconds of silence in an event stream after which a `: keep-alive` comment is
+    #: sent (None: never). The default is under the idle timeouts of the carrier NATs,
+    #: load balancers and proxies a mobile client's connection crosses (30 s and up).
+    heartbeat: float | None = DEFAULT_HEARTBEAT
     #: The model name sent upstream in place of the one requested (a default route
     #: that serves any model with one), or None.
     upstream_model: str | None = None
