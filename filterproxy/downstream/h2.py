@@ -40,6 +40,7 @@ from filterproxy.chain.interfaces import IDownstream
 from filterproxy.filters.api import RequestHead
 from filterproxy.http.errors import error_body
 from filterproxy.http.headers import Headers
+from filterproxy.runtime._transport import keep_unsent_small
 from filterproxy.runtime.deadlines import deadlines_for
 from filterproxy.runtime.teardown import forget_traceback, release_h2
 
@@ -293,6 +294,8 @@ class H2ServerConnection(Protocol):
         self.client_ip = getattr(transport.getPeer(), "host", "") or ""
         with contextlib.suppress(AttributeError, OSError):
             transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+        # (Its streams share the connection's buffer: Twisted's default size stays.)
+        keep_unsent_small(transport, buffer=False)
         self.h2.initiate_connection()
         self.h2.update_settings(
             {

@@ -40,7 +40,7 @@ from filterproxy.downstream.exchange import ConnectionState, Exchange, ExchangeC
 from filterproxy.filters.api import RequestHead
 from filterproxy.http.errors import error_body, reason_phrase
 from filterproxy.http.headers import Headers
-from filterproxy.runtime._transport import send_now
+from filterproxy.runtime._transport import keep_unsent_small, send_now
 from filterproxy.runtime.deadlines import Deadlines, deadlines_for
 from filterproxy.runtime.teardown import forget_traceback
 
@@ -149,6 +149,7 @@ class HTTP11ServerConnection(ExchangeConnection):
         self.client_ip = getattr(transport.getPeer(), "host", "") or ""
         with contextlib.suppress(AttributeError, OSError):  # UNIX sockets have no Nagle
             transport.setTcpNoDelay(True)
+        keep_unsent_small(transport)
         self._arm(self.limits.request_header_timeout, self._header_timeout)
         self.factory.connections.add(self)
         if self.factory.draining:

@@ -10,11 +10,27 @@ Any other transport (TLS, UNIX sockets, test doubles) gets a plain ``write``.
 
 from __future__ import annotations
 
-from typing import Any
+import socket
+from typing import Any, Final
 
 from twisted.internet import tcp
 
-__all__ = ["PLAIN_TCP", "NativeProtocol", "send_now", "write_now"]
+__all__ = [
+    "CLIENT_UNSENT_BYTES",
+    "PLAIN_TCP",
+    "NativeProtocol",
+    "keep_unsent_small",
+    "send_now",
+    "write_now",
+]
+
+#: What a client's connection lets wait unsent below the gateway: in the kernel
+#: (``TCP_NOTSENT_LOWAT``) and in the transport's buffer before the response's producer
+#: is paused. On a fast link it never fills; on a slow one, what the client has not
+#: taken yet waits in the gateway instead, where the delivery filter can fold it.
+CLIENT_UNSENT_BYTES: Final = 16 * 1024
+#: Linux's TCP_NOTSENT_LOWAT (not in every Python's socket module).
+_TCP_NOTSENT_LOWAT: Final = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 
 #: The transports `write_now` sends on directly.
 PLAIN_TCP = (tcp.Server, tcp.Client)
@@ -33,6 +49,28 @@ def write_now(transport: Any, data: bytes) -> None:
         if not data:
             return
     transport.write(data)
+
+
+def keep_unsent_small(transport: Any, *, buffer: bool = True) -> None:
+    """Keep at most `CLIENT_UNSENT_BYTES` unsent in the kernel for this client's TCP
+    connection (under TLS too), and — with *buffer* — pause the producer of a response
+    once the transport holds that much (Twisted's default: 64 KiB). Nothing for other
+    transports (UNIX sockets, test doubles)."""
+    tcp_transport = transport
+    for _ in range(3):  # TLS wraps the TCP transport
+        if type(tcp_transport) in PLAIN_TCP:
+            break
+        tcp_transport = getattr(tcp_transport, "transport", None)
+    else:
+        return
+    if type(tcp_transport) not in PLAIN_TCP:
+        return
+    try:
+        tcp_transport.socket.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, CLIENT_UNSENT_BYTES)
+    except OSError:
+        return
+    if buffer:
+        tcp_transport.bufferSize = CLIENT_UNSENT_BYTES
 
 
 def send_now(sock: Any, data: bytes) -> bytes:
