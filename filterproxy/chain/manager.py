@@ -207,9 +207,12 @@ class _StreamOwner:
         self._callbacks._manager.keep_going_without_client(on_client_gone)
 
     def take_flow_control(
-        self, on_pause: Callable[[], None], on_resume: Callable[[], None]
+        self,
+        on_pause: Callable[[], None],
+        on_resume: Callable[[], None],
+        on_gone: Callable[[], None] | None = None,
     ) -> None:
-        self._callbacks._manager.take_flow_control(on_pause, on_resume)
+        self._callbacks._manager.take_flow_control(on_pause, on_resume, on_gone)
 
     def pause_upstream(self) -> None:
         self._callbacks._manager.pause_upstream()
@@ -462,6 +465,8 @@ class FilterManager(ResponseSink):
         self._clock = clock
         #: A filter's (on_pause, on_resume), when it controls the client's flow.
         self.flow: tuple[Callable[[], None], Callable[[], None]] | None = None
+        #: That filter's call for a client that left a response going on without it.
+        self.flow_gone: Callable[[], None] | None = None
         #: The client's flow is registered for a filter's local stream (no upstream).
         self.local_flow = False
         self.router = router_factory(self)
@@ -824,12 +829,16 @@ class FilterManager(ResponseSink):
         self._reregister()
 
     def take_flow_control(
-        self, on_pause: Callable[[], None], on_resume: Callable[[], None]
+        self,
+        on_pause: Callable[[], None],
+        on_resume: Callable[[], None],
+        on_gone: Callable[[], None] | None = None,
     ) -> None:
         """See `IStreamOwner.take_flow_control`."""
         if self.state is _DONE or self.flow is not None:
             return
         self.flow = (on_pause, on_resume)
+        self.flow_gone = on_gone
         self._reregister()
 
     def pause_upstream(self) -> None:
@@ -866,6 +875,9 @@ class FilterManager(ResponseSink):
         callback = self.on_client_gone
         if callback is not None:
             callback()
+        gone = self.flow_gone
+        if gone is not None:
+            gone()  # the filter that held what the client could not take drops it
 
     def abandon(self) -> None:
         """See `IStreamOwner.abandon`."""

@@ -38,14 +38,25 @@ class IStreamOwner(Interface):
         upstream's response does. Call it once the response has started (in
         ``encode_headers``)."""
 
-    def take_flow_control(on_pause: Callable[[], None], on_resume: Callable[[], None]) -> None:
+    def take_flow_control(
+        on_pause: Callable[[], None],
+        on_resume: Callable[[], None],
+        on_gone: Callable[[], None] | None = None,
+    ) -> None:
         """From now on, when the client cannot keep up, *on_pause* is called instead of
         the upstream being paused, and *on_resume* when it can take more again: the
         filter holds what comes meanwhile (returning less from ``encode_data``, sending
         it later with ``inject_encoded_data``), and pauses the upstream itself
         (`pause_upstream`) when it holds too much. Call it in ``encode_headers`` — or,
         for a filter that answers with a stream of its own (`send_local_stream`),
-        before that call: the callbacks then say when its client can take more of it."""
+        before that call: the callbacks then say when its client can take more of it.
+
+        One filter of a request has it: the first to ask (calls after that do nothing).
+        The delivery filter, when it is in the chain, takes it for every event stream
+        (it folds what a client that fell behind has not taken). When the client leaves
+        a response that goes on without it (`keep_going_without_client`), *on_gone* is
+        called: what the filter holds will never be sent, and nothing waits for the
+        client any more (the upstream is resumed if it was paused)."""
 
     def pause_upstream() -> None:
         """Stop reading the upstream's response until `resume_upstream`."""
