@@ -21,6 +21,9 @@ from filterproxy.extensions.body_accumulate.filter import BodyAccumulateFilter
 from filterproxy.extensions.cache import CacheFilter
 from filterproxy.extensions.cache.config import SCHEMA as CACHE
 from filterproxy.extensions.cache.metrics import CacheMetrics
+from filterproxy.extensions.delivery.config import SCHEMA as DELIVERY
+from filterproxy.extensions.delivery.filter import DeliveryFilter
+from filterproxy.extensions.delivery.metrics import DeliveryMetrics
 from filterproxy.extensions.header_rewrite.filter import HeaderRewriteFilter
 from filterproxy.extensions.keys.config import SCHEMA as KEYS
 from filterproxy.extensions.keys.filter import KeysFilter
@@ -49,6 +52,7 @@ __all__ = ["BUILTIN_FILTERS", "BUILTIN_SCHEMAS", "declare_metrics", "load_config
 #: The built-in filters by the ``type`` a config names them with.
 BUILTIN_FILTERS: Mapping[str, type[StreamFilter]] = MappingProxyType(
     {
+        "delivery": DeliveryFilter,
         "spend": SpendFilter,
         "keys": KeysFilter,
         "body-accumulate": BodyAccumulateFilter,
@@ -85,6 +89,7 @@ BUILTIN_SCHEMAS: tuple[ExtensionSchema, ...] = (
     CACHE,
     BEDROCK,
     VERTEX,
+    DELIVERY,
 )
 
 
@@ -109,4 +114,5 @@ def declare_metrics(resources: Resources) -> None:
     ResumeMetrics.of(resources)
     TranslateMetrics.of(resources)
     CacheMetrics.of(resources)
+    DeliveryMetrics.of(resources)
     fetch_counter(resources.metrics)

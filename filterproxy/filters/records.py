@@ -13,7 +13,7 @@ same way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -25,8 +25,10 @@ if TYPE_CHECKING:
 __all__ = [
     "AuthorizationFailed",
     "CacheResult",
+    "CompressStream",
     "Cost",
     "DroppedTools",
+    "EventFolds",
     "LimitRefusal",
     "LogFields",
     "PriceQuote",
@@ -286,3 +288,21 @@ class CacheResult:
         if self.age is not None:
             fields["age"] = round(self.age, 3)
         return {"cache": fields}
+
+
+@dataclass(frozen=True, slots=True)
+class EventFolds:
+    """Someone counts the events of this event stream as its client gets them (a
+    resumable stream: a client may resume by the number of chunks it got). A filter that
+    folds several of the stream's events into one before they reach the client (the
+    delivery filter) tells `folded` of each: the id of the last event it stands for, and
+    how many it stands for."""
+
+    folded: Callable[[str | None, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class CompressStream:
+    """A filter asks that this event stream be compressed for a client that accepts it
+    (a resumable route's ``resume.gzip``), whether or not the client asked to save data;
+    the delivery filter does it."""

@@ -39,7 +39,7 @@ def test_an_archgw_03_config_runs_as_it_is() -> None:
     assert default.models == () and default.cluster == "anthropic-claude-sonnet-4-5"
     assert default.upstream_model == "claude-sonnet-4-5"
     assert dict(config.aliases) == {"arch.claude.code.small.fast": "claude-haiku-4-5"}
-    assert [f.type_name for f in config.filters][2:4] == ["route", "translate"]
+    assert [f.type_name for f in config.filters][3:5] == ["route", "translate"]
     (warning,) = config.warnings
     assert "llm_providers[0].routing_preferences" in warning and "tracing" in warning
 

@@ -65,6 +65,7 @@ def test_responses_after_translate_is_refused() -> None:
 def test_the_default_chains_keep_every_rule() -> None:
     chain = build_chain(parse_config(CLUSTERS, environ={}), Resources())
     assert [spec.type_name for spec in chain.specs] == [
+        "delivery",
         "body-accumulate",
         "resume",
         "responses",

@@ -37,15 +37,16 @@ def error_for(text: str, environ: dict[str, str] | None = None) -> str:
 def test_a_minimal_config_gets_the_default_chain_and_defaults() -> None:
     config = parse_config(BASE, environ={})
     assert [f.type_name for f in config.filters] == [
+        "delivery",
         "body-accumulate",
         "route",
         "header-rewrite",
         "usage",
     ]
     chain = build_chain(config, Resources())
-    assert isinstance(chain.specs[0].create(), BodyAccumulateFilter)
-    assert isinstance(chain.specs[1].create(), RouteFilter)
-    assert isinstance(chain.specs[2].create(), HeaderRewriteFilter)
+    assert isinstance(chain.specs[1].create(), BodyAccumulateFilter)
+    assert isinstance(chain.specs[2].create(), RouteFilter)
+    assert isinstance(chain.specs[3].create(), HeaderRewriteFilter)
     cluster = config.clusters["openai"]
     (endpoint,) = cluster.endpoints
     assert (endpoint.host, endpoint.port, endpoint.host_header, endpoint.scheme) == (

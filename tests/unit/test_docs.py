@@ -24,6 +24,7 @@ from filterproxy.config._clusters import _CLUSTER_KEYS, _ENDPOINT_KEYS
 from filterproxy.config._load import _TOP_KEYS as _CORE_TOP_KEYS
 from filterproxy.config._routes import _ROUTE_KEYS as _CORE_ROUTE_KEYS
 from filterproxy.extensions.builtin import BUILTIN_SCHEMAS
+from filterproxy.extensions.delivery.config import DeliveryConfig
 from filterproxy.extensions.responses.config import ResponsesConfig
 
 #: Every key the parser takes: the core's and the built-in extensions'.
@@ -73,6 +74,7 @@ def test_the_top_level_keys_are_the_parsers() -> None:
     assert sub_keys(top, "admin") == {"listen", "token"}
     assert sub_keys(top, "responses") == {f.name for f in fields(ResponsesConfig)}
     assert sub_keys(top, "tracing") == {"otlp_endpoint", "service_name"}
+    assert sub_keys(top, "delivery") == {f.name for f in fields(DeliveryConfig)}
 
 
 def test_the_cluster_keys_are_the_parsers() -> None:
@@ -137,6 +139,14 @@ def _defaults_of(instance: Any, prefix: str = "") -> dict[str, Any]:
                 k: v
                 for k, v in _defaults_of(ResponsesConfig(), "responses.").items()
                 if k != "responses.store"  # it depends on whether redis is configured
+            },
+        ),
+        (
+            "Top level",
+            {
+                k: v
+                for k, v in _defaults_of(DeliveryConfig(), "delivery.").items()
+                if k not in ("delivery.compress", "delivery.slow_reader")  # a list, a flag
             },
         ),
         (

@@ -157,6 +157,7 @@ def test_the_built_in_placements_make_the_documented_default_chain() -> None:
     mixed = "clusters: {c: {provider: anthropic, api_key: k}}\n"
     config = parse_config(mixed + f"keys: [{key}]\nroutes: [{{cluster: c, resume: true}}]\n")
     assert [f.type_name for f in config.filters] == [
+        "delivery",  # first: the last to see the answer, as the client gets it
         "spend",  # before keys: its on_destroy prices what the keys filter charges
         "keys",
         "body-accumulate",

@@ -41,7 +41,7 @@ def test_keys_new_prints_a_key_and_an_entry_that_loads(
     (loaded,) = keys.gateway_keys
     assert loaded.name == "team-a" and loaded.digest == hash_key(key)
     assert keys.keys_file == str(keys_file)
-    assert [f.type_name for f in config.filters[:2]] == ["spend", "keys"]
+    assert [f.type_name for f in config.filters[:3]] == ["delivery", "spend", "keys"]
     assert {
         "type_name": config.filters[-1].type_name,
         **config.filters[-1].options,

@@ -230,8 +230,8 @@ def test_the_spend_filter_goes_first_with_a_spend_section_or_keys() -> None:
     base = "clusters: {c: {url: 'http://u.test'}}\n"
     assert "spend" not in [f.type_name for f in parse_config(base).filters]
     with_section = parse_config(base + "spend: {}\n")
-    assert with_section.filters[0].type_name == "spend"
+    assert with_section.filters[1].type_name == "spend"  # after delivery
     assert with_section.section(SpendSettings) == SpendSettings(configured=True)
     key = "{name: a, hash: 'sha256:" + "0" * 64 + "'}"
     with_keys = [f.type_name for f in parse_config(base + f"keys: [{key}]\n").filters]
-    assert with_keys[:2] == ["spend", "keys"]
+    assert with_keys[1:3] == ["spend", "keys"]

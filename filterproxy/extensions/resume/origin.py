@@ -6,20 +6,14 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from filterproxy.config import Node
 from filterproxy.extensions.resume.config import ResumeSettings, resume_of
 from filterproxy.extensions.resume.metrics import ResumeMetrics
-from filterproxy.extensions.resume.reader import (
-    StreamReader,
-    compressed,
-    resent_position,
-    stream_request,
-)
+from filterproxy.extensions.resume.reader import StreamReader, resent_position, stream_request
 from filterproxy.extensions.resume.relay import RelayClient, RelayServer
 from filterproxy.extensions.resume.streams import ResumableStream, StreamRegistry, affinity_key
 from filterproxy.filters.api import (
@@ -32,10 +26,10 @@ from filterproxy.filters.api import (
 )
 from filterproxy.filters.metrics import MetricFamilies
 from filterproxy.filters.owner import credential_of, owner_digest
-from filterproxy.filters.records import StreamRecord
+from filterproxy.filters.records import CompressStream, EventFolds, StreamRecord
 from filterproxy.filters.stream_owner import IStreamOwner
 from filterproxy.http.apis import client_api
-from filterproxy.http.encoding import IDENTITY, accepts
+from filterproxy.http.encoding import IDENTITY
 from filterproxy.http.errors import error_body
 from filterproxy.http.sse import DEFAULT_MAX_EVENT_BYTES, EventTooLarge
 
@@ -43,9 +37,6 @@ if TYPE_CHECKING:
     from filterproxy.filters.resources import Resources
 
 __all__ = ["OriginState", "ResumeFilter", "ResumeFilterConfig"]
-
-#: What the origin holds for a slow client before it pauses the upstream.
-_HOLD_LIMIT: Final = 1024 * 1024
 
 
 class OriginState(enum.Enum):
@@ -55,10 +46,9 @@ class OriginState(enum.Enum):
     PASSING = "passing"
     #: This request reads a stream (`reader.StreamReader`): not an origin.
     READING = "reading"
-    #: Its client takes the events as they come.
+    #: Its client takes the events (a client that falls behind is the delivery
+    #: filter's: it holds them, and tells the stream what it folds).
     LIVE = "live"
-    #: Its client cannot keep up: its events are held, sent folded when it can.
-    SLOW = "slow"
     #: Its client left, or a reader took over: the upstream goes on without it.
     DETACHED = "detached"
     #: Nobody came back within the grace period: the upstream was stopped.
@@ -129,11 +119,9 @@ class ResumeFilter(StreamFilter):
     def __init__(self, config: ResumeFilterConfig) -> None:
         super().__init__(config)
         self.state = OriginState.PASSING
-        #: The request's credential header and Accept-Encoding, as they came (the
-        #: filters after this one change them); what they mean is worked out only for
-        #: the requests that need it.
+        #: The request's credential header, as it came (the filters after this one
+        #: take it out); what it means is worked out only for the requests that need it.
         self.credential: str | None = None
-        self.accept_encoding: str | None = None
         self.body = b""
         #: A re-sent POST's Last-Event-ID: (stream id, event number).
         self.resend: tuple[str, int] | None = None
@@ -145,13 +133,6 @@ class ResumeFilter(StreamFilter):
         self.reader: StreamReader | None = None
         #: The stream-owner calls, once this request owns its stream.
         self.own: IStreamOwner | None = None
-        #: The client's gzip stream, when the route offers it and the client takes it.
-        self.gzip: Any = None  # zlib's compressor (its type is not importable)
-        #: What a slow client's events wait in (`OriginState.SLOW`), and their size.
-        self.held: list[bytes] = []
-        self.held_bytes = 0
-        #: The upstream was paused for a slow client that held too much.
-        self.upstream_paused = False
 
     # -- the request -------------------------------------------------------------------
 
@@ -159,7 +140,6 @@ class ResumeFilter(StreamFilter):
         # Now: the filters after this one take the credentials out of the request, and
         # the route filter asks a resumable route's upstream for uncompressed answers.
         self.credential = credential_of(head)
-        self.accept_encoding = head.headers.get("accept-encoding")
         request = stream_request(head)
         if request is not None:
             self.callbacks.pass_response_data()
@@ -198,7 +178,7 @@ class ResumeFilter(StreamFilter):
         self.state = OriginState.READING
         config = self.config
         reader = self.reader = StreamReader(
-            self.callbacks, config.registry, config.relay, self.owner, self.accept_encoding
+            self.callbacks, config.registry, config.relay, self.owner
         )
         return reader
 
@@ -246,17 +226,14 @@ class ResumeFilter(StreamFilter):
         self.body = b""
         head.headers.set("x-stream-id", stream.id)
         head.headers.remove("content-length")
-        if (
-            resume.gzip
-            and accepts(self.accept_encoding, "gzip")
-            and head.headers.get("content-encoding") is None
-        ):
-            self.gzip = zlib.compressobj(6, zlib.DEFLATED, 31)
-            head.headers.set("content-encoding", "gzip")
-            head.headers.add("vary", "accept-encoding")
+        state = info.state
+        # The delivery filter, which compresses a stream and folds it for a client that
+        # falls behind, tells the stream what its client was sent in fewer chunks.
+        state.set(EventFolds(stream.folded))
+        if resume.gzip:
+            state.set(CompressStream())
         own = self.own = self.callbacks.own_stream()
         own.keep_going_without_client(self._client_gone)
-        own.take_flow_control(self._client_slow, self._client_ready)
         return FilterStatus.CONTINUE
 
     def encode_data(self, data: bytes, end_stream: bool) -> DataResult:
@@ -276,23 +253,9 @@ class ResumeFilter(StreamFilter):
             return self._refuse(stream, out)
         if stream.reader is not None and out:
             stream.reader.push(out)
-        state = self.state
-        if state is OriginState.LIVE:
-            return compressed(self.gzip, out, end_stream) if self.gzip is not None else out
-        if state is not OriginState.SLOW:
-            return b""  # its client is gone
-        # The client cannot keep up: hold its events (the comments can go), to be sent
-        # folded when it can take them — or now, at the end.
-        if events is not None:
-            self.held.extend(events)
-            self.held_bytes += len(out)
-            if self.held_bytes > _HOLD_LIMIT and not self.upstream_paused:
-                self.upstream_paused = True
-                self._own().pause_upstream()
-        if not end_stream:
-            return b""
-        out, self.held, self.held_bytes = b"".join(stream.fold(self.held)), [], 0
-        return compressed(self.gzip, out, end_stream) if self.gzip is not None else out
+        if self.state is OriginState.LIVE:
+            return out
+        return b""  # its client is gone
 
     def _own(self) -> IStreamOwner:
         own = self.own
@@ -303,7 +266,7 @@ class ResumeFilter(StreamFilter):
     @property
     def client_attached(self) -> bool:
         """The origin's own client still takes its events."""
-        return self.state is OriginState.LIVE or self.state is OriginState.SLOW
+        return self.state is OriginState.LIVE
 
     def _refuse(self, stream: ResumableStream, out: bytes) -> DataResult:
         """The upstream sent an event past ``max_event_bytes``: the stream fails. Its
@@ -316,37 +279,13 @@ class ResumeFilter(StreamFilter):
         error = b"event: error\ndata: " + body + b"\n\n"
         if stream.reader is not None:
             stream.reader.push(out + error)
-        frame = b""
-        if self.client_attached:
-            held, self.held, self.held_bytes = self.held, [], 0
-            frame = b"".join([*held, out, error])
-            if self.gzip is not None:
-                frame = compressed(self.gzip, frame, True)
+        frame = out + error if self.client_attached else b""
         self.callbacks.fail_response(502, message, frame=frame)
         return FilterStatus.STOP_ITERATION
-
-    def _client_slow(self) -> None:
-        if self.state is OriginState.LIVE:
-            self.state = OriginState.SLOW
-
-    def _client_ready(self) -> None:
-        if self.state is OriginState.SLOW:
-            self.state = OriginState.LIVE
-        stream = self.stream
-        # (Not once its connection is over: a new reader may be counting chunks.)
-        if self.held and self.state is OriginState.LIVE and stream is not None:
-            held, self.held, self.held_bytes = self.held, [], 0
-            self.callbacks.inject_encoded_data(
-                compressed(self.gzip, b"".join(stream.fold(held)), False), False
-            )
-        if self.upstream_paused and self.state is not OriginState.DONE:
-            self.upstream_paused = False
-            self._own().resume_upstream()
 
     def _client_gone(self) -> None:
         if self.client_attached:
             self.state = OriginState.DETACHED
-        self.held, self.held_bytes = [], 0  # it will never be sent
         stream = self.stream
         if stream is not None:
             stream.client_gone()

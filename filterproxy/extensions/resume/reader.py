@@ -10,7 +10,6 @@ worker's, carried over the relay for another's.
 from __future__ import annotations
 
 import re
-import zlib
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs
 
@@ -26,8 +25,7 @@ from filterproxy.extensions.resume.streams import (
     StreamRegistry,
     decide_read,
 )
-from filterproxy.filters.records import StreamRecord
-from filterproxy.http.encoding import accepts
+from filterproxy.filters.records import CompressStream, EventFolds, StreamRecord
 
 if TYPE_CHECKING:
     from filterproxy.filters.api import IFilterCallbacks, RequestHead
@@ -98,19 +96,15 @@ class StreamReader:
         registry: StreamRegistry,
         relay: RelayClient,
         owner: str,
-        accept_encoding: str | None,
     ) -> None:
         self.callbacks = callbacks
         self.registry = registry
         self.relay = relay
         self.owner = owner
-        self.accept_encoding = accept_encoding
         #: The stream this request follows (of this worker's).
         self.stream: ResumableStream | None = None
         #: The body of another worker's answer, while it is passed on.
         self.pipe: Pipe | None = None
-        #: The client's gzip stream, when the route offers it and the client takes it.
-        self.gzip: Any = None  # zlib's compressor (its type is not importable)
         #: The request is over.
         self.done = False
 
@@ -255,14 +249,17 @@ class StreamReader:
             ("cache-control", "no-cache"),
             ("x-stream-id", stream_id),
         ]
-        if gzip and accepts(self.accept_encoding, "gzip"):
-            self.gzip = zlib.compressobj(6, zlib.DEFLATED, 31)
-            headers += [("content-encoding", "gzip"), ("vary", "accept-encoding")]
+        state = self.callbacks.stream_info.state
+        if gzip:  # the route offers its streams compressed (the delivery filter does it)
+            state.set(CompressStream())
+        stream = self.stream
+        if stream is not None:
+            state.set(EventFolds(stream.folded))
         self.callbacks.own_stream().send_local_stream(200, headers)
 
     def _send(self, data: bytes, end_stream: bool) -> None:
         if not self.done:
-            self.callbacks.inject_encoded_data(compressed(self.gzip, data, end_stream), end_stream)
+            self.callbacks.inject_encoded_data(data, end_stream)
 
     # -- Reader ----------------------------------------------------------------------------
 
@@ -293,13 +290,3 @@ class StreamReader:
         stream, self.stream = self.stream, None
         if stream is not None:
             stream.detach(self)
-
-
-def compressed(gzip: Any, data: bytes, end_stream: bool) -> bytes:
-    """*data* as the client gets it: gzipped with *gzip* (flushed, so that it can read
-    every event at once) when the route offers it and the client asked for it."""
-    if gzip is None:
-        return data
-    out: bytes = gzip.compress(data) if data else b""
-    tail: bytes = gzip.flush(zlib.Z_FINISH if end_stream else zlib.Z_SYNC_FLUSH)
-    return out + tail

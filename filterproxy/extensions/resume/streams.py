@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from filterproxy.extensions.resume.framing import EventFramer, Folds, ResumeBuffer, merge_deltas
+from filterproxy.extensions.resume.framing import (
+    EventFramer,
+    Folds,
+    ResumeBuffer,
+    merge_deltas,
+    parse_event_id,
+)
 
 if TYPE_CHECKING:
     from filterproxy.extensions.resume.config import ResumeConfig
@@ -159,12 +165,17 @@ class ResumableStream:
     def resumable(self) -> bool:
         return not self.buffer.overflowed
 
-    def fold(self, events: list[bytes]) -> list[bytes]:
-        """*events* folded for the origin's client (which may resume by counting)."""
+    def folded(self, last_id: str | None, covers: int) -> None:
+        """The delivery filter sent a chunk standing for *covers* of the chunks it was
+        given, the last of them the event *last_id* (`EventFolds`): a client counting
+        chunks is that much further behind the events' numbers."""
+        number = parse_event_id(last_id)
+        if number is None or covers < 2:
+            return
         folds = self.folds
         if folds is None:
             folds = self.folds = Folds()
-        return merge_deltas(events, folds)
+        folds.folded(number, covers)
 
     def caught_up(self, decision: ReadDecision) -> list[bytes]:
         """What a reader the *decision* replays to is sent first: its events with text
