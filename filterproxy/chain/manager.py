@@ -1114,3 +1114,4 @@ class FilterManager(ResponseSink):
         # its bound methods: the filter holds its callbacks, which hold this manager.
         self.on_client_gone = None
         self.flow = None
+        self.flow_gone = None

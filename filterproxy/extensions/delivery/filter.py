@@ -268,13 +268,8 @@ class DeliveryFilter(StreamFilter):
             return b""
         window = self.window
         if window is None:
-            # Caught up with a client that fell behind: back to passing once the events
-            # held are sent and no event is half read.
-            out = self._send(False)
-            if decoder.between_events:
-                self.decoder = None
-                self.at_boundary = True
-            return out
+            # Caught up with a client that fell behind: back to passing.
+            return self._send(False, self._stop_holding())
         if not self.held and not self.prefix:
             return b""
         if not self.delta_sent:
@@ -336,9 +331,20 @@ class DeliveryFilter(StreamFilter):
         if self.on_fold is not None:
             self.on_fold(last_id, covers)
 
-    def _send(self, end_stream: bool) -> bytes:
-        """What is held, folded and compressed, to go now."""
-        out = self._take()
+    def _stop_holding(self) -> bytes:
+        """The client takes what comes again (and nothing coalesces): the stream passes
+        from here on. What the decoder holds of an unfinished event goes as it is, and
+        the rest of that event after it."""
+        decoder = self.decoder
+        self.decoder = None
+        rest = decoder.close() if decoder is not None else b""
+        self.at_boundary = not rest and not self.partial
+        self.partial = False
+        return rest
+
+    def _send(self, end_stream: bool, rest: bytes = b"") -> bytes:
+        """What is held, folded and compressed, then *rest* as it is, to go now."""
+        out = self._take() + rest if rest else self._take()
         window = self.window
         if window is not None and self.delta_sent:
             window.sent(self.callbacks.clock.seconds())
@@ -417,11 +423,12 @@ class DeliveryFilter(StreamFilter):
 
     def _client_ready(self) -> None:
         self.slow = False
-        if self.held or self.prefix:
+        if self.window is None and self.decoder is not None:
+            out = self._send(False, self._stop_holding())
+            if out:
+                self.callbacks.inject_encoded_data(out, False)
+        elif self.held or self.prefix:
             out = self._send(False)
-            if self.window is None and self.decoder is not None and self.decoder.between_events:
-                self.decoder = None
-                self.at_boundary = True
             if out:
                 self.callbacks.inject_encoded_data(out, False)
         if self.upstream_paused:
