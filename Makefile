@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: redis-server node chromium docs-screenshots podman image image-test run test lint typecheck docs docs-build bench bench-env bench-translate bench-bedrock bench-resume bench-front bench-limits bench-cache soak dashboard wheel clean
+.PHONY: redis-server node chromium docs-screenshots podman image image-test run test lint typecheck docs docs-build bench bench-env bench-translate bench-bedrock bench-resume bench-weak bench-front bench-limits bench-cache soak dashboard wheel clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -157,6 +157,20 @@ bench-bedrock: bench-env
 # to a plain one (bench/resume.py).
 bench-resume: bench-env
 	$(BENCH_VENV)/bin/python -m bench.resume $(RESUME_ARGS)
+
+# Weak links: streams to a client on an emulated mobile link (3G, EDGE, 3G with drops:
+# a network namespace, tc's tbf, a relay adding latency, stalls and drops) through
+# filterproxy — passed through, with Save-Data, coalesced, resumed — next to nginx,
+# Envoy and no proxy (bench/weak.py). Runs as root; iproute2 and nginx from Debian's
+# packages, installed here when missing.
+bench-weak: bench-env
+	@command -v ip >/dev/null && command -v tc >/dev/null || \
+	  { apt-get update -q && apt-get install -y -q iproute2; } || \
+	  echo "could not install iproute2 (apt-get, as root): the benchmark needs ip and tc"
+	@{ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } || \
+	  { apt-get update -q && apt-get install -y -q nginx; } || \
+	  echo "could not install nginx (apt-get, as root): its rows are skipped"
+	$(BENCH_VENV)/bin/python -m bench.weak $(WEAK_ARGS)
 
 # Replicas behind the front: the shipped Envoy front (deploy/kubernetes/front) in front of
 # two gateways, next to one gateway directly (bench/front.py; wrk from Debian's packages).
