@@ -868,11 +868,6 @@ def test_a_link_that_drops_every_second_resumes_each_time_with_every_token_once(
     assert len(upstream.requests_for(model)) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a resume is delivered with the top-level delivery settings, not those of its "
-    "stream's route (the request that reads a stream has no route), and counted as route none",
-)
 def test_a_resume_is_delivered_as_its_streams_route_says(
     gateway: Gateway, upstream: PlayedUpstream
 ) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from filterproxy.config import Node
+from filterproxy.config import Node, RouteConfig
 from filterproxy.extensions.resume.config import ResumeSettings, resume_of
 from filterproxy.extensions.resume.metrics import ResumeMetrics
 from filterproxy.extensions.resume.reader import StreamReader, resent_position, stream_request
@@ -77,6 +77,8 @@ class ResumeFilterConfig:
     #: The request header whose value ends the ids of the streams it starts
     #: (``resume_affinity_header``), or None.
     affinity_header: str | None = None
+    #: The config's routes by name (a read is its stream's route's request).
+    routes: Mapping[str, RouteConfig] = field(default_factory=dict)
 
 
 class ResumeFilter(StreamFilter):
@@ -104,6 +106,7 @@ class ResumeFilter(StreamFilter):
             any(resume_of(route) is not None for route in context.config.routes),
             ResumeMetrics.of(resources),
             settings.resume_affinity_header,
+            {route.name: route for route in context.config.routes},
         )
 
     @classmethod
@@ -178,7 +181,7 @@ class ResumeFilter(StreamFilter):
         self.state = OriginState.READING
         config = self.config
         reader = self.reader = StreamReader(
-            self.callbacks, config.registry, config.relay, self.owner
+            self.callbacks, config.registry, config.relay, self.owner, config.routes
         )
         return reader
 

@@ -28,6 +28,9 @@ from filterproxy.extensions.resume.streams import (
 from filterproxy.filters.records import CompressStream, EventFolds, StreamRecord
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from filterproxy.config import RouteConfig
     from filterproxy.filters.api import IFilterCallbacks, RequestHead
 
 __all__ = ["StreamReader", "StreamRequest", "stream_request"]
@@ -96,8 +99,12 @@ class StreamReader:
         registry: StreamRegistry,
         relay: RelayClient,
         owner: str,
+        routes: Mapping[str, RouteConfig] | None = None,
     ) -> None:
         self.callbacks = callbacks
+        #: The config's routes by name: a read is the request of its stream's route
+        #: (the filters that answer it, the delivery filter's settings, the access log).
+        self.routes = routes or {}
         self.registry = registry
         self.relay = relay
         self.owner = owner
@@ -177,6 +184,9 @@ class StreamReader:
                 callbacks.send_local_response(204, b"", "text/event-stream")
                 return
             self.stream = stream
+            info = callbacks.stream_info
+            if info.route is None:
+                info.route = self.routes.get(stream.route)
             self._start(stream.id, stream.content_type, stream.config.gzip)
             missed = b"".join(events)
             if stream.done:
