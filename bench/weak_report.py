@@ -102,7 +102,7 @@ def targets(rows: list[dict[str, Any]], plain: str, save_data: str, resume: str)
         in_time = last is not None and base_last is not None and last <= base_last * NO_WORSE
         ok = saved >= 0.80 and in_time and saving["exact"] == saving["streams"]
         return (
-            f"{100 * saved:.0f}% fewer bytes down, last token {_num(last)} s against "
+            f"{round(100 * saved) + 0}% fewer bytes down, last token {_num(last)} s against "
             f"{_num(base_last)} s, {saving['exact']}/{saving['streams']} exact: {verdict(ok)}"
         )
 
