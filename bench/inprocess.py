@@ -117,6 +117,63 @@ class Rig:
         self.client_transport.clear()
 
 
+class H2Rig(Rig):
+    """The same, with the client speaking HTTP/2 (prior knowledge): its frames for every
+    request are made beforehand (hpack and hyperframe, as a client that opened every
+    window wide at the start sends them), so the loop measures only the gateway reading
+    them and answering."""
+
+    def __init__(self, count: int) -> None:
+        from hpack import Encoder
+        from hyperframe.frame import DataFrame, HeadersFrame, SettingsFrame, WindowUpdateFrame
+
+        super().__init__()
+        settings = SettingsFrame(0)
+        settings.settings = {SettingsFrame.INITIAL_WINDOW_SIZE: 2**31 - 1}
+        window = WindowUpdateFrame(0)
+        window.window_increment = 2**31 - 1 - 65535
+        preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings.serialize() + window.serialize()
+        self.client.dataReceived(preface)
+        self.client = self.client_transport.protocol  # the HTTP/2 connection
+        self.client_transport.clear()
+        encoder = Encoder()
+
+        def frames(stream_id: int, body: bytes) -> bytes:
+            headers = HeadersFrame(stream_id)
+            headers.data = encoder.encode(
+                [
+                    (":method", "POST"),
+                    (":scheme", "http"),
+                    (":authority", "bench"),
+                    (":path", "/v1/chat/completions"),
+                    ("content-type", "application/json"),
+                    ("content-length", str(len(body))),
+                ]
+            )
+            headers.flags.add("END_HEADERS")
+            data = DataFrame(stream_id)
+            data.data = body
+            data.flags.add("END_STREAM")
+            return headers.serialize() + data.serialize()
+
+        self.requests = iter([frames(1 + 2 * n, BODY) for n in range(count)])
+        self.stream_request = frames(1 + 2 * count, STREAM_BODY)
+
+    def one_request(self) -> None:
+        self.client.dataReceived(next(self.requests))
+        self.upstream.dataReceived(self.response)
+        self.client_transport.clear()
+        self.upstream_transport.clear()
+
+    def start_stream(self) -> None:
+        self.client.dataReceived(self.stream_request)
+        assert self.upstream.state is State.BUSY
+        self.upstream.dataReceived(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        self.chunk = b"%x\r\n%s\r\n" % (len(EVENT), EVENT)
+
+
 def measure(label: str, fn: Any, count: int, profile: bool) -> None:
     for _ in range(count // 10):
         fn()
@@ -133,9 +190,11 @@ def measure(label: str, fn: Any, count: int, profile: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--http2", action="store_true", help="the client speaks HTTP/2")
     args = parser.parse_args()
-    rig = Rig()
-    measure("per non-streaming request", rig.one_request, 20000, args.profile)
+    requests = 20000
+    rig = H2Rig(requests + requests // 10 + requests // 4 + 1) if args.http2 else Rig()
+    measure("per non-streaming request", rig.one_request, requests, args.profile)
     rig.start_stream()
     measure("per streamed chunk", rig.one_chunk, 200000, args.profile)
 
