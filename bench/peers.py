@@ -2,6 +2,10 @@
 
 Every proxy listens on 127.0.0.1:8800, forwards to the benchmark upstream over
 keep-alive connections, does not buffer responses, and runs on one pinned core.
+
+Portkey's gateway has no configuration file that names an upstream: each request names
+its provider and the upstream's address in ``x-portkey-*`` headers, so its `Peer` carries
+the headers every client of the benchmark adds (`Peer.request_headers`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,12 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 LISTEN_PORT = 8800
+#: Where `make bench-env` installs Portkey's gateway from npm: beside the bench's Python.
+PORTKEY_DIR = BIN.parent / "portkey"
+PORTKEY_PACKAGE = PORTKEY_DIR / "node_modules" / "@portkey-ai" / "gateway"
+#: The request headers the mock upstreams read (bench/upstream.py): Portkey forwards only
+#: the client headers it is told to.
+BENCH_HEADERS = ("x-bench-chunks", "x-bench-interval-ms", "x-bench-pad", "x-bench-bulk")
 
 NGINX_CONF = """
 worker_processes 1;
@@ -149,6 +159,10 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
+class PeerUnavailable(Exception):
+    """A peer cannot run on this machine; the message says why and how to fix it."""
+
+
 @dataclass
 class Peer:
     """One proxy (or none, for 'direct') under test."""
@@ -160,6 +174,9 @@ class Peer:
     listen_port: int = LISTEN_PORT
     #: How long it may take to start listening.
     startup_timeout: float = 20.0
+    #: Headers every client adds to its requests: where the peer takes its routing from
+    #: the request (Portkey) rather than from its configuration.
+    request_headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def port(self) -> int:
@@ -211,14 +228,57 @@ class Peer:
         time.sleep(0.3)
 
 
+def portkey_headers(provider: str, upstream: str, forward: tuple[str, ...] = ()) -> dict[str, str]:
+    """The headers that route a request through Portkey's gateway to *upstream* (a base
+    URL such as ``http://127.0.0.1:9101/v1``) as *provider*'s API, forwarding the client
+    headers named in *forward* (Portkey sends the upstream only those it is told to)."""
+    headers = {"x-portkey-provider": provider, "x-portkey-custom-host": upstream}
+    if forward:
+        headers["x-portkey-forward-headers"] = ",".join(forward)
+    return headers
+
+
+def portkey_version() -> str:
+    """The version of Portkey's gateway installed for the benchmark."""
+    package = json.loads((PORTKEY_PACKAGE / "package.json").read_text())
+    return str(package["version"])
+
+
+def portkey_peer(name: str, port: int, request_headers: dict[str, str]) -> Peer:
+    """Portkey's gateway (Node) as `make bench-env` installs it: headless on *port*, one
+    process (Node runs JavaScript on one thread), its web UI off and its logger at errors
+    only (``NODE_ENV=production``). Its clients add *request_headers* (`portkey_headers`).
+
+    Raises:
+        PeerUnavailable: node or the gateway is not installed.
+    """
+    node = shutil.which("node")
+    server = PORTKEY_PACKAGE / "build" / "start-server.js"
+    if node is None:
+        raise PeerUnavailable(f"{name}: skipped, no node (Debian's nodejs: make node)")
+    if not server.exists():
+        raise PeerUnavailable(
+            f"{name}: skipped, Portkey's gateway is not installed in {PORTKEY_DIR} "
+            "(make bench-env installs it from npm, which must be reachable)"
+        )
+    return Peer(
+        name,
+        [node, str(server), f"--port={port}", "--headless"],
+        env={"NODE_ENV": "production"},
+        listen_port=port,
+        request_headers=request_headers,
+    )
+
+
 def peers(
     workdir: Path,
     upstream_port: int,
     only: set[str] | None = None,
     ports: dict[str, int] | None = None,
 ) -> list[Peer]:
-    """The peers available on this machine (nginx and Envoy only when installed), each
-    listening on its port in *ports* (default: all on `LISTEN_PORT`, to run one at a time)."""
+    """The peers available on this machine (nginx, Envoy and Portkey only when installed:
+    a missing Portkey that was asked for is reported), each listening on its port in
+    *ports* (default: all on `LISTEN_PORT`, to run one at a time)."""
     port_of = (ports or {}).get
     found = [Peer("direct", None)]
     nginx = shutil.which("nginx") or (
@@ -252,6 +312,14 @@ def peers(
                 listen_port=port,
             )
         )
+    if only is None or "portkey" in only:
+        headers = portkey_headers(
+            "openai", f"http://127.0.0.1:{upstream_port}/v1", forward=BENCH_HEADERS
+        )
+        try:
+            found.append(portkey_peer("portkey", port_of("portkey", LISTEN_PORT), headers))
+        except PeerUnavailable as reason:
+            print(reason, file=sys.stderr, flush=True)
     found.append(
         Peer(
             "filterproxy-2-workers",

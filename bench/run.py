@@ -1,4 +1,5 @@
-"""The benchmark: filterproxy next to direct, nginx and Envoy, in one run on this machine.
+"""The benchmark: filterproxy next to direct, nginx, Envoy and Portkey's gateway, in one
+run on this machine.
 
     make bench                      # all peers, all scenarios (three rounds: about 25 minutes)
     .venv/bin/python -m bench.run --peers filterproxy,envoy --quick
@@ -9,6 +10,9 @@ The chat-stream scenarios run their load generator at real-time priority on core
 next yields the core: what they measure is the proxy's latency, not the load generator's.
 The 200-stream one runs once more with a reader at normal priority for the CPU per chunk
 (the table gives both).
+Portkey is told its upstream by each request (``x-portkey-provider: openai`` and the
+mock's address as its custom host): every load generator adds its `Peer.request_headers`,
+and the events it passes are checked byte for byte as for the others.
 Results are written to bench/results/<date>-<machine>.{md,json,png} and printed.
 Numbers are only comparable within one run: read them as ratios between the peers.
 """
@@ -31,13 +35,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.loadgen import StreamShape, hold_streams, run_streams
+from bench.loadgen import StreamShape, header_lines, hold_streams, run_streams
 from bench.peers import Peer, peers
 
 HERE = Path(__file__).resolve().parent
@@ -51,6 +55,15 @@ wrk.headers["Authorization"] = "Bearer sk-client"
 """
 
 
+def wrk_script(headers: Mapping[str, str]) -> str:
+    """wrk's Lua script for the non-streaming load, adding *headers* to each request."""
+    quoted = (json.dumps(k) for k in headers)
+    return WRK_SCRIPT + "".join(
+        f"wrk.headers[{name}] = {json.dumps(value)}\n"
+        for name, value in zip(quoted, headers.values(), strict=True)
+    )
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -59,16 +72,18 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 class Upstream:
-    """bench/upstream.py on the load core (*options* are its own, e.g. ``--format chat``)."""
+    """bench/upstream.py on the load core (*options* are its own, e.g. ``--format chat``);
+    or another mock upstream that prints its port as it does (*script*, such as
+    ``bedrock_upstream.py``)."""
 
-    def __init__(self, *options: str) -> None:
+    def __init__(self, *options: str, script: str = "upstream.py") -> None:
         self.process = subprocess.Popen(
             [
                 "taskset",
                 "-c",
                 str(LOAD_CORE),
                 sys.executable,
-                str(HERE / "upstream.py"),
+                str(HERE / script),
                 "--port",
                 "0",
                 *options,
@@ -114,7 +129,9 @@ def streaming(
     cpu_before = peer.cpu_seconds()
     started = time.monotonic()
     with reading_at_once() if at_once else contextlib.nullcontext(False) as realtime:
-        stats = asyncio.run(run_streams(peer.port, users, shape, seconds))
+        stats = asyncio.run(
+            run_streams(peer.port, users, shape, seconds, headers=peer.request_headers)
+        )
     elapsed = time.monotonic() - started
     cpu = peer.cpu_seconds() - cpu_before
     return {
@@ -139,7 +156,7 @@ def non_streaming(
     peer: Peer, seconds: float, workdir: Path, cores: str = str(LOAD_CORE)
 ) -> dict[str, Any]:
     script = workdir / "post.lua"
-    script.write_text(WRK_SCRIPT)
+    script.write_text(wrk_script(peer.request_headers))
     cpu_before = peer.cpu_seconds()
     out = subprocess.run(
         [
@@ -168,7 +185,8 @@ def non_streaming(
     }
 
 
-#: Peers whose listener speaks HTTP/2 (h2c with prior knowledge) in this benchmark.
+#: Peers whose listener speaks HTTP/2 (h2c with prior knowledge) in this benchmark
+#: (Portkey's Node server is HTTP/1.1 only).
 HTTP2_PEERS = {"envoy", "filterproxy"}
 
 
@@ -245,7 +263,8 @@ def slow_client(peer: Peer, upstream: Upstream) -> dict[str, Any]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     sock.sendall(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-        b"x-bench-bulk: %d\r\nContent-Length: %d\r\n\r\n%s" % (SLOW_OFFER, len(body), body)
+        b"x-bench-bulk: %d\r\n%sContent-Length: %d\r\n\r\n%s"
+        % (SLOW_OFFER, header_lines(peer.request_headers), len(body), body)
     )
     time.sleep(5)  # read nothing
     offered = upstream.stats()["bulk_bytes"] - offered_before
@@ -261,7 +280,9 @@ def slow_client(peer: Peer, upstream: Upstream) -> dict[str, Any]:
 def hang_ups(peer: Peer, upstream: Upstream, count: int = 20) -> dict[str, Any]:
     before = upstream.stats()["open_streams"]
     socks = []
-    request = StreamShape(chunks=600, interval_ms=100, pad=16).request("bench")
+    request = StreamShape(chunks=600, interval_ms=100, pad=16).request(
+        "bench", peer.request_headers
+    )
     for _ in range(count):
         sock = socket.create_connection(("127.0.0.1", peer.port))
         sock.sendall(request)
@@ -282,7 +303,13 @@ def open_streams(peer: Peer, count: int) -> dict[str, Any]:
     idle = peer.rss_bytes()
     sampled: dict[str, int] = {}
     asyncio.run(
-        hold_streams(peer.port, count, 30, lambda: sampled.setdefault("rss", peer.rss_bytes()))
+        hold_streams(
+            peer.port,
+            count,
+            30,
+            lambda: sampled.setdefault("rss", peer.rss_bytes()),
+            peer.request_headers,
+        )
     )
     time.sleep(2)
     return {"rss_kb_per_stream": (sampled["rss"] - idle) / count / 1024}
@@ -307,8 +334,11 @@ def measure_peer(peer: Peer, upstream: Upstream, workdir: Path, quick: bool) -> 
     if peer.name in HTTP2_PEERS and shutil.which("h2load"):
         r["h2_stream"] = http2(peer, seconds, workdir, streaming=True)
         r["h2_plain"] = http2(peer, seconds, workdir, streaming=False)
-    r["slow_client"] = slow_client(peer, upstream)
     r["hang_ups"] = hang_ups(peer, upstream)
+    # Last: a proxy that reads the slow client's stream without backpressure may still be
+    # busy with it after the scenario (Portkey, which looks for the end of an event in all
+    # it has read so far, never finds one in the 200 MB of comment lines and holds it all).
+    r["slow_client"] = slow_client(peer, upstream)
     return r
 
 
@@ -500,10 +530,16 @@ def chart(results: dict[str, Any], path: Path, title: str) -> None:
     ]
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     names = [n for n in results if not n.startswith("_")]
-    colors = ["#999999", "#2a9d8f", "#e9c46a", "#e76f51", "#264653"]
+    colors = {
+        "direct": "#999999",
+        "nginx": "#2a9d8f",
+        "envoy": "#e9c46a",
+        "portkey": "#8d5fd3",
+        "filterproxy": "#e76f51",
+    }
     for ax, (label, pick) in zip(axes.flat, panels, strict=True):
         values = [pick(results[n]) or 0 for n in names]
-        ax.bar(names, values, color=colors[: len(names)])
+        ax.bar(names, values, color=[colors.get(n, "#264653") for n in names])
         ax.set_title(label, fontsize=10)
         for i, v in enumerate(values):
             ax.text(
@@ -522,7 +558,9 @@ def _how_many(rounds: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--peers", help="comma-separated subset of direct,nginx,envoy,filterproxy")
+    parser.add_argument(
+        "--peers", help="comma-separated subset of direct,nginx,envoy,portkey,filterproxy"
+    )
     parser.add_argument("--quick", action="store_true", help="shorter scenarios (a smoke run)")
     parser.add_argument("--no-save", action="store_true", help="print only, write no result files")
     parser.add_argument(
