@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: redis-server node chromium docs-screenshots podman image image-test run test lint typecheck docs docs-build bench bench-env bench-translate bench-bedrock bench-resume bench-weak bench-front bench-limits bench-cache soak dashboard wheel clean
+.PHONY: redis-server node chromium docs-screenshots podman image image-test run test lint typecheck docs docs-build bench bench-env bench-translate bench-bedrock bench-resume bench-weak bench-front bench-limits bench-cache bench-setups soak dashboard wheel clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -203,6 +203,12 @@ bench-limits: bench-env redis-server
 bench-cache: bench-env redis-server
 	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }
 	$(BENCH_VENV)/bin/python -m bench.cache $(CACHE_ARGS)
+
+# The peers' own published setups (agentgateway's, TensorZero's, Bifrost's), run here with
+# filterproxy in them and Envoy as the control (bench/setups.py; wrk from Debian's packages).
+bench-setups: bench-env
+	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }
+	$(BENCH_VENV)/bin/python -m bench.setups $(SETUPS_ARGS)
 
 # The soak: connection churn for SOAK_ARGS (default 30 minutes) through filterproxy, nginx
 # and Envoy at once, sampling their memory and file descriptors (bench/soak.py).
