@@ -21,7 +21,7 @@ from typing import Any, Final, Protocol
 
 from filterproxy.http.encoding import parse_accept_encoding
 
-__all__ = ["StreamEncoder", "available_codings", "choose_coding", "stream_encoder"]
+__all__ = ["StreamEncoder", "available_codings", "choose_coding"]
 
 #: gzip: level 6, a 4 KiB window (16 + 12: a gzip header), memLevel 6: about 48 KiB.
 _GZIP_WBITS: Final = 16 + 12
@@ -134,8 +134,3 @@ def choose_coding(
         if name in available and weights.get(name, star) > 0:
             return name
     return None
-
-
-def stream_encoder(coding: str, makers: dict[str, Callable[[], StreamEncoder]]) -> StreamEncoder:
-    """A new encoder for *coding* (one of *makers*)."""
-    return makers[coding]()
