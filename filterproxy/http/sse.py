@@ -262,28 +262,31 @@ class SSEDecoder:
 
 def _whole_events(data: bytes) -> list[SSEEvent] | None:
     """The events of a piece made only of whole events of the usual shape — a ``data``
-    line, after an ``event`` line or not, then a blank line; LF line ends — or None for
-    the line-by-line decoder. (Most pieces of a provider's stream are: this is the
-    per-chunk path of filters that decode events.)"""
+    line, after an ``event`` line or not, before an ``id`` line or not (a resumable
+    stream's numbered events), then a blank line; LF line ends — or None for the
+    line-by-line decoder. (Most pieces of a provider's stream are: this is the per-chunk
+    path of filters that decode events.)"""
     events = []
     for block in data[:-2].split(b"\n\n"):
-        if block.startswith(b"data: "):
-            if b"\n" in block:
+        name: str | None = None
+        if block.startswith(b"event: "):
+            head, newline, rest = block.partition(b"\n")
+            if not newline:
                 return None
-            events.append(SSEEvent(block[6:].decode("utf-8", "replace"), raw=block + b"\n\n"))
-        elif block.startswith(b"event: "):
-            name, newline, rest = block.partition(b"\n")
-            if not newline or not rest.startswith(b"data: ") or b"\n" in rest:
-                return None
-            events.append(
-                SSEEvent(
-                    rest[6:].decode("utf-8", "replace"),
-                    event=name[7:].decode("utf-8", "replace"),
-                    raw=block + b"\n\n",
-                )
-            )
+            name = head[7:].decode("utf-8", "replace")
         else:
+            rest = block
+        if not rest.startswith(b"data: "):
             return None
+        ident: str | None = None
+        line, newline, tail = rest.partition(b"\n")
+        if newline:
+            if not tail.startswith(b"id: ") or b"\n" in tail or b"\0" in tail:
+                return None
+            ident = tail[4:].decode("utf-8", "replace")
+        events.append(
+            SSEEvent(line[6:].decode("utf-8", "replace"), event=name, id=ident, raw=block + b"\n\n")
+        )
     return events
 
 

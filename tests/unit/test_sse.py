@@ -66,6 +66,31 @@ def test_every_three_way_split_around_a_crlf_keeps_one_line_end() -> None:
         assert decode_all([stream[:i], stream[i:j], stream[j:]]) == whole
 
 
+@pytest.mark.parametrize(
+    "block",
+    [
+        b"data: x",
+        b"event: delta\ndata: x",
+        b"data: x\nid: s.1",
+        b"event: delta\ndata: {}\nid: s.12",
+        b"data: x\nid: ",
+        b"data: x\nid: a\x00b",  # an id with NUL is ignored
+        b"data: x\nid: 1\nid: 2",
+        b"data: x\nretry: 5",
+        b"id: 1\ndata: x",
+        b"data: x\ndata: y",
+        b"event: e\nevent: f\ndata: x",
+        b"data:x\nid: 1",
+        b"data: x\nid:1",
+    ],
+)
+def test_whole_events_of_any_shape_decode_as_the_line_decoder_does(block: bytes) -> None:
+    """Pieces made of whole events take a shorter path for the usual shapes: it must give
+    what the line-by-line decoder gives (fed a byte at a time, it never takes that path)."""
+    stream = b"data: first\n\n" + block + b"\n\n" + block + b"\n\n"
+    assert decode_all([stream]) == decode_all([bytes([b]) for b in stream])
+
+
 def test_an_unfinished_event_stays_pending_until_the_stream_closes() -> None:
     decoder = SSEDecoder()
     assert decoder.feed(b"data: done\n\ndata: cut off") == [SSEEvent("done", raw=b"data: done\n\n")]
