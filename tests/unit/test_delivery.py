@@ -280,3 +280,24 @@ def test_the_config_names_the_key_that_is_wrong() -> None:
         assert str(raised.value).startswith(path), (text, str(raised.value))
     off = parse_config(base + "delivery: off\n", environ={})
     assert "delivery" not in [f.type_name for f in off.filters]
+
+
+def test_a_window_holds_at_most_hold_bytes_and_an_overlong_event_fails_the_stream() -> None:
+    config = parse_config(
+        "clusters: {upstream: {url: 'http://u.test'}}\nmax_event_bytes: 4096\n"
+        "delivery: {hold: 16384}\n",
+        environ={},
+    )
+    h = FilterHarness(DeliveryFilter, config=config)
+    h.request(b"{}", headers={"x-stream-coalesce": "2s"})
+    client = h.respond(200, SSE, STREAM[:2], end=False)
+    sent = len(client.pieces)
+    h.more([chunk("x" * 100) for _ in range(100)], end=False)  # 20 KB within one window
+    assert len(client.pieces) > sent  # sent before the window's end: past `hold`
+    text = text_of(client.body)
+    assert text.startswith(WORDS[0]) and set(text[len(WORDS[0]) :]) == {"x"}
+    assert len(text) - len(WORDS[0]) >= 100 * 70  # most of it, folded; the rest waits
+    h.more([b"data: " + b"y" * 5000], end=False)  # an event past max_event_bytes, unended
+    assert client.aborted and not client.ended
+    last = SSEDecoder().feed(client.body)[-1]
+    assert last.event == "error" and "max_event_bytes" in (last.data or "")

@@ -73,7 +73,8 @@ class DeliveryConfig:
     compress: tuple[str, ...] = CODINGS
     #: Whether the events a reader that fell behind has not taken are folded.
     slow_reader: bool = True
-    #: The most bytes held for one reader before its upstream is paused (about what a
+    #: The most bytes held for one reader before its upstream is paused — and for one
+    #: window, which is sent before its end when it fills this much (about what a
     #: client's connection holds unsent, `CLIENT_UNSENT_BYTES`, four times over).
     hold: int = 64 * 1024
 

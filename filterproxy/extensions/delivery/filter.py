@@ -276,8 +276,8 @@ class DeliveryFilter(StreamFilter):
             return self._send(False)
         clock = self.callbacks.clock
         wait = window.wait(clock.seconds())
-        if wait <= 0:
-            return self._send(False)
+        if wait <= 0 or self.held_bytes > self.route_held_limit:
+            return self._send(False)  # (a window holds at most `hold` bytes, too)
         if self.timer is None:
             self.timer = clock.callLater(wait, self._window_ends)
         return b""
@@ -418,8 +418,7 @@ class DeliveryFilter(StreamFilter):
 
     def _client_slow(self) -> None:
         self.slow = True
-        if not self.fell_behind:
-            self.fell_behind = True
+        self.fell_behind = True
 
     def _client_ready(self) -> None:
         self.slow = False
