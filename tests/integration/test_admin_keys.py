@@ -283,10 +283,12 @@ def test_the_cli_manages_keys_and_teams_of_a_running_gateway(
     assert row.split()[1] == "cli-team"
     updated = cli(b, "keys", "update", "cli-key", "--limit", "usd_per_day=0.5", "--team", "")
     assert updated.returncode == 0, updated.stderr
-    shown = json.loads(cli(a, "keys", "show", "cli-key", "--json").stdout)
+    # Replica a learns of b's change through Redis's channel: wait for it, then look at it.
     within_a_second(
         lambda: json.loads(cli(a, "keys", "show", "cli-key", "--json").stdout)["team"] is None
     )
+    shown = json.loads(cli(a, "keys", "show", "cli-key", "--json").stdout)
+    assert shown["team"] is None
     assert shown["limits"] == {"usd_per_day": 0.5}
     assert cli(a, "teams", "delete", "cli-team").returncode == 0
     revoked = cli(a, "keys", "revoke", "cli-key")
