@@ -17,7 +17,7 @@ import contextlib
 from typing import TYPE_CHECKING, Any, cast
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -30,6 +30,7 @@ from h2.events import (
 )
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes
+from h2.stream import StreamInputs, StreamState
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -39,6 +40,7 @@ from zope.interface import implementer
 from filterproxy.chain.interfaces import IDownstream
 from filterproxy.filters.api import RequestHead
 from filterproxy.http.errors import error_body
+from filterproxy.http.h2wire import DATA, END_HEADERS, END_STREAM, HEADERS, frame_head, header_block
 from filterproxy.http.headers import Headers
 from filterproxy.runtime._transport import keep_unsent_small
 from filterproxy.runtime.deadlines import deadlines_for
@@ -60,6 +62,8 @@ MAX_STREAMS_PER_CONNECTION = 256
 _CONNECTION_SPECIFIC = frozenset(
     {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
 )
+#: The states in which a server's stream may still send (RFC 9113 5.1).
+_SENDING = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
 
 
 def response_header_list(status: int, headers: Headers) -> list[tuple[str, str]]:
@@ -132,16 +136,48 @@ class H2Stream:
         if self.response_complete or self.connection.gone:
             return
         self.response_started = True
+        fields = response_header_list(status, headers)
         try:
-            self.connection.h2.send_headers(
-                self.stream_id, response_header_list(status, headers), end_stream=end_stream
-            )
+            if not self._write_head(status, fields, end_stream):
+                self.connection.h2.send_headers(self.stream_id, fields, end_stream=end_stream)
         except H2Error:  # the stream is gone under us (reset, connection closing)
             self.client_gone()
             return
         self.connection.write_pending()
         if end_stream:
             self._complete()
+
+    def _write_head(self, status: int, fields: list[tuple[str, str]], end_stream: bool) -> bool:
+        """Write the response's HEADERS frame as h2's ``send_headers`` would — the same
+        state transitions, an HPACK block that leaves the dynamic table alone
+        (`filterproxy.http.h2wire`) — or return False for h2 to do it: an informational
+        response, a header h2 must normalise, a table size change to announce, a block
+        larger than one frame, a stream or connection no longer sending."""
+        h2 = self.connection.h2
+        stream = h2.streams.get(self.stream_id)
+        if (
+            stream is None
+            or status < 200
+            or h2.state_machine.state is not ConnectionState.SERVER_OPEN
+            or stream.state_machine.state not in _SENDING
+            or stream.state_machine.headers_sent
+            or h2.encoder.header_table.resized
+        ):
+            return False
+        block = header_block(fields)
+        if block is None or len(block) > h2.max_outbound_frame_size:
+            return False
+        machine = stream.state_machine
+        machine.process_input(StreamInputs.SEND_HEADERS)
+        flags = END_HEADERS
+        if end_stream:
+            machine.process_input(StreamInputs.SEND_END_STREAM)
+            flags |= END_STREAM
+        stream.request_method = None  # as h2 records it from a response's headers
+        self.connection.write_frames(
+            [frame_head(len(block), HEADERS, flags, self.stream_id), block]
+        )
+        return True
 
     def send_data(self, data: bytes, end_stream: bool) -> None:
         if self.response_complete or self.connection.gone:
@@ -185,7 +221,60 @@ class H2Stream:
 
     def push(self) -> None:
         """Send as much of the pending body as the flow-control windows allow; the end of
-        the stream goes with the last of it."""
+        the stream goes with the last of it.
+
+        DATA frames are written here, with h2's windows and stream state moved exactly
+        as its ``send_data`` moves them; h2 sends them itself (and raises what it raises)
+        when the stream or connection is no longer in a state to send."""
+        h2 = self.connection.h2
+        sid = self.stream_id
+        stream = h2.streams.get(sid)
+        if (
+            stream is None
+            or h2.state_machine.state is not ConnectionState.SERVER_OPEN
+            or stream.state_machine.state not in _SENDING
+        ):
+            self._push_through_h2()
+            return
+        frames: list[bytes] = []
+        pending = self.pending
+        ended = False
+        while pending or (self.pending_end and not ended):
+            size = len(pending)
+            window = min(
+                h2.outbound_flow_control_window,
+                stream.outbound_flow_control_window,
+                h2.max_outbound_frame_size,
+            )
+            if size > window and size:  # an empty frame goes whatever the window
+                if window <= 0:
+                    break
+                size = window
+            flags = 0
+            if self.pending_end and size == len(pending):
+                stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
+                flags = END_STREAM
+                ended = True
+            frames.append(frame_head(size, DATA, flags, sid))
+            if size == len(pending):
+                frames.append(pending)
+                pending = b""
+            else:
+                frames.append(pending[:size])
+                pending = pending[size:]
+            h2.outbound_flow_control_window -= size
+            stream.outbound_flow_control_window -= size
+        self.pending = pending
+        if frames:
+            self.connection.write_frames(frames)
+        if ended:
+            self._complete()
+        else:
+            self.update_producer()
+
+    def _push_through_h2(self) -> None:
+        """`push` by h2's own ``send_data``: it raises for a stream that can no longer
+        send, and its errors end the response here."""
         h2 = self.connection.h2
         sid = self.stream_id
         ended = False
@@ -315,9 +404,19 @@ class H2ServerConnection(Protocol):
         return self.listener.gateway.config.limits
 
     def write_pending(self) -> None:
+        """Write what h2 has framed."""
         data = self.h2.data_to_send()
         if data and not self.gone:
             self.transport.write(data)  # type: ignore[union-attr]
+
+    def write_frames(self, frames: list[bytes]) -> None:
+        """Write frames built outside h2, after what h2 has framed before them."""
+        if self.gone:
+            return
+        data = self.h2.data_to_send()
+        if data:
+            frames.insert(0, data)
+        self.transport.writeSequence(frames)  # type: ignore[union-attr]
 
     # -- receiving --------------------------------------------------------------------------
 
