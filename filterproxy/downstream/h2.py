@@ -26,6 +26,7 @@ from h2.events import (
     RequestReceived,
     StreamEnded,
     StreamReset,
+    TrailersReceived,
     WindowUpdated,
 )
 from h2.exceptions import H2Error
@@ -40,7 +41,16 @@ from zope.interface import implementer
 from filterproxy.chain.interfaces import IDownstream
 from filterproxy.filters.api import RequestHead
 from filterproxy.http.errors import error_body
-from filterproxy.http.h2wire import DATA, END_HEADERS, END_STREAM, HEADERS, frame_head, header_block
+from filterproxy.http.h2wire import (
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    HEADERS,
+    frame_head,
+    header_block,
+    request_fields,
+    trailer_problem,
+)
 from filterproxy.http.headers import Headers
 from filterproxy.runtime._transport import keep_unsent_small
 from filterproxy.runtime.deadlines import deadlines_for
@@ -369,7 +379,16 @@ class H2ServerConnection(Protocol):
         self.listener = listener
         self.scheme = scheme
         self.client_ip = ""
-        self.h2 = H2Connection(config=H2Configuration(client_side=False, header_encoding="utf-8"))
+        # A request's header list is checked and decoded by `request_fields` (h2's rules
+        # in one pass, and a 400 that says what is wrong): h2 hands it over as it decoded it.
+        self.h2 = H2Connection(
+            config=H2Configuration(
+                client_side=False,
+                header_encoding=None,
+                validate_inbound_headers=False,
+                normalize_inbound_headers=False,
+            )
+        )
         self.streams: dict[int, H2Stream] = {}
         self.gone = False
         self.transport_paused = False
@@ -437,6 +456,8 @@ class H2ServerConnection(Protocol):
                 self._data(event)
             elif isinstance(event, StreamEnded):
                 self._ended(event.stream_id)
+            elif isinstance(event, TrailersReceived):
+                self._trailers(event)
             elif isinstance(event, StreamReset):
                 stream = self.streams.get(event.stream_id)
                 if stream is not None:
@@ -454,8 +475,10 @@ class H2ServerConnection(Protocol):
 
     def _request(self, event: RequestReceived) -> None:
         sid = event.stream_id
-        # With header_encoding set, h2 gives (str, str) pairs.
-        fields = cast("list[tuple[str, str]]", list(event.headers or ()))
+        fields = request_fields(cast("list[tuple[bytes, bytes]]", event.headers or ()))
+        if isinstance(fields, str):
+            self._refuse(sid, 400, f"malformed HTTP/2 request: {fields}", ErrorCodes.PROTOCOL_ERROR)
+            return
         if len(fields) > self.limits.max_header_count + 4:  # + the pseudo-headers
             self._refuse(
                 sid,
@@ -488,7 +511,12 @@ class H2ServerConnection(Protocol):
         stream.manager = manager
         manager.decode_headers(head, stream.request_ended)
 
-    def _refuse(self, sid: int, status: int, message: str) -> None:
+    def _refuse(
+        self, sid: int, status: int, message: str, reset: ErrorCodes = ErrorCodes.NO_ERROR
+    ) -> None:
+        """Answer *status* with *message* on a stream the gateway will not serve, and reset
+        it if the client is still sending its request (with *reset*: PROTOCOL_ERROR for a
+        malformed request, RFC 9113 8.1.1)."""
         body = error_body(status, message)
         with contextlib.suppress(H2Error):
             self.h2.send_headers(
@@ -500,6 +528,10 @@ class H2ServerConnection(Protocol):
                 ],
             )
             self.h2.send_data(sid, body, end_stream=True)
+        stream = self.h2.streams.get(sid)
+        if stream is not None and not stream.closed:
+            with contextlib.suppress(H2Error):
+                self.h2.reset_stream(sid, reset)
 
     def _data(self, event: DataReceived) -> None:
         sid = event.stream_id
@@ -512,6 +544,23 @@ class H2ServerConnection(Protocol):
         if ended:
             stream.body_arrived()
         stream.manager.decode_data(event.data or b"", ended)
+
+    def _trailers(self, event: TrailersReceived) -> None:
+        """A request's trailers are not forwarded; malformed ones reset the stream
+        (RFC 9113 8.1.1)."""
+        problem = trailer_problem(cast("list[tuple[bytes, bytes]]", event.headers or ()))
+        if problem is None:
+            return
+        log.info(
+            "HTTP/2 malformed trailers from {client}: {problem}",
+            client=self.client_ip,
+            problem=problem,
+        )
+        stream = self.streams.get(event.stream_id)
+        with contextlib.suppress(H2Error):
+            self.h2.reset_stream(event.stream_id, ErrorCodes.PROTOCOL_ERROR)
+        if stream is not None:
+            stream.client_gone()
 
     def _ended(self, sid: int) -> None:
         stream = self.streams.get(sid)

@@ -1,5 +1,5 @@
-"""The two HTTP/2 frames the gateway writes itself on its busiest paths: a response's
-HEADERS and its DATA.
+"""The two HTTP/2 frames the gateway writes itself on its busiest paths — a response's
+HEADERS and its DATA — and the rules a request's header list is held to.
 
 The `h2` library stays the protocol engine (it parses everything a client sends, keeps
 every stream's state and both sides' flow-control windows, and writes every other frame).
@@ -15,11 +15,17 @@ client's decoder table stays exactly as h2's encoder believes it is, so blocks f
 can follow each other on one connection. Names and pairs of the static table are indexed.
 Strings are sent as they are, not Huffman-coded: a few bytes more per response, no table
 walk per byte.
+
+A request's header list, as h2 decodes it, is checked here rather than by h2's chain of
+generators (`request_fields`): the same rules (RFC 9113 8.2 and 8.3.1, as h2 applies
+them), one pass, and what is wrong said in words a 400 can carry.
 """
 
 from __future__ import annotations
 
+import re
 import struct
+from collections.abc import Iterable
 from typing import Final
 
 from hpack.table import HeaderTable
@@ -31,6 +37,8 @@ __all__ = [
     "HEADERS",
     "frame_head",
     "header_block",
+    "request_fields",
+    "trailer_problem",
 ]
 
 #: Frame types and flags (RFC 9113 6.1, 6.2).
@@ -82,8 +90,7 @@ def _integer(value: int, prefix_bits: int, first: int) -> bytes:
     return bytes(out)
 
 
-def _string(text: str) -> bytes:
-    raw = text.encode()
+def _string(raw: bytes) -> bytes:
     return _integer(len(raw), 7, 0x00) + raw
 
 
@@ -122,6 +129,109 @@ def header_block(fields: list[tuple[str, str]]) -> bytes | None:
         if index is not None:
             parts.append(_integer(index, 4, first))
         else:
-            parts.append(bytes((first,)) + _string(name))
-        parts.append(_string(value))
+            parts.append(bytes((first,)) + _string(name.encode()))
+        try:
+            parts.append(_string(value.encode("latin-1")))  # as requests are decoded
+        except UnicodeEncodeError:
+            return None
     return b"".join(parts)
+
+
+#: A field name: no controls, spaces, upper case, non-ASCII or colons (RFC 9113 8.2.1);
+#: a pseudo-header's leading colon is taken off before the match.
+_NAME: Final = re.compile(rb"[\x21-\x39\x3b-\x40\x5b-\x7e]+")
+_BAD_VALUE: Final = re.compile(rb"[\0\r\n]|^[ \t]|[ \t]$")
+#: Fields that belong to one HTTP/1.1 connection (RFC 9113 8.2.2).
+_CONNECTION: Final = frozenset(
+    {b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade"}
+)
+_REQUEST_PSEUDO: Final = frozenset({b":method", b":scheme", b":authority", b":path"})
+
+
+def _field_problem(name: bytes, value: bytes) -> str | None:
+    if not name:
+        return "a header field with an empty name"
+    if not _NAME.fullmatch(name, 1 if name[0] == 0x3A else 0):
+        return f"header name {name[:40]!r} is not lower-case token characters (RFC 9113 8.2.1)"
+    if value and _BAD_VALUE.search(value):
+        return (
+            f"the value of {name[:40].decode('latin-1')!r} has CR, LF or NUL, or starts or ends "
+            "with whitespace (RFC 9113 8.2.1)"
+        )
+    if name in _CONNECTION:
+        return f"{name.decode('latin-1')!r} is a connection-specific field, not allowed in HTTP/2"
+    if name == b"te" and value.lower() != b"trailers":
+        return "te may only be 'trailers' in HTTP/2"
+    return None
+
+
+def request_fields(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]] | str:
+    """A request's header list as its HEADERS carried it (names and values as bytes),
+    checked as h2 checks one and decoded as latin-1, as HTTP/1.1 requests are — or what
+    makes it malformed (RFC 9113 8.1.1: the request is refused, the stream reset).
+
+    Pseudo-header fields come first, once each, only those of a request; ``:method``,
+    and but for CONNECT ``:scheme`` and a non-empty ``:path``, are required; ``:authority``
+    or ``host`` is required and they agree; cookie crumbs are joined into one field, last
+    (RFC 9113 8.2.3)."""
+    fields: list[tuple[str, str]] = []
+    cookies: list[bytes] = []
+    pseudo: set[bytes] = set()
+    regular = False
+    method = path = authority = host = None
+    for name, value in raw:
+        problem = _field_problem(name, value)
+        if problem is not None:
+            return problem
+        if name[0] == 0x3A:
+            if regular:
+                return f"pseudo-header {name.decode('latin-1')} after a regular field"
+            if name in pseudo:
+                return f"pseudo-header {name.decode('latin-1')} twice"
+            if name not in _REQUEST_PSEUDO:
+                return f"pseudo-header {name[:40].decode('latin-1')} is not one of a request's"
+            pseudo.add(name)
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path = value
+            elif name == b":authority":
+                authority = value
+        else:
+            regular = True
+            if name == b"cookie":
+                cookies.append(value)
+                continue
+            if name == b"host":
+                if host is not None:
+                    return "more than one host field"
+                host = value
+        fields.append((name.decode("latin-1"), value.decode("latin-1")))
+    if method is None:
+        return "a request needs :method"
+    if method != b"CONNECT":
+        if b":scheme" not in pseudo or path is None:
+            return "a request needs :scheme and :path"
+        if not path:
+            return "an empty :path"
+    elif b":scheme" in pseudo or path is not None:
+        return "CONNECT takes neither :scheme nor :path"
+    if authority is None and host is None:
+        return "a request needs :authority or host"
+    if authority is not None and host is not None and authority != host:
+        return ":authority and host disagree"
+    if cookies:
+        fields.append(("cookie", b"; ".join(cookies).decode("latin-1")))
+    return fields
+
+
+def trailer_problem(raw: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """What makes a request's trailer block malformed (pseudo-headers, or a field a
+    header block could not carry either), or None."""
+    for name, value in raw:
+        problem = _field_problem(name, value)
+        if problem is not None:
+            return problem
+        if name[0] == 0x3A:
+            return f"pseudo-header {name[:40].decode('latin-1')} in trailers"
+    return None

@@ -42,8 +42,8 @@ from filterproxy.http.headers import Headers
 # -- header blocks ------------------------------------------------------------------------
 
 
-def decoded(block: bytes, decoder: Decoder) -> list[tuple[str, str]]:
-    return [(str(n), str(v)) for n, v in decoder.decode(block, raw=False)]
+def decoded(block: bytes, decoder: Decoder, encoding: str = "latin-1") -> list[tuple[str, str]]:
+    return [(n.decode(), v.decode(encoding)) for n, v in decoder.decode(block, raw=True)]
 
 
 def test_a_block_indexes_static_pairs_and_names_and_leaves_the_table_alone() -> None:
@@ -76,6 +76,7 @@ def test_a_block_indexes_static_pairs_and_names_and_leaves_the_table_alone() -> 
         [(":status", "200"), (":path", "/")],
         [(":status", "200"), ("", "v")],
         [(":status", "200"), ("x-é", "v")],
+        [(":status", "200"), ("x-a", "π")],  # not latin-1: h2 sends it as UTF-8
     ],
 )
 def test_fields_h2_must_normalise_or_refuse_are_left_to_it(fields: list[tuple[str, str]]) -> None:
@@ -86,7 +87,7 @@ _names = st.one_of(
     st.sampled_from(["content-type", "content-length", "server", "date", "set-cookie"]),
     st.text("abcdefghijklmnopqrstuvwxyz0123456789-_.!#", min_size=1, max_size=40),
 )
-_values = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x2FF), max_size=300).filter(
+_values = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=300).filter(
     lambda v: v == v.strip(" \t")
 )
 
@@ -106,7 +107,7 @@ def test_blocks_interleave_with_h2s_encoder_on_one_decoder(
         fields = [(":status", "200"), *fields]
         block = header_block(fields) if ours else encoder.encode(fields)
         assert block is not None
-        assert decoded(block, decoder) == fields
+        assert decoded(block, decoder, "latin-1" if ours else "utf-8") == fields
 
 
 @given(st.integers(min_value=0, max_value=2**24 - 1), st.integers(1, 2**31 - 1))
@@ -330,3 +331,91 @@ def test_a_response_and_its_body_in_small_windows() -> None:
     got = b"".join(e[2] for e in world.seen if e[0] == "data")
     assert len(got) == 40_000
     assert world.seen[-1] == ("StreamEnded", 1)
+
+
+# -- a request's header list: request_fields against h2's own validation ---------------------
+
+_request_names = st.sampled_from(
+    [
+        ":method", ":scheme", ":path", ":authority", ":status", ":protocol", ":other",
+        "host", "cookie", "te", "connection", "keep-alive", "transfer-encoding", "upgrade",
+        "content-type", "x-a", "X-Upper", "x a", "x:a", "", "x\x7f", "x-é",
+    ]
+)  # fmt: skip
+_request_values = st.sampled_from(
+    ["GET", "POST", "CONNECT", "http", "/", "", "gw", "other", "trailers", "gzip", " pad",
+     "pad\t", "a\r\nb", "a\x00b", "a=b", "c=d", "text/plain"]
+)  # fmt: skip
+_required = [(":method", "POST"), (":scheme", "http"), (":path", "/x"), (":authority", "gw")]
+
+
+def _h2_verdict(fields: list[tuple[str, str]]) -> list[tuple[bytes, bytes]] | None:
+    """What h2, validating and normalising, makes of a request's header list: its fields,
+    or None where it refuses them."""
+    from h2.events import RequestReceived
+    from h2.exceptions import H2Error
+
+    client = H2Connection(H2Configuration(client_side=True, validate_outbound_headers=False,
+                                          normalize_outbound_headers=False))  # fmt: skip
+    server = H2Connection(H2Configuration(client_side=False))
+    client.initiate_connection()
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    from hyperframe.frame import HeadersFrame
+
+    frame = HeadersFrame(1, Encoder().encode([(n.encode(), v.encode()) for n, v in fields]))
+    frame.flags.add("END_HEADERS")
+    frame.flags.add("END_STREAM")
+    try:
+        events = server.receive_data(frame.serialize())
+    except H2Error:
+        return None
+    [request] = [e for e in events if isinstance(e, RequestReceived)]
+    return [(bytes(n), bytes(v)) for n, v in request.headers or ()]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.tuples(_request_names, _request_values), max_size=6),
+    st.integers(0, 4),
+    st.permutations(range(4)),
+)
+def test_a_request_is_refused_exactly_where_h2_refuses_it(
+    extra: list[tuple[str, str]], keep: int, order: list[int]
+) -> None:
+    """request_fields, run where h2's validation no longer runs, accepts and refuses the
+    header lists h2 would, and gives the same fields (cookies joined, last)."""
+    from filterproxy.http.h2wire import request_fields
+
+    required = [_required[i] for i in order[:keep]]
+    fields = [*sorted(required, key=lambda f: not f[0].startswith(":")), *extra]
+    h2s = _h2_verdict(fields)
+    ours = request_fields([(n.encode(), v.encode()) for n, v in fields])
+    if h2s is None:
+        assert isinstance(ours, str)
+    else:
+        assert ours == [(n.decode("latin-1"), v.decode("latin-1")) for n, v in h2s]
+
+
+def test_a_malformed_request_gets_a_400_that_says_why_and_a_reset() -> None:
+    world = World(False)
+    client = world.client
+    client.config.validate_outbound_headers = False
+    client.config.normalize_outbound_headers = False
+    sid = client.get_next_available_stream_id()
+    client.send_headers(
+        sid,
+        [(":method", "POST"), (":scheme", "http"), (":path", "/x"), (":authority", "gw"),
+         ("connection", "keep-alive")],
+    )  # fmt: skip
+    world.server.dataReceived(client.data_to_send())
+    world.exchange()
+    seen = [e for e in world.seen if e[1:2] == (sid,)]
+    assert [e[0] for e in seen] == ["ResponseReceived", "data", "StreamEnded", "StreamReset"]
+    assert (":status", "400") in seen[0][2]
+    assert b"connection-specific" in seen[1][2]
+    assert not world.server.streams  # nothing reached a filter chain
+    # The connection goes on: the next request is taken.
+    world.open(True)
+    assert len(world.server.streams) == 1
