@@ -447,7 +447,7 @@ class H2ServerConnection(Protocol):
         except H2Error as e:
             log.info("HTTP/2 protocol error from {client}: {error}", client=self.client_ip, error=e)
             self.write_pending()  # h2 queued a GOAWAY
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self._lose_connection()
             return
         for event in events:
             if isinstance(event, RequestReceived):
@@ -471,13 +471,13 @@ class H2ServerConnection(Protocol):
                 self.closing = True
         self.write_pending()
         if self.closing and not self.streams:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self._lose_connection()
 
     def _request(self, event: RequestReceived) -> None:
         sid = event.stream_id
         fields = request_fields(cast("list[tuple[bytes, bytes]]", event.headers or ()))
         if isinstance(fields, str):
-            self._refuse(sid, 400, f"malformed HTTP/2 request: {fields}", ErrorCodes.PROTOCOL_ERROR)
+            self._malformed(sid, fields)
             return
         if len(fields) > self.limits.max_header_count + 4:  # + the pseudo-headers
             self._refuse(
@@ -511,12 +511,9 @@ class H2ServerConnection(Protocol):
         stream.manager = manager
         manager.decode_headers(head, stream.request_ended)
 
-    def _refuse(
-        self, sid: int, status: int, message: str, reset: ErrorCodes = ErrorCodes.NO_ERROR
-    ) -> None:
+    def _refuse(self, sid: int, status: int, message: str) -> None:
         """Answer *status* with *message* on a stream the gateway will not serve, and reset
-        it if the client is still sending its request (with *reset*: PROTOCOL_ERROR for a
-        malformed request, RFC 9113 8.1.1)."""
+        it (NO_ERROR) if the client is still sending its request (RFC 9113 8.1)."""
         body = error_body(status, message)
         with contextlib.suppress(H2Error):
             self.h2.send_headers(
@@ -531,7 +528,27 @@ class H2ServerConnection(Protocol):
         stream = self.h2.streams.get(sid)
         if stream is not None and not stream.closed:
             with contextlib.suppress(H2Error):
-                self.h2.reset_stream(sid, reset)
+                self.h2.reset_stream(sid, ErrorCodes.NO_ERROR)
+
+    def _malformed(self, sid: int, problem: str) -> None:
+        """A malformed request is a stream error (RFC 9113 8.1.1): a 400 that says what is
+        wrong, then RST_STREAM PROTOCOL_ERROR — the answer does not end the stream, so the
+        reset always follows it."""
+        body = error_body(400, f"malformed HTTP/2 request: {problem}")
+        with contextlib.suppress(H2Error):
+            self.h2.send_headers(
+                sid,
+                [
+                    (":status", "400"),
+                    ("content-type", "application/json"),
+                    ("content-length", str(len(body))),
+                ],
+            )
+            window = min(self.h2.local_flow_control_window(sid), self.h2.max_outbound_frame_size)
+            if window >= len(body):
+                self.h2.send_data(sid, body)
+        with contextlib.suppress(H2Error):
+            self.h2.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
 
     def _data(self, event: DataReceived) -> None:
         sid = event.stream_id
@@ -618,7 +635,16 @@ class H2ServerConnection(Protocol):
             with contextlib.suppress(H2Error):
                 self.h2.close_connection()
             self.write_pending()
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self._lose_connection()
+
+    def _lose_connection(self) -> None:
+        """Close once what is written has gone. The connection stops being its socket's
+        producer first: TLS does not shut down while a producer is registered, and the
+        connection would stay open (idle past keepalive_timeout, or after a GOAWAY)."""
+        transport = self.transport
+        if transport is not None:
+            transport.unregisterProducer()  # type: ignore[attr-defined]
+            transport.loseConnection()
 
     def abort(self) -> None:
         if not self.gone:

@@ -221,7 +221,10 @@ def request_fields(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]] 
     if authority is not None and host is not None and authority != host:
         return ":authority and host disagree"
     if cookies:
-        fields.append(("cookie", b"; ".join(cookies).decode("latin-1")))
+        cookie = b"; ".join(cookies)
+        if _BAD_VALUE.search(cookie):  # an empty last crumb leaves "; " at the end
+            return "the cookie fields joined end with whitespace (an empty cookie field)"
+        fields.append(("cookie", cookie.decode("latin-1")))
     return fields
 
 

@@ -640,6 +640,66 @@ def test_a_stream_whose_body_never_ends_gets_408_and_the_connection_goes_on(
         gateway.process.stop()
 
 
+def test_an_idle_tls_connection_is_closed_after_keepalive_timeout(
+    upstream: Upstream, certs: Path, tmp_path: Path
+) -> None:
+    """Over TLS too, GOAWAY is followed by the close (TLS does not shut down while the
+    connection is still registered as its producer)."""
+    gateway, cert = start_tls_gateway(
+        upstream, certs, tmp_path, "idle", "limits: {keepalive_timeout: 1s}"
+    )
+    client = RawH2(gateway.port, ssl.create_default_context(cafile=str(cert)))
+    try:
+        sid = client.request(b'{"model": "test-model"}')
+        client.pump_until(lambda: sid in client.ended, acknowledge={sid})
+        goaway = False
+        deadline = time.monotonic() + 10
+        while True:
+            assert time.monotonic() < deadline, "the idle connection was not closed"
+            try:
+                data = client.sock.recv(65536)
+            except (TimeoutError, ssl.SSLWantReadError):
+                continue
+            if not data:
+                break
+            events = client.conn.receive_data(data)
+            goaway = goaway or any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
+        assert goaway
+    finally:
+        client.close()
+        gateway.process.stop()
+
+
+def test_a_malformed_request_is_a_stream_error_and_the_connection_goes_on(
+    tls_gateway: tuple[Gateway, ssl.SSLContext, Path],
+) -> None:
+    """An upper-case header name (RFC 9113 8.2.1): a 400 that says so, RST_STREAM
+    PROTOCOL_ERROR, and the next stream on the connection is served."""
+    gateway, context, _ = tls_gateway
+    client = RawH2(gateway.port, context)
+    try:
+        client.conn.config.validate_outbound_headers = False
+        client.conn.config.normalize_outbound_headers = False
+        bad = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(
+            bad,
+            [(":method", "GET"), (":scheme", "https"), (":authority", "localhost"),
+             (":path", "/v1/models"), ("X-Upper", "1")],
+            end_stream=True,
+        )  # fmt: skip
+        client.sock.sendall(client.conn.data_to_send())
+        client.received[bad] = bytearray()
+        client.pump_until(lambda: bad in client.reset, acknowledge={bad})
+        assert b"malformed HTTP/2 request" in client.received[bad]
+        assert b"upper-case" in client.received[bad] or b"lower-case" in client.received[bad]
+        assert bad not in client.ended
+        fine = client.request(b'{"model": "test-model"}')
+        client.pump_until(lambda: fine in client.ended, acknowledge={fine})
+        assert b"plain answer" in client.received[fine]
+    finally:
+        client.close()
+
+
 def test_too_many_headers_on_a_stream_get_431(
     tls_gateway: tuple[Gateway, ssl.SSLContext, Path],
 ) -> None:

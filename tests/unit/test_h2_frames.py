@@ -412,7 +412,8 @@ def test_a_malformed_request_gets_a_400_that_says_why_and_a_reset() -> None:
     world.server.dataReceived(client.data_to_send())
     world.exchange()
     seen = [e for e in world.seen if e[1:2] == (sid,)]
-    assert [e[0] for e in seen] == ["ResponseReceived", "data", "StreamEnded", "StreamReset"]
+    # A stream error (RFC 9113 8.1.1): the answer does not end the stream, a reset does.
+    assert [e[0] for e in seen] == ["ResponseReceived", "data", "StreamReset"]
     assert (":status", "400") in seen[0][2]
     assert b"connection-specific" in seen[1][2]
     assert not world.server.streams  # nothing reached a filter chain
