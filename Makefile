@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: redis-server node chromium docs-screenshots podman image image-test run test lint typecheck docs docs-build bench bench-env bench-translate bench-bedrock bench-resume bench-weak bench-front bench-limits bench-cache bench-setups soak dashboard wheel clean
+.PHONY: redis-server node chromium docs-screenshots podman image image-test run test lint typecheck docs docs-build bench bench-env bench-translate bench-bedrock bench-resume bench-weak bench-front bench-limits bench-cache bench-setups soak dashboard h2spec wheel clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -223,6 +223,18 @@ soak: bench-env
 dashboard: bench-env
 	@command -v prometheus >/dev/null || { apt-get update -q && apt-get install -y -q prometheus; }
 	$(BENCH_VENV)/bin/python -m bench.dashboard $(DASHBOARD_ARGS)
+
+# HTTP/2 conformance: h2spec (Go) run against the gateway's h2c and TLS listeners
+# (bench/h2spec.py). h2spec is built from its source at the commit bench/h2spec.py pins
+# (H2SPEC_ARGS="--source DIR" for a clone of it; otherwise fetched), with Debian's Go and
+# Go libraries, installed here when missing; without them the run is skipped.
+H2SPEC_DEBS := golang-go golang-github-fatih-color-dev golang-github-spf13-cobra-dev golang-golang-x-net-dev
+
+h2spec: $(STAMP)
+	@dpkg -s $(H2SPEC_DEBS) >/dev/null 2>&1 || \
+	  { apt-get update -q && apt-get install -y -q $(H2SPEC_DEBS); } || \
+	  echo "could not install Go and h2spec's libraries (apt-get, as root: $(H2SPEC_DEBS))"
+	$(BIN)/python -m bench.h2spec $(H2SPEC_ARGS)
 
 # A wheel with the data path compiled (mypyc) into dist/, for production installs on the
 # same Python version and architecture: pip install dist/filterproxy-*.whl
