@@ -21,7 +21,6 @@ COMPILED = [
     "filterproxy/chain/iteration.py",
     "filterproxy/chain/manager.py",
     "filterproxy/downstream/exchange.py",
-    "filterproxy/downstream/h2.py",
     "filterproxy/downstream/http11.py",
     "filterproxy/extensions/bedrock/eventstream.py",
     "filterproxy/extensions/bedrock/filter.py",
