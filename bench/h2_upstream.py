@@ -37,7 +37,7 @@ from h2.events import (
     StreamReset,
     WindowUpdated,
 )
-from h2.exceptions import ProtocolError, StreamClosedError
+from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 
 from bench.upstream import COMPLETION, chat_events, event
@@ -162,7 +162,14 @@ class H2Upstream(asyncio.Protocol):
         self.flush_soon()
 
     def answer(self, stream_id: int, request: Request) -> None:
-        """Answer the ended request on *stream_id* as bench/upstream.py would."""
+        """Answer the ended request on *stream_id* as bench/upstream.py would; not if the
+        proxy has reset it since (in the same read: h2 has closed it already)."""
+        try:
+            self.respond(stream_id, request)
+        except ProtocolError:  # the stream or the whole connection closed
+            self.open_streams.discard(stream_id)
+
+    def respond(self, stream_id: int, request: Request) -> None:
         headers = request.headers
         if headers.get(b":path") != b"/v1/chat/completions":
             self.h2.send_headers(stream_id, NOT_FOUND, end_stream=True)
@@ -173,6 +180,7 @@ class H2Upstream(asyncio.Protocol):
             self.h2.send_data(stream_id, COMPLETION, end_stream=True)
             return
         chunks = int(headers.get(b"x-bench-chunks", b"%d" % self.defaults.chunks))
+        self.h2.send_headers(stream_id, SSE_HEAD)
         self.open_streams.add(stream_id)
         if headers.get(b"x-bench-format") == b"chat":
             size = int(headers.get(b"x-bench-pad", b"4"))
@@ -189,7 +197,6 @@ class H2Upstream(asyncio.Protocol):
 
     async def stream(self, stream_id: int, chunks: int, interval: float, pad: bytes) -> None:
         """*chunks* timed events, *interval* seconds apart, then ``[DONE]``."""
-        self.h2.send_headers(stream_id, SSE_HEAD)
         for seq in range(chunks):
             if not await self.send(stream_id, event(seq, pad)):
                 return
@@ -199,7 +206,6 @@ class H2Upstream(asyncio.Protocol):
 
     async def chat(self, stream_id: int, events: list[bytes]) -> None:
         """A chat completion stream, as fast as the windows allow, then ``[DONE]``."""
-        self.h2.send_headers(stream_id, SSE_HEAD)
         for data in events:
             if not await self.send(stream_id, data):
                 return
@@ -218,7 +224,7 @@ class H2Upstream(asyncio.Protocol):
             return False
         try:
             h2.send_data(stream_id, data, end_stream=end_stream)
-        except StreamClosedError:
+        except ProtocolError:  # the stream or the whole connection closed
             self.open_streams.discard(stream_id)
             return False
         if end_stream:

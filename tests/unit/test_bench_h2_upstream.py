@@ -140,6 +140,36 @@ def test_h2_mock_waits_for_the_clients_window_in_a_firehose(mocks: tuple[int, in
     assert seen[:-1] == [f"seq {n} pad {'x' * 64}" for n in range(500)]
 
 
+def test_h2_mock_goes_on_after_a_request_reset_in_the_read_that_ended_it(
+    mocks: tuple[int, int],
+) -> None:
+    # A proxy whose client went away resets the stream it has just sent: h2 has closed
+    # the stream by the time the mock sees the request end, and the connection must live.
+    h2 = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8"))
+    request = [(":method", "POST"), (":scheme", "http"), (":authority", "b"), (":path", PATH)]
+    with socket.create_connection(("127.0.0.1", mocks[1]), timeout=10) as sock:
+        h2.initiate_connection()
+        h2.send_headers(1, request)
+        h2.send_data(1, b"{}", end_stream=True)
+        h2.reset_stream(1)
+        h2.send_headers(3, request)
+        h2.send_data(3, b"{}", end_stream=True)
+        sock.sendall(h2.data_to_send())
+        body = bytearray()
+        while True:
+            data = sock.recv(65536)
+            assert data, "the mock closed the connection"
+            ended = False
+            for event in h2.receive_data(data):
+                if isinstance(event, DataReceived) and event.stream_id == 3:
+                    body += event.data
+                ended = ended or (isinstance(event, StreamEnded) and event.stream_id == 3)
+            sock.sendall(h2.data_to_send())
+            if ended:
+                break
+    assert bytes(body) == COMPLETION
+
+
 def test_h2_mock_sends_chat_chunks_when_asked(mocks: tuple[int, int]) -> None:
     with httpx.Client() as client:
         expected = post(
