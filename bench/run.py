@@ -13,6 +13,13 @@ The 200-stream one runs once more with a reader at normal priority for the CPU p
 Portkey is told its upstream by each request (``x-portkey-provider: openai`` and the
 mock's address as its custom host): every load generator adds its `Peer.request_headers`,
 and the events it passes are checked byte for byte as for the others.
+The HTTP/2-upstream rows run the 200-stream and non-streaming loads once more with the
+proxy speaking HTTP/2 (h2c, prior knowledge) to bench/h2_upstream.py, an HTTP/2 mock
+sending the same events, on the load core; filterproxy with conf/bench-h2-upstream.yaml
+(its cluster's ``protocol: http2``), Envoy with ``http2_protocol_options`` on its
+cluster (nginx cannot proxy to an HTTP/2 upstream). The mock's own CPU is measured with
+each: where it nears its whole core, the mock set the pace (the table says so).
+
 Results are written to bench/results/<date>-<machine>.{md,json,png} and printed.
 Numbers are only comparable within one run: read them as ratios between the peers.
 """
@@ -40,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from bench.loadgen import StreamShape, header_lines, hold_streams, run_streams
 from bench.peers import Peer, peers
@@ -74,22 +82,26 @@ def percentile(values: list[float], q: float) -> float | None:
 class Upstream:
     """bench/upstream.py on the load core (*options* are its own, e.g. ``--format chat``);
     or another mock upstream that prints its port as it does (*script*, such as
-    ``bedrock_upstream.py``)."""
+    ``bedrock_upstream.py``, or *module*, such as ``bench.h2_upstream``)."""
 
-    def __init__(self, *options: str, script: str = "upstream.py") -> None:
+    def __init__(
+        self, *options: str, script: str = "upstream.py", module: str | None = None
+    ) -> None:
+        program = ["-m", module] if module else [str(HERE / script)]
         self.process = subprocess.Popen(
             [
                 "taskset",
                 "-c",
                 str(LOAD_CORE),
                 sys.executable,
-                str(HERE / script),
+                *program,
                 "--port",
                 "0",
                 *options,
             ],
             stdout=subprocess.PIPE,
             text=True,
+            cwd=HERE.parent,
         )
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
@@ -98,9 +110,39 @@ class Upstream:
     def stats(self) -> dict[str, Any]:
         return httpx.get(f"http://127.0.0.1:{self.port}/stats").json()  # type: ignore[no-any-return]
 
+    def cpu_seconds(self) -> float:
+        """The CPU time the mock has used so far (user and system)."""
+        times = psutil.Process(self.process.pid).cpu_times()
+        return float(times.user + times.system)
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait()
+
+
+class LoadCoreUse:
+    """How busy the load core and the mock *upstream* on it were from creation to
+    `shares`: where the load core (mock and load generator together) is near full, the
+    load, not the proxy, set the pace."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self.started = time.monotonic()
+        self.mock_cpu = upstream.cpu_seconds()
+        self.core_busy = self._core_busy()
+
+    @staticmethod
+    def _core_busy() -> float:
+        times = psutil.cpu_times(percpu=True)[LOAD_CORE]
+        return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+    def shares(self) -> dict[str, float]:
+        """The mock's share of a core and the load core's busy share, since creation."""
+        elapsed = time.monotonic() - self.started
+        return {
+            "upstream_core_share": (self.upstream.cpu_seconds() - self.mock_cpu) / elapsed,
+            "load_core_busy": (self._core_busy() - self.core_busy) / elapsed,
+        }
 
 
 @contextlib.contextmanager
@@ -123,10 +165,17 @@ def reading_at_once() -> Iterator[bool]:
 
 
 def streaming(
-    peer: Peer, users: int, shape: StreamShape, seconds: float, at_once: bool = False
+    peer: Peer,
+    users: int,
+    shape: StreamShape,
+    seconds: float,
+    at_once: bool = False,
+    upstream: Upstream | None = None,
 ) -> dict[str, Any]:
-    """*users* streaming clients for *seconds*; *at_once*: with `reading_at_once`."""
+    """*users* streaming clients for *seconds*; *at_once*: with `reading_at_once`. With
+    *upstream*, how busy its mock and the load core were meanwhile too (`LoadCoreUse`)."""
     cpu_before = peer.cpu_seconds()
+    load = LoadCoreUse(upstream) if upstream else None
     started = time.monotonic()
     with reading_at_once() if at_once else contextlib.nullcontext(False) as realtime:
         stats = asyncio.run(
@@ -135,6 +184,7 @@ def streaming(
     elapsed = time.monotonic() - started
     cpu = peer.cpu_seconds() - cpu_before
     return {
+        **(load.shares() if load else {}),
         "streams_per_s": stats.streams / seconds,
         "chunks_per_s": stats.chunks / seconds,
         "ttfb_p50_ms": percentile(stats.ttfb_ms, 50),
@@ -153,11 +203,18 @@ def streaming(
 
 
 def non_streaming(
-    peer: Peer, seconds: float, workdir: Path, cores: str = str(LOAD_CORE)
+    peer: Peer,
+    seconds: float,
+    workdir: Path,
+    cores: str = str(LOAD_CORE),
+    upstream: Upstream | None = None,
 ) -> dict[str, Any]:
+    """wrk, 50 connections, for *seconds*. With *upstream*, how busy its mock and the
+    load core were meanwhile too (`LoadCoreUse`)."""
     script = workdir / "post.lua"
     script.write_text(wrk_script(peer.request_headers))
     cpu_before = peer.cpu_seconds()
+    load = LoadCoreUse(upstream) if upstream else None
     out = subprocess.run(
         [
             "taskset",
@@ -176,9 +233,11 @@ def non_streaming(
         check=True,
     ).stdout
     cpu = peer.cpu_seconds() - cpu_before
+    shares = load.shares() if load else {}
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
+        **shares,
         "requests_per_s": requests / seconds,
         "errors": int(errors.group(1)) if errors else 0,
         "cpu_us_per_request": cpu * 1e6 / requests if peer.process and requests else None,
@@ -342,6 +401,22 @@ def measure_peer(peer: Peer, upstream: Upstream, workdir: Path, quick: bool) -> 
     return r
 
 
+def measure_h2_upstream(
+    peer: Peer, upstream: Upstream, workdir: Path, quick: bool
+) -> dict[str, Any]:
+    """The client loads of ``stream200`` (reader at real-time priority), ``stream200_plain``
+    and ``nonstream`` on *peer* (a `Peer.h2_upstream`, started), which forwards them over
+    h2c to the HTTP/2 mock *upstream*; each result has the mock's core use besides
+    (``upstream_core_share``): near 1, the mock, not the proxy, set the pace."""
+    seconds = 4.0 if quick else 10.0
+    chat = StreamShape(chunks=50, interval_ms=20)
+    return {
+        "stream200": streaming(peer, 200, chat, seconds, at_once=True, upstream=upstream),
+        "stream200_plain": streaming(peer, 200, chat, seconds, upstream=upstream),
+        "nonstream": non_streaming(peer, seconds, workdir, upstream=upstream),
+    }
+
+
 def _realtime_note(results: dict[str, Any]) -> str:
     took = [
         r["stream200"].get("load_generator_realtime")
@@ -371,21 +446,27 @@ def median_of(rounds: list[Any]) -> Any:
 
 
 def run(only: set[str] | None, quick: bool, rounds: int) -> dict[str, Any]:
-    """*rounds* times: every peer in turn on the proxy core, then the scaling run; the
-    result is each number's median over the rounds (``_rounds`` keeps them all). Taking
-    the peers in turn, round after round, spreads the machine's slower minutes over all
-    of them instead of whichever peer ran then."""
+    """*rounds* times: every peer in turn on the proxy core (and its HTTP/2-upstream
+    set-up right after it), then the scaling run; the result is each number's median over
+    the rounds (``_rounds`` keeps them all). Taking the peers in turn, round after round,
+    spreads the machine's slower minutes over all of them instead of whichever peer ran
+    then."""
     os.sched_setaffinity(0, {LOAD_CORE})
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     seconds = 4.0 if quick else 10.0
     upstream = Upstream()
+    try:
+        h2_upstream = Upstream(module="bench.h2_upstream")
+    except BaseException:
+        upstream.stop()
+        raise
     os.environ["BENCH_UPSTREAM_PORT"] = str(upstream.port)
     every: list[dict[str, Any]] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
-            found = peers(workdir, upstream.port, only)
+            found = peers(workdir, upstream.port, only, h2_upstream_port=h2_upstream.port)
             scaling = [p for p in found if p.name.startswith("filterproxy")]
             for number in range(1, rounds + 1):
                 results: dict[str, Any] = {}
@@ -396,9 +477,18 @@ def run(only: set[str] | None, quick: bool, rounds: int) -> dict[str, Any]:
                     peer.start(str(PROXY_CORE))
                     try:
                         results[peer.name] = measure_peer(peer, upstream, workdir, quick)
-                        print(json.dumps(results[peer.name], indent=1, default=str), flush=True)
                     finally:
                         peer.stop()
+                    if peer.h2_upstream is not None:
+                        print(f"--- round {number}/{rounds}: {peer.name}, HTTP/2 upstream")
+                        peer.h2_upstream.start(str(PROXY_CORE))
+                        try:
+                            results[peer.name]["h2_upstream"] = measure_h2_upstream(
+                                peer.h2_upstream, h2_upstream, workdir, quick
+                            )
+                        finally:
+                            peer.h2_upstream.stop()
+                    print(json.dumps(results[peer.name], indent=1, default=str), flush=True)
                 # Scaling: one and two workers on both cores, sharing them with the load.
                 for peer in scaling:
                     print(f"--- round {number}/{rounds}: scaling, {peer.name}", flush=True)
@@ -415,6 +505,7 @@ def run(only: set[str] | None, quick: bool, rounds: int) -> dict[str, Any]:
                 every.append(results)
     finally:
         upstream.stop()
+        h2_upstream.stop()
     merged: dict[str, Any] = median_of(every)
     if rounds > 1:
         merged["_rounds"] = every
@@ -499,8 +590,11 @@ def table(all_results: dict[str, Any]) -> str:
         "HTTP/2 non-streaming: proxy CPU µs per request",
         lambda r: r["h2_plain"].get("cpu_us_per_request") if "h2_plain" in r else None,
     )
+    h2_upstream_rows(row)
     row("RSS per open stream KB", lambda r: r["open_streams"]["rss_kb_per_stream"])
     row("idle RSS MB", lambda r: r["idle_rss_mb"])
+    rows.append("")
+    rows.append(H2_UPSTREAM_NOTE + _saturation_note(results))
     scaling = all_results.get("_scaling")
     if scaling:
         rows.append("")
@@ -509,6 +603,88 @@ def table(all_results: dict[str, Any]) -> str:
             + ", ".join(f"{name} {value:,.0f}" for name, value in scaling.items())
         )
     return "\n".join(rows)
+
+
+#: Said under the table: what the HTTP/2-upstream rows measure, and why some peers have none.
+H2_UPSTREAM_NOTE = (
+    "HTTP/2 upstream: the 200-stream and non-streaming loads (HTTP/1.1 from the clients) "
+    "with the proxy forwarding over HTTP/2 (h2c, prior knowledge) to an HTTP/2 mock "
+    "upstream (bench/h2_upstream.py, same events, on the load core); mock's CPU: its "
+    "share of a core over the scenario, and in brackets how busy the load core was "
+    "(mock and load generator together). — for nginx (it cannot proxy to an HTTP/2 "
+    "upstream), and for direct and Portkey (not measured)."
+)
+#: How busy the load core (the mock and the load generator) may be before a row measures
+#: them rather than the proxy.
+SATURATED = 0.9
+
+
+def h2_upstream_rows(row: Any) -> None:
+    """The HTTP/2-upstream rows of `table` (*row* adds one)."""
+
+    def pick(scenario: str, key: str) -> Any:
+        return lambda r: r.get("h2_upstream", {}).get(scenario, {}).get(key)
+
+    def both(first: Any, second: Any, digits: int = 1, sep: str = " / ") -> Any:
+        return lambda r: (
+            "—"
+            if "h2_upstream" not in r
+            else f"{fmt(first(r), digits)}{sep}{fmt(second(r), digits)}"
+        )
+
+    def share(scenario: str) -> Any:
+        def cell(r: dict[str, Any]) -> str | None:
+            mock = pick(scenario, "upstream_core_share")(r)
+            core = pick(scenario, "load_core_busy")(r)
+            if mock is None or core is None:
+                return None
+            return f"{mock * 100:.0f} % ({core * 100:.0f} %)"
+
+        return cell
+
+    row(
+        "HTTP/2 upstream, 200 streams: streams/s / chunk latency p99 ms / errors",
+        lambda r: (
+            "—"
+            if "h2_upstream" not in r
+            else f"{fmt(pick('stream200', 'streams_per_s')(r))} / "
+            f"{fmt(pick('stream200', 'chunk_p99_ms')(r), 2)} / "
+            f"{fmt(pick('stream200', 'errors')(r))}"
+        ),
+    )
+    row(
+        "HTTP/2 upstream, 200 streams: proxy CPU µs per chunk, reader at normal / real-time priority",
+        both(pick("stream200_plain", "cpu_us_per_chunk"), pick("stream200", "cpu_us_per_chunk")),
+    )
+    row(
+        "HTTP/2 upstream, non-streaming: requests/s / errors",
+        both(pick("nonstream", "requests_per_s"), pick("nonstream", "errors"), 0),
+    )
+    row(
+        "HTTP/2 upstream, non-streaming: proxy CPU µs per request",
+        pick("nonstream", "cpu_us_per_request"),
+    )
+    row(
+        "HTTP/2 upstream: mock's CPU (load core busy), 200 streams at normal priority / non-streaming",
+        both(share("stream200_plain"), share("nonstream")),
+    )
+
+
+def _saturation_note(results: dict[str, Any]) -> str:
+    """What to make of HTTP/2-upstream rows whose load core was (nearly) full."""
+    busy = [
+        f"{name} ({scenario})"
+        for name, r in results.items()
+        for scenario, out in r.get("h2_upstream", {}).items()
+        if (out.get("load_core_busy") or 0) >= SATURATED
+    ]
+    if not busy:
+        return ""
+    return (
+        f" The load core was over {SATURATED:.0%} busy in {', '.join(busy)}: there the mock "
+        "and the load generator set the pace, so read the proxy's CPU per chunk or "
+        "request, not its rate."
+    )
 
 
 def chart(results: dict[str, Any], path: Path, title: str) -> None:

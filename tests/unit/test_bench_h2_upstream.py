@@ -1,5 +1,5 @@
-"""The benchmark's HTTP/2 mock upstream (bench/h2_upstream.py) answers as the HTTP/1.1
-one does."""
+"""The benchmark's HTTP/2 side: the HTTP/2 mock upstream (bench/h2_upstream.py) answers as
+the HTTP/1.1 one does, the gateway's config for it and the report's rows."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -17,7 +18,9 @@ from h2.events import DataReceived, StreamEnded, StreamReset
 from h2.settings import SettingCodes, Settings
 
 from bench.loadgen import EVENT
+from bench.run import SATURATED, _saturation_note, fmt, h2_upstream_rows
 from bench.upstream import COMPLETION
+from filterproxy.extensions.builtin import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 PATH = "/v1/chat/completions"
@@ -179,3 +182,62 @@ def test_h2_mock_sends_chat_chunks_when_asked(mocks: tuple[int, int]) -> None:
         got = post(client, mocks[1], b'{"stream": true}', x_bench_chunks="3", x_bench_format="chat")
     assert got.content == expected.content
     assert got.text.count('"content":"') == 4  # the role chunk's and three of text
+
+
+def test_h2_upstream_config_is_the_bench_config_on_http2() -> None:
+    env = {"FILTERPROXY_UPSTREAM": "http://127.0.0.1:9999"}
+    h2 = load_config(ROOT / "conf" / "bench-h2-upstream.yaml", environ=env)
+    plain = load_config(ROOT / "conf" / "bench.yaml", environ=env)
+    assert h2.clusters["upstream"].protocol == "http2"
+    assert h2.clusters["upstream"].endpoints[0].url == "http://127.0.0.1:9999"
+    assert [f.type_name for f in h2.filters] == [f.type_name for f in plain.filters]
+    assert h2.clusters["upstream"].headers == plain.clusters["upstream"].headers
+    assert h2.access_log == plain.access_log
+
+
+def rows(results: dict[str, Any]) -> dict[str, list[str]]:
+    """The HTTP/2-upstream rows for *results*, each row's cells as the table shows them."""
+    out: dict[str, list[str]] = {}
+
+    def row(label: str, pick: Any, digits: int = 1) -> None:
+        out[label] = [fmt(pick(r), digits) for r in results.values()]
+
+    h2_upstream_rows(row)
+    return out
+
+
+def scenario(share: float, busy: float = 0.5, **figures: float) -> dict[str, float]:
+    base = {
+        "streams_per_s": 190.0,
+        "chunk_p99_ms": 1.5,
+        "errors": 0,
+        "cpu_us_per_chunk": 10.0,
+        "requests_per_s": 3000.0,
+        "cpu_us_per_request": 120.0,
+    }
+    return {**base, **figures, "upstream_core_share": share, "load_core_busy": busy}
+
+
+def test_h2_upstream_rows_leave_peers_without_the_set_up_blank() -> None:
+    measured = {
+        "h2_upstream": {
+            "stream200": scenario(0.4, cpu_us_per_chunk=12.5),
+            "stream200_plain": scenario(0.3, cpu_us_per_chunk=9.25),
+            "nonstream": scenario(0.45, 0.95, cpu_us_per_request=140.0),
+        }
+    }
+    table = rows({"nginx": {}, "filterproxy": measured})
+    chunk = next(cells for label, cells in table.items() if "per chunk" in label)
+    request = next(cells for label, cells in table.items() if "per request" in label)
+    core = next(cells for label, cells in table.items() if "mock's CPU" in label)
+    assert chunk == ["—", "9.2 / 12.5"]
+    assert request == ["—", "140.0"]
+    assert core == ["—", "30 % (50 %) / 45 % (95 %)"]
+
+
+def test_a_full_load_core_is_named_under_the_table() -> None:
+    busy = {"h2_upstream": {"nonstream": scenario(0.6, SATURATED + 0.01)}}
+    calm = {"h2_upstream": {"nonstream": scenario(0.6, SATURATED - 0.2)}}
+    assert "envoy (nonstream)" in _saturation_note({"envoy": busy, "filterproxy": calm})
+    assert "filterproxy" not in _saturation_note({"envoy": busy, "filterproxy": calm})
+    assert _saturation_note({"filterproxy": calm}) == ""
