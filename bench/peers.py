@@ -321,6 +321,77 @@ def filterproxy_peer(
 H2_UPSTREAM_CONFIG = "bench-h2-upstream.yaml"
 
 
+def source_tree_env(tree: Path) -> dict[str, str]:
+    """The environment that makes the bench's Python import the gateway from *tree* (a
+    source or build tree, its compiled modules beside the source) before the installed
+    one."""
+    path = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": f"{tree}{os.pathsep}{path}" if path else str(tree)}
+
+
+#: Run with a tree first on PYTHONPATH: where the gateway's modules come from, once the
+#: twistd plugin's module has imported them.
+_WHERE_FROM = """
+import json, sys
+import filterproxy.server.tap
+files = [getattr(m, "__file__", None) or "" for n, m in sorted(sys.modules.items())
+         if n == "filterproxy" or n.startswith("filterproxy.")]
+print(json.dumps({"package": sys.modules["filterproxy"].__file__, "files": files}))
+"""
+
+
+def check_source_tree(tree: Path) -> str:
+    """A line saying where the gateway is imported from with *tree* first on the path:
+    its package's file and how many of its modules are compiled.
+
+    Raises:
+        PeerUnavailable: *tree* has no gateway, or some of its modules would come from
+            elsewhere (the installed wheel).
+    """
+    if not (tree / "filterproxy" / "__init__.py").exists():
+        raise PeerUnavailable(
+            f"filterproxy-before: {tree} has no filterproxy/ package: give --before the "
+            "root of a source or build tree"
+        )
+    out = subprocess.run(
+        [sys.executable, "-c", _WHERE_FROM],
+        env={**os.environ, **source_tree_env(tree)},
+        cwd=tree,
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        raise PeerUnavailable(
+            f"filterproxy-before: the gateway in {tree} does not import: {out.stderr.strip()}"
+        )
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    root = tree.resolve()
+    elsewhere = [f for f in found["files"] if f and not Path(f).resolve().is_relative_to(root)]
+    if elsewhere:
+        raise PeerUnavailable(
+            f"filterproxy-before: {len(elsewhere)} of the gateway's modules come from "
+            f"outside {tree}, e.g. {elsewhere[0]}"
+        )
+    compiled = sum(1 for f in found["files"] if f.endswith(".so"))
+    return (
+        f"filterproxy-before: the gateway from {found['package']} "
+        f"({compiled} of {len(found['files'])} modules compiled)"
+    )
+
+
+def compiled_gateway_files(peer: Peer) -> list[str]:
+    """The gateway's compiled modules (mypyc's shared objects) the running *peer* has
+    loaded: where its data path really comes from."""
+    paths: set[str] = set()
+    for process in peer.processes():
+        for mapped in process.memory_maps(grouped=True):
+            path = mapped.path
+            name = Path(path).name
+            if path.endswith(".so") and ("/filterproxy/" in path or "__mypyc" in name):
+                paths.add(path)
+    return sorted(paths)
+
+
 def peers(
     workdir: Path,
     upstream_port: int,
@@ -328,13 +399,16 @@ def peers(
     ports: dict[str, int] | None = None,
     *,
     h2_upstream_port: int | None = None,
+    before: Path | None = None,
 ) -> list[Peer]:
     """The peers available on this machine (nginx, Envoy and Portkey only when installed:
     a missing Portkey that was asked for is reported), each listening on its port in
     *ports* (default: all on `LISTEN_PORT`, to run one at a time).
 
-    With *h2_upstream_port* (the HTTP/2 mock's), Envoy and filterproxy carry their
-    `Peer.h2_upstream`."""
+    With *h2_upstream_port* (the HTTP/2 mock's), Envoy and each filterproxy carry their
+    `Peer.h2_upstream`. With *before* (the root of another source or build tree of the
+    gateway), a peer ``filterproxy-before`` runs the gateway from that tree: the same
+    Python, config and command line as ``filterproxy``, the tree first on PYTHONPATH."""
     port_of = (ports or {}).get
     found = [Peer("direct", None)]
     nginx = shutil.which("nginx") or (
@@ -375,13 +449,17 @@ def peers(
             options=("--workers", "2"),
         )
     )
-    port = port_of("filterproxy", LISTEN_PORT)
-    peer = filterproxy_peer("filterproxy", workdir, upstream_port, port)
-    if h2_upstream_port is not None:
-        peer.h2_upstream = filterproxy_peer(
-            "filterproxy", workdir, h2_upstream_port, port, config=H2_UPSTREAM_CONFIG
-        )
-    found.append(peer)
+    gateways: list[tuple[str, dict[str, str]]] = [("filterproxy", {})]
+    if before is not None:
+        gateways.append(("filterproxy-before", source_tree_env(before)))
+    for name, env in gateways:
+        port = port_of(name, LISTEN_PORT)
+        peer = filterproxy_peer(name, workdir, upstream_port, port, env=env)
+        if h2_upstream_port is not None:
+            peer.h2_upstream = filterproxy_peer(
+                name, workdir, h2_upstream_port, port, config=H2_UPSTREAM_CONFIG, env=env
+            )
+        found.append(peer)
     return [p for p in found if only is None or p.name in only]
 
 

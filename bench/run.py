@@ -20,6 +20,15 @@ sending the same events, on the load core; filterproxy with conf/bench-h2-upstre
 cluster (nginx cannot proxy to an HTTP/2 upstream). The mock's own CPU is measured with
 each: where it nears its whole core, the mock set the pace (the table says so).
 
+A change's before and after in one run: ``--before DIR`` (``make bench BEFORE=DIR``)
+adds a peer ``filterproxy-before``, the gateway from DIR, another source or build tree
+(a tree compiled in place, ``setup.py build_ext --inplace``, runs its compiled modules),
+with the same Python, config, scenarios and core as ``filterproxy``: DIR goes first on
+its PYTHONPATH. The run says where each gateway's modules were imported from, and stops
+if any of ``filterproxy-before``'s come from elsewhere.
+
+    make bench BEFORE=../old-tree BENCH_ARGS="--peers filterproxy --quick"
+
 Results are written to bench/results/<date>-<machine>.{md,json,png} and printed.
 Numbers are only comparable within one run: read them as ratios between the peers.
 """
@@ -50,7 +59,7 @@ import httpx
 import psutil
 
 from bench.loadgen import StreamShape, header_lines, hold_streams, run_streams
-from bench.peers import Peer, peers
+from bench.peers import Peer, PeerUnavailable, check_source_tree, compiled_gateway_files, peers
 
 HERE = Path(__file__).resolve().parent
 PROXY_CORE, LOAD_CORE = 0, 1
@@ -246,7 +255,7 @@ def non_streaming(
 
 #: Peers whose listener speaks HTTP/2 (h2c with prior knowledge) in this benchmark
 #: (Portkey's Node server is HTTP/1.1 only).
-HTTP2_PEERS = {"envoy", "filterproxy"}
+HTTP2_PEERS = {"envoy", "filterproxy", "filterproxy-before"}
 
 
 def http2(peer: Peer, seconds: float, workdir: Path, *, streaming: bool) -> dict[str, Any]:
@@ -445,16 +454,42 @@ def median_of(rounds: list[Any]) -> Any:
     return first
 
 
-def run(only: set[str] | None, quick: bool, rounds: int) -> dict[str, Any]:
+def loaded_from(peer: Peer, before: Path | None) -> str:
+    """A line saying where the running filterproxy *peer* has its compiled modules from.
+
+    Raises:
+        PeerUnavailable: *peer* is ``filterproxy-before`` and loaded a compiled module
+            from outside *before*, or none from it while it has some.
+    """
+    files = compiled_gateway_files(peer)
+    places = sorted({str(Path(f).parent) for f in files if "__mypyc" in Path(f).name})
+    if peer.name == "filterproxy-before" and before is not None:
+        root = before.resolve()
+        elsewhere = [f for f in files if not Path(f).resolve().is_relative_to(root)]
+        if elsewhere or (not files and any(root.glob("filterproxy/**/*.so"))):
+            raise PeerUnavailable(
+                f"filterproxy-before: runs compiled modules from outside {before} "
+                f"({', '.join(elsewhere[:2]) or 'none from it'})"
+            )
+    if not files:
+        return f"{peer.name}: no compiled modules loaded (pure Python)"
+    return f"{peer.name}: {len(files)} compiled modules loaded, from {', '.join(places)}"
+
+
+def run(
+    only: set[str] | None, quick: bool, rounds: int, before: Path | None = None
+) -> dict[str, Any]:
     """*rounds* times: every peer in turn on the proxy core (and its HTTP/2-upstream
     set-up right after it), then the scaling run; the result is each number's median over
     the rounds (``_rounds`` keeps them all). Taking the peers in turn, round after round,
     spreads the machine's slower minutes over all of them instead of whichever peer ran
-    then."""
+    then. *before*: also a peer ``filterproxy-before``, the gateway from that tree."""
     os.sched_setaffinity(0, {LOAD_CORE})
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     seconds = 4.0 if quick else 10.0
+    if before is not None:
+        print(check_source_tree(before), flush=True)
     upstream = Upstream()
     try:
         h2_upstream = Upstream(module="bench.h2_upstream")
@@ -463,10 +498,13 @@ def run(only: set[str] | None, quick: bool, rounds: int) -> dict[str, Any]:
         raise
     os.environ["BENCH_UPSTREAM_PORT"] = str(upstream.port)
     every: list[dict[str, Any]] = []
+    announced: set[str] = set()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
-            found = peers(workdir, upstream.port, only, h2_upstream_port=h2_upstream.port)
+            found = peers(
+                workdir, upstream.port, only, h2_upstream_port=h2_upstream.port, before=before
+            )
             scaling = [p for p in found if p.name.startswith("filterproxy")]
             for number in range(1, rounds + 1):
                 results: dict[str, Any] = {}
@@ -476,6 +514,9 @@ def run(only: set[str] | None, quick: bool, rounds: int) -> dict[str, Any]:
                     print(f"--- round {number}/{rounds}: {peer.name}", flush=True)
                     peer.start(str(PROXY_CORE))
                     try:
+                        if peer.name.startswith("filterproxy") and peer.name not in announced:
+                            print(loaded_from(peer, before), flush=True)
+                            announced.add(peer.name)
                         results[peer.name] = measure_peer(peer, upstream, workdir, quick)
                     finally:
                         peer.stop()
@@ -712,6 +753,7 @@ def chart(results: dict[str, Any], path: Path, title: str) -> None:
         "envoy": "#e9c46a",
         "portkey": "#8d5fd3",
         "filterproxy": "#e76f51",
+        "filterproxy-before": "#f4a261",
     }
     for ax, (label, pick) in zip(axes.flat, panels, strict=True):
         values = [pick(results[n]) or 0 for n in names]
@@ -737,6 +779,14 @@ def main() -> None:
     parser.add_argument(
         "--peers", help="comma-separated subset of direct,nginx,envoy,portkey,filterproxy"
     )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="DIR",
+        help="also measure the gateway from DIR, another source or build tree of it (its "
+        "compiled modules beside the source), as the peer filterproxy-before: the same "
+        "Python, config, scenarios and core as filterproxy, DIR first on its PYTHONPATH",
+    )
     parser.add_argument("--quick", action="store_true", help="shorter scenarios (a smoke run)")
     parser.add_argument("--no-save", action="store_true", help="print only, write no result files")
     parser.add_argument(
@@ -747,8 +797,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     only = set(args.peers.split(",")) if args.peers else None
+    if only is not None and args.before:
+        only.add("filterproxy-before")
     rounds = args.rounds or (1 if args.quick else 3)
-    results = run(only, args.quick, rounds)
+    try:
+        results = run(only, args.quick, rounds, args.before.resolve() if args.before else None)
+    except PeerUnavailable as reason:
+        sys.exit(str(reason))
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}"
     today = datetime.date.today().isoformat()
     text = (

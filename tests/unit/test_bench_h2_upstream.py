@@ -1,5 +1,6 @@
 """The benchmark's HTTP/2 side: the HTTP/2 mock upstream (bench/h2_upstream.py) answers as
-the HTTP/1.1 one does, the gateway's config for it and the report's rows."""
+the HTTP/1.1 one does, the gateway's config for it, the report's rows, and the check that
+a "before" tree really provides the gateway."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from h2.events import DataReceived, StreamEnded, StreamReset
 from h2.settings import SettingCodes, Settings
 
 from bench.loadgen import EVENT
+from bench.peers import PeerUnavailable, check_source_tree
 from bench.run import SATURATED, _saturation_note, fmt, h2_upstream_rows
 from bench.upstream import COMPLETION
 from filterproxy.extensions.builtin import load_config
@@ -241,3 +243,21 @@ def test_a_full_load_core_is_named_under_the_table() -> None:
     assert "envoy (nonstream)" in _saturation_note({"envoy": busy, "filterproxy": calm})
     assert "filterproxy" not in _saturation_note({"envoy": busy, "filterproxy": calm})
     assert _saturation_note({"filterproxy": calm}) == ""
+
+
+def test_before_tree_without_the_gateway_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(PeerUnavailable, match="no filterproxy/ package"):
+        check_source_tree(tmp_path)
+
+
+def test_before_tree_whose_gateway_does_not_import_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "filterproxy").mkdir()
+    (tmp_path / "filterproxy" / "__init__.py").write_text("")
+    with pytest.raises(PeerUnavailable, match="does not import"):
+        check_source_tree(tmp_path)
+
+
+def test_before_tree_names_where_the_gateway_comes_from() -> None:
+    said = check_source_tree(ROOT)
+    assert f"from {ROOT / 'filterproxy' / '__init__.py'}" in said
+    assert "modules compiled" in said
