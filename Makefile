@@ -128,6 +128,8 @@ test: lint typecheck docs-build redis-server node chromium podman
 # as Portkey's own lockfile pins them for that version: with @hono/node-server newer than
 # 1.14.2 (what npm picks otherwise) every streamed answer fails with "TypeError:
 # immutable" (Portkey-AI/gateway issue 1389).
+# BEFORE=DIR adds the gateway from another source or build tree (a commit's tree compiled
+# in place) as the peer filterproxy-before, measured in the same run (bench/run.py --before).
 BENCH_VENV := .venv-bench
 PORTKEY_PACKAGES := @portkey-ai/gateway@1.15.2 hono@4.9.7 @hono/node-server@1.13.5 @hono/node-ws@1.2.0
 PORTKEY_DIR := $(BENCH_VENV)/portkey
@@ -153,7 +155,7 @@ bench: bench-env
 	  command -v h2load >/dev/null || \
 	  { apt-get update -q && apt-get install -y -q nginx wrk nghttp2-client; } || \
 	  echo "could not install nginx, wrk and h2load (apt-get, as root): nginx is skipped, non-streaming needs wrk, HTTP/2 needs h2load"
-	$(BENCH_VENV)/bin/python -m bench.run $(BENCH_ARGS)
+	$(BENCH_VENV)/bin/python -m bench.run $(if $(BEFORE),--before $(BEFORE)) $(BENCH_ARGS)
 
 # The translated-stream scenario: CPU per chunk of a Messages stream translated from Chat
 # Completions, next to pass-through and to LiteLLM's proxy (bench/translate.py).

@@ -108,6 +108,15 @@ static_resources:
       endpoints:
       - lb_endpoints:
         - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}
+{upstream_protocol}"""
+
+#: ENVOY_CONF's cluster speaking HTTP/2 to the upstream, cleartext with prior knowledge
+#: (h2c), as filterproxy's ``protocol: http2`` on an ``http://`` url.
+ENVOY_HTTP2_UPSTREAM = """    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {}
 """
 
 
@@ -177,6 +186,10 @@ class Peer:
     #: Headers every client adds to its requests: where the peer takes its routing from
     #: the request (Portkey) rather than from its configuration.
     request_headers: dict[str, str] = field(default_factory=dict)
+    #: The same proxy set up to forward to the HTTP/2 mock upstream (bench/h2_upstream.py)
+    #: over h2c, for the scenarios that measure that side; None where the proxy cannot
+    #: speak HTTP/2 to an upstream (nginx, Portkey) or none was asked for.
+    h2_upstream: Peer | None = None
 
     @property
     def port(self) -> int:
@@ -270,15 +283,132 @@ def portkey_peer(name: str, port: int, request_headers: dict[str, str]) -> Peer:
     )
 
 
+def filterproxy_peer(
+    name: str,
+    workdir: Path,
+    upstream_port: int,
+    port: int,
+    *,
+    config: str = "bench.yaml",
+    options: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> Peer:
+    """The gateway under twistd with conf/*config*, forwarding to 127.0.0.1:*upstream_port*
+    (``FILTERPROXY_UPSTREAM``), listening on *port*; *options* are more of its command
+    line's, *env* more of its environment's."""
+    return Peer(
+        name,
+        [
+            str(BIN / "twistd"),
+            "-n",
+            "--pidfile=",
+            "-l",
+            str(workdir / f"{name}.log"),
+            "filterproxy",
+            "-c",
+            str(ROOT / "conf" / config),
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+            *options,
+        ],
+        env={"FILTERPROXY_UPSTREAM": f"http://127.0.0.1:{upstream_port}", **(env or {})},
+        listen_port=port,
+    )
+
+
+#: The gateway's configuration for the HTTP/2-upstream scenarios: conf/bench.yaml's, its
+#: cluster with ``protocol: http2``.
+H2_UPSTREAM_CONFIG = "bench-h2-upstream.yaml"
+
+
+def source_tree_env(tree: Path) -> dict[str, str]:
+    """The environment that makes the bench's Python import the gateway from *tree* (a
+    source or build tree, its compiled modules beside the source) before the installed
+    one."""
+    path = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": f"{tree}{os.pathsep}{path}" if path else str(tree)}
+
+
+#: Run with a tree first on PYTHONPATH: where the gateway's modules come from, once the
+#: twistd plugin's module has imported them.
+_WHERE_FROM = """
+import json, sys
+import filterproxy.server.tap
+files = [getattr(m, "__file__", None) or "" for n, m in sorted(sys.modules.items())
+         if n == "filterproxy" or n.startswith("filterproxy.")]
+print(json.dumps({"package": sys.modules["filterproxy"].__file__, "files": files}))
+"""
+
+
+def check_source_tree(tree: Path) -> str:
+    """A line saying where the gateway is imported from with *tree* first on the path:
+    its package's file and how many of its modules are compiled.
+
+    Raises:
+        PeerUnavailable: *tree* has no gateway, or some of its modules would come from
+            elsewhere (the installed wheel).
+    """
+    if not (tree / "filterproxy" / "__init__.py").exists():
+        raise PeerUnavailable(
+            f"filterproxy-before: {tree} has no filterproxy/ package: give --before the "
+            "root of a source or build tree"
+        )
+    out = subprocess.run(
+        [sys.executable, "-c", _WHERE_FROM],
+        env={**os.environ, **source_tree_env(tree)},
+        cwd=tree,
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        raise PeerUnavailable(
+            f"filterproxy-before: the gateway in {tree} does not import: {out.stderr.strip()}"
+        )
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    root = tree.resolve()
+    elsewhere = [f for f in found["files"] if f and not Path(f).resolve().is_relative_to(root)]
+    if elsewhere:
+        raise PeerUnavailable(
+            f"filterproxy-before: {len(elsewhere)} of the gateway's modules come from "
+            f"outside {tree}, e.g. {elsewhere[0]}"
+        )
+    compiled = sum(1 for f in found["files"] if f.endswith(".so"))
+    return (
+        f"filterproxy-before: the gateway from {found['package']} "
+        f"({compiled} of {len(found['files'])} modules compiled)"
+    )
+
+
+def compiled_gateway_files(peer: Peer) -> list[str]:
+    """The gateway's compiled modules (mypyc's shared objects) the running *peer* has
+    loaded: where its data path really comes from."""
+    paths: set[str] = set()
+    for process in peer.processes():
+        for mapped in process.memory_maps(grouped=True):
+            path = mapped.path
+            name = Path(path).name
+            if path.endswith(".so") and ("/filterproxy/" in path or "__mypyc" in name):
+                paths.add(path)
+    return sorted(paths)
+
+
 def peers(
     workdir: Path,
     upstream_port: int,
     only: set[str] | None = None,
     ports: dict[str, int] | None = None,
+    *,
+    h2_upstream_port: int | None = None,
+    before: Path | None = None,
 ) -> list[Peer]:
     """The peers available on this machine (nginx, Envoy and Portkey only when installed:
     a missing Portkey that was asked for is reported), each listening on its port in
-    *ports* (default: all on `LISTEN_PORT`, to run one at a time)."""
+    *ports* (default: all on `LISTEN_PORT`, to run one at a time).
+
+    With *h2_upstream_port* (the HTTP/2 mock's), Envoy and each filterproxy carry their
+    `Peer.h2_upstream`. With *before* (the root of another source or build tree of the
+    gateway), a peer ``filterproxy-before`` runs the gateway from that tree: the same
+    Python, config and command line as ``filterproxy``, the tree first on PYTHONPATH."""
     port_of = (ports or {}).get
     found = [Peer("direct", None)]
     nginx = shutil.which("nginx") or (
@@ -291,27 +421,17 @@ def peers(
         found.append(Peer("nginx", [nginx, "-c", str(conf), "-p", str(workdir)], listen_port=port))
     envoy = BIN / "envoy"
     if envoy.exists():
-        conf = workdir / "envoy.yaml"
         port = port_of("envoy", LISTEN_PORT)
-        conf.write_text(ENVOY_CONF.format(upstream=upstream_port, port=port))
-        found.append(
-            Peer(
+        found.append(envoy_peer("envoy", envoy, workdir / "envoy.yaml", upstream_port, port))
+        if h2_upstream_port is not None:
+            found[-1].h2_upstream = envoy_peer(
                 "envoy",
-                [
-                    str(envoy),
-                    "-c",
-                    str(conf),
-                    "--concurrency",
-                    "1",
-                    "--log-level",
-                    "error",
-                    "--base-id",
-                    "7",
-                    "--disable-hot-restart",
-                ],
-                listen_port=port,
+                envoy,
+                workdir / "envoy-h2-upstream.yaml",
+                h2_upstream_port,
+                port,
+                ENVOY_HTTP2_UPSTREAM,
             )
-        )
     if only is None or "portkey" in only:
         headers = portkey_headers(
             "openai", f"http://127.0.0.1:{upstream_port}/v1", forward=BENCH_HEADERS
@@ -321,43 +441,50 @@ def peers(
         except PeerUnavailable as reason:
             print(reason, file=sys.stderr, flush=True)
     found.append(
-        Peer(
+        filterproxy_peer(
             "filterproxy-2-workers",
-            [
-                str(BIN / "twistd"),
-                "-n",
-                "--pidfile=",
-                "-l",
-                str(workdir / "filterproxy2.log"),
-                "filterproxy",
-                "-c",
-                str(ROOT / "conf" / "bench.yaml"),
-                "--listen",
-                f"tcp:{LISTEN_PORT}:interface=127.0.0.1",
-                "--workers",
-                "2",
-            ],
-            env={"FILTERPROXY_UPSTREAM": f"http://127.0.0.1:{upstream_port}"},
+            workdir,
+            upstream_port,
+            LISTEN_PORT,
+            options=("--workers", "2"),
         )
     )
-    port = port_of("filterproxy", LISTEN_PORT)
-    found.append(
-        Peer(
-            "filterproxy",
-            [
-                str(BIN / "twistd"),
-                "-n",
-                "--pidfile=",
-                "-l",
-                str(workdir / "filterproxy.log"),
-                "filterproxy",
-                "-c",
-                str(ROOT / "conf" / "bench.yaml"),
-                "--listen",
-                f"tcp:{port}:interface=127.0.0.1",
-            ],
-            env={"FILTERPROXY_UPSTREAM": f"http://127.0.0.1:{upstream_port}"},
-            listen_port=port,
-        )
-    )
+    gateways: list[tuple[str, dict[str, str]]] = [("filterproxy", {})]
+    if before is not None:
+        gateways.append(("filterproxy-before", source_tree_env(before)))
+    for name, env in gateways:
+        port = port_of(name, LISTEN_PORT)
+        peer = filterproxy_peer(name, workdir, upstream_port, port, env=env)
+        if h2_upstream_port is not None:
+            peer.h2_upstream = filterproxy_peer(
+                name, workdir, h2_upstream_port, port, config=H2_UPSTREAM_CONFIG, env=env
+            )
+        found.append(peer)
     return [p for p in found if only is None or p.name in only]
+
+
+def envoy_peer(
+    name: str, envoy: Path, conf: Path, upstream_port: int, port: int, upstream_protocol: str = ""
+) -> Peer:
+    """Envoy with ENVOY_CONF (written to *conf*), one worker thread, forwarding to
+    127.0.0.1:*upstream_port*; *upstream_protocol* is more of its cluster's configuration
+    (`ENVOY_HTTP2_UPSTREAM`)."""
+    conf.write_text(
+        ENVOY_CONF.format(upstream=upstream_port, port=port, upstream_protocol=upstream_protocol)
+    )
+    return Peer(
+        name,
+        [
+            str(envoy),
+            "-c",
+            str(conf),
+            "--concurrency",
+            "1",
+            "--log-level",
+            "error",
+            "--base-id",
+            "7",
+            "--disable-hot-restart",
+        ],
+        listen_port=port,
+    )

@@ -13,6 +13,22 @@ The 200-stream one runs once more with a reader at normal priority for the CPU p
 Portkey is told its upstream by each request (``x-portkey-provider: openai`` and the
 mock's address as its custom host): every load generator adds its `Peer.request_headers`,
 and the events it passes are checked byte for byte as for the others.
+The HTTP/2-upstream rows run the 200-stream and non-streaming loads once more with the
+proxy speaking HTTP/2 (h2c, prior knowledge) to bench/h2_upstream.py, an HTTP/2 mock
+sending the same events, on the load core; filterproxy with conf/bench-h2-upstream.yaml
+(its cluster's ``protocol: http2``), Envoy with ``http2_protocol_options`` on its
+cluster (nginx cannot proxy to an HTTP/2 upstream). The mock's own CPU is measured with
+each: where it nears its whole core, the mock set the pace (the table says so).
+
+A change's before and after in one run: ``--before DIR`` (``make bench BEFORE=DIR``)
+adds a peer ``filterproxy-before``, the gateway from DIR, another source or build tree
+(a tree compiled in place, ``setup.py build_ext --inplace``, runs its compiled modules),
+with the same Python, config, scenarios and core as ``filterproxy``: DIR goes first on
+its PYTHONPATH. The run says where each gateway's modules were imported from, and stops
+if any of ``filterproxy-before``'s come from elsewhere.
+
+    make bench BEFORE=../old-tree BENCH_ARGS="--peers filterproxy --quick"
+
 Results are written to bench/results/<date>-<machine>.{md,json,png} and printed.
 Numbers are only comparable within one run: read them as ratios between the peers.
 """
@@ -40,9 +56,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from bench.loadgen import StreamShape, header_lines, hold_streams, run_streams
-from bench.peers import Peer, peers
+from bench.peers import Peer, PeerUnavailable, check_source_tree, compiled_gateway_files, peers
 
 HERE = Path(__file__).resolve().parent
 PROXY_CORE, LOAD_CORE = 0, 1
@@ -74,22 +91,26 @@ def percentile(values: list[float], q: float) -> float | None:
 class Upstream:
     """bench/upstream.py on the load core (*options* are its own, e.g. ``--format chat``);
     or another mock upstream that prints its port as it does (*script*, such as
-    ``bedrock_upstream.py``)."""
+    ``bedrock_upstream.py``, or *module*, such as ``bench.h2_upstream``)."""
 
-    def __init__(self, *options: str, script: str = "upstream.py") -> None:
+    def __init__(
+        self, *options: str, script: str = "upstream.py", module: str | None = None
+    ) -> None:
+        program = ["-m", module] if module else [str(HERE / script)]
         self.process = subprocess.Popen(
             [
                 "taskset",
                 "-c",
                 str(LOAD_CORE),
                 sys.executable,
-                str(HERE / script),
+                *program,
                 "--port",
                 "0",
                 *options,
             ],
             stdout=subprocess.PIPE,
             text=True,
+            cwd=HERE.parent,
         )
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
@@ -98,9 +119,39 @@ class Upstream:
     def stats(self) -> dict[str, Any]:
         return httpx.get(f"http://127.0.0.1:{self.port}/stats").json()  # type: ignore[no-any-return]
 
+    def cpu_seconds(self) -> float:
+        """The CPU time the mock has used so far (user and system)."""
+        times = psutil.Process(self.process.pid).cpu_times()
+        return float(times.user + times.system)
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait()
+
+
+class LoadCoreUse:
+    """How busy the load core and the mock *upstream* on it were from creation to
+    `shares`: where the load core (mock and load generator together) is near full, the
+    load, not the proxy, set the pace."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self.started = time.monotonic()
+        self.mock_cpu = upstream.cpu_seconds()
+        self.core_busy = self._core_busy()
+
+    @staticmethod
+    def _core_busy() -> float:
+        times = psutil.cpu_times(percpu=True)[LOAD_CORE]
+        return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+    def shares(self) -> dict[str, float]:
+        """The mock's share of a core and the load core's busy share, since creation."""
+        elapsed = time.monotonic() - self.started
+        return {
+            "upstream_core_share": (self.upstream.cpu_seconds() - self.mock_cpu) / elapsed,
+            "load_core_busy": (self._core_busy() - self.core_busy) / elapsed,
+        }
 
 
 @contextlib.contextmanager
@@ -123,10 +174,17 @@ def reading_at_once() -> Iterator[bool]:
 
 
 def streaming(
-    peer: Peer, users: int, shape: StreamShape, seconds: float, at_once: bool = False
+    peer: Peer,
+    users: int,
+    shape: StreamShape,
+    seconds: float,
+    at_once: bool = False,
+    upstream: Upstream | None = None,
 ) -> dict[str, Any]:
-    """*users* streaming clients for *seconds*; *at_once*: with `reading_at_once`."""
+    """*users* streaming clients for *seconds*; *at_once*: with `reading_at_once`. With
+    *upstream*, how busy its mock and the load core were meanwhile too (`LoadCoreUse`)."""
     cpu_before = peer.cpu_seconds()
+    load = LoadCoreUse(upstream) if upstream else None
     started = time.monotonic()
     with reading_at_once() if at_once else contextlib.nullcontext(False) as realtime:
         stats = asyncio.run(
@@ -135,6 +193,7 @@ def streaming(
     elapsed = time.monotonic() - started
     cpu = peer.cpu_seconds() - cpu_before
     return {
+        **(load.shares() if load else {}),
         "streams_per_s": stats.streams / seconds,
         "chunks_per_s": stats.chunks / seconds,
         "ttfb_p50_ms": percentile(stats.ttfb_ms, 50),
@@ -153,11 +212,18 @@ def streaming(
 
 
 def non_streaming(
-    peer: Peer, seconds: float, workdir: Path, cores: str = str(LOAD_CORE)
+    peer: Peer,
+    seconds: float,
+    workdir: Path,
+    cores: str = str(LOAD_CORE),
+    upstream: Upstream | None = None,
 ) -> dict[str, Any]:
+    """wrk, 50 connections, for *seconds*. With *upstream*, how busy its mock and the
+    load core were meanwhile too (`LoadCoreUse`)."""
     script = workdir / "post.lua"
     script.write_text(wrk_script(peer.request_headers))
     cpu_before = peer.cpu_seconds()
+    load = LoadCoreUse(upstream) if upstream else None
     out = subprocess.run(
         [
             "taskset",
@@ -176,9 +242,11 @@ def non_streaming(
         check=True,
     ).stdout
     cpu = peer.cpu_seconds() - cpu_before
+    shares = load.shares() if load else {}
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
+        **shares,
         "requests_per_s": requests / seconds,
         "errors": int(errors.group(1)) if errors else 0,
         "cpu_us_per_request": cpu * 1e6 / requests if peer.process and requests else None,
@@ -187,7 +255,7 @@ def non_streaming(
 
 #: Peers whose listener speaks HTTP/2 (h2c with prior knowledge) in this benchmark
 #: (Portkey's Node server is HTTP/1.1 only).
-HTTP2_PEERS = {"envoy", "filterproxy"}
+HTTP2_PEERS = {"envoy", "filterproxy", "filterproxy-before"}
 
 
 def http2(peer: Peer, seconds: float, workdir: Path, *, streaming: bool) -> dict[str, Any]:
@@ -342,6 +410,22 @@ def measure_peer(peer: Peer, upstream: Upstream, workdir: Path, quick: bool) -> 
     return r
 
 
+def measure_h2_upstream(
+    peer: Peer, upstream: Upstream, workdir: Path, quick: bool
+) -> dict[str, Any]:
+    """The client loads of ``stream200`` (reader at real-time priority), ``stream200_plain``
+    and ``nonstream`` on *peer* (a `Peer.h2_upstream`, started), which forwards them over
+    h2c to the HTTP/2 mock *upstream*; each result has the mock's core use besides
+    (``upstream_core_share``): near 1, the mock, not the proxy, set the pace."""
+    seconds = 4.0 if quick else 10.0
+    chat = StreamShape(chunks=50, interval_ms=20)
+    return {
+        "stream200": streaming(peer, 200, chat, seconds, at_once=True, upstream=upstream),
+        "stream200_plain": streaming(peer, 200, chat, seconds, upstream=upstream),
+        "nonstream": non_streaming(peer, seconds, workdir, upstream=upstream),
+    }
+
+
 def _realtime_note(results: dict[str, Any]) -> str:
     took = [
         r["stream200"].get("load_generator_realtime")
@@ -370,22 +454,57 @@ def median_of(rounds: list[Any]) -> Any:
     return first
 
 
-def run(only: set[str] | None, quick: bool, rounds: int) -> dict[str, Any]:
-    """*rounds* times: every peer in turn on the proxy core, then the scaling run; the
-    result is each number's median over the rounds (``_rounds`` keeps them all). Taking
-    the peers in turn, round after round, spreads the machine's slower minutes over all
-    of them instead of whichever peer ran then."""
+def loaded_from(peer: Peer, before: Path | None) -> str:
+    """A line saying where the running filterproxy *peer* has its compiled modules from.
+
+    Raises:
+        PeerUnavailable: *peer* is ``filterproxy-before`` and loaded a compiled module
+            from outside *before*, or none from it while it has some.
+    """
+    files = compiled_gateway_files(peer)
+    places = sorted({str(Path(f).parent) for f in files if "__mypyc" in Path(f).name})
+    if peer.name == "filterproxy-before" and before is not None:
+        root = before.resolve()
+        elsewhere = [f for f in files if not Path(f).resolve().is_relative_to(root)]
+        if elsewhere or (not files and any(root.glob("filterproxy/**/*.so"))):
+            raise PeerUnavailable(
+                f"filterproxy-before: runs compiled modules from outside {before} "
+                f"({', '.join(elsewhere[:2]) or 'none from it'})"
+            )
+    if not files:
+        return f"{peer.name}: no compiled modules loaded (pure Python)"
+    return f"{peer.name}: {len(files)} compiled modules loaded, from {', '.join(places)}"
+
+
+def run(
+    only: set[str] | None, quick: bool, rounds: int, before: Path | None = None
+) -> dict[str, Any]:
+    """*rounds* times: every peer in turn on the proxy core (and its HTTP/2-upstream
+    set-up right after it), then the scaling run; the result is each number's median over
+    the rounds (``_rounds`` keeps them all). Taking the peers in turn, round after round,
+    spreads the machine's slower minutes over all of them instead of whichever peer ran
+    then. *before*: also a peer ``filterproxy-before``, the gateway from that tree."""
     os.sched_setaffinity(0, {LOAD_CORE})
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     seconds = 4.0 if quick else 10.0
+    if before is not None:
+        print(check_source_tree(before), flush=True)
     upstream = Upstream()
+    try:
+        h2_upstream = Upstream(module="bench.h2_upstream")
+    except BaseException:
+        upstream.stop()
+        raise
     os.environ["BENCH_UPSTREAM_PORT"] = str(upstream.port)
     every: list[dict[str, Any]] = []
+    announced: set[str] = set()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
-            found = peers(workdir, upstream.port, only)
+            found = peers(
+                workdir, upstream.port, only, h2_upstream_port=h2_upstream.port, before=before
+            )
             scaling = [p for p in found if p.name.startswith("filterproxy")]
             for number in range(1, rounds + 1):
                 results: dict[str, Any] = {}
@@ -395,10 +514,22 @@ def run(only: set[str] | None, quick: bool, rounds: int) -> dict[str, Any]:
                     print(f"--- round {number}/{rounds}: {peer.name}", flush=True)
                     peer.start(str(PROXY_CORE))
                     try:
+                        if peer.name.startswith("filterproxy") and peer.name not in announced:
+                            print(loaded_from(peer, before), flush=True)
+                            announced.add(peer.name)
                         results[peer.name] = measure_peer(peer, upstream, workdir, quick)
-                        print(json.dumps(results[peer.name], indent=1, default=str), flush=True)
                     finally:
                         peer.stop()
+                    if peer.h2_upstream is not None:
+                        print(f"--- round {number}/{rounds}: {peer.name}, HTTP/2 upstream")
+                        peer.h2_upstream.start(str(PROXY_CORE))
+                        try:
+                            results[peer.name]["h2_upstream"] = measure_h2_upstream(
+                                peer.h2_upstream, h2_upstream, workdir, quick
+                            )
+                        finally:
+                            peer.h2_upstream.stop()
+                    print(json.dumps(results[peer.name], indent=1, default=str), flush=True)
                 # Scaling: one and two workers on both cores, sharing them with the load.
                 for peer in scaling:
                     print(f"--- round {number}/{rounds}: scaling, {peer.name}", flush=True)
@@ -415,6 +546,7 @@ def run(only: set[str] | None, quick: bool, rounds: int) -> dict[str, Any]:
                 every.append(results)
     finally:
         upstream.stop()
+        h2_upstream.stop()
     merged: dict[str, Any] = median_of(every)
     if rounds > 1:
         merged["_rounds"] = every
@@ -499,8 +631,11 @@ def table(all_results: dict[str, Any]) -> str:
         "HTTP/2 non-streaming: proxy CPU µs per request",
         lambda r: r["h2_plain"].get("cpu_us_per_request") if "h2_plain" in r else None,
     )
+    h2_upstream_rows(row)
     row("RSS per open stream KB", lambda r: r["open_streams"]["rss_kb_per_stream"])
     row("idle RSS MB", lambda r: r["idle_rss_mb"])
+    rows.append("")
+    rows.append(H2_UPSTREAM_NOTE + _saturation_note(results))
     scaling = all_results.get("_scaling")
     if scaling:
         rows.append("")
@@ -509,6 +644,88 @@ def table(all_results: dict[str, Any]) -> str:
             + ", ".join(f"{name} {value:,.0f}" for name, value in scaling.items())
         )
     return "\n".join(rows)
+
+
+#: Said under the table: what the HTTP/2-upstream rows measure, and why some peers have none.
+H2_UPSTREAM_NOTE = (
+    "HTTP/2 upstream: the 200-stream and non-streaming loads (HTTP/1.1 from the clients) "
+    "with the proxy forwarding over HTTP/2 (h2c, prior knowledge) to an HTTP/2 mock "
+    "upstream (bench/h2_upstream.py, same events, on the load core); mock's CPU: its "
+    "share of a core over the scenario, and in brackets how busy the load core was "
+    "(mock and load generator together). — for nginx (it cannot proxy to an HTTP/2 "
+    "upstream), and for direct and Portkey (not measured)."
+)
+#: How busy the load core (the mock and the load generator) may be before a row measures
+#: them rather than the proxy.
+SATURATED = 0.9
+
+
+def h2_upstream_rows(row: Any) -> None:
+    """The HTTP/2-upstream rows of `table` (*row* adds one)."""
+
+    def pick(scenario: str, key: str) -> Any:
+        return lambda r: r.get("h2_upstream", {}).get(scenario, {}).get(key)
+
+    def both(first: Any, second: Any, digits: int = 1, sep: str = " / ") -> Any:
+        return lambda r: (
+            "—"
+            if "h2_upstream" not in r
+            else f"{fmt(first(r), digits)}{sep}{fmt(second(r), digits)}"
+        )
+
+    def share(scenario: str) -> Any:
+        def cell(r: dict[str, Any]) -> str | None:
+            mock = pick(scenario, "upstream_core_share")(r)
+            core = pick(scenario, "load_core_busy")(r)
+            if mock is None or core is None:
+                return None
+            return f"{mock * 100:.0f} % ({core * 100:.0f} %)"
+
+        return cell
+
+    row(
+        "HTTP/2 upstream, 200 streams: streams/s / chunk latency p99 ms / errors",
+        lambda r: (
+            "—"
+            if "h2_upstream" not in r
+            else f"{fmt(pick('stream200', 'streams_per_s')(r))} / "
+            f"{fmt(pick('stream200', 'chunk_p99_ms')(r), 2)} / "
+            f"{fmt(pick('stream200', 'errors')(r))}"
+        ),
+    )
+    row(
+        "HTTP/2 upstream, 200 streams: proxy CPU µs per chunk, reader at normal / real-time priority",
+        both(pick("stream200_plain", "cpu_us_per_chunk"), pick("stream200", "cpu_us_per_chunk")),
+    )
+    row(
+        "HTTP/2 upstream, non-streaming: requests/s / errors",
+        both(pick("nonstream", "requests_per_s"), pick("nonstream", "errors"), 0),
+    )
+    row(
+        "HTTP/2 upstream, non-streaming: proxy CPU µs per request",
+        pick("nonstream", "cpu_us_per_request"),
+    )
+    row(
+        "HTTP/2 upstream: mock's CPU (load core busy), 200 streams at normal priority / non-streaming",
+        both(share("stream200_plain"), share("nonstream")),
+    )
+
+
+def _saturation_note(results: dict[str, Any]) -> str:
+    """What to make of HTTP/2-upstream rows whose load core was (nearly) full."""
+    busy = [
+        f"{name} ({scenario})"
+        for name, r in results.items()
+        for scenario, out in r.get("h2_upstream", {}).items()
+        if (out.get("load_core_busy") or 0) >= SATURATED
+    ]
+    if not busy:
+        return ""
+    return (
+        f" The load core was over {SATURATED:.0%} busy in {', '.join(busy)}: there the mock "
+        "and the load generator set the pace, so read the proxy's CPU per chunk or "
+        "request, not its rate."
+    )
 
 
 def chart(results: dict[str, Any], path: Path, title: str) -> None:
@@ -536,6 +753,7 @@ def chart(results: dict[str, Any], path: Path, title: str) -> None:
         "envoy": "#e9c46a",
         "portkey": "#8d5fd3",
         "filterproxy": "#e76f51",
+        "filterproxy-before": "#f4a261",
     }
     for ax, (label, pick) in zip(axes.flat, panels, strict=True):
         values = [pick(results[n]) or 0 for n in names]
@@ -561,6 +779,14 @@ def main() -> None:
     parser.add_argument(
         "--peers", help="comma-separated subset of direct,nginx,envoy,portkey,filterproxy"
     )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="DIR",
+        help="also measure the gateway from DIR, another source or build tree of it (its "
+        "compiled modules beside the source), as the peer filterproxy-before: the same "
+        "Python, config, scenarios and core as filterproxy, DIR first on its PYTHONPATH",
+    )
     parser.add_argument("--quick", action="store_true", help="shorter scenarios (a smoke run)")
     parser.add_argument("--no-save", action="store_true", help="print only, write no result files")
     parser.add_argument(
@@ -571,8 +797,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     only = set(args.peers.split(",")) if args.peers else None
+    if only is not None and args.before:
+        only.add("filterproxy-before")
     rounds = args.rounds or (1 if args.quick else 3)
-    results = run(only, args.quick, rounds)
+    try:
+        results = run(only, args.quick, rounds, args.before.resolve() if args.before else None)
+    except PeerUnavailable as reason:
+        sys.exit(str(reason))
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}"
     today = datetime.date.today().isoformat()
     text = (
