@@ -107,12 +107,12 @@ test: lint typecheck docs-build redis-server node chromium podman
 	      > ../ctree.log 2>&1); echo $$? > build/ctree.rc; \
 	    $(MAKE) --no-print-directory image > build/image.log 2>&1; echo $$? > build/image.rc ) \
 	  < /dev/null > /dev/null 2>&1 &
-	$(BIN)/pytest -q -p no:cacheprovider --ignore=tests/twisted_reactor --ignore=tests/container; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
+	$(BIN)/pytest -q -p no:cacheprovider --durations=15 --ignore=tests/twisted_reactor --ignore=tests/container; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 	$(BIN)/pytest -q -p no:cacheprovider -p no:twisted tests/twisted_reactor
 	@timeout 1800 sh -c 'while [ ! -e build/ctree.rc ]; do sleep 2; done'; \
 	  [ "$$(cat build/ctree.rc)" = 0 ] || { cat build/ctree.log; exit 1; }
 	FILTERPROXY_EXPECT_COMPILED=1 PYTHONPATH=build/ctree:. $(BIN)/pytest -q -p no:cacheprovider \
-	  --import-mode=append tests/unit tests/integration; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
+	  --durations=15 --import-mode=append tests/unit tests/integration; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 	FILTERPROXY_EXPECT_COMPILED=1 PYTHONPATH=build/ctree:. $(BIN)/pytest -q -p no:cacheprovider \
 	  -p no:twisted --import-mode=append tests/twisted_reactor
 	@timeout 1800 sh -c 'while [ ! -e build/image.rc ]; do sleep 2; done'; cat build/image.log; \

@@ -27,6 +27,7 @@ PURE_ONLY = {
     "tests/unit/test_admin_protocol.py": "the admin listener",
     "tests/unit/test_architecture_docs.py": "the docs",
     "tests/unit/test_bedrock_auth.py": "SigV4 signing (extensions/bedrock/auth.py)",
+    "tests/unit/test_bench_h2_upstream.py": "the benchmark's HTTP/2 mock upstream",
     "tests/unit/test_cloud_providers_config.py": "the cloud providers' config",
     "tests/unit/test_credentials.py": "expiring credentials (filters/credentials.py)",
     "tests/unit/test_docs.py": "the docs",
