@@ -477,7 +477,7 @@ class H2ServerConnection(Protocol):
         sid = event.stream_id
         fields = request_fields(cast("list[tuple[bytes, bytes]]", event.headers or ()))
         if isinstance(fields, str):
-            self._malformed(sid, fields)
+            self._refuse(sid, 400, f"malformed HTTP/2 request: {fields}", malformed=True)
             return
         if len(fields) > self.limits.max_header_count + 4:  # + the pseudo-headers
             self._refuse(
@@ -511,9 +511,13 @@ class H2ServerConnection(Protocol):
         stream.manager = manager
         manager.decode_headers(head, stream.request_ended)
 
-    def _refuse(self, sid: int, status: int, message: str) -> None:
-        """Answer *status* with *message* on a stream the gateway will not serve, and reset
-        it (NO_ERROR) if the client is still sending its request (RFC 9113 8.1)."""
+    def _refuse(self, sid: int, status: int, message: str, *, malformed: bool = False) -> None:
+        """Answer *status* with *message* on a stream the gateway will not serve.
+
+        A refused request still arriving is reset with NO_ERROR after the answer (RFC 9113
+        8.1). A *malformed* one is a stream error (8.1.1): the answer leaves the stream
+        open (its body only if the window takes it whole) and RST_STREAM PROTOCOL_ERROR
+        always follows."""
         body = error_body(status, message)
         with contextlib.suppress(H2Error):
             self.h2.send_headers(
@@ -524,31 +528,15 @@ class H2ServerConnection(Protocol):
                     ("content-length", str(len(body))),
                 ],
             )
-            self.h2.send_data(sid, body, end_stream=True)
+            window = min(self.h2.local_flow_control_window(sid), self.h2.max_outbound_frame_size)
+            if window >= len(body):
+                self.h2.send_data(sid, body, end_stream=not malformed)
         stream = self.h2.streams.get(sid)
         if stream is not None and not stream.closed:
             with contextlib.suppress(H2Error):
-                self.h2.reset_stream(sid, ErrorCodes.NO_ERROR)
-
-    def _malformed(self, sid: int, problem: str) -> None:
-        """A malformed request is a stream error (RFC 9113 8.1.1): a 400 that says what is
-        wrong, then RST_STREAM PROTOCOL_ERROR — the answer does not end the stream, so the
-        reset always follows it."""
-        body = error_body(400, f"malformed HTTP/2 request: {problem}")
-        with contextlib.suppress(H2Error):
-            self.h2.send_headers(
-                sid,
-                [
-                    (":status", "400"),
-                    ("content-type", "application/json"),
-                    ("content-length", str(len(body))),
-                ],
-            )
-            window = min(self.h2.local_flow_control_window(sid), self.h2.max_outbound_frame_size)
-            if window >= len(body):
-                self.h2.send_data(sid, body)
-        with contextlib.suppress(H2Error):
-            self.h2.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+                self.h2.reset_stream(
+                    sid, ErrorCodes.PROTOCOL_ERROR if malformed else ErrorCodes.NO_ERROR
+                )
 
     def _data(self, event: DataReceived) -> None:
         sid = event.stream_id
