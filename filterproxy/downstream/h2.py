@@ -52,7 +52,7 @@ from filterproxy.http.h2wire import (
     trailer_problem,
 )
 from filterproxy.http.headers import Headers
-from filterproxy.runtime._transport import keep_unsent_small
+from filterproxy.runtime._transport import PassWrites, keep_unsent_small
 from filterproxy.runtime.deadlines import deadlines_for
 from filterproxy.runtime.teardown import forget_traceback, release_h2
 
@@ -395,10 +395,13 @@ class H2ServerConnection(Protocol):
         self.closing = False
         self.timer: IDelayedCall | None = None
         self.deadlines = deadlines_for(listener.gateway.reactor)
+        #: What is written to the transport, sent once per pass of the reactor.
+        self.writes: PassWrites | None = None
 
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
+        self.writes = PassWrites(transport, self.listener.gateway.reactor)
         self.client_ip = getattr(transport.getPeer(), "host", "") or ""
         with contextlib.suppress(AttributeError, OSError):
             transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
@@ -426,7 +429,7 @@ class H2ServerConnection(Protocol):
         """Write what h2 has framed."""
         data = self.h2.data_to_send()
         if data and not self.gone:
-            self.transport.write(data)  # type: ignore[union-attr]
+            self.writes.write(data)  # type: ignore[union-attr]
 
     def write_frames(self, frames: list[bytes]) -> None:
         """Write frames built outside h2, after what h2 has framed before them."""
@@ -435,7 +438,7 @@ class H2ServerConnection(Protocol):
         data = self.h2.data_to_send()
         if data:
             frames.insert(0, data)
-        self.transport.writeSequence(frames)  # type: ignore[union-attr]
+        self.writes.write_pieces(frames)  # type: ignore[union-attr]
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -631,11 +634,15 @@ class H2ServerConnection(Protocol):
         connection would stay open (idle past keepalive_timeout, or after a GOAWAY)."""
         transport = self.transport
         if transport is not None:
+            if self.writes is not None:
+                self.writes.send()
             transport.unregisterProducer()  # type: ignore[attr-defined]
             transport.loseConnection()
 
     def abort(self) -> None:
         if not self.gone:
+            if self.writes is not None:
+                self.writes.drop()
             self.transport.abortConnection()  # type: ignore[union-attr]
 
     def _arm_idle(self) -> None:
@@ -656,6 +663,8 @@ class H2ServerConnection(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.gone = True
+        if self.writes is not None:
+            self.writes.drop()
         self._disarm()
         self.listener.connections.discard(self)
         for stream in list(self.streams.values()):

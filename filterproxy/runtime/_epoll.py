@@ -5,6 +5,7 @@ for what it changes and why."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from select import EPOLLIN
 from typing import Any, Final
 
@@ -35,8 +36,34 @@ _log = Logger(namespace="filterproxy.reactor")
 
 class GatewayReactor(EPollReactor):
     """`EPollReactor` without the per-event logging context, reading TCP
-    connections directly, and a main loop that skips the timed-call bookkeeping on the
-    passes where no timed call is due."""
+    connections directly, a main loop that skips the timed-call bookkeeping on the
+    passes where no timed call is due, and calls made once before it next waits
+    (`call_before_wait`)."""
+
+    def __init__(self) -> None:
+        #: What `call_before_wait` was given since the reactor last waited.
+        self._before_wait: list[Callable[[], object]] = []
+        super().__init__()
+
+    def call_before_wait(self, call: Callable[[], object]) -> None:
+        """Call *call* once, after the sockets that are ready now have been handled and
+        before the reactor waits for more (after the timed calls that are due, too).
+
+        A connection that writes many small pieces in one pass — an HTTP/2 connection,
+        whose streams each send frames — queues them and sends them here with one
+        ``send``: not one per piece, and not on the reactor's next pass after two
+        ``epoll_ctl`` calls to watch the socket for writability, as `ITransport.write`
+        would. An exception from *call* is logged; the others are still called."""
+        self._before_wait.append(call)
+
+    def _call_before_wait(self) -> None:
+        while self._before_wait:
+            calls, self._before_wait = self._before_wait, []
+            for call in calls:
+                try:
+                    call()
+                except BaseException:
+                    _log.failure("Unexpected error in a call before waiting")
 
     def mainLoop(self) -> None:
         """Run until stopped: each pass runs what is due, then waits for sockets.
@@ -76,6 +103,10 @@ class GatewayReactor(EPollReactor):
 
     def doIteration(self, timeout: float | None) -> None:
         """Wait up to *timeout* seconds for ready sockets and handle them."""
+        if self._before_wait:
+            self._call_before_wait()
+            if self.threadCallQueue or self._newTimedCalls:
+                timeout = 0.0  # those calls made calls due now: do not wait for them
         if timeout is None:
             timeout = -1  # wait until something is ready
         selectables = self._selectables

@@ -19,6 +19,7 @@ __all__ = [
     "CLIENT_UNSENT_BYTES",
     "PLAIN_TCP",
     "NativeProtocol",
+    "PassWrites",
     "keep_unsent_small",
     "send_now",
     "write_now",
@@ -122,3 +123,55 @@ class NativeProtocol:
 
     def logPrefix(self) -> str:
         return type(self).__name__
+
+
+class PassWrites:
+    """The writes of one connection during a pass of the reactor, sent together before
+    the reactor waits again.
+
+    An HTTP/2 connection writes many small pieces in one pass: each stream's frames, a
+    WINDOW_UPDATE for each read. `ITransport.write` queues each piece and sends them on
+    the reactor's next pass, after two ``epoll_ctl`` calls to watch the socket for
+    writability; sending each at once would make one ``send`` per piece. With a reactor
+    that offers ``call_before_wait`` (`filterproxy.runtime._epoll.GatewayReactor`) the
+    pieces are kept here and leave in one `write_now` once the ready sockets have been
+    handled. With any other reactor every piece goes to the transport as it comes.
+    """
+
+    def __init__(self, transport: Any, reactor: Any) -> None:
+        self.transport = transport
+        self.pieces: list[bytes] = []
+        self.before_wait: Any = getattr(reactor, "call_before_wait", None)
+
+    def write(self, data: bytes) -> None:
+        """Write *data* after what was written before it."""
+        if self.before_wait is None:
+            self.transport.write(data)
+            return
+        pieces = self.pieces
+        if not pieces:
+            self.before_wait(self.send)
+        pieces.append(data)
+
+    def write_pieces(self, data: list[bytes]) -> None:
+        """Write every piece of *data*, in order, after what was written before them."""
+        if self.before_wait is None:
+            self.transport.writeSequence(data)
+            return
+        pieces = self.pieces
+        if not pieces:
+            self.before_wait(self.send)
+        pieces.extend(data)
+
+    def send(self) -> None:
+        """Send what is kept now (before closing the connection, say)."""
+        pieces = self.pieces
+        if not pieces:
+            return
+        data = b"".join(pieces) if len(pieces) > 1 else pieces[0]
+        pieces.clear()
+        write_now(self.transport, data)
+
+    def drop(self) -> None:
+        """Forget what is kept: the connection is gone."""
+        self.pieces.clear()

@@ -264,3 +264,69 @@ def test_the_main_loop_runs_timed_calls_thread_calls_and_survives_an_error() -> 
     assert "PENDING 0" in lines
     assert any("Unexpected error in main loop" in line for line in lines)
     assert any("ValueError: a failing pass" in line for line in lines)
+
+
+def test_writes_kept_for_a_pass_leave_together_before_the_reactor_waits() -> None:
+    """`PassWrites` keeps what a connection writes while the reactor handles ready sockets
+    (and timed calls) and sends it, in order, before the reactor waits again; a call made
+    before waiting that schedules a call runs it without waiting for a socket; a call
+    that raises is logged and the others still run."""
+    logged: list[str] = []
+    out = run_python(
+        """
+        import socket, sys
+        from filterproxy.runtime.reactor import install_if_unset
+        install_if_unset()
+        from twisted.internet import reactor, protocol
+        from twisted.internet.endpoints import TCP4ServerEndpoint
+        from twisted.logger import globalLogBeginner, textFileLogObserver
+        from filterproxy.runtime._transport import PassWrites
+        globalLogBeginner.beginLoggingTo(
+            [textFileLogObserver(sys.stderr)], redirectStandardIO=False
+        )
+
+        class Server(protocol.Protocol):
+            def connectionMade(self):
+                self.writes = PassWrites(self.transport, reactor)
+            def dataReceived(self, data):
+                for piece in (b"one ", b"two ", b"three "):
+                    self.writes.write(piece)
+                self.writes.write_pieces([b"four ", b"five"])
+                # Nothing has reached the transport yet: it is all kept for the pass.
+                queued = len(self.transport.dataBuffer) + self.transport._tempDataLen
+                print("during the pass:", len(self.writes.pieces), "kept,", queued, "queued")
+                reactor.callLater(0, self.later)
+            def later(self):  # a timed call writes too: sent before the reactor waits
+                self.writes.write(b" six")
+                def failing():
+                    raise RuntimeError("a call before waiting failed")
+                reactor.call_before_wait(failing)
+                reactor.call_before_wait(lambda: reactor.callLater(0, read))
+
+        def read():
+            client.settimeout(5)
+            got = b""
+            while len(got) < len(b"one two three four five six"):
+                got += client.recv(100)
+            print("client got:", got.decode())
+            reactor.stop()
+
+        def connected(port):
+            global client
+            client = socket.create_connection(("127.0.0.1", port.getHost().port))
+            client.sendall(b"go")
+
+        factory = protocol.Factory.forProtocol(Server)
+        TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory).addCallback(
+            connected
+        )
+        reactor.callLater(20, lambda: (print("the reactor waited"), reactor.stop()))
+        reactor.run()
+        """,
+        stderr=logged,
+    )
+    assert out.splitlines() == [
+        "during the pass: 5 kept, 0 queued",
+        "client got: one two three four five six",
+    ]
+    assert "RuntimeError: a call before waiting failed" in logged[0]
