@@ -19,6 +19,15 @@ walk per byte.
 A request's header list, as h2 decodes it, is checked here rather than by h2's chain of
 generators (`request_fields`): the same rules (RFC 9113 8.2 and 8.3.1, as h2 applies
 them), one pass, and what is wrong said in words a 400 can carry.
+
+On the gateway's side as an HTTP/2 client (`filterproxy.upstream.h2`) the busiest frame is
+the other way round: every streamed chunk arrives as a DATA frame, and h2 spends about
+14 µs on each (a frame object, two state machines, an event, the window bookkeeping of its
+acknowledgement). `read_data_frame` reads the plain ones — whole, unpadded, on a stream
+that is open for them, within every window, length and content-length — and moves h2's
+windows, content-length count and stream state exactly as h2's ``receive_data`` would;
+the first frame that is anything else, and everything after it, is left to h2.
+`acknowledge` hands the received bytes back as h2's ``acknowledge_received_data`` does.
 """
 
 from __future__ import annotations
@@ -26,8 +35,10 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Iterable
-from typing import Final
+from typing import Any, Final
 
+from h2.connection import ConnectionState
+from h2.stream import StreamInputs, StreamState
 from hpack.table import HeaderTable
 
 __all__ = [
@@ -35,8 +46,11 @@ __all__ = [
     "END_HEADERS",
     "END_STREAM",
     "HEADERS",
+    "acknowledge",
+    "first_frame",
     "frame_head",
     "header_block",
+    "read_data_frame",
     "request_fields",
     "trailer_problem",
 ]
@@ -46,6 +60,8 @@ DATA: Final = 0x0
 HEADERS: Final = 0x1
 END_STREAM: Final = 0x1
 END_HEADERS: Final = 0x4
+PADDED: Final = 0x8
+WINDOW_UPDATE: Final = 0x8
 
 _FRAME_HEAD: Final = struct.Struct(">BHBBL")
 
@@ -238,3 +254,90 @@ def trailer_problem(raw: Iterable[tuple[bytes, bytes]]) -> str | None:
         if name[0] == 0x3A:
             return f"pseudo-header {name[:40].decode('latin-1')} in trailers"
     return None
+
+
+#: The connection states in which h2 takes a DATA frame without a transition.
+_OPEN_CONNECTION: Final = (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN)
+#: The stream states in which h2 takes a DATA frame without a transition (RFC 9113 5.1).
+_RECEIVING: Final = (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL)
+_RECV_END_STREAM: Final = StreamInputs.RECV_END_STREAM
+_WINDOW_UPDATE: Final = struct.Struct(">BHBBLL")
+
+
+def read_data_frame(
+    h2: Any, data: bytes, start: int, streams: dict[int, Any]
+) -> tuple[Any, bytes, bool] | None:
+    """Read the frame at *start* of *data*, received on *h2* (an ``H2Connection``), as
+    h2's ``receive_data`` would read it, if it is a plain DATA frame: return the stream it
+    is for (``streams[stream_id]``), its payload (the frame is ``9 + len(payload)``
+    bytes) and whether it ended the stream; None (nothing read) when h2 must read it.
+
+    Plain means h2 would take it with no more than moving its state: h2 holds no partial
+    frame and is not inside a header block; the connection and the stream are open for
+    data; the frame is whole, unpadded, within the frame size and both receive windows;
+    the stream's headers have arrived; its content-length is not exceeded (nor fallen
+    short of, at its end); and the stream is one of *streams*. h2's windows and
+    content-length count are moved, and its stream state on END_STREAM, exactly as its
+    own reading would move them."""
+    if len(data) - start < 9 or data[start + 3] != DATA:
+        return None
+    length = (data[start] << 16) | (data[start + 1] << 8) | data[start + 2]
+    flags = data[start + 4]
+    begin = start + 9
+    if flags & PADDED or len(data) - begin < length or length > h2.max_inbound_frame_size:
+        return None
+    buffer = h2.incoming_buffer
+    if buffer._data or buffer._headers_buffer or buffer._preamble_len:
+        return None
+    if h2.state_machine.state not in _OPEN_CONNECTION:
+        return None
+    stream_id = int.from_bytes(data[start + 5 : begin], "big") & 0x7FFFFFFF
+    mine = streams.get(stream_id)
+    stream = h2.streams.get(stream_id)
+    if mine is None or stream is None:
+        return None
+    machine = stream.state_machine
+    if machine.state not in _RECEIVING or not machine.headers_received:
+        return None
+    connection_window = h2._inbound_flow_control_window_manager
+    stream_window = stream._inbound_window_manager
+    if length > connection_window.current_window_size or length > stream_window.current_window_size:
+        return None
+    ended = bool(flags & END_STREAM)
+    received = stream._actual_content_length + length
+    expected = stream._expected_content_length
+    if expected is not None and (received > expected or (ended and received != expected)):
+        return None
+    connection_window.current_window_size -= length
+    stream_window.current_window_size -= length
+    stream._actual_content_length = received
+    if ended:
+        machine.process_input(_RECV_END_STREAM)
+    return mine, data[begin : begin + length], ended
+
+
+def first_frame(h2: Any, data: bytes, start: int) -> int:
+    """Where to end what of *data*, from *start*, is handed to h2 (received on *h2*) for
+    it to read one frame alone: after that frame when it is whole and h2 holds no
+    partial frame, else at the end of *data* (h2 keeps what is not a whole frame yet)."""
+    buffer = h2.incoming_buffer
+    if len(data) - start < 9 or buffer._data or buffer._preamble_len:
+        return len(data)
+    end = start + 9 + ((data[start] << 16) | (data[start + 1] << 8) | data[start + 2])
+    return end if end <= len(data) else len(data)
+
+
+def acknowledge(h2: Any, stream_id: int, size: int) -> bytes:
+    """Hand *size* received bytes of stream *stream_id* back to the peer's windows, as
+    h2's ``acknowledge_received_data`` would; return the WINDOW_UPDATE frames that makes
+    (most acknowledgements make none: h2 waits for half a window)."""
+    frames = b""
+    increment = h2._inbound_flow_control_window_manager.process_bytes(size)
+    if increment:
+        frames = _WINDOW_UPDATE.pack(0, 4, WINDOW_UPDATE, 0, 0, increment)
+    stream = h2.streams.get(stream_id)
+    if stream is not None and stream.open:
+        increment = stream._inbound_window_manager.process_bytes(size)
+        if increment:
+            frames += _WINDOW_UPDATE.pack(0, 4, WINDOW_UPDATE, 0, stream_id, increment)
+    return frames

@@ -30,6 +30,10 @@ class PrivateAPI:
 
 
 _REACTOR = "filterproxy.runtime._epoll: GatewayReactor's main loop and read dispatch"
+_H2_READ = (
+    "filterproxy.http.h2wire.read_data_frame and acknowledge: DATA frames read, and "
+    "acknowledged, around h2 with its windows and content-length count moved as h2 moves them"
+)
 _SEND = "filterproxy.runtime._transport.write_now, downstream.http11's send: writes straight to the socket while nothing is queued"
 
 PRIVATE_APIS: tuple[PrivateAPI, ...] = (
@@ -89,6 +93,18 @@ PRIVATE_APIS: tuple[PrivateAPI, ...] = (
         "_frame_dispatch_table",
         "attribute",
         "filterproxy.runtime.teardown.release_h2: the connection's table of its own bound methods",
+    ),
+    *(
+        PrivateAPI(owner, name, "attribute", _H2_READ)
+        for owner, name in (
+            ("h2.connection.H2Connection", "_inbound_flow_control_window_manager"),
+            ("h2.frame_buffer.FrameBuffer", "_data"),
+            ("h2.frame_buffer.FrameBuffer", "_headers_buffer"),
+            ("h2.frame_buffer.FrameBuffer", "_preamble_len"),
+            ("h2.stream.H2Stream", "_inbound_window_manager"),
+            ("h2.stream.H2Stream", "_actual_content_length"),
+            ("h2.stream.H2Stream", "_expected_content_length"),
+        )
     ),
     PrivateAPI(
         "botocore.credentials.RefreshableCredentials",

@@ -44,7 +44,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from filterproxy.http.h2wire import acknowledge, first_frame, read_data_frame
 from filterproxy.http.headers import Headers
+from filterproxy.runtime._transport import PassWrites
 from filterproxy.runtime.teardown import forget_traceback, release_connector, release_h2
 from filterproxy.upstream.connection import IUpstreamHandler, UpstreamFailure, tls_error
 
@@ -241,8 +243,11 @@ class H2ClientConnection(Protocol):
         self.ping_timer: IDelayedCall | None = None
         self.ping_deadline: IDelayedCall | None = None
         self.idle_timer: IDelayedCall | None = None
+        #: What is written to the transport, sent once per pass of the reactor.
+        self.writes: PassWrites | None = None
 
     def connectionMade(self) -> None:
+        self.writes = PassWrites(self.transport, self.pool.reactor)
         with contextlib.suppress(AttributeError, OSError):
             self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
         h2 = self.h2
@@ -288,7 +293,7 @@ class H2ClientConnection(Protocol):
         if self.closed:
             return
         if self.goaway and not self.streams and not self.reserved:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self._close()
             return
         if not self.streams and not self.reserved:
             self.idle_timer = self.pool.reactor.callLater(
@@ -303,28 +308,60 @@ class H2ClientConnection(Protocol):
             with contextlib.suppress(H2Error):
                 self.h2.close_connection()
             self.write_pending()
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self._close()
 
     # -- I/O --------------------------------------------------------------------------------
 
     def write_pending(self) -> None:
         data = self.h2.data_to_send()
         if data and not self.closed:
-            self.transport.write(data)  # type: ignore[union-attr]
+            self.writes.write(data)  # type: ignore[union-attr]
+
+    def _close(self) -> None:
+        """Close once what is written has gone."""
+        if self.writes is not None:
+            self.writes.send()
+        self.transport.loseConnection()  # type: ignore[union-attr]
 
     def acknowledge(self, stream_id: int, size: int) -> None:
+        """Hand *size* received bytes of a stream back to the upstream's windows (a
+        WINDOW_UPDATE once half a window has been handed back)."""
         if size and not self.closed:
-            with contextlib.suppress(H2Error):
-                self.h2.acknowledge_received_data(size, stream_id)
+            frames = acknowledge(self.h2, stream_id, size)
+            if frames:
+                self.writes.write(self.h2.data_to_send() + frames)  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
+        touched: list[H2ClientStream] = []
+        start, end = 0, len(data)
+        while start < end:
+            if self.settings_known:
+                # Plain DATA frames are read around h2 (`h2wire.read_data_frame`); any
+                # other frame goes through h2, one frame at a time.
+                read = read_data_frame(self.h2, data, start, self.streams)
+                if read is not None:
+                    stream, chunk, ended = read
+                    start += 9 + len(chunk)
+                    stream.on_data(chunk, len(chunk))
+                    touched.append(stream)
+                    if ended:
+                        stream.on_end()
+                    continue
+            stop = first_frame(self.h2, data, start)
+            if not self._receive_through_h2(data[start:stop], touched):
+                return
+            start = stop
+        self._read_done(touched)
+
+    def _receive_through_h2(self, data: bytes, touched: list[H2ClientStream]) -> bool:
+        """Hand *data* to h2 and act on the events it makes of it; False when it broke
+        the connection."""
         try:
             events = self.h2.receive_data(data)
         except H2Error as e:
             self.write_pending()
             self._fail_all(UpstreamFailure.PROTOCOL_ERROR, f"upstream broke HTTP/2: {e}")
-            return
-        touched: list[H2ClientStream] = []
+            return False
         for event in events:
             if isinstance(event, DataReceived):
                 stream = self.streams.get(event.stream_id)
@@ -362,6 +399,11 @@ class H2ClientConnection(Protocol):
             elif isinstance(event, PingAckReceived):
                 self._cancel(self.ping_deadline)
                 self.ping_deadline = None
+        return True
+
+    def _read_done(self, touched: list[H2ClientStream]) -> None:
+        """A read is handled: write what it made h2 send, and tell the streams it gave
+        something that it has all been given."""
         self.write_pending()
         for stream in touched:
             if stream.handler is not None:
@@ -387,7 +429,7 @@ class H2ClientConnection(Protocol):
             if sid > last_stream_id:
                 stream.on_reset(f"upstream sent GOAWAY ({code})", refused=True)
         if not self.streams and not self.reserved:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self._close()
         self.pool.h2_capacity(self)
 
     # -- keep-alive -------------------------------------------------------------------------
@@ -431,15 +473,21 @@ class H2ClientConnection(Protocol):
                 detail,
             )
         if self.transport is not None and not self.closed:
+            if self.writes is not None:
+                self.writes.drop()
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def abort(self) -> None:
         """Close the whole connection at once."""
         if self.transport is not None and not self.closed:
+            if self.writes is not None:
+                self.writes.drop()
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.closed = True
+        if self.writes is not None:
+            self.writes.drop()
         for timer in (self.ping_timer, self.ping_deadline, self.idle_timer):
             self._cancel(timer)
         self.pool.h2_discard(self)

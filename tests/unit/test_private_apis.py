@@ -89,6 +89,17 @@ def _refreshable_credentials(reactor: Any) -> Any:
     return RefreshableCredentials("AKID", "secret", "token", expiry, lambda: {}, "test")
 
 
+def _h2_stream(reactor: Any) -> Any:
+    from h2.connection import H2Connection
+
+    connection = H2Connection()
+    connection.initiate_connection()
+    connection.send_headers(
+        1, [(":method", "GET"), (":path", "/"), (":scheme", "https"), (":authority", "a")]
+    )
+    return connection.streams[1]
+
+
 #: How to get an object that has each owner's attributes.
 INSTANCES: dict[str, Callable[[Any], Any]] = {
     "twisted.internet.base.ReactorBase": lambda reactor: reactor,
@@ -102,6 +113,8 @@ INSTANCES: dict[str, Callable[[Any], Any]] = {
     "twisted.protocols.tls.TLSMemoryBIOProtocol": _tls,
     "OpenSSL.SSL.Connection": _openssl,
     "h2.connection.H2Connection": _h2,
+    "h2.frame_buffer.FrameBuffer": lambda reactor: _h2(reactor).incoming_buffer,
+    "h2.stream.H2Stream": _h2_stream,
     "botocore.credentials.RefreshableCredentials": _refreshable_credentials,
 }
 
