@@ -46,8 +46,11 @@ from filterproxy.http.h2wire import (
     END_HEADERS,
     END_STREAM,
     HEADERS,
+    acknowledge,
+    first_frame,
     frame_head,
     header_block,
+    read_data_frame,
     request_fields,
     trailer_problem,
 )
@@ -443,15 +446,36 @@ class H2ServerConnection(Protocol):
     # -- receiving --------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        start, end = 0, len(data)
+        while start < end and not self.gone:
+            # A request body's plain DATA frames are read around h2
+            # (`h2wire.read_data_frame`); any other frame goes through h2, one at a time.
+            read = read_data_frame(self.h2, data, start, self.streams)
+            if read is not None:
+                stream, chunk, ended = read
+                start += 9 + len(chunk)
+                self._body(stream, chunk, ended)
+                continue
+            stop = first_frame(self.h2, data, start)
+            if not self._receive_through_h2(data[start:stop]):
+                return
+            start = stop
         if self.gone:
             return
+        self.write_pending()
+        if self.closing and not self.streams:
+            self._lose_connection()
+
+    def _receive_through_h2(self, data: bytes) -> bool:
+        """Hand *data* to h2 and act on the events it makes of it; False when it broke
+        the connection."""
         try:
             events = self.h2.receive_data(data)
         except H2Error as e:
             log.info("HTTP/2 protocol error from {client}: {error}", client=self.client_ip, error=e)
             self.write_pending()  # h2 queued a GOAWAY
             self._lose_connection()
-            return
+            return False
         for event in events:
             if isinstance(event, RequestReceived):
                 self._request(event)
@@ -472,9 +496,7 @@ class H2ServerConnection(Protocol):
                     self._window_opened(0)
             elif isinstance(event, ConnectionTerminated):
                 self.closing = True
-        self.write_pending()
-        if self.closing and not self.streams:
-            self._lose_connection()
+        return True
 
     def _request(self, event: RequestReceived) -> None:
         sid = event.stream_id
@@ -546,12 +568,23 @@ class H2ServerConnection(Protocol):
         with contextlib.suppress(H2Error):
             self.h2.acknowledge_received_data(event.flow_controlled_length, sid)
         stream = self.streams.get(sid)
-        if stream is None or stream.manager is None or stream.request_ended:
+        if stream is not None:
+            self._pass_body(stream, event.data or b"", bool(event.stream_ended))
+
+    def _body(self, stream: H2Stream, chunk: bytes, ended: bool) -> None:
+        """A request body's DATA frame, read around h2: acknowledged as h2 would, then
+        passed to the stream's chain."""
+        frames = acknowledge(self.h2, stream.stream_id, len(chunk))
+        if frames:
+            self.writes.write(self.h2.data_to_send() + frames)  # type: ignore[union-attr]
+        self._pass_body(stream, chunk, ended)
+
+    def _pass_body(self, stream: H2Stream, chunk: bytes, ended: bool) -> None:
+        if stream.manager is None or stream.request_ended:
             return
-        ended = bool(event.stream_ended)
         if ended:
             stream.body_arrived()
-        stream.manager.decode_data(event.data or b"", ended)
+        stream.manager.decode_data(chunk, ended)
 
     def _trailers(self, event: TrailersReceived) -> None:
         """A request's trailers are not forwarded; malformed ones reset the stream

@@ -28,6 +28,7 @@ from h2.events import (
     TrailersReceived,
 )
 from h2.settings import SettingCodes
+from h2.stream import StreamState
 from hpack import Decoder, Encoder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -36,7 +37,7 @@ from twisted.internet.testing import StringTransport
 
 from filterproxy.downstream.h2 import H2ServerConnection, H2Stream
 from filterproxy.extensions.builtin import parse_config
-from filterproxy.http.h2wire import frame_head, header_block
+from filterproxy.http.h2wire import first_frame, frame_head, header_block
 from filterproxy.http.headers import Headers
 
 # -- header blocks ------------------------------------------------------------------------
@@ -126,12 +127,14 @@ class _Manager:
 
     def __init__(self) -> None:
         self.gone = False
+        #: The request body as the chain got it.
+        self.body: list[tuple[bytes, bool]] = []
 
     def decode_headers(self, head: Any, end_stream: bool) -> None:
         pass
 
     def decode_data(self, data: bytes, end_stream: bool) -> None:
-        pass
+        self.body.append((data, end_stream))
 
     def client_gone(self) -> None:
         self.gone = True
@@ -164,12 +167,30 @@ class _ThroughH2(H2Stream):
         self._push_through_h2()
 
 
+class _ServerThroughH2(H2ServerConnection):
+    """The connection reading every frame through h2, one at a time, as the gateway hands
+    h2 the frames it does not read itself."""
+
+    def dataReceived(self, data: bytes) -> None:
+        start = 0
+        while start < len(data) and not self.gone:
+            stop = first_frame(self.h2, data, start)
+            if not self._receive_through_h2(data[start:stop]):
+                return
+            start = stop
+        if not self.gone:
+            self.write_pending()
+            if self.closing and not self.streams:
+                self._lose_connection()
+
+
 class World:
     """A gateway connection and an h2 client on the two ends of a transport."""
 
     def __init__(self, through_h2: bool) -> None:
         config = parse_config("clusters: {c: {url: 'http://127.0.0.1:9'}}\nroutes: [{cluster: c}]")
-        self.server = H2ServerConnection(_Listener(_Gateway(config)), scheme="http")  # type: ignore[arg-type]
+        kind = _ServerThroughH2 if through_h2 else H2ServerConnection
+        self.server = kind(_Listener(_Gateway(config)), scheme="http")  # type: ignore[arg-type]
         self.through_h2 = through_h2
         self.transport = StringTransport()
         self.client = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8"))
@@ -219,7 +240,21 @@ class World:
         ]
         # A table size the client set is announced at the start of the next block.
         announce = h2.encoder.header_table.resized
-        return [h2.outbound_flow_control_window, announce, streams, self.seen]
+        # What the client sent: h2's receive windows, what they have handed back, the
+        # bodies' lengths (of streams still open: a closed one's window is never used).
+        window = h2._inbound_flow_control_window_manager
+        received = [
+            (
+                sid,
+                s._actual_content_length,
+                s._inbound_window_manager.current_window_size,
+                s._inbound_window_manager._bytes_processed,
+            )
+            for sid, s in sorted(h2.streams.items())
+            if s.open
+        ]
+        inbound = [window.current_window_size, window._bytes_processed, received]
+        return [h2.outbound_flow_control_window, announce, streams, self.seen, inbound]
 
 
 def _event(event: Event) -> tuple[Any, ...]:
@@ -264,6 +299,9 @@ _ops = st.lists(
             st.integers(0, 70_000),
         ),
         st.tuples(st.just("reset"), st.integers(0, 3)),
+        st.tuples(st.just("body"), st.integers(0, 3), st.integers(0, 40_000), st.booleans()),
+        st.tuples(st.just("body"), st.integers(0, 3), st.integers(0, 500), st.just(False)),
+        st.tuples(st.just("padded body"), st.integers(0, 3), st.integers(0, 300)),
     ),
     max_size=25,
 )
@@ -278,7 +316,15 @@ def _run(world: World, ops: list[tuple[Any, ...]]) -> list[Any]:
         except Exception as e:  # the same failure both ways (a client refusing, say)
             states.append(repr(e))
             break
-        states.append([world.state(), [(len(s.pending), s.response_complete) for s in streams]])
+        states.append(
+            [
+                world.state(),
+                [
+                    (len(s.pending), s.response_complete, s.manager and s.manager.body)
+                    for s in streams
+                ],
+            ]
+        )
     return states
 
 
@@ -303,6 +349,24 @@ def _step(world: World, streams: list[H2Stream], op: tuple[Any, ...]) -> None:
             if world.client.streams.get(stream.stream_id) is not None:
                 world.client.increment_flow_control_window(op[2], stream_id=None)
                 world.client.increment_flow_control_window(op[2], stream_id=stream.stream_id)
+                world.server.dataReceived(world.client.data_to_send())
+        elif kind in ("body", "padded body"):
+            sid = stream.stream_id
+            client_stream = world.client.streams.get(sid)
+            if client_stream is not None and client_stream.state_machine.state in (
+                StreamState.OPEN,
+                StreamState.HALF_CLOSED_REMOTE,
+            ):
+                size = min(
+                    op[2],
+                    world.client.local_flow_control_window(sid),
+                    world.client.max_outbound_frame_size,
+                )
+                payload = bytes(i % 256 for i in range(size))
+                if kind == "body":
+                    world.client.send_data(sid, payload, end_stream=op[3])
+                else:
+                    world.client.send_data(sid, payload[: max(0, size - 8)], pad_length=7)
                 world.server.dataReceived(world.client.data_to_send())
         elif kind == "reset" and not stream.response_complete:
             world.client.reset_stream(stream.stream_id)
