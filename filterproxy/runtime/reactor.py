@@ -25,6 +25,12 @@ busy gateway have nothing for them to do, so `GatewayReactor.mainLoop` calls the
 something is due — a call from a thread, calls scheduled since the last pass, a stop, the
 earliest timed call's time reached — and otherwise waits until the earliest timed call.
 
+It also runs calls made with `GatewayReactor.call_before_wait` once per pass, after the
+ready sockets and due timed calls have been handled and before it waits again: an HTTP/2
+connection keeps what its streams write during a pass (`filterproxy.runtime._transport.PassWrites`)
+and sends it there in one ``send``, instead of one per frame or a trip through the
+reactor's writability watch.
+
 ``twistd filterproxy`` installs it unless a reactor was chosen (``twistd --reactor NAME``)
 or installed already; on platforms without epoll Twisted's default is left in place.
 """
