@@ -20,14 +20,15 @@ A request's header list, as h2 decodes it, is checked here rather than by h2's c
 generators (`request_fields`): the same rules (RFC 9113 8.2 and 8.3.1, as h2 applies
 them), one pass, and what is wrong said in words a 400 can carry.
 
-On the gateway's side as an HTTP/2 client (`filterproxy.upstream.h2`) the busiest frame is
-the other way round: every streamed chunk arrives as a DATA frame, and h2 spends about
-14 µs on each (a frame object, two state machines, an event, the window bookkeeping of its
-acknowledgement). `read_data_frame` reads the plain ones — whole, unpadded, on a stream
+Received, the busiest frame is DATA: every chunk an HTTP/2 upstream streams
+(`filterproxy.upstream.h2`), and a request's body (`filterproxy.downstream.h2`). h2 spends
+about 14 µs on each (a frame object, two state machines, an event, the window bookkeeping of
+its acknowledgement). `read_data_frame` reads the plain ones — whole, unpadded, on a stream
 that is open for them, within every window, length and content-length — and moves h2's
 windows, content-length count and stream state exactly as h2's ``receive_data`` would;
-the first frame that is anything else, and everything after it, is left to h2.
-`acknowledge` hands the received bytes back as h2's ``acknowledge_received_data`` does.
+any other frame is handed to h2 alone (`first_frame` says where it ends), and reading goes
+on after it. `acknowledge` hands the received bytes back as h2's
+``acknowledge_received_data`` does.
 """
 
 from __future__ import annotations
