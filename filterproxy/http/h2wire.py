@@ -1,7 +1,8 @@
-"""The two HTTP/2 frames the gateway writes itself on its busiest paths — a response's
-HEADERS and its DATA — and the rules a request's header list is held to.
+"""The HTTP/2 frames the gateway handles itself on its busiest paths — a response's
+HEADERS and DATA written, plain DATA frames read — and the rules a request's header list
+is held to.
 
-The `h2` library stays the protocol engine (it parses everything a client sends, keeps
+The `h2` library stays the protocol engine (it parses every other frame a peer sends, keeps
 every stream's state and both sides' flow-control windows, and writes every other frame).
 What it does per frame sent — a frame object, its flag set, HPACK's table search and
 Huffman coding of values that are new in every response (request ids, lengths), the
