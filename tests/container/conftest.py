@@ -41,10 +41,25 @@ def image() -> str:
     return IMAGE
 
 
-def free_port() -> int:
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(span: int = 1) -> int:
+    """A port free on 127.0.0.1, and the ``span - 1`` after it too: with workers, worker
+    N's admin listener takes the admin port + N, so all of them must be free."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port + span <= 65536 and all(_bindable(port + i) for i in range(1, span)):
+            return port
+    raise AssertionError(f"no {span} free ports in a row on 127.0.0.1")
 
 
 def answers(url: str) -> bool:
@@ -60,7 +75,8 @@ class Container:
     def __init__(self, image: str, env: dict[str, str], *options: str) -> None:
         self.name = f"filterproxy-test-{uuid.uuid4().hex[:10]}"
         self.port = free_port()
-        self.admin_port = free_port()
+        workers = env.get("FILTERPROXY_WORKERS", "1")
+        self.admin_port = free_port(span=int(workers) if workers.isdigit() else os.cpu_count() or 1)
         environment = {
             "FILTERPROXY_LISTEN": f"tcp:{self.port}:interface=127.0.0.1",
             "FILTERPROXY_ADMIN": f"tcp:{self.admin_port}:interface=127.0.0.1",
