@@ -54,6 +54,7 @@ COMPILED = [
     "filterproxy/http/body.py",
     "filterproxy/http/folding.py",
     "filterproxy/http/h2wire.py",
+    "filterproxy/http/hpackread.py",
     "filterproxy/http/headers.py",
     "filterproxy/http/sse.py",
     "filterproxy/http/tracing.py",

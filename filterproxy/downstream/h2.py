@@ -48,9 +48,11 @@ from filterproxy.http.h2wire import (
     HEADERS,
     acknowledge,
     first_frame,
+    forget_closed_stream,
     frame_head,
     header_block,
     read_data_frame,
+    read_request_head,
     request_fields,
     trailer_problem,
 )
@@ -456,6 +458,12 @@ class H2ServerConnection(Protocol):
                 start += 9 + len(chunk)
                 self._body(stream, chunk, ended)
                 continue
+            # So are a new request's HEADERS (`h2wire.read_request_head`).
+            head = read_request_head(self.h2, data, start)
+            if head is not None:
+                sid, raw, ended, start = head
+                self._request(sid, raw, ended)
+                continue
             stop = first_frame(self.h2, data, start)
             if not self._receive_through_h2(data[start:stop]):
                 return
@@ -478,7 +486,11 @@ class H2ServerConnection(Protocol):
             return False
         for event in events:
             if isinstance(event, RequestReceived):
-                self._request(event)
+                self._request(
+                    event.stream_id,
+                    cast("list[tuple[bytes, bytes]]", event.headers or ()),
+                    event.stream_ended is not None,
+                )
             elif isinstance(event, DataReceived):
                 self._data(event)
             elif isinstance(event, StreamEnded):
@@ -498,9 +510,9 @@ class H2ServerConnection(Protocol):
                 self.closing = True
         return True
 
-    def _request(self, event: RequestReceived) -> None:
-        sid = event.stream_id
-        fields = request_fields(cast("list[tuple[bytes, bytes]]", event.headers or ()))
+    def _request(self, sid: int, raw: list[tuple[bytes, bytes]], ended: bool) -> None:
+        """A request's header list arrived on stream *sid* (*ended*: with END_STREAM)."""
+        fields = request_fields(raw)
         if isinstance(fields, str):
             self._refuse(sid, 400, f"malformed HTTP/2 request: {fields}", malformed=True)
             return
@@ -527,7 +539,7 @@ class H2ServerConnection(Protocol):
             return
         self._disarm()
         stream = H2Stream(self, sid)
-        stream.request_ended = bool(event.stream_ended)
+        stream.request_ended = ended
         if not stream.request_ended:
             stream.watch_body()
         self.streams[sid] = stream
@@ -562,6 +574,7 @@ class H2ServerConnection(Protocol):
                 self.h2.reset_stream(
                     sid, ErrorCodes.PROTOCOL_ERROR if malformed else ErrorCodes.NO_ERROR
                 )
+        forget_closed_stream(self.h2, sid)
 
     def _data(self, event: DataReceived) -> None:
         sid = event.stream_id
@@ -628,6 +641,7 @@ class H2ServerConnection(Protocol):
             self.listener.active_streams -= 1
         if self.streams.get(stream.stream_id) is stream:
             del self.streams[stream.stream_id]
+        forget_closed_stream(self.h2, stream.stream_id)
         if self.gone:
             # Its streams end as the connection is lost: no idle timer for a connection
             # that is gone (it would keep the connection in memory until it fired).

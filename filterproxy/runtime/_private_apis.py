@@ -1,4 +1,4 @@
-"""Every private attribute of Twisted, pyOpenSSL, h2 and botocore the gateway relies on, in
+"""Every private attribute of Twisted, pyOpenSSL, h2, hpack and botocore the gateway relies on, in
 one place.
 
 The data path goes under the libraries' public interfaces where that saves a Python call
@@ -33,6 +33,14 @@ _REACTOR = "filterproxy.runtime._epoll: GatewayReactor's main loop and read disp
 _H2_READ = (
     "filterproxy.http.h2wire.read_data_frame and acknowledge: DATA frames read, and "
     "acknowledged, around h2 with its windows and content-length count moved as h2 moves them"
+)
+_H2_HEAD = (
+    "filterproxy.http.h2wire.read_request_head and forget_closed_stream: a request's HEADERS "
+    "read around h2, its stream opened and, once closed, forgotten as h2 does it"
+)
+_HPACK = (
+    "filterproxy.http.hpackread.decode_block: header blocks decoded against hpack's "
+    "dynamic table, left as hpack leaves it"
 )
 _SEND = "filterproxy.runtime._transport.write_now, downstream.http11's send: writes straight to the socket while nothing is queued"
 
@@ -106,6 +114,10 @@ PRIVATE_APIS: tuple[PrivateAPI, ...] = (
             ("h2.stream.H2Stream", "_expected_content_length"),
         )
     ),
+    PrivateAPI("h2.connection.H2Connection", "_begin_new_stream", "method", _H2_HEAD),
+    PrivateAPI("h2.connection.H2Connection", "_closed_streams", "attribute", _H2_HEAD),
+    PrivateAPI("hpack.table.HeaderTable", "_maxsize", "attribute", _HPACK),
+    PrivateAPI("hpack.table.HeaderTable", "_current_size", "attribute", _HPACK),
     PrivateAPI(
         "botocore.credentials.RefreshableCredentials",
         "_expiry_time",

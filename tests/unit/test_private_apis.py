@@ -1,4 +1,4 @@
-"""Every private attribute of Twisted, pyOpenSSL, h2 and botocore listed in
+"""Every private attribute of Twisted, pyOpenSSL, h2, hpack and botocore listed in
 `filterproxy.runtime._private_apis` exists, as the kind of thing listed, in the installed
 versions: a release that drops one fails here, by name."""
 
@@ -115,6 +115,7 @@ INSTANCES: dict[str, Callable[[Any], Any]] = {
     "h2.connection.H2Connection": _h2,
     "h2.frame_buffer.FrameBuffer": lambda reactor: _h2(reactor).incoming_buffer,
     "h2.stream.H2Stream": _h2_stream,
+    "hpack.table.HeaderTable": lambda reactor: _h2(reactor).decoder.header_table,
     "botocore.credentials.RefreshableCredentials": _refreshable_credentials,
 }
 
