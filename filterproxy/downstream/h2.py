@@ -179,7 +179,7 @@ class H2Stream:
             or h2.encoder.header_table.resized
         ):
             return False
-        block = header_block(fields)
+        block = header_block(fields, self.connection.names)
         if block is None or len(block) > h2.max_outbound_frame_size:
             return False
         machine = stream.state_machine
@@ -395,6 +395,10 @@ class H2ServerConnection(Protocol):
             )
         )
         self.streams: dict[int, H2Stream] = {}
+        #: Response header names as they start a field (`h2wire.header_block`), and
+        #: request fields checked (`h2wire.request_fields`), remembered per connection.
+        self.names: dict[str, bytes] = {}
+        self.checked: dict[tuple[bytes, bytes], tuple[str, str]] = {}
         self.gone = False
         self.transport_paused = False
         self.closing = False
@@ -432,17 +436,17 @@ class H2ServerConnection(Protocol):
 
     def write_pending(self) -> None:
         """Write what h2 has framed."""
-        data = self.h2.data_to_send()
-        if data and not self.gone:
-            self.writes.write(data)  # type: ignore[union-attr]
+        if self.h2._data_to_send:  # mostly nothing: its data_to_send makes a new buffer
+            data = self.h2.data_to_send()
+            if not self.gone:
+                self.writes.write(data)  # type: ignore[union-attr]
 
     def write_frames(self, frames: list[bytes]) -> None:
         """Write frames built outside h2, after what h2 has framed before them."""
         if self.gone:
             return
-        data = self.h2.data_to_send()
-        if data:
-            frames.insert(0, data)
+        if self.h2._data_to_send:
+            frames.insert(0, self.h2.data_to_send())
         self.writes.write_pieces(frames)  # type: ignore[union-attr]
 
     # -- receiving --------------------------------------------------------------------------
@@ -512,7 +516,7 @@ class H2ServerConnection(Protocol):
 
     def _request(self, sid: int, raw: list[tuple[bytes, bytes]], ended: bool) -> None:
         """A request's header list arrived on stream *sid* (*ended*: with END_STREAM)."""
-        fields = request_fields(raw)
+        fields = request_fields(raw, self.checked)
         if isinstance(fields, str):
             self._refuse(sid, 400, f"malformed HTTP/2 request: {fields}", malformed=True)
             return

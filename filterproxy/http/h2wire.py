@@ -132,34 +132,59 @@ def _plain(text: str) -> bool:
     return not text or (text[0] not in " \t" and text[-1] not in " \t")
 
 
-def header_block(fields: list[tuple[str, str]]) -> bytes | None:
+def _name_part(name: str) -> bytes | None:
+    """How a field named *name* starts in a block when its value is a literal (the name
+    indexed or literal; never indexed for credentials), or None when this encoder leaves
+    the name to h2 (see `header_block`)."""
+    if (
+        not name
+        or name in _LEFT_TO_H2
+        or name != name.lower()
+        or not (name.isascii() and name.isprintable())
+        or " " in name
+        or ":" in name[1:]
+        or (name[0] == ":" and name != ":status")  # the only pseudo-header of a response
+    ):
+        return None  # RFC 9113 8.2.1 / 8.3.2, or h2's to normalise
+    first = 0x10 if name in _NEVER_INDEXED else 0x00
+    index = _STATIC_NAMES.get(name)
+    if index is not None:
+        return _integer(index, 4, first)
+    return bytes((first,)) + _string(name.encode())
+
+
+#: Names found with a value in a static pair (RFC 7541 Appendix A), besides empty values.
+_PAIRED_NAMES: Final = frozenset(name for name, value in _STATIC_PAIRS if value)
+#: Names a connection remembers the encoding of (`header_block`'s *names*).
+NAMES_KEPT: Final = 256
+
+
+def header_block(fields: list[tuple[str, str]], names: dict[str, bytes]) -> bytes | None:
     """The HPACK block of a response's *fields* (``:status`` first, names in lower case),
     or None when a field is one this encoder leaves to h2 (cookies, ``te``, characters
     HTTP/2 forbids, surrounding whitespace h2 would strip, names not in lower case): h2
-    then encodes, normalises or refuses the block as it always has."""
+    then encodes, normalises or refuses the block as it always has.
+
+    *names* is the connection's memory of how each name it has sent starts a field
+    (`NAMES_KEPT` of them at most): a response's names repeat, and are checked and
+    encoded once."""
     parts: list[bytes] = []
     for name, value in fields:
-        if (
-            not name
-            or name in _LEFT_TO_H2
-            or name != name.lower()
-            or not (name.isascii() and name.isprintable())
-            or " " in name
-            or ":" in name[1:]
-            or (name[0] == ":" and name != ":status")  # the only pseudo-header of a response
-            or not _plain(value)
-        ):
-            return None  # RFC 9113 8.2.1 / 8.3.2, or h2's to normalise
-        pair = _STATIC_PAIRS.get((name, value))
-        if pair is not None:
-            parts.append(_integer(pair, 7, 0x80))
-            continue
-        first = 0x10 if name in _NEVER_INDEXED else 0x00
-        index = _STATIC_NAMES.get(name)
-        if index is not None:
-            parts.append(_integer(index, 4, first))
-        else:
-            parts.append(bytes((first,)) + _string(name.encode()))
+        if not _plain(value):
+            return None  # RFC 9113 8.2.1, or h2's to strip
+        part = names.get(name)
+        if part is None:
+            part = _name_part(name)
+            if part is None:
+                return None
+            if len(names) < NAMES_KEPT:
+                names[name] = part
+        if not value or name in _PAIRED_NAMES:
+            pair = _STATIC_PAIRS.get((name, value))
+            if pair is not None:
+                parts.append(_integer(pair, 7, 0x80))
+                continue
+        parts.append(part)
         try:
             parts.append(_string(value.encode("latin-1")))  # as requests are decoded
         except UnicodeEncodeError:
@@ -195,7 +220,15 @@ def _field_problem(name: bytes, value: bytes) -> str | None:
     return None
 
 
-def request_fields(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]] | str:
+#: Fields a connection remembers as checked (`request_fields`'s *checked*), and
+#: the longest value it remembers.
+FIELDS_KEPT: Final = 128
+_VALUE_KEPT: Final = 256
+
+
+def request_fields(
+    raw: Iterable[tuple[bytes, bytes]], checked: dict[tuple[bytes, bytes], tuple[str, str]]
+) -> list[tuple[str, str]] | str:
     """A request's header list as its HEADERS carried it (names and values as bytes),
     checked as h2 checks one and decoded as latin-1, as HTTP/1.1 requests are — or what
     makes it malformed (RFC 9113 8.1.1: the request is refused, the stream reset).
@@ -203,16 +236,23 @@ def request_fields(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]] 
     Pseudo-header fields come first, once each, only those of a request; ``:method``,
     and but for CONNECT ``:scheme`` and a non-empty ``:path``, are required; ``:authority``
     or ``host`` is required and they agree; cookie crumbs are joined into one field, last
-    (RFC 9113 8.2.3)."""
+    (RFC 9113 8.2.3).
+
+    *checked* is the connection's memory of fields it has checked and decoded
+    (`FIELDS_KEPT` of them at most, short values only): a client sends most of its fields
+    again with every request."""
     fields: list[tuple[str, str]] = []
     cookies: list[bytes] = []
     pseudo: set[bytes] = set()
     regular = False
     method = path = authority = host = None
-    for name, value in raw:
-        problem = _field_problem(name, value)
-        if problem is not None:
-            return problem
+    for field in raw:
+        name, value = field
+        known = checked.get(field)
+        if known is None:
+            problem = _field_problem(name, value)
+            if problem is not None:
+                return problem
         if name[0] == 0x3A:
             if regular:
                 return f"pseudo-header {name.decode('latin-1')} after a regular field"
@@ -236,7 +276,11 @@ def request_fields(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]] 
                 if host is not None:
                     return "more than one host field"
                 host = value
-        fields.append((name.decode("latin-1"), value.decode("latin-1")))
+        if known is None:
+            known = (name.decode("latin-1"), value.decode("latin-1"))
+            if len(checked) < FIELDS_KEPT and len(value) <= _VALUE_KEPT:
+                checked[field] = known
+        fields.append(known)
     if method is None:
         return "a request needs :method"
     if method != b"CONNECT":

@@ -116,6 +116,13 @@ PRIVATE_APIS: tuple[PrivateAPI, ...] = (
     ),
     PrivateAPI("h2.connection.H2Connection", "_begin_new_stream", "method", _H2_HEAD),
     PrivateAPI("h2.connection.H2Connection", "_closed_streams", "attribute", _H2_HEAD),
+    PrivateAPI(
+        "h2.connection.H2Connection",
+        "_data_to_send",
+        "attribute",
+        "filterproxy.downstream.h2: whether h2 has framed anything to write, asked without "
+        "data_to_send's new buffer",
+    ),
     PrivateAPI("hpack.table.HeaderTable", "_maxsize", "attribute", _HPACK),
     PrivateAPI("hpack.table.HeaderTable", "_current_size", "attribute", _HPACK),
     PrivateAPI(

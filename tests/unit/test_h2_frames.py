@@ -53,10 +53,12 @@ def test_a_block_indexes_static_pairs_and_names_and_leaves_the_table_alone() -> 
         ("content-type", "application/json"),  # a static name
         ("x-request-id", "a" * 200),  # a new name, a value longer than a one-byte length
         ("authorization", "Bearer secret"),  # never indexed
+        ("vary", ""),  # a static pair with an empty value: one byte
     ]
-    block = header_block(fields)
+    block = header_block(fields, {})
     assert block is not None
     assert block[0] == 0x88  # indexed, static entry 8
+    assert block[-1] == 0x80 | 59  # vary is entry 59
     assert block[1] == 0x0F and block[2] == 31 - 15  # content-type is entry 31: 4-bit prefix
     assert b"\x1f\x08\rBearer" in block  # never indexed (0x10), authorization is entry 23
     decoder = Decoder()
@@ -81,7 +83,10 @@ def test_a_block_indexes_static_pairs_and_names_and_leaves_the_table_alone() -> 
     ],
 )
 def test_fields_h2_must_normalise_or_refuse_are_left_to_it(fields: list[tuple[str, str]]) -> None:
-    assert header_block(fields) is None
+    assert header_block(fields, {}) is None
+    names: dict[str, bytes] = {}
+    assert header_block([(":status", "200"), ("x-a", "v"), ("x-upper", "v")], names)
+    assert header_block(fields, names) is None  # whatever the connection has sent before
 
 
 _names = st.one_of(
@@ -104,9 +109,10 @@ def test_blocks_interleave_with_h2s_encoder_on_one_decoder(
     """Ours and hpack's blocks, in any order on one connection: the client's decoder
     reads every one back exactly (ours never moved the table hpack's encoder relies on)."""
     encoder, decoder = Encoder(), Decoder()
+    names: dict[str, bytes] = {}  # the connection's, remembered from block to block
     for ours, fields in blocks:
         fields = [(":status", "200"), *fields]
-        block = header_block(fields) if ours else encoder.encode(fields)
+        block = header_block(fields, names) if ours else encoder.encode(fields)
         assert block is not None
         assert decoded(block, decoder, "latin-1" if ours else "utf-8") == fields
 
@@ -455,11 +461,19 @@ def test_a_request_is_refused_exactly_where_h2_refuses_it(
     required = [_required[i] for i in order[:keep]]
     fields = [*sorted(required, key=lambda f: not f[0].startswith(":")), *extra]
     h2s = _h2_verdict(fields)
-    ours = request_fields([(n.encode(), v.encode()) for n, v in fields])
+    raw = [(n.encode(), v.encode()) for n, v in fields]
+    ours = request_fields(raw, {})
     if h2s is None:
         assert isinstance(ours, str)
     else:
         assert ours == [(n.decode("latin-1"), v.decode("latin-1")) for n, v in h2s]
+    # On a connection that remembers the fields of the requests before: the same answer.
+    assert request_fields(raw, _REMEMBERED) == ours
+    assert request_fields(raw, _REMEMBERED) == ours
+
+
+#: Fields one long connection has checked, across the examples.
+_REMEMBERED: dict[tuple[bytes, bytes], tuple[str, str]] = {}
 
 
 def test_a_malformed_request_gets_a_400_that_says_why_and_a_reset() -> None:
@@ -484,3 +498,19 @@ def test_a_malformed_request_gets_a_400_that_says_why_and_a_reset() -> None:
     # The connection goes on: the next request is taken.
     world.open(True)
     assert len(world.server.streams) == 1
+
+
+def test_a_connection_remembers_fields_by_name_and_value_and_only_so_many() -> None:
+    from filterproxy.http.h2wire import FIELDS_KEPT, request_fields
+
+    checked: dict[tuple[bytes, bytes], tuple[str, str]] = {}
+    required = [(n.encode(), v.encode()) for n, v in _required]
+    for n in range(FIELDS_KEPT + 50):
+        value = b"" if n % 2 else b"v%d" % n
+        assert request_fields([*required, (b"x-a", value), (b"x-b", b"w" * 300)], checked) == [
+            *_required,
+            ("x-a", value.decode()),
+            ("x-b", "w" * 300),
+        ]
+    assert len(checked) == FIELDS_KEPT
+    assert (b"x-b", b"w" * 300) not in checked  # a long value is checked every time
