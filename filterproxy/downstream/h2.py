@@ -31,7 +31,7 @@ from h2.events import (
 )
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes
-from h2.stream import StreamInputs, StreamState
+from h2.stream import StreamState
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -47,6 +47,7 @@ from filterproxy.http.h2wire import (
     END_STREAM,
     HEADERS,
     acknowledge,
+    end_sent,
     first_frame,
     forget_closed_stream,
     frame_head,
@@ -54,6 +55,7 @@ from filterproxy.http.h2wire import (
     read_data_frame,
     read_request_head,
     request_fields,
+    response_headers_sent,
     trailer_problem,
 )
 from filterproxy.http.headers import Headers
@@ -183,10 +185,10 @@ class H2Stream:
         if block is None or len(block) > h2.max_outbound_frame_size:
             return False
         machine = stream.state_machine
-        machine.process_input(StreamInputs.SEND_HEADERS)
+        response_headers_sent(machine)
         flags = END_HEADERS
         if end_stream:
-            machine.process_input(StreamInputs.SEND_END_STREAM)
+            end_sent(machine)
             flags |= END_STREAM
         stream.request_method = None  # as h2 records it from a response's headers
         self.connection.write_frames(
@@ -267,7 +269,7 @@ class H2Stream:
                 size = window
             flags = 0
             if self.pending_end and size == len(pending):
-                stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
+                end_sent(stream.state_machine)
                 flags = END_STREAM
                 ended = True
             frames.append(frame_head(size, DATA, flags, sid))

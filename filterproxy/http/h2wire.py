@@ -47,7 +47,7 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from h2.connection import AllowedStreamIDs, ConnectionInputs, ConnectionState
-from h2.stream import StreamInputs, StreamState
+from h2.stream import StreamClosedBy, StreamInputs, StreamState
 from hpack.table import HeaderTable
 
 from filterproxy.http.hpackread import decode_block
@@ -58,6 +58,7 @@ __all__ = [
     "END_STREAM",
     "HEADERS",
     "acknowledge",
+    "end_sent",
     "first_frame",
     "forget_closed_stream",
     "frame_head",
@@ -65,6 +66,7 @@ __all__ = [
     "read_data_frame",
     "read_request_head",
     "request_fields",
+    "response_headers_sent",
     "trailer_problem",
 ]
 
@@ -155,8 +157,10 @@ def _name_part(name: str) -> bytes | None:
 
 #: Names found with a value in a static pair (RFC 7541 Appendix A), besides empty values.
 _PAIRED_NAMES: Final = frozenset(name for name, value in _STATIC_PAIRS if value)
-#: Names a connection remembers the encoding of (`header_block`'s *names*).
-NAMES_KEPT: Final = 256
+#: Names a connection remembers the encoding of (`header_block`'s *names*), and the
+#: longest: at most about 10 KB a connection.
+NAMES_KEPT: Final = 64
+_NAME_KEPT: Final = 64
 
 
 def header_block(fields: list[tuple[str, str]], names: dict[str, bytes]) -> bytes | None:
@@ -166,8 +170,8 @@ def header_block(fields: list[tuple[str, str]], names: dict[str, bytes]) -> byte
     then encodes, normalises or refuses the block as it always has.
 
     *names* is the connection's memory of how each name it has sent starts a field
-    (`NAMES_KEPT` of them at most): a response's names repeat, and are checked and
-    encoded once."""
+    (`NAMES_KEPT` of them at most, short ones only): a response's names repeat, and are
+    checked and encoded once."""
     parts: list[bytes] = []
     for name, value in fields:
         if not _plain(value):
@@ -177,7 +181,7 @@ def header_block(fields: list[tuple[str, str]], names: dict[str, bytes]) -> byte
             part = _name_part(name)
             if part is None:
                 return None
-            if len(names) < NAMES_KEPT:
+            if len(names) < NAMES_KEPT and len(name) <= _NAME_KEPT:
                 names[name] = part
         if not value or name in _PAIRED_NAMES:
             pair = _STATIC_PAIRS.get((name, value))
@@ -220,10 +224,10 @@ def _field_problem(name: bytes, value: bytes) -> str | None:
     return None
 
 
-#: Fields a connection remembers as checked (`request_fields`'s *checked*), and
-#: the longest value it remembers.
-FIELDS_KEPT: Final = 128
-_VALUE_KEPT: Final = 256
+#: Fields a connection remembers as checked (`request_fields`'s *checked*), and the
+#: longest (name and value together): at most about 20 KB a connection.
+FIELDS_KEPT: Final = 32
+_FIELD_KEPT: Final = 128
 
 
 def request_fields(
@@ -239,7 +243,7 @@ def request_fields(
     (RFC 9113 8.2.3).
 
     *checked* is the connection's memory of fields it has checked and decoded
-    (`FIELDS_KEPT` of them at most, short values only): a client sends most of its fields
+    (`FIELDS_KEPT` of them at most, short ones only): a client sends most of its fields
     again with every request."""
     fields: list[tuple[str, str]] = []
     cookies: list[bytes] = []
@@ -278,7 +282,7 @@ def request_fields(
                 host = value
         if known is None:
             known = (name.decode("latin-1"), value.decode("latin-1"))
-            if len(checked) < FIELDS_KEPT and len(value) <= _VALUE_KEPT:
+            if len(checked) < FIELDS_KEPT and len(name) + len(value) <= _FIELD_KEPT:
                 checked[field] = known
         fields.append(known)
     if method is None:
@@ -314,11 +318,81 @@ def trailer_problem(raw: Iterable[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
+# -- a stream's state machine, moved as h2's process_input moves it --------------------------
+#
+# h2's H2StreamStateMachine.process_input looks a transition up by (state, input) — enum
+# hashes in Python — and runs a function that makes an event; for the four moves every
+# request makes, the same assignments are made here directly (anything else goes through
+# process_input).
+
+_IDLE_STREAM: Final = StreamState.IDLE
+_OPEN: Final = StreamState.OPEN
+_HALF_CLOSED_LOCAL: Final = StreamState.HALF_CLOSED_LOCAL
+_HALF_CLOSED_REMOTE: Final = StreamState.HALF_CLOSED_REMOTE
+_STREAM_CLOSED: Final = StreamState.CLOSED
+_BY_SEND_END: Final = StreamClosedBy.SEND_END_STREAM
+_BY_RECV_END: Final = StreamClosedBy.RECV_END_STREAM
+_SEND_HEADERS: Final = StreamInputs.SEND_HEADERS
+_SEND_END_STREAM: Final = StreamInputs.SEND_END_STREAM
+_RECV_END_STREAM: Final = StreamInputs.RECV_END_STREAM
+_STREAM_RECV_HEADERS: Final = StreamInputs.RECV_HEADERS
+
+
+def _request_opened(machine: Any, ended: bool) -> None:
+    """As h2 takes a request's headers on a new stream (RECV_HEADERS from idle: the
+    stream is the server's, its headers received), and END_STREAM with them."""
+    if machine.state is not _IDLE_STREAM or machine.headers_received or machine.trailers_received:
+        machine.process_input(_STREAM_RECV_HEADERS)
+        if ended:
+            machine.process_input(_RECV_END_STREAM)
+        return
+    machine.client = False
+    machine.headers_received = True
+    machine.state = _HALF_CLOSED_REMOTE if ended else _OPEN
+
+
+def _end_received(machine: Any) -> None:
+    """As h2 takes an END_STREAM from the peer (RECV_END_STREAM)."""
+    state = machine.state
+    if state is _OPEN:
+        machine.state = _HALF_CLOSED_REMOTE
+    elif state is _HALF_CLOSED_LOCAL:
+        machine.state = _STREAM_CLOSED
+        machine.stream_closed_by = _BY_RECV_END
+    else:
+        machine.process_input(_RECV_END_STREAM)
+
+
+def response_headers_sent(machine: Any) -> None:
+    """As h2 sends a server's response headers on a stream (SEND_HEADERS, the first
+    headers of the stream)."""
+    state = machine.state
+    if (
+        (state is _OPEN or state is _HALF_CLOSED_REMOTE)
+        and not machine.headers_sent
+        and machine.client is False
+    ):
+        machine.headers_sent = True
+    else:
+        machine.process_input(_SEND_HEADERS)
+
+
+def end_sent(machine: Any) -> None:
+    """As h2 sends END_STREAM on a stream (SEND_END_STREAM)."""
+    state = machine.state
+    if state is _OPEN:
+        machine.state = _HALF_CLOSED_LOCAL
+    elif state is _HALF_CLOSED_REMOTE:
+        machine.state = _STREAM_CLOSED
+        machine.stream_closed_by = _BY_SEND_END
+    else:
+        machine.process_input(_SEND_END_STREAM)
+
+
 #: The connection states in which h2 takes a DATA frame without a transition.
 _OPEN_CONNECTION: Final = (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN)
 #: The stream states in which h2 takes a DATA frame without a transition (RFC 9113 5.1).
 _RECEIVING: Final = (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL)
-_RECV_END_STREAM: Final = StreamInputs.RECV_END_STREAM
 _WINDOW_UPDATE: Final = struct.Struct(">BHBBLL")
 
 
@@ -370,12 +444,10 @@ def read_data_frame(
     stream_window.current_window_size -= length
     stream._actual_content_length = received
     if ended:
-        machine.process_input(_RECV_END_STREAM)
+        _end_received(machine)
     return mine, data[begin : begin + length], ended
 
 
-_RECV_HEADERS: Final = StreamInputs.RECV_HEADERS
-_CLOSED: Final = StreamState.CLOSED
 _SERVER_OPEN: Final = ConnectionState.SERVER_OPEN
 _IDLE: Final = ConnectionState.IDLE
 _CONNECTION_RECV_HEADERS: Final = ConnectionInputs.RECV_HEADERS
@@ -451,11 +523,8 @@ def read_request_head(
     if connection_state is _IDLE:  # a connection's first request opens it
         h2.state_machine.process_input(_CONNECTION_RECV_HEADERS)
     stream = h2._begin_new_stream(stream_id, _ODD)
-    machine = stream.state_machine
-    machine.process_input(_RECV_HEADERS)
     ended = bool(flags & END_STREAM)
-    if ended:
-        machine.process_input(_RECV_END_STREAM)
+    _request_opened(stream.state_machine, ended)
     if content_length >= 0:
         stream._expected_content_length = content_length
     return stream_id, block.fields, ended, end
@@ -467,7 +536,7 @@ def forget_closed_stream(h2: Any, stream_id: int) -> None:
     is answered as for any closed stream). Streams opened by `read_request_head` are not
     counted by h2, so they are forgotten here."""
     stream = h2.streams.get(stream_id)
-    if stream is not None and stream.state_machine.state is _CLOSED:
+    if stream is not None and stream.state_machine.state is _STREAM_CLOSED:
         del h2.streams[stream_id]
         h2._closed_streams[stream_id] = stream.state_machine.stream_closed_by
 

@@ -42,6 +42,19 @@ class ThroughH2(H2ClientConnection):
         self._read_done(touched)
 
 
+def _machine(machine: Any) -> tuple[Any, ...]:
+    """Everything h2's stream state machine keeps."""
+    return (
+        machine.state,
+        machine.client,
+        machine.headers_sent,
+        machine.trailers_sent,
+        machine.headers_received,
+        machine.trailers_received,
+        machine.stream_closed_by,
+    )
+
+
 class Side:
     """One client connection and the requests it sent."""
 
@@ -71,7 +84,7 @@ class Side:
         # it): whether bytes acknowledged as it closed were counted does not matter.
         streams = {
             sid: (
-                stream.state_machine.state,
+                *_machine(stream.state_machine),
                 stream._actual_content_length,
                 *(
                     (
