@@ -98,6 +98,7 @@ _values = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_siz
 )
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(
         st.tuples(st.booleans(), st.lists(st.tuples(_names, _values), max_size=12)), max_size=6
@@ -190,7 +191,7 @@ class _ServerThroughH2(H2ServerConnection):
                 self._lose_connection()
 
 
-def _machine(machine: Any) -> tuple[Any, ...]:
+def machine_state(machine: Any) -> tuple[Any, ...]:
     """Everything h2's stream state machine keeps."""
     return (
         machine.state,
@@ -251,7 +252,7 @@ class World:
         streams = [
             (
                 sid,
-                *_machine(s.state_machine),
+                *machine_state(s.state_machine),
                 s.outbound_flow_control_window,
             )
             for sid, s in sorted(h2.streams.items())

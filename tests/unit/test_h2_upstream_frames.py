@@ -23,6 +23,7 @@ from filterproxy.http.headers import Headers
 from filterproxy.upstream.h2 import H2ClientConnection, H2ClientStream
 from filterproxy.upstream.request import UpstreamRequest
 
+from .test_h2_frames import machine_state
 from .test_h2_upstream import FakePool, Handler
 
 
@@ -40,19 +41,6 @@ class ThroughH2(H2ClientConnection):
                 return
             start = stop
         self._read_done(touched)
-
-
-def _machine(machine: Any) -> tuple[Any, ...]:
-    """Everything h2's stream state machine keeps."""
-    return (
-        machine.state,
-        machine.client,
-        machine.headers_sent,
-        machine.trailers_sent,
-        machine.headers_received,
-        machine.trailers_received,
-        machine.stream_closed_by,
-    )
 
 
 class Side:
@@ -84,7 +72,7 @@ class Side:
         # it): whether bytes acknowledged as it closed were counted does not matter.
         streams = {
             sid: (
-                *_machine(stream.state_machine),
+                *machine_state(stream.state_machine),
                 stream._actual_content_length,
                 *(
                     (
