@@ -33,10 +33,11 @@ on after it. `acknowledge` hands the received bytes back as h2's
 
 A request starts with a HEADERS frame, and h2 spent about 60 µs of a request's 150 (in
 process) on one: the frame buffer and a frame object, HPACK's Python decoder, a count of
-its open streams that walks every stream it holds, events. `read_request_head` reads the plain ones (a whole block, a new
-client stream within the stream limit), its block decoded by `filterproxy.http.hpackread`
-against h2's own HPACK table, and opens the stream in h2 as h2 opens it;
-`forget_closed_stream` drops a closed stream from h2 as its count would have.
+its open streams that walks every stream it holds, events. `read_request_head` reads the
+plain ones (a whole block, a new client stream within the stream limit), its block decoded
+by `filterproxy.http.hpackread` against h2's own HPACK table, and opens the stream in h2
+as h2 opens it; `forget_closed_stream` drops a closed stream from h2 as its count would
+have.
 """
 
 from __future__ import annotations
@@ -465,10 +466,10 @@ def read_request_head(
 
     Plain means h2 would take it with no more than opening the stream: h2 holds no partial
     frame and is not inside a header block; the connection is a server's, open or yet to
-    open (its first request opens it, as in h2); the frame is whole,
-    unpadded, within the frame size, carries the whole block (END_HEADERS) and opens a new
-    client stream (odd, above every stream id seen) that h2's concurrent-stream limit
-    lets in even counting every stream h2 still holds; any priority it carries does not
+    open (its first request opens it, as in h2); the frame is whole, unpadded, within the
+    frame size, carries the whole block (END_HEADERS) and opens a new client stream (odd,
+    above every stream id seen) that h2's concurrent-stream limit lets in even counting
+    every stream h2 still holds; any priority it carries does not
     make the stream depend on itself; its block decodes (`hpackread.decode_block`) and its
     content-length fields are digits that agree. The stream is opened in h2 as h2 opens
     it — its stream object, its state machine moved by a request's headers (and by

@@ -1,5 +1,5 @@
-"""Every private attribute of Twisted, pyOpenSSL, h2, hpack and botocore the gateway relies on, in
-one place.
+"""Every private attribute of Twisted, pyOpenSSL, h2, hpack and botocore the gateway relies
+on, in one place.
 
 The data path goes under the libraries' public interfaces where that saves a Python call
 per event, and `filterproxy.runtime.teardown` cuts reference cycles the libraries leave. What it
